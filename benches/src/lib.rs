@@ -1,0 +1,1 @@
+//! criterion benchmarks of Confer's hot paths live in `benches/`; this library is empty.

@@ -1,0 +1,426 @@
+//! Typed configuration of the signalling server.
+//!
+//! [`SignallingConfig`] holds every setting with its documented default
+//! (`config/signalling.toml` ships the same values, commented). The library
+//! never reads files or the environment: the binary merges the TOML file,
+//! `CONFER_*` environment variables and command-line flags, then calls
+//! [`SignallingConfig::validate`], which names every bad value and what is
+//! allowed.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything `signalling serve` can be told.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignallingConfig {
+    /// Address the HTTP and WebSocket server listens on.
+    pub listen: SocketAddr,
+    /// Directory for the SQLite database, the mail outbox and local files.
+    pub data_dir: PathBuf,
+    /// Logging.
+    pub log: LogConfig,
+    /// HTTP limits.
+    pub http: HttpConfig,
+    /// Outgoing mail.
+    pub mail: MailConfig,
+    /// E-mail codes for registration and subscriber sign-in.
+    pub codes: CodeConfig,
+    /// User tokens and secret rotation.
+    pub tokens: TokenConfig,
+    /// Subscriber sessions.
+    pub subscribers: SubscriberConfig,
+}
+
+impl Default for SignallingConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            log: LogConfig::default(),
+            http: HttpConfig::default(),
+            mail: MailConfig::default(),
+            codes: CodeConfig::default(),
+            tokens: TokenConfig::default(),
+            subscribers: SubscriberConfig::default(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `confer_signalling=debug,info`;
+    /// `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// HTTP limits.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest accepted REST request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Outgoing mail: SMTP when `smtp` is set, otherwise `.eml` files in
+/// `<data_dir>/outbox/`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailConfig {
+    /// The `From:` of every mail.
+    pub from: String,
+    /// The SMTP relay; absent means the outbox directory.
+    pub smtp: Option<SmtpConfig>,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        Self {
+            from: "Confer <confer@localhost>".to_owned(),
+            smtp: None,
+        }
+    }
+}
+
+/// How the SMTP connection is secured.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain SMTP, upgraded with STARTTLS (required).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No encryption at all: only for a relay on the same host.
+    None,
+}
+
+/// An SMTP relay.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Host name of the relay.
+    pub host: String,
+    /// Port; 587 for STARTTLS and 465 for TLS when absent, 25 for `none`.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `starttls`, `tls` or `none`.
+    #[serde(default)]
+    pub tls: SmtpTls,
+    /// User name for SMTP AUTH, if the relay needs it.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for SMTP AUTH.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// E-mail codes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CodeConfig {
+    /// How long a mailed code is valid, in seconds.
+    pub ttl_secs: u64,
+    /// How many confirmations a code allows before it is burnt.
+    pub max_tries: u32,
+}
+
+impl Default for CodeConfig {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 15 * 60,
+            max_tries: 5,
+        }
+    }
+}
+
+impl CodeConfig {
+    /// The validity as a [`Duration`].
+    #[must_use]
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs)
+    }
+}
+
+/// User tokens.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Lifetime of tokens issued by `POST /api/v1/tokens`, in seconds.
+    pub ttl_secs: u64,
+    /// Longest lifetime (`exp - iat`) accepted from a token an application
+    /// minted itself, in seconds.
+    pub max_ttl_secs: u64,
+    /// After a secret rotation, how long tokens signed with the old key are
+    /// still accepted, in seconds.
+    pub rotation_grace_secs: u64,
+    /// Tolerated clock difference for `iat`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 60 * 60,
+            max_ttl_secs: 24 * 60 * 60,
+            rotation_grace_secs: 5 * 60,
+            leeway_secs: 60,
+        }
+    }
+}
+
+/// Subscriber sessions (a subscriber signed in with an e-mail code).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriberConfig {
+    /// Lifetime of a subscriber session token, in seconds.
+    pub session_ttl_secs: u64,
+}
+
+impl Default for SubscriberConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl_secs: 12 * 60 * 60,
+        }
+    }
+}
+
+/// One setting that failed validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidSetting {
+    /// Dotted name, as in the TOML file (`codes.ttl_secs`).
+    pub name: &'static str,
+    /// The value that was given.
+    pub value: String,
+    /// What would have been accepted.
+    pub allowed: &'static str,
+}
+
+impl fmt::Display for InvalidSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` = {}: allowed is {}",
+            self.name, self.value, self.allowed
+        )
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A file or variable could not be read or did not have the right type.
+    #[error("cannot load configuration: {0}")]
+    Load(String),
+    /// Values of the right type that are out of range.
+    #[error("invalid configuration:\n{}", list(.0))]
+    Invalid(Vec<InvalidSetting>),
+}
+
+fn list(items: &[InvalidSetting]) -> String {
+    items
+        .iter()
+        .map(|i| format!("  - {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl SignallingConfig {
+    /// Checks every value and reports all bad ones at once.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming each bad setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut bad = Vec::new();
+        let mut check = |ok: bool, name: &'static str, value: String, allowed: &'static str| {
+            if !ok {
+                bad.push(InvalidSetting {
+                    name,
+                    value,
+                    allowed,
+                });
+            }
+        };
+        check(
+            !self.data_dir.as_os_str().is_empty(),
+            "data_dir",
+            format!("{:?}", self.data_dir),
+            "a non-empty path",
+        );
+        check(
+            (1024..=16 * 1024 * 1024).contains(&self.http.max_body_bytes),
+            "http.max_body_bytes",
+            self.http.max_body_bytes.to_string(),
+            "1024 to 16777216",
+        );
+        check(
+            self.mail.from.parse::<lettre::message::Mailbox>().is_ok(),
+            "mail.from",
+            format!("{:?}", self.mail.from),
+            "a mailbox such as \"Confer <confer@example.com>\"",
+        );
+        if let Some(smtp) = &self.mail.smtp {
+            check(
+                !smtp.host.trim().is_empty(),
+                "mail.smtp.host",
+                format!("{:?}", smtp.host),
+                "a host name",
+            );
+            check(
+                smtp.username.is_some() == smtp.password.is_some(),
+                "mail.smtp.password",
+                if smtp.password.is_some() {
+                    "set"
+                } else {
+                    "unset"
+                }
+                .to_owned(),
+                "set exactly when mail.smtp.username is set",
+            );
+        }
+        check(
+            (60..=24 * 60 * 60).contains(&self.codes.ttl_secs),
+            "codes.ttl_secs",
+            self.codes.ttl_secs.to_string(),
+            "60 to 86400",
+        );
+        check(
+            (1..=20).contains(&self.codes.max_tries),
+            "codes.max_tries",
+            self.codes.max_tries.to_string(),
+            "1 to 20",
+        );
+        check(
+            (60..=7 * 24 * 60 * 60).contains(&self.tokens.max_ttl_secs),
+            "tokens.max_ttl_secs",
+            self.tokens.max_ttl_secs.to_string(),
+            "60 to 604800",
+        );
+        check(
+            self.tokens.ttl_secs >= 60 && self.tokens.ttl_secs <= self.tokens.max_ttl_secs,
+            "tokens.ttl_secs",
+            self.tokens.ttl_secs.to_string(),
+            "60 to tokens.max_ttl_secs",
+        );
+        check(
+            self.tokens.rotation_grace_secs <= 7 * 24 * 60 * 60,
+            "tokens.rotation_grace_secs",
+            self.tokens.rotation_grace_secs.to_string(),
+            "0 to 604800",
+        );
+        check(
+            self.tokens.leeway_secs <= 600,
+            "tokens.leeway_secs",
+            self.tokens.leeway_secs.to_string(),
+            "0 to 600",
+        );
+        check(
+            (60..=30 * 24 * 60 * 60).contains(&self.subscribers.session_ttl_secs),
+            "subscribers.session_ttl_secs",
+            self.subscribers.session_ttl_secs.to_string(),
+            "60 to 2592000",
+        );
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(bad))
+        }
+    }
+
+    /// The SQLite database file.
+    #[must_use]
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("confer.db")
+    }
+
+    /// The directory `.eml` files go to when no SMTP relay is configured.
+    #[must_use]
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.data_dir.join("outbox")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        SignallingConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn every_bad_value_is_named() {
+        let mut config = SignallingConfig::default();
+        config.codes.ttl_secs = 5;
+        config.codes.max_tries = 0;
+        config.mail.from = "not a mailbox".to_owned();
+        let err = config.validate().unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("codes.ttl_secs"), "{text}");
+        assert!(text.contains("codes.max_tries"), "{text}");
+        assert!(text.contains("mail.from"), "{text}");
+    }
+
+    #[test]
+    fn shipped_file_matches_defaults() {
+        let text = include_str!("../../config/signalling.toml");
+        let parsed: SignallingConfig = toml::from_str(&uncomment(text)).unwrap();
+        assert_eq!(parsed, SignallingConfig::default());
+    }
+
+    /// The shipped file comments out every setting; turning `# key = value`
+    /// lines back on must give exactly the defaults. Lines starting with
+    /// `##` are prose.
+    fn uncomment(text: &str) -> String {
+        text.lines()
+            .map(|l| {
+                if l.starts_with("##") {
+                    ""
+                } else if let Some(rest) = l.strip_prefix("# ") {
+                    rest
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}

@@ -1,0 +1,158 @@
+//! The one error type of the REST API.
+//!
+//! Every failure a client can cause maps to a 4xx status with a stable,
+//! documented `code`; every failure inside the server becomes a generic
+//! `500 internal` whose details go to the log only. The body is always
+//! `{"error": {"code": "...", "message": "..."}}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// An error answered to a REST client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The body is not well-formed JSON.
+    #[error("{0}")]
+    MalformedJson(String),
+    /// Well-formed JSON that does not have the expected shape or values.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A field the route does not know.
+    #[error("{0}")]
+    UnknownField(String),
+    /// The body is not declared as `application/json`.
+    #[error("expected a body with Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// The body is larger than the configured limit.
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// Credentials are missing, malformed, wrong or expired.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// A wrong e-mail or code; deliberately says no more.
+    #[error("access denied")]
+    AccessDenied,
+    /// Authenticated, but this caller may not do this.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The user is locked by its application.
+    #[error("this user is locked by its application")]
+    UserLocked,
+    /// The application was unregistered.
+    #[error("this application is unregistered")]
+    ApplicationUnregistered,
+    /// No such resource, or not one the caller can see.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// No such route.
+    #[error("no route for this path")]
+    NoRoute,
+    /// The route exists, but not for this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// A failure inside the server; the detail is logged, never sent.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// A stable code and a readable message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code; see the table in `docs/protocol.md`.
+    pub code: &'static str,
+    /// A sentence for people; may change between versions.
+    pub message: String,
+}
+
+impl ApiError {
+    /// The HTTP status.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson(_) | Self::InvalidRequest(_) | Self::UnknownField(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::AccessDenied
+            | Self::Forbidden(_)
+            | Self::UserLocked
+            | Self::ApplicationUnregistered => StatusCode::FORBIDDEN,
+            Self::NotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable error code.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "malformed_json",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::UnknownField(_) => "unknown_field",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::AccessDenied => "access_denied",
+            Self::Forbidden(_) => "forbidden",
+            Self::UserLocked => "user_locked",
+            Self::ApplicationUnregistered => "application_unregistered",
+            Self::NotFound(_) | Self::NoRoute => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// Wraps an internal failure.
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(err.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let Self::Internal(err) = &self {
+            tracing::error!(error = ?err, "internal error answering a request");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.to_string(),
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"confer\", Bearer realm=\"confer\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(err: crate::store::StoreError) -> Self {
+        Self::internal(err)
+    }
+}
+
+impl From<crate::mail::MailError> for ApiError {
+    fn from(err: crate::mail::MailError) -> Self {
+        Self::internal(err)
+    }
+}

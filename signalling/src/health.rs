@@ -1,0 +1,73 @@
+//! Component health, shared by `GET /healthz` and `signalling admin health`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::server::Services;
+
+/// How long one component may take to answer before it counts as down.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Health of the whole server.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthReport {
+    /// `ok` when every component is up, otherwise `degraded`.
+    pub status: &'static str,
+    /// Per component: `store`, `mail`.
+    pub components: BTreeMap<&'static str, ComponentHealth>,
+}
+
+/// Health of one component.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ComponentHealth {
+    /// `up` or `down`.
+    pub status: &'static str,
+    /// Which implementation: `sqlite`, `outbox`, `smtp`.
+    pub backend: &'static str,
+    /// Why it is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl HealthReport {
+    /// Whether every component is up.
+    #[must_use]
+    pub fn is_ok(&self) -> bool {
+        self.status == "ok"
+    }
+}
+
+fn component<E: std::fmt::Display>(
+    backend: &'static str,
+    result: Result<Result<(), E>, tokio::time::error::Elapsed>,
+) -> ComponentHealth {
+    let error = match result {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {CHECK_TIMEOUT:?}")),
+    };
+    ComponentHealth {
+        status: if error.is_none() { "up" } else { "down" },
+        backend,
+        error,
+    }
+}
+
+/// Checks every component, concurrently, each within a timeout.
+pub async fn check(services: &Services) -> HealthReport {
+    let (store, mail) = tokio::join!(
+        tokio::time::timeout(CHECK_TIMEOUT, services.store.ping()),
+        tokio::time::timeout(CHECK_TIMEOUT, services.mailer.check()),
+    );
+    let mut components = BTreeMap::new();
+    components.insert("store", component("sqlite", store));
+    components.insert("mail", component(services.mailer.kind(), mail));
+    let all_up = components.values().all(|c| c.status == "up");
+    HealthReport {
+        status: if all_up { "ok" } else { "degraded" },
+        components,
+    }
+}

@@ -1,0 +1,187 @@
+//! Extractors that turn requests into domain input or a clear [`ApiError`].
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::server::Services;
+use crate::store::{Application, User};
+use crate::tenancy::Actor;
+
+/// A JSON body whose every rejection becomes a documented [`ApiError`].
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<Services>> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<Services>) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(JsonRejection::JsonDataError(e)) => {
+                let text = e.body_text();
+                if text.contains("unknown field") {
+                    Err(ApiError::UnknownField(text))
+                } else {
+                    Err(ApiError::InvalidRequest(text))
+                }
+            }
+            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::MalformedJson(e.body_text())),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge(state.config.http.max_body_bytes))
+            }
+            Err(e) => Err(ApiError::InvalidRequest(e.body_text())),
+        }
+    }
+}
+
+/// Credentials from the `Authorization` header.
+#[derive(Debug)]
+pub enum Credentials {
+    /// HTTP Basic: application id and secret.
+    Basic(String, String),
+    /// A bearer token.
+    Bearer(String),
+}
+
+impl Credentials {
+    /// Parses the header; `None` when absent.
+    ///
+    /// # Errors
+    /// `unauthorized` for a header that is present but malformed.
+    pub fn from_parts(parts: &Parts) -> Result<Option<Self>, ApiError> {
+        const BAD: ApiError = ApiError::Unauthorized("malformed Authorization header");
+        let Some(value) = parts.headers.get(AUTHORIZATION) else {
+            return Ok(None);
+        };
+        let value = value.to_str().map_err(|_| BAD)?;
+        let (scheme, rest) = value.split_once(' ').ok_or(BAD)?;
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = STANDARD.decode(rest).map_err(|_| BAD)?;
+            let text = String::from_utf8(decoded).map_err(|_| BAD)?;
+            let (id, secret) = text.split_once(':').ok_or(BAD)?;
+            Ok(Some(Self::Basic(id.to_owned(), secret.to_owned())))
+        } else if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+            Ok(Some(Self::Bearer(rest.to_owned())))
+        } else {
+            Err(BAD)
+        }
+    }
+}
+
+/// The application calling with HTTP Basic `app_id:app_secret`.
+#[derive(Debug)]
+pub struct AppAuth(pub Application);
+
+impl FromRequestParts<Arc<Services>> for AppAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<Services>,
+    ) -> Result<Self, ApiError> {
+        match Credentials::from_parts(parts)? {
+            Some(Credentials::Basic(id, secret)) => Ok(Self(
+                state.tenancy.authenticate_application(&id, &secret).await?,
+            )),
+            _ => Err(ApiError::Unauthorized(
+                "application credentials required (HTTP Basic app_id:app_secret)",
+            )),
+        }
+    }
+}
+
+/// The user calling with a bearer user token.
+#[derive(Debug)]
+pub struct UserAuth {
+    /// The user's application.
+    pub app: Application,
+    /// The user.
+    pub user: User,
+}
+
+impl FromRequestParts<Arc<Services>> for UserAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<Services>,
+    ) -> Result<Self, ApiError> {
+        match Credentials::from_parts(parts)? {
+            Some(Credentials::Bearer(token)) => {
+                let (app, user) = state.tenancy.authenticate_user(&token).await?;
+                Ok(Self { app, user })
+            }
+            _ => Err(ApiError::Unauthorized(
+                "user token required (Authorization: Bearer)",
+            )),
+        }
+    }
+}
+
+/// An application (HTTP Basic) or a subscriber (bearer session token).
+#[derive(Debug)]
+pub struct ActorAuth(pub Actor);
+
+impl FromRequestParts<Arc<Services>> for ActorAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<Services>,
+    ) -> Result<Self, ApiError> {
+        match Credentials::from_parts(parts)? {
+            Some(Credentials::Basic(id, secret)) => Ok(Self(Actor::Application(
+                state.tenancy.authenticate_application(&id, &secret).await?,
+            ))),
+            Some(Credentials::Bearer(token)) => Ok(Self(Actor::Subscriber(
+                state.tenancy.authenticate_subscriber(&token).await?,
+            ))),
+            None => Err(ApiError::Unauthorized(
+                "credentials required: HTTP Basic app_id:app_secret or a subscriber session token",
+            )),
+        }
+    }
+}
+
+/// The subscriber session token of the caller.
+#[derive(Debug)]
+pub struct SessionToken(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for SessionToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        match Credentials::from_parts(parts)? {
+            Some(Credentials::Bearer(token)) => Ok(Self(token)),
+            _ => Err(ApiError::Unauthorized("subscriber session token required")),
+        }
+    }
+}
+
+/// A single path parameter parsed as an id; anything unparsable is a
+/// resource that does not exist.
+#[derive(Debug)]
+pub struct PathId<T>(pub T);
+
+impl<S: Send + Sync, T: FromStr + Send> FromRequestParts<S> for PathId<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NoRoute)?;
+        text.parse().map(Self).map_err(|_| ApiError::NoRoute)
+    }
+}

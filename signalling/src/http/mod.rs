@@ -1,0 +1,124 @@
+//! The HTTP surface: one [`app`] router with every REST route, the
+//! operational endpoints and the generated OpenAPI document.
+
+pub mod extract;
+pub mod ops;
+pub mod tenancy;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::ApiError;
+use crate::server::Services;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Confer",
+        description = "Collaboration server for business applications. Errors are \
+            `{\"error\": {\"code\", \"message\"}}` with the codes listed in docs/protocol.md.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "operations", description = "Health, metrics and this document"),
+        (name = "registration", description = "An application registers by e-mail code"),
+        (name = "subscribers", description = "An e-mail owner signs in to manage its applications"),
+        (name = "applications", description = "Managing registered applications"),
+        (name = "users", description = "User tokens and the application's users"),
+    )
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "application",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+        );
+        let mut user = Http::new(HttpAuthScheme::Bearer);
+        user.bearer_format = Some("JWT".to_owned());
+        user.description =
+            Some("A user token (HS256 JWT signed with the application's token key)".to_owned());
+        components.add_security_scheme("user", SecurityScheme::Http(user));
+        let mut subscriber = Http::new(HttpAuthScheme::Bearer);
+        subscriber.description =
+            Some("A subscriber session token from /api/v1/subscriber/sessions/confirm".to_owned());
+        components.add_security_scheme("subscriber", SecurityScheme::Http(subscriber));
+    }
+}
+
+fn api_router() -> OpenApiRouter<Arc<Services>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi_json))
+        .routes(routes!(tenancy::register))
+        .routes(routes!(tenancy::confirm_registration))
+        .routes(routes!(tenancy::request_sign_in))
+        .routes(routes!(tenancy::confirm_sign_in))
+        .routes(routes!(tenancy::sign_out))
+        .routes(routes!(tenancy::list_applications))
+        .routes(routes!(
+            tenancy::get_application,
+            tenancy::rename_application,
+            tenancy::unregister_application
+        ))
+        .routes(routes!(tenancy::rotate_secret))
+        .routes(routes!(tenancy::issue_token))
+        .routes(routes!(tenancy::find_user))
+        .routes(routes!(tenancy::get_user))
+        .routes(routes!(tenancy::lock_user))
+        .routes(routes!(tenancy::unlock_user))
+        .routes(routes!(tenancy::me))
+}
+
+/// The OpenAPI 3 document of every route, generated from the handlers.
+#[must_use]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().split_for_parts().1
+}
+
+/// The whole HTTP application. Tests may call it without a server.
+pub fn app(services: Arc<Services>) -> Router {
+    let (router, api) = api_router().split_for_parts();
+    let max_body = services.config.http.max_body_bytes;
+    router
+        .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::Extension(Arc::new(api)))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(track_requests))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(services)
+}
+
+/// Counts every request by method, route template and status, and records
+/// its latency (`http_requests_total`, `http_request_duration_seconds`).
+async fn track_requests(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await.into_response();
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,36 @@
+//! Confer's collaboration server.
+//!
+//! # Model
+//!
+//! * A **subscriber** owns an e-mail address and registers **applications**
+//!   by confirming a mailed 6-digit code. Each application gets a
+//!   server-generated id and a secret shown once; the server keeps an argon2
+//!   hash of the secret (HTTP Basic) and an HKDF-derived key that verifies
+//!   the **user tokens** the application signs (see [`auth`]).
+//! * A **user** belongs to one application and is provisioned the first
+//!   time the application vouches for it, by a token it minted or obtained
+//!   from `POST /api/v1/tokens`.
+//!
+//! # Layers
+//!
+//! [`http`] handlers are thin: they extract input (with [`http::extract`]),
+//! call the domain ([`tenancy::Tenancy`]) and map the result or an
+//! [`error::ApiError`]. The domain works on the [`store::Store`] and
+//! [`mail::Mailer`] traits and a [`ids::Clock`], so tests can run it on an
+//! in-memory store and a manual clock. [`server::run`] serves the router on
+//! a listener with graceful shutdown; the `signalling` binary only parses
+//! its command line and configuration and calls it.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod ids;
+pub mod mail;
+pub mod server;
+pub mod store;
+pub mod tenancy;
+
+pub use config::SignallingConfig;
+pub use server::{Services, run};

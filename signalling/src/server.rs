@@ -1,0 +1,203 @@
+//! Wiring: the backends behind [`Services`], and [`run`], which serves
+//! them on a listener until a shutdown signal.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::SignallingConfig;
+use crate::ids::Clock;
+use crate::mail::{self, Mailer};
+use crate::store::{SqliteStore, Store};
+use crate::tenancy::Tenancy;
+
+/// Everything a request handler can reach.
+#[derive(Debug)]
+pub struct Services {
+    /// The checked configuration.
+    pub config: Arc<SignallingConfig>,
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// Outgoing mail.
+    pub mailer: Arc<dyn Mailer>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Registration, applications, users.
+    pub tenancy: Tenancy,
+    /// Prometheus exposition.
+    pub metrics: PrometheusHandle,
+}
+
+impl Services {
+    /// Opens the backends `config` asks for: the SQLite store in the data
+    /// directory (migrated), and SMTP or the outbox.
+    ///
+    /// # Errors
+    /// If the configuration is invalid or a backend cannot be opened.
+    pub async fn open(
+        config: SignallingConfig,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Arc<Self>> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&config.database_path())
+                .await
+                .with_context(|| format!("opening {}", config.database_path().display()))?,
+        );
+        let mailer =
+            mail::from_config(&config.mail, &config.outbox_dir()).context("setting up mail")?;
+        Ok(Self::with_backends(config, store, mailer, clock))
+    }
+
+    /// Services over backends the caller built.
+    pub fn with_backends(
+        config: SignallingConfig,
+        store: Arc<dyn Store>,
+        mailer: Arc<dyn Mailer>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
+        let config = Arc::new(config);
+        let tenancy = Tenancy::new(store.clone(), mailer.clone(), clock.clone(), config.clone());
+        Arc::new(Self {
+            config,
+            store,
+            mailer,
+            clock,
+            tenancy,
+            metrics: metrics_handle(),
+        })
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("http_request_duration_seconds".to_owned()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    ],
+                )
+                .expect("the bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is already installed (a host
+            // program embedding the library); metrics then go there.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Serves the HTTP application on `listener` until `shutdown` completes,
+/// then stops accepting, lets requests in flight finish and returns.
+///
+/// # Errors
+/// If the server fails while running.
+pub async fn run(
+    listener: TcpListener,
+    services: Arc<Services>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "signalling listening");
+    let upkeep = {
+        let handle = services.metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        })
+    };
+    let app = crate::http::app(services);
+    let served = axum::serve(CountedListener(listener), app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    upkeep.abort();
+    tracing::info!("signalling stopped");
+    served.context("serving HTTP")
+}
+
+/// A TCP listener that keeps `http_connections_open` up to date.
+#[derive(Debug)]
+struct CountedListener(TcpListener);
+
+impl axum::serve::Listener for CountedListener {
+    type Io = CountedStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        metrics::gauge!("http_connections_open").increment(1.0);
+        (CountedStream(stream), addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// A connection counted in `http_connections_open` until dropped.
+#[derive(Debug)]
+struct CountedStream(TcpStream);
+
+impl Drop for CountedStream {
+    fn drop(&mut self) {
+        metrics::gauge!("http_connections_open").decrement(1.0);
+    }
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}

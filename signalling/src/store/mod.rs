@@ -1,0 +1,256 @@
+//! Persistence behind one trait.
+//!
+//! [`Store`] is what the domain needs, in domain types; it says nothing of
+//! SQLite so that a PostgreSQL implementation can follow with the same SQL
+//! (ids as UUID text, times as BIGINT milliseconds). [`sqlite::SqliteStore`]
+//! is the embedded default: one file in the data directory, WAL mode,
+//! `synchronous = FULL`, migrations embedded in the binary and applied at
+//! start.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::auth::TokenKey;
+use crate::ids::{AppId, SubscriberId, Timestamp, UserId};
+
+pub use sqlite::SqliteStore;
+
+/// A store failure: always internal, never the client's fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database answered with an error or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying the embedded migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row does not decode (corruption or a bug).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Store result.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An e-mail owner; owns applications.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscriber {
+    /// Server id.
+    pub id: SubscriberId,
+    /// Normalised e-mail address.
+    pub email: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+}
+
+/// A registered application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Application {
+    /// Server-generated id.
+    pub id: AppId,
+    /// Owner.
+    pub subscriber_id: SubscriberId,
+    /// Free-text display name; no effect on identity.
+    pub name: String,
+    /// argon2 hash of the secret.
+    pub secret_hash: String,
+    /// Current user-token key.
+    pub token_key: TokenKey,
+    /// The key before the last rotation, accepted until `prev_token_key_until`.
+    pub prev_token_key: Option<TokenKey>,
+    /// End of the rotation grace period.
+    pub prev_token_key_until: Option<Timestamp>,
+    /// Registration time.
+    pub created_at: Timestamp,
+    /// Set once unregistered; such an application can do nothing.
+    pub unregistered_at: Option<Timestamp>,
+}
+
+/// A new application to insert.
+#[derive(Clone, Debug)]
+pub struct NewApplication {
+    /// Server-generated id.
+    pub id: AppId,
+    /// Display name.
+    pub name: String,
+    /// argon2 hash of the secret.
+    pub secret_hash: String,
+    /// User-token key.
+    pub token_key: TokenKey,
+}
+
+/// A collaboration user of one application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    /// Server id.
+    pub id: UserId,
+    /// The application it belongs to.
+    pub app_id: AppId,
+    /// The application's own id for this user.
+    pub external_id: String,
+    /// Display name, as last vouched for by the application.
+    pub name: String,
+    /// E-mail, if the application shares it.
+    pub email: Option<String>,
+    /// Locked users cannot authenticate.
+    pub locked: bool,
+    /// First time the application vouched for the user.
+    pub created_at: Timestamp,
+}
+
+/// What a mailed code is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodePurpose {
+    /// Registering an application.
+    Register,
+    /// A subscriber signing in.
+    SignIn,
+}
+
+impl CodePurpose {
+    /// Stored form.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Register => "register",
+            Self::SignIn => "sign_in",
+        }
+    }
+}
+
+/// A code waiting for confirmation.
+#[derive(Clone, Debug)]
+pub struct PendingCode {
+    /// What it is for.
+    pub purpose: CodePurpose,
+    /// Normalised e-mail it was sent to.
+    pub email: String,
+    /// Digest of (purpose, e-mail, code).
+    pub code_hash: String,
+    /// End of validity.
+    pub expires_at: Timestamp,
+    /// Confirmations allowed.
+    pub max_tries: u32,
+    /// When it was sent.
+    pub created_at: Timestamp,
+}
+
+/// A signed-in subscriber's session.
+#[derive(Clone, Debug)]
+pub struct SubscriberSession {
+    /// Digest of the opaque token.
+    pub token_hash: String,
+    /// Who signed in.
+    pub subscriber_id: SubscriberId,
+    /// End of validity.
+    pub expires_at: Timestamp,
+    /// When it was created.
+    pub created_at: Timestamp,
+}
+
+/// Everything the server persists.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// A trivial query, for health checks.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Stores a code, replacing any earlier one for the same purpose and
+    /// e-mail.
+    async fn put_code(&self, code: &PendingCode) -> StoreResult<()>;
+
+    /// Spends one try of the live code for (purpose, e-mail) and returns its
+    /// digest, or `None` when there is no usable code (none, expired, used or
+    /// out of tries). Atomic: concurrent tries each spend one.
+    async fn spend_code_try(
+        &self,
+        purpose: CodePurpose,
+        email: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<String>>;
+
+    /// Marks the code used; false if another request used it first.
+    async fn mark_code_used(&self, purpose: CodePurpose, email: &str) -> StoreResult<bool>;
+
+    /// Creates the subscriber for `email` if needed and the application, in
+    /// one transaction.
+    async fn register_application(
+        &self,
+        email: &str,
+        new_subscriber: SubscriberId,
+        app: &NewApplication,
+        now: Timestamp,
+    ) -> StoreResult<(Subscriber, Application)>;
+
+    /// The subscriber with this e-mail.
+    async fn subscriber_by_email(&self, email: &str) -> StoreResult<Option<Subscriber>>;
+
+    /// The subscriber with this id.
+    async fn subscriber(&self, id: SubscriberId) -> StoreResult<Option<Subscriber>>;
+
+    /// All subscribers, oldest first.
+    async fn subscribers(&self) -> StoreResult<Vec<Subscriber>>;
+
+    /// Stores a session.
+    async fn put_session(&self, session: &SubscriberSession) -> StoreResult<()>;
+
+    /// The session with this token digest.
+    async fn session(&self, token_hash: &str) -> StoreResult<Option<SubscriberSession>>;
+
+    /// Deletes a session (sign-out).
+    async fn delete_session(&self, token_hash: &str) -> StoreResult<()>;
+
+    /// The application with this id, registered or not.
+    async fn application(&self, id: AppId) -> StoreResult<Option<Application>>;
+
+    /// Applications, of one subscriber or of all, oldest first.
+    async fn applications(&self, owner: Option<SubscriberId>) -> StoreResult<Vec<Application>>;
+
+    /// Renames a registered application; false if there is none.
+    async fn rename_application(&self, id: AppId, name: &str) -> StoreResult<bool>;
+
+    /// Replaces the secret hash and token key; the old key is kept as the
+    /// previous one until `prev_until`. False if there is no registered
+    /// application.
+    async fn rotate_secret(
+        &self,
+        id: AppId,
+        secret_hash: &str,
+        token_key: &TokenKey,
+        prev_until: Timestamp,
+    ) -> StoreResult<bool>;
+
+    /// Marks a registered application unregistered; false if there is none.
+    async fn unregister_application(&self, id: AppId, now: Timestamp) -> StoreResult<bool>;
+
+    /// Creates the user for (app, external id), or updates its name and
+    /// e-mail; returns it either way. Safe under concurrent calls.
+    async fn provision_user(
+        &self,
+        app_id: AppId,
+        new_id: UserId,
+        external_id: &str,
+        name: &str,
+        email: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<User>;
+
+    /// A user of an application.
+    async fn user(&self, app_id: AppId, id: UserId) -> StoreResult<Option<User>>;
+
+    /// A user of an application by the application's own id.
+    async fn user_by_external_id(
+        &self,
+        app_id: AppId,
+        external_id: &str,
+    ) -> StoreResult<Option<User>>;
+
+    /// Locks or unlocks a user; the updated user, or `None` if there is none.
+    async fn set_user_locked(
+        &self,
+        app_id: AppId,
+        id: UserId,
+        locked: bool,
+    ) -> StoreResult<Option<User>>;
+}

@@ -1,0 +1,726 @@
+//! Tenancy: subscribers register applications by e-mail code, applications
+//! vouch for their users, users get tokens.
+//!
+//! Plain domain logic over [`Store`], [`Mailer`] and [`Clock`]; the HTTP
+//! handlers only extract input, call a method here and map the result.
+//! Errors are [`ApiError`]s because they are what the client is told,
+//! whichever transport carries them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::auth::{self, AuthError, TokenKey, UserClaims};
+use crate::config::SignallingConfig;
+use crate::error::ApiError;
+use crate::ids::{AppId, Clock, SubscriberId, Timestamp, UserId};
+use crate::mail::{self, CodeMail, Mailer};
+use crate::store::{
+    Application, CodePurpose, NewApplication, PendingCode, Store, Subscriber, SubscriberSession,
+    User,
+};
+
+/// Longest application or user display name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+/// Longest external user id, in characters.
+pub const MAX_EXTERNAL_ID_CHARS: usize = 256;
+/// How many verified application secrets are remembered to spare argon2 on
+/// repeated HTTP Basic requests. When full, the cache is emptied: the next
+/// requests pay for argon2 once each, nothing is refused.
+const SECRET_CACHE_CAPACITY: usize = 10_000;
+
+/// Who is acting on an application.
+#[derive(Debug, Clone)]
+pub enum Actor {
+    /// The application itself (HTTP Basic with its id and secret).
+    Application(Application),
+    /// Its owner, signed in with an e-mail code.
+    Subscriber(Subscriber),
+}
+
+/// A freshly registered application; the secret is shown this once.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The new application.
+    pub application: Application,
+    /// Its secret, in clear.
+    pub app_secret: String,
+}
+
+/// A new secret after a rotation.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    /// The new secret, in clear.
+    pub app_secret: String,
+    /// Until when tokens signed with the previous key are still accepted.
+    pub previous_tokens_valid_until: Timestamp,
+}
+
+/// A subscriber session token, shown once.
+#[derive(Debug, Clone)]
+pub struct SessionIssued {
+    /// The opaque bearer token.
+    pub token: String,
+    /// Who it is for.
+    pub subscriber: Subscriber,
+    /// End of validity.
+    pub expires_at: Timestamp,
+}
+
+/// A user token issued by the server.
+#[derive(Debug, Clone)]
+pub struct TokenIssued {
+    /// The JWT.
+    pub token: String,
+    /// The user it is for (provisioned if new).
+    pub user: User,
+    /// End of validity.
+    pub expires_at: Timestamp,
+}
+
+/// The tenancy service.
+#[derive(Debug)]
+pub struct Tenancy {
+    store: Arc<dyn Store>,
+    mailer: Arc<dyn Mailer>,
+    clock: Arc<dyn Clock>,
+    config: Arc<SignallingConfig>,
+    /// app id → (argon2 hash it was checked against, SHA-256 of the secret).
+    verified_secrets: Mutex<HashMap<AppId, (String, [u8; 32])>>,
+}
+
+impl Tenancy {
+    /// A service over these backends.
+    #[must_use]
+    pub fn new(
+        store: Arc<dyn Store>,
+        mailer: Arc<dyn Mailer>,
+        clock: Arc<dyn Clock>,
+        config: Arc<SignallingConfig>,
+    ) -> Self {
+        Self {
+            store,
+            mailer,
+            clock,
+            config,
+            verified_secrets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Mails a registration code to `email`.
+    ///
+    /// # Errors
+    /// `invalid_request` for a malformed e-mail or name; `internal` if the
+    /// mail cannot go out.
+    pub async fn request_registration(&self, email: &str, app_name: &str) -> Result<(), ApiError> {
+        let email = normalize_email(email)?;
+        check_name("app_name", app_name)?;
+        self.send_code(
+            CodePurpose::Register,
+            &email,
+            CodeMail::Register { app_name },
+        )
+        .await
+    }
+
+    /// Checks the code and registers a new application for the subscriber
+    /// of `email` (created on first registration).
+    ///
+    /// # Errors
+    /// `access_denied` for a wrong e-mail or code, an expired, used or
+    /// exhausted code, without saying which; `invalid_request` for malformed
+    /// input.
+    pub async fn confirm_registration(
+        &self,
+        email: &str,
+        app_name: &str,
+        code: &str,
+    ) -> Result<Registered, ApiError> {
+        let email = normalize_email(email)?;
+        check_name("app_name", app_name)?;
+        check_code_format(code)?;
+        self.spend_code(CodePurpose::Register, &email, code).await?;
+
+        let id = AppId::random();
+        let app_secret = auth::generate_secret();
+        let secret_hash = hash_secret(app_secret.clone()).await?;
+        let new_app = NewApplication {
+            id,
+            name: app_name.to_owned(),
+            secret_hash,
+            token_key: TokenKey::derive(id, &app_secret),
+        };
+        let (_, application) = self
+            .store
+            .register_application(&email, SubscriberId::random(), &new_app, self.clock.now())
+            .await?;
+        tracing::info!(app_id = %application.id, subscriber_id = %application.subscriber_id, "application registered");
+        Ok(Registered {
+            application,
+            app_secret,
+        })
+    }
+
+    /// Mails a sign-in code if a subscriber owns `email`; says nothing
+    /// either way, so that addresses cannot be probed.
+    ///
+    /// # Errors
+    /// `invalid_request` for a malformed e-mail; `internal` on failure.
+    pub async fn request_sign_in(&self, email: &str) -> Result<(), ApiError> {
+        let email = normalize_email(email)?;
+        if self.store.subscriber_by_email(&email).await?.is_some() {
+            self.send_code(CodePurpose::SignIn, &email, CodeMail::SignIn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Checks a sign-in code and opens a subscriber session.
+    ///
+    /// # Errors
+    /// `access_denied` as for registration.
+    pub async fn confirm_sign_in(
+        &self,
+        email: &str,
+        code: &str,
+    ) -> Result<SessionIssued, ApiError> {
+        let email = normalize_email(email)?;
+        check_code_format(code)?;
+        self.spend_code(CodePurpose::SignIn, &email, code).await?;
+        let subscriber = self
+            .store
+            .subscriber_by_email(&email)
+            .await?
+            .ok_or(ApiError::AccessDenied)?;
+        let token = auth::generate_opaque_token();
+        let now = self.clock.now();
+        let expires_at = now.plus(Duration::from_secs(
+            self.config.subscribers.session_ttl_secs,
+        ));
+        self.store
+            .put_session(&SubscriberSession {
+                token_hash: auth::digest(&[&token]),
+                subscriber_id: subscriber.id,
+                expires_at,
+                created_at: now,
+            })
+            .await?;
+        Ok(SessionIssued {
+            token,
+            subscriber,
+            expires_at,
+        })
+    }
+
+    /// Ends a subscriber session.
+    ///
+    /// # Errors
+    /// `internal` on store failure.
+    pub async fn sign_out(&self, token: &str) -> Result<(), ApiError> {
+        self.store.delete_session(&auth::digest(&[token])).await?;
+        Ok(())
+    }
+
+    /// The subscriber whose session token this is.
+    ///
+    /// # Errors
+    /// `unauthorized` for an unknown or expired session.
+    pub async fn authenticate_subscriber(&self, token: &str) -> Result<Subscriber, ApiError> {
+        const BAD: ApiError = ApiError::Unauthorized("invalid or expired subscriber session");
+        let session = self
+            .store
+            .session(&auth::digest(&[token]))
+            .await?
+            .ok_or(BAD)?;
+        if session.expires_at <= self.clock.now() {
+            return Err(BAD);
+        }
+        self.store
+            .subscriber(session.subscriber_id)
+            .await?
+            .ok_or(BAD)
+    }
+
+    /// The application whose id and secret these are.
+    ///
+    /// # Errors
+    /// `unauthorized` for a wrong id or secret; `application_unregistered`
+    /// once the right secret of an unregistered application is given.
+    pub async fn authenticate_application(
+        &self,
+        app_id: &str,
+        secret: &str,
+    ) -> Result<Application, ApiError> {
+        const BAD: ApiError = ApiError::Unauthorized("invalid application credentials");
+        let id: AppId = app_id.parse().map_err(|_| BAD)?;
+        let app = self.store.application(id).await?.ok_or(BAD)?;
+        if !self.secret_matches(&app, secret).await? {
+            return Err(BAD);
+        }
+        if app.unregistered_at.is_some() {
+            return Err(ApiError::ApplicationUnregistered);
+        }
+        Ok(app)
+    }
+
+    /// The application and user a user token speaks for, provisioning the
+    /// user the first time its application vouches for it.
+    ///
+    /// # Errors
+    /// `unauthorized` for a bad, expired or foreign token;
+    /// `application_unregistered`; `user_locked`.
+    pub async fn authenticate_user(&self, token: &str) -> Result<(Application, User), ApiError> {
+        const BAD: ApiError = ApiError::Unauthorized("invalid user token");
+        let app_id = auth::unverified_issuer(token).ok_or(BAD)?;
+        let app = self.store.application(app_id).await?.ok_or(BAD)?;
+        let now = self.clock.now();
+        let claims = self.verify_user_token(&app, token, now)?;
+        if app.unregistered_at.is_some() {
+            return Err(ApiError::ApplicationUnregistered);
+        }
+        if claims.iss != app.id.to_string() {
+            return Err(BAD);
+        }
+        let user = match self.store.user_by_external_id(app.id, &claims.sub).await? {
+            Some(user)
+                if user.name == claims.name
+                    && (claims.email.is_none() || user.email == claims.email) =>
+            {
+                user
+            }
+            _ => {
+                check_user_fields(&claims.sub, &claims.name, claims.email.as_deref())?;
+                self.store
+                    .provision_user(
+                        app.id,
+                        UserId::random(),
+                        &claims.sub,
+                        &claims.name,
+                        claims.email.as_deref(),
+                        now,
+                    )
+                    .await?
+            }
+        };
+        if user.locked {
+            return Err(ApiError::UserLocked);
+        }
+        Ok((app, user))
+    }
+
+    /// Issues a user token, provisioning the user if the application
+    /// vouches for it for the first time.
+    ///
+    /// # Errors
+    /// `invalid_request` for bad fields; `user_locked`.
+    pub async fn issue_token(
+        &self,
+        app: &Application,
+        external_id: &str,
+        name: &str,
+        email: Option<&str>,
+    ) -> Result<TokenIssued, ApiError> {
+        check_user_fields(external_id, name, email)?;
+        let email = email.map(normalize_email).transpose()?;
+        let now = self.clock.now();
+        let user = self
+            .store
+            .provision_user(
+                app.id,
+                UserId::random(),
+                external_id,
+                name,
+                email.as_deref(),
+                now,
+            )
+            .await?;
+        if user.locked {
+            return Err(ApiError::UserLocked);
+        }
+        let expires_at = Timestamp::from_secs(now.as_secs())
+            .plus(Duration::from_secs(self.config.tokens.ttl_secs));
+        let claims = UserClaims {
+            iss: app.id.to_string(),
+            aud: auth::TOKEN_AUDIENCE.to_owned(),
+            sub: user.external_id.clone(),
+            name: user.name.clone(),
+            email: user.email.clone(),
+            iat: now.as_secs(),
+            exp: expires_at.as_secs(),
+        };
+        let token = auth::mint_token(&app.token_key, &claims).map_err(ApiError::internal)?;
+        Ok(TokenIssued {
+            token,
+            user,
+            expires_at,
+        })
+    }
+
+    /// The applications an actor may see: its subscriber's for a
+    /// subscriber, itself for an application.
+    ///
+    /// # Errors
+    /// `internal` on store failure.
+    pub async fn applications(&self, actor: &Actor) -> Result<Vec<Application>, ApiError> {
+        match actor {
+            Actor::Application(app) => Ok(vec![app.clone()]),
+            Actor::Subscriber(s) => Ok(self.store.applications(Some(s.id)).await?),
+        }
+    }
+
+    /// One application the actor may see.
+    ///
+    /// # Errors
+    /// `not_found` for an application of someone else, as for none at all.
+    pub async fn application(&self, actor: &Actor, id: AppId) -> Result<Application, ApiError> {
+        const NONE: ApiError = ApiError::NotFound("application");
+        match actor {
+            Actor::Application(app) if app.id == id => Ok(app.clone()),
+            Actor::Application(_) => Err(NONE),
+            Actor::Subscriber(s) => {
+                let app = self.store.application(id).await?.ok_or(NONE)?;
+                if app.subscriber_id == s.id {
+                    Ok(app)
+                } else {
+                    Err(NONE)
+                }
+            }
+        }
+    }
+
+    /// Renames an application.
+    ///
+    /// # Errors
+    /// `not_found`, `application_unregistered`, `invalid_request`.
+    pub async fn rename(
+        &self,
+        actor: &Actor,
+        id: AppId,
+        name: &str,
+    ) -> Result<Application, ApiError> {
+        check_name("name", name)?;
+        let app = self.registered(actor, id).await?;
+        if !self.store.rename_application(app.id, name).await? {
+            return Err(ApiError::ApplicationUnregistered);
+        }
+        Ok(Application {
+            name: name.to_owned(),
+            ..app
+        })
+    }
+
+    /// Replaces an application's secret. HTTP Basic with the old secret
+    /// stops working at once; user tokens signed with the old key keep
+    /// working for `tokens.rotation_grace_secs`.
+    ///
+    /// # Errors
+    /// `not_found`, `application_unregistered`.
+    pub async fn rotate_secret(&self, actor: &Actor, id: AppId) -> Result<Rotated, ApiError> {
+        let app = self.registered(actor, id).await?;
+        let app_secret = auth::generate_secret();
+        let secret_hash = hash_secret(app_secret.clone()).await?;
+        let until = self
+            .clock
+            .now()
+            .plus(Duration::from_secs(self.config.tokens.rotation_grace_secs));
+        let key = TokenKey::derive(app.id, &app_secret);
+        if !self
+            .store
+            .rotate_secret(app.id, &secret_hash, &key, until)
+            .await?
+        {
+            return Err(ApiError::ApplicationUnregistered);
+        }
+        self.forget_secret(app.id);
+        tracing::info!(app_id = %app.id, "application secret rotated");
+        Ok(Rotated {
+            app_secret,
+            previous_tokens_valid_until: until,
+        })
+    }
+
+    /// Unregisters an application: its credentials, its users' tokens and
+    /// its users' connections stop working at once. Its data stays in the
+    /// store, unreachable through the API.
+    ///
+    /// # Errors
+    /// `not_found`, `application_unregistered`.
+    pub async fn unregister(&self, actor: &Actor, id: AppId) -> Result<(), ApiError> {
+        let app = self.registered(actor, id).await?;
+        if !self
+            .store
+            .unregister_application(app.id, self.clock.now())
+            .await?
+        {
+            return Err(ApiError::ApplicationUnregistered);
+        }
+        self.forget_secret(app.id);
+        tracing::info!(app_id = %app.id, "application unregistered");
+        Ok(())
+    }
+
+    /// A user of `app` by server id.
+    ///
+    /// # Errors
+    /// `not_found`, also for a user of another application.
+    pub async fn user(&self, app: &Application, id: UserId) -> Result<User, ApiError> {
+        self.store
+            .user(app.id, id)
+            .await?
+            .ok_or(ApiError::NotFound("user"))
+    }
+
+    /// A user of `app` by the application's own id.
+    ///
+    /// # Errors
+    /// `not_found`.
+    pub async fn user_by_external_id(
+        &self,
+        app: &Application,
+        external_id: &str,
+    ) -> Result<User, ApiError> {
+        self.store
+            .user_by_external_id(app.id, external_id)
+            .await?
+            .ok_or(ApiError::NotFound("user"))
+    }
+
+    /// Locks or unlocks a user of `app`.
+    ///
+    /// # Errors
+    /// `not_found`.
+    pub async fn set_locked(
+        &self,
+        app: &Application,
+        id: UserId,
+        locked: bool,
+    ) -> Result<User, ApiError> {
+        let user = self
+            .store
+            .set_user_locked(app.id, id, locked)
+            .await?
+            .ok_or(ApiError::NotFound("user"))?;
+        tracing::info!(app_id = %app.id, user_id = %id, locked, "user lock changed");
+        Ok(user)
+    }
+
+    async fn registered(&self, actor: &Actor, id: AppId) -> Result<Application, ApiError> {
+        let app = self.application(actor, id).await?;
+        if app.unregistered_at.is_some() {
+            return Err(ApiError::ApplicationUnregistered);
+        }
+        Ok(app)
+    }
+
+    async fn send_code(
+        &self,
+        purpose: CodePurpose,
+        email: &str,
+        what: CodeMail<'_>,
+    ) -> Result<(), ApiError> {
+        let code = auth::generate_code();
+        let now = self.clock.now();
+        let codes = &self.config.codes;
+        let message = mail::code_message(
+            &self.config.mail.from,
+            email,
+            &code,
+            what,
+            codes.ttl_secs / 60,
+        )?;
+        self.store
+            .put_code(&PendingCode {
+                purpose,
+                email: email.to_owned(),
+                code_hash: auth::digest(&[purpose.as_str(), email, &code]),
+                expires_at: now.plus(codes.ttl()),
+                max_tries: codes.max_tries,
+                created_at: now,
+            })
+            .await?;
+        self.mailer.send(message).await?;
+        Ok(())
+    }
+
+    async fn spend_code(
+        &self,
+        purpose: CodePurpose,
+        email: &str,
+        code: &str,
+    ) -> Result<(), ApiError> {
+        let stored = self
+            .store
+            .spend_code_try(purpose, email, self.clock.now())
+            .await?
+            .ok_or(ApiError::AccessDenied)?;
+        let given = auth::digest(&[purpose.as_str(), email, code]);
+        if !auth::digests_equal(&stored, &given) {
+            return Err(ApiError::AccessDenied);
+        }
+        if !self.store.mark_code_used(purpose, email).await? {
+            return Err(ApiError::AccessDenied);
+        }
+        Ok(())
+    }
+
+    fn verify_user_token(
+        &self,
+        app: &Application,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<UserClaims, ApiError> {
+        let tokens = &self.config.tokens;
+        let verify = |key: &TokenKey| {
+            auth::verify_token(token, key, now, tokens.max_ttl_secs, tokens.leeway_secs)
+        };
+        let result = match verify(&app.token_key) {
+            Err(AuthError::Invalid) => match (&app.prev_token_key, app.prev_token_key_until) {
+                (Some(prev), Some(until)) if now < until => verify(prev),
+                _ => Err(AuthError::Invalid),
+            },
+            other => other,
+        };
+        result.map_err(|e| match e {
+            AuthError::Expired => ApiError::Unauthorized("user token expired"),
+            AuthError::BadLifetime => ApiError::Unauthorized("user token lifetime not acceptable"),
+            _ => ApiError::Unauthorized("invalid user token"),
+        })
+    }
+
+    async fn secret_matches(&self, app: &Application, secret: &str) -> Result<bool, ApiError> {
+        let fingerprint: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        {
+            let cache = self
+                .verified_secrets
+                .lock()
+                .map_err(|_| ApiError::internal(anyhow::anyhow!("secret cache poisoned")))?;
+            if let Some((hash, known)) = cache.get(&app.id) {
+                if *hash == app.secret_hash {
+                    return Ok(auth::digests_equal_bytes(known, &fingerprint));
+                }
+            }
+        }
+        let (secret, phc) = (secret.to_owned(), app.secret_hash.clone());
+        let ok = tokio::task::spawn_blocking(move || auth::verify_secret(&secret, &phc))
+            .await
+            .map_err(ApiError::internal)?;
+        if ok {
+            let mut cache = self
+                .verified_secrets
+                .lock()
+                .map_err(|_| ApiError::internal(anyhow::anyhow!("secret cache poisoned")))?;
+            if cache.len() >= SECRET_CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(app.id, (app.secret_hash.clone(), fingerprint));
+        }
+        Ok(ok)
+    }
+
+    fn forget_secret(&self, id: AppId) {
+        if let Ok(mut cache) = self.verified_secrets.lock() {
+            cache.remove(&id);
+        }
+    }
+}
+
+async fn hash_secret(secret: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || auth::hash_secret(&secret))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+/// Checks and normalises an e-mail address (trimmed, lower-cased).
+///
+/// # Errors
+/// `invalid_request` naming the problem.
+pub fn normalize_email(email: &str) -> Result<String, ApiError> {
+    let email = email.trim();
+    if email.len() > 254 {
+        return Err(ApiError::InvalidRequest(
+            "email: longer than 254 bytes".to_owned(),
+        ));
+    }
+    email
+        .parse::<lettre::Address>()
+        .map(|a| a.to_string().to_lowercase())
+        .map_err(|_| {
+            ApiError::InvalidRequest(format!("email: not a valid e-mail address: {email:?}"))
+        })
+}
+
+fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::InvalidRequest(format!(
+            "{field}: must not be empty"
+        )));
+    }
+    if value.chars().count() > max_chars {
+        return Err(ApiError::InvalidRequest(format!(
+            "{field}: longer than {max_chars} characters"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::InvalidRequest(format!(
+            "{field}: must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+    check_text(field, name, MAX_NAME_CHARS)
+}
+
+fn check_user_fields(external_id: &str, name: &str, email: Option<&str>) -> Result<(), ApiError> {
+    check_text("external_id", external_id, MAX_EXTERNAL_ID_CHARS)?;
+    check_name("name", name)?;
+    if let Some(email) = email {
+        normalize_email(email)?;
+    }
+    Ok(())
+}
+
+fn check_code_format(code: &str) -> Result<(), ApiError> {
+    if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRequest(
+            "code: must be 6 digits".to_owned(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_checked_and_normalised() {
+        assert_eq!(
+            normalize_email(" Ann@Example.COM ").unwrap(),
+            "ann@example.com"
+        );
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@example.com",
+            "a b@example.com",
+            "ann@@example.com",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn names_take_any_printable_text() {
+        check_name("n", "Склад \"Север\" <&> 🚚").unwrap();
+        assert!(check_name("n", "  ").is_err());
+        assert!(check_name("n", "a\nb").is_err());
+        assert!(check_name("n", &"я".repeat(MAX_NAME_CHARS + 1)).is_err());
+    }
+}
