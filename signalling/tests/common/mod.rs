@@ -1,0 +1,263 @@
+//! Harness shared by the integration tests: a real server on an ephemeral
+//! loopback port, a real HTTP client, and helpers that read mailed codes
+//! from the outbox.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use confer_signalling::ids::{Clock, ManualClock, Timestamp};
+use confer_signalling::{Services, SignallingConfig};
+use reqwest::{Client, RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running server with its own data directory and a manual clock.
+pub struct TestServer {
+    pub base: String,
+    pub client: Client,
+    pub services: Arc<Services>,
+    pub clock: Arc<ManualClock>,
+    pub data_dir: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Credentials of a registered application.
+#[derive(Clone, Debug)]
+pub struct App {
+    pub id: String,
+    pub secret: String,
+    pub subscriber_id: String,
+}
+
+impl TestServer {
+    /// A server on a fresh temporary data directory.
+    pub async fn start() -> (Self, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Self::start_in(dir.path(), default_clock()).await;
+        (server, dir)
+    }
+
+    /// A server on `data_dir` with `clock`.
+    pub async fn start_in(data_dir: &Path, clock: Arc<ManualClock>) -> Self {
+        Self::start_with(test_config(data_dir), clock).await
+    }
+
+    /// A server with this configuration.
+    pub async fn start_with(config: SignallingConfig, clock: Arc<ManualClock>) -> Self {
+        let data_dir = config.data_dir.clone();
+        let services = Services::open(config, clock.clone() as Arc<dyn Clock>)
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(confer_signalling::run(listener, services.clone(), async {
+            let _ = rx.await;
+        }));
+        Self {
+            base,
+            client: Client::new(),
+            services,
+            clock,
+            data_dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Graceful stop; waits until the server has returned.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.client.get(self.url(path))
+    }
+
+    pub fn post(&self, path: &str) -> RequestBuilder {
+        self.client.post(self.url(path))
+    }
+
+    pub fn patch(&self, path: &str) -> RequestBuilder {
+        self.client.patch(self.url(path))
+    }
+
+    pub fn delete(&self, path: &str) -> RequestBuilder {
+        self.client.delete(self.url(path))
+    }
+
+    /// The code in the newest mail to `email` in the outbox.
+    pub fn last_code(&self, email: &str) -> String {
+        last_code_in(&self.data_dir.join("outbox"), email)
+            .expect("a mail with a code for this address")
+    }
+
+    /// How many mails are in the outbox.
+    pub fn outbox_len(&self) -> usize {
+        std::fs::read_dir(self.data_dir.join("outbox"))
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Requests a registration code for `email`.
+    pub async fn request_code(&self, email: &str, app_name: &str) {
+        let r = self
+            .post("/api/v1/registrations")
+            .json(&json!({"email": email, "app_name": app_name}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::ACCEPTED,
+            "{}",
+            r.text().await.unwrap()
+        );
+    }
+
+    /// Registers an application through the whole e-mail code flow.
+    pub async fn register(&self, email: &str, app_name: &str) -> App {
+        self.request_code(email, app_name).await;
+        let code = self.last_code(email);
+        let r = self
+            .post("/api/v1/registrations/confirm")
+            .json(&json!({"email": email, "app_name": app_name, "code": code}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: Value = r.json().await.unwrap();
+        App {
+            id: body["app_id"].as_str().unwrap().to_owned(),
+            secret: body["app_secret"].as_str().unwrap().to_owned(),
+            subscriber_id: body["subscriber_id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// A user token from `POST /api/v1/tokens`; returns the whole body.
+    pub async fn token(&self, app: &App, external_id: &str, name: &str) -> Value {
+        let r = self
+            .post("/api/v1/tokens")
+            .basic_auth(&app.id, Some(&app.secret))
+            .json(&json!({"external_id": external_id, "name": name}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    /// Signs a subscriber in by e-mail code; returns the session token.
+    pub async fn sign_in(&self, email: &str) -> String {
+        let r = self
+            .post("/api/v1/subscriber/sessions")
+            .json(&json!({"email": email}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let code = self.last_code(email);
+        let r = self
+            .post("/api/v1/subscriber/sessions/confirm")
+            .json(&json!({"email": email, "code": code}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: Value = r.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Number of (subscribers, applications, users of `app`) in the store.
+    pub async fn counts(&self) -> (usize, usize) {
+        let store = &self.services.store;
+        (
+            store.subscribers().await.unwrap().len(),
+            store.applications(None).await.unwrap().len(),
+        )
+    }
+}
+
+/// Settings for tests: defaults with the data directory set.
+pub fn test_config(data_dir: &Path) -> SignallingConfig {
+    SignallingConfig {
+        data_dir: data_dir.to_owned(),
+        ..SignallingConfig::default()
+    }
+}
+
+/// A manual clock at the current time (tokens carry real-looking times).
+pub fn default_clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(Timestamp::from_system(
+        std::time::SystemTime::now(),
+    )))
+}
+
+/// Asserts an error response: status, stable code, and a message.
+pub async fn expect_error(response: Response, status: StatusCode, code: &str) -> Value {
+    let got = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(got, status, "body: {body}");
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "no message: {body}"
+    );
+    body
+}
+
+/// The code in the newest `.eml` addressed to `email` in `dir`.
+pub fn last_code_in(dir: &Path, email: &str) -> Option<String> {
+    let mut mails: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            let modified = e.metadata().ok()?.modified().ok()?;
+            Some((modified, text))
+        })
+        .filter(|(_, text)| {
+            text.lines().any(|l| {
+                l.strip_prefix("To:")
+                    .is_some_and(|to| to.trim().eq_ignore_ascii_case(email))
+            })
+        })
+        .collect();
+    mails.sort_by_key(|(modified, _)| *modified);
+    code_in(&mails.last()?.1)
+}
+
+/// The 6-digit code in a mail's text.
+pub fn code_in(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Confer code: "))
+        .map(|c| c.trim().to_owned())
+}
+
+/// Advances the clock by `secs` seconds.
+pub fn advance(server: &TestServer, secs: u64) {
+    server.clock.advance(Duration::from_secs(secs));
+}
