@@ -1,1 +1,52 @@
-fn main() {}
+//! Cost of authenticating a request: verifying a user token (every
+//! WebSocket connect and REST call of a user) and an application secret
+//! (argon2, paid once per application and then cached).
+
+use confer_signalling::auth::{self, TokenKey, UserClaims};
+use confer_signalling::ids::{AppId, Timestamp};
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+
+fn user_token(c: &mut Criterion) {
+    let app = AppId::random();
+    let key = TokenKey::derive(app, "bench secret");
+    let now = Timestamp::from_secs(1_800_000_000);
+    let claims = UserClaims {
+        iss: app.to_string(),
+        aud: auth::TOKEN_AUDIENCE.to_owned(),
+        sub: "employee-0042".to_owned(),
+        name: "Анна Петрова".to_owned(),
+        email: Some("anna@example.com".to_owned()),
+        iat: now.as_secs(),
+        exp: now.as_secs() + 3600,
+    };
+    let token = auth::mint_token(&key, &claims).expect("HS256 encoding does not fail");
+
+    c.bench_function("user_token/verify", |b| {
+        b.iter(|| {
+            let issuer = auth::unverified_issuer(black_box(&token));
+            let claims = auth::verify_token(black_box(&token), &key, now, 86_400, 60);
+            black_box((issuer, claims))
+        });
+    });
+    c.bench_function("user_token/mint", |b| {
+        b.iter(|| black_box(auth::mint_token(&key, black_box(&claims))));
+    });
+    c.bench_function("token_key/derive", |b| {
+        b.iter(|| black_box(TokenKey::derive(app, black_box("bench secret"))));
+    });
+}
+
+fn app_secret(c: &mut Criterion) {
+    let secret = auth::generate_secret();
+    let phc = auth::hash_secret(&secret).expect("argon2 with default parameters");
+    let mut group = c.benchmark_group("app_secret");
+    group.sample_size(10);
+    group.bench_function("argon2_verify", |b| {
+        b.iter(|| black_box(auth::verify_secret(black_box(&secret), &phc)));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, user_token, app_secret);
+criterion_main!(benches);

@@ -92,7 +92,17 @@ struct UserRef {
     external_id: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("signalling: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> anyhow::Result<()> {
     // Both ring and aws-lc-rs are in the dependency tree; rustls needs to be
     // told which one to use before any TLS connection (SMTP) is made.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -136,7 +146,7 @@ fn load_config(args: &ConfigArgs) -> anyhow::Result<SignallingConfig> {
     figment = figment.merge(Env::prefixed("CONFER_").split("__").ignore(&["config"]));
     let mut config: SignallingConfig = figment
         .extract()
-        .map_err(|e| anyhow::anyhow!("{}", e.to_string()))
+        .map_err(describe_figment_error)
         .context("cannot load configuration")?;
     if let Some(listen) = args.listen {
         config.listen = listen;
@@ -146,6 +156,31 @@ fn load_config(args: &ConfigArgs) -> anyhow::Result<SignallingConfig> {
     }
     config.validate()?;
     Ok(config)
+}
+
+/// One line per problem: the dotted setting name, what is wrong, and where
+/// the value came from.
+fn describe_figment_error(err: figment::Error) -> anyhow::Error {
+    let lines: Vec<String> = err
+        .into_iter()
+        .map(|e| {
+            let name = e.path.join(".").to_lowercase();
+            let origin = e.metadata.as_ref().map_or_else(String::new, |m| {
+                let source = m
+                    .source
+                    .as_ref()
+                    .map(|s| format!(" {s}"))
+                    .unwrap_or_default();
+                format!(" (from {}{source})", m.name)
+            });
+            if name.is_empty() {
+                format!("  - {}{origin}", e.kind)
+            } else {
+                format!("  - `{name}`: {}{origin}", e.kind)
+            }
+        })
+        .collect();
+    anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
 }
 
 fn init_logging(config: &SignallingConfig) {
@@ -199,10 +234,10 @@ async fn admin(args: &ConfigArgs, action: AdminAction) -> anyhow::Result<()> {
     match action {
         AdminAction::CheckConfig => {
             let mut shown = config.clone();
-            if let Some(smtp) = &mut shown.mail.smtp {
-                if smtp.password.is_some() {
-                    smtp.password = Some("********".to_owned());
-                }
+            if let Some(smtp) = &mut shown.mail.smtp
+                && smtp.password.is_some()
+            {
+                smtp.password = Some("********".to_owned());
             }
             println!("configuration OK\n\n{}", toml::to_string_pretty(&shown)?);
         }
@@ -320,7 +355,7 @@ fn list_outbox(dir: &Path) -> anyhow::Result<()> {
             mails.push((modified, path));
         }
     }
-    mails.sort_by(|a, b| b.0.cmp(&a.0));
+    mails.sort_by_key(|m| std::cmp::Reverse(m.0));
     println!("{} mail(s) in {}", mails.len(), dir.display());
     for (modified, path) in mails {
         let text = std::fs::read_to_string(&path).unwrap_or_default();

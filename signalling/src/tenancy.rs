@@ -596,10 +596,10 @@ impl Tenancy {
                 .verified_secrets
                 .lock()
                 .map_err(|_| ApiError::internal(anyhow::anyhow!("secret cache poisoned")))?;
-            if let Some((hash, known)) = cache.get(&app.id) {
-                if *hash == app.secret_hash {
-                    return Ok(auth::digests_equal_bytes(known, &fingerprint));
-                }
+            if let Some((hash, known)) = cache.get(&app.id)
+                && *hash == app.secret_hash
+            {
+                return Ok(auth::digests_equal_bytes(known, &fingerprint));
             }
         }
         let (secret, phc) = (secret.to_owned(), app.secret_hash.clone());

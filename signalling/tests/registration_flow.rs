@@ -2,6 +2,8 @@
 //! get a user token, read `/me`; several applications per subscriber;
 //! unregistering one leaves the others working.
 
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
 mod common;
 
 use common::{TestServer, expect_error};

@@ -1,6 +1,8 @@
 //! Every wrong path of registration and authentication answers with its
 //! documented status and error code, and writes nothing.
 
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
 mod common;
 
 use common::{App, TestServer, expect_error};
@@ -185,7 +187,8 @@ async fn wrong_or_missing_application_credentials() {
     let (server, _dir) = TestServer::start().await;
     let app = server.register("a@example.com", "ERP").await;
     let body = json!({"external_id": "u1", "name": "Ann"});
-    let cases: Vec<(Option<(&str, &str)>, Option<&str>)> = vec![
+    type Case<'a> = (Option<(&'a str, &'a str)>, Option<&'a str>);
+    let cases: Vec<Case<'_>> = vec![
         (Some((&app.id, "wrong secret")), None),
         (
             Some(("00000000-0000-0000-0000-000000000000", &app.secret)),

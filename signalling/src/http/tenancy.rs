@@ -218,6 +218,7 @@ impl From<&User> for UserView {
 
 /// Query of the user lookup by external id.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UserQuery {
     /// The application's own id for the user.

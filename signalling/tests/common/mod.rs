@@ -261,3 +261,23 @@ pub fn code_in(text: &str) -> Option<String> {
 pub fn advance(server: &TestServer, secs: u64) {
     server.clock.advance(Duration::from_secs(secs));
 }
+
+/// The Python that has the test tools (`openapi-spec-validator`,
+/// `aiosmtpd`): `TEST_PYTHON`, set by `scripts/test.sh`, or `python3`.
+pub fn python() -> String {
+    std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// Fails with a clear message if `module` cannot be imported.
+pub fn require_python_module(module: &str) {
+    let ok = std::process::Command::new(python())
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "Python module {module} is missing for {}: run scripts/test.sh, which installs it, \
+         or set TEST_PYTHON to a Python that has it",
+        python()
+    );
+}

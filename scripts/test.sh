@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs Confer's whole test suite: formatting, clippy with -D warnings, and
+# every test, installing what the tests need when it is missing.
+#
+#   scripts/test.sh
+#
+# Needs: a Rust toolchain (rustup) and python3. On Debian it installs the
+# packages it lacks with apt-get (as root, or through sudo).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+say() { printf '\n==> %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root to run: $*" >&2; return 1; fi
+}
+
+apt_updated=""
+apt_install() {
+  command -v apt-get >/dev/null || { echo "cannot install $* without apt-get" >&2; return 1; }
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+say "toolchain"
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$component"
+  fi
+done
+cargo --version
+
+say "python test tools (openapi-spec-validator, aiosmtpd)"
+venv="$root/target/test-venv"
+if ! "$venv/bin/python" -c 'import openapi_spec_validator, aiosmtpd' >/dev/null 2>&1; then
+  command -v python3 >/dev/null || apt_install python3
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    apt_install python3-venv
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    'openapi-spec-validator==0.9.0' 'aiosmtpd==1.4.6'
+fi
+export TEST_PYTHON="$venv/bin/python"
+
+say "cargo fmt --all --check"
+cargo fmt --all --check
+
+say "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+say "cargo test --workspace"
+log="$root/target/test-output.log"
+set +e
+cargo test --workspace 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary, so that the last line is not
+# the (empty) doc-test run of the last crate.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

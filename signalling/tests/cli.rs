@@ -1,0 +1,226 @@
+//! The real `signalling` binary: the README's run command, graceful
+//! shutdown on SIGTERM, restart on the same data directory, configuration
+//! errors named, and the `admin` commands.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::expect_error;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_signalling");
+
+/// A `signalling` process and the base URL it printed.
+struct Process {
+    child: Child,
+    base: String,
+}
+
+impl Process {
+    fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env_remove("CONFER_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("signalling listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        Self { child, base }
+    }
+
+    /// SIGTERM, then the exit status (must come within 10 s).
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.child.kill().unwrap();
+        panic!("signalling did not stop within 10 s of SIGTERM");
+    }
+}
+
+fn admin(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("admin")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("CONFER_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_binary_serves_stops_gracefully_and_restarts_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new();
+    let server = Process::start(dir.path());
+
+    let health = client
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+
+    let r = client
+        .post(format!("{}/api/v1/registrations", server.base))
+        .json(&json!({"email": "cli@example.com", "app_name": "CLI ERP"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let code = common::last_code_in(&dir.path().join("outbox"), "cli@example.com").unwrap();
+    let created: Value = client
+        .post(format!("{}/api/v1/registrations/confirm", server.base))
+        .json(&json!({"email": "cli@example.com", "app_name": "CLI ERP", "code": code}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, secret) = (
+        created["app_id"].as_str().unwrap().to_owned(),
+        created["app_secret"].as_str().unwrap().to_owned(),
+    );
+    let status = server.terminate();
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+
+    // Admin commands read the same data directory.
+    let (ok, out, _) = admin(dir.path(), &["applications"]);
+    assert!(ok);
+    assert!(out.contains(&id) && out.contains("CLI ERP"), "{out}");
+    let (ok, out, _) = admin(dir.path(), &["subscribers"]);
+    assert!(ok && out.contains("cli@example.com"), "{out}");
+    let (ok, out, _) = admin(dir.path(), &["outbox"]);
+    assert!(
+        ok && out.contains("1 mail(s)") && out.contains("cli@example.com"),
+        "{out}"
+    );
+    let (ok, out, _) = admin(dir.path(), &["health"]);
+    assert!(ok && out.contains("\"ok\""), "{out}");
+
+    let server = Process::start(dir.path());
+    let token: Value = client
+        .post(format!("{}/api/v1/tokens", server.base))
+        .basic_auth(&id, Some(&secret))
+        .json(&json!({"external_id": "u1", "name": "Ann"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let me = || {
+        client
+            .get(format!("{}/api/v1/me", server.base))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(me().await.unwrap().status(), StatusCode::OK);
+
+    // An operator locks the user while the server runs.
+    let (ok, out, err) = admin(
+        dir.path(),
+        &["lock-user", "--app", &id, "--external-id", "u1"],
+    );
+    assert!(ok, "{out}{err}");
+    expect_error(me().await.unwrap(), StatusCode::FORBIDDEN, "user_locked").await;
+    let (ok, _, _) = admin(
+        dir.path(),
+        &["unlock-user", "--app", &id, "--external-id", "u1"],
+    );
+    assert!(ok);
+    assert_eq!(me().await.unwrap().status(), StatusCode::OK);
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn configuration_errors_name_the_setting_and_what_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+
+    std::fs::write(&file, "[codes]\nttl_secs = 5\nmax_tries = 0\n").unwrap();
+    let (ok, _, err) = admin(
+        dir.path(),
+        &["--config", file.to_str().unwrap(), "check-config"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("codes.ttl_secs") && err.contains("60 to 86400"),
+        "{err}"
+    );
+    assert!(
+        err.contains("codes.max_tries") && err.contains("1 to 20"),
+        "{err}"
+    );
+
+    std::fs::write(&file, "[log]\nformat = \"xml\"\n").unwrap();
+    let (ok, _, err) = admin(
+        dir.path(),
+        &["--config", file.to_str().unwrap(), "check-config"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("xml") && err.contains("text") && err.contains("json"),
+        "{err}"
+    );
+    assert!(err.contains("format"), "{err}");
+
+    std::fs::write(&file, "lissen = \"127.0.0.1:1\"\n").unwrap();
+    let (ok, _, err) = admin(
+        dir.path(),
+        &["--config", file.to_str().unwrap(), "check-config"],
+    );
+    assert!(!ok);
+    assert!(err.contains("lissen"), "{err}");
+
+    let out = Command::new(BIN)
+        .args(["admin", "check-config"])
+        .env("CONFER_LISTEN", "not-an-address")
+        .env_remove("CONFER_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listen"), "{err}");
+
+    // The shipped file is valid and equal to the defaults.
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/signalling.toml");
+    let (ok, out, err) = admin(dir.path(), &["--config", shipped, "check-config"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("configuration OK"), "{out}");
+}

@@ -1,0 +1,104 @@
+//! `/api/v1/openapi.json` is a valid OpenAPI 3 document (checked by the
+//! independent `openapi-spec-validator`) and lists exactly the routes the
+//! server answers.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::TestServer;
+use reqwest::Method;
+use serde_json::Value;
+
+/// Every route the server serves. Adding a route means adding it here.
+const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+    ("get", "/api/v1/openapi.json"),
+    ("post", "/api/v1/registrations"),
+    ("post", "/api/v1/registrations/confirm"),
+    ("post", "/api/v1/subscriber/sessions"),
+    ("post", "/api/v1/subscriber/sessions/confirm"),
+    ("delete", "/api/v1/subscriber/sessions/current"),
+    ("get", "/api/v1/applications"),
+    ("get", "/api/v1/applications/{app_id}"),
+    ("patch", "/api/v1/applications/{app_id}"),
+    ("delete", "/api/v1/applications/{app_id}"),
+    ("post", "/api/v1/applications/{app_id}/secret"),
+    ("post", "/api/v1/tokens"),
+    ("get", "/api/v1/users"),
+    ("get", "/api/v1/users/{user_id}"),
+    ("post", "/api/v1/users/{user_id}/lock"),
+    ("post", "/api/v1/users/{user_id}/unlock"),
+    ("get", "/api/v1/me"),
+];
+
+#[tokio::test]
+async fn the_document_is_valid_and_lists_every_route() {
+    let (server, dir) = TestServer::start().await;
+    let r = server.get("/api/v1/openapi.json").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        doc["openapi"]
+    );
+
+    // Exactly the routes above, no more, no fewer.
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path} documents no response"
+            );
+            documented.insert((method.clone(), path.clone()));
+        }
+    }
+    let expected: BTreeSet<_> = ROUTES
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    assert_eq!(documented, expected);
+
+    // And the server really answers each of them (anything but "no route").
+    for (method, path) in ROUTES {
+        let path = path
+            .replace("{app_id}", "00000000-0000-0000-0000-000000000001")
+            .replace("{user_id}", "00000000-0000-0000-0000-000000000002");
+        let method: Method = method.to_uppercase().parse().unwrap();
+        let r = server
+            .client
+            .request(method.clone(), server.url(&path))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert_ne!(status, 405, "{method} {path}: {body}");
+        assert!(
+            !body.contains("no route for this path"),
+            "{method} {path}: {body}"
+        );
+    }
+
+    // The independent validator accepts it.
+    common::require_python_module("openapi_spec_validator");
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let out = std::process::Command::new(common::python())
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator refused the document:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop().await;
+}
