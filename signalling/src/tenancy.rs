@@ -283,22 +283,29 @@ impl Tenancy {
         if claims.iss != app.id.to_string() {
             return Err(BAD);
         }
+        let email = claims
+            .email
+            .as_deref()
+            .map(normalize_email)
+            .transpose()
+            .map_err(|_| {
+                ApiError::Unauthorized("invalid user token: email claim is not an e-mail address")
+            })?;
         let user = match self.store.user_by_external_id(app.id, &claims.sub).await? {
-            Some(user)
-                if user.name == claims.name
-                    && (claims.email.is_none() || user.email == claims.email) =>
-            {
+            Some(user) if user.name == claims.name && (email.is_none() || user.email == email) => {
                 user
             }
             _ => {
-                check_user_fields(&claims.sub, &claims.name, claims.email.as_deref())?;
+                check_user_fields(&claims.sub, &claims.name, None).map_err(|_| {
+                    ApiError::Unauthorized("invalid user token: sub or name not acceptable")
+                })?;
                 self.store
                     .provision_user(
                         app.id,
                         UserId::random(),
                         &claims.sub,
                         &claims.name,
-                        claims.email.as_deref(),
+                        email.as_deref(),
                         now,
                     )
                     .await?
