@@ -1,8 +1,9 @@
 //! Confer's media plane: a selective forwarding unit.
 //!
-//! Not built yet. The design (DESIGN.md, "Parts") is a sans-IO core —
-//! rooms, tracks, RTP forwarding with sequence and timestamp rewriting,
-//! simulcast layer selection, keyframe requests, active speaker — driven by
-//! pinned worker threads that own the UDP sockets, one `str0m::Rtc` per
-//! participant in RTP mode. This crate exists so that the workspace has its
-//! final shape; it has no code yet.
+//! Work in progress. [`core`] holds the sans-IO building blocks: VP8
+//! payload descriptor parsing and rewriting, sequence-number / timestamp /
+//! picture-id rewriting across source switches, simulcast layer selection,
+//! throttled keyframe requests and active-speaker detection. Each takes
+//! packets and an `Instant` and returns decisions; none reads the clock.
+
+pub mod core;
