@@ -1,9 +1,50 @@
 //! Confer's media plane: a selective forwarding unit.
 //!
-//! Work in progress. [`core`] holds the sans-IO building blocks: VP8
-//! payload descriptor parsing and rewriting, sequence-number / timestamp /
-//! picture-id rewriting across source switches, simulcast layer selection,
-//! throttled keyframe requests and active-speaker detection. Each takes
-//! packets and an `Instant` and returns decisions; none reads the clock.
+//! # Model
+//!
+//! A **room** holds participants; each **participant** is one peer
+//! connection with one `str0m::Rtc` in RTP mode (packets are forwarded
+//! without depacketising). A publisher's m-lines are **tracks**; a
+//! subscriber's receive-only m-lines are **slots**, each fed by one track
+//! of the same kind at a time (the active speaker's first, otherwise the
+//! oldest). Video tracks may carry three simulcast layers (rids q, h, f).
+//!
+//! # Run loop and time
+//!
+//! [`engine::Engine`] is sans-IO: datagrams and `Instant`s go in through
+//! `handle_datagram`, `handle_timeout` and the `handle_*` commands;
+//! datagrams, events and the next deadline come out through
+//! `poll_transmit`, `poll_event` and `poll_timeout`. It never reads the
+//! clock. Its pieces in [`core`] follow the same contract. A
+//! [`worker`] thread drives one engine: wait for the socket or the
+//! deadline, read the clock once, feed the engine, send what it outputs.
+//!
+//! # Threads
+//!
+//! One worker per core (configurable), pinned with `core_affinity`, each
+//! with its own UDP socket and port. A room lives on one worker, so packets
+//! never leave their thread; workers share nothing. Control crosses threads
+//! only as commands on a bounded queue ([`worker`] documents the full-queue
+//! policy), through [`control::SfuControl`].
+//!
+//! # Forwarding
+//!
+//! Each slot rewrites sequence numbers (starting at 1), timestamps and VP8
+//! picture ids / TL0PICIDX so that the subscriber sees one continuous stream
+//! across layer switches and source changes ([`core::rewrite`]). Layer
+//! choice is a pure function of the layers arriving, the subscriber's
+//! bandwidth estimate and preference ([`core::simulcast`]); switches happen
+//! on keyframes only; keyframe requests to a publisher layer are throttled
+//! ([`core::keyframe`]).
 
+pub mod config;
+pub mod control;
 pub mod core;
+pub mod engine;
+pub mod ids;
+pub mod worker;
+
+pub use config::SfuConfig;
+pub use control::{EmbeddedSfu, SfuControl, SfuError};
+pub use engine::{Role, SfuEvent};
+pub use ids::{ParticipantId, RoomId};

@@ -1,0 +1,334 @@
+//! [`SfuControl`]: how signalling (or the WHIP/WHEP front) drives the SFU,
+//! and [`EmbeddedSfu`], the in-process implementation that starts the
+//! worker threads.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{broadcast, oneshot};
+
+use crate::config::SfuConfig;
+use crate::core::simulcast::Preference;
+use crate::engine::{Engine, EngineConfig, JoinError, ParticipantStats, Role, SfuEvent};
+use crate::ids::{ParticipantId, RoomId};
+use crate::worker::{self, Command};
+
+/// How long a caller waits for a worker's answer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Events kept for slow receivers before the oldest are dropped.
+const EVENT_BUFFER: usize = 4096;
+
+/// Why a control request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SfuError {
+    /// The offer could not be used.
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    /// No such participant.
+    #[error("no such participant")]
+    UnknownParticipant,
+    /// The worker's queue is full; try again later.
+    #[error("the SFU is overloaded")]
+    Overloaded,
+    /// The worker did not answer in time or has stopped.
+    #[error("the SFU worker is not answering")]
+    Unavailable,
+    /// Starting the workers failed.
+    #[error("cannot start the SFU: {0}")]
+    Start(String),
+}
+
+/// A participant that joined.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// Its id (also the WHIP/WHEP resource).
+    pub participant: ParticipantId,
+    /// The SDP answer.
+    pub answer: String,
+}
+
+/// Load and counters of the whole SFU.
+#[derive(Debug, Clone, Default)]
+pub struct SfuStats {
+    /// Per worker: its participants' counters.
+    pub workers: Vec<Vec<ParticipantStats>>,
+}
+
+/// The one interface through which the SFU is driven.
+#[async_trait]
+pub trait SfuControl: Send + Sync + std::fmt::Debug {
+    /// Adds a participant to `room` (created on first join) from an SDP
+    /// offer; returns its id and the SDP answer.
+    async fn join(&self, room: &RoomId, role: Role, offer: String) -> Result<Joined, SfuError>;
+    /// Removes a participant.
+    async fn leave(&self, participant: ParticipantId) -> Result<(), SfuError>;
+    /// Sets a subscriber's video preference (thumbnail, spotlight, paused).
+    async fn set_preference(
+        &self,
+        participant: ParticipantId,
+        preference: Preference,
+    ) -> Result<(), SfuError>;
+    /// Removes a room and everyone in it.
+    async fn close_room(&self, room: &RoomId) -> Result<(), SfuError>;
+    /// Counters.
+    async fn stats(&self) -> Result<SfuStats, SfuError>;
+    /// Events from now on.
+    fn events(&self) -> broadcast::Receiver<SfuEvent>;
+}
+
+#[derive(Debug)]
+struct WorkerHandle {
+    commands: SyncSender<Command>,
+    addr: SocketAddr,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Placement {
+    rooms: HashMap<RoomId, usize>,
+    participants: HashMap<ParticipantId, usize>,
+    load: Vec<usize>,
+}
+
+/// The SFU in this process: one pinned thread per worker.
+#[derive(Debug)]
+pub struct EmbeddedSfu {
+    workers: Vec<WorkerHandle>,
+    doorbell: UdpSocket,
+    placement: Mutex<Placement>,
+    events: broadcast::Sender<SfuEvent>,
+}
+
+impl EmbeddedSfu {
+    /// Binds the worker sockets and starts the workers.
+    ///
+    /// # Errors
+    /// [`SfuError::Start`] if the configuration is invalid or a socket
+    /// cannot be bound.
+    pub fn start(config: &SfuConfig) -> Result<Arc<Self>, SfuError> {
+        config
+            .validate()
+            .map_err(|e| SfuError::Start(e.to_string()))?;
+        let count = config.worker_count();
+        let cores = if config.pin_workers {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let doorbell = UdpSocket::bind(SocketAddr::new(config.udp_bind.ip(), 0))
+            .map_err(|e| SfuError::Start(format!("doorbell socket: {e}")))?;
+        let doorbell_addr = doorbell
+            .local_addr()
+            .map_err(|e| SfuError::Start(e.to_string()))?;
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let mut workers = Vec::with_capacity(count);
+        for i in 0..count {
+            let mut bind = config.udp_bind;
+            if bind.port() != 0 {
+                bind.set_port(bind.port() + u16::try_from(i).unwrap_or(0));
+            }
+            let socket = UdpSocket::bind(bind)
+                .map_err(|e| SfuError::Start(format!("binding {bind}: {e}")))?;
+            let addr = socket
+                .local_addr()
+                .map_err(|e| SfuError::Start(e.to_string()))?;
+            let engine = Engine::new(EngineConfig {
+                local: addr,
+                announced: config.announced_ip,
+                keyframe_min_interval: config.keyframe_min_interval(),
+                connect_timeout: config.connect_timeout(),
+            });
+            let (tx, rx) = std::sync::mpsc::sync_channel(config.command_queue);
+            let core = cores.get(i % cores.len().max(1)).copied();
+            let events = events.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("sfu-worker-{i}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    worker::run(socket, doorbell_addr, engine, rx, events);
+                })
+                .map_err(|e| SfuError::Start(format!("spawning worker: {e}")))?;
+            workers.push(WorkerHandle {
+                commands: tx,
+                addr,
+                thread: Some(thread),
+            });
+        }
+        Ok(Arc::new(Self {
+            placement: Mutex::new(Placement {
+                load: vec![0; workers.len()],
+                ..Placement::default()
+            }),
+            workers,
+            doorbell,
+            events,
+        }))
+    }
+
+    /// The UDP addresses of the workers.
+    #[must_use]
+    pub fn worker_addrs(&self) -> Vec<SocketAddr> {
+        self.workers.iter().map(|w| w.addr).collect()
+    }
+
+    /// Sends a command to worker `index` and rings its doorbell.
+    fn send(&self, index: usize, command: Command) -> Result<(), SfuError> {
+        let worker = self.workers.get(index).ok_or(SfuError::Unavailable)?;
+        worker.commands.try_send(command).map_err(|e| match e {
+            TrySendError::Full(_) => SfuError::Overloaded,
+            TrySendError::Disconnected(_) => SfuError::Unavailable,
+        })?;
+        let _ = self.doorbell.send_to(&[0], worker.addr);
+        Ok(())
+    }
+
+    fn worker_of(&self, participant: ParticipantId) -> Result<usize, SfuError> {
+        let placement = self.placement.lock().map_err(|_| SfuError::Unavailable)?;
+        placement
+            .participants
+            .get(&participant)
+            .copied()
+            .ok_or(SfuError::UnknownParticipant)
+    }
+
+    /// Stops every worker and waits for them.
+    pub fn shutdown(&self) {
+        for (i, w) in self.workers.iter().enumerate() {
+            let _ = self.send(i, Command::Stop);
+            let _ = w;
+        }
+    }
+}
+
+impl Drop for EmbeddedSfu {
+    fn drop(&mut self) {
+        self.shutdown();
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+async fn wait<T>(rx: oneshot::Receiver<T>) -> Result<T, SfuError> {
+    tokio::time::timeout(REPLY_TIMEOUT, rx)
+        .await
+        .map_err(|_| SfuError::Unavailable)?
+        .map_err(|_| SfuError::Unavailable)
+}
+
+#[async_trait]
+impl SfuControl for EmbeddedSfu {
+    async fn join(&self, room: &RoomId, role: Role, offer: String) -> Result<Joined, SfuError> {
+        let participant = ParticipantId(rand_u64());
+        let index = {
+            let mut placement = self.placement.lock().map_err(|_| SfuError::Unavailable)?;
+            let index = match placement.rooms.get(room) {
+                Some(i) => *i,
+                None => {
+                    // A new room goes to the least loaded worker.
+                    let i = placement
+                        .load
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, l)| **l)
+                        .map_or(0, |(i, _)| i);
+                    placement.rooms.insert(room.clone(), i);
+                    i
+                }
+            };
+            placement.load[index] += 1;
+            placement.participants.insert(participant, index);
+            index
+        };
+        let (reply, rx) = oneshot::channel();
+        let sent = self.send(
+            index,
+            Command::Join {
+                room: room.clone(),
+                participant,
+                role,
+                offer,
+                reply,
+            },
+        );
+        let result = match sent {
+            Ok(()) => wait(rx).await.and_then(|r| r.map_err(SfuError::from)),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.forget(participant);
+        }
+        result.map(|answer| Joined {
+            participant,
+            answer,
+        })
+    }
+
+    async fn leave(&self, participant: ParticipantId) -> Result<(), SfuError> {
+        let index = self.worker_of(participant)?;
+        self.forget(participant);
+        self.send(index, Command::Leave(participant))
+    }
+
+    async fn set_preference(
+        &self,
+        participant: ParticipantId,
+        preference: Preference,
+    ) -> Result<(), SfuError> {
+        let index = self.worker_of(participant)?;
+        self.send(index, Command::Preference(participant, preference))
+    }
+
+    async fn close_room(&self, room: &RoomId) -> Result<(), SfuError> {
+        let index = {
+            let mut placement = self.placement.lock().map_err(|_| SfuError::Unavailable)?;
+            placement.rooms.remove(room)
+        };
+        match index {
+            Some(i) => self.send(i, Command::CloseRoom(room.clone())),
+            None => Ok(()),
+        }
+    }
+
+    async fn stats(&self) -> Result<SfuStats, SfuError> {
+        let mut stats = SfuStats::default();
+        for i in 0..self.workers.len() {
+            let (reply, rx) = oneshot::channel();
+            self.send(i, Command::Stats(reply))?;
+            stats.workers.push(wait(rx).await?);
+        }
+        Ok(stats)
+    }
+
+    fn events(&self) -> broadcast::Receiver<SfuEvent> {
+        self.events.subscribe()
+    }
+}
+
+impl EmbeddedSfu {
+    fn forget(&self, participant: ParticipantId) {
+        if let Ok(mut placement) = self.placement.lock() {
+            if let Some(i) = placement.participants.remove(&participant) {
+                if let Some(l) = placement.load.get_mut(i) {
+                    *l = l.saturating_sub(1);
+                }
+            }
+        }
+    }
+}
+
+/// A random participant id: unguessable enough to serve as a resource name
+/// next to the bearer token.
+fn rand_u64() -> u64 {
+    rand::random()
+}

@@ -1,0 +1,963 @@
+//! The sans-IO engine of one worker: rooms, participants (one
+//! `str0m::Rtc` each, in RTP mode) and the forwarding between them.
+//!
+//! Time and datagrams go in (`handle_*`), datagrams to send, events and the
+//! next deadline come out (`poll_*`). The engine owns no socket, thread or
+//! channel and never reads the clock; the worker driver does all of that.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::format::PayloadParams;
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+
+use crate::core::keyframe::KeyframeRequester;
+use crate::core::rewrite::StreamRewriter;
+use crate::core::simulcast::{self, Decision, Layer, LayerSelector, LayerView, Preference};
+use crate::core::speaker::SpeakerDetector;
+use crate::core::vp8::Vp8Descriptor;
+use crate::ids::{ParticipantId, RoomId};
+
+/// How often layer targets, keyframe requests and stats are re-evaluated.
+const TICK: Duration = Duration::from_millis(100);
+/// A layer with no packet for this long is not active.
+const LAYER_IDLE: Duration = Duration::from_millis(1000);
+
+/// What a participant does with media.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Sends media (WHIP).
+    Publish,
+    /// Receives media (WHEP).
+    Subscribe,
+}
+
+/// Why a participant could not join.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The SDP offer could not be parsed or negotiated.
+    #[error("bad SDP offer: {0}")]
+    BadOffer(String),
+    /// The offer's directions do not fit the role.
+    #[error("{0}")]
+    WrongDirection(&'static str),
+}
+
+/// Something signalling should know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SfuEvent {
+    /// ICE and DTLS are up.
+    Connected {
+        /// Room.
+        room: RoomId,
+        /// Who.
+        participant: ParticipantId,
+    },
+    /// The participant is gone (left, timed out, or failed).
+    Disconnected {
+        /// Room.
+        room: RoomId,
+        /// Who.
+        participant: ParticipantId,
+    },
+    /// The active speaker of a room changed.
+    SpeakerChanged {
+        /// Room.
+        room: RoomId,
+        /// The speaker now, if any.
+        participant: Option<ParticipantId>,
+    },
+    /// No subscriber needs (or some subscriber again needs) a simulcast
+    /// layer of a publisher's track: the publisher may pause it.
+    LayerNeeded {
+        /// Room.
+        room: RoomId,
+        /// Publisher.
+        participant: ParticipantId,
+        /// Its track (mid).
+        mid: String,
+        /// 0 = q, 1 = h, 2 = f.
+        layer: Layer,
+        /// Whether anyone needs it.
+        needed: bool,
+    },
+}
+
+/// Packet and byte counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// RTP packets.
+    pub packets: u64,
+    /// RTP payload bytes.
+    pub bytes: u64,
+}
+
+/// Counters of one participant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParticipantStats {
+    /// Room.
+    pub room: RoomId,
+    /// Who.
+    pub participant: ParticipantId,
+    /// Role.
+    pub publishing: bool,
+    /// Received from the peer.
+    pub rx: Counters,
+    /// Forwarded to the peer.
+    pub tx: Counters,
+    /// Packets dropped because the subscriber is on another layer.
+    pub layer_drops: u64,
+    /// Keyframe requests sent to this publisher.
+    pub keyframe_requests: u64,
+    /// Current layer of each video slot (subscribers).
+    pub layers: Vec<Option<Layer>>,
+}
+
+/// A key of a published track: publisher and its mid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct TrackKey(ParticipantId, Mid);
+
+#[derive(Debug, Clone, Copy, Default)]
+struct LayerStats {
+    last_packet: Option<Instant>,
+    window_bytes: u64,
+    bitrate_bps: u64,
+    height: Option<u32>,
+}
+
+#[derive(Debug)]
+struct Track {
+    kind: MediaKind,
+    index: u64,
+    rids: [Option<Rid>; 3],
+    layers: [LayerStats; 3],
+    keyframes: [KeyframeRequester; 3],
+    needed: [bool; 3],
+}
+
+#[derive(Debug)]
+struct Slot {
+    mid: Mid,
+    kind: MediaKind,
+    source: Option<TrackKey>,
+    rewriter: StreamRewriter,
+    selector: LayerSelector,
+}
+
+#[derive(Debug)]
+struct Participant {
+    room: RoomId,
+    role: Role,
+    rtc: Rtc,
+    created: Instant,
+    connected: bool,
+    deadline: Instant,
+    slots: Vec<Slot>,
+    preference: Preference,
+    estimate_bps: Option<u64>,
+    rx: Counters,
+    tx: Counters,
+    layer_drops: u64,
+    keyframe_requests: u64,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    participants: Vec<ParticipantId>,
+    tracks: HashMap<TrackKey, Track>,
+    speaker: SpeakerDetector<ParticipantId>,
+}
+
+/// Settings of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The worker's socket address (candidates, and destination of input).
+    pub local: SocketAddr,
+    /// Address announced in candidates (NAT); `local` when `None`.
+    pub announced: Option<std::net::IpAddr>,
+    /// Shortest time between two keyframe requests to one publisher layer.
+    pub keyframe_min_interval: Duration,
+    /// Drop participants that have not connected after this long.
+    pub connect_timeout: Duration,
+}
+
+/// One worker's rooms and participants.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    participants: HashMap<ParticipantId, Participant>,
+    rooms: HashMap<RoomId, Room>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<SfuEvent>,
+    next_tick: Option<Instant>,
+    next_track_index: u64,
+}
+
+impl Engine {
+    /// An empty engine.
+    #[must_use]
+    pub fn new(config: EngineConfig) -> Self {
+        Self {
+            config,
+            participants: HashMap::new(),
+            rooms: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_tick: None,
+            next_track_index: 1,
+        }
+    }
+
+    /// Adds a participant from an SDP offer and returns the SDP answer.
+    ///
+    /// # Errors
+    /// [`JoinError`] when the offer is unusable.
+    pub fn handle_join(
+        &mut self,
+        room: &RoomId,
+        id: ParticipantId,
+        role: Role,
+        offer: &str,
+        now: Instant,
+    ) -> Result<String, JoinError> {
+        let offer = str0m::change::SdpOffer::from_sdp_string(offer)
+            .map_err(|e| JoinError::BadOffer(e.to_string()))?;
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .set_ice_lite(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_h264(true)
+            .enable_vp9(true)
+            .enable_bwe(Some(str0m::bwe::Bitrate::kbps(300)))
+            .build(now);
+        let addr = SocketAddr::new(
+            self.config.announced.unwrap_or(self.config.local.ip()),
+            self.config.local.port(),
+        );
+        let candidate =
+            Candidate::host(addr, "udp").map_err(|e| JoinError::BadOffer(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| JoinError::BadOffer(e.to_string()))?;
+        let mut participant = Participant {
+            room: room.clone(),
+            role,
+            rtc,
+            created: now,
+            connected: false,
+            deadline: now,
+            slots: Vec::new(),
+            preference: Preference::default(),
+            estimate_bps: None,
+            rx: Counters::default(),
+            tx: Counters::default(),
+            layer_drops: 0,
+            keyframe_requests: 0,
+        };
+        if role == Role::Subscribe {
+            // The offer's receive-only m-lines are our send slots.
+            let mids: Vec<(Mid, MediaKind)> = answer_mids(&answer.to_sdp_string());
+            for (mid, kind) in mids {
+                let sending = participant
+                    .rtc
+                    .media(mid)
+                    .is_some_and(|m| m.direction().is_sending());
+                if sending {
+                    participant.slots.push(Slot {
+                        mid,
+                        kind,
+                        source: None,
+                        rewriter: StreamRewriter::new(if kind == MediaKind::Audio {
+                            48_000
+                        } else {
+                            90_000
+                        }),
+                        selector: LayerSelector::default(),
+                    });
+                }
+            }
+            if participant.slots.is_empty() {
+                return Err(JoinError::WrongDirection(
+                    "a subscriber must offer at least one recvonly m-line",
+                ));
+            }
+        }
+        self.participants.insert(id, participant);
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .participants
+            .push(id);
+        self.assign_sources(room);
+        self.drain(id, now);
+        self.next_tick.get_or_insert(now + TICK);
+        Ok(answer.to_sdp_string())
+    }
+
+    /// Removes a participant.
+    pub fn handle_leave(&mut self, id: ParticipantId) {
+        self.remove(id);
+    }
+
+    /// Sets what a subscriber wants of its video.
+    pub fn handle_preference(&mut self, id: ParticipantId, preference: Preference) {
+        if let Some(p) = self.participants.get_mut(&id) {
+            p.preference = preference;
+        }
+    }
+
+    /// Removes every participant of a room.
+    pub fn handle_close_room(&mut self, room: &RoomId) {
+        if let Some(r) = self.rooms.get(room) {
+            for id in r.participants.clone() {
+                self.remove(id);
+            }
+        }
+        self.rooms.remove(room);
+    }
+
+    /// A datagram arrived on the worker socket from `source`. Datagrams no
+    /// participant accepts are dropped.
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        let Ok(contents) = data.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.config.local,
+                contents,
+            },
+        );
+        let Some(id) = self
+            .participants
+            .iter()
+            .find(|(_, p)| p.rtc.accepts(&input))
+            .map(|(id, _)| *id)
+        else {
+            return;
+        };
+        if let Some(p) = self.participants.get_mut(&id) {
+            if p.rtc.handle_input(input).is_err() {
+                p.rtc.disconnect();
+            }
+        }
+        self.drain(id, now);
+    }
+
+    /// Time passed: drives every participant's timers and the room tick.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(p) = self.participants.get_mut(&id) {
+                if p.rtc.handle_input(Input::Timeout(now)).is_err() {
+                    p.rtc.disconnect();
+                }
+            }
+            self.drain(id, now);
+        }
+        if self.next_tick.is_some_and(|t| t <= now) {
+            self.tick(now);
+            self.next_tick = if self.participants.is_empty() {
+                None
+            } else {
+                Some(now + TICK)
+            };
+        }
+    }
+
+    /// The next datagram to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for signalling.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<SfuEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] must next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.participants
+            .values()
+            .map(|p| p.deadline)
+            .chain(self.next_tick)
+            .min()
+    }
+
+    /// Counters of every participant.
+    #[must_use]
+    pub fn stats(&self) -> Vec<ParticipantStats> {
+        let mut out: Vec<ParticipantStats> = self
+            .participants
+            .iter()
+            .map(|(id, p)| ParticipantStats {
+                room: p.room.clone(),
+                participant: *id,
+                publishing: p.role == Role::Publish,
+                rx: p.rx,
+                tx: p.tx,
+                layer_drops: p.layer_drops,
+                keyframe_requests: p.keyframe_requests,
+                layers: p
+                    .slots
+                    .iter()
+                    .filter(|s| s.kind == MediaKind::Video)
+                    .map(|s| s.selector.current())
+                    .collect(),
+            })
+            .collect();
+        out.sort_by_key(|s| s.participant);
+        out
+    }
+
+    /// Number of participants.
+    #[must_use]
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    fn remove(&mut self, id: ParticipantId) {
+        let Some(mut p) = self.participants.remove(&id) else {
+            return;
+        };
+        p.rtc.disconnect();
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.participants.retain(|x| *x != id);
+            room.tracks.retain(|k, _| k.0 != id);
+            room.speaker.remove(id);
+            if room.participants.is_empty() {
+                self.rooms.remove(&p.room);
+            }
+        }
+        self.events.push_back(SfuEvent::Disconnected {
+            room: p.room.clone(),
+            participant: id,
+        });
+        self.assign_sources(&p.room);
+    }
+
+    /// Polls one participant's `Rtc` until it only has a timeout left, and
+    /// acts on what came out.
+    fn drain(&mut self, id: ParticipantId, now: Instant) {
+        let mut packets = Vec::new();
+        let mut gone = false;
+        {
+            let Some(p) = self.participants.get_mut(&id) else {
+                return;
+            };
+            loop {
+                if !p.rtc.is_alive() {
+                    gone = true;
+                    break;
+                }
+                match p.rtc.poll_output() {
+                    Ok(Output::Timeout(at)) => {
+                        p.deadline = at;
+                        break;
+                    }
+                    Ok(Output::Transmit(t)) => self.transmits.push_back(t),
+                    Ok(Output::Event(event)) => match event {
+                        Event::Connected => {
+                            p.connected = true;
+                            self.events.push_back(SfuEvent::Connected {
+                                room: p.room.clone(),
+                                participant: id,
+                            });
+                        }
+                        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                            p.rtc.disconnect();
+                        }
+                        Event::RtpPacket(packet) => packets.push(packet),
+                        Event::KeyframeRequest(req) => {
+                            // A subscriber's decoder wants a keyframe: ask
+                            // the publisher of what that slot carries.
+                            if let Some(slot) = p.slots.iter().find(|s| s.mid == req.mid) {
+                                if let (Some(source), Some(layer)) =
+                                    (slot.source, slot.selector.current())
+                                {
+                                    packets_keyframe(&mut self.rooms, &p.room, source, layer, now);
+                                }
+                            }
+                        }
+                        Event::EgressBitrateEstimate(estimate) => {
+                            if let str0m::bwe::BweKind::Twcc { estimate, .. } = estimate {
+                                p.estimate_bps = Some(estimate.as_u64());
+                            }
+                        }
+                        Event::MediaAdded(added) => {
+                            if p.role == Role::Publish && added.direction.is_receiving() {
+                                let room = self.rooms.entry(p.room.clone()).or_default();
+                                let mut rids = [None, None, None];
+                                if let Some(sim) = &added.simulcast {
+                                    for (i, layer) in sim.recv.iter().enumerate() {
+                                        let idx =
+                                            layer_of_rid(&layer.rid).unwrap_or(i.min(2) as u8);
+                                        rids[usize::from(idx)] = Some(layer.rid);
+                                    }
+                                }
+                                room.tracks.insert(
+                                    TrackKey(id, added.mid),
+                                    Track {
+                                        kind: added.kind,
+                                        index: self.next_track_index,
+                                        rids,
+                                        layers: [LayerStats::default(); 3],
+                                        keyframes: [KeyframeRequester::new(
+                                            self.config.keyframe_min_interval,
+                                        ); 3],
+                                        needed: [true; 3],
+                                    },
+                                );
+                                self.next_track_index += 1;
+                            }
+                        }
+                        _ => {}
+                    },
+                    Err(_) => {
+                        p.rtc.disconnect();
+                    }
+                }
+            }
+            if !p.connected
+                && now.saturating_duration_since(p.created) > self.config.connect_timeout
+            {
+                gone = true;
+            }
+        }
+        if gone {
+            self.remove(id);
+            return;
+        }
+        let room = self.participants.get(&id).map(|p| p.room.clone());
+        if let Some(room) = room {
+            self.assign_sources(&room);
+            for packet in packets {
+                self.forward(id, &room, packet, now);
+            }
+        }
+    }
+
+    /// Forwards one packet of publisher `from` to every subscriber slot
+    /// fed by its track.
+    fn forward(&mut self, from: ParticipantId, room_id: &RoomId, packet: RtpPacket, now: Instant) {
+        let Some(publisher) = self.participants.get_mut(&from) else {
+            return;
+        };
+        publisher.rx.packets += 1;
+        publisher.rx.bytes += packet.payload.len() as u64;
+        let Some((mid, rid)) = publisher
+            .rtc
+            .direct_api()
+            .stream_rx(&packet.header.ssrc)
+            .map(|rx| (rx.mid(), rx.rid()))
+        else {
+            return;
+        };
+        let Some(params) = publisher
+            .rtc
+            .codec_config()
+            .find(|p| p.pt() == packet.header.payload_type)
+            .copied()
+        else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        let key = TrackKey(from, mid);
+        let Some(track) = room.tracks.get_mut(&key) else {
+            return;
+        };
+        let layer = rid
+            .and_then(|r| {
+                track
+                    .rids
+                    .iter()
+                    .position(|x| *x == Some(r))
+                    .map(|i| i as u8)
+            })
+            .unwrap_or(0);
+        let stats = &mut track.layers[usize::from(layer)];
+        stats.last_packet = Some(now);
+        stats.window_bytes += packet.payload.len() as u64;
+
+        let is_vp8 = params.spec().codec == str0m::format::Codec::Vp8;
+        let descriptor = if is_vp8 {
+            Vp8Descriptor::parse(&packet.payload).ok()
+        } else {
+            None
+        };
+        let keyframe = descriptor.is_some_and(|d| d.start_of_frame && d.keyframe)
+            || (!is_vp8 && track.kind == MediaKind::Video && is_keyframe(&params, &packet.payload));
+        if keyframe {
+            track.keyframes[usize::from(layer)].handle_keyframe();
+            if let Some(d) = descriptor {
+                if let Some(h) = vp8_keyframe_height(&packet.payload[d.len..]) {
+                    stats.height = Some(h);
+                }
+            }
+        }
+        if track.kind == MediaKind::Audio {
+            if let Some(level) = packet.header.ext_vals.audio_level {
+                room.speaker.handle_level(from, level.saturating_neg(), now);
+            }
+        }
+        let source_key = (track.index, layer);
+        let track_kind = track.kind;
+        let subscribers = room.participants.clone();
+        let ext = ExtensionValues {
+            audio_level: packet.header.ext_vals.audio_level,
+            voice_activity: packet.header.ext_vals.voice_activity,
+            video_orientation: packet.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        let mut need_keyframe = false;
+        for sid in subscribers {
+            if sid == from {
+                continue;
+            }
+            let Some(sub) = self.participants.get_mut(&sid) else {
+                continue;
+            };
+            if !sub.connected {
+                continue;
+            }
+            let Some(slot) = sub.slots.iter_mut().find(|s| s.source == Some(key)) else {
+                continue;
+            };
+            if track_kind == MediaKind::Video {
+                match slot.selector.handle_packet(layer, keyframe) {
+                    Decision::Drop => {
+                        sub.layer_drops += 1;
+                        need_keyframe |= slot.selector.wants_keyframe() == Some(layer);
+                        continue;
+                    }
+                    Decision::Forward | Decision::Switch { .. } => {}
+                }
+            }
+            let mut payload: Arc<[u8]> = packet.payload.clone();
+            let rewritten = if let Some(d) = descriptor.as_ref() {
+                let mut bytes = payload.to_vec();
+                let r = slot.rewriter.rewrite(
+                    source_key,
+                    *packet.seq_no,
+                    packet.header.timestamp,
+                    now,
+                    Some((d, &mut bytes)),
+                );
+                payload = bytes.into();
+                r
+            } else {
+                slot.rewriter.rewrite(
+                    source_key,
+                    *packet.seq_no,
+                    packet.header.timestamp,
+                    now,
+                    None,
+                )
+            };
+            let Some(rewritten) = rewritten else {
+                continue;
+            };
+            let Some(pt) = sub
+                .rtc
+                .codec_config()
+                .match_params(params)
+                .map(PayloadParams::pt)
+            else {
+                continue;
+            };
+            let slot_mid = slot.mid;
+            let mut api = sub.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(slot_mid, None) else {
+                continue;
+            };
+            let len = payload.len() as u64;
+            tx.write_rtp(
+                RtpWrite::new(
+                    pt,
+                    SeqNo::from(rewritten.seq),
+                    rewritten.timestamp,
+                    packet.timestamp,
+                    payload,
+                )
+                .marker(packet.header.marker)
+                .nackable(track_kind == MediaKind::Video)
+                .ext_vals(ext.clone()),
+            );
+            sub.tx.packets += 1;
+            sub.tx.bytes += len;
+            self.drain_transmits(sid);
+        }
+        if need_keyframe {
+            packets_keyframe(&mut self.rooms, room_id, key, layer, now);
+        }
+    }
+
+    /// Drains an `Rtc` after a write; events cannot arise from a write
+    /// except transmits and its next timeout.
+    fn drain_transmits(&mut self, id: ParticipantId) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        loop {
+            match p.rtc.poll_output() {
+                Ok(Output::Timeout(at)) => {
+                    p.deadline = at;
+                    break;
+                }
+                Ok(Output::Transmit(t)) => self.transmits.push_back(t),
+                Ok(Output::Event(_)) => {}
+                Err(_) => {
+                    p.rtc.disconnect();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Gives every subscriber slot without a source a track of its kind,
+    /// preferring the active speaker's.
+    fn assign_sources(&mut self, room_id: &RoomId) {
+        let Some(room) = self.rooms.get(room_id) else {
+            return;
+        };
+        let speaker = room.speaker.current();
+        let mut tracks: Vec<(TrackKey, MediaKind, u64)> = room
+            .tracks
+            .iter()
+            .map(|(k, t)| (*k, t.kind, t.index))
+            .collect();
+        tracks.sort_by_key(|(k, _, index)| (Some(k.0) != speaker, *index));
+        for id in room.participants.clone() {
+            let Some(p) = self.participants.get_mut(&id) else {
+                continue;
+            };
+            for slot in &mut p.slots {
+                let valid = slot
+                    .source
+                    .is_some_and(|s| tracks.iter().any(|(k, _, _)| *k == s));
+                let best = tracks
+                    .iter()
+                    .find(|(k, kind, _)| *kind == slot.kind && k.0 != id)
+                    .map(|(k, _, _)| *k);
+                if !valid
+                    || (speaker.is_some()
+                        && best.is_some_and(|b| Some(b.0) == speaker)
+                        && slot.source != best)
+                {
+                    slot.source = best;
+                    slot.selector = LayerSelector::default();
+                }
+            }
+        }
+    }
+
+    /// Every [`TICK`]: bitrates, layer targets, keyframe requests, speaker.
+    fn tick(&mut self, now: Instant) {
+        let room_ids: Vec<RoomId> = self.rooms.keys().cloned().collect();
+        for room_id in room_ids {
+            let mut speaker_changed = false;
+            if let Some(room) = self.rooms.get_mut(&room_id) {
+                for track in room.tracks.values_mut() {
+                    for l in &mut track.layers {
+                        // Exponential average of the per-tick byte count.
+                        let bps = l.window_bytes * 8 * 1000 / TICK.as_millis() as u64;
+                        l.bitrate_bps = (l.bitrate_bps * 7 + bps) / 8;
+                        l.window_bytes = 0;
+                    }
+                }
+                room.speaker.handle_timeout(now);
+                if let Some(change) = room.speaker.poll_change() {
+                    speaker_changed = true;
+                    self.events.push_back(SfuEvent::SpeakerChanged {
+                        room: room_id.clone(),
+                        participant: change,
+                    });
+                }
+            }
+            if speaker_changed {
+                self.assign_sources(&room_id);
+            }
+            self.update_layers(&room_id, now);
+        }
+        let late: Vec<ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| {
+                !p.connected
+                    && now.saturating_duration_since(p.created) > self.config.connect_timeout
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.remove(id);
+        }
+    }
+
+    fn update_layers(&mut self, room_id: &RoomId, now: Instant) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        let mut needed: HashMap<TrackKey, [bool; 3]> = HashMap::new();
+        for id in &room.participants {
+            let Some(p) = self.participants.get_mut(id) else {
+                continue;
+            };
+            for slot in p.slots.iter_mut().filter(|s| s.kind == MediaKind::Video) {
+                let Some(source) = slot.source else {
+                    continue;
+                };
+                let Some(track) = room.tracks.get_mut(&source) else {
+                    continue;
+                };
+                let views: Vec<LayerView> = (0..3u8)
+                    .filter(|l| track.rids[usize::from(*l)].is_some() || *l == 0)
+                    .map(|l| {
+                        let s = track.layers[usize::from(l)];
+                        LayerView {
+                            layer: l,
+                            active: s
+                                .last_packet
+                                .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE),
+                            bitrate_bps: s.bitrate_bps,
+                            height: s.height,
+                        }
+                    })
+                    .collect();
+                let target = simulcast::choose_layer(&views, p.estimate_bps, p.preference);
+                slot.selector.set_target(target);
+                let entry = needed.entry(source).or_default();
+                if let Some(t) = target {
+                    entry[usize::from(t)] = true;
+                }
+                if let Some(c) = slot.selector.current() {
+                    entry[usize::from(c)] = true;
+                }
+                if p.connected {
+                    if let Some(wanted) = slot.selector.wants_keyframe() {
+                        track.keyframes[usize::from(wanted)].handle_request(now);
+                    }
+                }
+            }
+        }
+        let mut requests = Vec::new();
+        for (key, track) in &mut room.tracks {
+            if track.kind != MediaKind::Video {
+                continue;
+            }
+            let need = needed.get(key).copied().unwrap_or_default();
+            for l in 0..3 {
+                if track.keyframes[l].poll_request(now) {
+                    requests.push((*key, track.rids[l]));
+                }
+                if track.rids[l].is_some() && need[l] != track.needed[l] {
+                    track.needed[l] = need[l];
+                    self.events.push_back(SfuEvent::LayerNeeded {
+                        room: room_id.clone(),
+                        participant: key.0,
+                        mid: key.1.to_string(),
+                        layer: l as u8,
+                        needed: need[l],
+                    });
+                }
+            }
+        }
+        for (key, rid) in requests {
+            if let Some(p) = self.participants.get_mut(&key.0) {
+                let mut api = p.rtc.direct_api();
+                if let Some(rx) = api.stream_rx_by_mid(key.1, rid) {
+                    rx.request_keyframe(KeyframeRequestKind::Pli);
+                    p.keyframe_requests += 1;
+                }
+            }
+            self.drain(key.0, now);
+        }
+    }
+}
+
+/// Marks a keyframe as wanted for a publisher layer (sent at the next tick,
+/// throttled).
+fn packets_keyframe(
+    rooms: &mut HashMap<RoomId, Room>,
+    room: &RoomId,
+    source: TrackKey,
+    layer: Layer,
+    now: Instant,
+) {
+    if let Some(track) = rooms.get_mut(room).and_then(|r| r.tracks.get_mut(&source)) {
+        track.keyframes[usize::from(layer.min(2))].handle_request(now);
+    }
+}
+
+/// The layer index a conventional rid names.
+fn layer_of_rid(rid: &Rid) -> Option<u8> {
+    match &**rid {
+        "q" | "l" | "low" => Some(0),
+        "h" | "m" | "mid" => Some(1),
+        "f" | "high" => Some(2),
+        _ => None,
+    }
+}
+
+/// Keyframe detection for codecs passed through without rewriting.
+fn is_keyframe(params: &PayloadParams, payload: &[u8]) -> bool {
+    match params.spec().codec {
+        str0m::format::Codec::H264 => str0m::format::detect_h264_keyframe(payload),
+        str0m::format::Codec::Vp9 => str0m::format::detect_vp9_keyframe(payload),
+        _ => false,
+    }
+}
+
+/// Height from a VP8 keyframe header (RFC 6386 §9.1): 3-byte frame tag,
+/// start code 9d 01 2a, then 14-bit width and height.
+fn vp8_keyframe_height(frame: &[u8]) -> Option<u32> {
+    if frame.len() < 10 || frame[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    Some(u32::from(u16::from_le_bytes([frame[8], frame[9]]) & 0x3fff))
+}
+
+/// `(mid, kind)` of every m-line of an SDP, in order.
+fn answer_mids(sdp: &str) -> Vec<(Mid, MediaKind)> {
+    let mut out = Vec::new();
+    let mut kind = None;
+    for line in sdp.lines() {
+        if let Some(rest) = line.strip_prefix("m=") {
+            kind = if rest.starts_with("audio") {
+                Some(MediaKind::Audio)
+            } else if rest.starts_with("video") {
+                Some(MediaKind::Video)
+            } else {
+                None
+            };
+        } else if let Some(mid) = line.strip_prefix("a=mid:") {
+            if let Some(k) = kind {
+                out.push((Mid::from(mid.trim()), k));
+            }
+        }
+    }
+    out
+}
