@@ -317,13 +317,11 @@ impl SfuControl for EmbeddedSfu {
 
 impl EmbeddedSfu {
     fn forget(&self, participant: ParticipantId) {
-        if let Ok(mut placement) = self.placement.lock() {
-            if let Some(i) = placement.participants.remove(&participant) {
-                if let Some(l) = placement.load.get_mut(i) {
+        if let Ok(mut placement) = self.placement.lock()
+            && let Some(i) = placement.participants.remove(&participant)
+                && let Some(l) = placement.load.get_mut(i) {
                     *l = l.saturating_sub(1);
                 }
-            }
-        }
     }
 }
 

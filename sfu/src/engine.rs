@@ -350,11 +350,10 @@ impl Engine {
         else {
             return;
         };
-        if let Some(p) = self.participants.get_mut(&id) {
-            if p.rtc.handle_input(input).is_err() {
+        if let Some(p) = self.participants.get_mut(&id)
+            && p.rtc.handle_input(input).is_err() {
                 p.rtc.disconnect();
             }
-        }
         self.drain(id, now);
     }
 
@@ -367,11 +366,10 @@ impl Engine {
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            if let Some(p) = self.participants.get_mut(&id) {
-                if p.rtc.handle_input(Input::Timeout(now)).is_err() {
+            if let Some(p) = self.participants.get_mut(&id)
+                && p.rtc.handle_input(Input::Timeout(now)).is_err() {
                     p.rtc.disconnect();
                 }
-            }
             self.drain(id, now);
         }
         if self.next_tick.is_some_and(|t| t <= now) {
@@ -493,21 +491,18 @@ impl Engine {
                         Event::KeyframeRequest(req) => {
                             // A subscriber's decoder wants a keyframe: ask
                             // the publisher of what that slot carries.
-                            if let Some(slot) = p.slots.iter().find(|s| s.mid == req.mid) {
-                                if let (Some(source), Some(layer)) =
+                            if let Some(slot) = p.slots.iter().find(|s| s.mid == req.mid)
+                                && let (Some(source), Some(layer)) =
                                     (slot.source, slot.selector.current())
                                 {
                                     packets_keyframe(&mut self.rooms, &p.room, source, layer, now);
                                 }
-                            }
                         }
-                        Event::EgressBitrateEstimate(estimate) => {
-                            if let str0m::bwe::BweKind::Twcc { estimate, .. } = estimate {
-                                p.estimate_bps = Some(estimate.as_u64());
-                            }
+                        Event::EgressBitrateEstimate(str0m::bwe::BweKind::Twcc { estimate, .. }) => {
+                            p.estimate_bps = Some(estimate.as_u64());
                         }
-                        Event::MediaAdded(added) => {
-                            if p.role == Role::Publish && added.direction.is_receiving() {
+                        Event::MediaAdded(added)
+                            if p.role == Role::Publish && added.direction.is_receiving() => {
                                 let room = self.rooms.entry(p.room.clone()).or_default();
                                 let mut rids = [None, None, None];
                                 if let Some(sim) = &added.simulcast {
@@ -532,7 +527,6 @@ impl Engine {
                                 );
                                 self.next_track_index += 1;
                             }
-                        }
                         _ => {}
                     },
                     Err(_) => {
@@ -613,17 +607,15 @@ impl Engine {
             || (!is_vp8 && track.kind == MediaKind::Video && is_keyframe(&params, &packet.payload));
         if keyframe {
             track.keyframes[usize::from(layer)].handle_keyframe();
-            if let Some(d) = descriptor {
-                if let Some(h) = vp8_keyframe_height(&packet.payload[d.len..]) {
+            if let Some(d) = descriptor
+                && let Some(h) = vp8_keyframe_height(&packet.payload[d.len..]) {
                     stats.height = Some(h);
                 }
-            }
         }
-        if track.kind == MediaKind::Audio {
-            if let Some(level) = packet.header.ext_vals.audio_level {
+        if track.kind == MediaKind::Audio
+            && let Some(level) = packet.header.ext_vals.audio_level {
                 room.speaker.handle_level(from, level.saturating_neg(), now);
             }
-        }
         let source_key = (track.index, layer);
         let track_kind = track.kind;
         let subscribers = room.participants.clone();
@@ -856,11 +848,10 @@ impl Engine {
                 if let Some(c) = slot.selector.current() {
                     entry[usize::from(c)] = true;
                 }
-                if p.connected {
-                    if let Some(wanted) = slot.selector.wants_keyframe() {
+                if p.connected
+                    && let Some(wanted) = slot.selector.wants_keyframe() {
                         track.keyframes[usize::from(wanted)].handle_request(now);
                     }
-                }
             }
         }
         let mut requests = Vec::new();
@@ -869,6 +860,7 @@ impl Engine {
                 continue;
             }
             let need = needed.get(key).copied().unwrap_or_default();
+            #[allow(clippy::needless_range_loop)] // l indexes three parallel arrays
             for l in 0..3 {
                 if track.keyframes[l].poll_request(now) {
                     requests.push((*key, track.rids[l]));
@@ -953,11 +945,10 @@ fn answer_mids(sdp: &str) -> Vec<(Mid, MediaKind)> {
             } else {
                 None
             };
-        } else if let Some(mid) = line.strip_prefix("a=mid:") {
-            if let Some(k) = kind {
+        } else if let Some(mid) = line.strip_prefix("a=mid:")
+            && let Some(k) = kind {
                 out.push((Mid::from(mid.trim()), k));
             }
-        }
     }
     out
 }

@@ -4,6 +4,8 @@
 //! subscriber's sequence numbers never repeat, and without loss and
 //! reordering they are exactly 1, 2, 3, … across every switch.
 
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
 use std::time::{Duration, Instant};
 
 use confer_sfu::core::keyframe::KeyframeRequester;

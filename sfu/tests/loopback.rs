@@ -88,8 +88,10 @@ async fn simulcast_publisher_to_subscriber_intact_and_preference_picks_the_layer
     .await
     .unwrap();
     let second = tokio::task::spawn_blocking(move || {
-        let mut second = Subscriber::default();
-        second.connected = true;
+        let mut second = Subscriber {
+            connected: true,
+            ..Subscriber::default()
+        };
         subscriber.run(start + phase * 2, &mut second);
         second
     })

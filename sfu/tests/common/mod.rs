@@ -253,7 +253,7 @@ impl Publisher {
         };
         let write = RtpWrite::new(
             pt,
-            self.audio_seq.inc().into(),
+            self.audio_seq.inc(),
             (n as u32).wrapping_mul(960),
             now,
             payload,
@@ -275,7 +275,7 @@ impl Publisher {
         let layers: &[u8] = if self.simulcast { &[0, 1, 2] } else { &[2] };
         for &layer in layers {
             let l = usize::from(layer);
-            let keyframe = std::mem::take(&mut self.keyframe_wanted[l]) || frame % 150 == 0;
+            let keyframe = std::mem::take(&mut self.keyframe_wanted[l]) || frame.is_multiple_of(150);
             let (packets, size) = LAYER_SHAPE[l];
             let ts = frame.wrapping_mul(90_000 / self.fps);
             for i in 0..packets {
@@ -310,7 +310,7 @@ impl Publisher {
                 };
                 let rid = self.simulcast.then(|| Rid::from(RIDS[l]));
                 let seq = self.video_seq[l].inc();
-                let write = RtpWrite::new(pt, seq.into(), ts, now, sealed)
+                let write = RtpWrite::new(pt, seq, ts, now, sealed)
                     .marker(i + 1 == packets)
                     .nackable(true);
                 self.queue.push_back((self.video, rid, write));
@@ -433,15 +433,14 @@ impl Behaviour for Subscriber {
     }
 
     fn poll(&mut self, rtc: &mut Rtc, _now: Instant) -> Option<Instant> {
-        if self.keyframe_asked {
-            if let Some(mid) = self.video_mid {
+        if self.keyframe_asked
+            && let Some(mid) = self.video_mid {
                 let mut api = rtc.direct_api();
                 if let Some(rx) = api.stream_rx_by_mid(mid, None) {
                     rx.request_keyframe(KeyframeRequestKind::Pli);
                     self.keyframe_asked = false;
                 }
             }
-        }
         None
     }
 }
