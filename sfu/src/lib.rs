@@ -41,6 +41,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod engine;
+pub mod http;
 pub mod ids;
 pub mod worker;
 
