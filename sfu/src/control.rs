@@ -319,9 +319,10 @@ impl EmbeddedSfu {
     fn forget(&self, participant: ParticipantId) {
         if let Ok(mut placement) = self.placement.lock()
             && let Some(i) = placement.participants.remove(&participant)
-                && let Some(l) = placement.load.get_mut(i) {
-                    *l = l.saturating_sub(1);
-                }
+            && let Some(l) = placement.load.get_mut(i)
+        {
+            *l = l.saturating_sub(1);
+        }
     }
 }
 

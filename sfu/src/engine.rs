@@ -351,9 +351,10 @@ impl Engine {
             return;
         };
         if let Some(p) = self.participants.get_mut(&id)
-            && p.rtc.handle_input(input).is_err() {
-                p.rtc.disconnect();
-            }
+            && p.rtc.handle_input(input).is_err()
+        {
+            p.rtc.disconnect();
+        }
         self.drain(id, now);
     }
 
@@ -367,9 +368,10 @@ impl Engine {
             .collect();
         for id in due {
             if let Some(p) = self.participants.get_mut(&id)
-                && p.rtc.handle_input(Input::Timeout(now)).is_err() {
-                    p.rtc.disconnect();
-                }
+                && p.rtc.handle_input(Input::Timeout(now)).is_err()
+            {
+                p.rtc.disconnect();
+            }
             self.drain(id, now);
         }
         if self.next_tick.is_some_and(|t| t <= now) {
@@ -494,39 +496,42 @@ impl Engine {
                             if let Some(slot) = p.slots.iter().find(|s| s.mid == req.mid)
                                 && let (Some(source), Some(layer)) =
                                     (slot.source, slot.selector.current())
-                                {
-                                    packets_keyframe(&mut self.rooms, &p.room, source, layer, now);
-                                }
+                            {
+                                packets_keyframe(&mut self.rooms, &p.room, source, layer, now);
+                            }
                         }
-                        Event::EgressBitrateEstimate(str0m::bwe::BweKind::Twcc { estimate, .. }) => {
+                        Event::EgressBitrateEstimate(str0m::bwe::BweKind::Twcc {
+                            estimate,
+                            ..
+                        }) => {
                             p.estimate_bps = Some(estimate.as_u64());
                         }
                         Event::MediaAdded(added)
-                            if p.role == Role::Publish && added.direction.is_receiving() => {
-                                let room = self.rooms.entry(p.room.clone()).or_default();
-                                let mut rids = [None, None, None];
-                                if let Some(sim) = &added.simulcast {
-                                    for (i, layer) in sim.recv.iter().enumerate() {
-                                        let idx =
-                                            layer_of_rid(&layer.rid).unwrap_or(i.min(2) as u8);
-                                        rids[usize::from(idx)] = Some(layer.rid);
-                                    }
+                            if p.role == Role::Publish && added.direction.is_receiving() =>
+                        {
+                            let room = self.rooms.entry(p.room.clone()).or_default();
+                            let mut rids = [None, None, None];
+                            if let Some(sim) = &added.simulcast {
+                                for (i, layer) in sim.recv.iter().enumerate() {
+                                    let idx = layer_of_rid(&layer.rid).unwrap_or(i.min(2) as u8);
+                                    rids[usize::from(idx)] = Some(layer.rid);
                                 }
-                                room.tracks.insert(
-                                    TrackKey(id, added.mid),
-                                    Track {
-                                        kind: added.kind,
-                                        index: self.next_track_index,
-                                        rids,
-                                        layers: [LayerStats::default(); 3],
-                                        keyframes: [KeyframeRequester::new(
-                                            self.config.keyframe_min_interval,
-                                        ); 3],
-                                        needed: [true; 3],
-                                    },
-                                );
-                                self.next_track_index += 1;
                             }
+                            room.tracks.insert(
+                                TrackKey(id, added.mid),
+                                Track {
+                                    kind: added.kind,
+                                    index: self.next_track_index,
+                                    rids,
+                                    layers: [LayerStats::default(); 3],
+                                    keyframes: [KeyframeRequester::new(
+                                        self.config.keyframe_min_interval,
+                                    ); 3],
+                                    needed: [true; 3],
+                                },
+                            );
+                            self.next_track_index += 1;
+                        }
                         _ => {}
                     },
                     Err(_) => {
@@ -608,14 +613,16 @@ impl Engine {
         if keyframe {
             track.keyframes[usize::from(layer)].handle_keyframe();
             if let Some(d) = descriptor
-                && let Some(h) = vp8_keyframe_height(&packet.payload[d.len..]) {
-                    stats.height = Some(h);
-                }
+                && let Some(h) = vp8_keyframe_height(&packet.payload[d.len..])
+            {
+                stats.height = Some(h);
+            }
         }
         if track.kind == MediaKind::Audio
-            && let Some(level) = packet.header.ext_vals.audio_level {
-                room.speaker.handle_level(from, level.saturating_neg(), now);
-            }
+            && let Some(level) = packet.header.ext_vals.audio_level
+        {
+            room.speaker.handle_level(from, level.saturating_neg(), now);
+        }
         let source_key = (track.index, layer);
         let track_kind = track.kind;
         let subscribers = room.participants.clone();
@@ -849,9 +856,10 @@ impl Engine {
                     entry[usize::from(c)] = true;
                 }
                 if p.connected
-                    && let Some(wanted) = slot.selector.wants_keyframe() {
-                        track.keyframes[usize::from(wanted)].handle_request(now);
-                    }
+                    && let Some(wanted) = slot.selector.wants_keyframe()
+                {
+                    track.keyframes[usize::from(wanted)].handle_request(now);
+                }
             }
         }
         let mut requests = Vec::new();
@@ -946,9 +954,10 @@ fn answer_mids(sdp: &str) -> Vec<(Mid, MediaKind)> {
                 None
             };
         } else if let Some(mid) = line.strip_prefix("a=mid:")
-            && let Some(k) = kind {
-                out.push((Mid::from(mid.trim()), k));
-            }
+            && let Some(k) = kind
+        {
+            out.push((Mid::from(mid.trim()), k));
+        }
     }
     out
 }

@@ -16,12 +16,12 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::Router;
 
 use crate::control::{SfuControl, SfuError};
 use crate::engine::Role;
@@ -41,8 +41,14 @@ pub fn app(state: HttpState) -> Router {
     Router::new()
         .route("/whip/{room}", post(whip))
         .route("/whep/{room}", post(whep))
-        .route("/whip/{room}/{participant}", delete(leave).patch(no_trickle))
-        .route("/whep/{room}/{participant}", delete(leave).patch(no_trickle))
+        .route(
+            "/whip/{room}/{participant}",
+            delete(leave).patch(no_trickle),
+        )
+        .route(
+            "/whep/{room}/{participant}",
+            delete(leave).patch(no_trickle),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
@@ -67,23 +73,47 @@ fn authorized(state: &HttpState, headers: &HeaderMap) -> bool {
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|given| {
             // Constant-time enough for a static token: compare every byte.
-            given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+            given.len() == token.len()
+                && given
+                    .bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
         })
 }
 
-async fn offer(state: HttpState, headers: HeaderMap, room: String, role: Role, body: Bytes, kind: &str) -> Response {
+async fn offer(
+    state: HttpState,
+    headers: HeaderMap,
+    room: String,
+    role: Role,
+    body: Bytes,
+    kind: &str,
+) -> Response {
     if !authorized(&state, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        );
     }
     let sdp_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/sdp"));
     if !sdp_type {
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "expected Content-Type: application/sdp");
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type: application/sdp",
+        );
     }
     let Ok(offer) = String::from_utf8(body.to_vec()) else {
-        return error(StatusCode::BAD_REQUEST, "bad_offer", "the offer is not UTF-8");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_offer",
+            "the offer is not UTF-8",
+        );
     };
     let room_id = RoomId(room.clone());
     match state.sfu.join(&room_id, role, offer).await {
@@ -91,22 +121,43 @@ async fn offer(state: HttpState, headers: HeaderMap, room: String, role: Role, b
             StatusCode::CREATED,
             [
                 (header::CONTENT_TYPE, "application/sdp".to_owned()),
-                (header::LOCATION, format!("/{kind}/{room}/{}", joined.participant)),
+                (
+                    header::LOCATION,
+                    format!("/{kind}/{room}/{}", joined.participant),
+                ),
             ],
             joined.answer,
         )
             .into_response(),
         Err(SfuError::Join(e)) => error(StatusCode::BAD_REQUEST, "bad_offer", &e.to_string()),
-        Err(SfuError::Overloaded) => error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the SFU is overloaded"),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()),
+        Err(SfuError::Overloaded) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the SFU is overloaded",
+        ),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &e.to_string(),
+        ),
     }
 }
 
-async fn whip(State(state): State<HttpState>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn whip(
+    State(state): State<HttpState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     offer(state, headers, room, Role::Publish, body, "whip").await
 }
 
-async fn whep(State(state): State<HttpState>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn whep(
+    State(state): State<HttpState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     offer(state, headers, room, Role::Subscribe, body, "whep").await
 }
 
@@ -116,25 +167,43 @@ async fn leave(
     headers: HeaderMap,
 ) -> Response {
     if !authorized(&state, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        );
     }
     let Ok(id) = participant.parse::<ParticipantId>() else {
         return error(StatusCode::NOT_FOUND, "not_found", "no such session");
     };
     match state.sfu.leave(id).await {
         Ok(()) => StatusCode::OK.into_response(),
-        Err(SfuError::UnknownParticipant) => error(StatusCode::NOT_FOUND, "not_found", "no such session"),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()),
+        Err(SfuError::UnknownParticipant) => {
+            error(StatusCode::NOT_FOUND, "not_found", "no such session")
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &e.to_string(),
+        ),
     }
 }
 
 async fn no_trickle() -> Response {
-    error(StatusCode::METHOD_NOT_ALLOWED, "trickle_not_supported", "the SFU is ICE-lite; its answer carries its candidate")
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "trickle_not_supported",
+        "the SFU is ICE-lite; its answer carries its candidate",
+    )
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
     let Ok(stats) = state.sfu.stats().await else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "workers not answering");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "workers not answering",
+        );
     };
     let mut out = String::new();
     let _ = writeln!(out, "# TYPE sfu_worker_participants gauge");
@@ -142,12 +211,30 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         let _ = writeln!(out, "sfu_worker_participants{{worker=\"{i}\"}} {}", w.len());
     }
     for (name, help) in [
-        ("sfu_rx_packets_total", "RTP packets received from the participant"),
-        ("sfu_rx_bytes_total", "RTP payload bytes received from the participant"),
-        ("sfu_tx_packets_total", "RTP packets forwarded to the participant"),
-        ("sfu_tx_bytes_total", "RTP payload bytes forwarded to the participant"),
-        ("sfu_layer_drops_total", "packets not forwarded because the subscriber is on another layer"),
-        ("sfu_keyframe_requests_total", "keyframe requests sent to the publisher"),
+        (
+            "sfu_rx_packets_total",
+            "RTP packets received from the participant",
+        ),
+        (
+            "sfu_rx_bytes_total",
+            "RTP payload bytes received from the participant",
+        ),
+        (
+            "sfu_tx_packets_total",
+            "RTP packets forwarded to the participant",
+        ),
+        (
+            "sfu_tx_bytes_total",
+            "RTP payload bytes forwarded to the participant",
+        ),
+        (
+            "sfu_layer_drops_total",
+            "packets not forwarded because the subscriber is on another layer",
+        ),
+        (
+            "sfu_keyframe_requests_total",
+            "keyframe requests sent to the publisher",
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (i, w) in stats.workers.iter().enumerate() {
@@ -188,5 +275,8 @@ async fn metrics(State(state): State<HttpState>) -> Response {
 }
 
 fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -33,7 +33,10 @@ async fn serve() -> (String, Arc<EmbeddedSfu>) {
 }
 
 async fn post_sdp(client: &Client, url: &str, sdp: &str, token: Option<&str>) -> reqwest::Response {
-    let mut req = client.post(url).header("content-type", "application/sdp").body(sdp.to_owned());
+    let mut req = client
+        .post(url)
+        .header("content-type", "application/sdp")
+        .body(sdp.to_owned());
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -74,19 +77,44 @@ async fn publish_over_whip_subscribe_over_whep() {
     .await
     .unwrap();
     p.join().unwrap();
-    assert!(received.audio_packets > 50 && received.video_packets > 30, "audio {} video {}", received.audio_packets, received.video_packets);
+    assert!(
+        received.audio_packets > 50 && received.video_packets > 30,
+        "audio {} video {}",
+        received.audio_packets,
+        received.video_packets
+    );
     assert_eq!(received.corrupt, 0);
     assert!(contiguous(&received.seqs["video"]));
 
-    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("sfu_tx_packets_total{worker="), "{metrics}");
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sfu_tx_packets_total{worker="),
+        "{metrics}"
+    );
     assert!(metrics.contains("sfu_worker_participants"), "{metrics}");
     assert!(metrics.contains("room=\"room-1\""), "{metrics}");
 
     for location in [sub_location, pub_location] {
-        let r = client.delete(format!("{base}{location}")).bearer_auth(TOKEN).send().await.unwrap();
+        let r = client
+            .delete(format!("{base}{location}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        let r = client.delete(format!("{base}{location}")).bearer_auth(TOKEN).send().await.unwrap();
+        let r = client
+            .delete(format!("{base}{location}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
     }
 }
@@ -103,14 +131,31 @@ async fn bad_requests_get_clear_answers() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let r = post_sdp(&client, &url, &offer, Some("wrong")).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = client.post(&url).bearer_auth(TOKEN).header("content-type", "text/plain").body(offer.clone()).send().await.unwrap();
+    let r = client
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .header("content-type", "text/plain")
+        .body(offer.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     let r = post_sdp(&client, &url, "v=0\r\nnot an sdp", Some(TOKEN)).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body = r.text().await.unwrap();
     assert!(body.contains("bad_offer"), "{body}");
-    let r = client.patch(format!("{url}/0000000000000001")).bearer_auth(TOKEN).send().await.unwrap();
+    let r = client
+        .patch(format!("{url}/0000000000000001"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
-    let r = client.delete(format!("{url}/zz")).bearer_auth(TOKEN).send().await.unwrap();
+    let r = client
+        .delete(format!("{url}/zz"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }

@@ -275,7 +275,8 @@ impl Publisher {
         let layers: &[u8] = if self.simulcast { &[0, 1, 2] } else { &[2] };
         for &layer in layers {
             let l = usize::from(layer);
-            let keyframe = std::mem::take(&mut self.keyframe_wanted[l]) || frame.is_multiple_of(150);
+            let keyframe =
+                std::mem::take(&mut self.keyframe_wanted[l]) || frame.is_multiple_of(150);
             let (packets, size) = LAYER_SHAPE[l];
             let ts = frame.wrapping_mul(90_000 / self.fps);
             for i in 0..packets {
@@ -434,13 +435,14 @@ impl Behaviour for Subscriber {
 
     fn poll(&mut self, rtc: &mut Rtc, _now: Instant) -> Option<Instant> {
         if self.keyframe_asked
-            && let Some(mid) = self.video_mid {
-                let mut api = rtc.direct_api();
-                if let Some(rx) = api.stream_rx_by_mid(mid, None) {
-                    rx.request_keyframe(KeyframeRequestKind::Pli);
-                    self.keyframe_asked = false;
-                }
+            && let Some(mid) = self.video_mid
+        {
+            let mut api = rtc.direct_api();
+            if let Some(rx) = api.stream_rx_by_mid(mid, None) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+                self.keyframe_asked = false;
             }
+        }
         None
     }
 }
