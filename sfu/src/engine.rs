@@ -266,6 +266,12 @@ impl Engine {
             keyframe_requests: 0,
         };
         if role == Role::Subscribe {
+            // Let the bandwidth estimator probe up to what a full video
+            // layer plus audio needs (1C's 2000 kbps per participant).
+            participant.rtc.bwe().set_bitrate(
+                str0m::bwe::Bitrate::kbps(100),
+                str0m::bwe::Bitrate::kbps(2_500),
+            );
             // The offer's receive-only m-lines are our send slots.
             let mids: Vec<(Mid, MediaKind)> = answer_mids(&answer.to_sdp_string());
             for (mid, kind) in mids {

@@ -43,6 +43,7 @@ pub mod core;
 pub mod engine;
 pub mod http;
 pub mod ids;
+pub mod testing;
 pub mod worker;
 
 pub use config::SfuConfig;
