@@ -119,3 +119,34 @@ impl SfuConfig {
         Duration::from_secs(self.connect_timeout_secs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_shipped_file() {
+        SfuConfig::default().validate().unwrap();
+        let text: String = include_str!("../../config/sfu.toml")
+            .lines()
+            .filter(|l| !l.starts_with("##"))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            // Examples without a default stay commented.
+            .filter(|l| !l.starts_with("announced_ip") && !l.starts_with("token"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed: SfuConfig = toml::from_str(&text).unwrap();
+        assert_eq!(parsed, SfuConfig::default());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let config = SfuConfig {
+            keyframe_min_interval_ms: 1,
+            token: Some(String::new()),
+            ..SfuConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("keyframe_min_interval_ms") && err.contains("token"), "{err}");
+    }
+}

@@ -101,6 +101,11 @@ pub struct Publisher {
     pub keyframe_wanted: [bool; 3],
     pub keyframe_requests: u32,
     pub packets_sent: u64,
+    /// Written into every trailer (high nibble of the layer byte) so that
+    /// subscribers can tell publishers apart.
+    pub tag: u8,
+    /// RFC 6464 level of the audio, -dBov (0 loudest, -127 silence).
+    pub audio_level: i8,
     queue: std::collections::VecDeque<(Mid, Option<Rid>, RtpWrite)>,
 }
 
@@ -120,6 +125,8 @@ impl Publisher {
             keyframe_wanted: [true; 3],
             keyframe_requests: 0,
             packets_sent: 0,
+            tag: 0,
+            audio_level: -25,
             queue: std::collections::VecDeque::new(),
         }
     }
@@ -133,9 +140,9 @@ impl Publisher {
             return;
         };
         let n = *self.audio_seq;
-        let payload = seal(vec![(n % 251) as u8; 80], 0, n as u32, 0);
+        let payload = seal(vec![(n % 251) as u8; 80], self.tag << 4, n as u32, 0);
         let ext = ExtensionValues {
-            audio_level: Some(-25),
+            audio_level: Some(self.audio_level),
             voice_activity: Some(true),
             ..Default::default()
         };
@@ -194,7 +201,7 @@ impl Publisher {
                 let sealed = {
                     let head = body[..5].to_vec();
                     let mut out = head;
-                    out.extend(seal(body[5..].to_vec(), layer, frame, i));
+                    out.extend(seal(body[5..].to_vec(), (self.tag << 4) | layer, frame, i));
                     out
                 };
                 let rid = self.simulcast.then(|| Rid::from(RIDS[l]));
@@ -280,6 +287,9 @@ pub struct Subscriber {
     pub keyframe_asked: bool,
     /// Layer changes whose first packet was not the start of a keyframe.
     pub bad_switches: u64,
+    /// Publisher tag of the last audio and video packet.
+    pub last_audio_tag: Option<u8>,
+    pub last_video_tag: Option<u8>,
 }
 
 impl Behaviour for Subscriber {
@@ -301,8 +311,9 @@ impl Behaviour for Subscriber {
                     Some(MediaKind::Audio) => {
                         self.audio_packets += 1;
                         self.seqs.entry("audio").or_default().push(*p.seq_no);
-                        if open(&p.payload).is_none() {
-                            self.corrupt += 1;
+                        match open(&p.payload) {
+                            Some((tagged, _, _)) => self.last_audio_tag = Some(tagged >> 4),
+                            None => self.corrupt += 1,
                         }
                     }
                     Some(MediaKind::Video) => {
@@ -317,7 +328,9 @@ impl Behaviour for Subscriber {
                             self.keyframes += 1;
                         }
                         match open(&p.payload[5..]) {
-                            Some((layer, _, _)) => {
+                            Some((tagged, _, _)) => {
+                                let layer = tagged & 0x0f;
+                                self.last_video_tag = Some(tagged >> 4);
                                 if self.last_layer.is_some_and(|l| l != layer)
                                     && !(d.start_of_frame && d.keyframe)
                                 {
@@ -422,6 +435,9 @@ pub struct MemPeer {
     /// Downlink cap (SFU → peer) in bits per second; packets over it are
     /// dropped, as a congested bottleneck would.
     pub downlink_bps: Option<u64>,
+    /// Share of SFU → peer datagrams lost, drawn from a seeded generator.
+    pub downlink_loss: f64,
+    rng: u64,
     budget_bits: f64,
     budget_at: Instant,
     deadline: Instant,
@@ -508,6 +524,8 @@ impl MemNet {
             behaviour,
             id,
             downlink_bps: None,
+            downlink_loss: 0.0,
+            rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(addr.port()),
             budget_bits: 0.0,
             budget_at: self.now,
             deadline: self.now,
@@ -590,6 +608,14 @@ impl MemNet {
             let Some(peer) = self.peers.iter_mut().find(|p| p.addr == t.destination) else {
                 continue;
             };
+            if peer.downlink_loss > 0.0 {
+                peer.rng ^= peer.rng << 13;
+                peer.rng ^= peer.rng >> 7;
+                peer.rng ^= peer.rng << 17;
+                if (peer.rng % 1_000_000) as f64 / 1_000_000.0 < peer.downlink_loss {
+                    continue;
+                }
+            }
             if let Some(cap) = peer.downlink_bps {
                 let elapsed = now.saturating_duration_since(peer.budget_at).as_secs_f64();
                 peer.budget_bits = (peer.budget_bits + elapsed * cap as f64).min(cap as f64 * 0.05);

@@ -1,6 +1,8 @@
 //! An independent peer: aiortc publishes VP8 + Opus over WHIP to the real
 //! `sfu` binary and another aiortc subscribes over WHEP and decodes video
-//! frames and audio. `scripts/test.sh` installs aiortc.
+//! frames and audio; then the same with H.264, which the SFU passes through
+//! without rewriting. One run at a time (CPU-bound). `scripts/test.sh`
+//! installs aiortc.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,7 +16,7 @@ fn python() -> String {
 }
 
 #[test]
-fn aiortc_publishes_over_whip_and_another_decodes_over_whep() {
+fn aiortc_publishes_over_whip_and_another_decodes_over_whep_vp8_then_h264() {
     let ok = Command::new(python())
         .args(["-c", "import aiortc"])
         .status()
@@ -44,19 +46,22 @@ fn aiortc_publishes_over_whip_and_another_decodes_over_whep() {
         .to_owned();
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/aiortc/whip_whep.py");
-    let out = Command::new(python())
-        .args([script, &base, "t0ken", "6"])
-        .output()
-        .unwrap();
+    let mut results = Vec::new();
+    for mime in ["video/VP8", "video/H264"] {
+        let out = Command::new(python())
+            .args([script, &base, "t0ken", "5", mime])
+            .output()
+            .unwrap();
+        results.push((mime, out));
+    }
     let _ = sfu.kill();
     let _ = sfu.wait();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "aiortc run failed:\n{stdout}\n{stderr}"
-    );
-    let counts: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert!(counts["video_frames"].as_u64().unwrap() >= 10, "{counts}");
-    assert!(counts["audio_frames"].as_u64().unwrap() >= 50, "{counts}");
+    for (mime, out) in results {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "aiortc {mime} run failed:\n{stdout}\n{stderr}");
+        let counts: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert!(counts["video_frames"].as_u64().unwrap() >= 10, "{mime}: {counts}");
+        assert!(counts["audio_frames"].as_u64().unwrap() >= 50, "{mime}: {counts}");
+    }
 }

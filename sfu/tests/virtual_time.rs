@@ -69,3 +69,63 @@ fn each_subscriber_gets_the_layer_that_fits() {
         "at most 2 per second per layer, got {requests}"
     );
 }
+
+#[test]
+fn lost_packets_are_retransmitted() {
+    let mut net = MemNet::new(Instant::now());
+    let room = RoomId::from("lossy");
+    net.add_publisher(&room, true, 30);
+    let lossy = net.add_subscriber(&room);
+    net.peers[lossy].downlink_loss = 0.05;
+    net.run_for(Duration::from_secs(10));
+    let s = net.subscriber(lossy);
+    assert_eq!(s.corrupt, 0);
+    assert!(s.video_packets > 1000, "video {}", s.video_packets);
+    // NACK + RTX fill every gap of the video stream (audio is not
+    // retransmitted); the last few packets may still be in flight.
+    let mut seqs = s.seqs["video"].clone();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let span = seqs.last().unwrap() - seqs.first().unwrap() + 1;
+    let missing = span - seqs.len() as u64;
+    assert!(missing <= 5, "{missing} of {span} video packets never arrived");
+}
+
+#[test]
+fn unused_layers_are_reported_and_the_speaker_is_followed() {
+    let mut net = MemNet::new(Instant::now());
+    let room = RoomId::from("speakers");
+    let quiet = net.add_publisher(&room, true, 15);
+    let loud = net.add_publisher(&room, true, 15);
+    net.publisher(quiet).tag = 1;
+    net.publisher(quiet).audio_level = -70;
+    net.publisher(loud).tag = 2;
+    net.publisher(loud).audio_level = -20;
+    let viewer = net.add_subscriber(&room);
+    let viewer_id = net.peers[viewer].id;
+    net.engine.handle_preference(viewer_id, Preference { max_height: Some(180), paused: false });
+    net.run_for(Duration::from_secs(6));
+
+    let loud_id = net.peers[loud].id;
+    let mut events = Vec::new();
+    while let Some(e) = net.engine.poll_event() {
+        events.push(e);
+    }
+    assert!(
+        events.contains(&confer_sfu::SfuEvent::SpeakerChanged { room: room.clone(), participant: Some(loud_id) }),
+        "{events:?}"
+    );
+    let s = net.subscriber(viewer);
+    assert_eq!(s.last_audio_tag, Some(2), "audio follows the speaker");
+    assert_eq!(s.last_video_tag, Some(2), "video follows the speaker");
+    assert_eq!(s.bad_switches, 0);
+    // The only viewer wants a thumbnail of the speaker: the speaker's f
+    // layer is needed by nobody.
+    let unneeded = |p: confer_sfu::ParticipantId, layer: u8| {
+        events.iter().rev().find_map(|e| match e {
+            confer_sfu::SfuEvent::LayerNeeded { participant, layer: l, needed, .. } if *participant == p && *l == layer => Some(*needed),
+            _ => None,
+        })
+    };
+    assert_eq!(unneeded(loud_id, 2), Some(false), "{events:?}");
+}

@@ -1,7 +1,8 @@
 """aiortc as an independent peer: one aiortc publishes VP8 + Opus over WHIP,
 another subscribes over WHEP and decodes what arrives.
 
-usage: whip_whep.py BASE_URL TOKEN SECONDS
+usage: whip_whep.py BASE_URL TOKEN SECONDS [VIDEO_MIME]
+VIDEO_MIME is video/VP8 (default) or video/H264 (passed through unchanged).
 Prints one JSON line with the counts; exits 1 if too little was decoded.
 """
 
@@ -51,16 +52,16 @@ async def negotiate(pc, url, token):
     return location
 
 
-async def main(base, token, seconds):
+async def main(base, token, seconds, video_mime):
     config = RTCConfiguration(iceServers=[])
     publisher = RTCPeerConnection(config)
     prefer(publisher.addTransceiver(AudioStreamTrack(), direction="sendonly"), "audio", "audio/opus")
-    prefer(publisher.addTransceiver(VideoStreamTrack(), direction="sendonly"), "video", "video/VP8")
+    prefer(publisher.addTransceiver(VideoStreamTrack(), direction="sendonly"), "video", video_mime)
     pub_location = await negotiate(publisher, f"{base}/whip/aiortc", token)
 
     subscriber = RTCPeerConnection(config)
     prefer(subscriber.addTransceiver("audio", direction="recvonly"), "audio", "audio/opus")
-    prefer(subscriber.addTransceiver("video", direction="recvonly"), "video", "video/VP8")
+    prefer(subscriber.addTransceiver("video", direction="recvonly"), "video", video_mime)
     counts = {"video_frames": 0, "audio_frames": 0, "width": 0}
 
     async def consume(track):
@@ -92,4 +93,5 @@ async def main(base, token, seconds):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3])))
+    mime = sys.argv[4] if len(sys.argv) > 4 else "video/VP8"
+    asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]), mime))
