@@ -147,6 +147,9 @@ mod tests {
             ..SfuConfig::default()
         };
         let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("keyframe_min_interval_ms") && err.contains("token"), "{err}");
+        assert!(
+            err.contains("keyframe_min_interval_ms") && err.contains("token"),
+            "{err}"
+        );
     }
 }

@@ -85,6 +85,7 @@ pub trait SfuControl: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 struct WorkerHandle {
     commands: SyncSender<Command>,
+    waker: mio::Waker,
     addr: SocketAddr,
     thread: Option<JoinHandle<()>>,
 }
@@ -100,7 +101,6 @@ struct Placement {
 #[derive(Debug)]
 pub struct EmbeddedSfu {
     workers: Vec<WorkerHandle>,
-    doorbell: UdpSocket,
     placement: Mutex<Placement>,
     events: broadcast::Sender<SfuEvent>,
 }
@@ -121,11 +121,6 @@ impl EmbeddedSfu {
         } else {
             Vec::new()
         };
-        let doorbell = UdpSocket::bind(SocketAddr::new(config.udp_bind.ip(), 0))
-            .map_err(|e| SfuError::Start(format!("doorbell socket: {e}")))?;
-        let doorbell_addr = doorbell
-            .local_addr()
-            .map_err(|e| SfuError::Start(e.to_string()))?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let mut workers = Vec::with_capacity(count);
         for i in 0..count {
@@ -138,6 +133,12 @@ impl EmbeddedSfu {
             let addr = socket
                 .local_addr()
                 .map_err(|e| SfuError::Start(e.to_string()))?;
+            socket
+                .set_nonblocking(true)
+                .map_err(|e| SfuError::Start(e.to_string()))?;
+            let poll = mio::Poll::new().map_err(|e| SfuError::Start(format!("poll: {e}")))?;
+            let waker = mio::Waker::new(poll.registry(), worker::WAKER)
+                .map_err(|e| SfuError::Start(format!("waker: {e}")))?;
             let engine = Engine::new(EngineConfig {
                 local: addr,
                 announced: config.announced_ip,
@@ -153,11 +154,12 @@ impl EmbeddedSfu {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    worker::run(socket, doorbell_addr, engine, rx, events);
+                    worker::run(socket, poll, engine, rx, events);
                 })
                 .map_err(|e| SfuError::Start(format!("spawning worker: {e}")))?;
             workers.push(WorkerHandle {
                 commands: tx,
+                waker,
                 addr,
                 thread: Some(thread),
             });
@@ -168,7 +170,6 @@ impl EmbeddedSfu {
                 ..Placement::default()
             }),
             workers,
-            doorbell,
             events,
         }))
     }
@@ -179,14 +180,16 @@ impl EmbeddedSfu {
         self.workers.iter().map(|w| w.addr).collect()
     }
 
-    /// Sends a command to worker `index` and rings its doorbell.
+    /// Sends a command to worker `index` and wakes it.
     fn send(&self, index: usize, command: Command) -> Result<(), SfuError> {
         let worker = self.workers.get(index).ok_or(SfuError::Unavailable)?;
         worker.commands.try_send(command).map_err(|e| match e {
             TrySendError::Full(_) => SfuError::Overloaded,
             TrySendError::Disconnected(_) => SfuError::Unavailable,
         })?;
-        let _ = self.doorbell.send_to(&[0], worker.addr);
+        // A failed wake only delays the command to the worker's next turn
+        // (at most 100 ms).
+        let _ = worker.waker.wake();
         Ok(())
     }
 

@@ -96,7 +96,7 @@ pub struct Publisher {
     next_audio: Option<Instant>,
     next_video: Option<Instant>,
     audio_seq: SeqNo,
-    video_seq: [SeqNo; 3],
+    pub video_seq: [SeqNo; 3],
     frame: u32,
     pub keyframe_wanted: [bool; 3],
     pub keyframe_requests: u32,
@@ -451,6 +451,8 @@ pub struct MemNet {
     pub engine_addr: SocketAddr,
     pub now: Instant,
     pub peers: Vec<MemPeer>,
+    /// Wall-clock time spent inside the engine (benchmarks).
+    pub engine_busy: Duration,
     next_port: u16,
 }
 
@@ -469,6 +471,7 @@ impl MemNet {
             engine_addr,
             now,
             peers: Vec::new(),
+            engine_busy: Duration::ZERO,
             next_port: 6000,
         }
     }
@@ -588,7 +591,9 @@ impl MemNet {
                         }
                         Output::Transmit(t) => {
                             let data: Vec<u8> = t.contents.into();
+                            let started = Instant::now();
                             self.engine.handle_datagram(now, peer.addr, &data);
+                            self.engine_busy += started.elapsed();
                         }
                         Output::Event(e) => peer.behaviour.on_event(&mut peer.rtc, e, now),
                     }
@@ -603,8 +608,14 @@ impl MemNet {
                 }
             }
         }
+        let started = Instant::now();
         self.engine.handle_timeout(now);
+        let mut out = Vec::new();
         while let Some(t) = self.engine.poll_transmit() {
+            out.push(t);
+        }
+        self.engine_busy += started.elapsed();
+        for t in out {
             let Some(peer) = self.peers.iter_mut().find(|p| p.addr == t.destination) else {
                 continue;
             };
@@ -645,11 +656,18 @@ impl MemNet {
                     }
                     Output::Transmit(t) => {
                         let data: Vec<u8> = t.contents.into();
+                        let started = Instant::now();
                         self.engine.handle_datagram(now, peer.addr, &data);
+                        self.engine_busy += started.elapsed();
                     }
                     Output::Event(e) => peer.behaviour.on_event(&mut peer.rtc, e, now),
                 }
             }
         }
+    }
+
+    /// Packets the engine has forwarded to subscribers so far.
+    pub fn forwarded(&self) -> u64 {
+        self.engine.stats().iter().map(|s| s.tx.packets).sum()
     }
 }

@@ -1,32 +1,46 @@
 //! The driver of one worker thread: owns the UDP socket, feeds the
 //! [`Engine`] with datagrams, commands and time, and sends what it outputs.
 //!
-//! Loop: wait until the socket is readable or the engine's deadline passes
-//! (a command wakes the loop through a one-byte "doorbell" datagram sent to
-//! the socket from the control side) → read the clock once → feed the
-//! engine → drain its transmits and events.
+//! Loop: wait (mio) until the socket is readable, a command arrives (a
+//! `mio::Waker` rings) or the engine's deadline passes → read the clock
+//! once → feed the engine → send its transmits in batches.
+//!
+//! Batching (quinn-udp): datagrams are read with `recvmmsg`, up to 32 per
+//! system call, and with UDP GRO where the kernel coalesces them; runs of
+//! equal-sized datagrams to one destination (the packets of a video frame
+//! to one subscriber) go out as one UDP GSO `sendmsg`.
 //!
 //! Queues: commands come on a bounded channel (`command_queue`); when it is
 //! full the caller gets [`crate::control::SfuError::Overloaded`] at once and
 //! nothing waits. Events go to a `tokio::sync::broadcast` channel: a slow
 //! receiver loses the oldest events and is told how many (`Lagged`), the
-//! worker never blocks.
+//! worker never blocks. Datagrams the kernel will not take (send buffer
+//! full) are dropped, as the network would; NACK/RTX repairs video.
 
-use std::io::ErrorKind;
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{ErrorKind, IoSliceMut};
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use quinn_udp::{RecvMeta, UdpSocketState};
+use str0m::net::Transmit;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::core::simulcast::Preference;
 use crate::engine::{Engine, JoinError, ParticipantStats, Role, SfuEvent};
 use crate::ids::{ParticipantId, RoomId};
 
-/// Largest datagram read.
-const MAX_DATAGRAM: usize = 2048;
-/// Datagrams read in one go before the engine's timers get a turn.
-const READ_BATCH: usize = 64;
+/// Token of the UDP socket in the worker's poll.
+pub const SOCKET: Token = Token(0);
+/// Token of the command waker.
+pub const WAKER: Token = Token(1);
+/// Size of one receive buffer: room for a GRO batch of full-size datagrams.
+const RECV_BUF: usize = 64 * 1024;
+/// Longest wait when the engine has no deadline.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 /// A request for a worker.
 #[derive(Debug)]
@@ -57,15 +71,45 @@ pub enum Command {
 }
 
 /// Runs a worker until [`Command::Stop`] or the command channel closes.
+/// `socket` must be non-blocking; `poll` has the waker registered as
+/// [`WAKER`].
 pub fn run(
     socket: UdpSocket,
-    doorbell: SocketAddr,
+    mut poll: Poll,
     mut engine: Engine,
     commands: Receiver<Command>,
     events: broadcast::Sender<SfuEvent>,
 ) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let fd = socket.as_raw_fd();
+    if let Err(e) = poll
+        .registry()
+        .register(&mut SourceFd(&fd), SOCKET, Interest::READABLE)
+    {
+        tracing::error!(error = %e, "cannot register the worker socket; worker stops");
+        return;
+    }
+    let state = match UdpSocketState::new((&socket).into()) {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up the worker socket; worker stops");
+            return;
+        }
+    };
+    let mut buffers = vec![vec![0u8; RECV_BUF]; quinn_udp::BATCH_SIZE];
+    let mut meta = vec![RecvMeta::default(); quinn_udp::BATCH_SIZE];
+    let mut poll_events = Events::with_capacity(8);
+    let mut out = Vec::new();
     loop {
+        let now = Instant::now();
+        let wait = engine
+            .poll_timeout()
+            .map_or(IDLE_WAIT, |at| at.saturating_duration_since(now))
+            .min(IDLE_WAIT);
+        if let Err(e) = poll.poll(&mut poll_events, Some(wait))
+            && e.kind() != ErrorKind::Interrupted
+        {
+            tracing::warn!(error = %e, "worker poll failed");
+        }
         // Commands first: they are rare and someone is waiting for them.
         loop {
             match commands.try_recv() {
@@ -74,40 +118,33 @@ pub fn run(
                 Err(TryRecvError::Empty) => break,
             }
         }
-        flush(&socket, &mut engine, &events);
-
-        let now = Instant::now();
-        let wait = engine
-            .poll_timeout()
-            .map_or(Duration::from_millis(100), |at| {
-                at.saturating_duration_since(now)
-            })
-            .clamp(Duration::from_millis(1), Duration::from_millis(100));
-        let _ = socket.set_read_timeout(Some(wait));
-        let mut read = 0;
-        while read < READ_BATCH {
-            match socket.recv_from(&mut buf) {
-                Ok((n, source)) => {
-                    read += 1;
-                    if source == doorbell {
-                        break;
+        // Read until the socket is empty, a batch per system call.
+        loop {
+            let mut slices: Vec<IoSliceMut<'_>> =
+                buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            match state.recv((&socket).into(), &mut slices, &mut meta) {
+                Ok(count) => {
+                    let now = Instant::now();
+                    for (m, buf) in meta.iter().zip(buffers.iter()).take(count) {
+                        let stride = if m.stride == 0 { m.len } else { m.stride };
+                        for datagram in buf[..m.len].chunks(stride) {
+                            engine.handle_datagram(now, m.addr, datagram);
+                        }
                     }
-                    engine.handle_datagram(Instant::now(), source, &buf[..n]);
-                    flush(&socket, &mut engine, &events);
-                    // Read what else is queued without waiting.
-                    let _ = socket.set_nonblocking(true);
+                    flush(&socket, &state, &mut engine, &events, &mut out);
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "worker socket read failed");
+                    // ICMP errors (a peer went away) surface here; nothing
+                    // to do but carry on.
+                    tracing::debug!(error = %e, "worker socket read failed");
                     break;
                 }
             }
         }
-        let _ = socket.set_nonblocking(false);
         engine.handle_timeout(Instant::now());
-        flush(&socket, &mut engine, &events);
+        flush(&socket, &state, &mut engine, &events, &mut out);
     }
 }
 
@@ -133,11 +170,62 @@ fn handle_command(engine: &mut Engine, command: Command) {
     }
 }
 
-fn flush(socket: &UdpSocket, engine: &mut Engine, events: &broadcast::Sender<SfuEvent>) {
+/// Sends everything the engine has, coalescing runs of equal-sized
+/// datagrams to the same destination into one GSO send.
+fn flush(
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    engine: &mut Engine,
+    events: &broadcast::Sender<SfuEvent>,
+    out: &mut Vec<Transmit>,
+) {
+    out.clear();
     while let Some(t) = engine.poll_transmit() {
-        if let Err(e) = socket.send_to(&t.contents, t.destination) {
-            tracing::debug!(error = %e, destination = %t.destination, "send failed");
+        out.push(t);
+    }
+    let max_segments = state.max_gso_segments().max(1);
+    let mut batch = Vec::with_capacity(RECV_BUF);
+    let mut i = 0;
+    while i < out.len() {
+        let first = &out[i];
+        let size = first.contents.len();
+        let mut j = i + 1;
+        // A GSO run: same destination, same size, except that the last
+        // segment may be shorter.
+        while j < out.len()
+            && j - i < max_segments
+            && out[j].destination == first.destination
+            && out[j].contents.len() <= size
+            && out[j - 1].contents.len() == size
+            && (j - i + 1) * size <= u16::MAX as usize
+        {
+            j += 1;
         }
+        let transmit = if j - i > 1 {
+            batch.clear();
+            for t in &out[i..j] {
+                batch.extend_from_slice(&t.contents);
+            }
+            quinn_udp::Transmit {
+                destination: first.destination,
+                ecn: None,
+                contents: &batch,
+                segment_size: Some(size),
+                src_ip: None,
+            }
+        } else {
+            quinn_udp::Transmit {
+                destination: first.destination,
+                ecn: None,
+                contents: &first.contents,
+                segment_size: None,
+                src_ip: None,
+            }
+        };
+        if let Err(e) = state.try_send(socket.into(), &transmit) {
+            tracing::debug!(error = %e, destination = %first.destination, "send failed");
+        }
+        i = j;
     }
     while let Some(event) = engine.poll_event() {
         // No receiver is not an error: nobody listens yet.

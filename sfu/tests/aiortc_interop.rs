@@ -59,9 +59,19 @@ fn aiortc_publishes_over_whip_and_another_decodes_over_whep_vp8_then_h264() {
     for (mime, out) in results {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "aiortc {mime} run failed:\n{stdout}\n{stderr}");
-        let counts: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-        assert!(counts["video_frames"].as_u64().unwrap() >= 10, "{mime}: {counts}");
-        assert!(counts["audio_frames"].as_u64().unwrap() >= 50, "{mime}: {counts}");
+        assert!(
+            out.status.success(),
+            "aiortc {mime} run failed:\n{stdout}\n{stderr}"
+        );
+        let counts: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert!(
+            counts["video_frames"].as_u64().unwrap() >= 10,
+            "{mime}: {counts}"
+        );
+        assert!(
+            counts["audio_frames"].as_u64().unwrap() >= 50,
+            "{mime}: {counts}"
+        );
     }
 }

@@ -88,7 +88,10 @@ fn lost_packets_are_retransmitted() {
     seqs.dedup();
     let span = seqs.last().unwrap() - seqs.first().unwrap() + 1;
     let missing = span - seqs.len() as u64;
-    assert!(missing <= 5, "{missing} of {span} video packets never arrived");
+    assert!(
+        missing <= 5,
+        "{missing} of {span} video packets never arrived"
+    );
 }
 
 #[test]
@@ -103,7 +106,13 @@ fn unused_layers_are_reported_and_the_speaker_is_followed() {
     net.publisher(loud).audio_level = -20;
     let viewer = net.add_subscriber(&room);
     let viewer_id = net.peers[viewer].id;
-    net.engine.handle_preference(viewer_id, Preference { max_height: Some(180), paused: false });
+    net.engine.handle_preference(
+        viewer_id,
+        Preference {
+            max_height: Some(180),
+            paused: false,
+        },
+    );
     net.run_for(Duration::from_secs(6));
 
     let loud_id = net.peers[loud].id;
@@ -112,7 +121,10 @@ fn unused_layers_are_reported_and_the_speaker_is_followed() {
         events.push(e);
     }
     assert!(
-        events.contains(&confer_sfu::SfuEvent::SpeakerChanged { room: room.clone(), participant: Some(loud_id) }),
+        events.contains(&confer_sfu::SfuEvent::SpeakerChanged {
+            room: room.clone(),
+            participant: Some(loud_id)
+        }),
         "{events:?}"
     );
     let s = net.subscriber(viewer);
@@ -123,7 +135,12 @@ fn unused_layers_are_reported_and_the_speaker_is_followed() {
     // layer is needed by nobody.
     let unneeded = |p: confer_sfu::ParticipantId, layer: u8| {
         events.iter().rev().find_map(|e| match e {
-            confer_sfu::SfuEvent::LayerNeeded { participant, layer: l, needed, .. } if *participant == p && *l == layer => Some(*needed),
+            confer_sfu::SfuEvent::LayerNeeded {
+                participant,
+                layer: l,
+                needed,
+                ..
+            } if *participant == p && *l == layer => Some(*needed),
             _ => None,
         })
     };
