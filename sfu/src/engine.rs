@@ -100,7 +100,7 @@ pub struct Counters {
 }
 
 /// Counters of one participant.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ParticipantStats {
     /// Room.
     pub room: RoomId,
@@ -118,6 +118,14 @@ pub struct ParticipantStats {
     pub keyframe_requests: u64,
     /// Current layer of each video slot (subscribers).
     pub layers: Vec<Option<Layer>>,
+    /// Latest loss fraction of what the peer sends us (0.0–1.0), from
+    /// str0m's receive statistics.
+    pub loss_in: Option<f32>,
+    /// Latest loss fraction of what we send the peer, as its receiver
+    /// reports say.
+    pub loss_out: Option<f32>,
+    /// NACKs received from the peer (retransmissions asked of us).
+    pub nacks_in: u64,
 }
 
 /// A key of a published track: publisher and its mid.
@@ -166,6 +174,9 @@ struct Participant {
     tx: Counters,
     layer_drops: u64,
     keyframe_requests: u64,
+    loss_in: Option<f32>,
+    loss_out: Option<f32>,
+    nacks_in: u64,
 }
 
 #[derive(Debug, Default)]
@@ -238,6 +249,7 @@ impl Engine {
             .enable_h264(true)
             .enable_vp9(true)
             .enable_bwe(Some(str0m::bwe::Bitrate::kbps(300)))
+            .set_stats_interval(Some(Duration::from_secs(1)))
             .build(now);
         let addr = SocketAddr::new(
             self.config.announced.unwrap_or(self.config.local.ip()),
@@ -264,6 +276,9 @@ impl Engine {
             tx: Counters::default(),
             layer_drops: 0,
             keyframe_requests: 0,
+            loss_in: None,
+            loss_out: None,
+            nacks_in: 0,
         };
         if role == Role::Subscribe {
             // Let the bandwidth estimator probe up to what a full video
@@ -432,6 +447,9 @@ impl Engine {
                     .filter(|s| s.kind == MediaKind::Video)
                     .map(|s| s.selector.current())
                     .collect(),
+                loss_in: p.loss_in,
+                loss_out: p.loss_out,
+                nacks_in: p.nacks_in,
             })
             .collect();
         out.sort_by_key(|s| s.participant);

@@ -235,6 +235,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             "sfu_keyframe_requests_total",
             "keyframe requests sent to the publisher",
         ),
+        ("sfu_nacks_total", "NACKs received from the participant"),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (i, w) in stats.workers.iter().enumerate() {
@@ -245,6 +246,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
                     "sfu_tx_packets_total" => p.tx.packets,
                     "sfu_tx_bytes_total" => p.tx.bytes,
                     "sfu_layer_drops_total" => p.layer_drops,
+                    "sfu_nacks_total" => p.nacks_in,
                     _ => p.keyframe_requests,
                 };
                 let _ = writeln!(
@@ -253,6 +255,24 @@ async fn metrics(State(state): State<HttpState>) -> Response {
                     escape(&p.room.0),
                     p.participant
                 );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sfu_loss_ratio latest loss fraction reported by RTCP, by direction\n# TYPE sfu_loss_ratio gauge"
+    );
+    for w in &stats.workers {
+        for p in w {
+            for (direction, loss) in [("in", p.loss_in), ("out", p.loss_out)] {
+                if let Some(loss) = loss {
+                    let _ = writeln!(
+                        out,
+                        "sfu_loss_ratio{{room=\"{}\",participant=\"{}\",direction=\"{direction}\"}} {loss}",
+                        escape(&p.room.0),
+                        p.participant
+                    );
+                }
             }
         }
     }

@@ -285,11 +285,25 @@ pub struct Subscriber {
     pub seqs: BTreeMap<&'static str, Vec<u64>>,
     pub video_mid: Option<Mid>,
     pub keyframe_asked: bool,
-    /// Layer changes whose first packet was not the start of a keyframe.
-    pub bad_switches: u64,
+    /// (sequence number, layer, starts a keyframe) of every video packet.
+    pub video_log: Vec<(u64, u8, bool)>,
     /// Publisher tag of the last audio and video packet.
     pub last_audio_tag: Option<u8>,
     pub last_video_tag: Option<u8>,
+}
+
+impl Subscriber {
+    /// Layer changes, in sequence-number order (a lost and retransmitted
+    /// packet arrives late but belongs where its number says), whose first
+    /// packet does not start a keyframe.
+    pub fn bad_switches(&self) -> usize {
+        let mut log = self.video_log.clone();
+        log.sort_unstable_by_key(|e| e.0);
+        log.dedup_by_key(|e| e.0);
+        log.windows(2)
+            .filter(|w| w[0].1 != w[1].1 && !w[1].2)
+            .count()
+    }
 }
 
 impl Behaviour for Subscriber {
@@ -331,11 +345,11 @@ impl Behaviour for Subscriber {
                             Some((tagged, _, _)) => {
                                 let layer = tagged & 0x0f;
                                 self.last_video_tag = Some(tagged >> 4);
-                                if self.last_layer.is_some_and(|l| l != layer)
-                                    && !(d.start_of_frame && d.keyframe)
-                                {
-                                    self.bad_switches += 1;
-                                }
+                                self.video_log.push((
+                                    *p.seq_no,
+                                    layer,
+                                    d.start_of_frame && d.keyframe,
+                                ));
                                 *self.layers.entry(layer).or_default() += 1;
                                 self.last_layer = Some(layer);
                             }
