@@ -204,11 +204,17 @@ pub struct EngineConfig {
 pub struct Engine {
     config: EngineConfig,
     participants: HashMap<ParticipantId, Participant>,
+    /// Which participant last accepted a datagram from an address, so that
+    /// media does not scan every participant.
+    owners: HashMap<SocketAddr, ParticipantId>,
     rooms: HashMap<RoomId, Room>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SfuEvent>,
     next_tick: Option<Instant>,
     next_track_index: u64,
+    /// Reused list of a room's participants while forwarding (no
+    /// allocation per packet).
+    scratch: Vec<ParticipantId>,
 }
 
 impl Engine {
@@ -218,11 +224,13 @@ impl Engine {
         Self {
             config,
             participants: HashMap::new(),
+            owners: HashMap::new(),
             rooms: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_tick: None,
             next_track_index: 1,
+            scratch: Vec::new(),
         }
     }
 
@@ -363,14 +371,22 @@ impl Engine {
                 contents,
             },
         );
-        let Some(id) = self
-            .participants
-            .iter()
-            .find(|(_, p)| p.rtc.accepts(&input))
-            .map(|(id, _)| *id)
-        else {
+        let cached = self.owners.get(&source).copied().filter(|id| {
+            self.participants
+                .get(id)
+                .is_some_and(|p| p.rtc.accepts(&input))
+        });
+        let Some(id) = cached.or_else(|| {
+            self.participants
+                .iter()
+                .find(|(_, p)| p.rtc.accepts(&input))
+                .map(|(id, _)| *id)
+        }) else {
             return;
         };
+        if cached.is_none() {
+            self.owners.insert(source, id);
+        }
         if let Some(p) = self.participants.get_mut(&id)
             && p.rtc.handle_input(input).is_err()
         {
@@ -467,6 +483,7 @@ impl Engine {
             return;
         };
         p.rtc.disconnect();
+        self.owners.retain(|_, owner| *owner != id);
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.participants.retain(|x| *x != id);
             room.tracks.retain(|k, _| k.0 != id);
@@ -487,6 +504,8 @@ impl Engine {
     fn drain(&mut self, id: ParticipantId, now: Instant) {
         let mut packets = Vec::new();
         let mut gone = false;
+        // Set when tracks or connections changed: slots may need sources.
+        let mut reassign = false;
         {
             let Some(p) = self.participants.get_mut(&id) else {
                 return;
@@ -505,6 +524,7 @@ impl Engine {
                     Ok(Output::Event(event)) => match event {
                         Event::Connected => {
                             p.connected = true;
+                            reassign = true;
                             self.events.push_back(SfuEvent::Connected {
                                 room: p.room.clone(),
                                 participant: id,
@@ -555,6 +575,7 @@ impl Engine {
                                 },
                             );
                             self.next_track_index += 1;
+                            reassign = true;
                         }
                         _ => {}
                     },
@@ -575,7 +596,9 @@ impl Engine {
         }
         let room = self.participants.get(&id).map(|p| p.room.clone());
         if let Some(room) = room {
-            self.assign_sources(&room);
+            if reassign {
+                self.assign_sources(&room);
+            }
             for packet in packets {
                 self.forward(id, &room, packet, now);
             }
@@ -649,7 +672,9 @@ impl Engine {
         }
         let source_key = (track.index, layer);
         let track_kind = track.kind;
-        let subscribers = room.participants.clone();
+        let mut subscribers = std::mem::take(&mut self.scratch);
+        subscribers.clear();
+        subscribers.extend_from_slice(&room.participants);
         let ext = ExtensionValues {
             audio_level: packet.header.ext_vals.audio_level,
             voice_activity: packet.header.ext_vals.voice_activity,
@@ -657,7 +682,7 @@ impl Engine {
             ..Default::default()
         };
         let mut need_keyframe = false;
-        for sid in subscribers {
+        for &sid in &subscribers {
             if sid == from {
                 continue;
             }
@@ -734,6 +759,7 @@ impl Engine {
             sub.tx.bytes += len;
             self.drain_transmits(sid);
         }
+        self.scratch = subscribers;
         if need_keyframe {
             packets_keyframe(&mut self.rooms, room_id, key, layer, now);
         }
