@@ -63,6 +63,9 @@ pub struct SfuStats {
 /// The one interface through which the SFU is driven.
 #[async_trait]
 pub trait SfuControl: Send + Sync + std::fmt::Debug {
+    /// Places a room on a worker ahead of its first participant (a join to
+    /// an unknown room also creates it).
+    async fn create_room(&self, room: &RoomId) -> Result<(), SfuError>;
     /// Adds a participant to `room` (created on first join) from an SDP
     /// offer; returns its id and the SDP answer.
     async fn join(&self, room: &RoomId, role: Role, offer: String) -> Result<Joined, SfuError>;
@@ -229,26 +232,36 @@ async fn wait<T>(rx: oneshot::Receiver<T>) -> Result<T, SfuError> {
         .map_err(|_| SfuError::Unavailable)
 }
 
+impl Placement {
+    /// The worker of `room`; a new room goes to the least loaded worker.
+    fn place(&mut self, room: &RoomId) -> usize {
+        if let Some(i) = self.rooms.get(room) {
+            return *i;
+        }
+        let i = self
+            .load
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, l)| **l)
+            .map_or(0, |(i, _)| i);
+        self.rooms.insert(room.clone(), i);
+        i
+    }
+}
+
 #[async_trait]
 impl SfuControl for EmbeddedSfu {
+    async fn create_room(&self, room: &RoomId) -> Result<(), SfuError> {
+        let mut placement = self.placement.lock().map_err(|_| SfuError::Unavailable)?;
+        placement.place(room);
+        Ok(())
+    }
+
     async fn join(&self, room: &RoomId, role: Role, offer: String) -> Result<Joined, SfuError> {
         let participant = ParticipantId(rand_u64());
         let index = {
             let mut placement = self.placement.lock().map_err(|_| SfuError::Unavailable)?;
-            let index = match placement.rooms.get(room) {
-                Some(i) => *i,
-                None => {
-                    // A new room goes to the least loaded worker.
-                    let i = placement
-                        .load
-                        .iter()
-                        .enumerate()
-                        .min_by_key(|(_, l)| **l)
-                        .map_or(0, |(i, _)| i);
-                    placement.rooms.insert(room.clone(), i);
-                    i
-                }
-            };
+            let index = placement.place(room);
             placement.load[index] += 1;
             placement.participants.insert(participant, index);
             index

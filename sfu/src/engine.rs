@@ -99,6 +99,17 @@ pub struct Counters {
     pub bytes: u64,
 }
 
+/// Counters of one published track, per simulcast layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackStats {
+    /// The publisher's mid of the track.
+    pub mid: String,
+    /// `audio` or `video`.
+    pub kind: &'static str,
+    /// Received per layer (index 0 = q or the only layer).
+    pub layers: [Counters; 3],
+}
+
 /// Counters of one participant.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParticipantStats {
@@ -126,6 +137,8 @@ pub struct ParticipantStats {
     pub loss_out: Option<f32>,
     /// NACKs received from the peer (retransmissions asked of us).
     pub nacks_in: u64,
+    /// The tracks it publishes.
+    pub tracks: Vec<TrackStats>,
 }
 
 /// A key of a published track: publisher and its mid.
@@ -134,6 +147,7 @@ struct TrackKey(ParticipantId, Mid);
 
 #[derive(Debug, Clone, Copy, Default)]
 struct LayerStats {
+    received: Counters,
     last_packet: Option<Instant>,
     window_bytes: u64,
     bitrate_bps: u64,
@@ -466,6 +480,28 @@ impl Engine {
                 loss_in: p.loss_in,
                 loss_out: p.loss_out,
                 nacks_in: p.nacks_in,
+                tracks: self
+                    .rooms
+                    .get(&p.room)
+                    .map(|room| {
+                        let mut tracks: Vec<TrackStats> = room
+                            .tracks
+                            .iter()
+                            .filter(|(k, _)| k.0 == *id)
+                            .map(|(k, t)| TrackStats {
+                                mid: k.1.to_string(),
+                                kind: if t.kind == MediaKind::Audio {
+                                    "audio"
+                                } else {
+                                    "video"
+                                },
+                                layers: t.layers.map(|l| l.received),
+                            })
+                            .collect();
+                        tracks.sort_by(|a, b| a.mid.cmp(&b.mid));
+                        tracks
+                    })
+                    .unwrap_or_default(),
             })
             .collect();
         out.sort_by_key(|s| s.participant);
@@ -648,6 +684,8 @@ impl Engine {
         let stats = &mut track.layers[usize::from(layer)];
         stats.last_packet = Some(now);
         stats.window_bytes += packet.payload.len() as u64;
+        stats.received.packets += 1;
+        stats.received.bytes += packet.payload.len() as u64;
 
         let is_vp8 = params.spec().codec == str0m::format::Codec::Vp8;
         let descriptor = if is_vp8 {

@@ -276,6 +276,31 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             }
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP sfu_track_rx_packets_total RTP packets received per published track and layer\n# TYPE sfu_track_rx_packets_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP sfu_track_rx_bytes_total RTP payload bytes received per published track and layer\n# TYPE sfu_track_rx_bytes_total counter"
+    );
+    for w in &stats.workers {
+        for p in w {
+            for t in &p.tracks {
+                for (layer, c) in t.layers.iter().enumerate().filter(|(_, c)| c.packets > 0) {
+                    let labels = format!(
+                        "room=\"{}\",participant=\"{}\",mid=\"{}\",kind=\"{}\",layer=\"{layer}\"",
+                        escape(&p.room.0),
+                        p.participant,
+                        escape(&t.mid),
+                        t.kind
+                    );
+                    let _ = writeln!(out, "sfu_track_rx_packets_total{{{labels}}} {}", c.packets);
+                    let _ = writeln!(out, "sfu_track_rx_bytes_total{{{labels}}} {}", c.bytes);
+                }
+            }
+        }
+    }
     let _ = writeln!(out, "# TYPE sfu_subscriber_layer gauge");
     for w in &stats.workers {
         for p in w {

@@ -27,6 +27,7 @@ fn sfu() -> Arc<EmbeddedSfu> {
 async fn simulcast_publisher_to_subscriber_intact_and_preference_picks_the_layer() {
     let sfu = sfu();
     let room = RoomId::from("loopback");
+    sfu.create_room(&room).await.unwrap();
 
     let mut publisher = Peer::new();
     let (offer, pending, audio, video) = publisher.offer_publish(true);

@@ -100,6 +100,9 @@ async fn publish_over_whip_subscribe_over_whep() {
     );
     assert!(metrics.contains("sfu_worker_participants"), "{metrics}");
     assert!(metrics.contains("room=\"room-1\""), "{metrics}");
+    assert!(metrics.contains("sfu_track_rx_packets_total{"), "{metrics}");
+    assert!(metrics.contains("layer=\"2\""), "{metrics}");
+    assert!(metrics.contains("sfu_subscriber_layer{"), "{metrics}");
 
     for location in [sub_location, pub_location] {
         let r = client
