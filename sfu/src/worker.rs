@@ -5,10 +5,12 @@
 //! `mio::Waker` rings) or the engine's deadline passes → read the clock
 //! once → feed the engine → send its transmits in batches.
 //!
-//! Batching (quinn-udp): datagrams are read with `recvmmsg`, up to 32 per
-//! system call, and with UDP GRO where the kernel coalesces them; runs of
+//! Batching: datagrams are read with `recvmmsg` (quinn-udp), up to 32 per
+//! system call, and with UDP GRO where the kernel coalesces them. Runs of
 //! equal-sized datagrams to one destination (the packets of a video frame
-//! to one subscriber) go out as one UDP GSO `sendmsg`.
+//! to one subscriber) go out as one UDP GSO `sendmsg` (quinn-udp); the
+//! other datagrams, to many destinations, go out with `sendmmsg` (nix), up
+//! to 64 per system call, in the order the engine produced them.
 //!
 //! Queues: commands come on a bounded channel (`command_queue`); when it is
 //! full the caller gets [`crate::control::SfuError::Overloaded`] at once and
@@ -17,7 +19,7 @@
 //! worker never blocks. Datagrams the kernel will not take (send buffer
 //! full) are dropped, as the network would; NACK/RTX repairs video.
 
-use std::io::{ErrorKind, IoSliceMut};
+use std::io::{ErrorKind, IoSlice, IoSliceMut};
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage};
 use quinn_udp::{RecvMeta, UdpSocketState};
 use str0m::net::Transmit;
 use tokio::sync::{broadcast, oneshot};
@@ -39,6 +42,8 @@ pub const SOCKET: Token = Token(0);
 pub const WAKER: Token = Token(1);
 /// Size of one receive buffer: room for a GRO batch of full-size datagrams.
 const RECV_BUF: usize = 64 * 1024;
+/// Datagrams per `sendmmsg` call.
+const SEND_BATCH: usize = 64;
 /// Longest wait when the engine has no deadline.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
@@ -99,6 +104,7 @@ pub fn run(
     let mut meta = vec![RecvMeta::default(); quinn_udp::BATCH_SIZE];
     let mut poll_events = Events::with_capacity(8);
     let mut out = Vec::new();
+    let mut sender = Sender::new();
     loop {
         let now = Instant::now();
         let wait = engine
@@ -131,7 +137,7 @@ pub fn run(
                             engine.handle_datagram(now, m.addr, datagram);
                         }
                     }
-                    flush(&socket, &state, &mut engine, &events, &mut out);
+                    sender.flush(&socket, &state, &mut engine, &events, &mut out);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -144,7 +150,7 @@ pub fn run(
             }
         }
         engine.handle_timeout(Instant::now());
-        flush(&socket, &state, &mut engine, &events, &mut out);
+        sender.flush(&socket, &state, &mut engine, &events, &mut out);
     }
 }
 
@@ -170,65 +176,114 @@ fn handle_command(engine: &mut Engine, command: Command) {
     }
 }
 
-/// Sends everything the engine has, coalescing runs of equal-sized
-/// datagrams to the same destination into one GSO send.
-fn flush(
-    socket: &UdpSocket,
-    state: &UdpSocketState,
-    engine: &mut Engine,
-    events: &broadcast::Sender<SfuEvent>,
-    out: &mut Vec<Transmit>,
-) {
-    out.clear();
-    while let Some(t) = engine.poll_transmit() {
-        out.push(t);
-    }
-    let max_segments = state.max_gso_segments().max(1);
-    let mut batch = Vec::with_capacity(RECV_BUF);
-    let mut i = 0;
-    while i < out.len() {
-        let first = &out[i];
-        let size = first.contents.len();
-        let mut j = i + 1;
-        // A GSO run: same destination, same size, except that the last
-        // segment may be shorter.
-        while j < out.len()
-            && j - i < max_segments
-            && out[j].destination == first.destination
-            && out[j].contents.len() <= size
-            && out[j - 1].contents.len() == size
-            && (j - i + 1) * size <= u16::MAX as usize
-        {
-            j += 1;
+/// Sends what the engine outputs, in batches.
+struct Sender {
+    headers: MultiHeaders<SockaddrStorage>,
+    gso: Vec<u8>,
+}
+
+impl Sender {
+    fn new() -> Self {
+        Self {
+            headers: MultiHeaders::preallocate(SEND_BATCH, None),
+            gso: Vec::with_capacity(RECV_BUF),
         }
-        let transmit = if j - i > 1 {
-            batch.clear();
-            for t in &out[i..j] {
-                batch.extend_from_slice(&t.contents);
-            }
-            quinn_udp::Transmit {
-                destination: first.destination,
-                ecn: None,
-                contents: &batch,
-                segment_size: Some(size),
-                src_ip: None,
-            }
-        } else {
-            quinn_udp::Transmit {
-                destination: first.destination,
-                ecn: None,
-                contents: &first.contents,
-                segment_size: None,
-                src_ip: None,
-            }
-        };
-        if let Err(e) = state.try_send(socket.into(), &transmit) {
-            tracing::debug!(error = %e, destination = %first.destination, "send failed");
-        }
-        i = j;
     }
-    while let Some(event) = engine.poll_event() {
-        // No receiver is not an error: nobody listens yet.
-        let _ = events.send(event);
+
+    /// Sends everything the engine has: runs of equal-sized datagrams to
+    /// one destination as one GSO send, everything else with `sendmmsg`,
+    /// keeping the engine's order. What the kernel refuses (buffer full) is
+    /// dropped, as a congested network would.
+    fn flush(
+        &mut self,
+        socket: &UdpSocket,
+        state: &UdpSocketState,
+        engine: &mut Engine,
+        events: &broadcast::Sender<SfuEvent>,
+        out: &mut Vec<Transmit>,
+    ) {
+        out.clear();
+        while let Some(t) = engine.poll_transmit() {
+            out.push(t);
+        }
+        let max_segments = state.max_gso_segments().max(1);
+        let mut singles: Vec<usize> = Vec::with_capacity(SEND_BATCH);
+        let mut i = 0;
+        while i < out.len() {
+            let size = out[i].contents.len();
+            let mut j = i + 1;
+            // A GSO run: same destination, same size, except that the last
+            // segment may be shorter.
+            while j < out.len()
+                && j - i < max_segments
+                && out[j].destination == out[i].destination
+                && out[j].contents.len() <= size
+                && out[j - 1].contents.len() == size
+                && (j - i + 1) * size <= usize::from(u16::MAX)
+            {
+                j += 1;
+            }
+            if j - i > 1 {
+                self.send_many(socket, out, &mut singles);
+                self.gso.clear();
+                for t in &out[i..j] {
+                    self.gso.extend_from_slice(&t.contents);
+                }
+                let transmit = quinn_udp::Transmit {
+                    destination: out[i].destination,
+                    ecn: None,
+                    contents: &self.gso,
+                    segment_size: Some(size),
+                    src_ip: None,
+                };
+                if let Err(e) = state.try_send(socket.into(), &transmit) {
+                    tracing::debug!(error = %e, destination = %out[i].destination, "GSO send failed");
+                }
+            } else {
+                singles.push(i);
+                if singles.len() == SEND_BATCH {
+                    self.send_many(socket, out, &mut singles);
+                }
+            }
+            i = j;
+        }
+        self.send_many(socket, out, &mut singles);
+        while let Some(event) = engine.poll_event() {
+            // No receiver is not an error: nobody listens yet.
+            let _ = events.send(event);
+        }
+    }
+
+    /// Sends `out[k]` for every k in `which` with one `sendmmsg`.
+    fn send_many(&mut self, socket: &UdpSocket, out: &[Transmit], which: &mut Vec<usize>) {
+        if which.is_empty() {
+            return;
+        }
+        let slices: Vec<[IoSlice<'_>; 1]> = which
+            .iter()
+            .map(|k| [IoSlice::new(&out[*k].contents)])
+            .collect();
+        let addrs: Vec<Option<SockaddrStorage>> = which
+            .iter()
+            .map(|k| Some(SockaddrStorage::from(out[*k].destination)))
+            .collect();
+        let fd = socket.as_raw_fd();
+        match nix::sys::socket::sendmmsg(
+            fd,
+            &mut self.headers,
+            &slices,
+            &addrs,
+            [],
+            MsgFlags::empty(),
+        ) {
+            Ok(sent) => {
+                let sent = sent.count();
+                if sent < which.len() {
+                    tracing::debug!(dropped = which.len() - sent, "send buffer full");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "sendmmsg failed"),
+        }
+        which.clear();
     }
 }
