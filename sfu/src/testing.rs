@@ -597,21 +597,7 @@ impl MemNet {
             loop {
                 // Drain, then let the behaviour make one write, until it
                 // has nothing more to do now.
-                loop {
-                    match peer.rtc.poll_output().unwrap() {
-                        Output::Timeout(t) => {
-                            peer.deadline = t;
-                            break;
-                        }
-                        Output::Transmit(t) => {
-                            let data: Vec<u8> = t.contents.into();
-                            let started = Instant::now();
-                            self.engine.handle_datagram(now, peer.addr, &data);
-                            self.engine_busy += started.elapsed();
-                        }
-                        Output::Event(e) => peer.behaviour.on_event(&mut peer.rtc, e, now),
-                    }
-                }
+                drain_peer(peer, &mut self.engine, &mut self.engine_busy, now);
                 match peer.behaviour.poll(&mut peer.rtc, now) {
                     Some(t) if t <= now => {}
                     Some(t) => {
@@ -662,26 +648,32 @@ impl MemNet {
                 },
             );
             peer.rtc.handle_input(input).unwrap();
-            loop {
-                match peer.rtc.poll_output().unwrap() {
-                    Output::Timeout(t) => {
-                        peer.deadline = t;
-                        break;
-                    }
-                    Output::Transmit(t) => {
-                        let data: Vec<u8> = t.contents.into();
-                        let started = Instant::now();
-                        self.engine.handle_datagram(now, peer.addr, &data);
-                        self.engine_busy += started.elapsed();
-                    }
-                    Output::Event(e) => peer.behaviour.on_event(&mut peer.rtc, e, now),
-                }
-            }
+            drain_peer(peer, &mut self.engine, &mut self.engine_busy, now);
         }
     }
 
     /// Packets the engine has forwarded to subscribers so far.
     pub fn forwarded(&self) -> u64 {
         self.engine.stats().iter().map(|s| s.tx.packets).sum()
+    }
+}
+
+/// Polls a peer until it has only a timeout left: its datagrams go straight
+/// into the engine (timed in `busy`), its events to its behaviour.
+fn drain_peer(peer: &mut MemPeer, engine: &mut Engine, busy: &mut Duration, now: Instant) {
+    loop {
+        match peer.rtc.poll_output().unwrap() {
+            Output::Timeout(t) => {
+                peer.deadline = t;
+                return;
+            }
+            Output::Transmit(t) => {
+                let data: Vec<u8> = t.contents.into();
+                let started = Instant::now();
+                engine.handle_datagram(now, peer.addr, &data);
+                *busy += started.elapsed();
+            }
+            Output::Event(e) => peer.behaviour.on_event(&mut peer.rtc, e, now),
+        }
     }
 }
