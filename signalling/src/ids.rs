@@ -53,6 +53,15 @@ uuid_id!(
     UserId
 );
 
+uuid_id!(
+    /// A conversation (1C: обсуждение).
+    ConversationId
+);
+uuid_id!(
+    /// A message.
+    MessageId
+);
+
 /// Milliseconds since the Unix epoch, as stored and as sent on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -7,13 +7,16 @@
 //! `synchronous = FULL`, migrations embedded in the binary and applied at
 //! start.
 
+pub mod messaging;
 pub mod sqlite;
+mod sqlite_messaging;
 
 use async_trait::async_trait;
 
 use crate::auth::TokenKey;
 use crate::ids::{AppId, SubscriberId, Timestamp, UserId};
 
+pub use messaging::MessageStore;
 pub use sqlite::SqliteStore;
 
 /// A store failure: always internal, never the client's fault.

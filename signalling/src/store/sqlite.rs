@@ -65,6 +65,11 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
+    /// The connection pool (for the other store traits in this module).
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Closes every connection (graceful shutdown).
     pub async fn close(&self) {
         self.pool.close().await;

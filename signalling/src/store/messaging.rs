@@ -1,0 +1,260 @@
+//! What the messaging domain persists: conversations, members, messages,
+//! read marks and the per-user event log.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::StoreResult;
+use crate::ids::{AppId, ConversationId, MessageId, Timestamp, UserId};
+
+/// A conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conversation {
+    /// Id.
+    pub id: ConversationId,
+    /// Its application.
+    pub app_id: AppId,
+    /// Title.
+    pub title: String,
+    /// Group (many people) rather than one-to-one.
+    pub is_group: bool,
+    /// Shown in members' conversation lists.
+    pub displayed: bool,
+    /// Every user of the application is a member.
+    pub all_users: bool,
+    /// Application-unique key, to find it again.
+    pub app_key: Option<String>,
+    /// The business object it is bound to (contextual conversation).
+    pub context: Option<String>,
+    /// Sequence number of its last message.
+    pub last_seq: u64,
+    /// Time of its last message (or creation).
+    pub last_activity: Timestamp,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// Who wrote a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "user_id", rename_all = "snake_case")]
+pub enum Author {
+    /// A user.
+    User(UserId),
+    /// The application itself, as a bot.
+    App,
+}
+
+impl Author {
+    /// Stored form: the user id, or `app`.
+    #[must_use]
+    pub fn key(&self) -> String {
+        match self {
+            Self::User(id) => id.to_string(),
+            Self::App => "app".to_owned(),
+        }
+    }
+}
+
+/// The content of a message, stored as one JSON document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct MessageBody {
+    /// Text with light formatting (see docs/protocol.md).
+    #[serde(default)]
+    pub text: String,
+    /// Structured data for application-to-application exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    /// Only these members see it (the author always does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<Vec<UserId>>,
+    /// Buttons; a click goes to the author (the application's bot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<Action>,
+}
+
+/// An action button.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    /// What the bot receives on a click.
+    pub value: String,
+    /// What the user sees.
+    pub presentation: String,
+}
+
+/// A stored message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredMessage {
+    /// Its conversation.
+    pub conversation_id: ConversationId,
+    /// Position in the conversation, from 1.
+    pub seq: u64,
+    /// Id.
+    pub id: MessageId,
+    /// Author.
+    pub author: Author,
+    /// The sender's idempotency key.
+    pub client_id: String,
+    /// Content.
+    pub body: MessageBody,
+    /// When it was sent.
+    pub created_at: Timestamp,
+    /// Last edit.
+    pub edited_at: Option<Timestamp>,
+    /// Deletion (the body is then empty).
+    pub deleted_at: Option<Timestamp>,
+}
+
+/// A new message to store.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    /// Conversation.
+    pub conversation_id: ConversationId,
+    /// Id to give it.
+    pub id: MessageId,
+    /// Author.
+    pub author: Author,
+    /// Idempotency key.
+    pub client_id: String,
+    /// Content.
+    pub body: MessageBody,
+}
+
+/// One event of a user's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    /// The user's event number.
+    pub seq: u64,
+    /// The event, as JSON.
+    pub payload: String,
+}
+
+/// A conversation in a user's list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationEntry {
+    /// The conversation.
+    pub conversation: Conversation,
+    /// Messages after the user's read mark.
+    pub unread: u64,
+}
+
+/// Persistence of messaging.
+#[async_trait]
+pub trait MessageStore: Send + Sync + std::fmt::Debug {
+    /// Creates a conversation with members; if one with the same
+    /// application key or context exists, returns that one (and `false`).
+    async fn create_conversation(
+        &self,
+        conversation: &Conversation,
+        members: &[UserId],
+    ) -> StoreResult<(Conversation, bool)>;
+
+    /// A conversation of an application.
+    async fn conversation(
+        &self,
+        app: AppId,
+        id: ConversationId,
+    ) -> StoreResult<Option<Conversation>>;
+
+    /// The contextual conversation of an application's object.
+    async fn conversation_by_context(
+        &self,
+        app: AppId,
+        context: &str,
+    ) -> StoreResult<Option<Conversation>>;
+
+    /// Adds members (idempotent).
+    async fn add_members(
+        &self,
+        id: ConversationId,
+        users: &[UserId],
+        now: Timestamp,
+    ) -> StoreResult<()>;
+
+    /// Removes a member; false if it was not one.
+    async fn remove_member(&self, id: ConversationId, user: UserId) -> StoreResult<bool>;
+
+    /// Members of a conversation.
+    async fn members(&self, id: ConversationId) -> StoreResult<Vec<UserId>>;
+
+    /// Whether `user` is an explicit member.
+    async fn is_member(&self, id: ConversationId, user: UserId) -> StoreResult<bool>;
+
+    /// Stores a message, numbering it, and appends `event` to the log of
+    /// every user in `notify`, in one transaction. If the author already
+    /// sent a message with this client id in this conversation, nothing is
+    /// written and that message is returned with `false`.
+    async fn post(
+        &self,
+        message: &NewMessage,
+        notify: &[UserId],
+        event: &(dyn for<'m> Fn(&'m StoredMessage) -> String + Sync),
+        now: Timestamp,
+    ) -> StoreResult<(StoredMessage, bool, Vec<(UserId, u64)>)>;
+
+    /// A message by id within a conversation.
+    async fn message(
+        &self,
+        conversation: ConversationId,
+        id: MessageId,
+    ) -> StoreResult<Option<StoredMessage>>;
+
+    /// Replaces a message's body (edit) or empties it (delete) and appends
+    /// `event` to the logs of `notify`, in one transaction.
+    async fn update_message(
+        &self,
+        message: &StoredMessage,
+        notify: &[UserId],
+        event: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<(UserId, u64)>>;
+
+    /// Messages with `after < seq < before`, oldest first, at most `limit`;
+    /// with only `before`, the newest ones below it.
+    async fn history(
+        &self,
+        conversation: ConversationId,
+        after: Option<u64>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredMessage>>;
+
+    /// Moves a user's read mark forward (never back); returns it.
+    async fn mark_read(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        seq: u64,
+    ) -> StoreResult<u64>;
+
+    /// The user's conversations (explicit member, or `all_users`), newest
+    /// activity first, with unread counts; `before` pages by activity.
+    async fn conversations_of(
+        &self,
+        app: AppId,
+        user: UserId,
+        before: Option<(Timestamp, ConversationId)>,
+        limit: u32,
+    ) -> StoreResult<Vec<ConversationEntry>>;
+
+    /// Appends one event to several users' logs.
+    async fn append_events(
+        &self,
+        users: &[UserId],
+        payload: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<(UserId, u64)>>;
+
+    /// A user's events after `seq`, oldest first, at most `limit`.
+    async fn events_after(
+        &self,
+        user: UserId,
+        seq: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>>;
+
+    /// The number of the user's last event (0 if none).
+    async fn event_head(&self, user: UserId) -> StoreResult<u64>;
+
+    /// Every user id of an application (for `all_users` conversations).
+    async fn app_users(&self, app: AppId) -> StoreResult<Vec<UserId>>;
+}

@@ -1,0 +1,502 @@
+//! [`MessageStore`] on SQLite.
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::messaging::{
+    Author, Conversation, ConversationEntry, EventRecord, MessageBody, MessageStore, NewMessage,
+    StoredMessage,
+};
+use super::sqlite::SqliteStore;
+use super::{StoreError, StoreResult};
+use crate::ids::{AppId, ConversationId, MessageId, Timestamp, UserId};
+
+const CONVERSATION_COLUMNS: &str = "id, app_id, title, is_group, displayed, all_users, app_key, context, \
+     last_seq, last_activity, created_at";
+const MESSAGE_COLUMNS: &str =
+    "conversation_id, seq, id, author, client_id, body, created_at, edited_at, deleted_at";
+
+fn parse<T: std::str::FromStr>(row: &SqliteRow, column: &str) -> StoreResult<T> {
+    let text: String = row.try_get(column)?;
+    text.parse()
+        .map_err(|_| StoreError::Corrupt(format!("{column}: {text:?}")))
+}
+
+fn seq(row: &SqliteRow, column: &str) -> StoreResult<u64> {
+    let v: i64 = row.try_get(column)?;
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{column} negative")))
+}
+
+fn conversation_from(row: &SqliteRow) -> StoreResult<Conversation> {
+    Ok(Conversation {
+        id: parse(row, "id")?,
+        app_id: parse(row, "app_id")?,
+        title: row.try_get("title")?,
+        is_group: row.try_get("is_group")?,
+        displayed: row.try_get("displayed")?,
+        all_users: row.try_get("all_users")?,
+        app_key: row.try_get("app_key")?,
+        context: row.try_get("context")?,
+        last_seq: seq(row, "last_seq")?,
+        last_activity: Timestamp(row.try_get("last_activity")?),
+        created_at: Timestamp(row.try_get("created_at")?),
+    })
+}
+
+fn message_from(row: &SqliteRow) -> StoreResult<StoredMessage> {
+    let author: String = row.try_get("author")?;
+    let author = if author == "app" {
+        Author::App
+    } else {
+        Author::User(
+            author
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("author {author:?}")))?,
+        )
+    };
+    let body: String = row.try_get("body")?;
+    Ok(StoredMessage {
+        conversation_id: parse(row, "conversation_id")?,
+        seq: seq(row, "seq")?,
+        id: parse(row, "id")?,
+        author,
+        client_id: row.try_get("client_id")?,
+        body: serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("body: {e}")))?,
+        created_at: Timestamp(row.try_get("created_at")?),
+        edited_at: row.try_get::<Option<i64>, _>("edited_at")?.map(Timestamp),
+        deleted_at: row.try_get::<Option<i64>, _>("deleted_at")?.map(Timestamp),
+    })
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Appends `payload` to each user's log inside `tx`.
+async fn append(
+    tx: &mut Transaction<'_, Sqlite>,
+    users: &[UserId],
+    payload: &str,
+    now: Timestamp,
+) -> StoreResult<Vec<(UserId, u64)>> {
+    let mut out = Vec::with_capacity(users.len());
+    for user in users {
+        let row = sqlx::query(
+            "INSERT INTO user_event_heads (user_id, last_seq) VALUES (?, 1) \
+             ON CONFLICT (user_id) DO UPDATE SET last_seq = user_event_heads.last_seq + 1 \
+             RETURNING last_seq",
+        )
+        .bind(user.to_string())
+        .fetch_one(&mut **tx)
+        .await?;
+        let n = seq(&row, "last_seq")?;
+        sqlx::query(
+            "INSERT INTO user_events (user_id, seq, payload, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(user.to_string())
+        .bind(to_i64(n))
+        .bind(payload)
+        .bind(now.0)
+        .execute(&mut **tx)
+        .await?;
+        out.push((*user, n));
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn create_conversation(
+        &self,
+        c: &Conversation,
+        members: &[UserId],
+    ) -> StoreResult<(Conversation, bool)> {
+        let mut tx = self.pool().begin().await?;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO conversations ({CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) \
+             ON CONFLICT DO NOTHING RETURNING {CONVERSATION_COLUMNS}"
+        ))
+        .bind(c.id.to_string())
+        .bind(c.app_id.to_string())
+        .bind(&c.title)
+        .bind(c.is_group)
+        .bind(c.displayed)
+        .bind(c.all_users)
+        .bind(&c.app_key)
+        .bind(&c.context)
+        .bind(c.last_activity.0)
+        .bind(c.created_at.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = inserted else {
+            // Same key or context: the existing one.
+            let row = sqlx::query(&format!(
+                "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE app_id = ? AND \
+                 ((app_key IS NOT NULL AND app_key = ?) OR (context IS NOT NULL AND context = ?))"
+            ))
+            .bind(c.app_id.to_string())
+            .bind(&c.app_key)
+            .bind(&c.context)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok((conversation_from(&row)?, false));
+        };
+        for user in members {
+            sqlx::query(
+                "INSERT INTO conversation_members (conversation_id, user_id, joined_at) VALUES (?, ?, ?) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(c.id.to_string())
+            .bind(user.to_string())
+            .bind(c.created_at.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((conversation_from(&row)?, true))
+    }
+
+    async fn conversation(
+        &self,
+        app: AppId,
+        id: ConversationId,
+    ) -> StoreResult<Option<Conversation>> {
+        sqlx::query(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE app_id = ? AND id = ?"
+        ))
+        .bind(app.to_string())
+        .bind(id.to_string())
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(conversation_from)
+        .transpose()
+    }
+
+    async fn conversation_by_context(
+        &self,
+        app: AppId,
+        context: &str,
+    ) -> StoreResult<Option<Conversation>> {
+        sqlx::query(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE app_id = ? AND context = ?"
+        ))
+        .bind(app.to_string())
+        .bind(context)
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(conversation_from)
+        .transpose()
+    }
+
+    async fn add_members(
+        &self,
+        id: ConversationId,
+        users: &[UserId],
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool().begin().await?;
+        for user in users {
+            sqlx::query(
+                "INSERT INTO conversation_members (conversation_id, user_id, joined_at) VALUES (?, ?, ?) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(id.to_string())
+            .bind(user.to_string())
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_member(&self, id: ConversationId, user: UserId) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "DELETE FROM conversation_members WHERE conversation_id = ? AND user_id = ?",
+        )
+        .bind(id.to_string())
+        .bind(user.to_string())
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn members(&self, id: ConversationId) -> StoreResult<Vec<UserId>> {
+        sqlx::query("SELECT user_id FROM conversation_members WHERE conversation_id = ? ORDER BY joined_at, user_id")
+            .bind(id.to_string())
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(|r| parse(r, "user_id"))
+            .collect()
+    }
+
+    async fn is_member(&self, id: ConversationId, user: UserId) -> StoreResult<bool> {
+        Ok(sqlx::query(
+            "SELECT 1 FROM conversation_members WHERE conversation_id = ? AND user_id = ?",
+        )
+        .bind(id.to_string())
+        .bind(user.to_string())
+        .fetch_optional(self.pool())
+        .await?
+        .is_some())
+    }
+
+    async fn post(
+        &self,
+        m: &NewMessage,
+        notify: &[UserId],
+        event: &(dyn for<'m> Fn(&'m StoredMessage) -> String + Sync),
+        now: Timestamp,
+    ) -> StoreResult<(StoredMessage, bool, Vec<(UserId, u64)>)> {
+        let mut tx = self.pool().begin().await?;
+        let existing = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND author = ? AND client_id = ?"
+        ))
+        .bind(m.conversation_id.to_string())
+        .bind(m.author.key())
+        .bind(&m.client_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            tx.commit().await?;
+            return Ok((message_from(&row)?, false, Vec::new()));
+        }
+        let row = sqlx::query(
+            "UPDATE conversations SET last_seq = last_seq + 1, last_activity = ? WHERE id = ? RETURNING last_seq",
+        )
+        .bind(now.0)
+        .bind(m.conversation_id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        let n = seq(&row, "last_seq")?;
+        let body =
+            serde_json::to_string(&m.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(&format!(
+            "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)"
+        ))
+        .bind(m.conversation_id.to_string())
+        .bind(to_i64(n))
+        .bind(m.id.to_string())
+        .bind(m.author.key())
+        .bind(&m.client_id)
+        .bind(body)
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await?;
+        let stored = StoredMessage {
+            conversation_id: m.conversation_id,
+            seq: n,
+            id: m.id,
+            author: m.author,
+            client_id: m.client_id.clone(),
+            body: m.body.clone(),
+            created_at: now,
+            edited_at: None,
+            deleted_at: None,
+        };
+        let payload = event(&stored);
+        let seqs = append(&mut tx, notify, &payload, now).await?;
+        tx.commit().await?;
+        Ok((stored, true, seqs))
+    }
+
+    async fn message(
+        &self,
+        conversation: ConversationId,
+        id: MessageId,
+    ) -> StoreResult<Option<StoredMessage>> {
+        sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND id = ?"
+        ))
+        .bind(conversation.to_string())
+        .bind(id.to_string())
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(message_from)
+        .transpose()
+    }
+
+    async fn update_message(
+        &self,
+        m: &StoredMessage,
+        notify: &[UserId],
+        event: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<(UserId, u64)>> {
+        let mut tx = self.pool().begin().await?;
+        let body =
+            serde_json::to_string(&m.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query("UPDATE messages SET body = ?, edited_at = ?, deleted_at = ? WHERE conversation_id = ? AND id = ?")
+            .bind(body)
+            .bind(m.edited_at.map(|t| t.0))
+            .bind(m.deleted_at.map(|t| t.0))
+            .bind(m.conversation_id.to_string())
+            .bind(m.id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let seqs = append(&mut tx, notify, event, now).await?;
+        tx.commit().await?;
+        Ok(seqs)
+    }
+
+    async fn history(
+        &self,
+        conversation: ConversationId,
+        after: Option<u64>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        let after = to_i64(after.unwrap_or(0));
+        let before = to_i64(before.unwrap_or(u64::MAX >> 1));
+        // Paging backwards (only `before`) takes the newest below it.
+        let newest_first = after == 0;
+        let order = if newest_first { "DESC" } else { "ASC" };
+        let mut rows: Vec<StoredMessage> = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ? AND seq < ? \
+             ORDER BY seq {order} LIMIT ?"
+        ))
+        .bind(conversation.to_string())
+        .bind(after)
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(message_from)
+        .collect::<StoreResult<_>>()?;
+        if newest_first {
+            rows.reverse();
+        }
+        Ok(rows)
+    }
+
+    async fn mark_read(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        seq_no: u64,
+    ) -> StoreResult<u64> {
+        let row = sqlx::query(
+            "INSERT INTO read_marks (conversation_id, user_id, seq) VALUES (?, ?, ?) \
+             ON CONFLICT (conversation_id, user_id) DO UPDATE SET seq = MAX(read_marks.seq, excluded.seq) \
+             RETURNING seq",
+        )
+        .bind(conversation.to_string())
+        .bind(user.to_string())
+        .bind(to_i64(seq_no))
+        .fetch_one(self.pool())
+        .await?;
+        seq(&row, "seq")
+    }
+
+    async fn conversations_of(
+        &self,
+        app: AppId,
+        user: UserId,
+        before: Option<(Timestamp, ConversationId)>,
+        limit: u32,
+    ) -> StoreResult<Vec<ConversationEntry>> {
+        let (before_at, before_id) =
+            before.map_or((i64::MAX, String::new()), |(t, id)| (t.0, id.to_string()));
+        let columns = CONVERSATION_COLUMNS
+            .split(", ")
+            .map(|c| format!("c.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = sqlx::query(&format!(
+            "SELECT {columns}, COALESCE(r.seq, 0) AS read_seq FROM conversations c \
+             LEFT JOIN read_marks r ON r.conversation_id = c.id AND r.user_id = ? \
+             WHERE c.app_id = ? AND c.displayed = TRUE \
+             AND (c.all_users = TRUE OR EXISTS (SELECT 1 FROM conversation_members m \
+                  WHERE m.conversation_id = c.id AND m.user_id = ?)) \
+             AND (c.last_activity < ? OR (c.last_activity = ? AND c.id < ?) OR ? = '') \
+             ORDER BY c.last_activity DESC, c.id DESC LIMIT ?"
+        ))
+        .bind(user.to_string())
+        .bind(app.to_string())
+        .bind(user.to_string())
+        .bind(before_at)
+        .bind(before_at)
+        .bind(&before_id)
+        .bind(&before_id)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let conversation = conversation_from(row)?;
+                let read = seq(row, "read_seq")?;
+                Ok(ConversationEntry {
+                    unread: conversation.last_seq.saturating_sub(read),
+                    conversation,
+                })
+            })
+            .collect()
+    }
+
+    async fn append_events(
+        &self,
+        users: &[UserId],
+        payload: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<(UserId, u64)>> {
+        let mut tx = self.pool().begin().await?;
+        let out = append(&mut tx, users, payload, now).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn events_after(
+        &self,
+        user: UserId,
+        after: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>> {
+        sqlx::query("SELECT seq, payload FROM user_events WHERE user_id = ? AND seq > ? ORDER BY seq LIMIT ?")
+            .bind(user.to_string())
+            .bind(to_i64(after))
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(EventRecord {
+                    seq: seq(r, "seq")?,
+                    payload: r.try_get("payload")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn event_head(&self, user: UserId) -> StoreResult<u64> {
+        let row = sqlx::query("SELECT last_seq FROM user_event_heads WHERE user_id = ?")
+            .bind(user.to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        row.map_or(Ok(0), |r| seq(&r, "last_seq"))
+    }
+
+    async fn app_users(&self, app: AppId) -> StoreResult<Vec<UserId>> {
+        sqlx::query("SELECT id FROM users WHERE app_id = ? ORDER BY created_at, id")
+            .bind(app.to_string())
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(|r| parse(r, "id"))
+            .collect()
+    }
+}
+
+impl MessageBody {
+    /// The body of a deleted message.
+    #[must_use]
+    pub fn deleted() -> Self {
+        Self::default()
+    }
+}
