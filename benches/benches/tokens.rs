@@ -19,6 +19,7 @@ fn user_token(c: &mut Criterion) {
         email: Some("anna@example.com".to_owned()),
         iat: now.as_secs(),
         exp: now.as_secs() + 3600,
+        ctx: Vec::new(),
     };
     let token = auth::mint_token(&key, &claims).expect("HS256 encoding does not fail");
 

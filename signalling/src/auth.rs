@@ -100,6 +100,10 @@ pub struct UserClaims {
     pub iat: i64,
     /// Expires at, seconds since the epoch.
     pub exp: i64,
+    /// Business objects (context strings) the user may see, vouched for by
+    /// the application; grants access to their contextual conversations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ctx: Vec<String>,
 }
 
 /// A new random application secret.
@@ -255,6 +259,7 @@ mod tests {
             email: None,
             iat,
             exp,
+            ctx: Vec::new(),
         }
     }
 

@@ -22,15 +22,18 @@
 //! its command line and configuration and calls it.
 
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod error;
 pub mod health;
 pub mod http;
 pub mod ids;
 pub mod mail;
+pub mod messaging;
 pub mod server;
 pub mod store;
 pub mod tenancy;
+pub mod ws;
 
 pub use config::SignallingConfig;
 pub use server::{Services, run};

@@ -13,11 +13,18 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::bus::InProcessBus;
 use crate::config::SignallingConfig;
 use crate::ids::Clock;
 use crate::mail::{self, Mailer};
+use crate::messaging::Messaging;
+use crate::store::MessageStore;
 use crate::store::{SqliteStore, Store};
 use crate::tenancy::Tenancy;
+
+/// Undelivered events a WebSocket connection may hold before the bus drops
+/// it (see [`crate::bus`]).
+pub const CONNECTION_QUEUE: usize = 1024;
 
 /// Everything a request handler can reach.
 #[derive(Debug)]
@@ -32,6 +39,10 @@ pub struct Services {
     pub clock: Arc<dyn Clock>,
     /// Registration, applications, users.
     pub tenancy: Tenancy,
+    /// Conversations and messages.
+    pub messaging: Arc<Messaging>,
+    /// Live event fan-out.
+    pub bus: Arc<InProcessBus>,
     /// Prometheus exposition.
     pub metrics: PrometheusHandle,
 }
@@ -49,31 +60,47 @@ impl Services {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        let store: Arc<dyn Store> = Arc::new(
+        let sqlite = Arc::new(
             SqliteStore::open(&config.database_path())
                 .await
                 .with_context(|| format!("opening {}", config.database_path().display()))?,
         );
         let mailer =
             mail::from_config(&config.mail, &config.outbox_dir()).context("setting up mail")?;
-        Ok(Self::with_backends(config, store, mailer, clock))
+        Ok(Self::with_backends(
+            config,
+            sqlite.clone(),
+            sqlite,
+            mailer,
+            clock,
+        ))
     }
 
     /// Services over backends the caller built.
     pub fn with_backends(
         config: SignallingConfig,
         store: Arc<dyn Store>,
+        messages: Arc<dyn MessageStore>,
         mailer: Arc<dyn Mailer>,
         clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
         let config = Arc::new(config);
         let tenancy = Tenancy::new(store.clone(), mailer.clone(), clock.clone(), config.clone());
+        let bus = InProcessBus::new(CONNECTION_QUEUE);
+        let messaging = Arc::new(Messaging::new(
+            messages,
+            store.clone(),
+            bus.clone(),
+            clock.clone(),
+        ));
         Arc::new(Self {
             config,
             store,
             mailer,
             clock,
             tenancy,
+            messaging,
+            bus,
             metrics: metrics_handle(),
         })
     }

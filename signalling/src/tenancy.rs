@@ -272,6 +272,20 @@ impl Tenancy {
     /// `unauthorized` for a bad, expired or foreign token;
     /// `application_unregistered`; `user_locked`.
     pub async fn authenticate_user(&self, token: &str) -> Result<(Application, User), ApiError> {
+        self.authenticate_user_with_contexts(token)
+            .await
+            .map(|(app, user, _)| (app, user))
+    }
+
+    /// As [`Self::authenticate_user`], also returning the token's `ctx`
+    /// claim: the business objects the application lets the user see.
+    ///
+    /// # Errors
+    /// As [`Self::authenticate_user`].
+    pub async fn authenticate_user_with_contexts(
+        &self,
+        token: &str,
+    ) -> Result<(Application, User, Vec<String>), ApiError> {
         const BAD: ApiError = ApiError::Unauthorized("invalid user token");
         let app_id = auth::unverified_issuer(token).ok_or(BAD)?;
         let app = self.store.application(app_id).await?.ok_or(BAD)?;
@@ -314,7 +328,7 @@ impl Tenancy {
         if user.locked {
             return Err(ApiError::UserLocked);
         }
-        Ok((app, user))
+        Ok((app, user, claims.ctx))
     }
 
     /// Issues a user token, provisioning the user if the application
@@ -328,8 +342,18 @@ impl Tenancy {
         external_id: &str,
         name: &str,
         email: Option<&str>,
+        contexts: &[String],
     ) -> Result<TokenIssued, ApiError> {
         check_user_fields(external_id, name, email)?;
+        if contexts.len() > 1000
+            || contexts
+                .iter()
+                .any(|c| c.is_empty() || c.chars().count() > 256)
+        {
+            return Err(ApiError::InvalidRequest(
+                "contexts: at most 1000 non-empty strings of up to 256 characters".to_owned(),
+            ));
+        }
         let email = email.map(normalize_email).transpose()?;
         let now = self.clock.now();
         let user = self
@@ -356,6 +380,7 @@ impl Tenancy {
             email: user.email.clone(),
             iat: now.as_secs(),
             exp: expires_at.as_secs(),
+            ctx: contexts.to_vec(),
         };
         let token = auth::mint_token(&app.token_key, &claims).map_err(ApiError::internal)?;
         Ok(TokenIssued {

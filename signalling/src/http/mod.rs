@@ -3,6 +3,7 @@
 
 pub mod extract;
 pub mod ops;
+pub mod realtime;
 pub mod tenancy;
 
 use std::sync::Arc;
@@ -96,6 +97,7 @@ pub fn app(services: Arc<Services>) -> Router {
     let (router, api) = api_router().split_for_parts();
     let max_body = services.config.http.max_body_bytes;
     router
+        .route("/api/v1/ws", axum::routing::get(realtime::upgrade))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::Extension(Arc::new(api)))

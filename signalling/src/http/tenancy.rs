@@ -169,6 +169,10 @@ pub struct TokenRequest {
     /// The user's e-mail, if the application shares it.
     #[serde(default)]
     pub email: Option<String>,
+    /// Business objects (context strings) the user may see: the token's
+    /// `ctx` claim, which opens their contextual conversations.
+    #[serde(default)]
+    pub contexts: Vec<String>,
 }
 
 /// A user token.
@@ -460,7 +464,13 @@ pub async fn issue_token(
 ) -> Result<Json<TokenView>, ApiError> {
     let issued = services
         .tenancy
-        .issue_token(&app, &body.external_id, &body.name, body.email.as_deref())
+        .issue_token(
+            &app,
+            &body.external_id,
+            &body.name,
+            body.email.as_deref(),
+            &body.contexts,
+        )
         .await?;
     Ok(Json(TokenView {
         token: issued.token,

@@ -1,0 +1,154 @@
+//! Fan-out of user events to live connections.
+//!
+//! The store's per-user event log is the truth; the bus only tells live
+//! connections about events as they are committed, so that they need not
+//! poll. Anything a connection misses it reads back from the log when it
+//! resumes. [`InProcessBus`] serves one node; a NATS bus will implement the
+//! same trait for several.
+//!
+//! Full-queue policy: every connection has a bounded queue. When a
+//! publication finds it full, the bus drops that connection's sender; the
+//! session sees its queue end, closes the WebSocket with code 4008
+//! (`slow_consumer`), and the client resumes later from its last event
+//! number. Nobody else waits.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::ids::UserId;
+
+/// One event for one user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The user's event number.
+    pub seq: u64,
+    /// The event JSON (shared by every recipient).
+    pub payload: Arc<str>,
+}
+
+/// A live connection's subscription; dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Deliveries in order; ends when the bus dropped the connection.
+    pub rx: mpsc::Receiver<Delivery>,
+    id: u64,
+    user: UserId,
+    bus: Arc<InProcessBus>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.bus.unsubscribe(self.user, self.id);
+    }
+}
+
+/// Where committed events go.
+pub trait Bus: Send + Sync + std::fmt::Debug {
+    /// Tells `user`'s live connections about event `seq`.
+    fn publish(&self, user: UserId, seq: u64, payload: Arc<str>);
+    /// Connections of `user` that are live on this node.
+    fn is_online(&self, user: UserId) -> bool;
+}
+
+/// The bus of a single node.
+#[derive(Debug)]
+pub struct InProcessBus {
+    queue: usize,
+    next_id: AtomicU64,
+    connections: Mutex<HashMap<UserId, Vec<(u64, mpsc::Sender<Delivery>)>>>,
+}
+
+impl InProcessBus {
+    /// A bus whose connections each hold up to `queue` undelivered events.
+    #[must_use]
+    pub fn new(queue: usize) -> Arc<Self> {
+        Arc::new(Self {
+            queue: queue.max(1),
+            next_id: AtomicU64::new(1),
+            connections: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Subscribes a new connection of `user`.
+    #[must_use]
+    pub fn subscribe(self: &Arc<Self>, user: UserId) -> Subscription {
+        let (tx, rx) = mpsc::channel(self.queue);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut map) = self.connections.lock() {
+            map.entry(user).or_default().push((id, tx));
+        }
+        Subscription {
+            rx,
+            id,
+            user,
+            bus: self.clone(),
+        }
+    }
+
+    fn unsubscribe(&self, user: UserId, id: u64) {
+        if let Ok(mut map) = self.connections.lock() {
+            if let Some(list) = map.get_mut(&user) {
+                list.retain(|(i, _)| *i != id);
+                if list.is_empty() {
+                    map.remove(&user);
+                }
+            }
+        }
+    }
+}
+
+impl Bus for InProcessBus {
+    fn publish(&self, user: UserId, seq: u64, payload: Arc<str>) {
+        let Ok(mut map) = self.connections.lock() else {
+            return;
+        };
+        let Some(list) = map.get_mut(&user) else {
+            return;
+        };
+        // A full or closed queue loses its sender: that connection ends.
+        list.retain(|(_, tx)| {
+            tx.try_send(Delivery {
+                seq,
+                payload: payload.clone(),
+            })
+            .is_ok()
+        });
+        if list.is_empty() {
+            map.remove(&user);
+        }
+    }
+
+    fn is_online(&self, user: UserId) -> bool {
+        self.connections
+            .lock()
+            .map(|m| m.contains_key(&user))
+            .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_ends_only_that_connection() {
+        let bus = InProcessBus::new(2);
+        let user = UserId::random();
+        let mut slow = bus.subscribe(user);
+        let mut fast = bus.subscribe(user);
+        for seq in 1..=2 {
+            bus.publish(user, seq, Arc::from("{}"));
+            assert_eq!(fast.rx.recv().await.unwrap().seq, seq);
+        }
+        bus.publish(user, 3, Arc::from("{}"));
+        assert_eq!(fast.rx.recv().await.unwrap().seq, 3);
+        // The slow one got 1 and 2, then its sender was dropped.
+        assert_eq!(slow.rx.recv().await.unwrap().seq, 1);
+        assert_eq!(slow.rx.recv().await.unwrap().seq, 2);
+        assert!(slow.rx.recv().await.is_none());
+        assert!(bus.is_online(user));
+    }
+}

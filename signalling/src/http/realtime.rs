@@ -1,0 +1,90 @@
+//! `GET /api/v1/ws`: authenticate, upgrade, run a [`crate::ws`] session.
+
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use super::extract::Credentials;
+use crate::error::ApiError;
+use crate::messaging::{Caller, Who};
+use crate::server::Services;
+
+/// Query of the WebSocket route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsQuery {
+    /// The user token, when the client cannot set a header (browsers).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The last event number the client has; it receives everything after.
+    #[serde(default)]
+    pub since: Option<u64>,
+}
+
+/// Authenticates the user and upgrades to a WebSocket session.
+pub async fn upgrade(
+    State(services): State<Arc<Services>>,
+    query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
+    parts: Parts,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    match prepare(&services, query, &parts).await {
+        Err(e) => e.into_response(),
+        Ok((caller, since)) => match ws {
+            Err(e) => {
+                ApiError::InvalidRequest(format!("not a WebSocket upgrade: {e}")).into_response()
+            }
+            Ok(ws) => ws
+                // Frames above 128 KiB are answered with `frame_too_large`
+                // by the session; the transport takes up to 1 MiB so that
+                // it can.
+                .max_message_size(1024 * 1024)
+                .on_upgrade(move |socket| async move {
+                    metrics::gauge!("ws_connections_open").increment(1.0);
+                    let (sink, stream) = socket.split();
+                    let ended = crate::ws::run(
+                        sink,
+                        stream,
+                        services.messaging.clone(),
+                        services.bus.clone(),
+                        caller,
+                        since,
+                    )
+                    .await;
+                    metrics::gauge!("ws_connections_open").decrement(1.0);
+                    tracing::debug!(?ended, "websocket session ended");
+                })
+                .into_response(),
+        },
+    }
+}
+
+async fn prepare(
+    services: &Services,
+    query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
+    parts: &Parts,
+) -> Result<(Caller, Option<u64>), ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let token = match Credentials::from_parts(parts)? {
+        Some(Credentials::Bearer(token)) => token,
+        _ => query.token.ok_or(ApiError::Unauthorized(
+            "user token required (Authorization: Bearer or ?token=)",
+        ))?,
+    };
+    let (app, user, contexts) = services
+        .tenancy
+        .authenticate_user_with_contexts(&token)
+        .await?;
+    Ok((
+        Caller {
+            app,
+            who: Who::User { user, contexts },
+        },
+        query.since,
+    ))
+}

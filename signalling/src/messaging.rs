@@ -1,0 +1,599 @@
+//! Conversations and messages: who may read and post where, numbering,
+//! idempotent sends, edits, read marks; every change becomes an event in
+//! the log of each user who must see it, then goes to the [`Bus`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::bus::Bus;
+use crate::error::ApiError;
+use crate::ids::{Clock, ConversationId, MessageId, UserId};
+use crate::store::messaging::{
+    Action, Author, Conversation, ConversationEntry, MessageBody, MessageStore, NewMessage,
+    StoredMessage,
+};
+use crate::store::{Application, Store, User};
+
+/// Longest text of a message, in bytes.
+pub const MAX_TEXT_BYTES: usize = 32 * 1024;
+/// Longest client id, title, key or context, in characters.
+pub const MAX_SHORT_CHARS: usize = 256;
+/// Most messages one history page returns.
+pub const MAX_PAGE: u32 = 200;
+
+/// Who is acting.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The application everything happens in.
+    pub app: Application,
+    /// A user, or the application itself (its bot).
+    pub who: Who,
+}
+
+/// The acting party within an application.
+#[derive(Debug, Clone)]
+pub enum Who {
+    /// A user, with the contexts (business objects) its token says it may see.
+    User {
+        /// The user.
+        user: User,
+        /// Object references from the token's `ctx` claim.
+        contexts: Vec<String>,
+    },
+    /// The application's bot.
+    App,
+}
+
+impl Caller {
+    fn author(&self) -> Author {
+        match &self.who {
+            Who::User { user, .. } => Author::User(user.id),
+            Who::App => Author::App,
+        }
+    }
+
+    fn user_id(&self) -> Option<UserId> {
+        match &self.who {
+            Who::User { user, .. } => Some(user.id),
+            Who::App => None,
+        }
+    }
+}
+
+/// How a conversation is shown to clients.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConversationView {
+    /// Id.
+    pub id: ConversationId,
+    /// Title.
+    pub title: String,
+    /// Group rather than one-to-one.
+    pub is_group: bool,
+    /// Shown in lists.
+    pub displayed: bool,
+    /// Every user of the application is a member.
+    pub all_users: bool,
+    /// Application-unique key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Bound business object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// Number of its last message.
+    pub last_seq: u64,
+    /// RFC 3339 time of its last activity.
+    pub last_activity: String,
+    /// Unread messages, in a user's list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread: Option<u64>,
+}
+
+impl ConversationView {
+    /// The view of a stored conversation.
+    #[must_use]
+    pub fn of(c: &Conversation, unread: Option<u64>) -> Self {
+        Self {
+            id: c.id,
+            title: c.title.clone(),
+            is_group: c.is_group,
+            displayed: c.displayed,
+            all_users: c.all_users,
+            key: c.app_key.clone(),
+            context: c.context.clone(),
+            last_seq: c.last_seq,
+            last_activity: c.last_activity.to_rfc3339(),
+            unread,
+        }
+    }
+}
+
+/// How a message is shown to clients.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MessageView {
+    /// Id.
+    pub id: MessageId,
+    /// Conversation.
+    pub conversation_id: ConversationId,
+    /// Position in the conversation.
+    pub seq: u64,
+    /// Author.
+    pub author: Author,
+    /// The sender's idempotency key.
+    pub client_id: String,
+    /// Content.
+    #[serde(flatten)]
+    pub body: MessageBody,
+    /// RFC 3339 send time.
+    pub created_at: String,
+    /// RFC 3339 time of the last edit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<String>,
+    /// RFC 3339 time of deletion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<String>,
+}
+
+impl From<&StoredMessage> for MessageView {
+    fn from(m: &StoredMessage) -> Self {
+        Self {
+            id: m.id,
+            conversation_id: m.conversation_id,
+            seq: m.seq,
+            author: m.author,
+            client_id: m.client_id.clone(),
+            body: m.body.clone(),
+            created_at: m.created_at.to_rfc3339(),
+            edited_at: m.edited_at.map(|t| t.to_rfc3339()),
+            deleted_at: m.deleted_at.map(|t| t.to_rfc3339()),
+        }
+    }
+}
+
+/// A new conversation.
+#[derive(Debug, Clone, Default)]
+pub struct NewConversation {
+    /// Title.
+    pub title: String,
+    /// Members besides the caller.
+    pub members: Vec<UserId>,
+    /// Group flag (default: more than two people).
+    pub is_group: Option<bool>,
+    /// Displayed flag (default true).
+    pub displayed: Option<bool>,
+    /// Every user of the application is a member.
+    pub all_users: bool,
+    /// Application-unique key: a second create with it returns the first.
+    pub key: Option<String>,
+}
+
+/// The messaging service.
+#[derive(Debug)]
+pub struct Messaging {
+    store: Arc<dyn MessageStore>,
+    users: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Messaging {
+    /// A service over these backends.
+    #[must_use]
+    pub fn new(
+        store: Arc<dyn MessageStore>,
+        users: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            users,
+            bus,
+            clock,
+        }
+    }
+
+    /// Creates a non-contextual conversation; the caller (a user) is a member.
+    ///
+    /// # Errors
+    /// `invalid_request` for bad fields or unknown members.
+    pub async fn create_conversation(
+        &self,
+        caller: &Caller,
+        new: NewConversation,
+    ) -> Result<Conversation, ApiError> {
+        check_short("title", &new.title, true)?;
+        if let Some(key) = &new.key {
+            check_short("key", key, true)?;
+        }
+        let mut members: BTreeSet<UserId> = new.members.iter().copied().collect();
+        if let Some(me) = caller.user_id() {
+            members.insert(me);
+        }
+        for m in &members {
+            if self.users.user(caller.app.id, *m).await?.is_none() {
+                return Err(ApiError::InvalidRequest(format!(
+                    "members: no user {m} in this application"
+                )));
+            }
+        }
+        let now = self.clock.now();
+        let conversation = Conversation {
+            id: ConversationId::random(),
+            app_id: caller.app.id,
+            title: new.title,
+            is_group: new.is_group.unwrap_or(members.len() > 2 || new.all_users),
+            displayed: new.displayed.unwrap_or(true),
+            all_users: new.all_users,
+            app_key: new.key,
+            context: None,
+            last_seq: 0,
+            last_activity: now,
+            created_at: now,
+        };
+        let members: Vec<UserId> = members.into_iter().collect();
+        let (conversation, created) = self
+            .store
+            .create_conversation(&conversation, &members)
+            .await?;
+        if created {
+            self.notify_conversation(&conversation, &members).await?;
+        }
+        Ok(conversation)
+    }
+
+    /// The conversation bound to a business object, created on first use
+    /// (exactly one per application and context). A user must be allowed
+    /// to see the object; it becomes a member so that it receives events.
+    ///
+    /// # Errors
+    /// `forbidden` when the user's token does not list the context.
+    pub async fn open_context(
+        &self,
+        caller: &Caller,
+        context: &str,
+        title: &str,
+    ) -> Result<Conversation, ApiError> {
+        check_short("context", context, true)?;
+        check_short("title", title, false)?;
+        if let Who::User { contexts, .. } = &caller.who {
+            if !contexts.iter().any(|c| c == context) {
+                return Err(ApiError::Forbidden(
+                    "the application does not let this user see that object",
+                ));
+            }
+        }
+        let now = self.clock.now();
+        let conversation = Conversation {
+            id: ConversationId::random(),
+            app_id: caller.app.id,
+            title: if title.is_empty() {
+                context.to_owned()
+            } else {
+                title.to_owned()
+            },
+            is_group: true,
+            displayed: true,
+            all_users: false,
+            app_key: None,
+            context: Some(context.to_owned()),
+            last_seq: 0,
+            last_activity: now,
+            created_at: now,
+        };
+        let members: Vec<UserId> = caller.user_id().into_iter().collect();
+        let (conversation, _) = self
+            .store
+            .create_conversation(&conversation, &members)
+            .await?;
+        if !members.is_empty() {
+            self.store
+                .add_members(conversation.id, &members, now)
+                .await?;
+        }
+        Ok(conversation)
+    }
+
+    /// A conversation the caller may read.
+    ///
+    /// # Errors
+    /// `not_found` outside the caller's application; `forbidden` when the
+    /// caller is not a member and may not see its object.
+    pub async fn readable(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+    ) -> Result<Conversation, ApiError> {
+        let conversation = self
+            .store
+            .conversation(caller.app.id, id)
+            .await?
+            .ok_or(ApiError::NotFound("conversation"))?;
+        match &caller.who {
+            Who::App => Ok(conversation),
+            Who::User { user, contexts } => {
+                if conversation.all_users || self.store.is_member(id, user.id).await? {
+                    return Ok(conversation);
+                }
+                if let Some(context) = &conversation.context {
+                    if contexts.iter().any(|c| c == context) {
+                        self.store
+                            .add_members(id, &[user.id], self.clock.now())
+                            .await?;
+                        return Ok(conversation);
+                    }
+                }
+                Err(ApiError::Forbidden("not a member of this conversation"))
+            }
+        }
+    }
+
+    /// Posts a message. Retrying with the same `client_id` returns the
+    /// first message and writes nothing. The message is committed before
+    /// this returns.
+    ///
+    /// # Errors
+    /// `invalid_request`, `forbidden`, `not_found`.
+    pub async fn send(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+        client_id: &str,
+        body: MessageBody,
+    ) -> Result<StoredMessage, ApiError> {
+        check_short("client_id", client_id, true)?;
+        check_body(&body)?;
+        let conversation = self.readable(caller, id).await?;
+        let members = self.audience(&conversation).await?;
+        let mut notify: Vec<UserId> = match &body.recipients {
+            Some(recipients) => {
+                if let Some(bad) = recipients.iter().find(|r| !members.contains(r)) {
+                    return Err(ApiError::InvalidRequest(format!(
+                        "recipients: {bad} is not a member"
+                    )));
+                }
+                recipients.clone()
+            }
+            None => members,
+        };
+        if let Some(me) = caller.user_id() {
+            if !notify.contains(&me) {
+                notify.push(me);
+            }
+        }
+        let new = NewMessage {
+            conversation_id: id,
+            id: MessageId::random(),
+            author: caller.author(),
+            client_id: client_id.to_owned(),
+            body,
+        };
+        let event = |m: &StoredMessage| {
+            json!({"kind": "message", "message": MessageView::from(m)}).to_string()
+        };
+        let (stored, created, seqs) = self
+            .store
+            .post(&new, &notify, &event, self.clock.now())
+            .await?;
+        if created {
+            let payload: Arc<str> = Arc::from(event(&stored));
+            for (user, seq) in seqs {
+                self.bus.publish(user, seq, payload.clone());
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Edits (new text) or deletes (`text` = `None`) a message. Only its
+    /// author edits; its author or the application deletes.
+    ///
+    /// # Errors
+    /// `forbidden` for someone else's message; `not_found`.
+    pub async fn change(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+        message: MessageId,
+        text: Option<String>,
+    ) -> Result<StoredMessage, ApiError> {
+        let conversation = self.readable(caller, id).await?;
+        let mut stored = self
+            .store
+            .message(id, message)
+            .await?
+            .ok_or(ApiError::NotFound("message"))?;
+        let own = stored.author == caller.author();
+        let moderating = matches!(caller.who, Who::App) && text.is_none();
+        if !own && !moderating {
+            return Err(ApiError::Forbidden(
+                "only the author may change this message",
+            ));
+        }
+        if stored.deleted_at.is_some() {
+            return Err(ApiError::InvalidRequest(
+                "message: already deleted".to_owned(),
+            ));
+        }
+        let now = self.clock.now();
+        let kind = match text {
+            Some(text) => {
+                let body = MessageBody {
+                    text,
+                    ..stored.body.clone()
+                };
+                check_body(&body)?;
+                stored.body = body;
+                stored.edited_at = Some(now);
+                "message_edited"
+            }
+            None => {
+                stored.body = MessageBody::deleted();
+                stored.deleted_at = Some(now);
+                "message_deleted"
+            }
+        };
+        let notify = match &stored.body.recipients {
+            Some(r) => r.clone(),
+            None => self.audience(&conversation).await?,
+        };
+        let payload = json!({"kind": kind, "message": MessageView::from(&stored)}).to_string();
+        let seqs = self
+            .store
+            .update_message(&stored, &notify, &payload, now)
+            .await?;
+        let payload: Arc<str> = Arc::from(payload);
+        for (user, seq) in seqs {
+            self.bus.publish(user, seq, payload.clone());
+        }
+        Ok(stored)
+    }
+
+    /// A page of history the caller may see (messages addressed to others
+    /// are left out).
+    ///
+    /// # Errors
+    /// As [`Self::readable`].
+    pub async fn history(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+        after: Option<u64>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, ApiError> {
+        self.readable(caller, id).await?;
+        let messages = self
+            .store
+            .history(id, after, before, limit.clamp(1, MAX_PAGE))
+            .await?;
+        Ok(messages
+            .into_iter()
+            .filter(|m| visible_to(m, caller))
+            .collect())
+    }
+
+    /// Moves the caller's read mark.
+    ///
+    /// # Errors
+    /// As [`Self::readable`]; `invalid_request` for the application.
+    pub async fn mark_read(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+        seq: u64,
+    ) -> Result<u64, ApiError> {
+        let conversation = self.readable(caller, id).await?;
+        let user = caller
+            .user_id()
+            .ok_or_else(|| ApiError::InvalidRequest("read marks are for users".to_owned()))?;
+        let mark = self
+            .store
+            .mark_read(id, user, seq.min(conversation.last_seq))
+            .await?;
+        let payload: Arc<str> =
+            Arc::from(json!({"kind": "read", "conversation_id": id, "seq": mark}).to_string());
+        for (u, s) in self
+            .store
+            .append_events(&[user], &payload, self.clock.now())
+            .await?
+        {
+            self.bus.publish(u, s, payload.clone());
+        }
+        Ok(mark)
+    }
+
+    /// The caller's conversations with unread counts, newest first.
+    ///
+    /// # Errors
+    /// `invalid_request` for the application.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        limit: u32,
+    ) -> Result<Vec<ConversationEntry>, ApiError> {
+        let user = caller.user_id().ok_or_else(|| {
+            ApiError::InvalidRequest("conversation lists are for users".to_owned())
+        })?;
+        Ok(self
+            .store
+            .conversations_of(caller.app.id, user, None, limit.clamp(1, MAX_PAGE))
+            .await?)
+    }
+
+    /// The messaging store (sessions replay events from it).
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn MessageStore> {
+        &self.store
+    }
+
+    async fn audience(&self, conversation: &Conversation) -> Result<Vec<UserId>, ApiError> {
+        Ok(if conversation.all_users {
+            self.store.app_users(conversation.app_id).await?
+        } else {
+            self.store.members(conversation.id).await?
+        })
+    }
+
+    async fn notify_conversation(
+        &self,
+        conversation: &Conversation,
+        members: &[UserId],
+    ) -> Result<(), ApiError> {
+        let payload = json!({"kind": "conversation", "conversation": ConversationView::of(conversation, None)}).to_string();
+        let payload_arc: Arc<str> = Arc::from(payload.as_str());
+        for (user, seq) in self
+            .store
+            .append_events(members, &payload, self.clock.now())
+            .await?
+        {
+            self.bus.publish(user, seq, payload_arc.clone());
+        }
+        Ok(())
+    }
+}
+
+fn visible_to(m: &StoredMessage, caller: &Caller) -> bool {
+    match (&m.body.recipients, caller.user_id()) {
+        (Some(recipients), Some(me)) => recipients.contains(&me) || m.author == Author::User(me),
+        _ => true,
+    }
+}
+
+fn check_short(field: &str, value: &str, required: bool) -> Result<(), ApiError> {
+    if required && value.trim().is_empty() {
+        return Err(ApiError::InvalidRequest(format!(
+            "{field}: must not be empty"
+        )));
+    }
+    if value.chars().count() > MAX_SHORT_CHARS {
+        return Err(ApiError::InvalidRequest(format!(
+            "{field}: longer than {MAX_SHORT_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_body(body: &MessageBody) -> Result<(), ApiError> {
+    if body.text.len() > MAX_TEXT_BYTES {
+        return Err(ApiError::InvalidRequest(format!(
+            "text: longer than {MAX_TEXT_BYTES} bytes"
+        )));
+    }
+    if body.text.trim().is_empty() && body.data.is_none() && body.actions.is_empty() {
+        return Err(ApiError::InvalidRequest(
+            "a message needs text, data or actions".to_owned(),
+        ));
+    }
+    if body
+        .actions
+        .iter()
+        .any(|a: &Action| a.value.is_empty() || a.presentation.is_empty())
+    {
+        return Err(ApiError::InvalidRequest(
+            "actions: value and presentation must not be empty".to_owned(),
+        ));
+    }
+    Ok(())
+}

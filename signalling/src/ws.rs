@@ -1,0 +1,443 @@
+//! The WebSocket session of `GET /api/v1/ws`.
+//!
+//! One session per connection, written against a generic `Sink` and
+//! `Stream` of WebSocket messages. On connect the session subscribes to the
+//! [`crate::bus`], then replays from the store every event after the
+//! client's `since` number, then forwards live events, each exactly once and
+//! in order (a gap in live numbers is filled from the store). Requests are
+//! JSON frames with a `type` and an `id`; every answer and every error
+//! names that `id`.
+//!
+//! Limits: text frames up to 128 KiB (larger: `frame_too_large`, the
+//! connection stays open), a ping every 25 s, closed after 60 s without
+//! any frame from the client (4000 `idle`), closed when the bus drops a
+//! connection that does not keep up (4008 `slow_consumer`) or a send
+//! blocks for 10 s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::bus::InProcessBus;
+use crate::error::ApiError;
+use crate::ids::{ConversationId, MessageId, UserId};
+use crate::messaging::{Caller, ConversationView, MessageView, Messaging, NewConversation, Who};
+use crate::store::messaging::{Action, MessageBody};
+
+/// Largest accepted text frame.
+pub const MAX_FRAME_BYTES: usize = 128 * 1024;
+/// Interval of server pings.
+pub const PING_INTERVAL: Duration = Duration::from_secs(25);
+/// Silence after which the server closes.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a single send may block.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most events replayed on resume; further behind means resynchronise.
+pub const RESUME_LIMIT: u64 = 10_000;
+/// Events read from the store per page while replaying.
+const REPLAY_PAGE: u32 = 500;
+
+/// Close codes.
+pub mod close {
+    /// No frame from the client for 60 s.
+    pub const IDLE: u16 = 4000;
+    /// The client did not keep up with its events.
+    pub const SLOW_CONSUMER: u16 = 4008;
+}
+
+/// A request frame.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Request {
+    Send {
+        id: String,
+        conversation_id: ConversationId,
+        client_id: String,
+        #[serde(default)]
+        text: String,
+        #[serde(default)]
+        data: Option<Value>,
+        #[serde(default)]
+        recipients: Option<Vec<UserId>>,
+        #[serde(default)]
+        actions: Vec<Action>,
+    },
+    CreateConversation {
+        id: String,
+        title: String,
+        #[serde(default)]
+        members: Vec<UserId>,
+        #[serde(default)]
+        is_group: Option<bool>,
+        #[serde(default)]
+        key: Option<String>,
+    },
+    OpenContext {
+        id: String,
+        context: String,
+        #[serde(default)]
+        title: String,
+    },
+    History {
+        id: String,
+        conversation_id: ConversationId,
+        #[serde(default)]
+        after: Option<u64>,
+        #[serde(default)]
+        before: Option<u64>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    Read {
+        id: String,
+        conversation_id: ConversationId,
+        seq: u64,
+    },
+    Edit {
+        id: String,
+        conversation_id: ConversationId,
+        message_id: MessageId,
+        text: String,
+    },
+    Delete {
+        id: String,
+        conversation_id: ConversationId,
+        message_id: MessageId,
+    },
+    List {
+        id: String,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    Ping {
+        id: String,
+    },
+}
+
+const KNOWN_TYPES: &[&str] = &[
+    "send",
+    "create_conversation",
+    "open_context",
+    "history",
+    "read",
+    "edit",
+    "delete",
+    "list",
+    "ping",
+];
+
+/// Why a session ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The client closed or the connection broke.
+    ClientGone,
+    /// No frame for [`IDLE_TIMEOUT`].
+    Idle,
+    /// The client did not keep up.
+    SlowConsumer,
+}
+
+/// Runs one session until it ends.
+pub async fn run<S, R, E>(
+    mut sink: S,
+    mut stream: R,
+    messaging: Arc<Messaging>,
+    bus: Arc<InProcessBus>,
+    caller: Caller,
+    since: Option<u64>,
+) -> Ended
+where
+    S: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+{
+    let Who::User { user, .. } = &caller.who else {
+        return Ended::ClientGone;
+    };
+    let user_id = user.id;
+    let mut subscription = bus.subscribe(user_id);
+    let store = messaging.store().clone();
+    let head = store.event_head(user_id).await.unwrap_or(0);
+    let welcome = json!({"type": "welcome", "user_id": user_id, "event_seq": head});
+    if send(&mut sink, welcome.to_string()).await.is_err() {
+        return Ended::ClientGone;
+    }
+    let mut last = since.unwrap_or(head).min(head);
+    if head - last > RESUME_LIMIT {
+        let frame = json!({"type": "resync", "reason": "too_far_behind", "event_seq": head});
+        if send(&mut sink, frame.to_string()).await.is_err() {
+            return Ended::ClientGone;
+        }
+        last = head;
+    }
+    if replay(&mut sink, &messaging, user_id, &mut last, u64::MAX)
+        .await
+        .is_err()
+    {
+        return Ended::ClientGone;
+    }
+
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    let mut last_heard = Instant::now();
+    loop {
+        let idle_at = last_heard + IDLE_TIMEOUT;
+        tokio::select! {
+            incoming = stream.next() => {
+                let Some(Ok(message)) = incoming else { return Ended::ClientGone };
+                last_heard = Instant::now();
+                let reply = match message {
+                    Message::Text(text) => Some(handle_text(&messaging, &caller, text.as_str()).await),
+                    Message::Binary(_) => Some(error_frame(None, "unsupported_frame", "frames are JSON text")),
+                    Message::Close(_) => return Ended::ClientGone,
+                    Message::Ping(_) | Message::Pong(_) => None,
+                };
+                if let Some(reply) = reply {
+                    if send(&mut sink, reply).await.is_err() {
+                        return Ended::ClientGone;
+                    }
+                }
+            }
+            delivery = subscription.rx.recv() => {
+                let Some(delivery) = delivery else {
+                    let _ = close_with(&mut sink, close::SLOW_CONSUMER, "slow_consumer").await;
+                    return Ended::SlowConsumer;
+                };
+                if delivery.seq <= last {
+                    continue;
+                }
+                if delivery.seq > last + 1 && replay(&mut sink, &messaging, user_id, &mut last, delivery.seq).await.is_err() {
+                    return Ended::ClientGone;
+                }
+                if send(&mut sink, event_frame(delivery.seq, &delivery.payload)).await.is_err() {
+                    return Ended::ClientGone;
+                }
+                last = delivery.seq;
+            }
+            _ = ping.tick() => {
+                if timed(sink.send(Message::Ping(Vec::new().into()))).await.is_err() {
+                    return Ended::ClientGone;
+                }
+            }
+            () = tokio::time::sleep_until(idle_at) => {
+                let _ = close_with(&mut sink, close::IDLE, "idle").await;
+                return Ended::Idle;
+            }
+        }
+    }
+}
+
+/// Sends stored events after `*last` and below `until`, advancing `*last`.
+async fn replay<S: Sink<Message> + Unpin>(
+    sink: &mut S,
+    messaging: &Messaging,
+    user: UserId,
+    last: &mut u64,
+    until: u64,
+) -> Result<(), ()> {
+    loop {
+        let events = messaging
+            .store()
+            .events_after(user, *last, REPLAY_PAGE)
+            .await
+            .map_err(|_| ())?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        for e in events {
+            if e.seq >= until {
+                return Ok(());
+            }
+            send(sink, event_frame(e.seq, &e.payload)).await?;
+            *last = e.seq;
+        }
+    }
+}
+
+fn event_frame(seq: u64, payload: &str) -> String {
+    format!(r#"{{"type":"event","seq":{seq},"event":{payload}}}"#)
+}
+
+fn error_frame(id: Option<&str>, code: &str, message: &str) -> String {
+    json!({"type": "error", "id": id, "code": code, "message": message}).to_string()
+}
+
+fn api_error_frame(id: &str, err: &ApiError) -> String {
+    error_frame(Some(id), err.code(), &err.to_string())
+}
+
+async fn timed<F: std::future::Future<Output = Result<(), E>>, E>(f: F) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_TIMEOUT, f).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+async fn send<S: Sink<Message> + Unpin>(sink: &mut S, text: String) -> Result<(), ()> {
+    timed(sink.send(Message::Text(Utf8Bytes::from(text)))).await
+}
+
+async fn close_with<S: Sink<Message> + Unpin>(
+    sink: &mut S,
+    code: u16,
+    reason: &'static str,
+) -> Result<(), ()> {
+    timed(sink.send(Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))))
+    .await
+}
+
+/// Answers one text frame.
+async fn handle_text(messaging: &Messaging, caller: &Caller, text: &str) -> String {
+    let value: Result<Value, _> = serde_json::from_str(text);
+    let id = value
+        .as_ref()
+        .ok()
+        .and_then(|v| v.get("id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if text.len() > MAX_FRAME_BYTES {
+        return error_frame(
+            id.as_deref(),
+            "frame_too_large",
+            "frames are limited to 131072 bytes",
+        );
+    }
+    let value = match value {
+        Ok(v) => v,
+        Err(e) => return error_frame(None, "malformed_json", &e.to_string()),
+    };
+    let Some(id) = id else {
+        return error_frame(
+            None,
+            "invalid_request",
+            "every request needs a string \"id\"",
+        );
+    };
+    let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
+    if !KNOWN_TYPES.contains(&kind) {
+        return error_frame(
+            Some(&id),
+            "unknown_type",
+            &format!("unknown frame type {kind:?}"),
+        );
+    }
+    let request: Request = match serde_json::from_value(value) {
+        Ok(r) => r,
+        Err(e) => return error_frame(Some(&id), "invalid_request", &e.to_string()),
+    };
+    match answer(messaging, caller, request).await {
+        Ok(frame) => frame.to_string(),
+        Err(e) => api_error_frame(&id, &e),
+    }
+}
+
+async fn answer(
+    messaging: &Messaging,
+    caller: &Caller,
+    request: Request,
+) -> Result<Value, ApiError> {
+    Ok(match request {
+        Request::Send {
+            id,
+            conversation_id,
+            client_id,
+            text,
+            data,
+            recipients,
+            actions,
+        } => {
+            let body = MessageBody {
+                text,
+                data,
+                recipients,
+                actions,
+            };
+            let m = messaging
+                .send(caller, conversation_id, &client_id, body)
+                .await?;
+            json!({"type": "ack", "id": id, "message": MessageView::from(&m)})
+        }
+        Request::CreateConversation {
+            id,
+            title,
+            members,
+            is_group,
+            key,
+        } => {
+            let c = messaging
+                .create_conversation(
+                    caller,
+                    NewConversation {
+                        title,
+                        members,
+                        is_group,
+                        key,
+                        ..NewConversation::default()
+                    },
+                )
+                .await?;
+            json!({"type": "ack", "id": id, "conversation": ConversationView::of(&c, None)})
+        }
+        Request::OpenContext { id, context, title } => {
+            let c = messaging.open_context(caller, &context, &title).await?;
+            json!({"type": "ack", "id": id, "conversation": ConversationView::of(&c, None)})
+        }
+        Request::History {
+            id,
+            conversation_id,
+            after,
+            before,
+            limit,
+        } => {
+            let messages = messaging
+                .history(caller, conversation_id, after, before, limit.unwrap_or(50))
+                .await?;
+            let views: Vec<MessageView> = messages.iter().map(MessageView::from).collect();
+            json!({"type": "history", "id": id, "conversation_id": conversation_id, "messages": views})
+        }
+        Request::Read {
+            id,
+            conversation_id,
+            seq,
+        } => {
+            let mark = messaging.mark_read(caller, conversation_id, seq).await?;
+            json!({"type": "ack", "id": id, "read_seq": mark})
+        }
+        Request::Edit {
+            id,
+            conversation_id,
+            message_id,
+            text,
+        } => {
+            let m = messaging
+                .change(caller, conversation_id, message_id, Some(text))
+                .await?;
+            json!({"type": "ack", "id": id, "message": MessageView::from(&m)})
+        }
+        Request::Delete {
+            id,
+            conversation_id,
+            message_id,
+        } => {
+            let m = messaging
+                .change(caller, conversation_id, message_id, None)
+                .await?;
+            json!({"type": "ack", "id": id, "message": MessageView::from(&m)})
+        }
+        Request::List { id, limit } => {
+            let entries = messaging.list(caller, limit.unwrap_or(50)).await?;
+            let views: Vec<ConversationView> = entries
+                .iter()
+                .map(|e| ConversationView::of(&e.conversation, Some(e.unread)))
+                .collect();
+            json!({"type": "conversations", "id": id, "conversations": views})
+        }
+        Request::Ping { id } => json!({"type": "pong", "id": id}),
+    })
+}
