@@ -281,3 +281,127 @@ pub fn require_python_module(module: &str) {
         python()
     );
 }
+
+/// A real WebSocket client (tokio-tungstenite) speaking Confer's frames.
+pub struct Ws {
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    /// Events received while waiting for answers.
+    pub events: std::collections::VecDeque<Value>,
+    /// The `welcome` frame.
+    pub welcome: Value,
+    next_id: u64,
+}
+
+impl Ws {
+    /// Connects with a user token, resuming after `since` if given.
+    pub async fn connect(server: &TestServer, token: &str, since: Option<u64>) -> Self {
+        let mut url = format!(
+            "{}/api/v1/ws?token={token}",
+            server.base.replace("http://", "ws://")
+        );
+        if let Some(s) = since {
+            url.push_str(&format!("&since={s}"));
+        }
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut ws = Self {
+            stream,
+            events: Default::default(),
+            welcome: Value::Null,
+            next_id: 0,
+        };
+        ws.welcome = ws.frame().await;
+        assert_eq!(ws.welcome["type"], "welcome", "{}", ws.welcome);
+        ws
+    }
+
+    /// The next frame that is not a ping (5 s at most).
+    pub async fn frame(&mut self) -> Value {
+        use futures_util::StreamExt;
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), self.stream.next())
+                .await
+                .expect("a frame within 5 s")
+                .expect("connection open")
+                .unwrap();
+            match msg {
+                tokio_tungstenite::tungstenite::Message::Text(t) => {
+                    return serde_json::from_str(&t).unwrap();
+                }
+                tokio_tungstenite::tungstenite::Message::Close(c) => {
+                    return json!({"type": "closed", "close": format!("{c:?}")});
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, text: String) {
+        use futures_util::SinkExt;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
+            .await
+            .unwrap();
+    }
+
+    /// Sends a request (an `id` is added when missing) and returns the frame
+    /// answering it; events that arrive meanwhile are kept.
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        if frame.get("id").is_none() {
+            self.next_id += 1;
+            frame["id"] = json!(format!("r{}", self.next_id));
+        }
+        let id = frame["id"].clone();
+        self.send_text(frame.to_string()).await;
+        self.answer(&id).await
+    }
+
+    /// Waits for the frame answering `id`.
+    pub async fn answer(&mut self, id: &Value) -> Value {
+        loop {
+            let f = self.frame().await;
+            if f["type"] == "event" {
+                self.events.push_back(f);
+            } else if &f["id"] == id {
+                return f;
+            }
+        }
+    }
+
+    /// The next event frame.
+    pub async fn event(&mut self) -> Value {
+        if let Some(e) = self.events.pop_front() {
+            return e;
+        }
+        loop {
+            let f = self.frame().await;
+            if f["type"] == "event" {
+                return f;
+            }
+        }
+    }
+}
+
+/// A user token with the given contexts (business objects it may see).
+pub async fn user_token(
+    server: &TestServer,
+    app: &App,
+    external_id: &str,
+    contexts: &[&str],
+) -> (String, String) {
+    let r = server
+        .post("/api/v1/tokens")
+        .basic_auth(&app.id, Some(&app.secret))
+        .json(&json!({"external_id": external_id, "name": external_id, "contexts": contexts}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    (
+        body["token"].as_str().unwrap().to_owned(),
+        body["user_id"].as_str().unwrap().to_owned(),
+    )
+}

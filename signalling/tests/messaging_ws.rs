@@ -1,0 +1,250 @@
+//! Real-time messaging over real WebSocket clients (tokio-tungstenite)
+//! against the running server.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use common::{TestServer, Ws, default_clock, user_token};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn two_users_chat_in_a_group_and_on_a_business_object() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("chat@example.com", "ERP").await;
+    let (t1, u1) = user_token(&server, &app, "ann", &["order:42"]).await;
+    let (t2, u2) = user_token(&server, &app, "bob", &["order:42"]).await;
+    let (t3, _u3) = user_token(&server, &app, "eve", &[]).await;
+    let mut ann = Ws::connect(&server, &t1, None).await;
+    let mut bob = Ws::connect(&server, &t2, None).await;
+    let mut eve = Ws::connect(&server, &t3, None).await;
+
+    // A group between Ann and Bob.
+    let created = ann
+        .request(json!({"type": "create_conversation", "title": "Отдел продаж", "members": [u2]}))
+        .await;
+    assert_eq!(created["type"], "ack", "{created}");
+    let group = created["conversation"]["id"].clone();
+    let e = bob.event().await;
+    assert_eq!(e["event"]["kind"], "conversation");
+    assert_eq!(e["event"]["conversation"]["id"], group);
+
+    let ack = ann
+        .request(json!({"type": "send", "conversation_id": group, "client_id": "m1", "text": "Привет, Bob"}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["message"]["seq"], 1);
+    let e = bob.event().await;
+    assert_eq!(e["event"]["kind"], "message");
+    assert_eq!(e["event"]["message"]["text"], "Привет, Bob");
+    assert_eq!(
+        e["event"]["message"]["author"],
+        json!({"kind": "user", "user_id": u1})
+    );
+    bob.request(
+        json!({"type": "send", "conversation_id": group, "client_id": "m1", "text": "Hi Ann"}),
+    )
+    .await;
+    // Ann sees the new conversation, her own message, then Bob's.
+    assert_eq!(ann.event().await["event"]["kind"], "conversation");
+    let mine = ann.event().await;
+    assert_eq!(mine["event"]["message"]["seq"], 1);
+    let reply = ann.event().await;
+    assert_eq!(reply["event"]["message"]["text"], "Hi Ann");
+    assert!(reply["seq"].as_u64().unwrap() > mine["seq"].as_u64().unwrap());
+
+    // Eve is not a member: refused, named by request id.
+    let refused = eve
+        .request(json!({"id": "eve-1", "type": "send", "conversation_id": group, "client_id": "x", "text": "let me in"}))
+        .await;
+    assert_eq!(
+        refused,
+        json!({"type": "error", "id": "eve-1", "code": "forbidden", "message": "not a member of this conversation"})
+    );
+
+    // A discussion bound to order 42: one conversation for both.
+    let a = ann
+        .request(json!({"type": "open_context", "context": "order:42", "title": "Заказ 42"}))
+        .await;
+    let b = bob
+        .request(json!({"type": "open_context", "context": "order:42"}))
+        .await;
+    assert_eq!(a["conversation"]["id"], b["conversation"]["id"]);
+    let order = a["conversation"]["id"].clone();
+    common::advance(&server, 1);
+    bob.request(json!({"type": "send", "conversation_id": order, "client_id": "o1", "text": "Отгрузка завтра"}))
+        .await;
+    loop {
+        let e = ann.event().await;
+        if e["event"]["message"]["conversation_id"] == order {
+            assert_eq!(e["event"]["message"]["text"], "Отгрузка завтра");
+            break;
+        }
+    }
+    // Eve may not see order 42.
+    let no = eve
+        .request(json!({"type": "open_context", "context": "order:42"}))
+        .await;
+    assert_eq!(no["code"], "forbidden", "{no}");
+    let no = eve
+        .request(json!({"type": "history", "conversation_id": order}))
+        .await;
+    assert_eq!(no["code"], "forbidden", "{no}");
+
+    // History and the conversation list with unread counts.
+    let h = bob
+        .request(json!({"type": "history", "conversation_id": group}))
+        .await;
+    let texts: Vec<&str> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["Привет, Bob", "Hi Ann"]);
+    let list = ann.request(json!({"type": "list"})).await;
+    let convs = list["conversations"].as_array().unwrap();
+    assert_eq!(convs.len(), 2);
+    assert_eq!(convs[0]["id"], order, "most recent activity first");
+    assert_eq!(convs[0]["unread"], 1);
+    let read = ann
+        .request(json!({"type": "read", "conversation_id": order, "seq": 1}))
+        .await;
+    assert_eq!(read["read_seq"], 1);
+    let list = ann.request(json!({"type": "list"})).await;
+    assert_eq!(list["conversations"][0]["unread"], 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_missed_100_messages_gets_exactly_those_on_resume() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("resume@example.com", "ERP").await;
+    let (t1, _) = user_token(&server, &app, "ann", &[]).await;
+    let (t2, u2) = user_token(&server, &app, "bob", &[]).await;
+    let mut ann = Ws::connect(&server, &t1, None).await;
+    let created = ann
+        .request(json!({"type": "create_conversation", "title": "t", "members": [u2]}))
+        .await;
+    let conv = created["conversation"]["id"].clone();
+
+    let bob = Ws::connect(&server, &t2, None).await;
+    let last_seen = bob.welcome["event_seq"].as_u64().unwrap();
+    drop(bob);
+    for i in 0..100 {
+        let ack = ann
+            .request(json!({"type": "send", "conversation_id": conv, "client_id": format!("m{i}"), "text": format!("n{i}")}))
+            .await;
+        assert_eq!(ack["type"], "ack");
+    }
+    let mut bob = Ws::connect(&server, &t2, Some(last_seen)).await;
+    let mut texts = Vec::new();
+    let mut seqs = Vec::new();
+    for _ in 0..100 {
+        let e = bob.event().await;
+        seqs.push(e["seq"].as_u64().unwrap());
+        texts.push(e["event"]["message"]["text"].as_str().unwrap().to_owned());
+    }
+    let expected: Vec<String> = (0..100).map(|i| format!("n{i}")).collect();
+    assert_eq!(texts, expected, "exactly the missed messages, in order");
+    assert_eq!(
+        seqs,
+        ((last_seen + 1)..=(last_seen + 100)).collect::<Vec<_>>()
+    );
+    // Nothing twice: the next frame answers a ping.
+    let pong = bob.request(json!({"type": "ping", "id": "p"})).await;
+    assert_eq!(pong["type"], "pong");
+    assert!(bob.events.is_empty(), "{:?}", bob.events);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn acknowledged_messages_survive_a_restart_and_retries_make_no_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = default_clock();
+    let server = TestServer::start_in(dir.path(), clock.clone()).await;
+    let app = server.register("durable@example.com", "ERP").await;
+    let (t1, _) = user_token(&server, &app, "ann", &[]).await;
+    let mut ann = Ws::connect(&server, &t1, None).await;
+    let conv = ann
+        .request(json!({"type": "create_conversation", "title": "t"}))
+        .await["conversation"]["id"]
+        .clone();
+    let send =
+        json!({"type": "send", "conversation_id": conv, "client_id": "same-id", "text": "once"});
+    let first = ann.request(send.clone()).await;
+    let again = ann.request(send.clone()).await;
+    assert_eq!(first["message"]["id"], again["message"]["id"]);
+    drop(ann);
+    server.stop().await;
+
+    let server = TestServer::start_in(dir.path(), clock).await;
+    let mut ann = Ws::connect(&server, &t1, None).await;
+    let after = ann.request(send).await;
+    assert_eq!(
+        after["message"]["id"], first["message"]["id"],
+        "no duplicate after a restart"
+    );
+    let h = ann
+        .request(json!({"type": "history", "conversation_id": conv}))
+        .await;
+    let messages: &Vec<Value> = h["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["text"], "once");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_and_the_connection_stays_open() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("bad@example.com", "ERP").await;
+    let (t1, _) = user_token(&server, &app, "ann", &[]).await;
+    let (t2, u2) = user_token(&server, &app, "bob", &[]).await;
+    let mut ann = Ws::connect(&server, &t1, None).await;
+    let mut bob = Ws::connect(&server, &t2, None).await;
+    let conv = ann
+        .request(json!({"type": "create_conversation", "title": "t", "members": [u2]}))
+        .await["conversation"]["id"]
+        .clone();
+    let msg = ann
+        .request(json!({"type": "send", "conversation_id": conv, "client_id": "a", "text": "mine"}))
+        .await;
+
+    let e = ann.request(json!({"id": "u", "type": "teleport"})).await;
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("unknown_type")),
+        "{e}"
+    );
+    ann.send_text("{not json".to_owned()).await;
+    let e = ann.frame().await;
+    assert_eq!(e["code"], "malformed_json");
+    assert_eq!(e["id"], Value::Null);
+    let big = "x".repeat(130 * 1024);
+    let e = ann.request(json!({"id": "big", "type": "send", "conversation_id": conv, "client_id": "b", "text": big})).await;
+    assert_eq!(e["code"], "frame_too_large", "{e}");
+    let e = ann.request(json!({"id": "f", "type": "send", "conversation_id": conv, "client_id": "c", "text": "x", "colour": "red"})).await;
+    assert_eq!(e["code"], "invalid_request", "{e}");
+    let e = bob
+        .request(json!({"id": "edit", "type": "edit", "conversation_id": conv, "message_id": msg["message"]["id"], "text": "hacked"}))
+        .await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    let e = bob
+        .request(json!({"id": "nf", "type": "send", "conversation_id": "00000000-0000-0000-0000-000000000000", "client_id": "z", "text": "?"}))
+        .await;
+    assert_eq!(e["code"], "not_found", "{e}");
+
+    // Still open: the author edits, Bob sees the edit.
+    let edited = ann
+        .request(json!({"type": "edit", "conversation_id": conv, "message_id": msg["message"]["id"], "text": "mine, edited"}))
+        .await;
+    assert_eq!(edited["message"]["text"], "mine, edited");
+    loop {
+        let ev = bob.event().await;
+        if ev["event"]["kind"] == "message_edited" {
+            assert_eq!(ev["event"]["message"]["text"], "mine, edited");
+            break;
+        }
+    }
+    server.stop().await;
+}
