@@ -53,12 +53,15 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn is_online(&self, user: UserId) -> bool;
 }
 
+/// A live connection: its id and the sending side of its queue.
+type Connection = (u64, mpsc::Sender<Delivery>);
+
 /// The bus of a single node.
 #[derive(Debug)]
 pub struct InProcessBus {
     queue: usize,
     next_id: AtomicU64,
-    connections: Mutex<HashMap<UserId, Vec<(u64, mpsc::Sender<Delivery>)>>>,
+    connections: Mutex<HashMap<UserId, Vec<Connection>>>,
 }
 
 impl InProcessBus {
@@ -89,12 +92,12 @@ impl InProcessBus {
     }
 
     fn unsubscribe(&self, user: UserId, id: u64) {
-        if let Ok(mut map) = self.connections.lock() {
-            if let Some(list) = map.get_mut(&user) {
-                list.retain(|(i, _)| *i != id);
-                if list.is_empty() {
-                    map.remove(&user);
-                }
+        if let Ok(mut map) = self.connections.lock()
+            && let Some(list) = map.get_mut(&user)
+        {
+            list.retain(|(i, _)| *i != id);
+            if list.is_empty() {
+                map.remove(&user);
             }
         }
     }

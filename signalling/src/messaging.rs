@@ -258,12 +258,12 @@ impl Messaging {
     ) -> Result<Conversation, ApiError> {
         check_short("context", context, true)?;
         check_short("title", title, false)?;
-        if let Who::User { contexts, .. } = &caller.who {
-            if !contexts.iter().any(|c| c == context) {
-                return Err(ApiError::Forbidden(
-                    "the application does not let this user see that object",
-                ));
-            }
+        if let Who::User { contexts, .. } = &caller.who
+            && !contexts.iter().any(|c| c == context)
+        {
+            return Err(ApiError::Forbidden(
+                "the application does not let this user see that object",
+            ));
         }
         let now = self.clock.now();
         let conversation = Conversation {
@@ -317,13 +317,13 @@ impl Messaging {
                 if conversation.all_users || self.store.is_member(id, user.id).await? {
                     return Ok(conversation);
                 }
-                if let Some(context) = &conversation.context {
-                    if contexts.iter().any(|c| c == context) {
-                        self.store
-                            .add_members(id, &[user.id], self.clock.now())
-                            .await?;
-                        return Ok(conversation);
-                    }
+                if let Some(context) = &conversation.context
+                    && contexts.iter().any(|c| c == context)
+                {
+                    self.store
+                        .add_members(id, &[user.id], self.clock.now())
+                        .await?;
+                    return Ok(conversation);
                 }
                 Err(ApiError::Forbidden("not a member of this conversation"))
             }
@@ -358,10 +358,10 @@ impl Messaging {
             }
             None => members,
         };
-        if let Some(me) = caller.user_id() {
-            if !notify.contains(&me) {
-                notify.push(me);
-            }
+        if let Some(me) = caller.user_id()
+            && !notify.contains(&me)
+        {
+            notify.push(me);
         }
         let new = NewMessage {
             conversation_id: id,

@@ -195,11 +195,10 @@ where
                     Message::Close(_) => return Ended::ClientGone,
                     Message::Ping(_) | Message::Pong(_) => None,
                 };
-                if let Some(reply) = reply {
-                    if send(&mut sink, reply).await.is_err() {
+                if let Some(reply) = reply
+                    && send(&mut sink, reply).await.is_err() {
                         return Ended::ClientGone;
                     }
-                }
             }
             delivery = subscription.rx.recv() => {
                 let Some(delivery) = delivery else {
