@@ -1,5 +1,8 @@
 -- Conversations, members, messages, read marks, and the per-user event log
 -- that WebSocket clients resume from. Portable SQL, as 0001.
+--
+-- Members and event logs name "participants": a user id, or the id of an
+-- application for its bot; so they carry no foreign key to users.
 
 CREATE TABLE conversations (
     id             TEXT PRIMARY KEY,
@@ -19,7 +22,7 @@ CREATE TABLE conversations (
 
 CREATE TABLE conversation_members (
     conversation_id  TEXT NOT NULL REFERENCES conversations (id),
-    user_id          TEXT NOT NULL REFERENCES users (id),
+    user_id          TEXT NOT NULL,
     joined_at        BIGINT NOT NULL,
     PRIMARY KEY (conversation_id, user_id)
 );
@@ -50,12 +53,12 @@ CREATE TABLE read_marks (
 -- Every event a user must see, numbered per user; a reconnecting client
 -- asks for everything after its last number.
 CREATE TABLE user_event_heads (
-    user_id   TEXT PRIMARY KEY REFERENCES users (id),
+    user_id   TEXT PRIMARY KEY,
     last_seq  BIGINT NOT NULL
 );
 
 CREATE TABLE user_events (
-    user_id     TEXT NOT NULL REFERENCES users (id),
+    user_id     TEXT NOT NULL,
     seq         BIGINT NOT NULL,
     payload     TEXT NOT NULL,
     created_at  BIGINT NOT NULL,

@@ -47,7 +47,23 @@ pub enum Who {
     App,
 }
 
+/// The participant id of an application's bot: the application's own id.
+#[must_use]
+pub fn bot_id(app: crate::ids::AppId) -> UserId {
+    UserId(app.0)
+}
+
 impl Caller {
+    /// Whose event log and membership this caller uses: the user, or the
+    /// application's bot.
+    #[must_use]
+    pub fn participant(&self) -> UserId {
+        match &self.who {
+            Who::User { user, .. } => user.id,
+            Who::App => bot_id(self.app.id),
+        }
+    }
+
     fn author(&self) -> Author {
         match &self.who {
             Who::User { user, .. } => Author::User(user.id),
@@ -209,9 +225,6 @@ impl Messaging {
             check_short("key", key, true)?;
         }
         let mut members: BTreeSet<UserId> = new.members.iter().copied().collect();
-        if let Some(me) = caller.user_id() {
-            members.insert(me);
-        }
         for m in &members {
             if self.users.user(caller.app.id, *m).await?.is_none() {
                 return Err(ApiError::InvalidRequest(format!(
@@ -219,6 +232,7 @@ impl Messaging {
                 )));
             }
         }
+        members.insert(caller.participant());
         let now = self.clock.now();
         let conversation = Conversation {
             id: ConversationId::random(),
@@ -448,6 +462,50 @@ impl Messaging {
             self.bus.publish(user, seq, payload.clone());
         }
         Ok(stored)
+    }
+
+    /// A user clicks an action of a bot's message: the click goes to the
+    /// application's bot as an `action` event.
+    ///
+    /// # Errors
+    /// `invalid_request` when the message has no such action or was not
+    /// written by the application.
+    pub async fn click(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+        message: MessageId,
+        value: &str,
+    ) -> Result<(), ApiError> {
+        self.readable(caller, id).await?;
+        let stored = self
+            .store
+            .message(id, message)
+            .await?
+            .ok_or(ApiError::NotFound("message"))?;
+        if stored.author != Author::App || !stored.body.actions.iter().any(|a| a.value == value) {
+            return Err(ApiError::InvalidRequest(
+                "value: the message has no such action".to_owned(),
+            ));
+        }
+        let payload = json!({
+            "kind": "action",
+            "conversation_id": id,
+            "message_id": message,
+            "value": value,
+            "user_id": caller.user_id(),
+        })
+        .to_string();
+        let bot = bot_id(caller.app.id);
+        let payload_arc: Arc<str> = Arc::from(payload.as_str());
+        for (p, seq) in self
+            .store
+            .append_events(&[bot], &payload, self.clock.now())
+            .await?
+        {
+            self.bus.publish(p, seq, payload_arc.clone());
+        }
+        Ok(())
     }
 
     /// A page of history the caller may see (messages addressed to others

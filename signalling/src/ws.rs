@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use crate::bus::InProcessBus;
 use crate::error::ApiError;
 use crate::ids::{ConversationId, MessageId, UserId};
-use crate::messaging::{Caller, ConversationView, MessageView, Messaging, NewConversation, Who};
+use crate::messaging::{Caller, ConversationView, MessageView, Messaging, NewConversation};
 use crate::store::messaging::{Action, MessageBody};
 
 /// Largest accepted text frame.
@@ -114,6 +114,12 @@ enum Request {
         #[serde(default)]
         limit: Option<u32>,
     },
+    Click {
+        id: String,
+        conversation_id: ConversationId,
+        message_id: MessageId,
+        value: String,
+    },
     Ping {
         id: String,
     },
@@ -128,6 +134,7 @@ const KNOWN_TYPES: &[&str] = &[
     "edit",
     "delete",
     "list",
+    "click",
     "ping",
 ];
 
@@ -155,10 +162,7 @@ where
     S: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, E>> + Unpin,
 {
-    let Who::User { user, .. } = &caller.who else {
-        return Ended::ClientGone;
-    };
-    let user_id = user.id;
+    let user_id = caller.participant();
     let mut subscription = bus.subscribe(user_id);
     let store = messaging.store().clone();
     let head = store.event_head(user_id).await.unwrap_or(0);
@@ -436,6 +440,17 @@ async fn answer(
                 .map(|e| ConversationView::of(&e.conversation, Some(e.unread)))
                 .collect();
             json!({"type": "conversations", "id": id, "conversations": views})
+        }
+        Request::Click {
+            id,
+            conversation_id,
+            message_id,
+            value,
+        } => {
+            messaging
+                .click(caller, conversation_id, message_id, &value)
+                .await?;
+            json!({"type": "ack", "id": id})
         }
         Request::Ping { id } => json!({"type": "pong", "id": id}),
     })

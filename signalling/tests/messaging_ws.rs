@@ -248,3 +248,75 @@ async fn bad_frames_get_error_frames_and_the_connection_stays_open() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_application_posts_actions_as_a_bot_and_receives_the_click() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("bot@example.com", "ERP").await;
+    let (t1, u1) = user_token(&server, &app, "ann", &[]).await;
+    let mut ann = Ws::connect(&server, &t1, None).await;
+
+    // The application connects with its own credentials.
+    let url = format!("{}/api/v1/ws", server.base.replace("http://", "ws://"));
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    use base64::Engine;
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", app.id, app.secret));
+    request
+        .headers_mut()
+        .insert("authorization", format!("Basic {basic}").parse().unwrap());
+    let mut bot = Ws::connect_request(request).await;
+
+    let created = bot
+        .request(json!({"type": "create_conversation", "title": "Согласование", "members": [u1]}))
+        .await;
+    let conv = created["conversation"]["id"].clone();
+    let posted = bot
+        .request(json!({
+            "type": "send", "conversation_id": conv, "client_id": "ask-1",
+            "text": "Согласовать счёт 17?",
+            "data": {"invoice": 17, "amount": "1200.00"},
+            "actions": [{"value": "approve", "presentation": "Согласовать"}, {"value": "reject", "presentation": "Отклонить"}]
+        }))
+        .await;
+    assert_eq!(
+        posted["message"]["author"],
+        json!({"kind": "app"}),
+        "{posted}"
+    );
+    let message_id = posted["message"]["id"].clone();
+
+    let seen = loop {
+        let e = ann.event().await;
+        if e["event"]["kind"] == "message" {
+            break e;
+        }
+    };
+    assert_eq!(seen["event"]["message"]["data"]["invoice"], 17);
+    assert_eq!(
+        seen["event"]["message"]["actions"][0]["presentation"],
+        "Согласовать"
+    );
+
+    // A value the message does not offer is refused; the real one goes to the bot.
+    let bad = ann
+        .request(json!({"type": "click", "conversation_id": conv, "message_id": message_id, "value": "steal"}))
+        .await;
+    assert_eq!(bad["code"], "invalid_request", "{bad}");
+    let ok = ann
+        .request(json!({"type": "click", "conversation_id": conv, "message_id": message_id, "value": "approve"}))
+        .await;
+    assert_eq!(ok["type"], "ack", "{ok}");
+    let click = loop {
+        let e = bot.event().await;
+        if e["event"]["kind"] == "action" {
+            break e;
+        }
+    };
+    assert_eq!(click["event"]["value"], "approve");
+    assert_eq!(click["event"]["user_id"], u1.as_str());
+    assert_eq!(click["event"]["message_id"], message_id);
+    server.stop().await;
+}

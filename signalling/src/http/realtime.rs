@@ -72,7 +72,15 @@ async fn prepare(
     let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     let token = match Credentials::from_parts(parts)? {
         Some(Credentials::Bearer(token)) => token,
-        _ => query.token.ok_or(ApiError::Unauthorized(
+        Some(Credentials::Basic(id, secret)) => {
+            // The application connects as its bot.
+            let app = services
+                .tenancy
+                .authenticate_application(&id, &secret)
+                .await?;
+            return Ok((Caller { app, who: Who::App }, query.since));
+        }
+        None => query.token.ok_or(ApiError::Unauthorized(
             "user token required (Authorization: Bearer or ?token=)",
         ))?,
     };

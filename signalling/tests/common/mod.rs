@@ -304,7 +304,14 @@ impl Ws {
         if let Some(s) = since {
             url.push_str(&format!("&since={s}"));
         }
-        let (stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Self::connect_request(url).await
+    }
+
+    /// Connects with a prepared request (headers of the caller's choice).
+    pub async fn connect_request(
+        request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+    ) -> Self {
+        let (stream, _) = tokio_tungstenite::connect_async(request).await.unwrap();
         let mut ws = Self {
             stream,
             events: Default::default(),
