@@ -23,7 +23,8 @@ use crate::ids::UserId;
 /// One event for one user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
-    /// The user's event number.
+    /// The user's event number; 0 for ephemeral events (typing, presence)
+    /// that are not in the log and are not replayed.
     pub seq: u64,
     /// The event JSON (shared by every recipient).
     pub payload: Arc<str>,

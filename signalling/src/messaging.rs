@@ -185,6 +185,22 @@ pub struct NewConversation {
     pub key: Option<String>,
 }
 
+/// Shortest time between two typing notices of one user in one
+/// conversation; more frequent ones are dropped.
+pub const TYPING_INTERVAL_MS: i64 = 2_000;
+
+/// Presence of a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    /// Connected and active.
+    Online,
+    /// Connected, but the client says its person is away.
+    Away,
+    /// No connection.
+    Offline,
+}
+
 /// The messaging service.
 #[derive(Debug)]
 pub struct Messaging {
@@ -192,6 +208,10 @@ pub struct Messaging {
     users: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     clock: Arc<dyn Clock>,
+    /// Connections per user and the away flag; offline when absent.
+    presence: std::sync::Mutex<std::collections::HashMap<UserId, (usize, bool)>>,
+    /// Last typing notice per (user, conversation), for rate limiting.
+    typing: std::sync::Mutex<std::collections::HashMap<(UserId, ConversationId), i64>>,
 }
 
 impl Messaging {
@@ -208,7 +228,152 @@ impl Messaging {
             users,
             bus,
             clock,
+            presence: std::sync::Mutex::new(std::collections::HashMap::new()),
+            typing: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// A connection of `user` opened (`true`) or closed (`false`); tells
+    /// the people it shares conversations with when its presence changes.
+    ///
+    /// # Errors
+    /// `internal` on store failure.
+    pub async fn connection(&self, caller: &Caller, opened: bool) -> Result<(), ApiError> {
+        let Some(user) = caller.user_id() else {
+            return Ok(());
+        };
+        let (before, after) = {
+            let mut map = self
+                .presence
+                .lock()
+                .map_err(|_| ApiError::internal(anyhow::anyhow!("presence lock")))?;
+            let before = presence_of(map.get(&user));
+            let entry = map.entry(user).or_insert((0, false));
+            if opened {
+                entry.0 += 1;
+            } else {
+                entry.0 = entry.0.saturating_sub(1);
+            }
+            if entry.0 == 0 {
+                map.remove(&user);
+            }
+            (before, presence_of(map.get(&user)))
+        };
+        if before != after {
+            self.announce_presence(caller, user, after).await?;
+        }
+        Ok(())
+    }
+
+    /// The client says its person is away (or back).
+    ///
+    /// # Errors
+    /// `internal` on store failure.
+    pub async fn set_away(&self, caller: &Caller, away: bool) -> Result<Presence, ApiError> {
+        let user = caller
+            .user_id()
+            .ok_or_else(|| ApiError::InvalidRequest("presence is for users".to_owned()))?;
+        let (before, after) = {
+            let mut map = self
+                .presence
+                .lock()
+                .map_err(|_| ApiError::internal(anyhow::anyhow!("presence lock")))?;
+            let before = presence_of(map.get(&user));
+            if let Some(entry) = map.get_mut(&user) {
+                entry.1 = away;
+            }
+            (before, presence_of(map.get(&user)))
+        };
+        if before != after {
+            self.announce_presence(caller, user, after).await?;
+        }
+        Ok(after)
+    }
+
+    /// Presence of users who share a conversation with the caller; others
+    /// are left out.
+    ///
+    /// # Errors
+    /// `internal` on store failure.
+    pub async fn presence_of(
+        &self,
+        caller: &Caller,
+        users: &[UserId],
+    ) -> Result<Vec<(UserId, Presence)>, ApiError> {
+        let known = self.contacts(caller).await?;
+        let map = self
+            .presence
+            .lock()
+            .map_err(|_| ApiError::internal(anyhow::anyhow!("presence lock")))?;
+        Ok(users
+            .iter()
+            .filter(|u| known.contains(u))
+            .map(|u| (*u, presence_of(map.get(u))))
+            .collect())
+    }
+
+    /// A typing notice: sent to the other members now, not stored; at most
+    /// one per user and conversation every [`TYPING_INTERVAL_MS`].
+    ///
+    /// # Errors
+    /// As [`Self::readable`].
+    pub async fn typing(&self, caller: &Caller, id: ConversationId) -> Result<bool, ApiError> {
+        let conversation = self.readable(caller, id).await?;
+        let me = caller.participant();
+        let now = self.clock.now().0;
+        {
+            let mut map = self
+                .typing
+                .lock()
+                .map_err(|_| ApiError::internal(anyhow::anyhow!("typing lock")))?;
+            if map
+                .get(&(me, id))
+                .is_some_and(|at| now - at < TYPING_INTERVAL_MS)
+            {
+                return Ok(false);
+            }
+            if map.len() > 100_000 {
+                map.retain(|_, at| now - *at < TYPING_INTERVAL_MS);
+            }
+            map.insert((me, id), now);
+        }
+        let payload: Arc<str> =
+            Arc::from(json!({"kind": "typing", "conversation_id": id, "user_id": me}).to_string());
+        for member in self.audience(&conversation).await? {
+            if member != me {
+                self.bus.publish(member, 0, payload.clone());
+            }
+        }
+        Ok(true)
+    }
+
+    async fn contacts(&self, caller: &Caller) -> Result<BTreeSet<UserId>, ApiError> {
+        let mut out = BTreeSet::new();
+        for entry in self
+            .store
+            .conversations_of(caller.app.id, caller.participant(), None, MAX_PAGE)
+            .await?
+        {
+            out.extend(self.audience(&entry.conversation).await?);
+        }
+        Ok(out)
+    }
+
+    async fn announce_presence(
+        &self,
+        caller: &Caller,
+        user: UserId,
+        presence: Presence,
+    ) -> Result<(), ApiError> {
+        let payload: Arc<str> = Arc::from(
+            json!({"kind": "presence", "user_id": user, "presence": presence}).to_string(),
+        );
+        for contact in self.contacts(caller).await? {
+            if contact != user {
+                self.bus.publish(contact, 0, payload.clone());
+            }
+        }
+        Ok(())
     }
 
     /// Creates a non-contextual conversation; the caller (a user) is a member.
@@ -609,6 +774,14 @@ impl Messaging {
             self.bus.publish(user, seq, payload_arc.clone());
         }
         Ok(())
+    }
+}
+
+fn presence_of(entry: Option<&(usize, bool)>) -> Presence {
+    match entry {
+        None => Presence::Offline,
+        Some((_, true)) => Presence::Away,
+        Some(_) => Presence::Online,
     }
 }
 

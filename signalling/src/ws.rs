@@ -120,6 +120,17 @@ enum Request {
         message_id: MessageId,
         value: String,
     },
+    Typing {
+        id: String,
+        conversation_id: ConversationId,
+    },
+    Presence {
+        id: String,
+        #[serde(default)]
+        away: Option<bool>,
+        #[serde(default)]
+        users: Vec<UserId>,
+    },
     Ping {
         id: String,
     },
@@ -135,6 +146,8 @@ const KNOWN_TYPES: &[&str] = &[
     "delete",
     "list",
     "click",
+    "typing",
+    "presence",
     "ping",
 ];
 
@@ -164,6 +177,34 @@ where
 {
     let user_id = caller.participant();
     let mut subscription = bus.subscribe(user_id);
+    let _ = messaging.connection(&caller, true).await;
+    let ended = session(
+        &mut sink,
+        &mut stream,
+        &messaging,
+        &caller,
+        since,
+        &mut subscription,
+    )
+    .await;
+    drop(subscription);
+    let _ = messaging.connection(&caller, false).await;
+    ended
+}
+
+async fn session<S, R, E>(
+    mut sink: &mut S,
+    stream: &mut R,
+    messaging: &Arc<Messaging>,
+    caller: &Caller,
+    since: Option<u64>,
+    subscription: &mut crate::bus::Subscription,
+) -> Ended
+where
+    S: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+{
+    let user_id = caller.participant();
     let store = messaging.store().clone();
     let head = store.event_head(user_id).await.unwrap_or(0);
     let welcome = json!({"type": "welcome", "user_id": user_id, "event_seq": head});
@@ -209,6 +250,13 @@ where
                     let _ = close_with(&mut sink, close::SLOW_CONSUMER, "slow_consumer").await;
                     return Ended::SlowConsumer;
                 };
+                if delivery.seq == 0 {
+                    let frame = format!(r#"{{"type":"ephemeral","event":{}}}"#, delivery.payload);
+                    if send(&mut sink, frame).await.is_err() {
+                        return Ended::ClientGone;
+                    }
+                    continue;
+                }
                 if delivery.seq <= last {
                     continue;
                 }
@@ -451,6 +499,24 @@ async fn answer(
                 .click(caller, conversation_id, message_id, &value)
                 .await?;
             json!({"type": "ack", "id": id})
+        }
+        Request::Typing {
+            id,
+            conversation_id,
+        } => {
+            let sent = messaging.typing(caller, conversation_id).await?;
+            json!({"type": "ack", "id": id, "sent": sent})
+        }
+        Request::Presence { id, away, users } => {
+            if let Some(away) = away {
+                messaging.set_away(caller, away).await?;
+            }
+            let known = messaging.presence_of(caller, &users).await?;
+            let map: serde_json::Map<String, Value> = known
+                .into_iter()
+                .map(|(u, p)| (u.to_string(), json!(p)))
+                .collect();
+            json!({"type": "presence", "id": id, "users": map})
         }
         Request::Ping { id } => json!({"type": "pong", "id": id}),
     })

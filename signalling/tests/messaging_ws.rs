@@ -320,3 +320,55 @@ async fn the_application_posts_actions_as_a_bot_and_receives_the_click() {
     assert_eq!(click["event"]["message_id"], message_id);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn typing_and_presence_reach_the_people_who_share_a_conversation() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("presence@example.com", "ERP").await;
+    let (t1, _u1) = user_token(&server, &app, "ann", &[]).await;
+    let (t2, u2) = user_token(&server, &app, "bob", &[]).await;
+    let (t3, u3) = user_token(&server, &app, "eve", &[]).await;
+    let mut ann = Ws::connect(&server, &t1, None).await;
+    let conv = ann
+        .request(json!({"type": "create_conversation", "title": "t", "members": [u2]}))
+        .await["conversation"]["id"]
+        .clone();
+    let eve = Ws::connect(&server, &t3, None).await;
+
+    let mut bob = Ws::connect(&server, &t2, None).await;
+    let online = ann.ephemeral().await;
+    assert_eq!(online["type"], "ephemeral", "{online}");
+    assert_eq!(
+        online["event"],
+        json!({"kind": "presence", "user_id": u2, "presence": "online"})
+    );
+
+    let t = bob
+        .request(json!({"type": "typing", "conversation_id": conv}))
+        .await;
+    assert_eq!(t["sent"], true);
+    let typing = ann.ephemeral().await;
+    assert_eq!(typing["event"]["kind"], "typing");
+    assert_eq!(typing["event"]["user_id"], u2.as_str());
+    let again = bob
+        .request(json!({"type": "typing", "conversation_id": conv}))
+        .await;
+    assert_eq!(again["sent"], false, "rate-limited");
+
+    let away = bob.request(json!({"type": "presence", "away": true})).await;
+    assert_eq!(away["type"], "presence");
+    assert_eq!(ann.ephemeral().await["event"]["presence"], "away");
+    let q = ann
+        .request(json!({"type": "presence", "users": [u2, u3]}))
+        .await;
+    assert_eq!(
+        q["users"],
+        json!({u2.clone(): "away"}),
+        "eve shares nothing with ann: not shown"
+    );
+
+    drop(bob);
+    assert_eq!(ann.ephemeral().await["event"]["presence"], "offline");
+    drop(eve);
+    server.stop().await;
+}

@@ -377,6 +377,19 @@ impl Ws {
         }
     }
 
+    /// The next ephemeral frame (typing, presence); events meanwhile are kept.
+    pub async fn ephemeral(&mut self) -> Value {
+        loop {
+            let f = self.frame().await;
+            if f["type"] == "ephemeral" {
+                return f;
+            }
+            if f["type"] == "event" {
+                self.events.push_back(f);
+            }
+        }
+    }
+
     /// The next event frame.
     pub async fn event(&mut self) -> Value {
         if let Some(e) = self.events.pop_front() {
