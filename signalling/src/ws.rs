@@ -219,7 +219,7 @@ where
         }
         last = head;
     }
-    if replay(&mut sink, &messaging, user_id, &mut last, u64::MAX)
+    if replay(&mut sink, messaging, user_id, &mut last, u64::MAX)
         .await
         .is_err()
     {
@@ -235,7 +235,7 @@ where
                 let Some(Ok(message)) = incoming else { return Ended::ClientGone };
                 last_heard = Instant::now();
                 let reply = match message {
-                    Message::Text(text) => Some(handle_text(&messaging, &caller, text.as_str()).await),
+                    Message::Text(text) => Some(handle_text(messaging, caller, text.as_str()).await),
                     Message::Binary(_) => Some(error_frame(None, "unsupported_frame", "frames are JSON text")),
                     Message::Close(_) => return Ended::ClientGone,
                     Message::Ping(_) | Message::Pong(_) => None,
@@ -260,7 +260,7 @@ where
                 if delivery.seq <= last {
                     continue;
                 }
-                if delivery.seq > last + 1 && replay(&mut sink, &messaging, user_id, &mut last, delivery.seq).await.is_err() {
+                if delivery.seq > last + 1 && replay(&mut sink, messaging, user_id, &mut last, delivery.seq).await.is_err() {
                     return Ended::ClientGone;
                 }
                 if send(&mut sink, event_frame(delivery.seq, &delivery.payload)).await.is_err() {
