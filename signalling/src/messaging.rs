@@ -727,6 +727,37 @@ impl Messaging {
         Ok(mark)
     }
 
+    /// Full-text search over the messages the caller may read (Cyrillic
+    /// and Latin, case-insensitive, word prefixes).
+    ///
+    /// # Errors
+    /// `invalid_request` for an empty or too long query.
+    pub async fn search(
+        &self,
+        caller: &Caller,
+        query: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, ApiError> {
+        if query.trim().is_empty() || query.chars().count() > MAX_SHORT_CHARS {
+            return Err(ApiError::InvalidRequest(format!(
+                "query: 1 to {MAX_SHORT_CHARS} characters"
+            )));
+        }
+        let found = self
+            .store
+            .search(
+                caller.app.id,
+                caller.participant(),
+                query,
+                limit.clamp(1, MAX_PAGE),
+            )
+            .await?;
+        Ok(found
+            .into_iter()
+            .filter(|m| visible_to(m, caller))
+            .collect())
+    }
+
     /// The caller's conversations with unread counts, newest first.
     ///
     /// # Errors

@@ -131,6 +131,12 @@ enum Request {
         #[serde(default)]
         users: Vec<UserId>,
     },
+    Search {
+        id: String,
+        query: String,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
     Ping {
         id: String,
     },
@@ -148,6 +154,7 @@ const KNOWN_TYPES: &[&str] = &[
     "click",
     "typing",
     "presence",
+    "search",
     "ping",
 ];
 
@@ -517,6 +524,13 @@ async fn answer(
                 .map(|(u, p)| (u.to_string(), json!(p)))
                 .collect();
             json!({"type": "presence", "id": id, "users": map})
+        }
+        Request::Search { id, query, limit } => {
+            let found = messaging
+                .search(caller, &query, limit.unwrap_or(50))
+                .await?;
+            let views: Vec<MessageView> = found.iter().map(MessageView::from).collect();
+            json!({"type": "search", "id": id, "messages": views})
         }
         Request::Ping { id } => json!({"type": "pong", "id": id}),
     })

@@ -372,3 +372,85 @@ async fn typing_and_presence_reach_the_people_who_share_a_conversation() {
     drop(eve);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn search_finds_russian_and_english_words_only_where_the_user_may_read() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("search@example.com", "ERP").await;
+    let (t1, _) = user_token(&server, &app, "ann", &[]).await;
+    let (t2, u2) = user_token(&server, &app, "bob", &[]).await;
+    let (t3, _) = user_token(&server, &app, "eve", &[]).await;
+    let mut ann = Ws::connect(&server, &t1, None).await;
+    let mut bob = Ws::connect(&server, &t2, None).await;
+    let mut eve = Ws::connect(&server, &t3, None).await;
+    let conv = ann
+        .request(json!({"type": "create_conversation", "title": "t", "members": [u2]}))
+        .await["conversation"]["id"]
+        .clone();
+    for (i, text) in [
+        "Счёт №17 оплачен",
+        "The INVOICE was approved",
+        "Обед в 13:00",
+    ]
+    .iter()
+    .enumerate()
+    {
+        ann.request(json!({"type": "send", "conversation_id": conv, "client_id": format!("s{i}"), "text": text}))
+            .await;
+    }
+    let eves = eve
+        .request(json!({"type": "create_conversation", "title": "private"}))
+        .await["conversation"]["id"]
+        .clone();
+    eve.request(json!({"type": "send", "conversation_id": eves, "client_id": "e", "text": "invoice of eve"}))
+        .await;
+
+    let texts = |r: Value| -> Vec<String> {
+        r["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        texts(
+            bob.request(json!({"type": "search", "query": "СЧЁТ"}))
+                .await
+        ),
+        ["Счёт №17 оплачен"]
+    );
+    assert_eq!(
+        texts(
+            bob.request(json!({"type": "search", "query": "опла"}))
+                .await
+        ),
+        ["Счёт №17 оплачен"],
+        "prefix"
+    );
+    assert_eq!(
+        texts(
+            bob.request(json!({"type": "search", "query": "invoice"}))
+                .await
+        ),
+        ["The INVOICE was approved"]
+    );
+    assert_eq!(
+        texts(
+            eve.request(json!({"type": "search", "query": "invoice"}))
+                .await
+        ),
+        ["invoice of eve"]
+    );
+    assert!(
+        texts(
+            bob.request(json!({"type": "search", "query": "\"unbalanced OR ("}))
+                .await
+        )
+        .is_empty(),
+        "no query syntax"
+    );
+    let e = bob.request(json!({"type": "search", "query": "  "})).await;
+    assert_eq!(e["code"], "invalid_request");
+    server.stop().await;
+}

@@ -255,6 +255,17 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     /// The number of the user's last event (0 if none).
     async fn event_head(&self, user: UserId) -> StoreResult<u64>;
 
+    /// Messages whose text contains every word of `query` (prefixes match),
+    /// in the conversations `participant` may read (member or all-users),
+    /// best matches first.
+    async fn search(
+        &self,
+        app: AppId,
+        participant: UserId,
+        query: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredMessage>>;
+
     /// Every user id of an application (for `all_users` conversations).
     async fn app_users(&self, app: AppId) -> StoreResult<Vec<UserId>>;
 }

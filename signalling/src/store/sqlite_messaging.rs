@@ -288,6 +288,14 @@ impl MessageStore for SqliteStore {
         .bind(now.0)
         .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "INSERT INTO message_search (rowid, text, conversation_id, seq) VALUES (NULL, ?, ?, ?)",
+        )
+        .bind(&m.body.text)
+        .bind(m.conversation_id.to_string())
+        .bind(to_i64(n))
+        .execute(&mut *tx)
+        .await?;
         let stored = StoredMessage {
             conversation_id: m.conversation_id,
             seq: n,
@@ -340,6 +348,19 @@ impl MessageStore for SqliteStore {
             .bind(m.id.to_string())
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM message_search WHERE conversation_id = ? AND seq = ?")
+            .bind(m.conversation_id.to_string())
+            .bind(to_i64(m.seq))
+            .execute(&mut *tx)
+            .await?;
+        if m.deleted_at.is_none() {
+            sqlx::query("INSERT INTO message_search (text, conversation_id, seq) VALUES (?, ?, ?)")
+                .bind(&m.body.text)
+                .bind(m.conversation_id.to_string())
+                .bind(to_i64(m.seq))
+                .execute(&mut *tx)
+                .await?;
+        }
         let seqs = append(&mut tx, notify, event, now).await?;
         tx.commit().await?;
         Ok(seqs)
@@ -480,6 +501,46 @@ impl MessageStore for SqliteStore {
             .fetch_optional(self.pool())
             .await?;
         row.map_or(Ok(0), |r| seq(&r, "last_seq"))
+    }
+
+    async fn search(
+        &self,
+        app: AppId,
+        participant: UserId,
+        query: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        // Every word quoted (no query syntax from users), as a prefix.
+        let terms: Vec<String> = query
+            .split_whitespace()
+            .map(|w| format!("\"{}\"*", w.replace('"', "\"\"")))
+            .collect();
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let columns = MESSAGE_COLUMNS
+            .split(", ")
+            .map(|c| format!("m.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        sqlx::query(&format!(
+            "SELECT {columns} FROM message_search s \
+             JOIN messages m ON m.conversation_id = s.conversation_id AND m.seq = s.seq \
+             JOIN conversations c ON c.id = m.conversation_id \
+             WHERE message_search MATCH ? AND c.app_id = ? AND m.deleted_at IS NULL \
+             AND (c.all_users = TRUE OR EXISTS (SELECT 1 FROM conversation_members cm \
+                  WHERE cm.conversation_id = c.id AND cm.user_id = ?)) \
+             ORDER BY s.rank LIMIT ?"
+        ))
+        .bind(terms.join(" "))
+        .bind(app.to_string())
+        .bind(participant.to_string())
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(message_from)
+        .collect()
     }
 
     async fn app_users(&self, app: AppId) -> StoreResult<Vec<UserId>> {
