@@ -70,6 +70,13 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// A write transaction. `BEGIN IMMEDIATE` takes the write lock at once,
+    /// so concurrent writers queue on the busy timeout instead of failing
+    /// when a deferred transaction tries to upgrade from reading to writing.
+    pub(super) async fn write_tx(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// Closes every connection (graceful shutdown).
     pub async fn close(&self) {
         self.pool.close().await;
@@ -189,7 +196,7 @@ impl Store for SqliteStore {
         app: &NewApplication,
         now: Timestamp,
     ) -> StoreResult<(Subscriber, Application)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO subscribers (id, email, created_at) VALUES (?, ?, ?) \
              ON CONFLICT (email) DO NOTHING",

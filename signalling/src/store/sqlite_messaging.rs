@@ -112,7 +112,7 @@ impl MessageStore for SqliteStore {
         c: &Conversation,
         members: &[UserId],
     ) -> StoreResult<(Conversation, bool)> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO conversations ({CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) \
              ON CONFLICT DO NOTHING RETURNING {CONVERSATION_COLUMNS}"
@@ -198,7 +198,7 @@ impl MessageStore for SqliteStore {
         users: &[UserId],
         now: Timestamp,
     ) -> StoreResult<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         for user in users {
             sqlx::query(
                 "INSERT INTO conversation_members (conversation_id, user_id, joined_at) VALUES (?, ?, ?) \
@@ -253,7 +253,7 @@ impl MessageStore for SqliteStore {
         event: &(dyn for<'m> Fn(&'m StoredMessage) -> String + Sync),
         now: Timestamp,
     ) -> StoreResult<(StoredMessage, bool, Vec<(UserId, u64)>)> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let existing = sqlx::query(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND author = ? AND client_id = ?"
         ))
@@ -337,7 +337,7 @@ impl MessageStore for SqliteStore {
         event: &str,
         now: Timestamp,
     ) -> StoreResult<Vec<(UserId, u64)>> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let body =
             serde_json::to_string(&m.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query("UPDATE messages SET body = ?, edited_at = ?, deleted_at = ? WHERE conversation_id = ? AND id = ?")
@@ -467,7 +467,7 @@ impl MessageStore for SqliteStore {
         payload: &str,
         now: Timestamp,
     ) -> StoreResult<Vec<(UserId, u64)>> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let out = append(&mut tx, users, payload, now).await?;
         tx.commit().await?;
         Ok(out)
