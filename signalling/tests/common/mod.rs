@@ -291,6 +291,9 @@ pub struct Ws {
     pub events: std::collections::VecDeque<Value>,
     /// The `welcome` frame.
     pub welcome: Value,
+    /// Every frame received, and every JSON frame sent, in order.
+    pub received: Vec<Value>,
+    pub sent: Vec<Value>,
     next_id: u64,
 }
 
@@ -316,6 +319,8 @@ impl Ws {
             stream,
             events: Default::default(),
             welcome: Value::Null,
+            received: Vec::new(),
+            sent: Vec::new(),
             next_id: 0,
         };
         ws.welcome = ws.frame().await;
@@ -334,7 +339,9 @@ impl Ws {
                 .unwrap();
             match msg {
                 tokio_tungstenite::tungstenite::Message::Text(t) => {
-                    return serde_json::from_str(&t).unwrap();
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    self.received.push(v.clone());
+                    return v;
                 }
                 tokio_tungstenite::tungstenite::Message::Close(c) => {
                     return json!({"type": "closed", "close": format!("{c:?}")});
@@ -347,6 +354,9 @@ impl Ws {
     /// Sends raw text.
     pub async fn send_text(&mut self, text: String) {
         use futures_util::SinkExt;
+        if let Ok(v) = serde_json::from_str::<Value>(&text) {
+            self.sent.push(v);
+        }
         self.stream
             .send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
             .await

@@ -1,0 +1,152 @@
+//! The JSON Schemas in docs/protocol.md are the contract of the WebSocket
+//! protocol: this test reads them from the document and checks every frame
+//! a scripted session sends and receives against them, and that every
+//! server frame type and event kind (but `resync`) was exercised.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{TestServer, Ws, user_token};
+use serde_json::{Value, json};
+
+/// `#### \`name\`` headings and their ```json blocks, per section.
+fn schemas(doc: &str, section: &str) -> BTreeMap<String, Value> {
+    let start = doc
+        .find(section)
+        .unwrap_or_else(|| panic!("no {section} in docs/protocol.md"));
+    let rest = &doc[start + section.len()..];
+    let end = rest.find("\n### ").unwrap_or(rest.len());
+    let mut out = BTreeMap::new();
+    let mut name = None;
+    let mut lines = rest[..end].lines();
+    while let Some(line) = lines.next() {
+        if let Some(n) = line
+            .strip_prefix("#### `")
+            .and_then(|l| l.strip_suffix('`'))
+        {
+            name = Some(n.to_owned());
+        } else if line == "```json" {
+            let block: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+            let schema: Value = serde_json::from_str(&block.join("\n")).unwrap();
+            out.insert(name.take().expect("a heading before the schema"), schema);
+        }
+    }
+    out
+}
+
+fn check(schemas: &BTreeMap<String, Value>, frames: &[Value], what: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for frame in frames {
+        let kind = frame["type"].as_str().unwrap();
+        let schema = schemas
+            .get(kind)
+            .unwrap_or_else(|| panic!("{what} frame type {kind:?} has no schema"));
+        let validator = jsonschema::validator_for(schema).unwrap();
+        if let Err(e) = validator.validate(frame) {
+            panic!("{what} frame does not match its schema: {e}\n{frame}");
+        }
+        seen.insert(kind.to_owned());
+        if let Some(k) = frame["event"]["kind"].as_str() {
+            seen.insert(format!("{kind}.{k}"));
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn every_frame_matches_the_documented_schemas() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"))
+        .unwrap();
+    let client_schemas = schemas(&doc, "### Client frames");
+    let server_schemas = schemas(&doc, "### Server frames");
+    assert!(client_schemas.len() >= 13 && server_schemas.len() >= 11);
+    // The schemas are strict: an unknown field or a wrong type fails.
+    let pong = jsonschema::validator_for(&server_schemas["pong"]).unwrap();
+    assert!(pong.is_valid(&json!({"type": "pong", "id": "x"})));
+    assert!(!pong.is_valid(&json!({"type": "pong", "id": "x", "extra": 1})));
+    assert!(!pong.is_valid(&json!({"type": "pong", "id": 7})));
+
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("schema@example.com", "ERP").await;
+    let (t1, _) = user_token(&server, &app, "ann", &["order:1"]).await;
+    let (t2, u2) = user_token(&server, &app, "bob", &[]).await;
+    let mut ann = Ws::connect(&server, &t1, None).await;
+    let mut bob = Ws::connect(&server, &t2, None).await;
+    let url = format!("{}/api/v1/ws", server.base.replace("http://", "ws://"));
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    use base64::Engine;
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", app.id, app.secret));
+    request
+        .headers_mut()
+        .insert("authorization", format!("Basic {basic}").parse().unwrap());
+    let mut bot = Ws::connect_request(request).await;
+
+    let conv = ann
+        .request(json!({"type": "create_conversation", "title": "s", "members": [u2], "key": "k1"}))
+        .await["conversation"]["id"]
+        .clone();
+    ann.request(json!({"type": "open_context", "context": "order:1", "title": "Order 1"}))
+        .await;
+    let m = ann.request(json!({"type": "send", "conversation_id": conv, "client_id": "1", "text": "*hi*", "data": {"n": 1}, "recipients": [u2]})).await;
+    let mid = m["message"]["id"].clone();
+    ann.request(json!({"type": "edit", "conversation_id": conv, "message_id": mid, "text": "hi!"}))
+        .await;
+    ann.request(json!({"type": "delete", "conversation_id": conv, "message_id": mid}))
+        .await;
+    bob.request(json!({"type": "read", "conversation_id": conv, "seq": 1}))
+        .await;
+    bob.request(json!({"type": "typing", "conversation_id": conv}))
+        .await;
+    bob.request(json!({"type": "presence", "away": true, "users": [u2]}))
+        .await;
+    bob.request(json!({"type": "history", "conversation_id": conv, "limit": 10}))
+        .await;
+    bob.request(json!({"type": "list", "limit": 10})).await;
+    bob.request(json!({"type": "search", "query": "hi"})).await;
+    bob.request(json!({"type": "ping"})).await;
+    bob.request(json!({"type": "edit", "conversation_id": conv, "message_id": mid, "text": "x"}))
+        .await;
+    let ask = bot
+        .request(json!({"type": "send", "conversation_id": conv, "client_id": "b", "text": "ok?", "actions": [{"value": "y", "presentation": "Yes"}]}))
+        .await;
+    bob.request(json!({"type": "click", "conversation_id": conv, "message_id": ask["message"]["id"], "value": "y"})).await;
+    // Let every pending event arrive.
+    while bot.event().await["event"]["kind"] != "action" {}
+    ann.request(json!({"type": "ping"})).await;
+
+    let mut seen = BTreeSet::new();
+    for ws in [&ann, &bob, &bot] {
+        check(&client_schemas, &ws.sent, "client");
+        seen.extend(check(&server_schemas, &ws.received, "server"));
+    }
+    let expected: BTreeSet<String> = [
+        "welcome",
+        "ack",
+        "error",
+        "history",
+        "conversations",
+        "search",
+        "presence",
+        "pong",
+        "event.message",
+        "event.message_edited",
+        "event.message_deleted",
+        "event.conversation",
+        "event.read",
+        "event.action",
+        "ephemeral.typing",
+        "ephemeral.presence",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let missing: Vec<_> = expected.difference(&seen).collect();
+    assert!(missing.is_empty(), "never exercised: {missing:?}");
+    server.stop().await;
+}
