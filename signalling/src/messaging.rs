@@ -629,6 +629,71 @@ impl Messaging {
         Ok(stored)
     }
 
+    /// Adds members to a non-contextual conversation; any member (or the
+    /// application) may. New members get a `conversation` event.
+    ///
+    /// # Errors
+    /// `invalid_request` for unknown users or a contextual conversation.
+    pub async fn add_members(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+        users: &[UserId],
+    ) -> Result<Conversation, ApiError> {
+        let conversation = self.readable(caller, id).await?;
+        if conversation.context.is_some() {
+            return Err(ApiError::InvalidRequest(
+                "members of a contextual conversation are whoever may see its object".to_owned(),
+            ));
+        }
+        for u in users {
+            if self.users.user(caller.app.id, *u).await?.is_none() {
+                return Err(ApiError::InvalidRequest(format!(
+                    "members: no user {u} in this application"
+                )));
+            }
+        }
+        let existing = self.store.members(id).await?;
+        let new: Vec<UserId> = users
+            .iter()
+            .filter(|u| !existing.contains(u))
+            .copied()
+            .collect();
+        self.store.add_members(id, &new, self.clock.now()).await?;
+        self.notify_conversation(&conversation, &new).await?;
+        Ok(conversation)
+    }
+
+    /// Removes a member: a user may leave; the application may remove
+    /// anyone. The removed user gets a `removed` event.
+    ///
+    /// # Errors
+    /// `forbidden` when a user tries to remove someone else.
+    pub async fn remove_member(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+        user: UserId,
+    ) -> Result<(), ApiError> {
+        self.readable(caller, id).await?;
+        if caller.user_id().is_some_and(|me| me != user) {
+            return Err(ApiError::Forbidden("users may only remove themselves"));
+        }
+        if !self.store.remove_member(id, user).await? {
+            return Err(ApiError::NotFound("member"));
+        }
+        let payload = json!({"kind": "removed", "conversation_id": id}).to_string();
+        let payload_arc: Arc<str> = Arc::from(payload.as_str());
+        for (p, seq) in self
+            .store
+            .append_events(&[user], &payload, self.clock.now())
+            .await?
+        {
+            self.bus.publish(p, seq, payload_arc.clone());
+        }
+        Ok(())
+    }
+
     /// A user clicks an action of a bot's message: the click goes to the
     /// application's bot as an `action` event.
     ///
@@ -758,21 +823,25 @@ impl Messaging {
             .collect())
     }
 
-    /// The caller's conversations with unread counts, newest first.
+    /// The caller's conversations (the bot's, for the application) with
+    /// unread counts, newest first; `before` continues a page.
     ///
     /// # Errors
-    /// `invalid_request` for the application.
+    /// `internal` on store failure.
     pub async fn list(
         &self,
         caller: &Caller,
+        before: Option<(crate::ids::Timestamp, ConversationId)>,
         limit: u32,
     ) -> Result<Vec<ConversationEntry>, ApiError> {
-        let user = caller.user_id().ok_or_else(|| {
-            ApiError::InvalidRequest("conversation lists are for users".to_owned())
-        })?;
         Ok(self
             .store
-            .conversations_of(caller.app.id, user, None, limit.clamp(1, MAX_PAGE))
+            .conversations_of(
+                caller.app.id,
+                caller.participant(),
+                before,
+                limit.clamp(1, MAX_PAGE),
+            )
             .await?)
     }
 

@@ -75,7 +75,21 @@ enum Request {
         #[serde(default)]
         is_group: Option<bool>,
         #[serde(default)]
+        displayed: Option<bool>,
+        #[serde(default)]
+        all_users: bool,
+        #[serde(default)]
         key: Option<String>,
+    },
+    AddMembers {
+        id: String,
+        conversation_id: ConversationId,
+        members: Vec<UserId>,
+    },
+    RemoveMember {
+        id: String,
+        conversation_id: ConversationId,
+        user_id: UserId,
     },
     OpenContext {
         id: String,
@@ -113,6 +127,9 @@ enum Request {
         id: String,
         #[serde(default)]
         limit: Option<u32>,
+        /// The `next` cursor of the previous page.
+        #[serde(default)]
+        after: Option<String>,
     },
     Click {
         id: String,
@@ -145,6 +162,8 @@ enum Request {
 const KNOWN_TYPES: &[&str] = &[
     "send",
     "create_conversation",
+    "add_members",
+    "remove_member",
     "open_context",
     "history",
     "read",
@@ -315,6 +334,12 @@ async fn replay<S: Sink<Message> + Unpin>(
     }
 }
 
+/// A `list` cursor: `<last_activity ms>.<conversation id>`.
+fn parse_cursor(text: &str) -> Option<(crate::ids::Timestamp, ConversationId)> {
+    let (at, id) = text.split_once('.')?;
+    Some((crate::ids::Timestamp(at.parse().ok()?), id.parse().ok()?))
+}
+
 fn event_frame(seq: u64, payload: &str) -> String {
     format!(r#"{{"type":"event","seq":{seq},"event":{payload}}}"#)
 }
@@ -426,6 +451,8 @@ async fn answer(
             title,
             members,
             is_group,
+            displayed,
+            all_users,
             key,
         } => {
             let c = messaging
@@ -435,12 +462,33 @@ async fn answer(
                         title,
                         members,
                         is_group,
+                        displayed,
+                        all_users,
                         key,
-                        ..NewConversation::default()
                     },
                 )
                 .await?;
             json!({"type": "ack", "id": id, "conversation": ConversationView::of(&c, None)})
+        }
+        Request::AddMembers {
+            id,
+            conversation_id,
+            members,
+        } => {
+            let c = messaging
+                .add_members(caller, conversation_id, &members)
+                .await?;
+            json!({"type": "ack", "id": id, "conversation": ConversationView::of(&c, None)})
+        }
+        Request::RemoveMember {
+            id,
+            conversation_id,
+            user_id,
+        } => {
+            messaging
+                .remove_member(caller, conversation_id, user_id)
+                .await?;
+            json!({"type": "ack", "id": id})
         }
         Request::OpenContext { id, context, title } => {
             let c = messaging.open_context(caller, &context, &title).await?;
@@ -488,13 +536,27 @@ async fn answer(
                 .await?;
             json!({"type": "ack", "id": id, "message": MessageView::from(&m)})
         }
-        Request::List { id, limit } => {
-            let entries = messaging.list(caller, limit.unwrap_or(50)).await?;
+        Request::List { id, limit, after } => {
+            let cursor = match after {
+                Some(c) => Some(parse_cursor(&c).ok_or_else(|| {
+                    ApiError::InvalidRequest("after: not a cursor from `next`".to_owned())
+                })?),
+                None => None,
+            };
+            let limit = limit.unwrap_or(50);
+            let entries = messaging.list(caller, cursor, limit).await?;
             let views: Vec<ConversationView> = entries
                 .iter()
                 .map(|e| ConversationView::of(&e.conversation, Some(e.unread)))
                 .collect();
-            json!({"type": "conversations", "id": id, "conversations": views})
+            let next = (entries.len() == limit.clamp(1, crate::messaging::MAX_PAGE) as usize)
+                .then(|| {
+                    entries.last().map(|e| {
+                        format!("{}.{}", e.conversation.last_activity.0, e.conversation.id)
+                    })
+                })
+                .flatten();
+            json!({"type": "conversations", "id": id, "conversations": views, "next": next})
         }
         Request::Click {
             id,

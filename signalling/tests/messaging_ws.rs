@@ -454,3 +454,64 @@ async fn search_finds_russian_and_english_words_only_where_the_user_may_read() {
     assert_eq!(e["code"], "invalid_request");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn members_join_and_leave_and_the_list_pages() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("members@example.com", "ERP").await;
+    let (t1, _) = user_token(&server, &app, "ann", &[]).await;
+    let (t2, u2) = user_token(&server, &app, "bob", &[]).await;
+    let (t3, u3) = user_token(&server, &app, "carl", &[]).await;
+    let mut ann = Ws::connect(&server, &t1, None).await;
+    let mut bob = Ws::connect(&server, &t2, None).await;
+    let mut carl = Ws::connect(&server, &t3, None).await;
+    let conv = ann
+        .request(json!({"type": "create_conversation", "title": "team", "members": [u2]}))
+        .await["conversation"]["id"]
+        .clone();
+
+    let added = bob
+        .request(json!({"type": "add_members", "conversation_id": conv, "members": [u3]}))
+        .await;
+    assert_eq!(added["type"], "ack", "{added}");
+    assert_eq!(carl.event().await["event"]["conversation"]["id"], conv);
+    let no = carl
+        .request(json!({"type": "remove_member", "conversation_id": conv, "user_id": u2}))
+        .await;
+    assert_eq!(no["code"], "forbidden");
+    let left = carl
+        .request(json!({"type": "remove_member", "conversation_id": conv, "user_id": u3}))
+        .await;
+    assert_eq!(left["type"], "ack", "{left}");
+    assert_eq!(
+        carl.event().await["event"],
+        json!({"kind": "removed", "conversation_id": conv})
+    );
+    let out = carl.request(json!({"type": "send", "conversation_id": conv, "client_id": "x", "text": "still here?"})).await;
+    assert_eq!(out["code"], "forbidden");
+
+    // Five more conversations, one second apart: pages of two.
+    for i in 0..5 {
+        common::advance(&server, 1);
+        ann.request(json!({"type": "create_conversation", "title": format!("c{i}")}))
+            .await;
+    }
+    let mut titles = Vec::new();
+    let mut after = Value::Null;
+    loop {
+        let mut req = json!({"type": "list", "limit": 2});
+        if !after.is_null() {
+            req["after"] = after.clone();
+        }
+        let page = ann.request(req).await;
+        for c in page["conversations"].as_array().unwrap() {
+            titles.push(c["title"].as_str().unwrap().to_owned());
+        }
+        after = page["next"].clone();
+        if after.is_null() {
+            break;
+        }
+    }
+    assert_eq!(titles, ["c4", "c3", "c2", "c1", "c0", "team"]);
+    server.stop().await;
+}

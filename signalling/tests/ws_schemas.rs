@@ -118,6 +118,14 @@ async fn every_frame_matches_the_documented_schemas() {
     bob.request(json!({"type": "click", "conversation_id": conv, "message_id": ask["message"]["id"], "value": "y"})).await;
     // Let every pending event arrive.
     while bot.event().await["event"]["kind"] != "action" {}
+    let page = ann.request(json!({"type": "list", "limit": 1})).await;
+    ann.request(json!({"type": "list", "limit": 1, "after": page["next"]}))
+        .await;
+    bob.request(json!({"type": "remove_member", "conversation_id": conv, "user_id": u2}))
+        .await;
+    ann.request(json!({"type": "add_members", "conversation_id": conv, "members": [u2]}))
+        .await;
+    while bob.event().await["event"]["kind"] != "conversation" {}
     ann.request(json!({"type": "ping"})).await;
 
     let mut seen = BTreeSet::new();
