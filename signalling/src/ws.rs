@@ -597,3 +597,80 @@ async fn answer(
         Request::Ping { id } => json!({"type": "pong", "id": id}),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use futures_channel::mpsc;
+
+    use super::*;
+    use crate::auth::TokenKey;
+    use crate::ids::{AppId, ManualClock, SubscriberId, Timestamp};
+    use crate::store::{Application, SqliteStore, User};
+
+    fn caller() -> Caller {
+        let app = AppId::random();
+        Caller {
+            app: Application {
+                id: app,
+                subscriber_id: SubscriberId::random(),
+                name: "test".to_owned(),
+                secret_hash: String::new(),
+                token_key: TokenKey::derive(app, "s"),
+                prev_token_key: None,
+                prev_token_key_until: None,
+                created_at: Timestamp(0),
+                unregistered_at: None,
+            },
+            who: crate::messaging::Who::User {
+                user: User {
+                    id: UserId::random(),
+                    app_id: app,
+                    external_id: "u".to_owned(),
+                    name: "U".to_owned(),
+                    email: None,
+                    locked: false,
+                    created_at: Timestamp(0),
+                },
+                contexts: Vec::new(),
+            },
+        }
+    }
+
+    /// The session pings every 25 s and closes after 60 s of silence, in
+    /// virtual time, over channels standing in for the socket.
+    #[tokio::test]
+    async fn pings_then_closes_an_idle_connection() {
+        let store = Arc::new(SqliteStore::in_memory().await.unwrap());
+        let bus = InProcessBus::new(16);
+        let messaging = Arc::new(Messaging::new(
+            store.clone(),
+            store,
+            bus.clone(),
+            Arc::new(ManualClock::new(Timestamp(0))),
+        ));
+        let (sink, mut out) = mpsc::unbounded::<Message>();
+        let (_input, stream) = mpsc::unbounded::<Result<Message, Infallible>>();
+        let session = tokio::spawn(run(sink, stream, messaging, bus, caller(), None));
+        let welcome = out.next().await.unwrap();
+        assert!(matches!(&welcome, Message::Text(t) if t.as_str().contains("welcome")));
+
+        tokio::time::pause();
+        tokio::time::advance(PING_INTERVAL + Duration::from_secs(1)).await;
+        assert!(matches!(out.next().await, Some(Message::Ping(_))));
+        tokio::time::advance(IDLE_TIMEOUT).await;
+        // Another ping at 50 s, then the close at 60 s of silence.
+        loop {
+            match out.next().await {
+                Some(Message::Ping(_)) => {}
+                Some(Message::Close(Some(frame))) => {
+                    assert_eq!(frame.code, close::IDLE);
+                    break;
+                }
+                other => panic!("expected pings then a close frame, got {other:?}"),
+            }
+        }
+        assert_eq!(session.await.unwrap(), Ended::Idle);
+    }
+}
