@@ -437,9 +437,7 @@ impl Messaging {
     ) -> Result<Conversation, ApiError> {
         check_short("context", context, true)?;
         check_short("title", title, false)?;
-        if let Who::User { contexts, .. } = &caller.who
-            && !contexts.iter().any(|c| c == context)
-        {
+        if !self.may_see(caller, context).await? {
             return Err(ApiError::Forbidden(
                 "the application does not let this user see that object",
             ));
@@ -492,16 +490,21 @@ impl Messaging {
             .ok_or(ApiError::NotFound("conversation"))?;
         match &caller.who {
             Who::App => Ok(conversation),
-            Who::User { user, contexts } => {
-                if conversation.all_users || self.store.is_member(id, user.id).await? {
-                    return Ok(conversation);
+            Who::User { user, .. } => {
+                // A contextual conversation is open to whoever may see its
+                // object, now: a withdrawn grant closes it at once.
+                if let Some(context) = &conversation.context {
+                    if self.may_see(caller, context).await? {
+                        self.store
+                            .add_members(id, &[user.id], self.clock.now())
+                            .await?;
+                        return Ok(conversation);
+                    }
+                    return Err(ApiError::Forbidden(
+                        "the application does not let this user see that object",
+                    ));
                 }
-                if let Some(context) = &conversation.context
-                    && contexts.iter().any(|c| c == context)
-                {
-                    self.store
-                        .add_members(id, &[user.id], self.clock.now())
-                        .await?;
+                if conversation.all_users || self.store.is_member(id, user.id).await? {
                     return Ok(conversation);
                 }
                 Err(ApiError::Forbidden("not a member of this conversation"))
@@ -692,6 +695,44 @@ impl Messaging {
             self.bus.publish(p, seq, payload_arc.clone());
         }
         Ok(())
+    }
+
+    /// The application grants (or withdraws) a user access to a business
+    /// object, as the token's `ctx` claim does.
+    ///
+    /// # Errors
+    /// `not_found` for a user of another application; `invalid_request`.
+    pub async fn set_grant(
+        &self,
+        app: &Application,
+        user: UserId,
+        context: &str,
+        granted: bool,
+    ) -> Result<(), ApiError> {
+        check_short("context", context, true)?;
+        if self.users.user(app.id, user).await?.is_none() {
+            return Err(ApiError::NotFound("user"));
+        }
+        self.store
+            .set_grant(app.id, user, context, granted, self.clock.now())
+            .await?;
+        if !granted {
+            if let Some(c) = self.store.conversation_by_context(app.id, context).await? {
+                self.store.remove_member(c.id, user).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn may_see(&self, caller: &Caller, context: &str) -> Result<bool, ApiError> {
+        match &caller.who {
+            Who::App => Ok(true),
+            Who::User { user, contexts } => Ok(contexts.iter().any(|c| c == context)
+                || self
+                    .store
+                    .has_grant(caller.app.id, user.id, context)
+                    .await?),
+        }
     }
 
     /// A user clicks an action of a bot's message: the click goes to the

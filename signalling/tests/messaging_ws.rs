@@ -515,3 +515,102 @@ async fn members_join_and_leave_and_the_list_pages() {
     assert_eq!(titles, ["c4", "c3", "c2", "c1", "c0", "team"]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn nothing_crosses_applications() {
+    let (server, _dir) = TestServer::start().await;
+    let a = server.register("a@example.com", "A").await;
+    let b = server.register("b@example.com", "B").await;
+    let (ta, _) = user_token(&server, &a, "ann", &["order:1"]).await;
+    let (tb, ub) = user_token(&server, &b, "ben", &["order:1"]).await;
+    let mut ann = Ws::connect(&server, &ta, None).await;
+    let mut ben = Ws::connect(&server, &tb, None).await;
+    let conv = ann
+        .request(json!({"type": "create_conversation", "title": "A only"}))
+        .await["conversation"]["id"]
+        .clone();
+    ann.request(
+        json!({"type": "send", "conversation_id": conv, "client_id": "1", "text": "secret of A"}),
+    )
+    .await;
+
+    // B's user cannot reach, find or join A's conversation.
+    for req in [
+        json!({"type": "send", "conversation_id": conv, "client_id": "x", "text": "hi"}),
+        json!({"type": "history", "conversation_id": conv}),
+        json!({"type": "add_members", "conversation_id": conv, "members": [ub]}),
+    ] {
+        let r = ben.request(req).await;
+        assert_eq!(r["code"], "not_found", "{r}");
+    }
+    let found = ben
+        .request(json!({"type": "search", "query": "secret"}))
+        .await;
+    assert_eq!(found["messages"], json!([]));
+    // A's user cannot add B's user.
+    let r = ann
+        .request(json!({"type": "add_members", "conversation_id": conv, "members": [ub]}))
+        .await;
+    assert_eq!(r["code"], "invalid_request", "{r}");
+    // The same context string is a different conversation in each application.
+    let ca = ann
+        .request(json!({"type": "open_context", "context": "order:1"}))
+        .await;
+    let cb = ben
+        .request(json!({"type": "open_context", "context": "order:1"}))
+        .await;
+    assert_ne!(ca["conversation"]["id"], cb["conversation"]["id"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_to_server_grant_opens_an_object_and_withdrawing_it_closes_it() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("grant@example.com", "ERP").await;
+    let (t1, u1) = user_token(&server, &app, "ann", &[]).await;
+    let mut ann = Ws::connect(&server, &t1, None).await;
+    let no = ann
+        .request(json!({"type": "open_context", "context": "Document.Invoice:17"}))
+        .await;
+    assert_eq!(no["code"], "forbidden");
+
+    let url = |u: &str| format!("/api/v1/users/{u}/contexts/Document.Invoice%3A17");
+    let r = server
+        .client
+        .put(server.url(&url(&u1)))
+        .basic_auth(&app.id, Some(&app.secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let yes = ann
+        .request(json!({"type": "open_context", "context": "Document.Invoice:17"}))
+        .await;
+    assert_eq!(yes["type"], "ack", "{yes}");
+    assert_eq!(yes["conversation"]["context"], "Document.Invoice:17");
+    let conv = yes["conversation"]["id"].clone();
+
+    let r = server
+        .client
+        .delete(server.url(&url(&u1)))
+        .basic_auth(&app.id, Some(&app.secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let closed = ann
+        .request(json!({"type": "send", "conversation_id": conv, "client_id": "x", "text": "?"}))
+        .await;
+    assert_eq!(closed["code"], "forbidden", "{closed}");
+    // Another application's user id is not found.
+    let other = server.register("other@example.com", "Other").await;
+    let r = server
+        .client
+        .put(server.url(&url(&u1)))
+        .basic_auth(&other.id, Some(&other.secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    server.stop().await;
+}

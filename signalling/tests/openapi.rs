@@ -33,6 +33,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/users/{user_id}/lock"),
     ("post", "/api/v1/users/{user_id}/unlock"),
     ("get", "/api/v1/me"),
+    ("put", "/api/v1/users/{user_id}/contexts/{context}"),
+    ("delete", "/api/v1/users/{user_id}/contexts/{context}"),
 ];
 
 #[tokio::test]
@@ -68,7 +70,8 @@ async fn the_document_is_valid_and_lists_every_route() {
     for (method, path) in ROUTES {
         let path = path
             .replace("{app_id}", "00000000-0000-0000-0000-000000000001")
-            .replace("{user_id}", "00000000-0000-0000-0000-000000000002");
+            .replace("{user_id}", "00000000-0000-0000-0000-000000000002")
+            .replace("{context}", "order%3A1");
         let method: Method = method.to_uppercase().parse().unwrap();
         let r = server
             .client

@@ -84,6 +84,7 @@ fn api_router() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(tenancy::lock_user))
         .routes(routes!(tenancy::unlock_user))
         .routes(routes!(tenancy::me))
+        .routes(routes!(tenancy::grant_context, tenancy::revoke_context))
 }
 
 /// The OpenAPI 3 document of every route, generated from the handlers.

@@ -568,3 +568,52 @@ pub async fn me(auth: UserAuth) -> Json<UserView> {
     debug_assert_eq!(auth.app.id, auth.user.app_id);
     Json(UserView::from(&auth.user))
 }
+
+/// Grants a user access to a business object (context), as the `ctx`
+/// claim of its token would: it may open, read and post in the object's
+/// contextual conversation.
+#[utoipa::path(put, path = "/api/v1/users/{user_id}/contexts/{context}", tag = "users",
+    params(("user_id" = UserId, Path, description = "User id"),
+           ("context" = String, Path, description = "The object reference, URL-encoded")),
+    security(("application" = [])),
+    responses(
+        (status = 204, description = "Granted"),
+        (status = 400, description = "`invalid_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+pub async fn grant_context(
+    State(services): State<Arc<Services>>,
+    AppAuth(app): AppAuth,
+    axum::extract::Path((user, context)): axum::extract::Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let user: UserId = user.parse().map_err(|_| ApiError::NotFound("user"))?;
+    services
+        .messaging
+        .set_grant(&app, user, &context, true)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Withdraws a grant; the user leaves the object's conversation at once.
+#[utoipa::path(delete, path = "/api/v1/users/{user_id}/contexts/{context}", tag = "users",
+    params(("user_id" = UserId, Path, description = "User id"),
+           ("context" = String, Path, description = "The object reference, URL-encoded")),
+    security(("application" = [])),
+    responses(
+        (status = 204, description = "Withdrawn"),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
+pub async fn revoke_context(
+    State(services): State<Arc<Services>>,
+    AppAuth(app): AppAuth,
+    axum::extract::Path((user, context)): axum::extract::Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let user: UserId = user.parse().map_err(|_| ApiError::NotFound("user"))?;
+    services
+        .messaging
+        .set_grant(&app, user, &context, false)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -266,6 +266,20 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
         limit: u32,
     ) -> StoreResult<Vec<StoredMessage>>;
 
+    /// Records (`true`) or withdraws (`false`) the application's word that
+    /// `user` may see `context`.
+    async fn set_grant(
+        &self,
+        app: AppId,
+        user: UserId,
+        context: &str,
+        granted: bool,
+        now: Timestamp,
+    ) -> StoreResult<()>;
+
+    /// Whether the application granted `user` the object `context`.
+    async fn has_grant(&self, app: AppId, user: UserId, context: &str) -> StoreResult<bool>;
+
     /// Every user id of an application (for `all_users` conversations).
     async fn app_users(&self, app: AppId) -> StoreResult<Vec<UserId>>;
 }

@@ -543,6 +543,41 @@ impl MessageStore for SqliteStore {
         .collect()
     }
 
+    async fn set_grant(
+        &self,
+        app: AppId,
+        user: UserId,
+        context: &str,
+        granted: bool,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let query = if granted {
+            "INSERT INTO context_grants (app_id, user_id, context, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM context_grants WHERE app_id = ? AND user_id = ? AND context = ? AND ? IS NOT NULL"
+        };
+        sqlx::query(query)
+            .bind(app.to_string())
+            .bind(user.to_string())
+            .bind(context)
+            .bind(now.0)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    async fn has_grant(&self, app: AppId, user: UserId, context: &str) -> StoreResult<bool> {
+        Ok(sqlx::query(
+            "SELECT 1 FROM context_grants WHERE app_id = ? AND user_id = ? AND context = ?",
+        )
+        .bind(app.to_string())
+        .bind(user.to_string())
+        .bind(context)
+        .fetch_optional(self.pool())
+        .await?
+        .is_some())
+    }
+
     async fn app_users(&self, app: AppId) -> StoreResult<Vec<UserId>> {
         sqlx::query("SELECT id FROM users WHERE app_id = ? ORDER BY created_at, id")
             .bind(app.to_string())
