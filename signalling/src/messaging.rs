@@ -716,10 +716,8 @@ impl Messaging {
         self.store
             .set_grant(app.id, user, context, granted, self.clock.now())
             .await?;
-        if !granted {
-            if let Some(c) = self.store.conversation_by_context(app.id, context).await? {
-                self.store.remove_member(c.id, user).await?;
-            }
+        if !granted && let Some(c) = self.store.conversation_by_context(app.id, context).await? {
+            self.store.remove_member(c.id, user).await?;
         }
         Ok(())
     }
