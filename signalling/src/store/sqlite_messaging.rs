@@ -73,35 +73,53 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Appends `payload` to each user's log inside `tx`.
+/// Appends `payload` to each user's log inside `tx`: two statements
+/// whatever the number of users (the ids travel as one JSON array).
 async fn append(
     tx: &mut Transaction<'_, Sqlite>,
     users: &[UserId],
     payload: &str,
     now: Timestamp,
 ) -> StoreResult<Vec<(UserId, u64)>> {
-    let mut out = Vec::with_capacity(users.len());
-    for user in users {
-        let row = sqlx::query(
-            "INSERT INTO user_event_heads (user_id, last_seq) VALUES (?, 1) \
-             ON CONFLICT (user_id) DO UPDATE SET last_seq = user_event_heads.last_seq + 1 \
-             RETURNING last_seq",
-        )
-        .bind(user.to_string())
-        .fetch_one(&mut **tx)
-        .await?;
-        let n = seq(&row, "last_seq")?;
-        sqlx::query(
-            "INSERT INTO user_events (user_id, seq, payload, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(user.to_string())
-        .bind(to_i64(n))
-        .bind(payload)
-        .bind(now.0)
-        .execute(&mut **tx)
-        .await?;
-        out.push((*user, n));
+    let mut unique: Vec<String> = Vec::with_capacity(users.len());
+    for u in users {
+        let id = u.to_string();
+        if !unique.contains(&id) {
+            unique.push(id);
+        }
     }
+    if unique.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = serde_json::to_string(&unique).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    // `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the
+    // INSERT, not to a join in the SELECT.
+    let rows = sqlx::query(
+        "INSERT INTO user_event_heads (user_id, last_seq) SELECT value, 1 FROM json_each(?) WHERE true \
+         ON CONFLICT (user_id) DO UPDATE SET last_seq = user_event_heads.last_seq + 1 \
+         RETURNING user_id, last_seq",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    let mut pairs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let user: UserId = parse(row, "user_id")?;
+        let n = seq(row, "last_seq")?;
+        pairs.push((user.to_string(), to_i64(n)));
+        out.push((user, n));
+    }
+    let pairs = serde_json::to_string(&pairs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO user_events (user_id, seq, payload, created_at) \
+         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?, ? FROM json_each(?)",
+    )
+    .bind(payload)
+    .bind(now.0)
+    .bind(pairs)
+    .execute(&mut **tx)
+    .await?;
     Ok(out)
 }
 
