@@ -16,7 +16,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct HealthReport {
     /// `ok` when every component is up, otherwise `degraded`.
     pub status: &'static str,
-    /// Per component: `store`, `mail`.
+    /// Per component: `store`, `mail`, `bus`.
     pub components: BTreeMap<&'static str, ComponentHealth>,
 }
 
@@ -65,6 +65,12 @@ pub async fn check(services: &Services) -> HealthReport {
     let mut components = BTreeMap::new();
     components.insert("store", component("sqlite", store));
     components.insert("mail", component(services.mailer.kind(), mail));
+    // The in-process bus has no failure mode of its own; a NATS bus will
+    // report its connection here.
+    components.insert(
+        "bus",
+        component::<std::convert::Infallible>("in-process", Ok(Ok(()))),
+    );
     let all_up = components.values().all(|c| c.status == "up");
     HealthReport {
         status: if all_up { "ok" } else { "degraded" },

@@ -348,6 +348,7 @@ async fn health_metrics_and_a_component_down() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["components"]["store"]["status"], "up");
     assert_eq!(health["components"]["mail"]["status"], "up");
+    assert_eq!(health["components"]["bus"]["status"], "up");
 
     let text = server
         .get("/metrics")
