@@ -685,16 +685,11 @@ impl Messaging {
         if !self.store.remove_member(id, user).await? {
             return Err(ApiError::NotFound("member"));
         }
-        let payload = json!({"kind": "removed", "conversation_id": id}).to_string();
-        let payload_arc: Arc<str> = Arc::from(payload.as_str());
-        for (p, seq) in self
-            .store
-            .append_events(&[user], &payload, self.clock.now())
-            .await?
-        {
-            self.bus.publish(p, seq, payload_arc.clone());
-        }
-        Ok(())
+        self.emit(
+            &[user],
+            json!({"kind": "removed", "conversation_id": id}).to_string(),
+        )
+        .await
     }
 
     /// The application grants (or withdraws) a user access to a business
@@ -765,16 +760,7 @@ impl Messaging {
             "user_id": caller.user_id(),
         })
         .to_string();
-        let bot = bot_id(caller.app.id);
-        let payload_arc: Arc<str> = Arc::from(payload.as_str());
-        for (p, seq) in self
-            .store
-            .append_events(&[bot], &payload, self.clock.now())
-            .await?
-        {
-            self.bus.publish(p, seq, payload_arc.clone());
-        }
-        Ok(())
+        self.emit(&[bot_id(caller.app.id)], payload).await
     }
 
     /// A page of history the caller may see (messages addressed to others
@@ -819,15 +805,11 @@ impl Messaging {
             .store
             .mark_read(id, user, seq.min(conversation.last_seq))
             .await?;
-        let payload: Arc<str> =
-            Arc::from(json!({"kind": "read", "conversation_id": id, "seq": mark}).to_string());
-        for (u, s) in self
-            .store
-            .append_events(&[user], &payload, self.clock.now())
-            .await?
-        {
-            self.bus.publish(u, s, payload.clone());
-        }
+        self.emit(
+            &[user],
+            json!({"kind": "read", "conversation_id": id, "seq": mark}).to_string(),
+        )
+        .await?;
         Ok(mark)
     }
 
@@ -890,6 +872,20 @@ impl Messaging {
         &self.store
     }
 
+    /// Appends one event to the logs of `users`, then tells their live
+    /// connections.
+    async fn emit(&self, users: &[UserId], payload: String) -> Result<(), ApiError> {
+        let seqs = self
+            .store
+            .append_events(users, &payload, self.clock.now())
+            .await?;
+        let payload: Arc<str> = Arc::from(payload);
+        for (user, seq) in seqs {
+            self.bus.publish(user, seq, payload.clone());
+        }
+        Ok(())
+    }
+
     async fn audience(&self, conversation: &Conversation) -> Result<Vec<UserId>, ApiError> {
         Ok(if conversation.all_users {
             self.store.app_users(conversation.app_id).await?
@@ -903,16 +899,8 @@ impl Messaging {
         conversation: &Conversation,
         members: &[UserId],
     ) -> Result<(), ApiError> {
-        let payload = json!({"kind": "conversation", "conversation": ConversationView::of(conversation, None)}).to_string();
-        let payload_arc: Arc<str> = Arc::from(payload.as_str());
-        for (user, seq) in self
-            .store
-            .append_events(members, &payload, self.clock.now())
-            .await?
-        {
-            self.bus.publish(user, seq, payload_arc.clone());
-        }
-        Ok(())
+        let payload = json!({"kind": "conversation", "conversation": ConversationView::of(conversation, None)});
+        self.emit(members, payload.to_string()).await
     }
 }
 

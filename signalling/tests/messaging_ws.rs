@@ -257,17 +257,7 @@ async fn the_application_posts_actions_as_a_bot_and_receives_the_click() {
     let mut ann = Ws::connect(&server, &t1, None).await;
 
     // The application connects with its own credentials.
-    let url = format!("{}/api/v1/ws", server.base.replace("http://", "ws://"));
-    let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
-            .unwrap();
-    use base64::Engine;
-    let basic =
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", app.id, app.secret));
-    request
-        .headers_mut()
-        .insert("authorization", format!("Basic {basic}").parse().unwrap());
-    let mut bot = Ws::connect_request(request).await;
+    let mut bot = Ws::connect_bot(&server, &app).await;
 
     let created = bot
         .request(json!({"type": "create_conversation", "title": "Согласование", "members": [u1]}))

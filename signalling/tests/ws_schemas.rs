@@ -75,17 +75,7 @@ async fn every_frame_matches_the_documented_schemas() {
     let (t2, u2) = user_token(&server, &app, "bob", &[]).await;
     let mut ann = Ws::connect(&server, &t1, None).await;
     let mut bob = Ws::connect(&server, &t2, None).await;
-    let url = format!("{}/api/v1/ws", server.base.replace("http://", "ws://"));
-    let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
-            .unwrap();
-    use base64::Engine;
-    let basic =
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", app.id, app.secret));
-    request
-        .headers_mut()
-        .insert("authorization", format!("Basic {basic}").parse().unwrap());
-    let mut bot = Ws::connect_request(request).await;
+    let mut bot = Ws::connect_bot(&server, &app).await;
 
     let conv = ann
         .request(json!({"type": "create_conversation", "title": "s", "members": [u2], "key": "k1"}))

@@ -310,6 +310,21 @@ impl Ws {
         Self::connect_request(url).await
     }
 
+    /// Connects as the application's bot (HTTP Basic).
+    pub async fn connect_bot(server: &TestServer, app: &App) -> Self {
+        use base64::Engine;
+        let url = format!("{}/api/v1/ws", server.base.replace("http://", "ws://"));
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                .unwrap();
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", app.id, app.secret));
+        request
+            .headers_mut()
+            .insert("authorization", format!("Basic {basic}").parse().unwrap());
+        Self::connect_request(request).await
+    }
+
     /// Connects with a prepared request (headers of the caller's choice).
     pub async fn connect_request(
         request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
