@@ -34,6 +34,8 @@ pub struct SignallingConfig {
     pub tokens: TokenConfig,
     /// Subscriber sessions.
     pub subscribers: SubscriberConfig,
+    /// The per-user event log that clients resume from.
+    pub events: EventConfig,
 }
 
 impl Default for SignallingConfig {
@@ -47,6 +49,7 @@ impl Default for SignallingConfig {
             codes: CodeConfig::default(),
             tokens: TokenConfig::default(),
             subscribers: SubscriberConfig::default(),
+            events: EventConfig::default(),
         }
     }
 }
@@ -205,6 +208,21 @@ impl Default for TokenConfig {
     }
 }
 
+/// The per-user event log.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventConfig {
+    /// Events older than this many days are deleted; a client that resumes
+    /// from before the oldest kept event is told to resynchronise.
+    pub retention_days: u64,
+}
+
+impl Default for EventConfig {
+    fn default() -> Self {
+        Self { retention_days: 30 }
+    }
+}
+
 /// Subscriber sessions (a subscriber signed in with an e-mail code).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -356,6 +374,12 @@ impl SignallingConfig {
             "subscribers.session_ttl_secs",
             self.subscribers.session_ttl_secs.to_string(),
             "60 to 2592000",
+        );
+        check(
+            (1..=3650).contains(&self.events.retention_days),
+            "events.retention_days",
+            self.events.retention_days.to_string(),
+            "1 to 3650",
         );
         if bad.is_empty() {
             Ok(())

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::bus::InProcessBus;
 use crate::config::SignallingConfig;
-use crate::ids::Clock;
+use crate::ids::{Clock, Timestamp};
 use crate::mail::{self, Mailer};
 use crate::messaging::Messaging;
 use crate::store::MessageStore;
@@ -151,11 +151,34 @@ pub async fn run(
             }
         })
     };
+    let pruning = {
+        let services = services.clone();
+        tokio::spawn(async move {
+            let keep = Duration::from_secs(services.config.events.retention_days * 24 * 60 * 60);
+            let mut tick = tokio::time::interval(Duration::from_secs(60 * 60));
+            loop {
+                tick.tick().await;
+                let before = Timestamp(
+                    services
+                        .clock
+                        .now()
+                        .0
+                        .saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX)),
+                );
+                match services.messaging.store().prune_events(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "pruned old events"),
+                    Err(e) => tracing::warn!(error = %e, "pruning events failed"),
+                }
+            }
+        })
+    };
     let app = crate::http::app(services);
     let served = axum::serve(CountedListener(listener), app)
         .with_graceful_shutdown(shutdown)
         .await;
     upkeep.abort();
+    pruning.abort();
     tracing::info!("signalling stopped");
     served.context("serving HTTP")
 }

@@ -37,7 +37,8 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(25);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest a single send may block.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most events replayed on resume; further behind means resynchronise.
+/// Most events replayed on resume; further behind (or behind the oldest
+/// kept event) means resynchronise.
 pub const RESUME_LIMIT: u64 = 10_000;
 /// Events read from the store per page while replaying.
 const REPLAY_PAGE: u32 = 500;
@@ -238,7 +239,13 @@ where
         return Ended::ClientGone;
     }
     let mut last = since.unwrap_or(head).min(head);
-    if head - last > RESUME_LIMIT {
+    // Events after `last` that were pruned cannot be replayed.
+    let pruned = match messaging.store().oldest_event(user_id).await {
+        Ok(Some(oldest)) => last + 1 < oldest,
+        Ok(None) => last < head,
+        Err(_) => false,
+    };
+    if head - last > RESUME_LIMIT || pruned {
         let frame = json!({"type": "resync", "reason": "too_far_behind", "event_seq": head});
         if send(&mut sink, frame.to_string()).await.is_err() {
             return Ended::ClientGone;

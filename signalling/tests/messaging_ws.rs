@@ -604,3 +604,55 @@ async fn a_server_to_server_grant_opens_an_object_and_withdrawing_it_closes_it()
     assert_eq!(r.status(), 404);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_behind_the_pruned_log_is_told_to_resynchronise() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("prune@example.com", "ERP").await;
+    let (t1, _) = user_token(&server, &app, "ann", &[]).await;
+    let (t2, u2) = user_token(&server, &app, "bob", &[]).await;
+    let mut ann = Ws::connect(&server, &t1, None).await;
+    let conv = ann
+        .request(json!({"type": "create_conversation", "title": "t", "members": [u2]}))
+        .await["conversation"]["id"]
+        .clone();
+    let bob = Ws::connect(&server, &t2, None).await;
+    let last_seen = bob.welcome["event_seq"].as_u64().unwrap();
+    drop(bob);
+    ann.request(
+        json!({"type": "send", "conversation_id": conv, "client_id": "old", "text": "old"}),
+    )
+    .await;
+
+    // 31 days later the pruning job (run here directly) deletes that event.
+    common::advance(&server, 31 * 24 * 60 * 60);
+    let cutoff = confer_signalling::ids::Timestamp(
+        confer_signalling::ids::Clock::now(&*server.clock).0 - 30 * 24 * 60 * 60 * 1000,
+    );
+    let deleted = server
+        .services
+        .messaging
+        .store()
+        .prune_events(cutoff)
+        .await
+        .unwrap();
+    assert!(deleted >= 1);
+    ann.request(
+        json!({"type": "send", "conversation_id": conv, "client_id": "new", "text": "new"}),
+    )
+    .await;
+
+    // Tokens expired meanwhile: fresh ones.
+    let (t2, _) = user_token(&server, &app, "bob", &[]).await;
+    let mut bob = Ws::connect(&server, &t2, Some(last_seen)).await;
+    let resync = bob.frame().await;
+    assert_eq!(resync["type"], "resync", "{resync}");
+    // Live events carry on after the resync point.
+    ann.request(
+        json!({"type": "send", "conversation_id": conv, "client_id": "live", "text": "live"}),
+    )
+    .await;
+    let e = bob.event().await;
+    assert_eq!(e["event"]["message"]["text"], "live");
+    server.stop().await;
+}

@@ -252,6 +252,12 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
         limit: u32,
     ) -> StoreResult<Vec<EventRecord>>;
 
+    /// Deletes events created before `before`; returns how many.
+    async fn prune_events(&self, before: Timestamp) -> StoreResult<u64>;
+
+    /// The number of the user's oldest kept event (`None` if it has none).
+    async fn oldest_event(&self, user: UserId) -> StoreResult<Option<u64>>;
+
     /// The number of the user's last event (0 if none).
     async fn event_head(&self, user: UserId) -> StoreResult<u64>;
 

@@ -513,6 +513,24 @@ impl MessageStore for SqliteStore {
             .collect()
     }
 
+    async fn prune_events(&self, before: Timestamp) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM user_events WHERE created_at < ?")
+            .bind(before.0)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn oldest_event(&self, user: UserId) -> StoreResult<Option<u64>> {
+        let row = sqlx::query("SELECT MIN(seq) AS oldest FROM user_events WHERE user_id = ?")
+            .bind(user.to_string())
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row
+            .try_get::<Option<i64>, _>("oldest")?
+            .and_then(|v| u64::try_from(v).ok()))
+    }
+
     async fn event_head(&self, user: UserId) -> StoreResult<u64> {
         let row = sqlx::query("SELECT last_seq FROM user_event_heads WHERE user_id = ?")
             .bind(user.to_string())
