@@ -658,10 +658,16 @@ mod tests {
             Arc::new(ManualClock::new(Timestamp(0))),
         ));
         let (sink, mut out) = mpsc::unbounded::<Message>();
-        let (_input, stream) = mpsc::unbounded::<Result<Message, Infallible>>();
+        let (input, stream) = mpsc::unbounded::<Result<Message, Infallible>>();
         let session = tokio::spawn(run(sink, stream, messaging, bus, caller(), None));
         let welcome = out.next().await.unwrap();
         assert!(matches!(&welcome, Message::Text(t) if t.as_str().contains("welcome")));
+        // A request answered means the session finished its start-up (store
+        // reads) and waits in its loop: only now may time be frozen.
+        input
+            .unbounded_send(Ok(Message::Text(r#"{"type":"ping","id":"p"}"#.into())))
+            .unwrap();
+        assert!(matches!(out.next().await, Some(Message::Text(t)) if t.as_str().contains("pong")));
 
         tokio::time::pause();
         tokio::time::advance(PING_INTERVAL + Duration::from_secs(1)).await;
