@@ -28,6 +28,9 @@ pub struct Delivery {
     pub seq: u64,
     /// The event JSON (shared by every recipient).
     pub payload: Arc<str>,
+    /// Set on the last delivery of a connection the server ends (its user
+    /// was locked or its application unregistered): close code and reason.
+    pub close: Option<(u16, &'static str)>,
 }
 
 /// A live connection's subscription; dropping it unsubscribes.
@@ -92,6 +95,22 @@ impl InProcessBus {
         }
     }
 
+    /// Ends every live connection of `user`: each gets a last delivery
+    /// asking it to close with `code` and `reason`, then its queue ends.
+    pub fn close_user(&self, user: UserId, code: u16, reason: &'static str) {
+        let Ok(mut map) = self.connections.lock() else {
+            return;
+        };
+        for (_, tx) in map.remove(&user).unwrap_or_default() {
+            // A full queue ends the connection all the same (as slow).
+            let _ = tx.try_send(Delivery {
+                seq: 0,
+                payload: Arc::from(""),
+                close: Some((code, reason)),
+            });
+        }
+    }
+
     fn unsubscribe(&self, user: UserId, id: u64) {
         if let Ok(mut map) = self.connections.lock()
             && let Some(list) = map.get_mut(&user)
@@ -117,6 +136,7 @@ impl Bus for InProcessBus {
             tx.try_send(Delivery {
                 seq,
                 payload: payload.clone(),
+                close: None,
             })
             .is_ok()
         });

@@ -106,6 +106,30 @@ impl Services {
     }
 }
 
+impl Services {
+    /// Closes the live WebSocket sessions of `user` (4003 `revoked`).
+    pub fn end_sessions_of_user(&self, user: crate::ids::UserId) {
+        self.bus
+            .close_user(user, crate::ws::close::REVOKED, "revoked");
+    }
+
+    /// Closes every live WebSocket session of an application: its users'
+    /// and its bot's.
+    ///
+    /// # Errors
+    /// If the store cannot list the users.
+    pub async fn end_sessions_of_app(
+        &self,
+        app: crate::ids::AppId,
+    ) -> Result<(), crate::store::StoreError> {
+        for user in self.messaging.store().app_users(app).await? {
+            self.end_sessions_of_user(user);
+        }
+        self.end_sessions_of_user(crate::messaging::bot_id(app));
+        Ok(())
+    }
+}
+
 /// The process-wide Prometheus recorder, installed on first use.
 fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -47,6 +47,8 @@ const REPLAY_PAGE: u32 = 500;
 pub mod close {
     /// No frame from the client for 60 s.
     pub const IDLE: u16 = 4000;
+    /// The user was locked or its application unregistered.
+    pub const REVOKED: u16 = 4003;
     /// The client did not keep up with its events.
     pub const SLOW_CONSUMER: u16 = 4008;
 }
@@ -187,6 +189,8 @@ pub enum Ended {
     Idle,
     /// The client did not keep up.
     SlowConsumer,
+    /// The server ended it: user locked or application unregistered.
+    Revoked,
 }
 
 /// Runs one session until it ends.
@@ -283,6 +287,10 @@ where
                     let _ = close_with(&mut sink, close::SLOW_CONSUMER, "slow_consumer").await;
                     return Ended::SlowConsumer;
                 };
+                if let Some((code, reason)) = delivery.close {
+                    let _ = close_with(sink, code, reason).await;
+                    return Ended::Revoked;
+                }
                 if delivery.seq == 0 {
                     let frame = format!(r#"{{"type":"ephemeral","event":{}}}"#, delivery.payload);
                     if send(&mut sink, frame).await.is_err() {

@@ -656,3 +656,43 @@ async fn a_client_behind_the_pruned_log_is_told_to_resynchronise() {
     assert_eq!(e["event"]["message"]["text"], "live");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn locking_a_user_or_unregistering_its_application_ends_its_sessions() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("revoke@example.com", "ERP").await;
+    let (t1, u1) = user_token(&server, &app, "ann", &[]).await;
+    let (t2, _) = user_token(&server, &app, "bob", &[]).await;
+    let mut ann = Ws::connect(&server, &t1, None).await;
+    let mut bob = Ws::connect(&server, &t2, None).await;
+
+    let r = server
+        .post(&format!("/api/v1/users/{u1}/lock"))
+        .basic_auth(&app.id, Some(&app.secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let closed = ann.frame().await;
+    assert_eq!(closed["type"], "closed", "{closed}");
+    assert!(
+        closed["close"].as_str().unwrap().contains("4003"),
+        "{closed}"
+    );
+    // Bob is untouched.
+    assert_eq!(bob.request(json!({"type": "ping"})).await["type"], "pong");
+
+    let r = server
+        .delete(&format!("/api/v1/applications/{}", app.id))
+        .basic_auth(&app.id, Some(&app.secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let closed = bob.frame().await;
+    assert!(
+        closed["close"].as_str().unwrap().contains("4003"),
+        "{closed}"
+    );
+    server.stop().await;
+}

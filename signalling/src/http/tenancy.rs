@@ -421,6 +421,7 @@ pub async fn unregister_application(
     PathId(id): PathId<AppId>,
 ) -> Result<StatusCode, ApiError> {
     services.tenancy.unregister(&actor, id).await?;
+    services.end_sessions_of_app(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -535,6 +536,7 @@ pub async fn lock_user(
     PathId(id): PathId<UserId>,
 ) -> Result<Json<UserView>, ApiError> {
     let user = services.tenancy.set_locked(&app, id, true).await?;
+    services.end_sessions_of_user(user.id);
     Ok(Json(UserView::from(&user)))
 }
 
