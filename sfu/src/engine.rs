@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::format::PayloadParams;
-use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
@@ -171,6 +171,9 @@ struct Slot {
     source: Option<TrackKey>,
     rewriter: StreamRewriter,
     selector: LayerSelector,
+    /// The subscriber's payload type for (source track, source payload
+    /// type), found once with `match_params` instead of on every packet.
+    pt_map: Option<((u64, Pt), Pt)>,
 }
 
 #[derive(Debug)]
@@ -327,6 +330,7 @@ impl Engine {
                             90_000
                         }),
                         selector: LayerSelector::default(),
+                        pt_map: None,
                     });
                 }
             }
@@ -767,13 +771,21 @@ impl Engine {
             let Some(rewritten) = rewritten else {
                 continue;
             };
-            let Some(pt) = sub
-                .rtc
-                .codec_config()
-                .match_params(params)
-                .map(PayloadParams::pt)
-            else {
-                continue;
+            let source_pt = (source_key.0, params.pt());
+            let pt = match slot.pt_map {
+                Some((key, pt)) if key == source_pt => pt,
+                _ => {
+                    let Some(pt) = sub
+                        .rtc
+                        .codec_config()
+                        .match_params(params)
+                        .map(PayloadParams::pt)
+                    else {
+                        continue;
+                    };
+                    slot.pt_map = Some((source_pt, pt));
+                    pt
+                }
             };
             let slot_mid = slot.mid;
             let mut api = sub.rtc.direct_api();

@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 
 use crate::control::{SfuControl, SfuError};
-use crate::engine::Role;
+use crate::engine::{ParticipantStats, Role};
 use crate::ids::{ParticipantId, RoomId};
 
 /// Shared state of the HTTP front.
@@ -210,51 +210,49 @@ async fn metrics(State(state): State<HttpState>) -> Response {
     for (i, w) in stats.workers.iter().enumerate() {
         let _ = writeln!(out, "sfu_worker_participants{{worker=\"{i}\"}} {}", w.len());
     }
-    for (name, help) in [
+    type Counter = fn(&ParticipantStats) -> u64;
+    let counters: [(&str, &str, Counter); 7] = [
         (
             "sfu_rx_packets_total",
             "RTP packets received from the participant",
+            |p| p.rx.packets,
         ),
         (
             "sfu_rx_bytes_total",
             "RTP payload bytes received from the participant",
+            |p| p.rx.bytes,
         ),
         (
             "sfu_tx_packets_total",
             "RTP packets forwarded to the participant",
+            |p| p.tx.packets,
         ),
         (
             "sfu_tx_bytes_total",
             "RTP payload bytes forwarded to the participant",
+            |p| p.tx.bytes,
         ),
         (
             "sfu_layer_drops_total",
             "packets not forwarded because the subscriber is on another layer",
+            |p| p.layer_drops,
         ),
         (
             "sfu_keyframe_requests_total",
             "keyframe requests sent to the publisher",
+            |p| p.keyframe_requests,
         ),
-        ("sfu_nacks_total", "NACKs received from the participant"),
-    ] {
+        (
+            "sfu_nacks_total",
+            "NACKs received from the participant",
+            |p| p.nacks_in,
+        ),
+    ];
+    for (name, help, value) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (i, w) in stats.workers.iter().enumerate() {
             for p in w {
-                let value = match name {
-                    "sfu_rx_packets_total" => p.rx.packets,
-                    "sfu_rx_bytes_total" => p.rx.bytes,
-                    "sfu_tx_packets_total" => p.tx.packets,
-                    "sfu_tx_bytes_total" => p.tx.bytes,
-                    "sfu_layer_drops_total" => p.layer_drops,
-                    "sfu_nacks_total" => p.nacks_in,
-                    _ => p.keyframe_requests,
-                };
-                let _ = writeln!(
-                    out,
-                    "{name}{{worker=\"{i}\",room=\"{}\",participant=\"{}\"}} {value}",
-                    escape(&p.room.0),
-                    p.participant
-                );
+                let _ = writeln!(out, "{name}{{worker=\"{i}\",{}}} {}", labels(p), value(p));
             }
         }
     }
@@ -268,9 +266,8 @@ async fn metrics(State(state): State<HttpState>) -> Response {
                 if let Some(loss) = loss {
                     let _ = writeln!(
                         out,
-                        "sfu_loss_ratio{{room=\"{}\",participant=\"{}\",direction=\"{direction}\"}} {loss}",
-                        escape(&p.room.0),
-                        p.participant
+                        "sfu_loss_ratio{{{},direction=\"{direction}\"}} {loss}",
+                        labels(p)
                     );
                 }
             }
@@ -288,15 +285,22 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         for p in w {
             for t in &p.tracks {
                 for (layer, c) in t.layers.iter().enumerate().filter(|(_, c)| c.packets > 0) {
-                    let labels = format!(
-                        "room=\"{}\",participant=\"{}\",mid=\"{}\",kind=\"{}\",layer=\"{layer}\"",
-                        escape(&p.room.0),
-                        p.participant,
+                    let track_labels = format!(
+                        "{},mid=\"{}\",kind=\"{}\",layer=\"{layer}\"",
+                        labels(p),
                         escape(&t.mid),
                         t.kind
                     );
-                    let _ = writeln!(out, "sfu_track_rx_packets_total{{{labels}}} {}", c.packets);
-                    let _ = writeln!(out, "sfu_track_rx_bytes_total{{{labels}}} {}", c.bytes);
+                    let _ = writeln!(
+                        out,
+                        "sfu_track_rx_packets_total{{{track_labels}}} {}",
+                        c.packets
+                    );
+                    let _ = writeln!(
+                        out,
+                        "sfu_track_rx_bytes_total{{{track_labels}}} {}",
+                        c.bytes
+                    );
                 }
             }
         }
@@ -308,15 +312,23 @@ async fn metrics(State(state): State<HttpState>) -> Response {
                 if let Some(layer) = layer {
                     let _ = writeln!(
                         out,
-                        "sfu_subscriber_layer{{room=\"{}\",participant=\"{}\",slot=\"{slot}\"}} {layer}",
-                        escape(&p.room.0),
-                        p.participant
+                        "sfu_subscriber_layer{{{},slot=\"{slot}\"}} {layer}",
+                        labels(p)
                     );
                 }
             }
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// `room="…",participant="…"`.
+fn labels(p: &ParticipantStats) -> String {
+    format!(
+        "room=\"{}\",participant=\"{}\"",
+        escape(&p.room.0),
+        p.participant
+    )
 }
 
 fn escape(label: &str) -> String {

@@ -589,12 +589,7 @@ pub async fn grant_context(
     AppAuth(app): AppAuth,
     axum::extract::Path((user, context)): axum::extract::Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let user: UserId = user.parse().map_err(|_| ApiError::NotFound("user"))?;
-    services
-        .messaging
-        .set_grant(&app, user, &context, true)
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+    set_grant(&services, &app, &user, &context, true).await
 }
 
 /// Withdraws a grant; the user leaves the object's conversation at once.
@@ -612,10 +607,20 @@ pub async fn revoke_context(
     AppAuth(app): AppAuth,
     axum::extract::Path((user, context)): axum::extract::Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    set_grant(&services, &app, &user, &context, false).await
+}
+
+async fn set_grant(
+    services: &Services,
+    app: &Application,
+    user: &str,
+    context: &str,
+    granted: bool,
+) -> Result<StatusCode, ApiError> {
     let user: UserId = user.parse().map_err(|_| ApiError::NotFound("user"))?;
     services
         .messaging
-        .set_grant(&app, user, &context, false)
+        .set_grant(app, user, context, granted)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
