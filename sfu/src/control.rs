@@ -69,12 +69,26 @@ pub trait SfuControl: Send + Sync + std::fmt::Debug {
     /// Adds a participant to `room` (created on first join) from an SDP
     /// offer; returns its id and the SDP answer.
     async fn join(&self, room: &RoomId, role: Role, offer: String) -> Result<Joined, SfuError>;
+    /// Applies a new offer of a participant already in (an added track or
+    /// more receive slots); returns the SDP answer.
+    async fn renegotiate(
+        &self,
+        participant: ParticipantId,
+        offer: String,
+    ) -> Result<String, SfuError>;
     /// Removes a participant.
     async fn leave(&self, participant: ParticipantId) -> Result<(), SfuError>;
     /// Sets a subscriber's video preference (thumbnail, spotlight, paused).
     async fn set_preference(
         &self,
         participant: ParticipantId,
+        preference: Preference,
+    ) -> Result<(), SfuError>;
+    /// Sets a subscriber's preference for one video slot (by its mid).
+    async fn set_slot_preference(
+        &self,
+        participant: ParticipantId,
+        mid: String,
         preference: Preference,
     ) -> Result<(), SfuError>;
     /// Removes a room and everyone in it.
@@ -288,6 +302,37 @@ impl SfuControl for EmbeddedSfu {
             participant,
             answer,
         })
+    }
+
+    async fn renegotiate(
+        &self,
+        participant: ParticipantId,
+        offer: String,
+    ) -> Result<String, SfuError> {
+        let index = self.worker_of(participant)?;
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            index,
+            Command::Renegotiate {
+                participant,
+                offer,
+                reply,
+            },
+        )?;
+        wait(rx).await?.map_err(|e| match e {
+            JoinError::Unknown => SfuError::UnknownParticipant,
+            other => SfuError::Join(other),
+        })
+    }
+
+    async fn set_slot_preference(
+        &self,
+        participant: ParticipantId,
+        mid: String,
+        preference: Preference,
+    ) -> Result<(), SfuError> {
+        let index = self.worker_of(participant)?;
+        self.send(index, Command::SlotPreference(participant, mid, preference))
     }
 
     async fn leave(&self, participant: ParticipantId) -> Result<(), SfuError> {

@@ -47,6 +47,9 @@ pub enum JoinError {
     /// The offer's directions do not fit the role.
     #[error("{0}")]
     WrongDirection(&'static str),
+    /// No such participant (renegotiation).
+    #[error("no such participant")]
+    Unknown,
 }
 
 /// Something signalling should know.
@@ -87,6 +90,18 @@ pub enum SfuEvent {
         layer: Layer,
         /// Whether anyone needs it.
         needed: bool,
+    },
+    /// A subscriber's slot (one of its receive m-lines) now carries
+    /// another track, or none.
+    SlotChanged {
+        /// Room.
+        room: RoomId,
+        /// The subscriber.
+        participant: ParticipantId,
+        /// The slot's mid in the subscriber's session.
+        mid: String,
+        /// The publisher and its mid, if the slot carries a track.
+        source: Option<(ParticipantId, String)>,
     },
 }
 
@@ -174,6 +189,9 @@ struct Slot {
     /// The subscriber's payload type for (source track, source payload
     /// type), found once with `match_params` instead of on every packet.
     pt_map: Option<((u64, Pt), Pt)>,
+    /// What the subscriber wants of this slot; the participant's
+    /// preference when `None`.
+    preference: Option<Preference>,
 }
 
 #[derive(Debug)]
@@ -194,6 +212,33 @@ struct Participant {
     loss_in: Option<f32>,
     loss_out: Option<f32>,
     nacks_in: u64,
+}
+
+impl Participant {
+    /// Adds a send slot for every sending m-line of `answer` that has none.
+    fn add_slots(&mut self, answer: &str) {
+        for (mid, kind) in answer_mids(answer) {
+            let sending = self
+                .rtc
+                .media(mid)
+                .is_some_and(|m| m.direction().is_sending());
+            if sending && !self.slots.iter().any(|s| s.mid == mid) {
+                self.slots.push(Slot {
+                    mid,
+                    kind,
+                    source: None,
+                    rewriter: StreamRewriter::new(if kind == MediaKind::Audio {
+                        48_000
+                    } else {
+                        90_000
+                    }),
+                    selector: LayerSelector::default(),
+                    pt_map: None,
+                    preference: None,
+                });
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -313,27 +358,7 @@ impl Engine {
                 str0m::bwe::Bitrate::kbps(2_500),
             );
             // The offer's receive-only m-lines are our send slots.
-            let mids: Vec<(Mid, MediaKind)> = answer_mids(&answer.to_sdp_string());
-            for (mid, kind) in mids {
-                let sending = participant
-                    .rtc
-                    .media(mid)
-                    .is_some_and(|m| m.direction().is_sending());
-                if sending {
-                    participant.slots.push(Slot {
-                        mid,
-                        kind,
-                        source: None,
-                        rewriter: StreamRewriter::new(if kind == MediaKind::Audio {
-                            48_000
-                        } else {
-                            90_000
-                        }),
-                        selector: LayerSelector::default(),
-                        pt_map: None,
-                    });
-                }
-            }
+            participant.add_slots(&answer.to_sdp_string());
             if participant.slots.is_empty() {
                 return Err(JoinError::WrongDirection(
                     "a subscriber must offer at least one recvonly m-line",
@@ -362,6 +387,48 @@ impl Engine {
         if let Some(p) = self.participants.get_mut(&id) {
             p.preference = preference;
         }
+    }
+
+    /// Sets what a subscriber wants of one video slot (by its mid), e.g.
+    /// spotlight for one and thumbnails for the rest.
+    pub fn handle_slot_preference(&mut self, id: ParticipantId, mid: &str, preference: Preference) {
+        if let Some(p) = self.participants.get_mut(&id)
+            && let Some(slot) = p.slots.iter_mut().find(|s| &*s.mid == mid)
+        {
+            slot.preference = Some(preference);
+        }
+    }
+
+    /// A new offer from a participant that is already in: a publisher adds
+    /// a track (a screen share), a subscriber adds receive slots for more
+    /// participants. ICE and DTLS stay as they are; returns the answer.
+    ///
+    /// # Errors
+    /// [`JoinError::BadOffer`] when the offer cannot be applied (the
+    /// session goes on as before); [`JoinError::Unknown`] for an unknown
+    /// participant.
+    pub fn handle_renegotiate(
+        &mut self,
+        id: ParticipantId,
+        offer: &str,
+        now: Instant,
+    ) -> Result<String, JoinError> {
+        let offer = str0m::change::SdpOffer::from_sdp_string(offer)
+            .map_err(|e| JoinError::BadOffer(e.to_string()))?;
+        let p = self.participants.get_mut(&id).ok_or(JoinError::Unknown)?;
+        let answer = p
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| JoinError::BadOffer(e.to_string()))?;
+        let answer = answer.to_sdp_string();
+        if p.role == Role::Subscribe {
+            p.add_slots(&answer);
+        }
+        let room = p.room.clone();
+        self.drain(id, now);
+        self.assign_sources(&room);
+        Ok(answer)
     }
 
     /// Removes every participant of a room.
@@ -837,8 +904,12 @@ impl Engine {
         }
     }
 
-    /// Gives every subscriber slot without a source a track of its kind,
-    /// preferring the active speaker's.
+    /// Gives each subscriber's slots distinct tracks of their kind from the
+    /// other participants: with N slots of a kind, the N most wanted tracks
+    /// (the active speaker's first, then in order of publication). A slot
+    /// keeps its track while that track stays wanted, so that pictures do
+    /// not jump around; a slot whose track changes is reported as
+    /// [`SfuEvent::SlotChanged`].
     fn assign_sources(&mut self, room_id: &RoomId) {
         let Some(room) = self.rooms.get(room_id) else {
             return;
@@ -854,21 +925,36 @@ impl Engine {
             let Some(p) = self.participants.get_mut(&id) else {
                 continue;
             };
-            for slot in &mut p.slots {
-                let valid = slot
-                    .source
-                    .is_some_and(|s| tracks.iter().any(|(k, _, _)| *k == s));
-                let best = tracks
+            for kind in [MediaKind::Audio, MediaKind::Video] {
+                let count = p.slots.iter().filter(|s| s.kind == kind).count();
+                let wanted: Vec<TrackKey> = tracks
                     .iter()
-                    .find(|(k, kind, _)| *kind == slot.kind && k.0 != id)
-                    .map(|(k, _, _)| *k);
-                if !valid
-                    || (speaker.is_some()
-                        && best.is_some_and(|b| Some(b.0) == speaker)
-                        && slot.source != best)
-                {
-                    slot.source = best;
-                    slot.selector = LayerSelector::default();
+                    .filter(|(k, k_kind, _)| *k_kind == kind && k.0 != id)
+                    .map(|(k, _, _)| *k)
+                    .take(count)
+                    .collect();
+                let kept: Vec<TrackKey> = p
+                    .slots
+                    .iter()
+                    .filter(|s| s.kind == kind)
+                    .filter_map(|s| s.source.filter(|src| wanted.contains(src)))
+                    .collect();
+                let mut free = wanted.iter().filter(|k| !kept.contains(k));
+                for slot in p.slots.iter_mut().filter(|s| s.kind == kind) {
+                    if slot.source.is_some_and(|src| wanted.contains(&src)) {
+                        continue;
+                    }
+                    let next = free.next().copied();
+                    if slot.source != next {
+                        slot.source = next;
+                        slot.selector = LayerSelector::default();
+                        self.events.push_back(SfuEvent::SlotChanged {
+                            room: room_id.clone(),
+                            participant: id,
+                            mid: slot.mid.to_string(),
+                            source: next.map(|k| (k.0, k.1.to_string())),
+                        });
+                    }
                 }
             }
         }
@@ -946,7 +1032,11 @@ impl Engine {
                         }
                     })
                     .collect();
-                let target = simulcast::choose_layer(&views, p.estimate_bps, p.preference);
+                let target = simulcast::choose_layer(
+                    &views,
+                    p.estimate_bps,
+                    slot.preference.unwrap_or(p.preference),
+                );
                 slot.selector.set_target(target);
                 let entry = needed.entry(source).or_default();
                 if let Some(t) = target {

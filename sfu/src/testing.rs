@@ -290,6 +290,8 @@ pub struct Subscriber {
     /// Publisher tag of the last audio and video packet.
     pub last_audio_tag: Option<u8>,
     pub last_video_tag: Option<u8>,
+    /// Packets per (kind, publisher tag).
+    pub by_tag: BTreeMap<(&'static str, u8), u64>,
 }
 
 impl Subscriber {
@@ -326,7 +328,10 @@ impl Behaviour for Subscriber {
                         self.audio_packets += 1;
                         self.seqs.entry("audio").or_default().push(*p.seq_no);
                         match open(&p.payload) {
-                            Some((tagged, _, _)) => self.last_audio_tag = Some(tagged >> 4),
+                            Some((tagged, _, _)) => {
+                                self.last_audio_tag = Some(tagged >> 4);
+                                *self.by_tag.entry(("audio", tagged >> 4)).or_default() += 1;
+                            }
                             None => self.corrupt += 1,
                         }
                     }
@@ -345,6 +350,7 @@ impl Behaviour for Subscriber {
                             Some((tagged, _, _)) => {
                                 let layer = tagged & 0x0f;
                                 self.last_video_tag = Some(tagged >> 4);
+                                *self.by_tag.entry(("video", tagged >> 4)).or_default() += 1;
                                 self.video_log.push((
                                     *p.seq_no,
                                     layer,
@@ -427,9 +433,19 @@ pub fn offer_publish(rtc: &mut Rtc, simulcast: bool) -> (String, SdpPendingOffer
 
 /// An offer to receive one audio and one video stream.
 pub fn offer_subscribe(rtc: &mut Rtc) -> (String, SdpPendingOffer) {
+    offer_slots(rtc, 1, 1)
+}
+
+/// An offer adding `audio` audio and `video` video receive slots (a first
+/// offer, or a renegotiation of a session that has some already).
+pub fn offer_slots(rtc: &mut Rtc, audio: usize, video: usize) -> (String, SdpPendingOffer) {
     let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    for _ in 0..audio {
+        api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    }
+    for _ in 0..video {
+        api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    }
     let (offer, pending) = api.apply().unwrap();
     (offer.to_sdp_string(), pending)
 }
@@ -511,9 +527,26 @@ impl MemNet {
 
     /// Adds a subscriber of one audio and one video stream.
     pub fn add_subscriber(&mut self, room: &RoomId) -> usize {
+        self.add_subscriber_with(room, 1, 1)
+    }
+
+    /// Adds more receive slots to subscriber `i` by renegotiating its
+    /// session.
+    pub fn add_slots(&mut self, i: usize, audio: usize, video: usize) {
+        let peer = &mut self.peers[i];
+        let (offer, pending) = offer_slots(&mut peer.rtc, audio, video);
+        let answer = self
+            .engine
+            .handle_renegotiate(peer.id, &offer, self.now)
+            .unwrap();
+        accept_answer(&mut peer.rtc, pending, &answer);
+    }
+
+    /// Adds a subscriber with `audio` and `video` receive slots.
+    pub fn add_subscriber_with(&mut self, room: &RoomId, audio: usize, video: usize) -> usize {
         let addr = self.next_addr();
         let mut rtc = peer_rtc(addr, self.now);
-        let (offer, pending) = offer_subscribe(&mut rtc);
+        let (offer, pending) = offer_slots(&mut rtc, audio, video);
         let id = ParticipantId(u64::from(addr.port()));
         let answer = self
             .engine

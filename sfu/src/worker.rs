@@ -63,10 +63,22 @@ pub enum Command {
         /// Where the answer goes.
         reply: oneshot::Sender<Result<String, JoinError>>,
     },
+    /// A new offer from a participant already in; the answer comes back
+    /// on `reply`.
+    Renegotiate {
+        /// Who.
+        participant: ParticipantId,
+        /// The SDP offer.
+        offer: String,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<String, JoinError>>,
+    },
     /// Remove a participant.
     Leave(ParticipantId),
     /// Change a subscriber's preference.
     Preference(ParticipantId, Preference),
+    /// Change what a subscriber wants of one slot (by mid).
+    SlotPreference(ParticipantId, String, Preference),
     /// Remove a room and everyone in it.
     CloseRoom(RoomId),
     /// Counters of every participant.
@@ -166,7 +178,18 @@ fn handle_command(engine: &mut Engine, command: Command) {
             let answer = engine.handle_join(&room, participant, role, &offer, Instant::now());
             let _ = reply.send(answer);
         }
+        Command::Renegotiate {
+            participant,
+            offer,
+            reply,
+        } => {
+            let answer = engine.handle_renegotiate(participant, &offer, Instant::now());
+            let _ = reply.send(answer);
+        }
         Command::Leave(id) => engine.handle_leave(id),
+        Command::SlotPreference(id, mid, preference) => {
+            engine.handle_slot_preference(id, &mid, preference);
+        }
         Command::Preference(id, preference) => engine.handle_preference(id, preference),
         Command::CloseRoom(room) => engine.handle_close_room(&room),
         Command::Stats(reply) => {

@@ -150,3 +150,96 @@ fn unused_layers_are_reported_and_the_speaker_is_followed() {
     };
     assert_eq!(unneeded(loud_id, 2), Some(false), "{events:?}");
 }
+
+/// A call's subscriber: one slot per other participant, each carrying a
+/// different publisher; when a third publisher arrives the subscriber
+/// renegotiates for more slots on the same session and gets it too. Each
+/// slot change is reported, and a per-slot preference holds one slot at
+/// the thumbnail layer while the other gets the full one.
+#[test]
+fn slots_carry_distinct_publishers_and_grow_by_renegotiation() {
+    let mut net = MemNet::new(Instant::now());
+    let room = RoomId::from("call");
+    let a = net.add_publisher(&room, true, 15);
+    let b = net.add_publisher(&room, true, 15);
+    net.publisher(a).tag = 1;
+    net.publisher(b).tag = 2;
+    let viewer = net.add_subscriber_with(&room, 2, 2);
+    net.run_for(Duration::from_secs(3));
+    let counts = |net: &mut MemNet, kind: &'static str, tag: u8| {
+        net.subscriber(viewer)
+            .by_tag
+            .get(&(kind, tag))
+            .copied()
+            .unwrap_or(0)
+    };
+    for tag in [1, 2] {
+        assert!(counts(&mut net, "audio", tag) > 50, "audio of {tag}");
+        assert!(counts(&mut net, "video", tag) > 50, "video of {tag}");
+    }
+
+    let c = net.add_publisher(&room, true, 15);
+    net.publisher(c).tag = 3;
+    net.add_slots(viewer, 1, 1);
+    net.run_for(Duration::from_secs(3));
+    for tag in [1, 2, 3] {
+        assert!(counts(&mut net, "audio", tag) > 50, "audio of {tag}");
+        assert!(counts(&mut net, "video", tag) > 50, "video of {tag}");
+    }
+    assert_eq!(net.subscriber(viewer).corrupt, 0);
+
+    let viewer_id = net.peers[viewer].id;
+    let mut slots = std::collections::HashMap::new();
+    while let Some(e) = net.engine.poll_event() {
+        if let confer_sfu::SfuEvent::SlotChanged {
+            participant,
+            mid,
+            source,
+            ..
+        } = e
+            && participant == viewer_id
+        {
+            slots.insert(mid, source);
+        }
+    }
+    // Six slots, each with a distinct source.
+    let sources: std::collections::HashSet<_> = slots.values().flatten().collect();
+    assert_eq!(slots.len(), 6, "{slots:?}");
+    assert_eq!(sources.len(), 6, "{slots:?}");
+
+    // Spotlight on the slot carrying c's video, thumbnails elsewhere.
+    let c_id = net.peers[c].id;
+    let c_video = net.publisher(c).video.to_string();
+    let spotlight = slots
+        .iter()
+        .find(|(_, s)| s.as_ref() == Some(&(c_id, c_video.clone())))
+        .map(|(mid, _)| mid.clone())
+        .unwrap();
+    net.engine.handle_preference(
+        viewer_id,
+        Preference {
+            max_height: Some(180),
+            paused: false,
+        },
+    );
+    net.engine.handle_slot_preference(
+        viewer_id,
+        &spotlight,
+        Preference {
+            max_height: None,
+            paused: false,
+        },
+    );
+    net.subscriber(viewer).layers.clear();
+    net.run_for(Duration::from_secs(4));
+    let stats = net.engine.stats();
+    let layers = &stats
+        .iter()
+        .find(|s| s.participant == viewer_id)
+        .unwrap()
+        .layers;
+    let mut sorted = layers.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![Some(0), Some(0), Some(2)], "{layers:?}");
+    assert_eq!(net.subscriber(viewer).corrupt, 0);
+}
