@@ -43,6 +43,15 @@ pub struct Subscription {
     bus: Arc<InProcessBus>,
 }
 
+impl Subscription {
+    /// The connection's id, unique on this node: events for one device
+    /// (a call's media negotiation) are addressed to it.
+    #[must_use]
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.bus.unsubscribe(self.user, self.id);
@@ -108,6 +117,30 @@ impl InProcessBus {
                 payload: Arc::from(""),
                 close: Some((code, reason)),
             });
+        }
+    }
+
+    /// Sends an ephemeral event to one connection of `user` only; a full
+    /// queue ends that connection, as in [`Bus::publish`].
+    pub fn publish_to(&self, user: UserId, connection: u64, payload: Arc<str>) {
+        let Ok(mut map) = self.connections.lock() else {
+            return;
+        };
+        let Some(list) = map.get_mut(&user) else {
+            return;
+        };
+        list.retain(|(id, tx)| {
+            *id != connection
+                || tx
+                    .try_send(Delivery {
+                        seq: 0,
+                        payload: payload.clone(),
+                        close: None,
+                    })
+                    .is_ok()
+        });
+        if list.is_empty() {
+            map.remove(&user);
         }
     }
 

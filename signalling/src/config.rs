@@ -36,6 +36,10 @@ pub struct SignallingConfig {
     pub subscribers: SubscriberConfig,
     /// The per-user event log that clients resume from.
     pub events: EventConfig,
+    /// Calls: topology thresholds, ringing, ICE servers.
+    pub calls: CallConfig,
+    /// The media plane: the SFU workers started in this process.
+    pub sfu: SfuSection,
 }
 
 impl Default for SignallingConfig {
@@ -50,6 +54,8 @@ impl Default for SignallingConfig {
             tokens: TokenConfig::default(),
             subscribers: SubscriberConfig::default(),
             events: EventConfig::default(),
+            calls: CallConfig::default(),
+            sfu: SfuSection::default(),
         }
     }
 }
@@ -223,6 +229,99 @@ impl Default for EventConfig {
     }
 }
 
+/// Calls.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallConfig {
+    /// A call with this many joined participants goes through the SFU; a
+    /// peer-to-peer call that reaches it is upgraded.
+    pub conference_server_based_threshold: usize,
+    /// Most participants joined to one call.
+    pub conference_server_based_member_limit: usize,
+    /// A member who neither joins nor declines within this many seconds
+    /// has missed the call.
+    pub ring_timeout_secs: u64,
+    /// Whether an SFU call goes back to peer-to-peer when two remain.
+    pub back_to_p2p: bool,
+    /// STUN/TURN servers handed to clients for peer-to-peer calls.
+    pub ice_servers: Vec<IceServer>,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        Self {
+            conference_server_based_threshold: 3,
+            conference_server_based_member_limit: 34,
+            ring_timeout_secs: 45,
+            back_to_p2p: false,
+            ice_servers: Vec::new(),
+        }
+    }
+}
+
+/// A STUN or TURN server, as a browser's `RTCIceServer`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    /// `stun:host:port`, `turn:host:port?transport=udp`, `turns:…`.
+    pub urls: Vec<String>,
+    /// TURN user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// The SFU that `signalling serve` runs in-process.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SfuSection {
+    /// Address the UDP media sockets bind to; each worker takes its own
+    /// port (`0` = any free port, otherwise consecutive ports from this one).
+    pub udp_bind: SocketAddr,
+    /// Address announced in ICE candidates (a server behind 1:1 NAT, or
+    /// bound to 0.0.0.0).
+    pub announced_ip: Option<std::net::IpAddr>,
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Pin each worker to a core.
+    pub pin_workers: bool,
+    /// A participant that has not connected after this many seconds is dropped.
+    pub connect_timeout_secs: u64,
+    /// Remote `sfu` nodes (scale-out). Not supported yet: must be empty.
+    pub nodes: Vec<String>,
+}
+
+impl Default for SfuSection {
+    fn default() -> Self {
+        let sfu = confer_sfu::SfuConfig::default();
+        Self {
+            udp_bind: sfu.udp_bind,
+            announced_ip: None,
+            workers: 0,
+            pin_workers: true,
+            connect_timeout_secs: sfu.connect_timeout_secs,
+            nodes: Vec::new(),
+        }
+    }
+}
+
+impl SfuSection {
+    /// The embedded SFU's own configuration.
+    #[must_use]
+    pub fn embedded(&self) -> confer_sfu::SfuConfig {
+        confer_sfu::SfuConfig {
+            udp_bind: self.udp_bind,
+            announced_ip: self.announced_ip,
+            workers: self.workers,
+            pin_workers: self.pin_workers,
+            connect_timeout_secs: self.connect_timeout_secs,
+            ..confer_sfu::SfuConfig::default()
+        }
+    }
+}
+
 /// Subscriber sessions (a subscriber signed in with an e-mail code).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -380,6 +479,63 @@ impl SignallingConfig {
             "events.retention_days",
             self.events.retention_days.to_string(),
             "1 to 3650",
+        );
+        let calls = &self.calls;
+        check(
+            (2..=1000).contains(&calls.conference_server_based_member_limit),
+            "calls.conference_server_based_member_limit",
+            calls.conference_server_based_member_limit.to_string(),
+            "2 to 1000",
+        );
+        check(
+            (2..=calls.conference_server_based_member_limit.max(2))
+                .contains(&calls.conference_server_based_threshold),
+            "calls.conference_server_based_threshold",
+            calls.conference_server_based_threshold.to_string(),
+            "2 to calls.conference_server_based_member_limit",
+        );
+        check(
+            (1..=600).contains(&calls.ring_timeout_secs),
+            "calls.ring_timeout_secs",
+            calls.ring_timeout_secs.to_string(),
+            "1 to 600",
+        );
+        check(
+            calls.ice_servers.iter().all(|s| {
+                !s.urls.is_empty()
+                    && s.urls.iter().all(|u| {
+                        ["stun:", "stuns:", "turn:", "turns:"]
+                            .iter()
+                            .any(|p| u.starts_with(p))
+                    })
+            }),
+            "calls.ice_servers",
+            format!("{:?}", calls.ice_servers),
+            "servers whose urls start with stun:, stuns:, turn: or turns:",
+        );
+        check(
+            !self.sfu.udp_bind.ip().is_unspecified() || self.sfu.announced_ip.is_some(),
+            "sfu.udp_bind",
+            self.sfu.udp_bind.to_string(),
+            "a specific address, or 0.0.0.0 together with sfu.announced_ip",
+        );
+        check(
+            self.sfu.workers <= 256,
+            "sfu.workers",
+            self.sfu.workers.to_string(),
+            "0 (one per core) to 256",
+        );
+        check(
+            (1..=600).contains(&self.sfu.connect_timeout_secs),
+            "sfu.connect_timeout_secs",
+            self.sfu.connect_timeout_secs.to_string(),
+            "1 to 600",
+        );
+        check(
+            self.sfu.nodes.is_empty(),
+            "sfu.nodes",
+            format!("{:?}", self.sfu.nodes),
+            "empty: remote SFU nodes are not supported in this version",
         );
         if bad.is_empty() {
             Ok(())

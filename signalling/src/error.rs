@@ -54,6 +54,13 @@ pub enum ApiError {
     /// The route exists, but not for this method.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    /// The request does not fit the current state of a call (full, busy,
+    /// wrong topology …): a stable code of its own and a sentence.
+    #[error("{1}")]
+    Conflict(&'static str, String),
+    /// The media plane refused or did not answer.
+    #[error("{0}")]
+    MediaUnavailable(String),
     /// A failure inside the server; the detail is logged, never sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -92,6 +99,8 @@ impl ApiError {
             | Self::ApplicationUnregistered => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(..) => StatusCode::CONFLICT,
+            Self::MediaUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -112,6 +121,8 @@ impl ApiError {
             Self::ApplicationUnregistered => "application_unregistered",
             Self::NotFound(_) | Self::NoRoute => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict(code, _) => code,
+            Self::MediaUnavailable(_) => "media_unavailable",
             Self::Internal(_) => "internal",
         }
     }

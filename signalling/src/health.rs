@@ -16,7 +16,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct HealthReport {
     /// `ok` when every component is up, otherwise `degraded`.
     pub status: &'static str,
-    /// Per component: `store`, `mail`, `bus`.
+    /// Per component: `store`, `mail`, `bus`, `sfu`.
     pub components: BTreeMap<&'static str, ComponentHealth>,
 }
 
@@ -58,13 +58,18 @@ fn component<E: std::fmt::Display>(
 
 /// Checks every component, concurrently, each within a timeout.
 pub async fn check(services: &Services) -> HealthReport {
-    let (store, mail) = tokio::join!(
+    let (store, mail, sfu) = tokio::join!(
         tokio::time::timeout(CHECK_TIMEOUT, services.store.ping()),
         tokio::time::timeout(CHECK_TIMEOUT, services.mailer.check()),
+        tokio::time::timeout(CHECK_TIMEOUT, async {
+            services.sfu.stats().await.map(|_| ())
+        }),
     );
     let mut components = BTreeMap::new();
     components.insert("store", component("sqlite", store));
     components.insert("mail", component(services.mailer.kind(), mail));
+    // Every worker must answer a stats request.
+    components.insert("sfu", component("embedded", sfu));
     // The in-process bus has no failure mode of its own; a NATS bus will
     // report its connection here.
     components.insert(

@@ -61,6 +61,10 @@ uuid_id!(
     /// A message.
     MessageId
 );
+uuid_id!(
+    /// A call; also the name of its SFU room.
+    CallId
+);
 
 /// Milliseconds since the Unix epoch, as stored and as sent on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

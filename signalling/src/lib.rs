@@ -10,6 +10,13 @@
 //! * A **user** belongs to one application and is provisioned the first
 //!   time the application vouches for it, by a token it minted or obtained
 //!   from `POST /api/v1/tokens`.
+//! * **Conversations** hold members and totally ordered **messages**; every
+//!   change becomes an event in each recipient's log, replayed to a client
+//!   that resumes ([`messaging`], [`ws`]).
+//! * A **call** belongs to a conversation: two people talk peer-to-peer
+//!   with signalling relaying their SDP and candidates; from a threshold of
+//!   participants the call goes through the SFU that runs in this process
+//!   ([`calls`], driven through `confer_sfu::SfuControl`).
 //!
 //! # Layers
 //!
@@ -23,6 +30,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod calls;
 pub mod config;
 pub mod error;
 pub mod health;

@@ -512,6 +512,19 @@ impl Messaging {
         }
     }
 
+    /// Everyone who sees the events of a conversation the caller may read.
+    ///
+    /// # Errors
+    /// As [`Self::readable`].
+    pub async fn members_of(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+    ) -> Result<Vec<UserId>, ApiError> {
+        let conversation = self.readable(caller, id).await?;
+        self.audience(&conversation).await
+    }
+
     /// Posts a message. Retrying with the same `client_id` returns the
     /// first message and writes nothing. The message is committed before
     /// this returns.
@@ -693,7 +706,8 @@ impl Messaging {
     }
 
     /// The application grants (or withdraws) a user access to a business
-    /// object, as the token's `ctx` claim does.
+    /// object, as the token's `ctx` claim does. A withdrawal returns the
+    /// object's conversation, which the user has left.
     ///
     /// # Errors
     /// `not_found` for a user of another application; `invalid_request`.
@@ -703,7 +717,7 @@ impl Messaging {
         user: UserId,
         context: &str,
         granted: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<ConversationId>, ApiError> {
         check_short("context", context, true)?;
         if self.users.user(app.id, user).await?.is_none() {
             return Err(ApiError::NotFound("user"));
@@ -713,8 +727,9 @@ impl Messaging {
             .await?;
         if !granted && let Some(c) = self.store.conversation_by_context(app.id, context).await? {
             self.store.remove_member(c.id, user).await?;
+            return Ok(Some(c.id));
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn may_see(&self, caller: &Caller, context: &str) -> Result<bool, ApiError> {

@@ -13,7 +13,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+use confer_sfu::{EmbeddedSfu, SfuControl};
+
 use crate::bus::InProcessBus;
+use crate::calls::Calls;
 use crate::config::SignallingConfig;
 use crate::ids::{Clock, Timestamp};
 use crate::mail::{self, Mailer};
@@ -43,13 +46,18 @@ pub struct Services {
     pub messaging: Arc<Messaging>,
     /// Live event fan-out.
     pub bus: Arc<InProcessBus>,
+    /// The media plane (embedded SFU workers).
+    pub sfu: Arc<dyn SfuControl>,
+    /// Calls.
+    pub calls: Arc<Calls>,
     /// Prometheus exposition.
     pub metrics: PrometheusHandle,
 }
 
 impl Services {
     /// Opens the backends `config` asks for: the SQLite store in the data
-    /// directory (migrated), and SMTP or the outbox.
+    /// directory (migrated), SMTP or the outbox, and starts the embedded
+    /// SFU workers.
     ///
     /// # Errors
     /// If the configuration is invalid or a backend cannot be opened.
@@ -67,11 +75,14 @@ impl Services {
         );
         let mailer =
             mail::from_config(&config.mail, &config.outbox_dir()).context("setting up mail")?;
+        let sfu = EmbeddedSfu::start(&config.sfu.embedded()).context("starting the SFU")?;
+        tracing::info!(udp = ?sfu.worker_addrs(), "SFU workers started");
         Ok(Self::with_backends(
             config,
             sqlite.clone(),
             sqlite,
             mailer,
+            sfu,
             clock,
         ))
     }
@@ -82,6 +93,7 @@ impl Services {
         store: Arc<dyn Store>,
         messages: Arc<dyn MessageStore>,
         mailer: Arc<dyn Mailer>,
+        sfu: Arc<dyn SfuControl>,
         clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
         let config = Arc::new(config);
@@ -93,6 +105,13 @@ impl Services {
             bus.clone(),
             clock.clone(),
         ));
+        let calls = Calls::new(
+            config.calls.clone(),
+            messaging.clone(),
+            bus.clone(),
+            sfu.clone(),
+            clock.clone(),
+        );
         Arc::new(Self {
             config,
             store,
@@ -101,6 +120,8 @@ impl Services {
             tenancy,
             messaging,
             bus,
+            sfu,
+            calls,
             metrics: metrics_handle(),
         })
     }
@@ -197,12 +218,14 @@ pub async fn run(
             }
         })
     };
+    let call_events = tokio::spawn(services.calls.clone().pump_sfu_events());
     let app = crate::http::app(services);
     let served = axum::serve(CountedListener(listener), app)
         .with_graceful_shutdown(shutdown)
         .await;
     upkeep.abort();
     pruning.abort();
+    call_events.abort();
     tracing::info!("signalling stopped");
     served.context("serving HTTP")
 }

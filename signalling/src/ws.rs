@@ -24,10 +24,12 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::bus::InProcessBus;
+use crate::calls::{CallMedia, Calls, Quality};
 use crate::error::ApiError;
-use crate::ids::{ConversationId, MessageId, UserId};
+use crate::ids::{CallId, ConversationId, MessageId, UserId};
 use crate::messaging::{Caller, ConversationView, MessageView, Messaging, NewConversation};
 use crate::store::messaging::{Action, MessageBody};
+use confer_sfu::Role;
 
 /// Largest accepted text frame.
 pub const MAX_FRAME_BYTES: usize = 128 * 1024;
@@ -160,6 +162,61 @@ enum Request {
     Ping {
         id: String,
     },
+    CallStart {
+        id: String,
+        conversation_id: ConversationId,
+        media: CallMedia,
+    },
+    CallJoin {
+        id: String,
+        call_id: CallId,
+    },
+    CallDecline {
+        id: String,
+        call_id: CallId,
+        #[serde(default)]
+        busy: bool,
+    },
+    CallLeave {
+        id: String,
+        call_id: CallId,
+    },
+    CallSignal {
+        id: String,
+        call_id: CallId,
+        to: UserId,
+        signal: Value,
+    },
+    CallPublish {
+        id: String,
+        call_id: CallId,
+        sdp: String,
+        #[serde(default)]
+        screen_mid: Option<String>,
+    },
+    CallSubscribe {
+        id: String,
+        call_id: CallId,
+        sdp: String,
+    },
+    #[serde(rename = "call_media")]
+    CallMediaState {
+        id: String,
+        call_id: CallId,
+        #[serde(default)]
+        audio: Option<bool>,
+        #[serde(default)]
+        video: Option<bool>,
+        #[serde(default)]
+        screen: Option<bool>,
+    },
+    CallQuality {
+        id: String,
+        call_id: CallId,
+        #[serde(default)]
+        mid: Option<String>,
+        quality: Quality,
+    },
 }
 
 const KNOWN_TYPES: &[&str] = &[
@@ -178,6 +235,15 @@ const KNOWN_TYPES: &[&str] = &[
     "presence",
     "search",
     "ping",
+    "call_start",
+    "call_join",
+    "call_decline",
+    "call_leave",
+    "call_signal",
+    "call_publish",
+    "call_subscribe",
+    "call_media",
+    "call_quality",
 ];
 
 /// Why a session ended.
@@ -199,6 +265,7 @@ pub async fn run<S, R, E>(
     mut stream: R,
     messaging: Arc<Messaging>,
     bus: Arc<InProcessBus>,
+    calls: Arc<Calls>,
     caller: Caller,
     since: Option<u64>,
 ) -> Ended
@@ -208,26 +275,34 @@ where
 {
     let user_id = caller.participant();
     let mut subscription = bus.subscribe(user_id);
+    let device = subscription.id();
     let _ = messaging.connection(&caller, true).await;
-    let ended = session(
-        &mut sink,
-        &mut stream,
-        &messaging,
-        &caller,
-        since,
-        &mut subscription,
-    )
-    .await;
+    let context = Context {
+        messaging,
+        calls,
+        caller,
+        device,
+    };
+    let ended = session(&mut sink, &mut stream, &context, since, &mut subscription).await;
     drop(subscription);
-    let _ = messaging.connection(&caller, false).await;
+    context.calls.disconnected(user_id, device).await;
+    let _ = context.messaging.connection(&context.caller, false).await;
     ended
+}
+
+/// What a session's requests act with.
+struct Context {
+    messaging: Arc<Messaging>,
+    calls: Arc<Calls>,
+    caller: Caller,
+    /// This connection's id on the bus: the device calls address.
+    device: u64,
 }
 
 async fn session<S, R, E>(
     mut sink: &mut S,
     stream: &mut R,
-    messaging: &Arc<Messaging>,
-    caller: &Caller,
+    context: &Context,
     since: Option<u64>,
     subscription: &mut crate::bus::Subscription,
 ) -> Ended
@@ -235,10 +310,13 @@ where
     S: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, E>> + Unpin,
 {
-    let user_id = caller.participant();
+    let messaging = &context.messaging;
+    let user_id = context.caller.participant();
     let store = messaging.store().clone();
     let head = store.event_head(user_id).await.unwrap_or(0);
-    let welcome = json!({"type": "welcome", "user_id": user_id, "event_seq": head});
+    let calls = context.calls.active_for(user_id);
+    let welcome =
+        json!({"type": "welcome", "user_id": user_id, "event_seq": head, "calls": calls});
     if send(&mut sink, welcome.to_string()).await.is_err() {
         return Ended::ClientGone;
     }
@@ -272,7 +350,7 @@ where
                 let Some(Ok(message)) = incoming else { return Ended::ClientGone };
                 last_heard = Instant::now();
                 let reply = match message {
-                    Message::Text(text) => Some(handle_text(messaging, caller, text.as_str()).await),
+                    Message::Text(text) => Some(handle_text(context, text.as_str()).await),
                     Message::Binary(_) => Some(error_frame(None, "unsupported_frame", "frames are JSON text")),
                     Message::Close(_) => return Ended::ClientGone,
                     Message::Ping(_) | Message::Pong(_) => None,
@@ -391,7 +469,7 @@ async fn close_with<S: Sink<Message> + Unpin>(
 }
 
 /// Answers one text frame.
-async fn handle_text(messaging: &Messaging, caller: &Caller, text: &str) -> String {
+async fn handle_text(context: &Context, text: &str) -> String {
     let value: Result<Value, _> = serde_json::from_str(text);
     let id = value
         .as_ref()
@@ -429,17 +507,17 @@ async fn handle_text(messaging: &Messaging, caller: &Caller, text: &str) -> Stri
         Ok(r) => r,
         Err(e) => return error_frame(Some(&id), "invalid_request", &e.to_string()),
     };
-    match answer(messaging, caller, request).await {
+    match answer(context, request).await {
         Ok(frame) => frame.to_string(),
         Err(e) => api_error_frame(&id, &e),
     }
 }
 
-async fn answer(
-    messaging: &Messaging,
-    caller: &Caller,
-    request: Request,
-) -> Result<Value, ApiError> {
+async fn answer(context: &Context, request: Request) -> Result<Value, ApiError> {
+    let messaging = &context.messaging;
+    let caller = &context.caller;
+    let calls = &context.calls;
+    let device = context.device;
     Ok(match request {
         Request::Send {
             id,
@@ -503,6 +581,7 @@ async fn answer(
             messaging
                 .remove_member(caller, conversation_id, user_id)
                 .await?;
+            calls.member_removed(conversation_id, user_id).await;
             json!({"type": "ack", "id": id})
         }
         Request::OpenContext { id, context, title } => {
@@ -610,6 +689,75 @@ async fn answer(
             json!({"type": "search", "id": id, "messages": views})
         }
         Request::Ping { id } => json!({"type": "pong", "id": id}),
+        Request::CallStart {
+            id,
+            conversation_id,
+            media,
+        } => {
+            let call = calls.start(caller, device, conversation_id, media).await?;
+            json!({"type": "ack", "id": id, "call": call, "ice_servers": calls.ice_servers()})
+        }
+        Request::CallJoin { id, call_id } => {
+            let (call, ice_servers) = calls.join(caller, device, call_id).await?;
+            json!({"type": "ack", "id": id, "call": call, "ice_servers": ice_servers})
+        }
+        Request::CallDecline { id, call_id, busy } => {
+            calls.decline(caller, call_id, busy).await?;
+            json!({"type": "ack", "id": id})
+        }
+        Request::CallLeave { id, call_id } => {
+            calls.leave(caller, call_id).await?;
+            json!({"type": "ack", "id": id})
+        }
+        Request::CallSignal {
+            id,
+            call_id,
+            to,
+            signal,
+        } => {
+            calls.signal(caller, device, call_id, to, signal).await?;
+            json!({"type": "ack", "id": id})
+        }
+        Request::CallPublish {
+            id,
+            call_id,
+            sdp,
+            screen_mid,
+        } => {
+            let sdp = calls
+                .negotiate(caller, device, call_id, Role::Publish, sdp, screen_mid)
+                .await?;
+            json!({"type": "call_answer", "id": id, "call_id": call_id, "sdp": sdp})
+        }
+        Request::CallSubscribe { id, call_id, sdp } => {
+            let sdp = calls
+                .negotiate(caller, device, call_id, Role::Subscribe, sdp, None)
+                .await?;
+            json!({"type": "call_answer", "id": id, "call_id": call_id, "sdp": sdp})
+        }
+        Request::CallMediaState {
+            id,
+            call_id,
+            audio,
+            video,
+            screen,
+        } => {
+            calls
+                .set_media(caller, device, call_id, audio, video, screen)
+                .await?;
+            json!({"type": "ack", "id": id})
+        }
+        Request::CallQuality {
+            id,
+            call_id,
+            mid,
+            quality,
+        } => {
+            calls
+                .set_quality(caller, device, call_id, mid, quality)
+                .await?;
+            json!({"type": "ack", "id": id})
+        }
     })
 }
 
@@ -667,7 +815,20 @@ mod tests {
         ));
         let (sink, mut out) = mpsc::unbounded::<Message>();
         let (input, stream) = mpsc::unbounded::<Result<Message, Infallible>>();
-        let session = tokio::spawn(run(sink, stream, messaging, bus, caller(), None));
+        let sfu = confer_sfu::EmbeddedSfu::start(&confer_sfu::SfuConfig {
+            workers: 1,
+            pin_workers: false,
+            ..confer_sfu::SfuConfig::default()
+        })
+        .unwrap();
+        let calls = Calls::new(
+            crate::config::CallConfig::default(),
+            messaging.clone(),
+            bus.clone(),
+            sfu,
+            Arc::new(ManualClock::new(Timestamp(0))),
+        );
+        let session = tokio::spawn(run(sink, stream, messaging, bus, calls, caller(), None));
         let welcome = out.next().await.unwrap();
         assert!(matches!(&welcome, Message::Text(t) if t.as_str().contains("welcome")));
         // A request answered means the session finished its start-up (store

@@ -52,6 +52,7 @@ pub async fn upgrade(
                         stream,
                         services.messaging.clone(),
                         services.bus.clone(),
+                        services.calls.clone(),
                         caller,
                         since,
                     )

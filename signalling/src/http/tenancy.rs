@@ -618,9 +618,12 @@ async fn set_grant(
     granted: bool,
 ) -> Result<StatusCode, ApiError> {
     let user: UserId = user.parse().map_err(|_| ApiError::NotFound("user"))?;
-    services
+    if let Some(left) = services
         .messaging
         .set_grant(app, user, context, granted)
-        .await?;
+        .await?
+    {
+        services.calls.member_removed(left, user).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,1288 @@
+//! Calls: ringing, joining and leaving, and the choice of topology.
+//!
+//! A call belongs to a conversation. Starting one makes every other member
+//! ring (on every device); each answers by joining on one device, by
+//! declining (or busy), or misses it when ringing times out. Below
+//! `conference_server_based_threshold` joined participants the media goes
+//! peer-to-peer: signalling relays SDP and ICE candidates between the two
+//! devices (`call_signal`) and hands them the configured ICE servers. From
+//! the threshold the call goes through the SFU: each joined device opens a
+//! publish and a subscribe session over its WebSocket (`call_publish`,
+//! `call_subscribe`), driven through [`SfuControl`]. A peer-to-peer call
+//! that reaches the threshold is upgraded: every device is told the new
+//! topology and moves its media to the SFU without leaving the call.
+//!
+//! The live state of calls is in memory on this node (a restart ends
+//! them); what lasts is in the conversation: a message when a call starts
+//! and one when it ends, with its duration and participants.
+//!
+//! Locking: one mutex over all calls, held only for the bookkeeping of one
+//! request, never across an await; what follows from a change (events,
+//! SFU commands, messages) is collected as [`Effect`]s and carried out
+//! after the lock is released.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use confer_sfu::core::simulcast::Preference;
+use confer_sfu::{ParticipantId, Role, RoomId, SfuControl, SfuError, SfuEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::bus::InProcessBus;
+use crate::config::{CallConfig, IceServer};
+use crate::error::ApiError;
+use crate::ids::{CallId, Clock, ConversationId, Timestamp, UserId};
+use crate::messaging::{Caller, Messaging, Who};
+use crate::store::messaging::MessageBody;
+
+/// Audio only, or audio and video.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallMedia {
+    /// Audio only.
+    Audio,
+    /// Audio and video.
+    Video,
+}
+
+/// How media flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    /// Directly between the two devices.
+    P2p,
+    /// Through the SFU.
+    Sfu,
+}
+
+/// A member's part in a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Its devices ring.
+    Ringing,
+    /// In the call on one device.
+    Joined,
+    /// Said no.
+    Declined,
+    /// In another call, or said busy.
+    Busy,
+    /// Did not answer in time.
+    Missed,
+    /// Was in the call and left it.
+    Left,
+}
+
+/// What a subscriber wants of a video slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    /// Small picture: the low layer.
+    Thumbnail,
+    /// Large picture: the highest layer the bandwidth allows.
+    Spotlight,
+    /// No video.
+    Paused,
+}
+
+impl Quality {
+    fn preference(self) -> Preference {
+        match self {
+            Self::Thumbnail => Preference {
+                max_height: Some(180),
+                paused: false,
+            },
+            Self::Spotlight => Preference::default(),
+            Self::Paused => Preference {
+                max_height: None,
+                paused: true,
+            },
+        }
+    }
+}
+
+/// One participant as clients see it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ParticipantView {
+    /// The user.
+    pub user_id: UserId,
+    /// Its state.
+    pub state: MemberState,
+    /// Microphone on.
+    pub audio: bool,
+    /// Camera on.
+    pub video: bool,
+    /// Sharing its screen.
+    pub screen: bool,
+}
+
+/// A call as clients see it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CallView {
+    /// Id.
+    pub id: CallId,
+    /// Its conversation.
+    pub conversation_id: ConversationId,
+    /// Audio or video.
+    pub media: CallMedia,
+    /// Current topology.
+    pub topology: Topology,
+    /// Who started it.
+    pub started_by: UserId,
+    /// RFC 3339 start time.
+    pub started_at: String,
+    /// `active` or `ended`.
+    pub state: &'static str,
+    /// Why it ended: `completed`, `cancelled`, `declined`, `busy` or `missed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// Every member asked to the call.
+    pub participants: Vec<ParticipantView>,
+}
+
+#[derive(Debug)]
+struct Member {
+    state: MemberState,
+    /// The connection it joined on.
+    device: Option<u64>,
+    /// Join order (the earlier of two peer-to-peer devices makes the offer).
+    joined_seq: u64,
+    ever_joined: bool,
+    audio: bool,
+    video: bool,
+    screen: bool,
+    publish: Option<ParticipantId>,
+    subscribe: Option<ParticipantId>,
+    /// The mid of its screen-share track in its publish session.
+    screen_mid: Option<String>,
+}
+
+impl Member {
+    fn new(state: MemberState, video: bool) -> Self {
+        Self {
+            state,
+            device: None,
+            joined_seq: 0,
+            ever_joined: false,
+            audio: true,
+            video,
+            screen: false,
+            publish: None,
+            subscribe: None,
+            screen_mid: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Call {
+    id: CallId,
+    caller: Caller,
+    conversation_id: ConversationId,
+    media: CallMedia,
+    topology: Topology,
+    started_by: UserId,
+    started_at: Timestamp,
+    members: BTreeMap<UserId, Member>,
+    next_seq: u64,
+    /// The two devices of a peer-to-peer call, once both joined.
+    pair: Option<(UserId, UserId)>,
+}
+
+impl Call {
+    fn view(&self, reason: Option<&'static str>) -> CallView {
+        CallView {
+            id: self.id,
+            conversation_id: self.conversation_id,
+            media: self.media,
+            topology: self.topology,
+            started_by: self.started_by,
+            started_at: self.started_at.to_rfc3339(),
+            state: if reason.is_some() { "ended" } else { "active" },
+            reason,
+            participants: self
+                .members
+                .iter()
+                .map(|(u, m)| ParticipantView {
+                    user_id: *u,
+                    state: m.state,
+                    audio: m.audio,
+                    video: m.video,
+                    screen: m.screen,
+                })
+                .collect(),
+        }
+    }
+
+    fn joined(&self) -> Vec<UserId> {
+        let mut joined: Vec<(u64, UserId)> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state == MemberState::Joined)
+            .map(|(u, m)| (m.joined_seq, *u))
+            .collect();
+        joined.sort_unstable();
+        joined.into_iter().map(|(_, u)| u).collect()
+    }
+
+    fn count(&self, state: MemberState) -> usize {
+        self.members.values().filter(|m| m.state == state).count()
+    }
+
+    fn device(&self, user: UserId) -> Option<u64> {
+        self.members
+            .get(&user)
+            .filter(|m| m.state == MemberState::Joined)
+            .and_then(|m| m.device)
+    }
+
+    fn reason(&self) -> &'static str {
+        let others_joined = self
+            .members
+            .iter()
+            .any(|(u, m)| *u != self.started_by && m.ever_joined);
+        let starter_left = self
+            .members
+            .get(&self.started_by)
+            .is_some_and(|m| m.state == MemberState::Left);
+        if others_joined {
+            "completed"
+        } else if starter_left {
+            "cancelled"
+        } else if self.count(MemberState::Declined) > 0 {
+            "declined"
+        } else if self.count(MemberState::Busy) > 0 {
+            "busy"
+        } else {
+            "missed"
+        }
+    }
+}
+
+/// Something to do once the lock is released.
+#[derive(Debug)]
+enum Effect {
+    /// The call's state to every member (all their devices).
+    Snapshot(Vec<UserId>, Arc<str>),
+    /// An event for one device.
+    Device(UserId, u64, Value),
+    /// End an SFU session.
+    SfuLeave(ParticipantId),
+    /// Close the call's SFU room.
+    SfuClose(RoomId),
+    /// Record the end in the conversation.
+    Ended(Ended),
+}
+
+/// A call that ended, to be recorded.
+#[derive(Debug)]
+struct Ended {
+    caller: Caller,
+    id: CallId,
+    conversation: ConversationId,
+    started_at: Timestamp,
+    reason: &'static str,
+    participants: Vec<UserId>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    calls: HashMap<CallId, Call>,
+    /// The call each user is joined to: a user is in one call at a time.
+    joined: HashMap<UserId, CallId>,
+    /// SFU sessions: their call, user and role.
+    sessions: HashMap<ParticipantId, (CallId, UserId, Role)>,
+}
+
+/// The call service.
+#[derive(Debug)]
+pub struct Calls {
+    config: CallConfig,
+    messaging: Arc<Messaging>,
+    bus: Arc<InProcessBus>,
+    sfu: Arc<dyn SfuControl>,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+}
+
+impl Calls {
+    /// The service; [`Self::pump_sfu_events`] must run for in-call
+    /// features (slots, speaker, dynacast) to reach clients.
+    #[must_use]
+    pub fn new(
+        config: CallConfig,
+        messaging: Arc<Messaging>,
+        bus: Arc<InProcessBus>,
+        sfu: Arc<dyn SfuControl>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            messaging,
+            bus,
+            sfu,
+            clock,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// The STUN/TURN servers clients use for peer-to-peer media.
+    #[must_use]
+    pub fn ice_servers(&self) -> &[IceServer] {
+        &self.config.ice_servers
+    }
+
+    /// The SFU the calls use.
+    #[must_use]
+    pub fn sfu(&self) -> &Arc<dyn SfuControl> {
+        &self.sfu
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, ApiError> {
+        self.state
+            .lock()
+            .map_err(|_| ApiError::internal(anyhow::anyhow!("calls lock poisoned")))
+    }
+
+    /// Active calls `user` was asked to, for a connection that starts.
+    #[must_use]
+    pub fn active_for(&self, user: UserId) -> Vec<CallView> {
+        let Ok(state) = self.state.lock() else {
+            return Vec::new();
+        };
+        state
+            .calls
+            .values()
+            .filter(|c| c.members.contains_key(&user))
+            .map(|c| c.view(None))
+            .collect()
+    }
+
+    /// Starts a call in a conversation; the caller joins it on `device`
+    /// and every other member rings (or is busy in another call).
+    ///
+    /// # Errors
+    /// `forbidden` for a non-member; `busy` when the caller is in another
+    /// call; `call_in_progress` when the conversation has one.
+    pub async fn start(
+        self: &Arc<Self>,
+        caller: &Caller,
+        device: u64,
+        conversation_id: ConversationId,
+        media: CallMedia,
+    ) -> Result<CallView, ApiError> {
+        let me = user_of(caller)?;
+        let members = self.messaging.members_of(caller, conversation_id).await?;
+        let now = self.clock.now();
+        let id = CallId::random();
+        let (view, effects) = {
+            let mut state = self.lock()?;
+            if state.joined.contains_key(&me) {
+                return Err(ApiError::Conflict(
+                    "busy",
+                    "you are in another call: leave it first".to_owned(),
+                ));
+            }
+            if let Some(c) = state
+                .calls
+                .values()
+                .find(|c| c.conversation_id == conversation_id && c.caller.app.id == caller.app.id)
+            {
+                return Err(ApiError::Conflict(
+                    "call_in_progress",
+                    format!("call {} is going on in this conversation: join it", c.id),
+                ));
+            }
+            let mut call = Call {
+                id,
+                caller: caller.clone(),
+                conversation_id,
+                media,
+                topology: Topology::P2p,
+                started_by: me,
+                started_at: now,
+                members: BTreeMap::new(),
+                next_seq: 1,
+                pair: None,
+            };
+            for user in members.iter().copied().filter(|u| *u != me) {
+                let busy = state.joined.contains_key(&user);
+                call.members.insert(
+                    user,
+                    Member::new(
+                        if busy {
+                            MemberState::Busy
+                        } else {
+                            MemberState::Ringing
+                        },
+                        media == CallMedia::Video,
+                    ),
+                );
+            }
+            let mut starter = Member::new(MemberState::Joined, media == CallMedia::Video);
+            starter.device = Some(device);
+            starter.joined_seq = 0;
+            starter.ever_joined = true;
+            call.members.insert(me, starter);
+            state.joined.insert(me, id);
+            let view = call.view(None);
+            state.calls.insert(id, call);
+            (view, Vec::new())
+        };
+        self.run(effects).await;
+        // The start is recorded before anyone hears of the call.
+        let body = MessageBody {
+            text: match media {
+                CallMedia::Audio => "Audio call".to_owned(),
+                CallMedia::Video => "Video call".to_owned(),
+            },
+            data: Some(json!({"call": {"id": id, "event": "started", "media": media}})),
+            recipients: None,
+            actions: Vec::new(),
+        };
+        if let Err(e) = self
+            .messaging
+            .send(caller, conversation_id, &format!("call-{id}-start"), body)
+            .await
+        {
+            tracing::warn!(call = %id, error = %e, "recording the call start failed");
+        }
+        let effects = {
+            let mut state = self.lock()?;
+            let mut effects = Vec::new();
+            snapshot(&state, id, &mut effects);
+            check_end(&mut state, id, &mut effects);
+            effects
+        };
+        self.run(effects).await;
+        let this = self.clone();
+        let timeout = Duration::from_secs(self.config.ring_timeout_secs);
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            this.ring_expired(id).await;
+        });
+        Ok(view)
+    }
+
+    /// Joins a call (answering its ring, or later) on `device`.
+    ///
+    /// # Errors
+    /// `not_found`; `forbidden` for a non-member; `busy` when in another
+    /// call; `call_full` at the member limit.
+    pub async fn join(
+        &self,
+        caller: &Caller,
+        device: u64,
+        id: CallId,
+    ) -> Result<(CallView, Vec<IceServer>), ApiError> {
+        let me = user_of(caller)?;
+        let conversation = self.conversation_of(caller, id)?;
+        // Membership is checked now, not when the call started.
+        self.messaging.readable(caller, conversation).await?;
+        let effects;
+        let view;
+        {
+            let mut state = self.lock()?;
+            if state.joined.get(&me).is_some_and(|c| *c != id) {
+                return Err(ApiError::Conflict(
+                    "busy",
+                    "you are in another call: leave it first".to_owned(),
+                ));
+            }
+            let limit = self.config.conference_server_based_member_limit;
+            let call = state
+                .calls
+                .get_mut(&id)
+                .ok_or(ApiError::NotFound("call"))?;
+            let mut out = Vec::new();
+            let already = call
+                .members
+                .get(&me)
+                .is_some_and(|m| m.state == MemberState::Joined);
+            if !already && call.count(MemberState::Joined) >= limit {
+                return Err(ApiError::Conflict(
+                    "call_full",
+                    format!("the call has its limit of {limit} participants"),
+                ));
+            }
+            let seq = call.next_seq;
+            call.next_seq += 1;
+            let member = call
+                .members
+                .entry(me)
+                .or_insert_with(|| Member::new(MemberState::Ringing, false));
+            if already {
+                // The same user on a new device: the old one's media ends.
+                out.extend(member.publish.take().map(Effect::SfuLeave));
+                out.extend(member.subscribe.take().map(Effect::SfuLeave));
+            } else {
+                member.joined_seq = seq;
+            }
+            member.state = MemberState::Joined;
+            member.device = Some(device);
+            member.ever_joined = true;
+            member.video = call.media == CallMedia::Video;
+            state.joined.insert(me, id);
+            retopology(&mut state, id, &self.config, &mut out, already.then_some(me));
+            snapshot(&state, id, &mut out);
+            view = state.calls.get(&id).map(|c| c.view(None));
+            effects = out;
+        }
+        self.forget_sessions(&effects);
+        self.run(effects).await;
+        let view = view.ok_or(ApiError::NotFound("call"))?;
+        Ok((view, self.config.ice_servers.clone()))
+    }
+
+    /// Declines a ringing call, or says busy.
+    ///
+    /// # Errors
+    /// `not_found`; `not_ringing` when the caller's devices do not ring.
+    pub async fn decline(&self, caller: &Caller, id: CallId, busy: bool) -> Result<(), ApiError> {
+        let me = user_of(caller)?;
+        let effects = {
+            let mut state = self.lock()?;
+            let call = state
+                .calls
+                .get_mut(&id)
+                .filter(|c| c.caller.app.id == caller.app.id)
+                .ok_or(ApiError::NotFound("call"))?;
+            let member = call
+                .members
+                .get_mut(&me)
+                .filter(|m| m.state == MemberState::Ringing)
+                .ok_or_else(|| {
+                    ApiError::Conflict(
+                        "not_ringing",
+                        "this call is not ringing for you".to_owned(),
+                    )
+                })?;
+            member.state = if busy {
+                MemberState::Busy
+            } else {
+                MemberState::Declined
+            };
+            let mut out = Vec::new();
+            snapshot(&state, id, &mut out);
+            check_end(&mut state, id, &mut out);
+            out
+        };
+        self.run(effects).await;
+        Ok(())
+    }
+
+    /// Leaves (hangs up) a call.
+    ///
+    /// # Errors
+    /// `not_found`; `not_joined`.
+    pub async fn leave(&self, caller: &Caller, id: CallId) -> Result<(), ApiError> {
+        let me = user_of(caller)?;
+        let effects = {
+            let mut state = self.lock()?;
+            if !state
+                .calls
+                .get(&id)
+                .is_some_and(|c| c.caller.app.id == caller.app.id)
+            {
+                return Err(ApiError::NotFound("call"));
+            }
+            if state.joined.get(&me) != Some(&id) {
+                return Err(ApiError::Conflict(
+                    "not_joined",
+                    "you are not in this call".to_owned(),
+                ));
+            }
+            let mut out = Vec::new();
+            depart(&mut state, id, me, &self.config, &mut out);
+            out
+        };
+        self.forget_sessions(&effects);
+        self.run(effects).await;
+        Ok(())
+    }
+
+    /// A connection closed: if its user was in a call on it, it leaves.
+    pub async fn disconnected(&self, user: UserId, device: u64) {
+        let effects = {
+            let Ok(mut state) = self.state.lock() else {
+                return;
+            };
+            let Some(id) = state.joined.get(&user).copied() else {
+                return;
+            };
+            if state.calls.get(&id).and_then(|c| c.device(user)) != Some(device) {
+                return;
+            }
+            let mut out = Vec::new();
+            depart(&mut state, id, user, &self.config, &mut out);
+            out
+        };
+        self.forget_sessions(&effects);
+        self.run(effects).await;
+    }
+
+    /// `user` is no longer a member of `conversation`: it is dropped from
+    /// the conversation's call.
+    pub async fn member_removed(&self, conversation: ConversationId, user: UserId) {
+        let effects = {
+            let Ok(mut state) = self.state.lock() else {
+                return;
+            };
+            let Some(id) = state
+                .calls
+                .values()
+                .find(|c| c.conversation_id == conversation)
+                .map(|c| c.id)
+            else {
+                return;
+            };
+            let mut out = Vec::new();
+            if state.joined.get(&user) == Some(&id) {
+                depart(&mut state, id, user, &self.config, &mut out);
+            } else if let Some(call) = state.calls.get_mut(&id)
+                && call.members.remove(&user).is_some()
+            {
+                snapshot(&state, id, &mut out);
+                check_end(&mut state, id, &mut out);
+            }
+            out
+        };
+        self.forget_sessions(&effects);
+        self.run(effects).await;
+    }
+
+    async fn ring_expired(&self, id: CallId) {
+        let effects = {
+            let Ok(mut state) = self.state.lock() else {
+                return;
+            };
+            let Some(call) = state.calls.get_mut(&id) else {
+                return;
+            };
+            let mut changed = false;
+            for m in call.members.values_mut() {
+                if m.state == MemberState::Ringing {
+                    m.state = MemberState::Missed;
+                    changed = true;
+                }
+            }
+            let mut out = Vec::new();
+            if changed {
+                snapshot(&state, id, &mut out);
+                check_end(&mut state, id, &mut out);
+            }
+            out
+        };
+        self.run(effects).await;
+    }
+
+    /// Relays a peer-to-peer signal (SDP or ICE candidate) to the other
+    /// device of the call.
+    ///
+    /// # Errors
+    /// `not_joined`; `wrong_topology` when the call is not peer-to-peer;
+    /// `not_found` when `to` is not the peer.
+    pub async fn signal(
+        &self,
+        caller: &Caller,
+        device: u64,
+        id: CallId,
+        to: UserId,
+        signal: Value,
+    ) -> Result<(), ApiError> {
+        let me = user_of(caller)?;
+        let target = {
+            let state = self.lock()?;
+            let call = joined_call(&state, caller, me, device, id)?;
+            if call.topology != Topology::P2p {
+                return Err(ApiError::Conflict(
+                    "wrong_topology",
+                    "the call goes through the SFU: use call_publish and call_subscribe".to_owned(),
+                ));
+            }
+            if to == me || call.pair.is_none_or(|(a, b)| to != a && to != b) {
+                return Err(ApiError::NotFound("peer"));
+            }
+            call.device(to).ok_or(ApiError::NotFound("peer"))?
+        };
+        let event = json!({"kind": "call_signal", "call_id": id, "from": me, "signal": signal});
+        self.bus
+            .publish_to(to, target, Arc::from(event.to_string()));
+        Ok(())
+    }
+
+    /// Opens or renegotiates the caller's SFU session of `role` with an
+    /// SDP offer; returns the answer.
+    ///
+    /// # Errors
+    /// `not_joined`; `wrong_topology` when the call is peer-to-peer;
+    /// `invalid_request` for an unusable offer; `media_unavailable`.
+    pub async fn negotiate(
+        &self,
+        caller: &Caller,
+        device: u64,
+        id: CallId,
+        role: Role,
+        sdp: String,
+        screen_mid: Option<String>,
+    ) -> Result<String, ApiError> {
+        let me = user_of(caller)?;
+        let existing = {
+            let mut state = self.lock()?;
+            let call = joined_call(&state, caller, me, device, id)?;
+            if call.topology != Topology::Sfu {
+                return Err(ApiError::Conflict(
+                    "wrong_topology",
+                    "the call is peer-to-peer: use call_signal".to_owned(),
+                ));
+            }
+            let call = state.calls.get_mut(&id).ok_or(ApiError::NotFound("call"))?;
+            let member = call
+                .members
+                .get_mut(&me)
+                .ok_or(ApiError::NotFound("call"))?;
+            if role == Role::Publish && screen_mid.is_some() {
+                member.screen_mid = screen_mid;
+            }
+            match role {
+                Role::Publish => member.publish,
+                Role::Subscribe => member.subscribe,
+            }
+        };
+        let answer = match existing {
+            Some(session) => self.sfu.renegotiate(session, sdp).await.map_err(sfu_error)?,
+            None => {
+                let joined = self
+                    .sfu
+                    .join(&RoomId::from(id.to_string().as_str()), role, sdp)
+                    .await
+                    .map_err(sfu_error)?;
+                let stale = {
+                    let mut state = self.lock()?;
+                    let still = state
+                        .calls
+                        .get(&id)
+                        .is_some_and(|c| c.device(me) == Some(device) && c.topology == Topology::Sfu);
+                    if still {
+                        state
+                            .sessions
+                            .insert(joined.participant, (id, me, role));
+                        if let Some(m) = state.calls.get_mut(&id).and_then(|c| c.members.get_mut(&me)) {
+                            let slot = match role {
+                                Role::Publish => &mut m.publish,
+                                Role::Subscribe => &mut m.subscribe,
+                            };
+                            slot.replace(joined.participant)
+                        } else {
+                            None
+                        }
+                    } else {
+                        Some(joined.participant)
+                    }
+                };
+                if let Some(old) = stale {
+                    let _ = self.sfu.leave(old).await;
+                }
+                joined.answer
+            }
+        };
+        Ok(answer)
+    }
+
+    /// The caller's microphone, camera and screen-share state.
+    ///
+    /// # Errors
+    /// `not_joined`.
+    pub async fn set_media(
+        &self,
+        caller: &Caller,
+        device: u64,
+        id: CallId,
+        audio: Option<bool>,
+        video: Option<bool>,
+        screen: Option<bool>,
+    ) -> Result<(), ApiError> {
+        let me = user_of(caller)?;
+        let effects = {
+            let mut state = self.lock()?;
+            joined_call(&state, caller, me, device, id)?;
+            if let Some(m) = state.calls.get_mut(&id).and_then(|c| c.members.get_mut(&me)) {
+                m.audio = audio.unwrap_or(m.audio);
+                m.video = video.unwrap_or(m.video);
+                m.screen = screen.unwrap_or(m.screen);
+            }
+            let mut out = Vec::new();
+            snapshot(&state, id, &mut out);
+            out
+        };
+        self.run(effects).await;
+        Ok(())
+    }
+
+    /// What the caller wants of one received video slot (`mid`), or of
+    /// all of them.
+    ///
+    /// # Errors
+    /// `not_joined`; `wrong_topology` without an SFU subscribe session.
+    pub async fn set_quality(
+        &self,
+        caller: &Caller,
+        device: u64,
+        id: CallId,
+        mid: Option<String>,
+        quality: Quality,
+    ) -> Result<(), ApiError> {
+        let me = user_of(caller)?;
+        let session = {
+            let state = self.lock()?;
+            let call = joined_call(&state, caller, me, device, id)?;
+            call.members
+                .get(&me)
+                .and_then(|m| m.subscribe)
+                .ok_or_else(|| {
+                    ApiError::Conflict(
+                        "wrong_topology",
+                        "no SFU subscribe session: send call_subscribe first".to_owned(),
+                    )
+                })?
+        };
+        let preference = quality.preference();
+        match mid {
+            Some(mid) => self.sfu.set_slot_preference(session, mid, preference).await,
+            None => self.sfu.set_preference(session, preference).await,
+        }
+        .map_err(sfu_error)
+    }
+
+    fn conversation_of(&self, caller: &Caller, id: CallId) -> Result<ConversationId, ApiError> {
+        let state = self.lock()?;
+        state
+            .calls
+            .get(&id)
+            .filter(|c| c.caller.app.id == caller.app.id)
+            .map(|c| c.conversation_id)
+            .ok_or(ApiError::NotFound("call"))
+    }
+
+    /// Forgets the SFU sessions that effects end.
+    fn forget_sessions(&self, effects: &[Effect]) {
+        if let Ok(mut state) = self.state.lock() {
+            for e in effects {
+                if let Effect::SfuLeave(p) = e {
+                    state.sessions.remove(p);
+                }
+            }
+        }
+    }
+
+    async fn run(&self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Snapshot(users, payload) => {
+                    for u in users {
+                        crate::bus::Bus::publish(&*self.bus, u, 0, payload.clone());
+                    }
+                }
+                Effect::Device(user, device, event) => {
+                    self.bus
+                        .publish_to(user, device, Arc::from(event.to_string()));
+                }
+                Effect::SfuLeave(p) => {
+                    if let Err(e) = self.sfu.leave(p).await {
+                        tracing::debug!(error = %e, "ending an SFU session");
+                    }
+                }
+                Effect::SfuClose(room) => {
+                    if let Err(e) = self.sfu.close_room(&room).await {
+                        tracing::debug!(error = %e, "closing an SFU room");
+                    }
+                }
+                Effect::Ended(ended) => self.record_end(ended).await,
+            }
+        }
+    }
+
+    async fn record_end(&self, ended: Ended) {
+        let duration_ms = (self.clock.now().0 - ended.started_at.0).max(0);
+        let text = match ended.reason {
+            "completed" => format!("Call ended, {}", human_duration(duration_ms)),
+            "cancelled" => "Call cancelled".to_owned(),
+            "declined" => "Call declined".to_owned(),
+            "busy" => "Call not answered: busy".to_owned(),
+            _ => "Missed call".to_owned(),
+        };
+        let id = ended.id;
+        let body = MessageBody {
+            text,
+            data: Some(json!({"call": {
+                "id": id,
+                "event": "ended",
+                "reason": ended.reason,
+                "duration_ms": duration_ms,
+                "participants": ended.participants,
+            }})),
+            recipients: None,
+            actions: Vec::new(),
+        };
+        let app = Caller {
+            app: ended.caller.app,
+            who: Who::App,
+        };
+        if let Err(e) = self
+            .messaging
+            .send(&app, ended.conversation, &format!("call-{id}-end"), body)
+            .await
+        {
+            tracing::warn!(call = %id, error = %e, "recording the call end failed");
+        }
+    }
+
+    /// Carries SFU events to the devices they concern: which participant a
+    /// received slot shows (`call_slot`), the active speaker
+    /// (`call_speaker`), and layers nobody needs (`call_layer`, for the
+    /// publisher to pause them). Runs until the SFU stops; events lost
+    /// because this task fell behind are logged.
+    pub async fn pump_sfu_events(self: Arc<Self>) {
+        let mut events = self.sfu.events();
+        loop {
+            let event = match events.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(lost = n, "call events fell behind the SFU");
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let effects = self.translate(&event);
+            self.run(effects).await;
+        }
+    }
+
+    fn translate(&self, event: &SfuEvent) -> Vec<Effect> {
+        let Ok(mut state) = self.state.lock() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        match event {
+            SfuEvent::SlotChanged {
+                participant,
+                mid,
+                source,
+                ..
+            } => {
+                let Some(&(call_id, user, _)) = state.sessions.get(participant) else {
+                    return out;
+                };
+                let Some(call) = state.calls.get(&call_id) else {
+                    return out;
+                };
+                let Some(device) = call.device(user) else {
+                    return out;
+                };
+                let from = source.as_ref().and_then(|(p, src_mid)| {
+                    let (_, src_user, _) = state.sessions.get(p)?;
+                    let screen = call
+                        .members
+                        .get(src_user)
+                        .and_then(|m| m.screen_mid.as_deref())
+                        == Some(src_mid.as_str());
+                    Some((*src_user, screen))
+                });
+                out.push(Effect::Device(
+                    user,
+                    device,
+                    json!({
+                        "kind": "call_slot",
+                        "call_id": call_id,
+                        "mid": mid,
+                        "user_id": from.map(|f| f.0),
+                        "screen": from.is_some_and(|f| f.1),
+                    }),
+                ));
+            }
+            SfuEvent::SpeakerChanged { participant, room } => {
+                let speaker = participant
+                    .and_then(|p| state.sessions.get(&p))
+                    .map(|(_, u, _)| *u);
+                let Ok(call_id) = room.0.parse::<CallId>() else {
+                    return out;
+                };
+                if let Some(call) = state.calls.get(&call_id) {
+                    for u in call.joined() {
+                        if let Some(device) = call.device(u) {
+                            out.push(Effect::Device(
+                                u,
+                                device,
+                                json!({"kind": "call_speaker", "call_id": call_id, "user_id": speaker}),
+                            ));
+                        }
+                    }
+                }
+            }
+            SfuEvent::LayerNeeded {
+                participant,
+                mid,
+                layer,
+                needed,
+                ..
+            } => {
+                let Some(&(call_id, user, _)) = state.sessions.get(participant) else {
+                    return out;
+                };
+                if let Some(device) = state.calls.get(&call_id).and_then(|c| c.device(user)) {
+                    let rid = ["q", "h", "f"][usize::from((*layer).min(2))];
+                    out.push(Effect::Device(
+                        user,
+                        device,
+                        json!({"kind": "call_layer", "call_id": call_id, "mid": mid, "rid": rid, "needed": needed}),
+                    ));
+                }
+            }
+            SfuEvent::Disconnected { participant, .. } => {
+                // A session that failed or timed out: forget it, so that
+                // the device can open a new one.
+                if let Some((call_id, user, role)) = state.sessions.remove(participant)
+                    && let Some(m) = state
+                        .calls
+                        .get_mut(&call_id)
+                        .and_then(|c| c.members.get_mut(&user))
+                {
+                    let slot = match role {
+                        Role::Publish => &mut m.publish,
+                        Role::Subscribe => &mut m.subscribe,
+                    };
+                    if *slot == Some(*participant) {
+                        *slot = None;
+                    }
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+fn user_of(caller: &Caller) -> Result<UserId, ApiError> {
+    match &caller.who {
+        Who::User { user, .. } => Ok(user.id),
+        Who::App => Err(ApiError::InvalidRequest(
+            "calls are for users, not the application's bot".to_owned(),
+        )),
+    }
+}
+
+/// The call `me` is joined to on `device`.
+fn joined_call<'a>(
+    state: &'a State,
+    caller: &Caller,
+    me: UserId,
+    device: u64,
+    id: CallId,
+) -> Result<&'a Call, ApiError> {
+    let call = state
+        .calls
+        .get(&id)
+        .filter(|c| c.caller.app.id == caller.app.id)
+        .ok_or(ApiError::NotFound("call"))?;
+    if call.device(me) != Some(device) {
+        return Err(ApiError::Conflict(
+            "not_joined",
+            "you are not in this call on this connection: send call_join".to_owned(),
+        ));
+    }
+    Ok(call)
+}
+
+fn sfu_error(e: SfuError) -> ApiError {
+    match e {
+        SfuError::Join(e) => ApiError::InvalidRequest(format!("sdp: {e}")),
+        other => ApiError::MediaUnavailable(format!("the SFU cannot take this session: {other}")),
+    }
+}
+
+/// The call's state to every member.
+fn snapshot(state: &State, id: CallId, out: &mut Vec<Effect>) {
+    if let Some(call) = state.calls.get(&id) {
+        let payload = json!({"kind": "call", "call": call.view(None)}).to_string();
+        out.push(Effect::Snapshot(
+            call.members.keys().copied().collect(),
+            Arc::from(payload),
+        ));
+    }
+}
+
+/// `user` leaves the call: its SFU sessions end, the topology may change,
+/// and the call may end.
+fn depart(state: &mut State, id: CallId, user: UserId, config: &CallConfig, out: &mut Vec<Effect>) {
+    state.joined.remove(&user);
+    if let Some(m) = state.calls.get_mut(&id).and_then(|c| c.members.get_mut(&user)) {
+        m.state = MemberState::Left;
+        m.device = None;
+        out.extend(m.publish.take().map(Effect::SfuLeave));
+        out.extend(m.subscribe.take().map(Effect::SfuLeave));
+    }
+    retopology(state, id, config, out, None);
+    snapshot(state, id, out);
+    check_end(state, id, out);
+}
+
+/// Chooses the topology after a join or a leave and tells the joined
+/// devices what changed. `rejoined` is a user that moved to a new device
+/// (it is told the topology again).
+fn retopology(
+    state: &mut State,
+    id: CallId,
+    config: &CallConfig,
+    out: &mut Vec<Effect>,
+    rejoined: Option<UserId>,
+) {
+    let Some(call) = state.calls.get_mut(&id) else {
+        return;
+    };
+    let joined = call.joined();
+    let before = call.topology;
+    if joined.len() >= config.conference_server_based_threshold {
+        call.topology = Topology::Sfu;
+        call.pair = None;
+    } else if call.topology == Topology::Sfu
+        && config.back_to_p2p
+        && joined.len() == 2
+    {
+        call.topology = Topology::P2p;
+        for u in &joined {
+            if let Some(m) = call.members.get_mut(u) {
+                out.extend(m.publish.take().map(Effect::SfuLeave));
+                out.extend(m.subscribe.take().map(Effect::SfuLeave));
+            }
+        }
+    }
+    let announce: Vec<UserId> = match call.topology {
+        Topology::Sfu => {
+            if before == Topology::Sfu {
+                // Only newcomers (and a moved device) need telling.
+                joined
+                    .iter()
+                    .copied()
+                    .filter(|u| {
+                        Some(*u) == rejoined
+                            || call
+                                .members
+                                .get(u)
+                                .is_some_and(|m| m.publish.is_none() && m.subscribe.is_none())
+                    })
+                    .collect()
+            } else {
+                joined.clone()
+            }
+        }
+        Topology::P2p => {
+            let pair = (joined.len() == 2).then(|| (joined[0], joined[1]));
+            if pair != call.pair || rejoined.is_some() {
+                call.pair = pair;
+                joined.clone()
+            } else {
+                Vec::new()
+            }
+        }
+    };
+    for u in announce {
+        let Some(device) = call.device(u) else {
+            continue;
+        };
+        let event = match (call.topology, call.pair) {
+            (Topology::Sfu, _) => {
+                json!({"kind": "call_topology", "call_id": id, "topology": "sfu"})
+            }
+            (Topology::P2p, Some((first, second))) => {
+                let peer = if u == first { second } else { first };
+                json!({
+                    "kind": "call_topology",
+                    "call_id": id,
+                    "topology": "p2p",
+                    "peer": peer,
+                    "offerer": u == first,
+                    "ice_servers": config.ice_servers,
+                })
+            }
+            (Topology::P2p, None) => {
+                json!({"kind": "call_topology", "call_id": id, "topology": "p2p", "peer": null})
+            }
+        };
+        out.push(Effect::Device(u, device, event));
+    }
+}
+
+/// Ends the call when nobody is in it, or one person is left with nobody
+/// ringing.
+fn check_end(state: &mut State, id: CallId, out: &mut Vec<Effect>) {
+    let Some(call) = state.calls.get(&id) else {
+        return;
+    };
+    let joined = call.count(MemberState::Joined);
+    let ringing = call.count(MemberState::Ringing);
+    if joined > 1 || (joined == 1 && ringing > 0) {
+        return;
+    }
+    let Some(mut call) = state.calls.remove(&id) else {
+        return;
+    };
+    let reason = call.reason();
+    for (user, m) in &mut call.members {
+        if m.state == MemberState::Joined {
+            m.state = MemberState::Left;
+            state.joined.remove(user);
+        }
+        if m.state == MemberState::Ringing {
+            m.state = MemberState::Missed;
+        }
+        for p in [m.publish.take(), m.subscribe.take()].into_iter().flatten() {
+            state.sessions.remove(&p);
+            out.push(Effect::SfuLeave(p));
+        }
+    }
+    out.push(Effect::SfuClose(RoomId::from(id.to_string().as_str())));
+    let payload = json!({"kind": "call", "call": call.view(Some(reason))}).to_string();
+    out.push(Effect::Snapshot(
+        call.members.keys().copied().collect(),
+        Arc::from(payload),
+    ));
+    let participants: Vec<UserId> = call
+        .members
+        .iter()
+        .filter(|(_, m)| m.ever_joined)
+        .map(|(u, _)| *u)
+        .collect();
+    out.push(Effect::Ended(Ended {
+        caller: call.caller,
+        id,
+        conversation: call.conversation_id,
+        started_at: call.started_at,
+        reason,
+        participants,
+    }));
+}
+
+fn human_duration(ms: i64) -> String {
+    let secs = ms / 1000;
+    if secs >= 3600 {
+        format!("{}h {:02}m {:02}s", secs / 3600, secs / 60 % 60, secs % 60)
+    } else if secs >= 60 {
+        format!("{}m {:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration(5_400), "5s");
+        assert_eq!(human_duration(65_000), "1m 05s");
+        assert_eq!(human_duration(3_725_000), "1h 02m 05s");
+    }
+}
