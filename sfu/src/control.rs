@@ -68,7 +68,18 @@ pub trait SfuControl: Send + Sync + std::fmt::Debug {
     async fn create_room(&self, room: &RoomId) -> Result<(), SfuError>;
     /// Adds a participant to `room` (created on first join) from an SDP
     /// offer; returns its id and the SDP answer.
-    async fn join(&self, room: &RoomId, role: Role, offer: String) -> Result<Joined, SfuError>;
+    async fn join(&self, room: &RoomId, role: Role, offer: String) -> Result<Joined, SfuError> {
+        self.join_linked(room, role, offer, None).await
+    }
+    /// As [`Self::join`] for a client that has another session (`linked`)
+    /// in the room: its subscribe session never gets its own tracks.
+    async fn join_linked(
+        &self,
+        room: &RoomId,
+        role: Role,
+        offer: String,
+        linked: Option<ParticipantId>,
+    ) -> Result<Joined, SfuError>;
     /// Applies a new offer of a participant already in (an added track or
     /// more receive slots); returns the SDP answer.
     async fn renegotiate(
@@ -271,7 +282,13 @@ impl SfuControl for EmbeddedSfu {
         Ok(())
     }
 
-    async fn join(&self, room: &RoomId, role: Role, offer: String) -> Result<Joined, SfuError> {
+    async fn join_linked(
+        &self,
+        room: &RoomId,
+        role: Role,
+        offer: String,
+        linked: Option<ParticipantId>,
+    ) -> Result<Joined, SfuError> {
         let participant = ParticipantId(rand_u64());
         let index = {
             let mut placement = self.placement.lock().map_err(|_| SfuError::Unavailable)?;
@@ -288,6 +305,7 @@ impl SfuControl for EmbeddedSfu {
                 participant,
                 role,
                 offer,
+                linked,
                 reply,
             },
         );

@@ -198,6 +198,8 @@ struct Slot {
 struct Participant {
     room: RoomId,
     role: Role,
+    /// The same client's other session in the room.
+    linked: Option<ParticipantId>,
     rtc: Rtc,
     created: Instant,
     connected: bool,
@@ -308,6 +310,24 @@ impl Engine {
         offer: &str,
         now: Instant,
     ) -> Result<String, JoinError> {
+        self.handle_join_linked(room, id, role, offer, None, now)
+    }
+
+    /// As [`Self::handle_join`], for a client that also has the session
+    /// `linked` in the room (its publish session for a subscribe session,
+    /// or the other way round): it is never sent its own tracks.
+    ///
+    /// # Errors
+    /// [`JoinError`] when the offer is unusable.
+    pub fn handle_join_linked(
+        &mut self,
+        room: &RoomId,
+        id: ParticipantId,
+        role: Role,
+        offer: &str,
+        linked: Option<ParticipantId>,
+        now: Instant,
+    ) -> Result<String, JoinError> {
         let offer = str0m::change::SdpOffer::from_sdp_string(offer)
             .map_err(|e| JoinError::BadOffer(e.to_string()))?;
         let mut rtc = Rtc::builder()
@@ -335,6 +355,7 @@ impl Engine {
         let mut participant = Participant {
             room: room.clone(),
             role,
+            linked,
             rtc,
             created: now,
             connected: false,
@@ -921,6 +942,20 @@ impl Engine {
             .map(|(k, t)| (*k, t.kind, t.index))
             .collect();
         tracks.sort_by_key(|(k, _, index)| (Some(k.0) != speaker, *index));
+        // Sessions of one client, both ways.
+        let links: Vec<(ParticipantId, ParticipantId)> = room
+            .participants
+            .iter()
+            .filter_map(|id| {
+                let linked = self.participants.get(id)?.linked?;
+                Some((*id, linked))
+            })
+            .collect();
+        let own = |subscriber: ParticipantId, owner: ParticipantId| {
+            owner == subscriber
+                || links.contains(&(subscriber, owner))
+                || links.contains(&(owner, subscriber))
+        };
         for id in room.participants.clone() {
             let Some(p) = self.participants.get_mut(&id) else {
                 continue;
@@ -929,7 +964,7 @@ impl Engine {
                 let count = p.slots.iter().filter(|s| s.kind == kind).count();
                 let wanted: Vec<TrackKey> = tracks
                     .iter()
-                    .filter(|(k, k_kind, _)| *k_kind == kind && k.0 != id)
+                    .filter(|(k, k_kind, _)| *k_kind == kind && !own(id, k.0))
                     .map(|(k, _, _)| *k)
                     .take(count)
                     .collect();

@@ -60,6 +60,8 @@ pub enum Command {
         role: Role,
         /// The SDP offer.
         offer: String,
+        /// The same client's other session, whose tracks it must not get.
+        linked: Option<ParticipantId>,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<String, JoinError>>,
     },
@@ -173,9 +175,17 @@ fn handle_command(engine: &mut Engine, command: Command) {
             participant,
             role,
             offer,
+            linked,
             reply,
         } => {
-            let answer = engine.handle_join(&room, participant, role, &offer, Instant::now());
+            let answer = engine.handle_join_linked(
+                &room,
+                participant,
+                role,
+                &offer,
+                linked,
+                Instant::now(),
+            );
             let _ = reply.send(answer);
         }
         Command::Renegotiate {

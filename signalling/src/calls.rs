@@ -747,16 +747,17 @@ impl Calls {
                 member.screen_mid = screen_mid;
             }
             match role {
-                Role::Publish => member.publish,
-                Role::Subscribe => member.subscribe,
+                Role::Publish => (member.publish, member.subscribe),
+                Role::Subscribe => (member.subscribe, member.publish),
             }
         };
+        let (existing, linked) = existing;
         let answer = match existing {
             Some(session) => self.sfu.renegotiate(session, sdp).await.map_err(sfu_error)?,
             None => {
                 let joined = self
                     .sfu
-                    .join(&RoomId::from(id.to_string().as_str()), role, sdp)
+                    .join_linked(&RoomId::from(id.to_string().as_str()), role, sdp, linked)
                     .await
                     .map_err(sfu_error)?;
                 let stale = {

@@ -291,6 +291,8 @@ pub struct Ws {
     pub events: std::collections::VecDeque<Value>,
     /// The `welcome` frame.
     pub welcome: Value,
+    /// Ephemeral frames received while waiting for something else.
+    pub ephemerals: std::collections::VecDeque<Value>,
     /// Every frame received, and every JSON frame sent, in order.
     pub received: Vec<Value>,
     pub sent: Vec<Value>,
@@ -333,6 +335,7 @@ impl Ws {
         let mut ws = Self {
             stream,
             events: Default::default(),
+            ephemerals: Default::default(),
             welcome: Value::Null,
             received: Vec::new(),
             sent: Vec::new(),
@@ -396,14 +399,42 @@ impl Ws {
             let f = self.frame().await;
             if f["type"] == "event" {
                 self.events.push_back(f);
+            } else if f["type"] == "ephemeral" {
+                self.ephemerals.push_back(f);
             } else if &f["id"] == id {
                 return f;
             }
         }
     }
 
+    /// The next ephemeral event of `kind` (a call's `call`, `call_signal`
+    /// …); other frames meanwhile are kept in order.
+    pub async fn ephemeral_of(&mut self, kind: &str) -> Value {
+        if let Some(i) = self
+            .ephemerals
+            .iter()
+            .position(|f| f["event"]["kind"] == kind)
+        {
+            return self.ephemerals.remove(i).unwrap();
+        }
+        loop {
+            let f = self.frame().await;
+            if f["type"] == "ephemeral" && f["event"]["kind"] == kind {
+                return f;
+            }
+            if f["type"] == "event" {
+                self.events.push_back(f);
+            } else if f["type"] == "ephemeral" {
+                self.ephemerals.push_back(f);
+            }
+        }
+    }
+
     /// The next ephemeral frame (typing, presence); events meanwhile are kept.
     pub async fn ephemeral(&mut self) -> Value {
+        if let Some(f) = self.ephemerals.pop_front() {
+            return f;
+        }
         loop {
             let f = self.frame().await;
             if f["type"] == "ephemeral" {

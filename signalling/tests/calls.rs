@@ -1,0 +1,639 @@
+//! Calls end to end: real WebSocket clients speak the call protocol, and
+//! str0m peers on loopback UDP carry the media, directly (peer-to-peer,
+//! negotiated through `call_signal`) or through the SFU that `signalling`
+//! runs in-process (`call_publish` / `call_subscribe`). Every media packet
+//! carries a checked trailer naming its publisher.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{TestServer, Ws, default_clock, test_config, user_token};
+use confer_signalling::SignallingConfig;
+use serde_json::{Value, json};
+
+use media::{LivePeer, Publisher};
+
+/// A str0m peer on its own loopback socket, driven by a thread, that the
+/// test negotiates with and reads counters from while media flows.
+mod media {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
+
+    pub use confer_sfu::testing::{Behaviour, Publisher, Subscriber};
+    use str0m::net::{Protocol, Receive};
+    use str0m::{Candidate, Event, Input, Output, Rtc};
+
+    pub struct Inner {
+        pub rtc: Rtc,
+        pub publisher: Option<Publisher>,
+        pub subscriber: Subscriber,
+    }
+
+    pub struct LivePeer {
+        inner: Arc<Mutex<Inner>>,
+        stop: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+        pub addr: SocketAddr,
+    }
+
+    impl LivePeer {
+        /// A peer; with `candidate_in_sdp` its host candidate is in its
+        /// offers (SFU sessions), otherwise it is trickled by the test.
+        pub fn new(candidate_in_sdp: bool) -> Self {
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let addr = socket.local_addr().unwrap();
+            let mut rtc = Rtc::builder()
+                .set_rtp_mode(true)
+                .clear_codecs()
+                .enable_opus(true, false)
+                .enable_vp8(true)
+                .build(Instant::now());
+            if candidate_in_sdp {
+                rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+            }
+            let inner = Arc::new(Mutex::new(Inner {
+                rtc,
+                publisher: None,
+                subscriber: Subscriber::default(),
+            }));
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = {
+                let inner = inner.clone();
+                let stop = stop.clone();
+                std::thread::spawn(move || drive(&socket, addr, &inner, &stop))
+            };
+            Self {
+                inner,
+                stop,
+                thread: Some(thread),
+                addr,
+            }
+        }
+
+        pub fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+            f(&mut self.inner.lock().unwrap())
+        }
+
+        /// The local host candidate, for trickling.
+        pub fn candidate(&self) -> String {
+            self.with(|i| {
+                i.rtc
+                    .add_local_candidate(Candidate::host(self.addr, "udp").unwrap())
+                    .unwrap()
+                    .to_sdp_string()
+            })
+        }
+
+        /// Packets received per (kind, publisher tag).
+        pub fn received(&self, kind: &'static str, tag: u8) -> u64 {
+            self.with(|i| {
+                i.subscriber
+                    .by_tag
+                    .get(&(kind, tag))
+                    .copied()
+                    .unwrap_or(0)
+            })
+        }
+
+        pub fn corrupt(&self) -> u64 {
+            self.with(|i| i.subscriber.corrupt)
+        }
+    }
+
+    impl Drop for LivePeer {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn dispatch(inner: &mut Inner, event: Event) {
+        let now = Instant::now();
+        let Inner {
+            rtc,
+            publisher,
+            subscriber,
+        } = inner;
+        match event {
+            Event::Connected => {
+                if let Some(p) = publisher {
+                    p.on_event(rtc, Event::Connected, now);
+                }
+                subscriber.on_event(rtc, Event::Connected, now);
+            }
+            e @ Event::KeyframeRequest(_) => {
+                if let Some(p) = publisher {
+                    p.on_event(rtc, e, now);
+                }
+            }
+            e @ Event::RtpPacket(_) => subscriber.on_event(rtc, e, now),
+            _ => {}
+        }
+    }
+
+    fn drive(socket: &UdpSocket, addr: SocketAddr, inner: &Mutex<Inner>, stop: &AtomicBool) {
+        let mut buf = vec![0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            let wait = {
+                let mut g = inner.lock().unwrap();
+                let timeout = loop {
+                    match g.rtc.poll_output() {
+                        Ok(Output::Timeout(t)) => break t,
+                        Ok(Output::Transmit(t)) => {
+                            let _ = socket.send_to(&t.contents, t.destination);
+                        }
+                        Ok(Output::Event(e)) => dispatch(&mut g, e),
+                        Err(_) => return,
+                    }
+                };
+                if !g.rtc.is_alive() {
+                    return;
+                }
+                let now = Instant::now();
+                let Inner { rtc, publisher, .. } = &mut *g;
+                let app = publisher.as_mut().and_then(|p| p.poll(rtc, now));
+                if app.is_some_and(|t| t <= now) {
+                    continue;
+                }
+                let next = app.map_or(timeout, |t| t.min(timeout));
+                next.saturating_duration_since(now)
+                    .clamp(Duration::from_millis(1), Duration::from_millis(20))
+            };
+            socket.set_read_timeout(Some(wait)).unwrap();
+            let input = match socket.recv_from(&mut buf) {
+                Ok((n, source)) => Some((n, source)),
+                Err(_) => None,
+            };
+            let mut g = inner.lock().unwrap();
+            let result = match input {
+                Some((n, source)) => g.rtc.handle_input(Input::Receive(
+                    Instant::now(),
+                    Receive {
+                        proto: Protocol::Udp,
+                        source,
+                        destination: addr,
+                        contents: buf[..n].try_into().unwrap(),
+                    },
+                )),
+                None => g.rtc.handle_input(Input::Timeout(Instant::now())),
+            };
+            if result.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// `(audio mid, video mid)` of an SDP.
+fn mids_of(sdp: &str) -> (str0m::media::Mid, str0m::media::Mid) {
+    let mut kind = "";
+    let mut found: HashMap<&str, String> = HashMap::new();
+    for line in sdp.lines() {
+        if let Some(rest) = line.strip_prefix("m=") {
+            kind = rest.split(' ').next().unwrap_or("");
+        } else if let Some(mid) = line.strip_prefix("a=mid:") {
+            found.entry(kind).or_insert_with(|| mid.trim().to_owned());
+        }
+    }
+    (
+        str0m::media::Mid::from(found["audio"].as_str()),
+        str0m::media::Mid::from(found["video"].as_str()),
+    )
+}
+
+struct Person {
+    ws: Ws,
+    user: String,
+    tag: u8,
+}
+
+async fn people(server: &TestServer, names: &[&str]) -> (Vec<Person>, common::App) {
+    let app = server.register("calls@example.com", "ERP").await;
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let (token, user) = user_token(server, &app, name, &[]).await;
+        out.push(Person {
+            ws: Ws::connect(server, &token, None).await,
+            user,
+            tag: u8::try_from(i + 1).unwrap(),
+        });
+    }
+    (out, app)
+}
+
+async fn conversation(people: &mut [Person]) -> Value {
+    let members: Vec<&str> = people[1..].iter().map(|p| p.user.as_str()).collect();
+    let ack = people[0]
+        .ws
+        .request(json!({"type": "create_conversation", "title": "Call room", "members": members}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    ack["conversation"]["id"].clone()
+}
+
+/// The latest `call` snapshot a person received.
+async fn snapshot(ws: &mut Ws) -> Value {
+    ws.ephemeral_of("call").await["event"]["call"].clone()
+}
+
+fn state_of(call: &Value, user: &str) -> String {
+    call["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["user_id"] == user)
+        .map(|p| p["state"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Negotiates a peer-to-peer session between the offerer and the answerer
+/// through `call_signal`, trickling one host candidate each way; both
+/// then send audio and video tagged with their number.
+async fn p2p(call: &Value, offerer: &mut Person, answerer: &mut Person) -> (LivePeer, LivePeer) {
+    use str0m::change::{SdpAnswer, SdpOffer};
+    use str0m::media::{Direction, MediaKind};
+
+    let a = LivePeer::new(false);
+    let b = LivePeer::new(false);
+    let (offer, pending) = a.with(|i| {
+        let mut api = i.rtc.sdp_api();
+        api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        api.add_media(MediaKind::Video, Direction::SendRecv, None, None, None);
+        let (offer, pending) = api.apply().unwrap();
+        (offer.to_sdp_string(), pending)
+    });
+    let (audio, video) = mids_of(&offer);
+    let ack = offerer
+        .ws
+        .request(json!({"type": "call_signal", "call_id": call, "to": answerer.user, "signal": {"type": "offer", "sdp": offer}}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let got = answerer.ws.ephemeral_of("call_signal").await;
+    assert_eq!(got["event"]["from"], offerer.user.as_str());
+    let answer = b.with(|i| {
+        let offer = SdpOffer::from_sdp_string(got["event"]["signal"]["sdp"].as_str().unwrap()).unwrap();
+        i.rtc.sdp_api().accept_offer(offer).unwrap().to_sdp_string()
+    });
+    answerer
+        .ws
+        .request(json!({"type": "call_signal", "call_id": call, "to": offerer.user, "signal": {"type": "answer", "sdp": answer}}))
+        .await;
+    let got = offerer.ws.ephemeral_of("call_signal").await;
+    a.with(|i| {
+        let answer =
+            SdpAnswer::from_sdp_string(got["event"]["signal"]["sdp"].as_str().unwrap()).unwrap();
+        i.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+    });
+    let mut pa = Publisher::new(audio, video, false, 15);
+    pa.tag = offerer.tag;
+    let mut pb = Publisher::new(audio, video, false, 15);
+    pb.tag = answerer.tag;
+    a.with(|i| i.publisher = Some(pa));
+    b.with(|i| i.publisher = Some(pb));
+    // Trickle ICE: one host candidate each way (the offer and answer had
+    // none, so nothing connects before this).
+    trickle(call, offerer, answerer, &a, &b).await;
+    trickle(call, answerer, offerer, &b, &a).await;
+    (a, b)
+}
+
+/// Sends `from`'s host candidate to `to`, whose peer adds it.
+async fn trickle(call: &Value, from: &mut Person, to: &mut Person, from_peer: &LivePeer, to_peer: &LivePeer) {
+    let candidate = from_peer.candidate();
+    let ack = from
+        .ws
+        .request(json!({"type": "call_signal", "call_id": call, "to": to.user, "signal": {"type": "candidate", "candidate": candidate}}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let got = to.ws.ephemeral_of("call_signal").await;
+    let c = str0m::Candidate::from_sdp_string(got["event"]["signal"]["candidate"].as_str().unwrap())
+        .unwrap();
+    to_peer.with(|i| i.rtc.add_remote_candidate(c));
+}
+
+/// A participant's two SFU sessions: publishing audio and three-layer
+/// simulcast video tagged with its number, and receiving `others` audio
+/// and `others` video slots.
+struct SfuMedia {
+    publish: LivePeer,
+    subscribe: LivePeer,
+}
+
+async fn sfu_sessions(call: &Value, person: &mut Person, others: usize) -> SfuMedia {
+    use confer_sfu::testing::{accept_answer, offer_publish, offer_slots};
+    let publish = LivePeer::new(true);
+    let (offer, pending, audio, video) = publish.with(|i| offer_publish(&mut i.rtc, true));
+    let mut publisher = Publisher::new(audio, video, true, 15);
+    publisher.tag = person.tag;
+    publish.with(|i| i.publisher = Some(publisher));
+    let answer = person
+        .ws
+        .request(json!({"type": "call_publish", "call_id": call, "sdp": offer}))
+        .await;
+    assert_eq!(answer["type"], "call_answer", "{answer}");
+    publish.with(|i| accept_answer(&mut i.rtc, pending, answer["sdp"].as_str().unwrap()));
+
+    let subscribe = LivePeer::new(true);
+    let (offer, pending) = subscribe.with(|i| offer_slots(&mut i.rtc, others, others));
+    let answer = person
+        .ws
+        .request(json!({"type": "call_subscribe", "call_id": call, "sdp": offer}))
+        .await;
+    assert_eq!(answer["type"], "call_answer", "{answer}");
+    subscribe.with(|i| accept_answer(&mut i.rtc, pending, answer["sdp"].as_str().unwrap()));
+    SfuMedia { publish, subscribe }
+}
+
+/// Waits (10 s at most) until `peer` received audio and video from every
+/// tag in `from`; returns how long it took.
+async fn until_media(peer: &LivePeer, from: &[u8], packets: u64) -> Duration {
+    let started = Instant::now();
+    loop {
+        let done = from
+            .iter()
+            .all(|t| peer.received("audio", *t) >= packets && peer.received("video", *t) >= packets);
+        if done {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "media from {from:?} did not arrive: {:?}",
+            peer.with(|i| i.subscriber.by_tag.clone())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Snapshots until the call has ended; returns the last.
+async fn ended(ws: &mut Ws) -> Value {
+    loop {
+        let call = snapshot(ws).await;
+        if call["state"] == "ended" {
+            return call;
+        }
+    }
+}
+
+async fn sfu_is_idle(server: &TestServer) -> bool {
+    let stats = server.services.sfu.stats().await.unwrap();
+    stats.workers.iter().all(Vec::is_empty)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_person_call_is_peer_to_peer_and_recorded_in_the_conversation() {
+    let (server, _dir) = TestServer::start().await;
+    let (mut p, _app) = people(&server, &["ann", "bob"]).await;
+    let conv = conversation(&mut p).await;
+    let ack = p[0]
+        .ws
+        .request(json!({"type": "call_start", "conversation_id": conv, "media": "video"}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let call = ack["call"]["id"].clone();
+    assert_eq!(state_of(&ack["call"], &p[0].user), "joined");
+
+    let ring = snapshot(&mut p[1].ws).await;
+    assert_eq!(state_of(&ring, &p[1].user), "ringing", "{ring}");
+    let join = p[1]
+        .ws
+        .request(json!({"type": "call_join", "call_id": call}))
+        .await;
+    assert_eq!(join["type"], "ack", "{join}");
+    assert!(join["ice_servers"].is_array());
+    let ta = p[0].ws.ephemeral_of("call_topology").await["event"].clone();
+    let tb = p[1].ws.ephemeral_of("call_topology").await["event"].clone();
+    assert_eq!(ta["topology"], "p2p");
+    assert_eq!(ta["peer"], p[1].user.as_str());
+    assert_eq!(ta["offerer"], true);
+    assert_eq!(tb["offerer"], false);
+
+    let (first, rest) = p.split_at_mut(1);
+    let (a, b) = p2p(&call, &mut first[0], &mut rest[0]).await;
+    let took = until_media(&a, &[2], 30).await;
+    until_media(&b, &[1], 30).await;
+    eprintln!("peer-to-peer media flowing {took:?} after negotiation");
+    assert_eq!(a.corrupt() + b.corrupt(), 0);
+    // The SFU carried none of it: it has no participant at all.
+    assert!(sfu_is_idle(&server).await);
+
+    // Ann hangs up: one person left with nobody ringing ends the call.
+    let left = p[0]
+        .ws
+        .request(json!({"type": "call_leave", "call_id": call}))
+        .await;
+    assert_eq!(left["type"], "ack", "{left}");
+    let end = ended(&mut p[1].ws).await;
+    assert_eq!(end["reason"], "completed", "{end}");
+    drop((a, b));
+
+    let history = p[1]
+        .ws
+        .request(json!({"type": "history", "conversation_id": conv}))
+        .await;
+    let messages = history["messages"].as_array().unwrap();
+    let started = &messages[messages.len() - 2];
+    let finished = &messages[messages.len() - 1];
+    assert_eq!(started["data"]["call"]["event"], "started", "{history}");
+    assert_eq!(started["author"]["user_id"], p[0].user.as_str());
+    assert_eq!(finished["data"]["call"]["event"], "ended");
+    assert_eq!(finished["data"]["call"]["reason"], "completed");
+    assert_eq!(finished["author"]["kind"], "app");
+    assert!(finished["text"].as_str().unwrap().starts_with("Call ended"));
+    let mut who: Vec<String> = finished["data"]["call"]["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_owned())
+        .collect();
+    who.sort();
+    let mut expected = vec![p[0].user.clone(), p[1].user.clone()];
+    expected.sort();
+    assert_eq!(who, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_person_call_goes_through_the_sfu_with_in_call_features() {
+    let (server, _dir) = TestServer::start().await;
+    let (mut p, _app) = people(&server, &["ann", "bob", "carol"]).await;
+    let conv = conversation(&mut p).await;
+    let ack = p[0]
+        .ws
+        .request(json!({"type": "call_start", "conversation_id": conv, "media": "video"}))
+        .await;
+    let call = ack["call"]["id"].clone();
+    for i in [1, 2] {
+        let join = p[i]
+            .ws
+            .request(json!({"type": "call_join", "call_id": call}))
+            .await;
+        assert_eq!(join["type"], "ack", "{join}");
+    }
+    // Everyone ends on the SFU topology (Ann and Bob saw p2p first).
+    for person in &mut p {
+        loop {
+            let t = person.ws.ephemeral_of("call_topology").await;
+            if t["event"]["topology"] == "sfu" {
+                break;
+            }
+        }
+    }
+    let mut media = Vec::new();
+    for person in &mut p {
+        media.push(sfu_sessions(&call, person, 2).await);
+    }
+    for (i, m) in media.iter().enumerate() {
+        let others: Vec<u8> = (1..=3).filter(|t| usize::from(*t) != i + 1).collect();
+        until_media(&m.subscribe, &others, 30).await;
+        assert_eq!(m.subscribe.corrupt(), 0);
+    }
+
+    // Each receive slot is named: four slots, showing the two others.
+    for (i, person) in p.iter_mut().enumerate() {
+        let mut slots: HashMap<String, String> = HashMap::new();
+        while slots.len() < 4 {
+            let e = person.ws.ephemeral_of("call_slot").await["event"].clone();
+            if let Some(user) = e["user_id"].as_str() {
+                slots.insert(e["mid"].as_str().unwrap().to_owned(), user.to_owned());
+            }
+        }
+        let mut shown: Vec<&String> = slots.values().collect();
+        shown.sort();
+        shown.dedup();
+        assert_eq!(shown.len(), 2, "person {i}: {slots:?}");
+        assert!(!shown.contains(&&person.user));
+    }
+
+    // Mute: the others see Bob's microphone off.
+    let muted = p[1]
+        .ws
+        .request(json!({"type": "call_media", "call_id": call, "audio": false}))
+        .await;
+    assert_eq!(muted["type"], "ack", "{muted}");
+    loop {
+        let c = snapshot(&mut p[0].ws).await;
+        let bob = c["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["user_id"] == p[1].user.as_str())
+            .unwrap()
+            .clone();
+        if bob["audio"] == false {
+            break;
+        }
+    }
+
+    // Dynacast: Ann and Carol show everyone as thumbnails, so nobody needs
+    // Bob's full layer and Bob is asked to pause it.
+    for i in [0, 2] {
+        let q = p[i]
+            .ws
+            .request(json!({"type": "call_quality", "call_id": call, "quality": "thumbnail"}))
+            .await;
+        assert_eq!(q["type"], "ack", "{q}");
+    }
+    loop {
+        let e = p[1].ws.ephemeral_of("call_layer").await["event"].clone();
+        if e["rid"] == "f" && e["needed"] == false {
+            break;
+        }
+    }
+    // A quality for one slot (spotlight) is accepted too.
+    let q = p[0]
+        .ws
+        .request(json!({"type": "call_quality", "call_id": call, "mid": "1", "quality": "spotlight"}))
+        .await;
+    assert_eq!(q["type"], "ack", "{q}");
+
+    // The active speaker comes from the SFU's audio levels.
+    let speaker = p[0].ws.ephemeral_of("call_speaker").await["event"].clone();
+    assert_eq!(speaker["call_id"], call);
+
+    for person in &mut p {
+        person
+            .ws
+            .request(json!({"type": "call_leave", "call_id": call}))
+            .await;
+    }
+    drop(media);
+    let end = ended(&mut p[0].ws).await;
+    assert_eq!(end["reason"], "completed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(sfu_is_idle(&server).await, "sessions ended with the call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_to_peer_call_upgrades_when_the_third_joins_and_media_resumes() {
+    let (server, _dir) = TestServer::start().await;
+    let (mut p, _app) = people(&server, &["ann", "bob", "carol"]).await;
+    let conv = conversation(&mut p).await;
+    let ack = p[0]
+        .ws
+        .request(json!({"type": "call_start", "conversation_id": conv, "media": "video"}))
+        .await;
+    let call = ack["call"]["id"].clone();
+    p[1].ws
+        .request(json!({"type": "call_join", "call_id": call}))
+        .await;
+    for i in [0, 1] {
+        assert_eq!(
+            p[i].ws.ephemeral_of("call_topology").await["event"]["topology"],
+            "p2p"
+        );
+    }
+    let (head, tail) = p.split_at_mut(1);
+    let (a, b) = p2p(&call, &mut head[0], &mut tail[0]).await;
+    until_media(&a, &[2], 30).await;
+    until_media(&b, &[1], 30).await;
+
+    // Carol joins: everyone is told to move to the SFU. The peer-to-peer
+    // media keeps flowing until the SFU media arrives (make before break).
+    let upgraded_at = Instant::now();
+    let join = p[2]
+        .ws
+        .request(json!({"type": "call_join", "call_id": call}))
+        .await;
+    assert_eq!(join["type"], "ack", "{join}");
+    let mut media = Vec::new();
+    for person in &mut p {
+        let t = person.ws.ephemeral_of("call_topology").await;
+        assert_eq!(t["event"]["topology"], "sfu", "{t}");
+        media.push(sfu_sessions(&call, person, 2).await);
+    }
+    let mut resumed = Vec::new();
+    for (i, m) in media.iter().enumerate() {
+        let others: Vec<u8> = (1..=3).filter(|t| usize::from(*t) != i + 1).collect();
+        until_media(&m.subscribe, &others, 5).await;
+        resumed.push(upgraded_at.elapsed());
+    }
+    eprintln!("media through the SFU for all three within {resumed:?} of the third join");
+    let p2p_before = a.received("video", 2);
+    drop((a, b));
+    assert!(p2p_before > 30);
+
+    // Nobody dropped: all three are still joined.
+    let state = server.services.calls.active_for(p[0].user.parse().unwrap());
+    assert_eq!(state.len(), 1);
+    for person in &p {
+        let user: confer_signalling::ids::UserId = person.user.parse().unwrap();
+        let me = state[0]
+            .participants
+            .iter()
+            .find(|x| x.user_id == user)
+            .unwrap();
+        assert_eq!(me.state, confer_signalling::calls::MemberState::Joined);
+    }
+    for m in &media {
+        assert_eq!(m.subscribe.corrupt(), 0);
+        assert!(m.publish.with(|i| i.publisher.as_ref().unwrap().packets_sent) > 0);
+    }
+}
