@@ -178,14 +178,8 @@ fn handle_command(engine: &mut Engine, command: Command) {
             linked,
             reply,
         } => {
-            let answer = engine.handle_join_linked(
-                &room,
-                participant,
-                role,
-                &offer,
-                linked,
-                Instant::now(),
-            );
+            let answer =
+                engine.handle_join_linked(&room, participant, role, &offer, linked, Instant::now());
             let _ = reply.send(answer);
         }
         Command::Renegotiate {

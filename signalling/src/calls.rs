@@ -273,7 +273,7 @@ enum Effect {
     /// Close the call's SFU room.
     SfuClose(RoomId),
     /// Record the end in the conversation.
-    Ended(Ended),
+    Ended(Box<Ended>),
 }
 
 /// A call that ended, to be recorded.
@@ -377,60 +377,59 @@ impl Calls {
         let members = self.messaging.members_of(caller, conversation_id).await?;
         let now = self.clock.now();
         let id = CallId::random();
-        let (view, effects) = {
-            let mut state = self.lock()?;
-            if state.joined.contains_key(&me) {
-                return Err(ApiError::Conflict(
-                    "busy",
-                    "you are in another call: leave it first".to_owned(),
-                ));
-            }
-            if let Some(c) = state
-                .calls
-                .values()
-                .find(|c| c.conversation_id == conversation_id && c.caller.app.id == caller.app.id)
+        let (view, effects) =
             {
-                return Err(ApiError::Conflict(
-                    "call_in_progress",
-                    format!("call {} is going on in this conversation: join it", c.id),
-                ));
-            }
-            let mut call = Call {
-                id,
-                caller: caller.clone(),
-                conversation_id,
-                media,
-                topology: Topology::P2p,
-                started_by: me,
-                started_at: now,
-                members: BTreeMap::new(),
-                next_seq: 1,
-                pair: None,
+                let mut state = self.lock()?;
+                if state.joined.contains_key(&me) {
+                    return Err(ApiError::Conflict(
+                        "busy",
+                        "you are in another call: leave it first".to_owned(),
+                    ));
+                }
+                if let Some(c) = state.calls.values().find(|c| {
+                    c.conversation_id == conversation_id && c.caller.app.id == caller.app.id
+                }) {
+                    return Err(ApiError::Conflict(
+                        "call_in_progress",
+                        format!("call {} is going on in this conversation: join it", c.id),
+                    ));
+                }
+                let mut call = Call {
+                    id,
+                    caller: caller.clone(),
+                    conversation_id,
+                    media,
+                    topology: Topology::P2p,
+                    started_by: me,
+                    started_at: now,
+                    members: BTreeMap::new(),
+                    next_seq: 1,
+                    pair: None,
+                };
+                for user in members.iter().copied().filter(|u| *u != me) {
+                    let busy = state.joined.contains_key(&user);
+                    call.members.insert(
+                        user,
+                        Member::new(
+                            if busy {
+                                MemberState::Busy
+                            } else {
+                                MemberState::Ringing
+                            },
+                            media == CallMedia::Video,
+                        ),
+                    );
+                }
+                let mut starter = Member::new(MemberState::Joined, media == CallMedia::Video);
+                starter.device = Some(device);
+                starter.joined_seq = 0;
+                starter.ever_joined = true;
+                call.members.insert(me, starter);
+                state.joined.insert(me, id);
+                let view = call.view(None);
+                state.calls.insert(id, call);
+                (view, Vec::new())
             };
-            for user in members.iter().copied().filter(|u| *u != me) {
-                let busy = state.joined.contains_key(&user);
-                call.members.insert(
-                    user,
-                    Member::new(
-                        if busy {
-                            MemberState::Busy
-                        } else {
-                            MemberState::Ringing
-                        },
-                        media == CallMedia::Video,
-                    ),
-                );
-            }
-            let mut starter = Member::new(MemberState::Joined, media == CallMedia::Video);
-            starter.device = Some(device);
-            starter.joined_seq = 0;
-            starter.ever_joined = true;
-            call.members.insert(me, starter);
-            state.joined.insert(me, id);
-            let view = call.view(None);
-            state.calls.insert(id, call);
-            (view, Vec::new())
-        };
         self.run(effects).await;
         // The start is recorded before anyone hears of the call.
         let body = MessageBody {
@@ -492,10 +491,7 @@ impl Calls {
                 ));
             }
             let limit = self.config.conference_server_based_member_limit;
-            let call = state
-                .calls
-                .get_mut(&id)
-                .ok_or(ApiError::NotFound("call"))?;
+            let call = state.calls.get_mut(&id).ok_or(ApiError::NotFound("call"))?;
             let mut out = Vec::new();
             let already = call
                 .members
@@ -525,7 +521,13 @@ impl Calls {
             member.ever_joined = true;
             member.video = call.media == CallMedia::Video;
             state.joined.insert(me, id);
-            retopology(&mut state, id, &self.config, &mut out, already.then_some(me));
+            retopology(
+                &mut state,
+                id,
+                &self.config,
+                &mut out,
+                already.then_some(me),
+            );
             snapshot(&state, id, &mut out);
             view = state.calls.get(&id).map(|c| c.view(None));
             effects = out;
@@ -554,10 +556,7 @@ impl Calls {
                 .get_mut(&me)
                 .filter(|m| m.state == MemberState::Ringing)
                 .ok_or_else(|| {
-                    ApiError::Conflict(
-                        "not_ringing",
-                        "this call is not ringing for you".to_owned(),
-                    )
+                    ApiError::Conflict("not_ringing", "this call is not ringing for you".to_owned())
                 })?;
             member.state = if busy {
                 MemberState::Busy
@@ -581,10 +580,10 @@ impl Calls {
         let me = user_of(caller)?;
         let effects = {
             let mut state = self.lock()?;
-            if !state
+            if state
                 .calls
                 .get(&id)
-                .is_some_and(|c| c.caller.app.id == caller.app.id)
+                .is_none_or(|c| c.caller.app.id != caller.app.id)
             {
                 return Err(ApiError::NotFound("call"));
             }
@@ -753,7 +752,11 @@ impl Calls {
         };
         let (existing, linked) = existing;
         let answer = match existing {
-            Some(session) => self.sfu.renegotiate(session, sdp).await.map_err(sfu_error)?,
+            Some(session) => self
+                .sfu
+                .renegotiate(session, sdp)
+                .await
+                .map_err(sfu_error)?,
             None => {
                 let joined = self
                     .sfu
@@ -762,15 +765,16 @@ impl Calls {
                     .map_err(sfu_error)?;
                 let stale = {
                     let mut state = self.lock()?;
-                    let still = state
-                        .calls
-                        .get(&id)
-                        .is_some_and(|c| c.device(me) == Some(device) && c.topology == Topology::Sfu);
+                    let still = state.calls.get(&id).is_some_and(|c| {
+                        c.device(me) == Some(device) && c.topology == Topology::Sfu
+                    });
                     if still {
-                        state
-                            .sessions
-                            .insert(joined.participant, (id, me, role));
-                        if let Some(m) = state.calls.get_mut(&id).and_then(|c| c.members.get_mut(&me)) {
+                        state.sessions.insert(joined.participant, (id, me, role));
+                        if let Some(m) = state
+                            .calls
+                            .get_mut(&id)
+                            .and_then(|c| c.members.get_mut(&me))
+                        {
                             let slot = match role {
                                 Role::Publish => &mut m.publish,
                                 Role::Subscribe => &mut m.subscribe,
@@ -809,7 +813,11 @@ impl Calls {
         let effects = {
             let mut state = self.lock()?;
             joined_call(&state, caller, me, device, id)?;
-            if let Some(m) = state.calls.get_mut(&id).and_then(|c| c.members.get_mut(&me)) {
+            if let Some(m) = state
+                .calls
+                .get_mut(&id)
+                .and_then(|c| c.members.get_mut(&me))
+            {
                 m.audio = audio.unwrap_or(m.audio);
                 m.video = video.unwrap_or(m.video);
                 m.screen = screen.unwrap_or(m.screen);
@@ -900,7 +908,7 @@ impl Calls {
                         tracing::debug!(error = %e, "closing an SFU room");
                     }
                 }
-                Effect::Ended(ended) => self.record_end(ended).await,
+                Effect::Ended(ended) => self.record_end(*ended).await,
             }
         }
     }
@@ -1118,7 +1126,11 @@ fn snapshot(state: &State, id: CallId, out: &mut Vec<Effect>) {
 /// and the call may end.
 fn depart(state: &mut State, id: CallId, user: UserId, config: &CallConfig, out: &mut Vec<Effect>) {
     state.joined.remove(&user);
-    if let Some(m) = state.calls.get_mut(&id).and_then(|c| c.members.get_mut(&user)) {
+    if let Some(m) = state
+        .calls
+        .get_mut(&id)
+        .and_then(|c| c.members.get_mut(&user))
+    {
         m.state = MemberState::Left;
         m.device = None;
         out.extend(m.publish.take().map(Effect::SfuLeave));
@@ -1147,10 +1159,7 @@ fn retopology(
     if joined.len() >= config.conference_server_based_threshold {
         call.topology = Topology::Sfu;
         call.pair = None;
-    } else if call.topology == Topology::Sfu
-        && config.back_to_p2p
-        && joined.len() == 2
-    {
+    } else if call.topology == Topology::Sfu && config.back_to_p2p && joined.len() == 2 {
         call.topology = Topology::P2p;
         for u in &joined {
             if let Some(m) = call.members.get_mut(u) {
@@ -1244,25 +1253,24 @@ fn check_end(state: &mut State, id: CallId, out: &mut Vec<Effect>) {
         }
     }
     out.push(Effect::SfuClose(RoomId::from(id.to_string().as_str())));
+    // The end is recorded in the conversation before anyone is told.
     let payload = json!({"kind": "call", "call": call.view(Some(reason))}).to_string();
-    out.push(Effect::Snapshot(
-        call.members.keys().copied().collect(),
-        Arc::from(payload),
-    ));
+    let members: Vec<UserId> = call.members.keys().copied().collect();
     let participants: Vec<UserId> = call
         .members
         .iter()
         .filter(|(_, m)| m.ever_joined)
         .map(|(u, _)| *u)
         .collect();
-    out.push(Effect::Ended(Ended {
+    out.push(Effect::Ended(Box::new(Ended {
         caller: call.caller,
         id,
         conversation: call.conversation_id,
         started_at: call.started_at,
         reason,
         participants,
-    }));
+    })));
+    out.push(Effect::Snapshot(members, Arc::from(payload)));
 }
 
 fn human_duration(ms: i64) -> String {

@@ -315,8 +315,7 @@ where
     let store = messaging.store().clone();
     let head = store.event_head(user_id).await.unwrap_or(0);
     let calls = context.calls.active_for(user_id);
-    let welcome =
-        json!({"type": "welcome", "user_id": user_id, "event_seq": head, "calls": calls});
+    let welcome = json!({"type": "welcome", "user_id": user_id, "event_seq": head, "calls": calls});
     if send(&mut sink, welcome.to_string()).await.is_err() {
         return Ended::ClientGone;
     }

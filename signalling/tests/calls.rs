@@ -17,6 +17,10 @@ use serde_json::{Value, json};
 
 use media::{LivePeer, Publisher};
 
+/// Media tests run one at a time: real-time peers are CPU-bound on a
+/// small machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A str0m peer on its own loopback socket, driven by a thread, that the
 /// test negotiates with and reads counters from while media flows.
 mod media {
@@ -93,13 +97,7 @@ mod media {
 
         /// Packets received per (kind, publisher tag).
         pub fn received(&self, kind: &'static str, tag: u8) -> u64 {
-            self.with(|i| {
-                i.subscriber
-                    .by_tag
-                    .get(&(kind, tag))
-                    .copied()
-                    .unwrap_or(0)
-            })
+            self.with(|i| i.subscriber.by_tag.get(&(kind, tag)).copied().unwrap_or(0))
         }
 
         pub fn corrupt(&self) -> u64 {
@@ -280,7 +278,8 @@ async fn p2p(call: &Value, offerer: &mut Person, answerer: &mut Person) -> (Live
     let got = answerer.ws.ephemeral_of("call_signal").await;
     assert_eq!(got["event"]["from"], offerer.user.as_str());
     let answer = b.with(|i| {
-        let offer = SdpOffer::from_sdp_string(got["event"]["signal"]["sdp"].as_str().unwrap()).unwrap();
+        let offer =
+            SdpOffer::from_sdp_string(got["event"]["signal"]["sdp"].as_str().unwrap()).unwrap();
         i.rtc.sdp_api().accept_offer(offer).unwrap().to_sdp_string()
     });
     answerer
@@ -307,7 +306,13 @@ async fn p2p(call: &Value, offerer: &mut Person, answerer: &mut Person) -> (Live
 }
 
 /// Sends `from`'s host candidate to `to`, whose peer adds it.
-async fn trickle(call: &Value, from: &mut Person, to: &mut Person, from_peer: &LivePeer, to_peer: &LivePeer) {
+async fn trickle(
+    call: &Value,
+    from: &mut Person,
+    to: &mut Person,
+    from_peer: &LivePeer,
+    to_peer: &LivePeer,
+) {
     let candidate = from_peer.candidate();
     let ack = from
         .ws
@@ -315,8 +320,9 @@ async fn trickle(call: &Value, from: &mut Person, to: &mut Person, from_peer: &L
         .await;
     assert_eq!(ack["type"], "ack", "{ack}");
     let got = to.ws.ephemeral_of("call_signal").await;
-    let c = str0m::Candidate::from_sdp_string(got["event"]["signal"]["candidate"].as_str().unwrap())
-        .unwrap();
+    let c =
+        str0m::Candidate::from_sdp_string(got["event"]["signal"]["candidate"].as_str().unwrap())
+            .unwrap();
     to_peer.with(|i| i.rtc.add_remote_candidate(c));
 }
 
@@ -358,9 +364,9 @@ async fn sfu_sessions(call: &Value, person: &mut Person, others: usize) -> SfuMe
 async fn until_media(peer: &LivePeer, from: &[u8], packets: u64) -> Duration {
     let started = Instant::now();
     loop {
-        let done = from
-            .iter()
-            .all(|t| peer.received("audio", *t) >= packets && peer.received("video", *t) >= packets);
+        let done = from.iter().all(|t| {
+            peer.received("audio", *t) >= packets && peer.received("video", *t) >= packets
+        });
         if done {
             return started.elapsed();
         }
@@ -373,11 +379,11 @@ async fn until_media(peer: &LivePeer, from: &[u8], packets: u64) -> Duration {
     }
 }
 
-/// Snapshots until the call has ended; returns the last.
-async fn ended(ws: &mut Ws) -> Value {
+/// Snapshots until call `id` has ended; returns the last.
+async fn ended(ws: &mut Ws, id: &Value) -> Value {
     loop {
         let call = snapshot(ws).await;
-        if call["state"] == "ended" {
+        if call["state"] == "ended" && &call["id"] == id {
             return call;
         }
     }
@@ -390,6 +396,7 @@ async fn sfu_is_idle(server: &TestServer) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_person_call_is_peer_to_peer_and_recorded_in_the_conversation() {
+    let _serial = SERIAL.lock().await;
     let (server, _dir) = TestServer::start().await;
     let (mut p, _app) = people(&server, &["ann", "bob"]).await;
     let conv = conversation(&mut p).await;
@@ -431,7 +438,7 @@ async fn a_two_person_call_is_peer_to_peer_and_recorded_in_the_conversation() {
         .request(json!({"type": "call_leave", "call_id": call}))
         .await;
     assert_eq!(left["type"], "ack", "{left}");
-    let end = ended(&mut p[1].ws).await;
+    let end = ended(&mut p[1].ws, &call).await;
     assert_eq!(end["reason"], "completed", "{end}");
     drop((a, b));
 
@@ -462,6 +469,7 @@ async fn a_two_person_call_is_peer_to_peer_and_recorded_in_the_conversation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_person_call_goes_through_the_sfu_with_in_call_features() {
+    let _serial = SERIAL.lock().await;
     let (server, _dir) = TestServer::start().await;
     let (mut p, _app) = people(&server, &["ann", "bob", "carol"]).await;
     let conv = conversation(&mut p).await;
@@ -550,7 +558,9 @@ async fn a_three_person_call_goes_through_the_sfu_with_in_call_features() {
     // A quality for one slot (spotlight) is accepted too.
     let q = p[0]
         .ws
-        .request(json!({"type": "call_quality", "call_id": call, "mid": "1", "quality": "spotlight"}))
+        .request(
+            json!({"type": "call_quality", "call_id": call, "mid": "1", "quality": "spotlight"}),
+        )
         .await;
     assert_eq!(q["type"], "ack", "{q}");
 
@@ -565,7 +575,7 @@ async fn a_three_person_call_goes_through_the_sfu_with_in_call_features() {
             .await;
     }
     drop(media);
-    let end = ended(&mut p[0].ws).await;
+    let end = ended(&mut p[0].ws, &call).await;
     assert_eq!(end["reason"], "completed");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(sfu_is_idle(&server).await, "sessions ended with the call");
@@ -573,6 +583,7 @@ async fn a_three_person_call_goes_through_the_sfu_with_in_call_features() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_to_peer_call_upgrades_when_the_third_joins_and_media_resumes() {
+    let _serial = SERIAL.lock().await;
     let (server, _dir) = TestServer::start().await;
     let (mut p, _app) = people(&server, &["ann", "bob", "carol"]).await;
     let conv = conversation(&mut p).await;
@@ -634,6 +645,255 @@ async fn a_peer_to_peer_call_upgrades_when_the_third_joins_and_media_resumes() {
     }
     for m in &media {
         assert_eq!(m.subscribe.corrupt(), 0);
-        assert!(m.publish.with(|i| i.publisher.as_ref().unwrap().packets_sent) > 0);
+        assert!(
+            m.publish
+                .with(|i| i.publisher.as_ref().unwrap().packets_sent)
+                > 0
+        );
+    }
+}
+
+/// A server whose calls ring for `ring_secs` and go back to peer-to-peer
+/// when two remain.
+async fn server_with(ring_secs: u64, back_to_p2p: bool) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: SignallingConfig = test_config(dir.path());
+    config.calls.ring_timeout_secs = ring_secs;
+    config.calls.back_to_p2p = back_to_p2p;
+    (TestServer::start_with(config, default_clock()).await, dir)
+}
+
+async fn last_message(ws: &mut Ws, conv: &Value) -> Value {
+    let history = ws
+        .request(json!({"type": "history", "conversation_id": conv}))
+        .await;
+    history["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_members_declines_busy_callees_and_unanswered_calls_end_as_documented() {
+    let _serial = SERIAL.lock().await;
+    let (server, _dir) = server_with(1, false).await;
+    let (mut p, app) = people(&server, &["ann", "bob", "carol", "eve"]).await;
+    let mut ids = Vec::new();
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        let other = p[b].user.clone();
+        let ack = p[a]
+            .ws
+            .request(json!({"type": "create_conversation", "title": "pair", "members": [other]}))
+            .await;
+        ids.push(ack["conversation"]["id"].clone());
+    }
+    let (ab, ac, bc) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+
+    // Eve is in none of them: she can neither start nor join.
+    let refused = p[3]
+        .ws
+        .request(json!({"type": "call_start", "conversation_id": ab, "media": "audio"}))
+        .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let call = p[0]
+        .ws
+        .request(json!({"type": "call_start", "conversation_id": ab, "media": "audio"}))
+        .await["call"]["id"]
+        .clone();
+    let refused = p[3]
+        .ws
+        .request(json!({"type": "call_join", "call_id": call}))
+        .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert!(refused["id"].is_string(), "the error names its request");
+    // The application's bot cannot call.
+    let mut bot = Ws::connect_bot(&server, &app).await;
+    let refused = bot
+        .request(json!({"type": "call_start", "conversation_id": ab, "media": "audio"}))
+        .await;
+    assert_eq!(refused["code"], "invalid_request", "{refused}");
+    // A second call in the same conversation is refused with the first's id.
+    let refused = p[1]
+        .ws
+        .request(json!({"type": "call_start", "conversation_id": ab, "media": "audio"}))
+        .await;
+    assert_eq!(refused["code"], "call_in_progress", "{refused}");
+    // Signalling before both joined has no peer.
+    let to = p[1].user.clone();
+    let refused = p[0]
+        .ws
+        .request(json!({"type": "call_signal", "call_id": call, "to": to, "signal": {}}))
+        .await;
+    assert_eq!(refused["code"], "not_found", "{refused}");
+    // Publishing to the SFU in a peer-to-peer call is the wrong topology.
+    let refused = p[0]
+        .ws
+        .request(json!({"type": "call_publish", "call_id": call, "sdp": "v=0"}))
+        .await;
+    assert_eq!(refused["code"], "wrong_topology", "{refused}");
+
+    // Declined: Bob says no; Ann alone with nobody ringing → ended.
+    let declined = p[1]
+        .ws
+        .request(json!({"type": "call_decline", "call_id": call}))
+        .await;
+    assert_eq!(declined["type"], "ack", "{declined}");
+    let end = ended(&mut p[0].ws, &call).await;
+    assert_eq!(end["reason"], "declined", "{end}");
+    assert_eq!(state_of(&end, &p[1].user), "declined");
+    let m = last_message(&mut p[0].ws, &ab).await;
+    assert_eq!(m["text"], "Call declined");
+    assert_eq!(m["data"]["call"]["reason"], "declined");
+    // Declining again: the call is gone.
+    let refused = p[1]
+        .ws
+        .request(json!({"type": "call_decline", "call_id": call}))
+        .await;
+    assert_eq!(refused["code"], "not_found", "{refused}");
+
+    // Busy: Bob and Carol are in a call; Ann calls Carol.
+    let bc_call = p[1]
+        .ws
+        .request(json!({"type": "call_start", "conversation_id": bc, "media": "audio"}))
+        .await["call"]["id"]
+        .clone();
+    let joined = p[2]
+        .ws
+        .request(json!({"type": "call_join", "call_id": bc_call}))
+        .await;
+    assert_eq!(joined["type"], "ack", "{joined}");
+    let busy = p[0]
+        .ws
+        .request(json!({"type": "call_start", "conversation_id": ac, "media": "video"}))
+        .await;
+    assert_eq!(busy["type"], "ack", "{busy}");
+    let end = ended(&mut p[0].ws, &busy["call"]["id"]).await;
+    assert_eq!(end["reason"], "busy", "{end}");
+    assert_eq!(state_of(&end, &p[2].user), "busy");
+    assert_eq!(
+        last_message(&mut p[0].ws, &ac).await["text"],
+        "Call not answered: busy"
+    );
+    // Carol may not start another call while in one.
+    let refused = p[2]
+        .ws
+        .request(json!({"type": "call_start", "conversation_id": ac, "media": "audio"}))
+        .await;
+    assert_eq!(refused["code"], "busy", "{refused}");
+    p[1].ws
+        .request(json!({"type": "call_leave", "call_id": bc_call}))
+        .await;
+    assert_eq!(ended(&mut p[2].ws, &bc_call).await["reason"], "completed");
+
+    // Unanswered: nobody answers within ring_timeout_secs (1 s) → missed.
+    let call = p[0]
+        .ws
+        .request(json!({"type": "call_start", "conversation_id": ab, "media": "audio"}))
+        .await["call"]["id"]
+        .clone();
+    assert_eq!(
+        state_of(&snapshot(&mut p[1].ws).await, &p[1].user),
+        "ringing"
+    );
+    let end = ended(&mut p[1].ws, &call).await;
+    assert_eq!(end["reason"], "missed", "{end}");
+    assert_eq!(state_of(&end, &p[1].user), "missed");
+    assert_eq!(last_message(&mut p[1].ws, &ab).await["text"], "Missed call");
+    let refused = p[1]
+        .ws
+        .request(json!({"type": "call_join", "call_id": call}))
+        .await;
+    assert_eq!(refused["code"], "not_found", "{refused}");
+
+    // Cancelled: Ann hangs up while Bob's phone still rings.
+    let call = p[0]
+        .ws
+        .request(json!({"type": "call_start", "conversation_id": ab, "media": "audio"}))
+        .await["call"]["id"]
+        .clone();
+    p[0].ws
+        .request(json!({"type": "call_leave", "call_id": call}))
+        .await;
+    assert_eq!(ended(&mut p[1].ws, &call).await["reason"], "cancelled");
+    assert!(sfu_is_idle(&server).await);
+}
+
+/// The 35th participant is refused; a member removed from the
+/// conversation is dropped from its call; with `back_to_p2p` the last two
+/// go back to peer-to-peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_member_limit_removal_and_the_way_back_to_peer_to_peer() {
+    let _serial = SERIAL.lock().await;
+    let (server, _dir) = server_with(45, true).await;
+    let names: Vec<String> = (0..35).map(|i| format!("user{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (mut p, app) = people(&server, &names).await;
+    let conv = conversation(&mut p).await;
+    let call = p[0]
+        .ws
+        .request(json!({"type": "call_start", "conversation_id": conv, "media": "audio"}))
+        .await["call"]["id"]
+        .clone();
+    for person in p.iter_mut().take(34).skip(1) {
+        let ack = person
+            .ws
+            .request(json!({"type": "call_join", "call_id": call}))
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let refused = p[34]
+        .ws
+        .request(json!({"type": "call_join", "call_id": call}))
+        .await;
+    assert_eq!(refused["code"], "call_full", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("34"),
+        "{refused}"
+    );
+    // Signalling peer-to-peer in an SFU call is the wrong topology.
+    let to = p[1].user.clone();
+    let refused = p[0]
+        .ws
+        .request(json!({"type": "call_signal", "call_id": call, "to": to, "signal": {}}))
+        .await;
+    assert_eq!(refused["code"], "wrong_topology", "{refused}");
+
+    // The application removes user1 from the conversation: dropped.
+    let mut bot = Ws::connect_bot(&server, &app).await;
+    let removed = bot
+        .request(json!({"type": "remove_member", "conversation_id": conv, "user_id": p[1].user}))
+        .await;
+    assert_eq!(removed["type"], "ack", "{removed}");
+    loop {
+        let c = snapshot(&mut p[0].ws).await;
+        if state_of(&c, &p[1].user) == "left" {
+            break;
+        }
+    }
+    let refused = p[1]
+        .ws
+        .request(json!({"type": "call_join", "call_id": call}))
+        .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+
+    // Everyone but user0 and user2 leaves; the two are told to go back
+    // to peer-to-peer, user0 (who joined first) making the offer.
+    for person in p.iter_mut().take(34).skip(3) {
+        let ack = person
+            .ws
+            .request(json!({"type": "call_leave", "call_id": call}))
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    for (i, offerer) in [(0, true), (2, false)] {
+        loop {
+            let t = p[i].ws.ephemeral_of("call_topology").await["event"].clone();
+            if t["topology"] == "p2p" {
+                assert_eq!(t["offerer"], offerer, "{t}");
+                break;
+            }
+        }
     }
 }
