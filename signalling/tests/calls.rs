@@ -11,7 +11,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{TestServer, Ws, default_clock, test_config, user_token};
+use common::{
+    TestServer, Ws, check_frames, default_clock, protocol_schemas, test_config, user_token,
+};
 use confer_signalling::SignallingConfig;
 use serde_json::{Value, json};
 
@@ -236,6 +238,24 @@ async fn conversation(people: &mut [Person]) -> Value {
         .await;
     assert_eq!(ack["type"], "ack", "{ack}");
     ack["conversation"]["id"].clone()
+}
+
+/// Checks every frame the people sent and received against the schemas
+/// in docs/protocol.md; returns the frame types (and event kinds) seen.
+fn conforms(people: &[Person]) -> std::collections::BTreeSet<String> {
+    let client = protocol_schemas("### Client frames");
+    let server = protocol_schemas("### Server frames");
+    let mut seen = std::collections::BTreeSet::new();
+    for p in people {
+        check_frames(&client, &p.ws.sent, "client");
+        seen.extend(check_frames(&server, &p.ws.received, "server"));
+    }
+    seen
+}
+
+fn assert_seen(seen: &std::collections::BTreeSet<String>, expected: &[&str]) {
+    let missing: Vec<&&str> = expected.iter().filter(|e| !seen.contains(**e)).collect();
+    assert!(missing.is_empty(), "never exercised: {missing:?}");
 }
 
 /// The latest `call` snapshot a person received.
@@ -465,6 +485,16 @@ async fn a_two_person_call_is_peer_to_peer_and_recorded_in_the_conversation() {
     let mut expected = vec![p[0].user.clone(), p[1].user.clone()];
     expected.sort();
     assert_eq!(who, expected);
+    let seen = conforms(&p);
+    assert_seen(
+        &seen,
+        &[
+            "ephemeral.call",
+            "ephemeral.call_topology",
+            "ephemeral.call_signal",
+            "ack",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,6 +609,18 @@ async fn a_three_person_call_goes_through_the_sfu_with_in_call_features() {
     assert_eq!(end["reason"], "completed");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(sfu_is_idle(&server).await, "sessions ended with the call");
+    let seen = conforms(&p);
+    assert_seen(
+        &seen,
+        &[
+            "call_answer",
+            "ephemeral.call",
+            "ephemeral.call_topology",
+            "ephemeral.call_slot",
+            "ephemeral.call_speaker",
+            "ephemeral.call_layer",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -818,6 +860,7 @@ async fn non_members_declines_busy_callees_and_unanswered_calls_end_as_documente
         .await;
     assert_eq!(ended(&mut p[1].ws, &call).await["reason"], "cancelled");
     assert!(sfu_is_idle(&server).await);
+    assert_seen(&conforms(&p), &["error", "ephemeral.call"]);
 }
 
 /// The 35th participant is refused; a member removed from the

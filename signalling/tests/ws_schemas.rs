@@ -7,61 +7,15 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use common::{TestServer, Ws, user_token};
-use serde_json::{Value, json};
-
-/// `#### \`name\`` headings and their ```json blocks, per section.
-fn schemas(doc: &str, section: &str) -> BTreeMap<String, Value> {
-    let start = doc
-        .find(section)
-        .unwrap_or_else(|| panic!("no {section} in docs/protocol.md"));
-    let rest = &doc[start + section.len()..];
-    let end = rest.find("\n### ").unwrap_or(rest.len());
-    let mut out = BTreeMap::new();
-    let mut name = None;
-    let mut lines = rest[..end].lines();
-    while let Some(line) = lines.next() {
-        if let Some(n) = line
-            .strip_prefix("#### `")
-            .and_then(|l| l.strip_suffix('`'))
-        {
-            name = Some(n.to_owned());
-        } else if line == "```json" {
-            let block: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
-            let schema: Value = serde_json::from_str(&block.join("\n")).unwrap();
-            out.insert(name.take().expect("a heading before the schema"), schema);
-        }
-    }
-    out
-}
-
-fn check(schemas: &BTreeMap<String, Value>, frames: &[Value], what: &str) -> BTreeSet<String> {
-    let mut seen = BTreeSet::new();
-    for frame in frames {
-        let kind = frame["type"].as_str().unwrap();
-        let schema = schemas
-            .get(kind)
-            .unwrap_or_else(|| panic!("{what} frame type {kind:?} has no schema"));
-        let validator = jsonschema::validator_for(schema).unwrap();
-        if let Err(e) = validator.validate(frame) {
-            panic!("{what} frame does not match its schema: {e}\n{frame}");
-        }
-        seen.insert(kind.to_owned());
-        if let Some(k) = frame["event"]["kind"].as_str() {
-            seen.insert(format!("{kind}.{k}"));
-        }
-    }
-    seen
-}
+use common::{TestServer, Ws, check_frames as check, protocol_schemas as schemas, user_token};
+use serde_json::json;
 
 #[tokio::test]
 async fn every_frame_matches_the_documented_schemas() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"))
-        .unwrap();
-    let client_schemas = schemas(&doc, "### Client frames");
-    let server_schemas = schemas(&doc, "### Server frames");
+    let client_schemas = schemas("### Client frames");
+    let server_schemas = schemas("### Server frames");
     assert!(client_schemas.len() >= 13 && server_schemas.len() >= 11);
     // The schemas are strict: an unknown field or a wrong type fails.
     let pong = jsonschema::validator_for(&server_schemas["pong"]).unwrap();

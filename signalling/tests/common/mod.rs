@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -480,4 +481,58 @@ pub async fn user_token(
         body["token"].as_str().unwrap().to_owned(),
         body["user_id"].as_str().unwrap().to_owned(),
     )
+}
+
+/// The JSON Schemas of docs/protocol.md, the contract of the WebSocket
+/// protocol: `#### \`name\`` headings and their ```json blocks, per section.
+pub fn protocol_schemas(section: &str) -> BTreeMap<String, Value> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"))
+        .unwrap();
+    let doc = doc.as_str();
+    let start = doc
+        .find(section)
+        .unwrap_or_else(|| panic!("no {section} in docs/protocol.md"));
+    let rest = &doc[start + section.len()..];
+    let end = rest.find("\n### ").unwrap_or(rest.len());
+    let mut out = BTreeMap::new();
+    let mut name = None;
+    let mut lines = rest[..end].lines();
+    while let Some(line) = lines.next() {
+        if let Some(n) = line
+            .strip_prefix("#### `")
+            .and_then(|l| l.strip_suffix('`'))
+        {
+            name = Some(n.to_owned());
+        } else if line == "```json" {
+            let block: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+            let schema: Value = serde_json::from_str(&block.join("\n")).unwrap();
+            out.insert(name.take().expect("a heading before the schema"), schema);
+        }
+    }
+    out
+}
+
+/// Checks every frame against the schema of its type; returns the types
+/// (and `type.kind` of events) seen.
+pub fn check_frames(
+    schemas: &BTreeMap<String, Value>,
+    frames: &[Value],
+    what: &str,
+) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for frame in frames {
+        let kind = frame["type"].as_str().unwrap();
+        let schema = schemas
+            .get(kind)
+            .unwrap_or_else(|| panic!("{what} frame type {kind:?} has no schema"));
+        let validator = jsonschema::validator_for(schema).unwrap();
+        if let Err(e) = validator.validate(frame) {
+            panic!("{what} frame does not match its schema: {e}\n{frame}");
+        }
+        seen.insert(kind.to_owned());
+        if let Some(k) = frame["event"]["kind"].as_str() {
+            seen.insert(format!("{kind}.{k}"));
+        }
+    }
+    seen
 }
