@@ -585,6 +585,58 @@ async fn a_three_person_call_goes_through_the_sfu_with_in_call_features() {
             break;
         }
     }
+    // Screen sharing: Ann adds a video track to her publish session and
+    // names it; Bob adds a video slot to his subscribe session and is told
+    // that it shows Ann's screen.
+    {
+        use str0m::change::SdpAnswer;
+        use str0m::media::{Direction, MediaKind};
+        let (offer, pending, screen_mid) = media[0].publish.with(|i| {
+            let mut api = i.rtc.sdp_api();
+            let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+            let (offer, pending) = api.apply().unwrap();
+            (offer.to_sdp_string(), pending, mid.to_string())
+        });
+        let answer = p[0]
+            .ws
+            .request(json!({"type": "call_publish", "call_id": call, "sdp": offer, "screen_mid": screen_mid}))
+            .await;
+        assert_eq!(answer["type"], "call_answer", "{answer}");
+        media[0].publish.with(|i| {
+            let a = SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap()).unwrap();
+            i.rtc.sdp_api().accept_answer(pending, a).unwrap();
+        });
+        p[0].ws
+            .request(json!({"type": "call_media", "call_id": call, "screen": true}))
+            .await;
+        let (offer, pending) = media[1]
+            .subscribe
+            .with(|i| confer_sfu::testing::offer_slots(&mut i.rtc, 0, 1));
+        let answer = p[1]
+            .ws
+            .request(json!({"type": "call_subscribe", "call_id": call, "sdp": offer}))
+            .await;
+        assert_eq!(answer["type"], "call_answer", "{answer}");
+        media[1].subscribe.with(|i| {
+            confer_sfu::testing::accept_answer(
+                &mut i.rtc,
+                pending,
+                answer["sdp"].as_str().unwrap(),
+            );
+        });
+        loop {
+            let e = p[1].ws.ephemeral_of("call_slot").await["event"].clone();
+            if e["screen"] == true {
+                assert_eq!(e["user_id"], p[0].user.as_str(), "{e}");
+                break;
+            }
+        }
+        // Bob's other slots still get Ann's and Carol's camera video.
+        let before = media[1].subscribe.received("video", 1);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(media[1].subscribe.received("video", 1) > before);
+    }
+
     // A quality for one slot (spotlight) is accepted too.
     let q = p[0]
         .ws
