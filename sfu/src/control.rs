@@ -33,6 +33,9 @@ pub enum SfuError {
     /// No such participant.
     #[error("no such participant")]
     UnknownParticipant,
+    /// A join with an id already in use.
+    #[error("a participant with this id exists")]
+    DuplicateParticipant,
     /// The worker's queue is full; try again later.
     #[error("the SFU is overloaded")]
     Overloaded,
@@ -69,13 +72,17 @@ pub trait SfuControl: Send + Sync + std::fmt::Debug {
     /// Adds a participant to `room` (created on first join) from an SDP
     /// offer; returns its id and the SDP answer.
     async fn join(&self, room: &RoomId, role: Role, offer: String) -> Result<Joined, SfuError> {
-        self.join_linked(room, role, offer, None).await
+        self.join_as(room, ParticipantId::random(), role, offer, None)
+            .await
     }
-    /// As [`Self::join`] for a client that has another session (`linked`)
-    /// in the room: its subscribe session never gets its own tracks.
-    async fn join_linked(
+    /// As [`Self::join`] with an id the caller chose (so that it can
+    /// recognise the session's events from the first one on), for a client
+    /// that may have another session (`linked`) in the room: its subscribe
+    /// session never gets its own tracks.
+    async fn join_as(
         &self,
         room: &RoomId,
+        participant: ParticipantId,
         role: Role,
         offer: String,
         linked: Option<ParticipantId>,
@@ -282,16 +289,19 @@ impl SfuControl for EmbeddedSfu {
         Ok(())
     }
 
-    async fn join_linked(
+    async fn join_as(
         &self,
         room: &RoomId,
+        participant: ParticipantId,
         role: Role,
         offer: String,
         linked: Option<ParticipantId>,
     ) -> Result<Joined, SfuError> {
-        let participant = ParticipantId(rand_u64());
         let index = {
             let mut placement = self.placement.lock().map_err(|_| SfuError::Unavailable)?;
+            if placement.participants.contains_key(&participant) {
+                return Err(SfuError::DuplicateParticipant);
+            }
             let index = placement.place(room);
             placement.load[index] += 1;
             placement.participants.insert(participant, index);
@@ -403,10 +413,4 @@ impl EmbeddedSfu {
             *l = l.saturating_sub(1);
         }
     }
-}
-
-/// A random participant id: unguessable enough to serve as a resource name
-/// next to the bearer token.
-fn rand_u64() -> u64 {
-    rand::random()
 }

@@ -157,6 +157,9 @@ struct Member {
     subscribe: Option<ParticipantId>,
     /// The mid of its screen-share track in its publish session.
     screen_mid: Option<String>,
+    /// What each slot of its subscribe session shows (user, screen), to
+    /// tell a device that comes back after a lost connection.
+    slots: BTreeMap<String, (Option<UserId>, bool)>,
 }
 
 impl Member {
@@ -172,6 +175,7 @@ impl Member {
             publish: None,
             subscribe: None,
             screen_mid: None,
+            slots: BTreeMap::new(),
         }
     }
 }
@@ -509,17 +513,28 @@ impl Calls {
                 .members
                 .entry(me)
                 .or_insert_with(|| Member::new(MemberState::Ringing, false));
-            if already {
-                // The same user on a new device: the old one's media ends.
+            let mut replay = Vec::new();
+            if already && member.device.is_none() {
+                // Back after a lost connection: its media sessions went on
+                // meanwhile and stay; tell it again what its slots show.
+                replay = member
+                    .slots
+                    .iter()
+                    .map(|(mid, (user, screen))| slot_event(id, mid, *user, *screen))
+                    .collect();
+            } else if already {
+                // The same user on another device: the old one's media ends.
                 out.extend(member.publish.take().map(Effect::SfuLeave));
                 out.extend(member.subscribe.take().map(Effect::SfuLeave));
+                member.slots.clear();
             } else {
                 member.joined_seq = seq;
+                member.video = call.media == CallMedia::Video;
             }
             member.state = MemberState::Joined;
             member.device = Some(device);
             member.ever_joined = true;
-            member.video = call.media == CallMedia::Video;
+            out.extend(replay.into_iter().map(|e| Effect::Device(me, device, e)));
             state.joined.insert(me, id);
             retopology(
                 &mut state,
@@ -602,24 +617,53 @@ impl Calls {
         Ok(())
     }
 
-    /// A connection closed: if its user was in a call on it, it leaves.
-    pub async fn disconnected(&self, user: UserId, device: u64) {
-        let effects = {
+    /// A connection closed. If its user was in a call on it, the call
+    /// keeps its place (and its media sessions, which do not depend on the
+    /// WebSocket) for `reconnect_grace_secs`: a `call_join` from a new
+    /// connection within that time takes it back; otherwise it leaves.
+    pub async fn disconnected(self: &Arc<Self>, user: UserId, device: u64) {
+        let call = {
             let Ok(mut state) = self.state.lock() else {
                 return;
             };
             let Some(id) = state.joined.get(&user).copied() else {
                 return;
             };
-            if state.calls.get(&id).and_then(|c| c.device(user)) != Some(device) {
+            let Some(member) = state
+                .calls
+                .get_mut(&id)
+                .and_then(|c| c.members.get_mut(&user))
+                .filter(|m| m.device == Some(device))
+            else {
                 return;
-            }
-            let mut out = Vec::new();
-            depart(&mut state, id, user, &self.config, &mut out);
-            out
+            };
+            member.device = None;
+            id
         };
-        self.forget_sessions(&effects);
-        self.run(effects).await;
+        let this = self.clone();
+        let grace = Duration::from_secs(self.config.reconnect_grace_secs);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let effects = {
+                let Ok(mut state) = this.state.lock() else {
+                    return;
+                };
+                let gone = state.joined.get(&user) == Some(&call)
+                    && state
+                        .calls
+                        .get(&call)
+                        .and_then(|c| c.members.get(&user))
+                        .is_some_and(|m| m.device.is_none());
+                if !gone {
+                    return;
+                }
+                let mut out = Vec::new();
+                depart(&mut state, call, user, &this.config, &mut out);
+                out
+            };
+            this.forget_sessions(&effects);
+            this.run(effects).await;
+        });
     }
 
     /// `user` is no longer a member of `conversation`: it is dropped from
@@ -758,37 +802,63 @@ impl Calls {
                 .await
                 .map_err(sfu_error)?,
             None => {
+                // Registered before the SFU hears of it, so that its very
+                // first events (its slots) find their device.
+                let participant = ParticipantId::random();
+                {
+                    let mut state = self.lock()?;
+                    let member = state
+                        .calls
+                        .get_mut(&id)
+                        .and_then(|c| c.members.get_mut(&me))
+                        .ok_or(ApiError::NotFound("call"))?;
+                    let slot = match role {
+                        Role::Publish => &mut member.publish,
+                        Role::Subscribe => &mut member.subscribe,
+                    };
+                    if slot.is_some() {
+                        return Err(ApiError::Conflict(
+                            "negotiating",
+                            "another offer for this session is being answered".to_owned(),
+                        ));
+                    }
+                    *slot = Some(participant);
+                    state.sessions.insert(participant, (id, me, role));
+                }
+                let room = RoomId::from(id.to_string().as_str());
                 let joined = self
                     .sfu
-                    .join_linked(&RoomId::from(id.to_string().as_str()), role, sdp, linked)
-                    .await
-                    .map_err(sfu_error)?;
-                let stale = {
+                    .join_as(&room, participant, role, sdp, linked)
+                    .await;
+                // The call may have ended or the member left meanwhile.
+                let kept = {
                     let mut state = self.lock()?;
-                    let still = state.calls.get(&id).is_some_and(|c| {
-                        c.device(me) == Some(device) && c.topology == Topology::Sfu
-                    });
-                    if still {
-                        state.sessions.insert(joined.participant, (id, me, role));
-                        if let Some(m) = state
-                            .calls
-                            .get_mut(&id)
-                            .and_then(|c| c.members.get_mut(&me))
-                        {
-                            let slot = match role {
-                                Role::Publish => &mut m.publish,
-                                Role::Subscribe => &mut m.subscribe,
-                            };
-                            slot.replace(joined.participant)
-                        } else {
-                            None
+                    let member = state
+                        .calls
+                        .get_mut(&id)
+                        .and_then(|c| c.members.get_mut(&me));
+                    let kept = member.is_some_and(|m| {
+                        let slot = match role {
+                            Role::Publish => &mut m.publish,
+                            Role::Subscribe => &mut m.subscribe,
+                        };
+                        if joined.is_err() && *slot == Some(participant) {
+                            *slot = None;
                         }
-                    } else {
-                        Some(joined.participant)
+                        *slot == Some(participant)
+                    });
+                    if !kept {
+                        state.sessions.remove(&participant);
                     }
+                    kept
                 };
-                if let Some(old) = stale {
-                    let _ = self.sfu.leave(old).await;
+                let joined = joined.map_err(sfu_error)?;
+                if !kept {
+                    let _ = self.sfu.leave(participant).await;
+                    return Err(ApiError::Conflict(
+                        "not_joined",
+                        "you left the call while the SFU answered".to_owned(),
+                    ));
                 }
                 joined.answer
             }
@@ -984,32 +1054,36 @@ impl Calls {
                 let Some(&(call_id, user, _)) = state.sessions.get(participant) else {
                     return out;
                 };
-                let Some(call) = state.calls.get(&call_id) else {
-                    return out;
-                };
-                let Some(device) = call.device(user) else {
-                    return out;
-                };
                 let from = source.as_ref().and_then(|(p, src_mid)| {
                     let (_, src_user, _) = state.sessions.get(p)?;
-                    let screen = call
+                    let screen = state
+                        .calls
+                        .get(&call_id)?
                         .members
                         .get(src_user)
                         .and_then(|m| m.screen_mid.as_deref())
                         == Some(src_mid.as_str());
                     Some((*src_user, screen))
                 });
-                out.push(Effect::Device(
-                    user,
-                    device,
-                    json!({
-                        "kind": "call_slot",
-                        "call_id": call_id,
-                        "mid": mid,
-                        "user_id": from.map(|f| f.0),
-                        "screen": from.is_some_and(|f| f.1),
-                    }),
-                ));
+                let Some(member) = state
+                    .calls
+                    .get_mut(&call_id)
+                    .and_then(|c| c.members.get_mut(&user))
+                else {
+                    return out;
+                };
+                let shown = (from.map(|f| f.0), from.is_some_and(|f| f.1));
+                member.slots.insert(mid.clone(), shown);
+                if let Some(device) = member
+                    .device
+                    .filter(|_| member.state == MemberState::Joined)
+                {
+                    out.push(Effect::Device(
+                        user,
+                        device,
+                        slot_event(call_id, mid, shown.0, shown.1),
+                    ));
+                }
             }
             SfuEvent::SpeakerChanged { participant, room } => {
                 let speaker = participant
@@ -1073,6 +1147,10 @@ impl Calls {
     }
 }
 
+fn slot_event(call: CallId, mid: &str, user: Option<UserId>, screen: bool) -> Value {
+    json!({"kind": "call_slot", "call_id": call, "mid": mid, "user_id": user, "screen": screen})
+}
+
 fn user_of(caller: &Caller) -> Result<UserId, ApiError> {
     match &caller.who {
         Who::User { user, .. } => Ok(user.id),
@@ -1133,6 +1211,7 @@ fn depart(state: &mut State, id: CallId, user: UserId, config: &CallConfig, out:
     {
         m.state = MemberState::Left;
         m.device = None;
+        m.slots.clear();
         out.extend(m.publish.take().map(Effect::SfuLeave));
         out.extend(m.subscribe.take().map(Effect::SfuLeave));
     }
@@ -1189,11 +1268,11 @@ fn retopology(
         }
         Topology::P2p => {
             let pair = (joined.len() == 2).then(|| (joined[0], joined[1]));
-            if pair != call.pair || rejoined.is_some() {
+            if pair != call.pair {
                 call.pair = pair;
                 joined.clone()
             } else {
-                Vec::new()
+                rejoined.into_iter().collect()
             }
         }
     };

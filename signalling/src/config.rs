@@ -243,6 +243,9 @@ pub struct CallConfig {
     pub ring_timeout_secs: u64,
     /// Whether an SFU call goes back to peer-to-peer when two remain.
     pub back_to_p2p: bool,
+    /// A participant whose WebSocket closed keeps its place (and media)
+    /// this many seconds, for its client to reconnect and `call_join`.
+    pub reconnect_grace_secs: u64,
     /// STUN/TURN servers handed to clients for peer-to-peer calls.
     pub ice_servers: Vec<IceServer>,
 }
@@ -254,6 +257,7 @@ impl Default for CallConfig {
             conference_server_based_member_limit: 34,
             ring_timeout_secs: 45,
             back_to_p2p: false,
+            reconnect_grace_secs: 20,
             ice_servers: Vec::new(),
         }
     }
@@ -499,6 +503,12 @@ impl SignallingConfig {
             "calls.ring_timeout_secs",
             calls.ring_timeout_secs.to_string(),
             "1 to 600",
+        );
+        check(
+            calls.reconnect_grace_secs <= 300,
+            "calls.reconnect_grace_secs",
+            calls.reconnect_grace_secs.to_string(),
+            "0 to 300",
         );
         check(
             calls.ice_servers.iter().all(|s| {

@@ -213,6 +213,7 @@ fn mids_of(sdp: &str) -> (str0m::media::Mid, str0m::media::Mid) {
 struct Person {
     ws: Ws,
     user: String,
+    token: String,
     tag: u8,
 }
 
@@ -224,6 +225,7 @@ async fn people(server: &TestServer, names: &[&str]) -> (Vec<Person>, common::Ap
         out.push(Person {
             ws: Ws::connect(server, &token, None).await,
             user,
+            token,
             tag: u8::try_from(i + 1).unwrap(),
         });
     }
@@ -747,13 +749,19 @@ async fn a_peer_to_peer_call_upgrades_when_the_third_joins_and_media_resumes() {
     }
 }
 
-/// A server whose calls ring for `ring_secs` and go back to peer-to-peer
-/// when two remain.
-async fn server_with(ring_secs: u64, back_to_p2p: bool) -> (TestServer, tempfile::TempDir) {
+/// A server whose calls ring for `ring_secs`, go back to peer-to-peer
+/// when two remain if `back_to_p2p`, and wait `grace_secs` for a lost
+/// connection.
+async fn server_with(
+    ring_secs: u64,
+    back_to_p2p: bool,
+    grace_secs: u64,
+) -> (TestServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut config: SignallingConfig = test_config(dir.path());
     config.calls.ring_timeout_secs = ring_secs;
     config.calls.back_to_p2p = back_to_p2p;
+    config.calls.reconnect_grace_secs = grace_secs;
     (TestServer::start_with(config, default_clock()).await, dir)
 }
 
@@ -772,7 +780,7 @@ async fn last_message(ws: &mut Ws, conv: &Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_members_declines_busy_callees_and_unanswered_calls_end_as_documented() {
     let _serial = SERIAL.lock().await;
-    let (server, _dir) = server_with(1, false).await;
+    let (server, _dir) = server_with(1, false, 20).await;
     let (mut p, app) = people(&server, &["ann", "bob", "carol", "eve"]).await;
     let mut ids = Vec::new();
     for (a, b) in [(0, 1), (0, 2), (1, 2)] {
@@ -921,7 +929,7 @@ async fn non_members_declines_busy_callees_and_unanswered_calls_end_as_documente
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_member_limit_removal_and_the_way_back_to_peer_to_peer() {
     let _serial = SERIAL.lock().await;
-    let (server, _dir) = server_with(45, true).await;
+    let (server, _dir) = server_with(45, true, 20).await;
     let names: Vec<String> = (0..35).map(|i| format!("user{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let (mut p, app) = people(&server, &names).await;
@@ -991,4 +999,92 @@ async fn the_member_limit_removal_and_the_way_back_to_peer_to_peer() {
             }
         }
     }
+}
+
+/// A device whose WebSocket breaks keeps its place and its media for the
+/// grace period: it reconnects, sees the call in `welcome`, takes its
+/// place back with `call_join` and is told its slots again. One that does
+/// not come back leaves when the grace period ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_loses_its_websocket_comes_back_to_its_call() {
+    let _serial = SERIAL.lock().await;
+    let (server, _dir) = server_with(45, false, 2).await;
+    let (mut p, _app) = people(&server, &["ann", "bob", "carol"]).await;
+    let conv = conversation(&mut p).await;
+    let call = p[0]
+        .ws
+        .request(json!({"type": "call_start", "conversation_id": conv, "media": "video"}))
+        .await["call"]["id"]
+        .clone();
+    for i in [1, 2] {
+        p[i].ws
+            .request(json!({"type": "call_join", "call_id": call}))
+            .await;
+    }
+    let mut media = Vec::new();
+    for person in &mut p {
+        loop {
+            let t = person.ws.ephemeral_of("call_topology").await;
+            if t["event"]["topology"] == "sfu" {
+                break;
+            }
+        }
+        media.push(sfu_sessions(&call, person, 2).await);
+    }
+    until_media(&media[1].subscribe, &[1, 3], 20).await;
+
+    // Bob's WebSocket breaks; his media goes on meanwhile.
+    let placeholder = Ws::connect(&server, &p[1].token, None).await;
+    drop(std::mem::replace(&mut p[1].ws, placeholder));
+    let before = media[1].subscribe.received("video", 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(media[1].subscribe.received("video", 1) > before);
+    // (The placeholder connection is a second device of Bob's: it is not
+    // the one in the call.)
+    let refused = p[1]
+        .ws
+        .request(json!({"type": "call_media", "call_id": call, "audio": false}))
+        .await;
+    assert_eq!(refused["code"], "not_joined", "{refused}");
+
+    // Bob's client reconnects and takes its place back.
+    p[1].ws = Ws::connect(&server, &p[1].token, None).await;
+    let calls = p[1].ws.welcome["calls"].as_array().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(state_of(&calls[0], &p[1].user), "joined");
+    let back = p[1]
+        .ws
+        .request(json!({"type": "call_join", "call_id": call}))
+        .await;
+    assert_eq!(back["type"], "ack", "{back}");
+    let t = p[1].ws.ephemeral_of("call_topology").await;
+    assert_eq!(t["event"]["topology"], "sfu");
+    let mut slots = HashMap::new();
+    while slots.len() < 4 {
+        let e = p[1].ws.ephemeral_of("call_slot").await["event"].clone();
+        slots.insert(e["mid"].as_str().unwrap().to_owned(), e["user_id"].clone());
+    }
+    let ok = p[1]
+        .ws
+        .request(json!({"type": "call_media", "call_id": call, "video": false}))
+        .await;
+    assert_eq!(ok["type"], "ack", "{ok}");
+    // The same sessions still carry media.
+    let before = media[1].subscribe.received("audio", 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(media[1].subscribe.received("audio", 3) > before);
+
+    // Carol's connection breaks for good: she leaves after 2 s.
+    let lost_at = Instant::now();
+    let placeholder = Ws::connect(&server, &p[2].token, None).await;
+    drop(std::mem::replace(&mut p[2].ws, placeholder));
+    loop {
+        let c = snapshot(&mut p[0].ws).await;
+        if state_of(&c, &p[2].user) == "left" {
+            break;
+        }
+    }
+    let waited = lost_at.elapsed();
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    drop(media);
 }
