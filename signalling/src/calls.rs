@@ -452,6 +452,14 @@ impl Calls {
         {
             tracing::warn!(call = %id, error = %e, "recording the call start failed");
         }
+        if let Err(e) = self
+            .messaging
+            .store()
+            .set_call_open(id, Some((caller.app.id, conversation_id, now)))
+            .await
+        {
+            tracing::warn!(call = %id, error = %e, "recording the open call failed");
+        }
         let effects = {
             let mut state = self.lock()?;
             let mut effects = Vec::new();
@@ -1015,7 +1023,49 @@ impl Calls {
             .await
         {
             tracing::warn!(call = %id, error = %e, "recording the call end failed");
+            return;
         }
+        if let Err(e) = self.messaging.store().set_call_open(id, None).await {
+            tracing::warn!(call = %id, error = %e, "closing the open call failed");
+        }
+    }
+
+    /// Records the end of every call a previous process left open (it
+    /// stopped or crashed during them): an end message with reason
+    /// `interrupted`. Run once at start, before serving.
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn recover(&self, users: &dyn crate::store::Store) -> Result<usize, ApiError> {
+        let open = self.messaging.store().open_calls().await?;
+        let count = open.len();
+        for (id, app, conversation, started_at) in open {
+            if let Some(app) = users.application(app).await? {
+                let body = MessageBody {
+                    text: "Call interrupted: the server restarted".to_owned(),
+                    data: Some(json!({"call": {
+                        "id": id,
+                        "event": "ended",
+                        "reason": "interrupted",
+                        "started_at": started_at.to_rfc3339(),
+                        "participants": [],
+                    }})),
+                    recipients: None,
+                    actions: Vec::new(),
+                };
+                let caller = Caller { app, who: Who::App };
+                if let Err(e) = self
+                    .messaging
+                    .send(&caller, conversation, &format!("call-{id}-end"), body)
+                    .await
+                {
+                    // The conversation may be gone with its application.
+                    tracing::warn!(call = %id, error = %e, "recording an interrupted call failed");
+                }
+            }
+            self.messaging.store().set_call_open(id, None).await?;
+        }
+        Ok(count)
     }
 
     /// Carries SFU events to the devices they concern: which participant a

@@ -57,7 +57,7 @@ pub struct Services {
 impl Services {
     /// Opens the backends `config` asks for: the SQLite store in the data
     /// directory (migrated), SMTP or the outbox, and starts the embedded
-    /// SFU workers.
+    /// SFU workers; records the end of calls a previous process left open.
     ///
     /// # Errors
     /// If the configuration is invalid or a backend cannot be opened.
@@ -77,14 +77,19 @@ impl Services {
             mail::from_config(&config.mail, &config.outbox_dir()).context("setting up mail")?;
         let sfu = EmbeddedSfu::start(&config.sfu.embedded()).context("starting the SFU")?;
         tracing::info!(udp = ?sfu.worker_addrs(), "SFU workers started");
-        Ok(Self::with_backends(
-            config,
-            sqlite.clone(),
-            sqlite,
-            mailer,
-            sfu,
-            clock,
-        ))
+        let services = Self::with_backends(config, sqlite.clone(), sqlite, mailer, sfu, clock);
+        let interrupted = services
+            .calls
+            .recover(services.store.as_ref())
+            .await
+            .context("recording calls interrupted by a restart")?;
+        if interrupted > 0 {
+            tracing::info!(
+                calls = interrupted,
+                "recorded the end of calls interrupted by a restart"
+            );
+        }
+        Ok(services)
     }
 
     /// Services over backends the caller built.
@@ -218,6 +223,14 @@ pub async fn run(
             }
         })
     };
+    match services.calls.recover(services.store.as_ref()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            calls = n,
+            "recorded the end of calls interrupted by a restart"
+        ),
+        Err(e) => tracing::warn!(error = %e, "recovering interrupted calls failed"),
+    }
     let call_events = tokio::spawn(services.calls.clone().pump_sfu_events());
     let app = crate::http::app(services);
     let served = axum::serve(CountedListener(listener), app)

@@ -1088,3 +1088,47 @@ async fn a_device_that_loses_its_websocket_comes_back_to_its_call() {
     assert!(waited >= Duration::from_secs(2), "{waited:?}");
     drop(media);
 }
+
+/// A call going on when the server stops is recorded as interrupted when
+/// it starts again: the conversation never keeps a start without an end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cut_by_a_restart_is_recorded_as_interrupted() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = default_clock();
+    let server = TestServer::start_in(dir.path(), clock.clone()).await;
+    let (mut p, _app) = people(&server, &["ann", "bob"]).await;
+    let conv = conversation(&mut p).await;
+    let call = p[0]
+        .ws
+        .request(json!({"type": "call_start", "conversation_id": conv, "media": "audio"}))
+        .await["call"]["id"]
+        .clone();
+    drop(p);
+    server.stop().await;
+
+    let server = TestServer::start_in(dir.path(), clock).await;
+    let rows = server
+        .services
+        .messaging
+        .store()
+        .history(conv.as_str().unwrap().parse().unwrap(), None, None, 10)
+        .await
+        .unwrap();
+    let last = rows.last().unwrap();
+    assert_eq!(last.body.text, "Call interrupted: the server restarted");
+    let data = last.body.data.as_ref().unwrap();
+    assert_eq!(data["call"]["id"], call);
+    assert_eq!(data["call"]["reason"], "interrupted");
+    assert!(
+        server
+            .services
+            .messaging
+            .store()
+            .open_calls()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    server.stop().await;
+}

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::StoreResult;
-use crate::ids::{AppId, ConversationId, MessageId, Timestamp, UserId};
+use crate::ids::{AppId, CallId, ConversationId, MessageId, Timestamp, UserId};
 
 /// A conversation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -288,4 +288,14 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
 
     /// Every user id of an application (for `all_users` conversations).
     async fn app_users(&self, app: AppId) -> StoreResult<Vec<UserId>>;
+
+    /// A call started (`Some`) or ended (`None`).
+    async fn set_call_open(
+        &self,
+        call: CallId,
+        open: Option<(AppId, ConversationId, Timestamp)>,
+    ) -> StoreResult<()>;
+
+    /// Calls that started and have not ended.
+    async fn open_calls(&self) -> StoreResult<Vec<(CallId, AppId, ConversationId, Timestamp)>>;
 }

@@ -10,7 +10,7 @@ use super::messaging::{
 };
 use super::sqlite::SqliteStore;
 use super::{StoreError, StoreResult};
-use crate::ids::{AppId, ConversationId, MessageId, Timestamp, UserId};
+use crate::ids::{AppId, CallId, ConversationId, MessageId, Timestamp, UserId};
 
 const CONVERSATION_COLUMNS: &str = "id, app_id, title, is_group, displayed, all_users, app_key, context, \
      last_seq, last_activity, created_at";
@@ -622,6 +622,52 @@ impl MessageStore for SqliteStore {
             .iter()
             .map(|r| parse(r, "id"))
             .collect()
+    }
+
+    async fn set_call_open(
+        &self,
+        call: CallId,
+        open: Option<(AppId, ConversationId, Timestamp)>,
+    ) -> StoreResult<()> {
+        match open {
+            Some((app, conversation, started_at)) => {
+                sqlx::query(
+                    "INSERT INTO open_calls (id, app_id, conversation_id, started_at) \
+                     VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(call.to_string())
+                .bind(app.to_string())
+                .bind(conversation.to_string())
+                .bind(started_at.0)
+                .execute(self.pool())
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM open_calls WHERE id = ?")
+                    .bind(call.to_string())
+                    .execute(self.pool())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn open_calls(&self) -> StoreResult<Vec<(CallId, AppId, ConversationId, Timestamp)>> {
+        sqlx::query(
+            "SELECT id, app_id, conversation_id, started_at FROM open_calls ORDER BY started_at",
+        )
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                parse(r, "id")?,
+                parse(r, "app_id")?,
+                parse(r, "conversation_id")?,
+                Timestamp(r.try_get("started_at")?),
+            ))
+        })
+        .collect()
     }
 }
 
