@@ -674,6 +674,24 @@ impl Calls {
         });
     }
 
+    /// `user` was locked or its application unregistered: it leaves its
+    /// call at once (no grace period), and its media sessions end.
+    pub async fn revoke(&self, user: UserId) {
+        let effects = {
+            let Ok(mut state) = self.state.lock() else {
+                return;
+            };
+            let Some(id) = state.joined.get(&user).copied() else {
+                return;
+            };
+            let mut out = Vec::new();
+            depart(&mut state, id, user, &self.config, &mut out);
+            out
+        };
+        self.forget_sessions(&effects);
+        self.run(effects).await;
+    }
+
     /// `user` is no longer a member of `conversation`: it is dropped from
     /// the conversation's call.
     pub async fn member_removed(&self, conversation: ConversationId, user: UserId) {

@@ -133,10 +133,12 @@ impl Services {
 }
 
 impl Services {
-    /// Closes the live WebSocket sessions of `user` (4003 `revoked`).
-    pub fn end_sessions_of_user(&self, user: crate::ids::UserId) {
+    /// Closes the live WebSocket sessions of `user` (4003 `revoked`) and
+    /// drops it from its call.
+    pub async fn end_sessions_of_user(&self, user: crate::ids::UserId) {
         self.bus
             .close_user(user, crate::ws::close::REVOKED, "revoked");
+        self.calls.revoke(user).await;
     }
 
     /// Closes every live WebSocket session of an application: its users'
@@ -149,9 +151,10 @@ impl Services {
         app: crate::ids::AppId,
     ) -> Result<(), crate::store::StoreError> {
         for user in self.messaging.store().app_users(app).await? {
-            self.end_sessions_of_user(user);
+            self.end_sessions_of_user(user).await;
         }
-        self.end_sessions_of_user(crate::messaging::bot_id(app));
+        self.end_sessions_of_user(crate::messaging::bot_id(app))
+            .await;
         Ok(())
     }
 }

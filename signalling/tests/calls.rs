@@ -924,8 +924,8 @@ async fn non_members_declines_busy_callees_and_unanswered_calls_end_as_documente
 }
 
 /// The 35th participant is refused; a member removed from the
-/// conversation is dropped from its call; with `back_to_p2p` the last two
-/// go back to peer-to-peer.
+/// conversation, or locked, is dropped from its call; with `back_to_p2p`
+/// the last two go back to peer-to-peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_member_limit_removal_and_the_way_back_to_peer_to_peer() {
     let _serial = SERIAL.lock().await;
@@ -981,9 +981,25 @@ async fn the_member_limit_removal_and_the_way_back_to_peer_to_peer() {
         .await;
     assert_eq!(refused["code"], "forbidden", "{refused}");
 
+    // The application locks user3: dropped at once, without the grace
+    // period a lost connection gets.
+    let locked = server
+        .post(&format!("/api/v1/users/{}/lock", p[3].user))
+        .basic_auth(&app.id, Some(&app.secret))
+        .send()
+        .await
+        .unwrap();
+    assert!(locked.status().is_success(), "{}", locked.status());
+    loop {
+        let c = snapshot(&mut p[0].ws).await;
+        if state_of(&c, &p[3].user) == "left" {
+            break;
+        }
+    }
+
     // Everyone but user0 and user2 leaves; the two are told to go back
     // to peer-to-peer, user0 (who joined first) making the offer.
-    for person in p.iter_mut().take(34).skip(3) {
+    for person in p.iter_mut().take(34).skip(4) {
         let ack = person
             .ws
             .request(json!({"type": "call_leave", "call_id": call}))

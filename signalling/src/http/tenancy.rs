@@ -536,7 +536,7 @@ pub async fn lock_user(
     PathId(id): PathId<UserId>,
 ) -> Result<Json<UserView>, ApiError> {
     let user = services.tenancy.set_locked(&app, id, true).await?;
-    services.end_sessions_of_user(user.id);
+    services.end_sessions_of_user(user.id).await;
     Ok(Json(UserView::from(&user)))
 }
 
