@@ -1,8 +1,22 @@
-//! `loadgen`: chat and media load against Confer from outside.
+//! `loadgen`: load against Confer from outside, on one machine.
 //!
-//! Not built yet: it only parses its command line and says so. Chat load
-//! (many WebSocket users) needs the WebSocket protocol, and media load needs
-//! the SFU; both come later.
+//! * `loadgen chat` provisions applications and users through the REST API,
+//!   connects them over the WebSocket and measures connect time, delivery
+//!   latency, loss and duplicates, the server's CPU and memory, and a
+//!   reconnect storm ([`chat`]).
+//! * `loadgen media` joins str0m peers to the SFU (through signalling's
+//!   call protocol, WHIP/WHEP against a standalone `sfu`, or a Janus
+//!   VideoRoom) and measures loss, jitter, added latency and layer
+//!   switches, optionally ramping up to the capacity limit ([`media`]).
+//!
+//! Both print a summary and, with `--report DIR`, write `report.json`,
+//! `report.md` and SVG charts ([`report`]).
+
+mod chat;
+mod client;
+mod measure;
+mod media;
+mod report;
 
 use clap::{Parser, Subcommand};
 
@@ -17,24 +31,47 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Mode {
     /// Many WebSocket users exchanging messages.
-    Chat {
-        /// Base URL of the signalling server.
-        #[arg(long)]
-        target: String,
-    },
+    Chat(chat::ChatArgs),
     /// Publishers and subscribers of audio and simulcast video.
-    Media {
-        /// Base URL of the signalling server or a standalone SFU.
-        #[arg(long)]
-        target: String,
-    },
+    Media(media::MediaArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let (mode, target) = match &cli.command {
-        Mode::Chat { target } => ("chat", target),
-        Mode::Media { target } => ("media", target),
-    };
-    anyhow::bail!("loadgen {mode} against {target}: not implemented yet")
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Mode::Chat(args) => {
+                let report = chat::run(args, command).await?;
+                println!("{}", serde_json::to_string_pretty(&summary_chat(&report))?);
+            }
+            Mode::Media(args) => {
+                let report = media::run(args, command).await?;
+                println!("{}", media::markdown(&report));
+            }
+        }
+        Ok(())
+    })
+}
+
+fn summary_chat(r: &chat::ChatReport) -> serde_json::Value {
+    serde_json::json!({
+        "connected": r.connected,
+        "connect_ms": r.connect_ms,
+        "delivered": r.delivered,
+        "lost": r.lost,
+        "duplicated": r.duplicated,
+        "deliveries_per_sec": r.deliveries_per_sec.round(),
+        "latency_ms": r.latency_ms,
+        "server": r.server.as_ref().map(|s| serde_json::json!({
+            "cpu_avg_pct": s.usage.cpu_avg_pct.round(),
+            "cpu_max_pct": s.usage.cpu_max_pct.round(),
+            "rss_max_kib": s.usage.rss_max_kib,
+            "kib_per_idle_connection": s.kib_per_idle_connection,
+        })),
+        "reconnect_storm": r.reconnect_storm,
+    })
 }

@@ -1,0 +1,739 @@
+//! `loadgen chat`: provisions applications and users through the REST
+//! API, connects every user over the WebSocket, creates conversations in
+//! the requested mix, sends messages carrying their send time, and counts
+//! what every member receives.
+//!
+//! Phases: provision → connect (at `--ramp` connections per second;
+//! connect time measured to the `welcome` frame) → conversations → idle
+//! memory sample → send for `--duration` seconds at `--message-rate` →
+//! drain → optional reconnect storm → report.
+//!
+//! A message is expected once by every member of its conversation
+//! (including its sender) once the server acknowledged it; `lost` is what
+//! was expected and never arrived, `duplicated` what arrived twice.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use rand::Rng;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::client::{CaughtUp, Conn, Shared, Tally};
+use crate::measure::{self, Percentiles, ProcWatch, ServerUse, histogram, micros_since};
+use crate::report;
+
+/// Arguments of `loadgen chat`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChatArgs {
+    /// Base URL of the signalling server, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub target: String,
+    /// Users to provision and connect.
+    #[arg(long, default_value_t = 100)]
+    pub users: usize,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 30)]
+    pub duration: u64,
+    /// Applications the users are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub apps: usize,
+    /// Share of users in one-to-one conversations, groups of 10 and
+    /// channels of 500, as weights.
+    #[arg(long, default_value = "direct=5,group=4,channel=1")]
+    pub mix: Mix,
+    /// New connections per second while connecting.
+    #[arg(long, default_value_t = 500.0)]
+    pub ramp: f64,
+    /// Messages per second over all users.
+    #[arg(long, default_value_t = 100.0)]
+    pub message_rate: f64,
+    /// An existing application to use, `ID:SECRET` (repeatable); without
+    /// it, applications are registered by e-mail code read from `--outbox`.
+    #[arg(long = "app")]
+    pub app_creds: Vec<String>,
+    /// The server's mail outbox (`<data_dir>/outbox`), to read
+    /// registration codes from.
+    #[arg(long)]
+    pub outbox: Option<PathBuf>,
+    /// The server's process id, to sample its CPU and memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// After sending, drop every connection at once and measure how long
+    /// until all have resumed and caught up.
+    #[arg(long)]
+    pub reconnect_storm: bool,
+    /// Seconds to wait for deliveries after sending stops.
+    #[arg(long, default_value_t = 5)]
+    pub drain: u64,
+    /// Write report.json, report.md and charts to this directory.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Weights of conversation kinds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mix {
+    /// One-to-one.
+    pub direct: f64,
+    /// Groups of 10.
+    pub group: f64,
+    /// Channels of 500.
+    pub channel: f64,
+}
+
+impl FromStr for Mix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut mix = Self {
+            direct: 0.0,
+            group: 0.0,
+            channel: 0.0,
+        };
+        for part in s.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: expected kind=weight"))?;
+            let v: f64 = v
+                .parse()
+                .map_err(|_| format!("{v:?}: not a number"))
+                .and_then(|v: f64| {
+                    if v >= 0.0 && v.is_finite() {
+                        Ok(v)
+                    } else {
+                        Err(format!("{v}: weights are ≥ 0"))
+                    }
+                })?;
+            match k.trim() {
+                "direct" => mix.direct = v,
+                "group" => mix.group = v,
+                "channel" => mix.channel = v,
+                other => return Err(format!("{other:?}: kinds are direct, group, channel")),
+            }
+        }
+        if mix.direct + mix.group + mix.channel <= 0.0 {
+            return Err("at least one weight must be positive".to_owned());
+        }
+        Ok(mix)
+    }
+}
+
+/// Sizes of the conversations a list of `n` users is split into.
+#[must_use]
+pub fn plan(n: usize, mix: Mix) -> Vec<usize> {
+    let total = mix.direct + mix.group + mix.channel;
+    let mut channel_users = (n as f64 * mix.channel / total) as usize / 500 * 500;
+    let mut group_users = (n as f64 * mix.group / total) as usize / 10 * 10;
+    if channel_users + group_users > n {
+        channel_users = 0;
+        group_users = n / 10 * 10;
+    }
+    let mut sizes = vec![500; channel_users / 500];
+    sizes.extend(std::iter::repeat_n(10, group_users / 10));
+    let mut rest = n - channel_users - group_users;
+    while rest >= 2 {
+        sizes.push(2);
+        rest -= 2;
+    }
+    if rest == 1 {
+        // The odd one out joins the last conversation.
+        match sizes.last_mut() {
+            Some(last) => *last += 1,
+            None => sizes.push(1),
+        }
+    }
+    sizes
+}
+
+/// The chat part of `report.json`.
+#[derive(Debug, Serialize)]
+pub struct ChatReport {
+    /// `chat`.
+    pub mode: &'static str,
+    /// The command line.
+    pub command: String,
+    /// Target.
+    pub target: String,
+    /// Users asked for.
+    pub users: usize,
+    /// Users connected.
+    pub connected: usize,
+    /// Conversations by size.
+    pub conversations: Vec<(usize, usize)>,
+    /// Connect time to `welcome`.
+    pub connect_ms: Percentiles,
+    /// Seconds of sending.
+    pub duration_s: f64,
+    /// Messages queued for sending.
+    pub sent: u64,
+    /// Messages the server acknowledged.
+    pub acked: u64,
+    /// Sends refused by the server.
+    pub send_errors: u64,
+    /// Sends not queued because the connection's queue was full.
+    pub backlogged: u64,
+    /// Deliveries expected (acknowledged messages × members).
+    pub expected: u64,
+    /// Deliveries counted once.
+    pub delivered: u64,
+    /// Expected deliveries that never arrived.
+    pub lost: u64,
+    /// Deliveries that arrived twice.
+    pub duplicated: u64,
+    /// Deliveries per second while sending.
+    pub deliveries_per_sec: f64,
+    /// Delivery latency.
+    pub latency_ms: Percentiles,
+    /// The server process, if `--server-pid` was given.
+    pub server: Option<ServerReport>,
+    /// The reconnect storm, if asked for.
+    pub reconnect_storm: Option<StormReport>,
+}
+
+/// The server's use of the machine.
+#[derive(Debug, Serialize)]
+pub struct ServerReport {
+    /// CPU and memory while the run lasted.
+    #[serde(flatten)]
+    pub usage: ServerUse,
+    /// Resident memory before any connection, KiB.
+    pub rss_before_kib: u64,
+    /// Resident memory with every user connected and idle, KiB.
+    pub rss_idle_kib: u64,
+    /// (idle − before) / connections, KiB.
+    pub kib_per_idle_connection: f64,
+    /// One sample per second.
+    pub samples: Vec<measure::ProcSample>,
+}
+
+/// The reconnect storm.
+#[derive(Debug, Serialize)]
+pub struct StormReport {
+    /// Connections dropped at once.
+    pub clients: usize,
+    /// Clients that reconnected (got `welcome`).
+    pub resumed: usize,
+    /// Clients that received the message posted while they were away.
+    pub caught_up: usize,
+    /// Seconds from the first reconnect until every client resumed.
+    pub resumed_s: f64,
+    /// Seconds from the first reconnect until every client caught up.
+    pub caught_up_s: f64,
+    /// Clients that never caught up.
+    pub lost: usize,
+}
+
+#[derive(Debug, Clone)]
+struct App {
+    id: String,
+    secret: String,
+}
+
+#[derive(Debug, Clone)]
+struct User {
+    app: usize,
+    id: String,
+    token: String,
+    conversation: usize,
+}
+
+fn bar(multi: &MultiProgress, quiet: bool, len: u64, what: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let b = multi.add(ProgressBar::new(len));
+    b.set_style(
+        ProgressStyle::with_template("{prefix:>14} [{bar:40}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    b.set_prefix(what.to_owned());
+    b
+}
+
+/// Runs the chat load and writes the report.
+///
+/// # Errors
+/// When provisioning fails or nobody can connect.
+pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> {
+    if args.users < 2 {
+        bail!("--users: at least 2");
+    }
+    let base = args.target.trim_end_matches('/').to_owned();
+    let ws_base = base
+        .replacen("http://", "ws://", 1)
+        .replacen("https://", "wss://", 1);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let multi = MultiProgress::new();
+    let epoch = Instant::now();
+    let run_id: u32 = rand::rng().random();
+
+    // Applications.
+    let apps = applications(&http, &base, &args, run_id).await?;
+
+    // Users, through POST /api/v1/tokens (provisions each on first use).
+    let sizes = plan(args.users, args.mix);
+    let mut conversation_of = Vec::with_capacity(args.users);
+    for (c, size) in sizes.iter().enumerate() {
+        conversation_of.extend(std::iter::repeat_n(c, *size));
+    }
+    let provision = bar(&multi, args.quiet, args.users as u64, "provision");
+    let users: Vec<anyhow::Result<User>> = futures_util::stream::iter(0..args.users)
+        .map(|i| {
+            let http = http.clone();
+            let base = base.clone();
+            // A conversation's members share an application.
+            let app_index = conversation_of[i] % apps.len();
+            let app = apps[app_index].clone();
+            let conversation = conversation_of[i];
+            let provision = provision.clone();
+            async move {
+                let r = http
+                    .post(format!("{base}/api/v1/tokens"))
+                    .basic_auth(&app.id, Some(&app.secret))
+                    .json(&json!({"external_id": format!("lg-{run_id:08x}-{i}"), "name": format!("Load {i}")}))
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("POST /api/v1/tokens: {} {}", r.status(), r.text().await?);
+                }
+                let v: Value = r.json().await?;
+                provision.inc(1);
+                Ok(User {
+                    app: app_index,
+                    id: v["user_id"].as_str().unwrap_or_default().to_owned(),
+                    token: v["token"].as_str().unwrap_or_default().to_owned(),
+                    conversation,
+                })
+            }
+        })
+        .buffered(32)
+        .collect()
+        .await;
+    let users: Vec<User> = users.into_iter().collect::<anyhow::Result<_>>()?;
+    provision.finish();
+
+    // Server memory before any connection.
+    let mut watch = args.server_pid.and_then(ProcWatch::new);
+    let rss_before = watch.as_ref().and_then(ProcWatch::rss_kib).unwrap_or(0);
+    let (stop_sampler, sampler) = measure::spawn_sampler(args.server_pid);
+
+    // Connect at the ramp rate.
+    let connecting = bar(&multi, args.quiet, users.len() as u64, "connect");
+    let shared: Vec<Arc<Shared>> = users.iter().map(|_| Arc::default()).collect();
+    let (conns, connect_times) =
+        connect_all(&ws_base, &users, &shared, epoch, args.ramp, None, &connecting).await;
+    connecting.finish();
+    let connected = conns.iter().filter(|c| c.is_some()).count();
+    if connected < 2 {
+        bail!("only {connected} users could connect");
+    }
+
+    // Conversations, created by their first member.
+    let creating = bar(&multi, args.quiet, sizes.len() as u64, "conversations");
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); sizes.len()];
+    for (i, u) in users.iter().enumerate() {
+        members[u.conversation].push(i);
+    }
+    let conversation_ids = create_conversations(&users, &members, &conns, &creating).await?;
+    creating.finish();
+
+    // Idle memory: everyone connected, nothing happening.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_idle = watch.as_mut().and_then(|w| w.rss_kib()).unwrap_or(0);
+
+    // Send.
+    let sending = bar(&multi, args.quiet, args.duration, "send (s)");
+    let started = Instant::now();
+    let mut counters = vec![0u64; users.len()];
+    let (mut sent, mut backlogged) = (0u64, 0u64);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut owed = 0.0f64;
+    let mut rng = rand::rng();
+    while started.elapsed() < Duration::from_secs(args.duration) {
+        tick.tick().await;
+        owed += args.message_rate / 100.0;
+        while owed >= 1.0 {
+            owed -= 1.0;
+            let i = rng.random_range(0..users.len());
+            let Some(conn) = &conns[i] else { continue };
+            counters[i] += 1;
+            let n = counters[i];
+            let frame = json!({
+                "type": "send",
+                "id": format!("s{n}"),
+                "conversation_id": conversation_ids[users[i].conversation],
+                "client_id": format!("lg-{n}"),
+                "text": "load",
+                "data": {"lg": [i, n, micros_since(epoch)]},
+            });
+            if conn.try_send(frame.to_string()) {
+                sent += 1;
+            } else {
+                counters[i] -= 1;
+                backlogged += 1;
+            }
+        }
+        sending.set_position(started.elapsed().as_secs());
+    }
+    let send_secs = started.elapsed().as_secs_f64();
+    sending.finish();
+    tokio::time::sleep(Duration::from_secs(args.drain)).await;
+
+    // Tally.
+    let storm = args.reconnect_storm;
+    let mut tallies: Vec<Option<Tally>> = Vec::with_capacity(conns.len());
+    for c in conns {
+        tallies.push(match c {
+            Some(c) if storm => Some(c.kill().await),
+            Some(c) => Some(c.finish().await),
+            None => None,
+        });
+    }
+    let mut latency = histogram();
+    let (mut delivered, mut duplicated, mut acked, mut errors, mut expected) = (0, 0, 0, 0, 0);
+    for (i, t) in tallies.iter().enumerate() {
+        let Some(t) = t else { continue };
+        let _ = latency.add(&t.latency);
+        delivered += t.delivered;
+        duplicated += t.duplicated;
+        acked += t.acked;
+        errors += t.errors;
+        let audience = members[users[i].conversation]
+            .iter()
+            .filter(|m| tallies[**m].is_some())
+            .count() as u64;
+        expected += t.acked * audience;
+    }
+
+    let storm_report = if storm {
+        Some(reconnect_storm(&ws_base, &apps, &users, &shared, &conversation_ids, epoch, &multi, args.quiet).await?)
+    } else {
+        None
+    };
+
+    let _ = stop_sampler.send(true);
+    let samples = sampler.await.unwrap_or_default();
+    let mut census: std::collections::BTreeMap<usize, usize> = Default::default();
+    for s in &sizes {
+        *census.entry(*s).or_default() += 1;
+    }
+    let report = ChatReport {
+        mode: "chat",
+        command,
+        target: base,
+        users: args.users,
+        connected,
+        conversations: census.into_iter().collect(),
+        connect_ms: Percentiles::of(&connect_times),
+        duration_s: send_secs,
+        sent,
+        acked,
+        send_errors: errors,
+        backlogged,
+        expected,
+        delivered,
+        lost: expected.saturating_sub(delivered),
+        duplicated,
+        deliveries_per_sec: delivered as f64 / send_secs.max(1e-9),
+        latency_ms: Percentiles::of(&latency),
+        server: args.server_pid.map(|_| ServerReport {
+            usage: ServerUse::of(&samples),
+            rss_before_kib: rss_before,
+            rss_idle_kib: rss_idle,
+            kib_per_idle_connection: rss_idle.saturating_sub(rss_before) as f64
+                / connected.max(1) as f64,
+            samples,
+        }),
+        reconnect_storm: storm_report,
+    };
+    if let Some(dir) = &args.report {
+        report::write_chat(dir, &report, &latency)?;
+    }
+    Ok(report)
+}
+
+async fn applications(
+    http: &reqwest::Client,
+    base: &str,
+    args: &ChatArgs,
+    run_id: u32,
+) -> anyhow::Result<Vec<App>> {
+    if !args.app_creds.is_empty() {
+        return args
+            .app_creds
+            .iter()
+            .map(|c| {
+                let (id, secret) = c
+                    .split_once(':')
+                    .ok_or_else(|| anyhow!("--app {c:?}: expected ID:SECRET"))?;
+                Ok(App {
+                    id: id.to_owned(),
+                    secret: secret.to_owned(),
+                })
+            })
+            .collect();
+    }
+    let outbox = args.outbox.as_ref().ok_or_else(|| {
+        anyhow!("give --app ID:SECRET, or --outbox DIR to register applications by e-mail code")
+    })?;
+    let mut apps = Vec::new();
+    for a in 0..args.apps.max(1) {
+        let email = format!("loadgen-{run_id:08x}-{a}@example.com");
+        let name = format!("loadgen {a}");
+        let r = http
+            .post(format!("{base}/api/v1/registrations"))
+            .json(&json!({"email": email, "app_name": name}))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("POST /api/v1/registrations: {} {}", r.status(), r.text().await?);
+        }
+        let code = read_code(outbox, &email).await?;
+        let r = http
+            .post(format!("{base}/api/v1/registrations/confirm"))
+            .json(&json!({"email": email, "app_name": name, "code": code}))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("POST /api/v1/registrations/confirm: {} {}", r.status(), r.text().await?);
+        }
+        let v: Value = r.json().await?;
+        apps.push(App {
+            id: v["app_id"].as_str().unwrap_or_default().to_owned(),
+            secret: v["app_secret"].as_str().unwrap_or_default().to_owned(),
+        });
+    }
+    Ok(apps)
+}
+
+/// The code mailed to `email`, from the outbox (10 s at most).
+async fn read_code(outbox: &std::path::Path, email: &str) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(dir) = std::fs::read_dir(outbox) {
+            for entry in dir.flatten() {
+                let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                    continue;
+                };
+                if !text.contains(email) {
+                    continue;
+                }
+                if let Some(code) = text
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("Confer code: "))
+                {
+                    return Ok(code.trim().to_owned());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no code for {email} in {}", outbox.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn connect_all(
+    ws_base: &str,
+    users: &[User],
+    shared: &[Arc<Shared>],
+    epoch: Instant,
+    ramp: f64,
+    caught: Option<CaughtUp>,
+    progress: &ProgressBar,
+) -> (Vec<Option<Conn>>, Histogram<u64>) {
+    let interval = if ramp > 0.0 {
+        Duration::from_secs_f64(1.0 / ramp)
+    } else {
+        Duration::ZERO
+    };
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(users.len());
+    for (i, u) in users.iter().enumerate() {
+        let due = started + interval * u32::try_from(i).unwrap_or(u32::MAX);
+        tokio::time::sleep_until(due.into()).await;
+        let since = shared[i].last_seq.load(Ordering::Relaxed);
+        let mut url = format!("{ws_base}/api/v1/ws?token={}", u.token);
+        if caught.is_some() {
+            url.push_str(&format!("&since={since}"));
+        }
+        let shared = shared[i].clone();
+        let caught = caught.clone();
+        let progress = progress.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = Conn::connect(url, epoch, shared, caught).await;
+            progress.inc(1);
+            r
+        }));
+    }
+    let mut conns = Vec::with_capacity(users.len());
+    let mut times = histogram();
+    for t in tasks {
+        match t.await {
+            Ok(Ok((c, took))) => {
+                let _ = times.record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1));
+                conns.push(Some(c));
+            }
+            Ok(Err(e)) => {
+                progress.println(format!("connect failed: {e:#}"));
+                conns.push(None);
+            }
+            Err(_) => conns.push(None),
+        }
+    }
+    (conns, times)
+}
+
+async fn create_conversations(
+    users: &[User],
+    members: &[Vec<usize>],
+    conns: &[Option<Conn>],
+    progress: &ProgressBar,
+) -> anyhow::Result<Vec<String>> {
+    let results: Vec<anyhow::Result<String>> = futures_util::stream::iter(members.iter())
+        .map(|m| async move {
+            let creator = m
+                .iter()
+                .find(|i| conns[**i].is_some())
+                .ok_or_else(|| anyhow!("a conversation with nobody connected"))?;
+            let others: Vec<&str> = m
+                .iter()
+                .filter(|i| *i != creator)
+                .map(|i| users[*i].id.as_str())
+                .collect();
+            let conn = conns[*creator].as_ref().ok_or_else(|| anyhow!("gone"))?;
+            let ack = conn
+                .request(json!({"type": "create_conversation", "title": "load", "members": others}))
+                .await
+                .context("create_conversation")?;
+            progress.inc(1);
+            ack["conversation"]["id"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("no conversation id in {ack}"))
+        })
+        .buffered(64)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reconnect_storm(
+    ws_base: &str,
+    apps: &[App],
+    users: &[User],
+    shared: &[Arc<Shared>],
+    conversation_ids: &[String],
+    epoch: Instant,
+    multi: &MultiProgress,
+    quiet: bool,
+) -> anyhow::Result<StormReport> {
+    // While everyone is away, each application's bot posts one marker
+    // message into each of its conversations.
+    for (a, app) in apps.iter().enumerate() {
+        let url = format!("{ws_base}/api/v1/ws");
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)?;
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", app.id, app.secret));
+        request
+            .headers_mut()
+            .insert("authorization", format!("Basic {basic}").parse()?);
+        let (bot, _) = Conn::connect(request, epoch, Arc::default(), None).await?;
+        let mut posted = std::collections::BTreeSet::new();
+        for u in users.iter().filter(|u| u.app == a) {
+            if posted.insert(u.conversation) {
+                bot.request(json!({
+                    "type": "send",
+                    "conversation_id": conversation_ids[u.conversation],
+                    "client_id": format!("storm-{}", u.conversation),
+                    "text": "storm",
+                    "data": {"storm": true},
+                }))
+                .await
+                .context("posting the storm marker")?;
+            }
+        }
+        bot.finish().await;
+    }
+    let caught: CaughtUp = Arc::new(tokio::sync::Notify::new());
+    let progress = bar(multi, quiet, users.len() as u64, "storm");
+    let started = Instant::now();
+    let (conns, _) = connect_all(
+        ws_base,
+        users,
+        shared,
+        epoch,
+        0.0,
+        Some(caught.clone()),
+        &progress,
+    )
+    .await;
+    let resumed_s = started.elapsed().as_secs_f64();
+    let resumed = conns.iter().filter(|c| c.is_some()).count();
+    let deadline = started + Duration::from_secs(60);
+    loop {
+        let done = shared
+            .iter()
+            .filter(|s| s.caught_up.load(Ordering::Relaxed))
+            .count();
+        if done == users.len() || Instant::now() > deadline {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), caught.notified()).await;
+    }
+    let caught_up_s = started.elapsed().as_secs_f64();
+    progress.finish();
+    let caught_up = shared
+        .iter()
+        .filter(|s| s.caught_up.load(Ordering::Relaxed))
+        .count();
+    for c in conns.into_iter().flatten() {
+        c.finish().await;
+    }
+    Ok(StormReport {
+        clients: users.len(),
+        resumed,
+        caught_up,
+        resumed_s,
+        caught_up_s,
+        lost: users.len() - caught_up,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mix_parses_and_plans_whole_conversations() {
+        let mix: Mix = "direct=5,group=4,channel=1".parse().unwrap_or_else(|e| panic!("{e}"));
+        let sizes = plan(10_000, mix);
+        assert_eq!(sizes.iter().sum::<usize>(), 10_000);
+        assert_eq!(sizes.iter().filter(|s| **s == 500).count(), 2);
+        assert_eq!(sizes.iter().filter(|s| **s == 10).count(), 400);
+        assert_eq!(sizes.iter().filter(|s| **s == 2).count(), 2_500);
+        // Few users: no channel fits; groups and pairs do.
+        let small = plan(25, mix);
+        assert_eq!(small.iter().sum::<usize>(), 25);
+        assert!(small.iter().all(|s| *s <= 10 || *s == 3));
+        assert!("direct=x".parse::<Mix>().is_err());
+        assert!("video=1".parse::<Mix>().is_err());
+        assert!("direct=0".parse::<Mix>().is_err());
+    }
+}
