@@ -333,8 +333,16 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
     // Connect at the ramp rate.
     let connecting = bar(&multi, args.quiet, users.len() as u64, "connect");
     let shared: Vec<Arc<Shared>> = users.iter().map(|_| Arc::default()).collect();
-    let (conns, connect_times) =
-        connect_all(&ws_base, &users, &shared, epoch, args.ramp, None, &connecting).await;
+    let (conns, connect_times) = connect_all(
+        &ws_base,
+        &users,
+        &shared,
+        epoch,
+        args.ramp,
+        None,
+        &connecting,
+    )
+    .await;
     connecting.finish();
     let connected = conns.iter().filter(|c| c.is_some()).count();
     if connected < 2 {
@@ -419,7 +427,19 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
     }
 
     let storm_report = if storm {
-        Some(reconnect_storm(&ws_base, &apps, &users, &shared, &conversation_ids, epoch, &multi, args.quiet).await?)
+        Some(
+            reconnect_storm(
+                &ws_base,
+                &apps,
+                &users,
+                &shared,
+                &conversation_ids,
+                epoch,
+                &multi,
+                args.quiet,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -499,7 +519,11 @@ async fn applications(
             .send()
             .await?;
         if !r.status().is_success() {
-            bail!("POST /api/v1/registrations: {} {}", r.status(), r.text().await?);
+            bail!(
+                "POST /api/v1/registrations: {} {}",
+                r.status(),
+                r.text().await?
+            );
         }
         let code = read_code(outbox, &email).await?;
         let r = http
@@ -508,7 +532,11 @@ async fn applications(
             .send()
             .await?;
         if !r.status().is_success() {
-            bail!("POST /api/v1/registrations/confirm: {} {}", r.status(), r.text().await?);
+            bail!(
+                "POST /api/v1/registrations/confirm: {} {}",
+                r.status(),
+                r.text().await?
+            );
         }
         let v: Value = r.json().await?;
         apps.push(App {
@@ -649,8 +677,8 @@ async fn reconnect_storm(
         let mut request =
             tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)?;
         use base64::Engine;
-        let basic = base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", app.id, app.secret));
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", app.id, app.secret));
         request
             .headers_mut()
             .insert("authorization", format!("Basic {basic}").parse()?);
@@ -722,7 +750,9 @@ mod tests {
 
     #[test]
     fn the_mix_parses_and_plans_whole_conversations() {
-        let mix: Mix = "direct=5,group=4,channel=1".parse().unwrap_or_else(|e| panic!("{e}"));
+        let mix: Mix = "direct=5,group=4,channel=1"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
         let sizes = plan(10_000, mix);
         assert_eq!(sizes.iter().sum::<usize>(), 10_000);
         assert_eq!(sizes.iter().filter(|s| **s == 500).count(), 2);

@@ -39,7 +39,11 @@ pub fn write_chat(dir: &Path, r: &ChatReport, latency: &Histogram<u64>) -> anyho
         "| deliveries expected / delivered / lost / duplicated | {} / {} / {} / {} |",
         r.expected, r.delivered, r.lost, r.duplicated
     );
-    let _ = writeln!(md, "| deliveries per second | {:.0} |", r.deliveries_per_sec);
+    let _ = writeln!(
+        md,
+        "| deliveries per second | {:.0} |",
+        r.deliveries_per_sec
+    );
     let _ = writeln!(
         md,
         "| delivery latency p50 / p90 / p99 / max | {:.1} / {:.1} / {:.1} / {:.1} ms |",
@@ -84,10 +88,15 @@ pub fn write_chat(dir: &Path, r: &ChatReport, latency: &Histogram<u64>) -> anyho
 ///
 /// # Errors
 /// If a file cannot be written.
+#[allow(dead_code)] // loadgen media is being written
 pub fn write_media(dir: &Path, r: &MediaReport, latency: &Histogram<u64>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(r)?)?;
-    latency_chart(&dir.join("latency.svg"), latency, "Added latency (send → receive)")?;
+    latency_chart(
+        &dir.join("latency.svg"),
+        latency,
+        "Added latency (send → receive)",
+    )?;
     if !r.steps.is_empty() {
         capacity_chart(&dir.join("capacity.svg"), r)?;
     }
@@ -140,6 +149,7 @@ fn latency_chart(path: &Path, h: &Histogram<u64>, title: &str) -> anyhow::Result
 }
 
 /// Loss and p99 latency against offered load, one point per ramp step.
+#[allow(dead_code)] // loadgen media is being written
 fn capacity_chart(path: &Path, r: &MediaReport) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (800, 450)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -149,14 +159,12 @@ fn capacity_chart(path: &Path, r: &MediaReport) -> anyhow::Result<()> {
         .map(|s| s.forwarded_per_sec)
         .fold(1.0, f64::max)
         * 1.1;
-    let max_y = r
-        .steps
-        .iter()
-        .map(|s| s.latency_ms.p99)
-        .fold(1.0, f64::max)
-        * 1.1;
+    let max_y = r.steps.iter().map(|s| s.latency_ms.p99).fold(1.0, f64::max) * 1.1;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Capacity: p99 added latency by forwarded packets/s", ("sans-serif", 22))
+        .caption(
+            "Capacity: p99 added latency by forwarded packets/s",
+            ("sans-serif", 22),
+        )
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)

@@ -678,6 +678,24 @@ impl Engine {
                         }) => {
                             p.estimate_bps = Some(estimate.as_u64());
                         }
+                        Event::MediaChanged(changed) => {
+                            // A renegotiation stopped an m-line (a screen
+                            // share ended, a slot was given up): its track
+                            // or slot goes.
+                            match p.role {
+                                Role::Publish if !changed.direction.is_receiving() => {
+                                    if let Some(room) = self.rooms.get_mut(&p.room) {
+                                        room.tracks.remove(&TrackKey(id, changed.mid));
+                                    }
+                                    reassign = true;
+                                }
+                                Role::Subscribe if !changed.direction.is_sending() => {
+                                    p.slots.retain(|s| s.mid != changed.mid);
+                                    reassign = true;
+                                }
+                                _ => {}
+                            }
+                        }
                         Event::MediaAdded(added)
                             if p.role == Role::Publish && added.direction.is_receiving() =>
                         {

@@ -242,4 +242,36 @@ fn slots_carry_distinct_publishers_and_grow_by_renegotiation() {
     sorted.sort();
     assert_eq!(sorted, vec![Some(0), Some(0), Some(2)], "{layers:?}");
     assert_eq!(net.subscriber(viewer).corrupt, 0);
+
+    // c stops its video by renegotiating it inactive: the slot that
+    // showed it is emptied (reported), the others keep their sources.
+    while net.engine.poll_event().is_some() {}
+    let c_mid = net.publisher(c).video;
+    let (offer, pending) = {
+        let mut api = net.peers[c].rtc.sdp_api();
+        api.set_direction(c_mid, str0m::media::Direction::Inactive);
+        let (offer, pending) = api.apply().unwrap();
+        (offer.to_sdp_string(), pending)
+    };
+    let c_id = net.peers[c].id;
+    let answer = net
+        .engine
+        .handle_renegotiate(c_id, &offer, net.now)
+        .unwrap();
+    confer_sfu::testing::accept_answer(&mut net.peers[c].rtc, pending, &answer);
+    net.run_for(Duration::from_secs(1));
+    let mut emptied = Vec::new();
+    while let Some(e) = net.engine.poll_event() {
+        if let confer_sfu::SfuEvent::SlotChanged {
+            participant,
+            mid,
+            source,
+            ..
+        } = e
+            && participant == viewer_id
+        {
+            emptied.push((mid, source));
+        }
+    }
+    assert_eq!(emptied, vec![(spotlight.clone(), None)]);
 }

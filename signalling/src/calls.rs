@@ -160,6 +160,14 @@ struct Member {
     /// What each slot of its subscribe session shows (user, screen), to
     /// tell a device that comes back after a lost connection.
     slots: BTreeMap<String, (Option<UserId>, bool)>,
+    /// The client's own name for its device (`device_id` of `call_join`):
+    /// a join with the same name is that client coming back.
+    device_key: Option<String>,
+    /// Counts lost connections, so that a grace timer only acts on the
+    /// loss it was started for.
+    lost: u64,
+    /// The topology its current device was last told.
+    told: Option<Topology>,
 }
 
 impl Member {
@@ -176,6 +184,9 @@ impl Member {
             subscribe: None,
             screen_mid: None,
             slots: BTreeMap::new(),
+            device_key: None,
+            lost: 0,
+            told: None,
         }
     }
 }
@@ -265,6 +276,19 @@ impl Call {
     }
 }
 
+/// How a `call_join` changes the member's device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeviceChange {
+    /// It was not in the call.
+    Joined,
+    /// Joined on this connection already.
+    Same,
+    /// The same client on a new connection.
+    Resumed,
+    /// Another device (the one it was on, if still connected).
+    Moved(Option<u64>),
+}
+
 /// Something to do once the lock is released.
 #[derive(Debug)]
 enum Effect {
@@ -298,6 +322,8 @@ struct State {
     joined: HashMap<UserId, CallId>,
     /// SFU sessions: their call, user and role.
     sessions: HashMap<ParticipantId, (CallId, UserId, Role)>,
+    /// Conversations whose call is being recorded as started.
+    starting: std::collections::HashSet<ConversationId>,
 }
 
 /// The call service.
@@ -376,66 +402,42 @@ impl Calls {
         device: u64,
         conversation_id: ConversationId,
         media: CallMedia,
+        device_key: Option<String>,
     ) -> Result<CallView, ApiError> {
         let me = user_of(caller)?;
         let members = self.messaging.members_of(caller, conversation_id).await?;
         let now = self.clock.now();
         let id = CallId::random();
-        let (view, effects) =
+        {
+            // Reserve: the caller is busy and the conversation has a call
+            // from now on, while the start is recorded.
+            let mut state = self.lock()?;
+            if state.joined.contains_key(&me) {
+                return Err(ApiError::Conflict(
+                    "busy",
+                    "you are in another call: leave it first".to_owned(),
+                ));
+            }
+            if let Some(c) = state
+                .calls
+                .values()
+                .find(|c| c.conversation_id == conversation_id && c.caller.app.id == caller.app.id)
             {
-                let mut state = self.lock()?;
-                if state.joined.contains_key(&me) {
-                    return Err(ApiError::Conflict(
-                        "busy",
-                        "you are in another call: leave it first".to_owned(),
-                    ));
-                }
-                if let Some(c) = state.calls.values().find(|c| {
-                    c.conversation_id == conversation_id && c.caller.app.id == caller.app.id
-                }) {
-                    return Err(ApiError::Conflict(
-                        "call_in_progress",
-                        format!("call {} is going on in this conversation: join it", c.id),
-                    ));
-                }
-                let mut call = Call {
-                    id,
-                    caller: caller.clone(),
-                    conversation_id,
-                    media,
-                    topology: Topology::P2p,
-                    started_by: me,
-                    started_at: now,
-                    members: BTreeMap::new(),
-                    next_seq: 1,
-                    pair: None,
-                };
-                for user in members.iter().copied().filter(|u| *u != me) {
-                    let busy = state.joined.contains_key(&user);
-                    call.members.insert(
-                        user,
-                        Member::new(
-                            if busy {
-                                MemberState::Busy
-                            } else {
-                                MemberState::Ringing
-                            },
-                            media == CallMedia::Video,
-                        ),
-                    );
-                }
-                let mut starter = Member::new(MemberState::Joined, media == CallMedia::Video);
-                starter.device = Some(device);
-                starter.joined_seq = 0;
-                starter.ever_joined = true;
-                call.members.insert(me, starter);
-                state.joined.insert(me, id);
-                let view = call.view(None);
-                state.calls.insert(id, call);
-                (view, Vec::new())
-            };
-        self.run(effects).await;
-        // The start is recorded before anyone hears of the call.
+                return Err(ApiError::Conflict(
+                    "call_in_progress",
+                    format!("call {} is going on in this conversation: join it", c.id),
+                ));
+            }
+            if !state.starting.insert(conversation_id) {
+                return Err(ApiError::Conflict(
+                    "call_in_progress",
+                    "a call is starting in this conversation: join it".to_owned(),
+                ));
+            }
+            state.joined.insert(me, id);
+        }
+        // The start is recorded before anyone hears of the call, and the
+        // call is marked open so that a restart records its end.
         let body = MessageBody {
             text: match media {
                 CallMedia::Audio => "Audio call".to_owned(),
@@ -445,27 +447,68 @@ impl Calls {
             recipients: None,
             actions: Vec::new(),
         };
-        if let Err(e) = self
+        let recorded = match self
             .messaging
             .send(caller, conversation_id, &format!("call-{id}-start"), body)
             .await
         {
-            tracing::warn!(call = %id, error = %e, "recording the call start failed");
-        }
-        if let Err(e) = self
-            .messaging
-            .store()
-            .set_call_open(id, Some((caller.app.id, conversation_id, now)))
-            .await
-        {
-            tracing::warn!(call = %id, error = %e, "recording the open call failed");
-        }
-        let effects = {
+            Ok(_) => self
+                .messaging
+                .store()
+                .set_call_open(id, Some((caller.app.id, conversation_id, now)))
+                .await
+                .map_err(ApiError::from),
+            Err(e) => Err(e),
+        };
+        let (view, effects) = {
             let mut state = self.lock()?;
+            state.starting.remove(&conversation_id);
+            if let Err(e) = recorded {
+                state.joined.remove(&me);
+                return Err(e);
+            }
+            let mut call = Call {
+                id,
+                caller: caller.clone(),
+                conversation_id,
+                media,
+                topology: Topology::P2p,
+                started_by: me,
+                started_at: now,
+                members: BTreeMap::new(),
+                next_seq: 1,
+                pair: None,
+            };
+            for user in members.iter().copied().filter(|u| *u != me) {
+                let busy = state.joined.contains_key(&user);
+                call.members.insert(
+                    user,
+                    Member::new(
+                        if busy {
+                            MemberState::Busy
+                        } else {
+                            MemberState::Ringing
+                        },
+                        media == CallMedia::Video,
+                    ),
+                );
+            }
+            let mut starter = Member::new(MemberState::Joined, media == CallMedia::Video);
+            starter.device = Some(device);
+            starter.device_key = device_key;
+            starter.ever_joined = true;
+            if state.joined.get(&me) != Some(&id) {
+                // Locked or removed while the start was being recorded.
+                starter.state = MemberState::Left;
+                starter.device = None;
+            }
+            call.members.insert(me, starter);
+            let view = call.view(None);
+            state.calls.insert(id, call);
             let mut effects = Vec::new();
             snapshot(&state, id, &mut effects);
             check_end(&mut state, id, &mut effects);
-            effects
+            (view, effects)
         };
         self.run(effects).await;
         let this = self.clone();
@@ -487,6 +530,7 @@ impl Calls {
         caller: &Caller,
         device: u64,
         id: CallId,
+        device_key: Option<String>,
     ) -> Result<(CallView, Vec<IceServer>), ApiError> {
         let me = user_of(caller)?;
         let conversation = self.conversation_of(caller, id)?;
@@ -521,41 +565,59 @@ impl Calls {
                 .members
                 .entry(me)
                 .or_insert_with(|| Member::new(MemberState::Ringing, false));
-            let mut replay = Vec::new();
-            if already && member.device.is_none() {
-                // Back after a lost connection: its media sessions went on
-                // meanwhile and stay; tell it again what its slots show.
-                replay = member
-                    .slots
-                    .iter()
-                    .map(|(mid, (user, screen))| slot_event(id, mid, *user, *screen))
-                    .collect();
+            let change = if already && member.device == Some(device) {
+                // Joined on this very connection already: nothing to do.
+                DeviceChange::Same
+            } else if already && device_key.is_some() && member.device_key == device_key {
+                // The same client back on a new connection: its media
+                // sessions went on meanwhile and stay.
+                DeviceChange::Resumed
             } else if already {
-                // The same user on another device: the old one's media ends.
-                out.extend(member.publish.take().map(Effect::SfuLeave));
-                out.extend(member.subscribe.take().map(Effect::SfuLeave));
-                member.slots.clear();
+                DeviceChange::Moved(member.device)
             } else {
                 member.joined_seq = seq;
                 member.video = call.media == CallMedia::Video;
+                DeviceChange::Joined
+            };
+            if !matches!(change, DeviceChange::Same) {
+                member.told = None;
             }
             member.state = MemberState::Joined;
             member.device = Some(device);
+            member.device_key = device_key;
             member.ever_joined = true;
-            out.extend(replay.into_iter().map(|e| Effect::Device(me, device, e)));
+            let replay: Vec<Value> = member
+                .slots
+                .iter()
+                .map(|(mid, (user, screen))| slot_event(id, mid, *user, *screen))
+                .collect();
             state.joined.insert(me, id);
-            retopology(
-                &mut state,
-                id,
-                &self.config,
-                &mut out,
-                already.then_some(me),
-            );
+            match change {
+                DeviceChange::Same => {}
+                DeviceChange::Joined => retopology(&mut state, id, &self.config, &mut out, None),
+                DeviceChange::Resumed => {
+                    retopology(&mut state, id, &self.config, &mut out, Some((me, false)));
+                    // Topology first, then what each slot shows.
+                    out.extend(replay.into_iter().map(|e| Effect::Device(me, device, e)));
+                }
+                DeviceChange::Moved(old) => {
+                    // Another device takes over: the old one's media ends
+                    // and it is told so.
+                    end_media(&mut state, id, me, &mut out);
+                    if let Some(old) = old {
+                        out.push(Effect::Device(
+                            me,
+                            old,
+                            json!({"kind": "call_moved", "call_id": id}),
+                        ));
+                    }
+                    retopology(&mut state, id, &self.config, &mut out, Some((me, true)));
+                }
+            }
             snapshot(&state, id, &mut out);
             view = state.calls.get(&id).map(|c| c.view(None));
             effects = out;
         }
-        self.forget_sessions(&effects);
         self.run(effects).await;
         let view = view.ok_or(ApiError::NotFound("call"))?;
         Ok((view, self.config.ice_servers.clone()))
@@ -599,7 +661,7 @@ impl Calls {
     ///
     /// # Errors
     /// `not_found`; `not_joined`.
-    pub async fn leave(&self, caller: &Caller, id: CallId) -> Result<(), ApiError> {
+    pub async fn leave(&self, caller: &Caller, device: u64, id: CallId) -> Result<(), ApiError> {
         let me = user_of(caller)?;
         let effects = {
             let mut state = self.lock()?;
@@ -616,11 +678,22 @@ impl Calls {
                     "you are not in this call".to_owned(),
                 ));
             }
+            let elsewhere = state
+                .calls
+                .get(&id)
+                .and_then(|c| c.members.get(&me))
+                .and_then(|m| m.device)
+                .is_some_and(|d| d != device);
+            if elsewhere {
+                return Err(ApiError::Conflict(
+                    "not_joined",
+                    "the call is on another of your devices: join it here first".to_owned(),
+                ));
+            }
             let mut out = Vec::new();
             depart(&mut state, id, me, &self.config, &mut out);
             out
         };
-        self.forget_sessions(&effects);
         self.run(effects).await;
         Ok(())
     }
@@ -646,8 +719,10 @@ impl Calls {
                 return;
             };
             member.device = None;
-            id
+            member.lost += 1;
+            (id, member.lost)
         };
+        let (call, generation) = call;
         let this = self.clone();
         let grace = Duration::from_secs(self.config.reconnect_grace_secs);
         tokio::spawn(async move {
@@ -661,7 +736,7 @@ impl Calls {
                         .calls
                         .get(&call)
                         .and_then(|c| c.members.get(&user))
-                        .is_some_and(|m| m.device.is_none());
+                        .is_some_and(|m| m.device.is_none() && m.lost == generation);
                 if !gone {
                     return;
                 }
@@ -669,7 +744,6 @@ impl Calls {
                 depart(&mut state, call, user, &this.config, &mut out);
                 out
             };
-            this.forget_sessions(&effects);
             this.run(effects).await;
         });
     }
@@ -688,7 +762,6 @@ impl Calls {
             depart(&mut state, id, user, &self.config, &mut out);
             out
         };
-        self.forget_sessions(&effects);
         self.run(effects).await;
     }
 
@@ -709,16 +782,25 @@ impl Calls {
             };
             let mut out = Vec::new();
             if state.joined.get(&user) == Some(&id) {
+                // Its devices see it leave, then hear no more of the call.
                 depart(&mut state, id, user, &self.config, &mut out);
-            } else if let Some(call) = state.calls.get_mut(&id)
-                && call.members.remove(&user).is_some()
+            } else if let Some(m) = state
+                .calls
+                .get_mut(&id)
+                .and_then(|c| c.members.get_mut(&user))
             {
+                // Ringing stops.
+                if m.state == MemberState::Ringing {
+                    m.state = MemberState::Missed;
+                }
                 snapshot(&state, id, &mut out);
                 check_end(&mut state, id, &mut out);
             }
+            if let Some(call) = state.calls.get_mut(&id) {
+                call.members.remove(&user);
+            }
             out
         };
-        self.forget_sessions(&effects);
         self.run(effects).await;
     }
 
@@ -821,75 +903,83 @@ impl Calls {
             }
         };
         let (existing, linked) = existing;
-        let answer = match existing {
-            Some(session) => self
-                .sfu
-                .renegotiate(session, sdp)
-                .await
-                .map_err(sfu_error)?,
-            None => {
-                // Registered before the SFU hears of it, so that its very
-                // first events (its slots) find their device.
-                let participant = ParticipantId::random();
-                {
+        if let Some(session) = existing {
+            match self.sfu.renegotiate(session, sdp.clone()).await {
+                Ok(answer) => return Ok(answer),
+                // The session ended without us hearing of it (a lost
+                // event): forget it and open a new one.
+                Err(SfuError::UnknownParticipant) => {
                     let mut state = self.lock()?;
-                    let member = state
+                    state.sessions.remove(&session);
+                    if let Some(slot) = state
                         .calls
                         .get_mut(&id)
                         .and_then(|c| c.members.get_mut(&me))
-                        .ok_or(ApiError::NotFound("call"))?;
-                    let slot = match role {
-                        Role::Publish => &mut member.publish,
-                        Role::Subscribe => &mut member.subscribe,
-                    };
-                    if slot.is_some() {
-                        return Err(ApiError::Conflict(
-                            "negotiating",
-                            "another offer for this session is being answered".to_owned(),
-                        ));
+                        .map(|m| session_slot(m, role))
+                        && *slot == Some(session)
+                    {
+                        *slot = None;
                     }
-                    *slot = Some(participant);
-                    state.sessions.insert(participant, (id, me, role));
                 }
-                let room = RoomId::from(id.to_string().as_str());
-                let joined = self
-                    .sfu
-                    .join_as(&room, participant, role, sdp, linked)
-                    .await;
-                // The call may have ended or the member left meanwhile.
-                let kept = {
-                    let mut state = self.lock()?;
-                    let member = state
-                        .calls
-                        .get_mut(&id)
-                        .and_then(|c| c.members.get_mut(&me));
-                    let kept = member.is_some_and(|m| {
-                        let slot = match role {
-                            Role::Publish => &mut m.publish,
-                            Role::Subscribe => &mut m.subscribe,
-                        };
-                        if joined.is_err() && *slot == Some(participant) {
-                            *slot = None;
-                        }
-                        *slot == Some(participant)
-                    });
-                    if !kept {
-                        state.sessions.remove(&participant);
-                    }
-                    kept
-                };
-                let joined = joined.map_err(sfu_error)?;
-                if !kept {
-                    let _ = self.sfu.leave(participant).await;
-                    return Err(ApiError::Conflict(
-                        "not_joined",
-                        "you left the call while the SFU answered".to_owned(),
-                    ));
-                }
-                joined.answer
+                Err(e) => return Err(sfu_error(e)),
             }
+        }
+        // Registered before the SFU hears of it, so that its very first
+        // events (its slots) find their device.
+        let participant = ParticipantId::random();
+        {
+            let mut state = self.lock()?;
+            joined_call(&state, caller, me, device, id)?;
+            let member = state
+                .calls
+                .get_mut(&id)
+                .and_then(|c| c.members.get_mut(&me))
+                .ok_or(ApiError::NotFound("call"))?;
+            let slot = session_slot(member, role);
+            if slot.is_some() {
+                return Err(ApiError::Conflict(
+                    "negotiating",
+                    "another offer for this session is being answered".to_owned(),
+                ));
+            }
+            *slot = Some(participant);
+            state.sessions.insert(participant, (id, me, role));
+        }
+        let room = RoomId::from(id.to_string().as_str());
+        let joined = self
+            .sfu
+            .join_as(&room, participant, role, sdp, linked)
+            .await;
+        // The member may have left, moved or lost the call meanwhile.
+        let kept = {
+            let mut state = self.lock()?;
+            let still = joined_call(&state, caller, me, device, id).is_ok();
+            let member = state
+                .calls
+                .get_mut(&id)
+                .and_then(|c| c.members.get_mut(&me));
+            let kept = member.is_some_and(|m| {
+                let slot = session_slot(m, role);
+                let ours = *slot == Some(participant);
+                if ours && (joined.is_err() || !still) {
+                    *slot = None;
+                }
+                ours && still && joined.is_ok()
+            });
+            if !kept {
+                state.sessions.remove(&participant);
+            }
+            kept
         };
-        Ok(answer)
+        let joined = joined.map_err(sfu_error)?;
+        if !kept {
+            let _ = self.sfu.leave(participant).await;
+            return Err(ApiError::Conflict(
+                "not_joined",
+                "you left the call while the SFU answered".to_owned(),
+            ));
+        }
+        Ok(joined.answer)
     }
 
     /// The caller's microphone, camera and screen-share state.
@@ -969,17 +1059,6 @@ impl Calls {
             .filter(|c| c.caller.app.id == caller.app.id)
             .map(|c| c.conversation_id)
             .ok_or(ApiError::NotFound("call"))
-    }
-
-    /// Forgets the SFU sessions that effects end.
-    fn forget_sessions(&self, effects: &[Effect]) {
-        if let Ok(mut state) = self.state.lock() {
-            for e in effects {
-                if let Effect::SfuLeave(p) = e {
-                    state.sessions.remove(p);
-                }
-            }
-        }
     }
 
     async fn run(&self, effects: Vec<Effect>) {
@@ -1215,6 +1294,13 @@ impl Calls {
     }
 }
 
+fn session_slot(m: &mut Member, role: Role) -> &mut Option<ParticipantId> {
+    match role {
+        Role::Publish => &mut m.publish,
+        Role::Subscribe => &mut m.subscribe,
+    }
+}
+
 fn slot_event(call: CallId, mid: &str, user: Option<UserId>, screen: bool) -> Value {
     json!({"kind": "call_slot", "call_id": call, "mid": mid, "user_id": user, "screen": screen})
 }
@@ -1268,10 +1354,31 @@ fn snapshot(state: &State, id: CallId, out: &mut Vec<Effect>) {
     }
 }
 
+/// Ends `user`'s SFU sessions in call `id` and forgets them at once.
+fn end_media(state: &mut State, id: CallId, user: UserId, out: &mut Vec<Effect>) {
+    let Some(m) = state
+        .calls
+        .get_mut(&id)
+        .and_then(|c| c.members.get_mut(&user))
+    else {
+        return;
+    };
+    m.slots.clear();
+    let ended: Vec<ParticipantId> = [m.publish.take(), m.subscribe.take()]
+        .into_iter()
+        .flatten()
+        .collect();
+    for p in ended {
+        state.sessions.remove(&p);
+        out.push(Effect::SfuLeave(p));
+    }
+}
+
 /// `user` leaves the call: its SFU sessions end, the topology may change,
 /// and the call may end.
 fn depart(state: &mut State, id: CallId, user: UserId, config: &CallConfig, out: &mut Vec<Effect>) {
     state.joined.remove(&user);
+    end_media(state, id, user, out);
     if let Some(m) = state
         .calls
         .get_mut(&id)
@@ -1279,9 +1386,7 @@ fn depart(state: &mut State, id: CallId, user: UserId, config: &CallConfig, out:
     {
         m.state = MemberState::Left;
         m.device = None;
-        m.slots.clear();
-        out.extend(m.publish.take().map(Effect::SfuLeave));
-        out.extend(m.subscribe.take().map(Effect::SfuLeave));
+        m.told = None;
     }
     retopology(state, id, config, out, None);
     snapshot(state, id, out);
@@ -1289,77 +1394,71 @@ fn depart(state: &mut State, id: CallId, user: UserId, config: &CallConfig, out:
 }
 
 /// Chooses the topology after a join or a leave and tells the joined
-/// devices what changed. `rejoined` is a user that moved to a new device
-/// (it is told the topology again).
+/// devices what changed. `rejoined` is a user on a new connection: back
+/// (`false`: only it is told the topology again) or on another device
+/// (`true`: in a peer-to-peer call its peer is told too, to negotiate
+/// with the new device).
 fn retopology(
     state: &mut State,
     id: CallId,
     config: &CallConfig,
     out: &mut Vec<Effect>,
-    rejoined: Option<UserId>,
+    rejoined: Option<(UserId, bool)>,
 ) {
     let Some(call) = state.calls.get_mut(&id) else {
         return;
     };
     let joined = call.joined();
-    let before = call.topology;
-    if joined.len() >= config.conference_server_based_threshold {
+    let mut back_to_p2p = false;
+    // More than two people cannot talk peer-to-peer (no mesh).
+    if joined.len() >= config.conference_server_based_threshold.min(3) {
         call.topology = Topology::Sfu;
         call.pair = None;
     } else if call.topology == Topology::Sfu && config.back_to_p2p && joined.len() == 2 {
         call.topology = Topology::P2p;
-        for u in &joined {
-            if let Some(m) = call.members.get_mut(u) {
-                out.extend(m.publish.take().map(Effect::SfuLeave));
-                out.extend(m.subscribe.take().map(Effect::SfuLeave));
-            }
-        }
+        back_to_p2p = true;
     }
-    let announce: Vec<UserId> = match call.topology {
-        Topology::Sfu => {
-            if before == Topology::Sfu {
-                // Only newcomers (and a moved device) need telling.
-                joined
-                    .iter()
-                    .copied()
-                    .filter(|u| {
-                        Some(*u) == rejoined
-                            || call
-                                .members
-                                .get(u)
-                                .is_some_and(|m| m.publish.is_none() && m.subscribe.is_none())
-                    })
-                    .collect()
-            } else {
-                joined.clone()
-            }
-        }
-        Topology::P2p => {
-            let pair = (joined.len() == 2).then(|| (joined[0], joined[1]));
-            if pair != call.pair {
-                call.pair = pair;
-                joined.clone()
-            } else {
-                rejoined.into_iter().collect()
-            }
-        }
-    };
-    for u in announce {
-        let Some(device) = call.device(u) else {
+    let mut pair_changed = false;
+    if call.topology == Topology::P2p {
+        let pair = (joined.len() == 2).then(|| (joined[0], joined[1]));
+        pair_changed = pair != call.pair;
+        call.pair = pair;
+    }
+    let topology = call.topology;
+    let pair = call.pair;
+    let mut events = Vec::new();
+    for u in &joined {
+        let Some(m) = call.members.get_mut(u) else {
             continue;
         };
-        let event = match (call.topology, call.pair) {
+        let Some(device) = m.device else {
+            continue;
+        };
+        let is_rejoined = rejoined.is_some_and(|(r, _)| r == *u);
+        let peer_moved = rejoined.is_some_and(|(r, moved)| {
+            moved && r != *u && pair.is_some_and(|(a, b)| a == r || b == r)
+        });
+        let tell = match (topology, pair) {
+            (Topology::Sfu, _) => m.told != Some(Topology::Sfu) || is_rejoined,
+            (Topology::P2p, Some(_)) => pair_changed || is_rejoined || peer_moved,
+            (Topology::P2p, None) => is_rejoined,
+        };
+        if !tell {
+            continue;
+        }
+        m.told = Some(topology);
+        let event = match (topology, pair) {
             (Topology::Sfu, _) => {
                 json!({"kind": "call_topology", "call_id": id, "topology": "sfu"})
             }
             (Topology::P2p, Some((first, second))) => {
-                let peer = if u == first { second } else { first };
+                let peer = if *u == first { second } else { first };
                 json!({
                     "kind": "call_topology",
                     "call_id": id,
                     "topology": "p2p",
                     "peer": peer,
-                    "offerer": u == first,
+                    "offerer": *u == first,
                     "ice_servers": config.ice_servers,
                 })
             }
@@ -1367,8 +1466,14 @@ fn retopology(
                 json!({"kind": "call_topology", "call_id": id, "topology": "p2p", "peer": null})
             }
         };
-        out.push(Effect::Device(u, device, event));
+        events.push(Effect::Device(*u, device, event));
     }
+    if back_to_p2p {
+        for u in &joined {
+            end_media(state, id, *u, out);
+        }
+    }
+    out.extend(events);
 }
 
 /// Ends the call when nobody is in it, or one person is left with nobody

@@ -492,11 +492,10 @@ impl SignallingConfig {
             "2 to 1000",
         );
         check(
-            (2..=calls.conference_server_based_member_limit.max(2))
-                .contains(&calls.conference_server_based_threshold),
+            (2..=3).contains(&calls.conference_server_based_threshold),
             "calls.conference_server_based_threshold",
             calls.conference_server_based_threshold.to_string(),
-            "2 to calls.conference_server_based_member_limit",
+            "2 or 3 (peer-to-peer is for two people; there is no mesh of three or more)",
         );
         check(
             (1..=600).contains(&calls.ring_timeout_secs),

@@ -166,10 +166,14 @@ enum Request {
         id: String,
         conversation_id: ConversationId,
         media: CallMedia,
+        #[serde(default)]
+        device_id: Option<String>,
     },
     CallJoin {
         id: String,
         call_id: CallId,
+        #[serde(default)]
+        device_id: Option<String>,
     },
     CallDecline {
         id: String,
@@ -424,6 +428,16 @@ async fn replay<S: Sink<Message> + Unpin>(
             *last = e.seq;
         }
     }
+}
+
+/// A client's name for its device: 1 to 256 characters.
+fn check_device_id(id: Option<&str>) -> Result<(), ApiError> {
+    if id.is_some_and(|d| d.is_empty() || d.chars().count() > 256) {
+        return Err(ApiError::InvalidRequest(
+            "device_id: 1 to 256 characters".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// A `list` cursor: `<last_activity ms>.<conversation id>`.
@@ -692,12 +706,21 @@ async fn answer(context: &Context, request: Request) -> Result<Value, ApiError> 
             id,
             conversation_id,
             media,
+            device_id,
         } => {
-            let call = calls.start(caller, device, conversation_id, media).await?;
+            check_device_id(device_id.as_deref())?;
+            let call = calls
+                .start(caller, device, conversation_id, media, device_id)
+                .await?;
             json!({"type": "ack", "id": id, "call": call, "ice_servers": calls.ice_servers()})
         }
-        Request::CallJoin { id, call_id } => {
-            let (call, ice_servers) = calls.join(caller, device, call_id).await?;
+        Request::CallJoin {
+            id,
+            call_id,
+            device_id,
+        } => {
+            check_device_id(device_id.as_deref())?;
+            let (call, ice_servers) = calls.join(caller, device, call_id, device_id).await?;
             json!({"type": "ack", "id": id, "call": call, "ice_servers": ice_servers})
         }
         Request::CallDecline { id, call_id, busy } => {
@@ -705,7 +728,7 @@ async fn answer(context: &Context, request: Request) -> Result<Value, ApiError> 
             json!({"type": "ack", "id": id})
         }
         Request::CallLeave { id, call_id } => {
-            calls.leave(caller, call_id).await?;
+            calls.leave(caller, device, call_id).await?;
             json!({"type": "ack", "id": id})
         }
         Request::CallSignal {

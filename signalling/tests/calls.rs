@@ -1029,12 +1029,12 @@ async fn a_device_that_loses_its_websocket_comes_back_to_its_call() {
     let conv = conversation(&mut p).await;
     let call = p[0]
         .ws
-        .request(json!({"type": "call_start", "conversation_id": conv, "media": "video"}))
+        .request(json!({"type": "call_start", "conversation_id": conv, "media": "video", "device_id": "dev-0"}))
         .await["call"]["id"]
         .clone();
     for i in [1, 2] {
         p[i].ws
-            .request(json!({"type": "call_join", "call_id": call}))
+            .request(json!({"type": "call_join", "call_id": call, "device_id": format!("dev-{i}")}))
             .await;
     }
     let mut media = Vec::new();
@@ -1070,7 +1070,7 @@ async fn a_device_that_loses_its_websocket_comes_back_to_its_call() {
     assert_eq!(state_of(&calls[0], &p[1].user), "joined");
     let back = p[1]
         .ws
-        .request(json!({"type": "call_join", "call_id": call}))
+        .request(json!({"type": "call_join", "call_id": call, "device_id": "dev-1"}))
         .await;
     assert_eq!(back["type"], "ack", "{back}");
     let t = p[1].ws.ephemeral_of("call_topology").await;
@@ -1090,7 +1090,29 @@ async fn a_device_that_loses_its_websocket_comes_back_to_its_call() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(media[1].subscribe.received("audio", 3) > before);
 
-    // Carol's connection breaks for good: she leaves after 2 s.
+    // Carol answers on another device: the first is told the call moved,
+    // its media ends, and it can no longer hang up for her.
+    let mut phone = Ws::connect(&server, &p[2].token, None).await;
+    let moved = phone
+        .request(json!({"type": "call_join", "call_id": call, "device_id": "carol-phone"}))
+        .await;
+    assert_eq!(moved["type"], "ack", "{moved}");
+    let e = p[2].ws.ephemeral_of("call_moved").await;
+    assert_eq!(e["event"]["call_id"], call);
+    let refused = p[2]
+        .ws
+        .request(json!({"type": "call_leave", "call_id": call}))
+        .await;
+    assert_eq!(refused["code"], "not_joined", "{refused}");
+    assert_eq!(
+        phone.ephemeral_of("call_topology").await["event"]["topology"],
+        "sfu"
+    );
+    let seen = conforms(&p);
+    assert_seen(&seen, &["ephemeral.call_moved", "ephemeral.call_slot"]);
+    drop(std::mem::replace(&mut p[2].ws, phone));
+
+    // Carol's phone loses its connection for good: she leaves after 2 s.
     let lost_at = Instant::now();
     let placeholder = Ws::connect(&server, &p[2].token, None).await;
     drop(std::mem::replace(&mut p[2].ws, placeholder));
