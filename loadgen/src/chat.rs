@@ -489,7 +489,7 @@ async fn applications(
     http: &reqwest::Client,
     base: &str,
     args: &ChatArgs,
-    run_id: u32,
+    _run_id: u32,
 ) -> anyhow::Result<Vec<App>> {
     if !args.app_creds.is_empty() {
         return args
@@ -506,45 +506,67 @@ async fn applications(
             })
             .collect();
     }
-    let outbox = args.outbox.as_ref().ok_or_else(|| {
-        anyhow!("give --app ID:SECRET, or --outbox DIR to register applications by e-mail code")
-    })?;
     let mut apps = Vec::new();
-    for a in 0..args.apps.max(1) {
-        let email = format!("loadgen-{run_id:08x}-{a}@example.com");
-        let name = format!("loadgen {a}");
-        let r = http
-            .post(format!("{base}/api/v1/registrations"))
-            .json(&json!({"email": email, "app_name": name}))
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!(
-                "POST /api/v1/registrations: {} {}",
-                r.status(),
-                r.text().await?
-            );
-        }
-        let code = read_code(outbox, &email).await?;
-        let r = http
-            .post(format!("{base}/api/v1/registrations/confirm"))
-            .json(&json!({"email": email, "app_name": name, "code": code}))
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!(
-                "POST /api/v1/registrations/confirm: {} {}",
-                r.status(),
-                r.text().await?
-            );
-        }
-        let v: Value = r.json().await?;
-        apps.push(App {
-            id: v["app_id"].as_str().unwrap_or_default().to_owned(),
-            secret: v["app_secret"].as_str().unwrap_or_default().to_owned(),
-        });
+    for _ in 0..args.apps.max(1) {
+        let (id, secret) = application(http, base, &[], args.outbox.as_deref()).await?;
+        apps.push(App { id, secret });
     }
     Ok(apps)
+}
+
+/// An application to load: the first `ID:SECRET` of `creds`, or a new one
+/// registered by e-mail code read from `outbox`.
+///
+/// # Errors
+/// When neither is given or registration fails.
+pub async fn application(
+    http: &reqwest::Client,
+    base: &str,
+    creds: &[String],
+    outbox: Option<&std::path::Path>,
+) -> anyhow::Result<(String, String)> {
+    if let Some(c) = creds.first() {
+        let (id, secret) = c
+            .split_once(':')
+            .ok_or_else(|| anyhow!("--app {c:?}: expected ID:SECRET"))?;
+        return Ok((id.to_owned(), secret.to_owned()));
+    }
+    let outbox = outbox.ok_or_else(|| {
+        anyhow!("give --app ID:SECRET, or --outbox DIR to register applications by e-mail code")
+    })?;
+    let tag: u64 = rand::rng().random();
+    let email = format!("loadgen-{tag:016x}@example.com");
+    let name = "loadgen".to_owned();
+    let r = http
+        .post(format!("{base}/api/v1/registrations"))
+        .json(&json!({"email": email, "app_name": name}))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!(
+            "POST /api/v1/registrations: {} {}",
+            r.status(),
+            r.text().await?
+        );
+    }
+    let code = read_code(outbox, &email).await?;
+    let r = http
+        .post(format!("{base}/api/v1/registrations/confirm"))
+        .json(&json!({"email": email, "app_name": name, "code": code}))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!(
+            "POST /api/v1/registrations/confirm: {} {}",
+            r.status(),
+            r.text().await?
+        );
+    }
+    let v: Value = r.json().await?;
+    Ok((
+        v["app_id"].as_str().unwrap_or_default().to_owned(),
+        v["app_secret"].as_str().unwrap_or_default().to_owned(),
+    ))
 }
 
 /// The code mailed to `email`, from the outbox (10 s at most).

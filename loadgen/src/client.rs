@@ -57,6 +57,8 @@ pub struct Shared {
     pub last_seq: AtomicU64,
     /// Set once the storm marker message arrived.
     pub caught_up: std::sync::atomic::AtomicBool,
+    /// Where ephemeral events go, if anyone wants them (call events).
+    pub ephemerals: Mutex<Option<mpsc::Sender<Value>>>,
 }
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
@@ -221,6 +223,13 @@ fn handle(
         return;
     };
     match v["type"].as_str() {
+        Some("ephemeral") => {
+            if let Ok(tx) = shared.ephemerals.lock()
+                && let Some(tx) = tx.as_ref()
+            {
+                let _ = tx.try_send(v["event"].clone());
+            }
+        }
         Some("event") => {
             if let Some(seq) = v["seq"].as_u64() {
                 shared.last_seq.fetch_max(seq, Ordering::Relaxed);

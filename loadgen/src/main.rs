@@ -14,8 +14,10 @@
 
 mod chat;
 mod client;
+mod janus;
 mod measure;
 mod media;
+mod peer;
 mod report;
 
 use clap::{Parser, Subcommand};

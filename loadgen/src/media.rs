@@ -1,48 +1,829 @@
-//! `loadgen media` (being written).
+//! `loadgen media`: rooms of str0m publishers and subscribers.
+//!
+//! Each room has `--publishers` peers sending Opus audio and three-layer
+//! simulcast VP8-shaped video ([`crate::peer`]) and `--subscribers` peers
+//! receiving every publisher. Peers join through one of three doors:
+//! signalling's call protocol (`--target`, the peers are users in a call),
+//! WHIP/WHEP on a standalone `sfu` (`--sfu`), or a Janus VideoRoom
+//! (`--janus`, [`crate::janus`]). After a warm-up the run measures for
+//! `--duration` seconds: packets sent and received, loss (gaps in the
+//! sequence numbers each subscriber sees), corrupt packets, jitter, added
+//! latency (send time in the payload) and layer switches.
+//!
+//! `--ramp` adds `--rooms` rooms every `--step-secs` and measures each
+//! step, until loss passes 0.5 % or p99 latency passes 50 ms; the last step
+//! within both is the capacity.
 
+use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use anyhow::{Context, anyhow, bail};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
 use serde::Serialize;
+use serde_json::{Value, json};
+use str0m::Rtc;
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::media::{Direction, MediaKind, Mid, Simulcast, SimulcastLayer};
 
-use crate::measure::Percentiles;
+use crate::client::Conn;
+use crate::measure::{self, Percentiles, ServerUse, histogram};
+use crate::peer::{Control, Peer, Publisher, RIDS};
+use crate::report;
+
+/// Loss above which a ramp stops.
+pub const MAX_LOSS: f64 = 0.005;
+/// p99 latency (ms) above which a ramp stops.
+pub const MAX_P99_MS: f64 = 50.0;
 
 /// Arguments of `loadgen media`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MediaArgs {
-    /// Base URL of the signalling server or a standalone SFU.
+    /// Base URL of a signalling server: peers join calls.
+    #[arg(long, conflicts_with_all = ["sfu", "janus"])]
+    pub target: Option<String>,
+    /// Base URL of a standalone `sfu`: peers use WHIP and WHEP.
+    #[arg(long, conflicts_with = "janus")]
+    pub sfu: Option<String>,
+    /// Janus HTTP API URL (e.g. http://10.77.0.2:8088/janus): peers use a
+    /// VideoRoom.
     #[arg(long)]
-    pub target: String,
+    pub janus: Option<String>,
+    /// Bearer token for `--sfu`.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Rooms (per ramp step with `--ramp`).
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Publishers per room.
+    #[arg(long, default_value_t = 2)]
+    pub publishers: usize,
+    /// Subscribers per room (each receives every publisher).
+    #[arg(long, default_value_t = 4)]
+    pub subscribers: usize,
+    /// Seconds of measurement (without `--ramp`).
+    #[arg(long, default_value_t = 20)]
+    pub duration: u64,
+    /// Video frames per second.
+    #[arg(long, default_value_t = 30)]
+    pub fps: u32,
+    /// Seconds between keyframes (besides those asked for).
+    #[arg(long, default_value_t = 5)]
+    pub keyframe_secs: u32,
+    /// Send one video layer instead of three.
+    #[arg(long)]
+    pub no_simulcast: bool,
+    /// Audio only.
+    #[arg(long)]
+    pub audio_only: bool,
+    /// Raise the load until loss or latency passes its limit.
+    #[arg(long)]
+    pub ramp: bool,
+    /// Seconds per ramp step.
+    #[arg(long, default_value_t = 10)]
+    pub step_secs: u64,
+    /// Most rooms a ramp adds.
+    #[arg(long, default_value_t = 200)]
+    pub max_rooms: usize,
+    /// Seconds between joining and measuring.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+    /// Local address the peers bind (the host side of Janus's namespace).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+    /// An application `ID:SECRET` for `--target` (else registered through
+    /// `--outbox`).
+    #[arg(long = "app")]
+    pub app_creds: Vec<String>,
+    /// The signalling server's mail outbox, to register an application.
+    #[arg(long)]
+    pub outbox: Option<PathBuf>,
+    /// The server's process id, to sample its CPU and memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// Write report.json, report.md and charts to this directory.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
-/// One step of a ramp.
-#[derive(Debug, Serialize)]
+/// One measured window (the whole run, or one ramp step).
+#[derive(Debug, Clone, Serialize)]
 pub struct Step {
-    /// Packets received by subscribers per second.
+    /// Rooms running.
+    pub rooms: usize,
+    /// Seconds measured.
+    pub seconds: f64,
+    /// Packets the publishers wrote.
+    pub packets_sent: u64,
+    /// Packets the subscribers received (once each).
+    pub packets_received: u64,
+    /// Packets the sequence numbers say should have arrived.
+    pub packets_expected: u64,
+    /// (expected − received) / expected.
+    pub loss_ratio: f64,
+    /// Packets received per second: what the SFU forwarded.
     pub forwarded_per_sec: f64,
-    /// Added latency.
+    /// Added latency (send → receive, same clock).
     pub latency_ms: Percentiles,
+    /// Server CPU in the window, % of one core.
+    pub server_cpu_pct: Option<f64>,
 }
 
-/// The media report.
+/// The result of a ramp.
+#[derive(Debug, Clone, Serialize)]
+pub struct Capacity {
+    /// Rooms at the last step within both limits.
+    pub rooms: usize,
+    /// Forwarded packets per second at that step.
+    pub forwarded_per_sec: f64,
+    /// Why the ramp stopped.
+    pub stopped_by: String,
+}
+
+/// `report.json` of a media run.
 #[derive(Debug, Serialize)]
 pub struct MediaReport {
-    /// Ramp steps.
+    /// `media`.
+    pub mode: &'static str,
+    /// The command line.
+    pub command: String,
+    /// `signalling`, `sfu` (WHIP/WHEP) or `janus`.
+    pub system: &'static str,
+    /// Its URL.
+    pub target: String,
+    /// Rooms (at the end).
+    pub rooms: usize,
+    /// Publishers per room.
+    pub publishers: usize,
+    /// Subscribers per room.
+    pub subscribers: usize,
+    /// Peers whose ICE and DTLS came up, of all.
+    pub connected: (usize, usize),
+    /// Totals over the measured windows.
+    pub packets_sent: u64,
+    /// Received once each.
+    pub packets_received: u64,
+    /// (expected − received) / expected.
+    pub loss_ratio: f64,
+    /// Packets without a valid trailer.
+    pub corrupt: u64,
+    /// Packets received twice.
+    pub duplicates: u64,
+    /// Added latency.
+    pub latency_ms: Percentiles,
+    /// Average RFC 3550 jitter, ms.
+    pub jitter_ms: f64,
+    /// Video layer changes the subscribers saw.
+    pub layer_switches: u64,
+    /// Received packets per second.
+    pub forwarded_per_sec: f64,
+    /// Ramp steps (one step without `--ramp`).
     pub steps: Vec<Step>,
+    /// With `--ramp`: the capacity reached.
+    pub capacity: Option<Capacity>,
+    /// The server process.
+    pub server: Option<ServerUse>,
+}
+
+/// A room's peers, and what keeps their sessions alive.
+struct Room {
+    publishers: Vec<Peer>,
+    subscribers: Vec<Peer>,
+    /// WebSocket connections (signalling) or Janus handles.
+    _keep: Vec<Conn>,
+    _janus: Option<crate::janus::Room>,
+}
+
+/// Where peers join.
+enum Door {
+    Signalling {
+        base: String,
+        http: reqwest::Client,
+        app: (String, String),
+    },
+    Whip {
+        base: String,
+        http: reqwest::Client,
+        token: Option<String>,
+    },
+    Janus(crate::janus::Janus),
+}
+
+impl Door {
+    fn system(&self) -> &'static str {
+        match self {
+            Self::Signalling { .. } => "signalling",
+            Self::Whip { .. } => "sfu",
+            Self::Janus(_) => "janus",
+        }
+    }
+}
+
+/// An offer to publish audio and (simulcast) video.
+pub fn offer_publish(
+    rtc: &mut Rtc,
+    simulcast: bool,
+    video: bool,
+) -> anyhow::Result<(String, SdpPendingOffer, Mid, Option<Mid>)> {
+    let mut api = rtc.sdp_api();
+    let audio = api.add_media(
+        MediaKind::Audio,
+        Direction::SendOnly,
+        Some("lg".into()),
+        Some("a".into()),
+        None,
+    );
+    let video = video.then(|| {
+        let sim = simulcast.then(|| {
+            let mut s = Simulcast::new();
+            for rid in RIDS {
+                s.add_send_layer(SimulcastLayer::new(rid));
+            }
+            s
+        });
+        api.add_media(
+            MediaKind::Video,
+            Direction::SendOnly,
+            Some("lg".into()),
+            Some("v".into()),
+            sim,
+        )
+    });
+    let (offer, pending) = api.apply().ok_or_else(|| anyhow!("nothing to offer"))?;
+    Ok((offer.to_sdp_string(), pending, audio, video))
+}
+
+/// An offer to receive `audio` audio and `video` video streams.
+pub fn offer_subscribe(
+    rtc: &mut Rtc,
+    audio: usize,
+    video: usize,
+) -> anyhow::Result<(String, SdpPendingOffer)> {
+    let mut api = rtc.sdp_api();
+    for _ in 0..audio {
+        api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    }
+    for _ in 0..video {
+        api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    }
+    let (offer, pending) = api.apply().ok_or_else(|| anyhow!("nothing to offer"))?;
+    Ok((offer.to_sdp_string(), pending))
+}
+
+fn accept(rtc: &mut Rtc, pending: SdpPendingOffer, answer: &str) -> anyhow::Result<()> {
+    let answer = SdpAnswer::from_sdp_string(answer).context("parsing the answer")?;
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .context("applying the answer")?;
+    Ok(())
 }
 
 /// Runs the media load.
 ///
 /// # Errors
-/// Always, for now.
-pub async fn run(args: MediaArgs, _command: String) -> anyhow::Result<MediaReport> {
-    anyhow::bail!("loadgen media against {}: being written", args.target)
+/// When no door is given or peers cannot join.
+pub async fn run(args: MediaArgs, command: String) -> anyhow::Result<MediaReport> {
+    let http = reqwest::Client::new();
+    let door = if let Some(base) = &args.target {
+        let base = base.trim_end_matches('/').to_owned();
+        if args.publishers + args.subscribers < 3 {
+            bail!("--target: a call through the SFU needs at least 3 peers per room");
+        }
+        let app =
+            crate::chat::application(&http, &base, &args.app_creds, args.outbox.as_deref()).await?;
+        Door::Signalling { base, http, app }
+    } else if let Some(base) = &args.sfu {
+        Door::Whip {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+            token: args.token.clone(),
+        }
+    } else if let Some(url) = &args.janus {
+        Door::Janus(crate::janus::Janus::new(url.trim_end_matches('/')))
+    } else {
+        bail!("give --target (signalling), --sfu (standalone SFU) or --janus (Janus VideoRoom)");
+    };
+    if args.publishers == 0 {
+        bail!("--publishers: at least 1");
+    }
+    let target = args
+        .target
+        .clone()
+        .or_else(|| args.sfu.clone())
+        .or_else(|| args.janus.clone())
+        .unwrap_or_default();
+    let epoch = Instant::now();
+    let opus = crate::peer::opus_frames()?;
+    let (stop_sampler, sampler) = measure::spawn_sampler(args.server_pid);
+    let run_id: u32 = rand::rng().random();
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        let p = ProgressBar::new_spinner();
+        p.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        p.enable_steady_tick(Duration::from_millis(200));
+        p
+    };
+
+    let mut rooms: Vec<Room> = Vec::new();
+    let mut steps = Vec::new();
+    let mut capacity = None;
+    let mut all_latency = histogram();
+    loop {
+        for _ in 0..args.rooms {
+            let n = rooms.len();
+            progress.set_message(format!("joining room {}", n + 1));
+            rooms.push(
+                join_room(&door, &args, n, run_id, epoch, &opus)
+                    .await
+                    .with_context(|| format!("room {}", n + 1))?,
+            );
+        }
+        progress.set_message(format!("{} rooms: warming up", rooms.len()));
+        tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+        let window = if args.ramp {
+            args.step_secs
+        } else {
+            args.duration
+        };
+        progress.set_message(format!("{} rooms: measuring {window} s", rooms.len()));
+        let (step, latency) = measure_window(&rooms, window, args.server_pid).await;
+        let _ = all_latency.add(&latency);
+        let over_loss = step.loss_ratio > MAX_LOSS;
+        let over_latency = step.latency_ms.p99 > MAX_P99_MS;
+        progress.println(format!(
+            "{:>4} rooms: {:>9.0} packets/s forwarded, loss {:.3} %, p99 {:.2} ms",
+            step.rooms,
+            step.forwarded_per_sec,
+            step.loss_ratio * 100.0,
+            step.latency_ms.p99
+        ));
+        steps.push(step);
+        if !args.ramp {
+            break;
+        }
+        if over_loss || over_latency || rooms.len() + args.rooms > args.max_rooms {
+            let within = steps
+                .iter()
+                .rev()
+                .find(|s| s.loss_ratio <= MAX_LOSS && s.latency_ms.p99 <= MAX_P99_MS);
+            capacity = Some(Capacity {
+                rooms: within.map_or(0, |s| s.rooms),
+                forwarded_per_sec: within.map_or(0.0, |s| s.forwarded_per_sec),
+                stopped_by: if over_loss {
+                    format!("loss above {} %", MAX_LOSS * 100.0)
+                } else if over_latency {
+                    format!("p99 latency above {MAX_P99_MS} ms")
+                } else {
+                    format!("--max-rooms {}", args.max_rooms)
+                },
+            });
+            break;
+        }
+    }
+    progress.finish_and_clear();
+
+    let mut report = MediaReport {
+        mode: "media",
+        command,
+        system: door.system(),
+        target,
+        rooms: rooms.len(),
+        publishers: args.publishers,
+        subscribers: args.subscribers,
+        connected: (0, 0),
+        packets_sent: steps.iter().map(|s| s.packets_sent).sum(),
+        packets_received: steps.iter().map(|s| s.packets_received).sum(),
+        loss_ratio: 0.0,
+        corrupt: 0,
+        duplicates: 0,
+        latency_ms: Percentiles::of(&all_latency),
+        jitter_ms: 0.0,
+        layer_switches: 0,
+        forwarded_per_sec: 0.0,
+        steps: steps.clone(),
+        capacity,
+        server: None,
+    };
+    let expected: u64 = steps.iter().map(|s| s.packets_expected).sum();
+    report.loss_ratio = ratio(expected.saturating_sub(report.packets_received), expected);
+    let secs: f64 = steps.iter().map(|s| s.seconds).sum();
+    report.forwarded_per_sec = report.packets_received as f64 / secs.max(1e-9);
+    let (mut connected, mut total, mut jitter, mut jn) = (0, 0, 0.0, 0);
+    for room in &rooms {
+        for p in room.publishers.iter().chain(&room.subscribers) {
+            total += 1;
+            if let Ok(s) = p.stats.lock() {
+                connected += usize::from(s.connected);
+            }
+        }
+        for p in &room.subscribers {
+            if let Ok(s) = p.stats.lock() {
+                report.corrupt += s.corrupt;
+                report.duplicates += s.duplicates;
+                report.layer_switches += s.layer_switches;
+                jitter += s.jitter_ms();
+                jn += 1;
+            }
+        }
+    }
+    report.connected = (connected, total);
+    report.jitter_ms = jitter / f64::from(jn.max(1));
+    for room in &rooms {
+        for p in room.publishers.iter().chain(&room.subscribers) {
+            p.stop();
+        }
+    }
+    let _ = stop_sampler.send(true);
+    let samples = sampler.await.unwrap_or_default();
+    if args.server_pid.is_some() {
+        report.server = Some(ServerUse::of(&samples));
+    }
+    if let Some(dir) = &args.report {
+        report::write_media(dir, &report, &all_latency)?;
+    }
+    Ok(report)
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// Measures every subscriber for `secs` seconds (counters are read at the
+/// start and the end; latency histograms are emptied at the start).
+async fn measure_window(
+    rooms: &[Room],
+    secs: u64,
+    server_pid: Option<u32>,
+) -> (Step, Histogram<u64>) {
+    let read = |rooms: &[Room]| {
+        let (mut sent, mut received, mut expected) = (0u64, 0u64, 0u64);
+        for room in rooms {
+            for p in &room.publishers {
+                if let Ok(s) = p.stats.lock() {
+                    sent += s.sent;
+                }
+            }
+            for p in &room.subscribers {
+                if let Ok(s) = p.stats.lock() {
+                    received += s.received;
+                    expected += s.expected();
+                }
+            }
+        }
+        (sent, received, expected)
+    };
+    for room in rooms {
+        for p in &room.subscribers {
+            if let Ok(mut s) = p.stats.lock() {
+                let _ = s.take_latency();
+            }
+        }
+    }
+    let mut watch = server_pid.and_then(measure::ProcWatch::new);
+    if let Some(w) = watch.as_mut() {
+        let _ = w.sample();
+    }
+    let before = read(rooms);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let after = read(rooms);
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = watch
+        .as_mut()
+        .and_then(measure::ProcWatch::sample)
+        .map(|s| s.cpu_pct);
+    let mut latency = histogram();
+    for room in rooms {
+        for p in &room.subscribers {
+            if let Ok(mut s) = p.stats.lock() {
+                let _ = latency.add(s.take_latency());
+            }
+        }
+    }
+    let received = after.1 - before.1;
+    let expected = after.2 - before.2;
+    (
+        Step {
+            rooms: rooms.len(),
+            seconds,
+            packets_sent: after.0 - before.0,
+            packets_received: received,
+            packets_expected: expected,
+            loss_ratio: ratio(expected.saturating_sub(received), expected),
+            forwarded_per_sec: received as f64 / seconds,
+            latency_ms: Percentiles::of(&latency),
+            server_cpu_pct: cpu,
+        },
+        latency,
+    )
+}
+
+async fn join_room(
+    door: &Door,
+    args: &MediaArgs,
+    index: usize,
+    run_id: u32,
+    epoch: Instant,
+    opus: &Arc<Vec<Vec<u8>>>,
+) -> anyhow::Result<Room> {
+    let video = !args.audio_only;
+    let simulcast = !args.no_simulcast;
+    let room_name = format!("lg-{run_id:08x}-{index}");
+    let publisher = |n: usize, audio: Mid, video_mid: Option<Mid>| {
+        Publisher::new(
+            u32::try_from(index * 1000 + n).unwrap_or(u32::MAX),
+            audio,
+            video_mid,
+            simulcast,
+            args.fps,
+            args.keyframe_secs,
+            opus.clone(),
+            epoch,
+        )
+    };
+    let video_slots = if video { args.publishers } else { 0 };
+    match door {
+        Door::Whip { base, http, token } => {
+            let post = |path: String, sdp: String| {
+                let mut r = http
+                    .post(format!("{base}{path}"))
+                    .header("content-type", "application/sdp")
+                    .body(sdp);
+                if let Some(t) = token {
+                    r = r.bearer_auth(t);
+                }
+                async move {
+                    let resp = r.send().await?;
+                    if resp.status() != reqwest::StatusCode::CREATED {
+                        bail!("{path}: {} {}", resp.status(), resp.text().await?);
+                    }
+                    Ok::<String, anyhow::Error>(resp.text().await?)
+                }
+            };
+            let mut publishers = Vec::new();
+            for n in 0..args.publishers {
+                let (mut rtc, socket) = Peer::prepare(args.bind).await?;
+                let (offer, pending, audio, video_mid) = offer_publish(&mut rtc, simulcast, video)?;
+                let answer = post(format!("/whip/{room_name}"), offer).await?;
+                accept(&mut rtc, pending, &answer)?;
+                publishers.push(Peer::start(
+                    rtc,
+                    socket,
+                    Some(publisher(n, audio, video_mid)),
+                    epoch,
+                ));
+            }
+            let mut subscribers = Vec::new();
+            for _ in 0..args.subscribers {
+                let (mut rtc, socket) = Peer::prepare(args.bind).await?;
+                let (offer, pending) = offer_subscribe(&mut rtc, args.publishers, video_slots)?;
+                let answer = post(format!("/whep/{room_name}"), offer).await?;
+                accept(&mut rtc, pending, &answer)?;
+                subscribers.push(Peer::start(rtc, socket, None, epoch));
+            }
+            Ok(Room {
+                publishers,
+                subscribers,
+                _keep: Vec::new(),
+                _janus: None,
+            })
+        }
+        Door::Signalling { base, http, app } => {
+            let ws_base = base
+                .replacen("http://", "ws://", 1)
+                .replacen("https://", "wss://", 1);
+            let count = args.publishers + args.subscribers;
+            let mut conns = Vec::with_capacity(count);
+            let mut events = Vec::new();
+            let mut ids = Vec::with_capacity(count);
+            for n in 0..count {
+                let r = http
+                    .post(format!("{base}/api/v1/tokens"))
+                    .basic_auth(&app.0, Some(&app.1))
+                    .json(&json!({"external_id": format!("{room_name}-{n}"), "name": format!("Peer {n}")}))
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("POST /api/v1/tokens: {} {}", r.status(), r.text().await?);
+                }
+                let v: Value = r.json().await?;
+                let token = v["token"].as_str().unwrap_or_default();
+                ids.push(v["user_id"].as_str().unwrap_or_default().to_owned());
+                let shared = Arc::new(crate::client::Shared::default());
+                if n < args.publishers {
+                    let (tx, rx) = tokio::sync::mpsc::channel(256);
+                    if let Ok(mut e) = shared.ephemerals.lock() {
+                        *e = Some(tx);
+                    }
+                    events.push(rx);
+                }
+                let (conn, _) = Conn::connect(
+                    format!("{ws_base}/api/v1/ws?token={token}"),
+                    epoch,
+                    shared,
+                    None,
+                )
+                .await?;
+                conns.push(conn);
+            }
+            let ack = conns[0]
+                .request(
+                    json!({"type": "create_conversation", "title": room_name, "members": ids[1..]}),
+                )
+                .await?;
+            let conversation = ack["conversation"]["id"].clone();
+            let ack = conns[0]
+                .request(json!({"type": "call_start", "conversation_id": conversation, "media": if video { "video" } else { "audio" }}))
+                .await?;
+            let call = ack["call"]["id"].clone();
+            for c in &conns[1..] {
+                c.request(json!({"type": "call_join", "call_id": call}))
+                    .await?;
+            }
+            let mut publishers = Vec::new();
+            for (n, conn) in conns.iter().enumerate().take(args.publishers) {
+                let (mut rtc, socket) = Peer::prepare(args.bind).await?;
+                let (offer, pending, audio, video_mid) = offer_publish(&mut rtc, simulcast, video)?;
+                let answer = conn
+                    .request(json!({"type": "call_publish", "call_id": call, "sdp": offer}))
+                    .await?;
+                accept(
+                    &mut rtc,
+                    pending,
+                    answer["sdp"].as_str().unwrap_or_default(),
+                )?;
+                publishers.push(Peer::start(
+                    rtc,
+                    socket,
+                    Some(publisher(n, audio, video_mid)),
+                    epoch,
+                ));
+            }
+            // Dynacast: the publisher stops encoding layers nobody needs,
+            // as a browser would.
+            for (peer, mut rx) in publishers.iter().zip(events) {
+                let control = peer.controller();
+                tokio::spawn(async move {
+                    while let Some(e) = rx.recv().await {
+                        if e["kind"] == "call_layer"
+                            && let (Some(rid), Some(needed)) =
+                                (e["rid"].as_str(), e["needed"].as_bool())
+                        {
+                            let _ = control.try_send(Control::Layer(rid.to_owned(), !needed));
+                        }
+                    }
+                });
+            }
+            let mut subscribers = Vec::new();
+            for conn in &conns[args.publishers..] {
+                let (mut rtc, socket) = Peer::prepare(args.bind).await?;
+                let (offer, pending) = offer_subscribe(&mut rtc, args.publishers, video_slots)?;
+                let answer = conn
+                    .request(json!({"type": "call_subscribe", "call_id": call, "sdp": offer}))
+                    .await?;
+                accept(
+                    &mut rtc,
+                    pending,
+                    answer["sdp"].as_str().unwrap_or_default(),
+                )?;
+                subscribers.push(Peer::start(rtc, socket, None, epoch));
+            }
+            Ok(Room {
+                publishers,
+                subscribers,
+                _keep: conns,
+                _janus: None,
+            })
+        }
+        Door::Janus(janus) => {
+            let room = janus.create_room(args.publishers).await?;
+            let mut publishers = Vec::new();
+            let mut feeds = Vec::new();
+            for n in 0..args.publishers {
+                let (mut rtc, socket) = Peer::prepare(args.bind).await?;
+                let (offer, pending, audio, video_mid) = offer_publish(&mut rtc, simulcast, video)?;
+                let (feed, answer) = room.publish(&offer).await?;
+                accept(&mut rtc, pending, &answer)?;
+                feeds.push(feed);
+                publishers.push(Peer::start(
+                    rtc,
+                    socket,
+                    Some(publisher(n, audio, video_mid)),
+                    epoch,
+                ));
+            }
+            let mut subscribers = Vec::new();
+            for _ in 0..args.subscribers {
+                let (mut rtc, socket) = Peer::prepare(args.bind).await?;
+                // Janus offers to subscribers; we answer.
+                let offer = room.subscribe(&feeds).await?;
+                let offer = str0m::change::SdpOffer::from_sdp_string(&offer)
+                    .context("parsing Janus's offer")?;
+                let answer = rtc
+                    .sdp_api()
+                    .accept_offer(offer)
+                    .context("answering Janus")?;
+                room.start_subscription(&answer.to_sdp_string()).await?;
+                subscribers.push(Peer::start(rtc, socket, None, epoch));
+            }
+            Ok(Room {
+                publishers,
+                subscribers,
+                _keep: Vec::new(),
+                _janus: Some(room),
+            })
+        }
+    }
 }
 
 /// The Markdown summary.
 #[must_use]
-pub fn markdown(_r: &MediaReport) -> String {
-    String::new()
+pub fn markdown(r: &MediaReport) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# loadgen media: {}\n\n`{}`\n", r.system, r.command);
+    let _ = writeln!(md, "| | |\n|---|---|");
+    let _ = writeln!(
+        md,
+        "| rooms × (publishers + subscribers) | {} × ({} + {}) |",
+        r.rooms, r.publishers, r.subscribers
+    );
+    let _ = writeln!(
+        md,
+        "| peers connected | {} of {} |",
+        r.connected.0, r.connected.1
+    );
+    let _ = writeln!(
+        md,
+        "| packets sent / received | {} / {} |",
+        r.packets_sent, r.packets_received
+    );
+    let _ = writeln!(
+        md,
+        "| forwarded packets per second | {:.0} |",
+        r.forwarded_per_sec
+    );
+    let _ = writeln!(md, "| loss | {:.3} % |", r.loss_ratio * 100.0);
+    let _ = writeln!(
+        md,
+        "| corrupt / duplicate packets | {} / {} |",
+        r.corrupt, r.duplicates
+    );
+    let _ = writeln!(
+        md,
+        "| added latency p50 / p90 / p99 / max | {:.2} / {:.2} / {:.2} / {:.2} ms |",
+        r.latency_ms.p50, r.latency_ms.p90, r.latency_ms.p99, r.latency_ms.max
+    );
+    let _ = writeln!(md, "| jitter (RFC 3550, average) | {:.2} ms |", r.jitter_ms);
+    let _ = writeln!(md, "| layer switches | {} |", r.layer_switches);
+    if let Some(s) = &r.server {
+        let _ = writeln!(
+            md,
+            "| server CPU average / max | {:.0} % / {:.0} % (of one core) |",
+            s.cpu_avg_pct, s.cpu_max_pct
+        );
+        let _ = writeln!(md, "| server memory max | {} KiB |", s.rss_max_kib);
+    }
+    if let Some(c) = &r.capacity {
+        let _ = writeln!(
+            md,
+            "| capacity | {} rooms, {:.0} packets/s (stopped by {}) |",
+            c.rooms, c.forwarded_per_sec, c.stopped_by
+        );
+    }
+    if r.steps.len() > 1 {
+        let _ = writeln!(
+            md,
+            "\n| rooms | packets/s | loss | p99 ms | server CPU |\n|---|---|---|---|---|"
+        );
+        for s in &r.steps {
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.3} % | {:.2} | {} |",
+                s.rooms,
+                s.forwarded_per_sec,
+                s.loss_ratio * 100.0,
+                s.latency_ms.p99,
+                s.server_cpu_pct
+                    .map_or("–".to_owned(), |c| format!("{c:.0} %"))
+            );
+        }
+        let _ = writeln!(md, "\n![capacity](capacity.svg)");
+    }
+    let _ = writeln!(md, "\n![latency](latency.svg)");
+    md
 }

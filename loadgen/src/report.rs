@@ -88,7 +88,6 @@ pub fn write_chat(dir: &Path, r: &ChatReport, latency: &Histogram<u64>) -> anyho
 ///
 /// # Errors
 /// If a file cannot be written.
-#[allow(dead_code)] // loadgen media is being written
 pub fn write_media(dir: &Path, r: &MediaReport, latency: &Histogram<u64>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(r)?)?;
@@ -149,7 +148,6 @@ fn latency_chart(path: &Path, h: &Histogram<u64>, title: &str) -> anyhow::Result
 }
 
 /// Loss and p99 latency against offered load, one point per ramp step.
-#[allow(dead_code)] // loadgen media is being written
 fn capacity_chart(path: &Path, r: &MediaReport) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (800, 450)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
