@@ -5,7 +5,8 @@
 #   scripts/test.sh
 #
 # Needs: a Rust toolchain (rustup) and python3. On Debian it installs the
-# packages it lacks with apt-get (as root, or through sudo).
+# packages it lacks with apt-get (as root, or through sudo): libopus-dev,
+# python3-venv.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -32,6 +33,13 @@ for component in rustfmt clippy; do
   fi
 done
 cargo --version
+
+say "native libraries (libopus for loadgen's audio)"
+if ! pkg-config --exists opus 2>/dev/null; then
+  command -v pkg-config >/dev/null || apt_install pkg-config
+  apt_install libopus-dev
+fi
+pkg-config --modversion opus
 
 say "python test tools (openapi-spec-validator, aiosmtpd, aiortc)"
 venv="$root/target/test-venv"

@@ -1,0 +1,218 @@
+//! The real `loadgen` binary against real servers started in this test
+//! process (signalling with its embedded SFU, and a standalone SFU front):
+//! small runs that must deliver everything, lose nothing and write their
+//! reports. Media runs go one at a time.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use confer_signalling::ids::SystemClock;
+use confer_signalling::{Services, SignallingConfig};
+use serde_json::Value;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A signalling server on a free port; returns its URL and outbox.
+async fn signalling(dir: &Path) -> String {
+    let config = SignallingConfig {
+        data_dir: dir.to_owned(),
+        ..SignallingConfig::default()
+    };
+    let services = Services::open(config, Arc::new(SystemClock)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(confer_signalling::run(
+        listener,
+        services,
+        std::future::pending(),
+    ));
+    base
+}
+
+/// Runs loadgen with `args` on a blocking thread; returns report.json.
+async fn loadgen(args: Vec<String>, report: &Path) -> Value {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "loadgen failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in ["report.json", "report.md", "latency.svg"] {
+        assert!(report.join(file).exists(), "{file} written");
+    }
+    serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap()).unwrap()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_delivers_everything_once_and_survives_a_reconnect_storm() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = signalling(dir.path()).await;
+    let report = dir.path().join("report");
+    let outbox = dir.path().join("outbox");
+    let r = loadgen(
+        args(&[
+            "chat",
+            "--target",
+            &base,
+            "--users",
+            "60",
+            "--duration",
+            "3",
+            "--message-rate",
+            "40",
+            "--drain",
+            "2",
+            "--reconnect-storm",
+            "--quiet",
+            "--outbox",
+            outbox.to_str().unwrap(),
+            "--server-pid",
+            &std::process::id().to_string(),
+            "--report",
+            report.to_str().unwrap(),
+        ]),
+        &report,
+    )
+    .await;
+    assert_eq!(r["connected"], 60, "{r}");
+    assert!(r["delivered"].as_u64().unwrap() > 100, "{r}");
+    assert_eq!(r["delivered"], r["expected"], "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicated"], 0, "{r}");
+    assert!(r["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    let storm = &r["reconnect_storm"];
+    assert_eq!(storm["caught_up"], 60, "{r}");
+    assert_eq!(storm["lost"], 0, "{r}");
+    assert!(r["server"]["rss_idle_kib"].as_u64().unwrap() > 0, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_through_signalling_calls_arrives_intact() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = signalling(dir.path()).await;
+    let report = dir.path().join("report");
+    let outbox = dir.path().join("outbox");
+    let r = loadgen(
+        args(&[
+            "media",
+            "--target",
+            &base,
+            "--rooms",
+            "1",
+            "--publishers",
+            "1",
+            "--subscribers",
+            "2",
+            "--duration",
+            "3",
+            "--fps",
+            "15",
+            "--quiet",
+            "--outbox",
+            outbox.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ]),
+        &report,
+    )
+    .await;
+    assert_eq!(r["system"], "signalling");
+    assert_eq!(r["connected"], serde_json::json!([3, 3]), "{r}");
+    assert!(r["packets_received"].as_u64().unwrap() > 300, "{r}");
+    assert_eq!(r["corrupt"], 0, "{r}");
+    assert!(r["loss_ratio"].as_f64().unwrap() < 0.02, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_over_whip_whep_ramps_and_reports_capacity() {
+    let _serial = SERIAL.lock().await;
+    let sfu = confer_sfu::EmbeddedSfu::start(&confer_sfu::SfuConfig {
+        workers: 1,
+        pin_workers: false,
+        ..confer_sfu::SfuConfig::default()
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = confer_sfu::http::HttpState {
+        sfu: sfu.clone(),
+        token: Some("secret".to_owned()),
+    };
+    tokio::spawn(async move { axum::serve(listener, confer_sfu::http::app(state)).await });
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let r = loadgen(
+        args(&[
+            "media",
+            "--sfu",
+            &base,
+            "--token",
+            "secret",
+            "--rooms",
+            "1",
+            "--publishers",
+            "1",
+            "--subscribers",
+            "1",
+            "--fps",
+            "15",
+            "--ramp",
+            "--step-secs",
+            "2",
+            "--warmup",
+            "2",
+            "--max-rooms",
+            "2",
+            "--quiet",
+            "--report",
+            report.to_str().unwrap(),
+        ]),
+        &report,
+    )
+    .await;
+    assert_eq!(r["system"], "sfu");
+    assert_eq!(r["steps"].as_array().unwrap().len(), 2, "{r}");
+    assert!(
+        r["capacity"]["forwarded_per_sec"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
+    assert_eq!(r["corrupt"], 0, "{r}");
+    assert!(report.join("capacity.svg").exists());
+    // A wrong token is a clear failure, not a hang.
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "media",
+            "--sfu",
+            &base,
+            "--token",
+            "wrong",
+            "--duration",
+            "1",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
