@@ -44,6 +44,11 @@ pub async fn upgrade(
                 // by the session; the transport takes up to 1 MiB so that
                 // it can.
                 .max_message_size(1024 * 1024)
+                // Small buffers: an idle connection should cost little
+                // (the defaults reserve 128 KiB to read). Frames go out
+                // as soon as they are written.
+                .read_buffer_size(4 * 1024)
+                .write_buffer_size(0)
                 .on_upgrade(move |socket| async move {
                     metrics::gauge!("ws_connections_open").increment(1.0);
                     let (sink, stream) = socket.split();
