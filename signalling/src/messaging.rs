@@ -185,6 +185,9 @@ pub struct NewConversation {
     pub key: Option<String>,
 }
 
+/// Conversations with more members than this carry no presence.
+pub const PRESENCE_MAX_MEMBERS: usize = 50;
+
 /// Shortest time between two typing notices of one user in one
 /// conversation; more frequent ones are dropped.
 pub const TYPING_INTERVAL_MS: i64 = 2_000;
@@ -347,6 +350,12 @@ impl Messaging {
         Ok(true)
     }
 
+    /// The people whose presence the caller sees and who see the
+    /// caller's: members of its conversations with at most
+    /// [`PRESENCE_MAX_MEMBERS`] members. Channels and "all users"
+    /// conversations carry no presence: with hundreds of members every
+    /// connect and disconnect would fan out to all of them (a reconnect
+    /// storm of 1000 channel members meant 500 000 presence frames).
     async fn contacts(&self, caller: &Caller) -> Result<BTreeSet<UserId>, ApiError> {
         let mut out = BTreeSet::new();
         for entry in self
@@ -354,7 +363,16 @@ impl Messaging {
             .conversations_of(caller.app.id, caller.participant(), None, MAX_PAGE)
             .await?
         {
-            out.extend(self.audience(&entry.conversation).await?);
+            if entry.conversation.all_users {
+                continue;
+            }
+            if let Some(members) = self
+                .store
+                .members_up_to(entry.conversation.id, PRESENCE_MAX_MEMBERS)
+                .await?
+            {
+                out.extend(members);
+            }
         }
         Ok(out)
     }
@@ -565,12 +583,12 @@ impl Messaging {
             client_id: client_id.to_owned(),
             body,
         };
-        let event = |m: &StoredMessage| {
+        let event: crate::store::messaging::EventFn = Arc::new(|m: &StoredMessage| {
             json!({"kind": "message", "message": MessageView::from(m)}).to_string()
-        };
+        });
         let (stored, created, seqs) = self
             .store
-            .post(&new, &notify, &event, self.clock.now())
+            .post(&new, &notify, event.clone(), self.clock.now())
             .await?;
         if created {
             let payload: Arc<str> = Arc::from(event(&stored));

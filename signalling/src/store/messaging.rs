@@ -104,6 +104,10 @@ pub struct StoredMessage {
     pub deleted_at: Option<Timestamp>,
 }
 
+/// Builds the event payload of a stored message (its number is known only
+/// inside the transaction that stores it).
+pub type EventFn = std::sync::Arc<dyn Fn(&StoredMessage) -> String + Send + Sync>;
+
 /// A new message to store.
 #[derive(Clone, Debug)]
 pub struct NewMessage {
@@ -176,6 +180,13 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     /// Members of a conversation.
     async fn members(&self, id: ConversationId) -> StoreResult<Vec<UserId>>;
 
+    /// The members of a conversation if there are at most `limit`.
+    async fn members_up_to(
+        &self,
+        id: ConversationId,
+        limit: usize,
+    ) -> StoreResult<Option<Vec<UserId>>>;
+
     /// Whether `user` is an explicit member.
     async fn is_member(&self, id: ConversationId, user: UserId) -> StoreResult<bool>;
 
@@ -187,7 +198,7 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
         &self,
         message: &NewMessage,
         notify: &[UserId],
-        event: &(dyn for<'m> Fn(&'m StoredMessage) -> String + Sync),
+        event: EventFn,
         now: Timestamp,
     ) -> StoreResult<(StoredMessage, bool, Vec<(UserId, u64)>)>;
 

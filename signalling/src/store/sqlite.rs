@@ -25,7 +25,13 @@ const USER_COLUMNS: &str = "id, app_id, external_id, name, email, locked, create
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Messages to the group-commit writer (bounded: a full queue makes
+    /// senders wait for their acknowledgement, nothing is dropped).
+    poster: tokio::sync::mpsc::Sender<super::sqlite_messaging::PostJob>,
 }
+
+/// Messages waiting for the writer before senders wait.
+const POST_QUEUE: usize = 1024;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies migrations.
@@ -47,7 +53,31 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Self::with_writer(pool)
+    }
+
+    /// Starts the message writer on a thread of its own (with its own
+    /// small runtime): commits never wait for a busy request thread, and
+    /// the writer ends when the last store handle is dropped.
+    fn with_writer(pool: SqlitePool) -> StoreResult<Self> {
+        let (poster, jobs) = tokio::sync::mpsc::channel(POST_QUEUE);
+        let writer_pool = pool.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("starting the message writer: {e}")))?;
+        std::thread::Builder::new()
+            .name("store-writer".to_owned())
+            .spawn(move || {
+                runtime.block_on(super::sqlite_messaging::group_commit(writer_pool, jobs))
+            })
+            .map_err(|e| StoreError::Corrupt(format!("starting the message writer: {e}")))?;
+        Ok(Self { pool, poster })
+    }
+
+    /// The message writer's queue.
+    pub(super) fn poster(&self) -> &tokio::sync::mpsc::Sender<super::sqlite_messaging::PostJob> {
+        &self.poster
     }
 
     /// An in-memory database (tests and benchmarks).
@@ -62,7 +92,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Self::with_writer(pool)
     }
 
     /// The connection pool (for the other store traits in this module).

@@ -1,12 +1,12 @@
 //! [`MessageStore`] on SQLite.
 
 use async_trait::async_trait;
+use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
 
 use super::messaging::{
-    Author, Conversation, ConversationEntry, EventRecord, MessageBody, MessageStore, NewMessage,
-    StoredMessage,
+    Author, Conversation, ConversationEntry, EventFn, EventRecord, MessageBody, MessageStore,
+    NewMessage, StoredMessage,
 };
 use super::sqlite::SqliteStore;
 use super::{StoreError, StoreResult};
@@ -76,7 +76,7 @@ fn to_i64(v: u64) -> i64 {
 /// Appends `payload` to each user's log inside `tx`: two statements
 /// whatever the number of users (the ids travel as one JSON array).
 async fn append(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut sqlx::SqliteConnection,
     users: &[UserId],
     payload: &str,
     now: Timestamp,
@@ -100,7 +100,7 @@ async fn append(
          RETURNING user_id, last_seq",
     )
     .bind(&ids)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
     let mut pairs = Vec::with_capacity(rows.len());
@@ -118,9 +118,159 @@ async fn append(
     .bind(payload)
     .bind(now.0)
     .bind(pairs)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(out)
+}
+
+async fn post_in(
+    tx: &mut sqlx::SqliteConnection,
+    m: &NewMessage,
+    notify: &[UserId],
+    event: &EventFn,
+    now: Timestamp,
+) -> StoreResult<Posted> {
+    let existing = sqlx::query(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND author = ? AND client_id = ?"
+    ))
+    .bind(m.conversation_id.to_string())
+    .bind(m.author.key())
+    .bind(&m.client_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(row) = existing {
+        return Ok((message_from(&row)?, false, Vec::new()));
+    }
+    let row = sqlx::query(
+        "UPDATE conversations SET last_seq = last_seq + 1, last_activity = ? WHERE id = ? RETURNING last_seq",
+    )
+    .bind(now.0)
+    .bind(m.conversation_id.to_string())
+    .fetch_one(&mut *tx)
+    .await?;
+    let n = seq(&row, "last_seq")?;
+    let body = serde_json::to_string(&m.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sqlx::query(&format!(
+        "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)"
+    ))
+    .bind(m.conversation_id.to_string())
+    .bind(to_i64(n))
+    .bind(m.id.to_string())
+    .bind(m.author.key())
+    .bind(&m.client_id)
+    .bind(body)
+    .bind(now.0)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO message_search (rowid, text, conversation_id, seq) VALUES (NULL, ?, ?, ?)",
+    )
+    .bind(&m.body.text)
+    .bind(m.conversation_id.to_string())
+    .bind(to_i64(n))
+    .execute(&mut *tx)
+    .await?;
+    let stored = StoredMessage {
+        conversation_id: m.conversation_id,
+        seq: n,
+        id: m.id,
+        author: m.author,
+        client_id: m.client_id.clone(),
+        body: m.body.clone(),
+        created_at: now,
+        edited_at: None,
+        deleted_at: None,
+    };
+    let payload = event(&stored);
+    let seqs = append(tx, notify, &payload, now).await?;
+    Ok((stored, true, seqs))
+}
+
+/// What [`MessageStore::post`] returns.
+type Posted = (StoredMessage, bool, Vec<(UserId, u64)>);
+
+/// A message waiting for the group commit.
+pub(super) struct PostJob {
+    message: NewMessage,
+    notify: Vec<UserId>,
+    event: EventFn,
+    now: Timestamp,
+    reply: tokio::sync::oneshot::Sender<StoreResult<Posted>>,
+}
+
+impl std::fmt::Debug for PostJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostJob")
+            .field("message", &self.message.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stores one message under a savepoint, so that its failure undoes only
+/// its own writes.
+async fn under_savepoint(tx: &mut sqlx::SqliteConnection, job: &PostJob) -> StoreResult<Posted> {
+    sqlx::query("SAVEPOINT post").execute(&mut *tx).await?;
+    let r = post_in(tx, &job.message, &job.notify, &job.event, job.now).await;
+    let end = if r.is_ok() {
+        "RELEASE post"
+    } else {
+        "ROLLBACK TO post; RELEASE post"
+    };
+    sqlx::raw_sql(end).execute(&mut *tx).await?;
+    r
+}
+
+/// Most messages committed in one transaction.
+const GROUP_COMMIT_MAX: usize = 128;
+
+/// The message writer: takes every message waiting (up to
+/// [`GROUP_COMMIT_MAX`]), stores each under its own savepoint (one bad
+/// message fails alone) and commits them with one fsync; only then does
+/// each sender get its answer. Under load, messages that arrive during a
+/// commit share the next one. It runs on its own thread
+/// (`SqliteStore::with_writer`), so its future need not be `Send`.
+pub(super) async fn group_commit(
+    pool: sqlx::SqlitePool,
+    mut jobs: tokio::sync::mpsc::Receiver<PostJob>,
+) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_MAX {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("store_group_commit_size").record(batch.len() as f64);
+        let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = StoreError::from(e);
+                for job in batch {
+                    let _ = job.reply.send(Err(StoreError::Corrupt(e.to_string())));
+                }
+                continue;
+            }
+        };
+        let mut done = Vec::with_capacity(batch.len());
+        for job in batch {
+            let result = under_savepoint(&mut tx, &job).await;
+            done.push((job.reply, result));
+        }
+        match tx.commit().await {
+            Ok(()) => {
+                for (reply, result) in done {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                for (reply, _) in done {
+                    let _ = reply.send(Err(StoreError::Corrupt(format!("commit failed: {e}"))));
+                }
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -253,6 +403,27 @@ impl MessageStore for SqliteStore {
             .collect()
     }
 
+    async fn members_up_to(
+        &self,
+        id: ConversationId,
+        limit: usize,
+    ) -> StoreResult<Option<Vec<UserId>>> {
+        let rows = sqlx::query(
+            "SELECT user_id FROM conversation_members WHERE conversation_id = ? LIMIT ?",
+        )
+        .bind(id.to_string())
+        .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
+        .fetch_all(self.pool())
+        .await?;
+        if rows.len() > limit {
+            return Ok(None);
+        }
+        rows.iter()
+            .map(|r| parse(r, "user_id"))
+            .collect::<StoreResult<_>>()
+            .map(Some)
+    }
+
     async fn is_member(&self, id: ConversationId, user: UserId) -> StoreResult<bool> {
         Ok(sqlx::query(
             "SELECT 1 FROM conversation_members WHERE conversation_id = ? AND user_id = ?",
@@ -268,67 +439,23 @@ impl MessageStore for SqliteStore {
         &self,
         m: &NewMessage,
         notify: &[UserId],
-        event: &(dyn for<'m> Fn(&'m StoredMessage) -> String + Sync),
+        event: EventFn,
         now: Timestamp,
     ) -> StoreResult<(StoredMessage, bool, Vec<(UserId, u64)>)> {
-        let mut tx = self.write_tx().await?;
-        let existing = sqlx::query(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND author = ? AND client_id = ?"
-        ))
-        .bind(m.conversation_id.to_string())
-        .bind(m.author.key())
-        .bind(&m.client_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = existing {
-            tx.commit().await?;
-            return Ok((message_from(&row)?, false, Vec::new()));
-        }
-        let row = sqlx::query(
-            "UPDATE conversations SET last_seq = last_seq + 1, last_activity = ? WHERE id = ? RETURNING last_seq",
-        )
-        .bind(now.0)
-        .bind(m.conversation_id.to_string())
-        .fetch_one(&mut *tx)
-        .await?;
-        let n = seq(&row, "last_seq")?;
-        let body =
-            serde_json::to_string(&m.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query(&format!(
-            "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)"
-        ))
-        .bind(m.conversation_id.to_string())
-        .bind(to_i64(n))
-        .bind(m.id.to_string())
-        .bind(m.author.key())
-        .bind(&m.client_id)
-        .bind(body)
-        .bind(now.0)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO message_search (rowid, text, conversation_id, seq) VALUES (NULL, ?, ?, ?)",
-        )
-        .bind(&m.body.text)
-        .bind(m.conversation_id.to_string())
-        .bind(to_i64(n))
-        .execute(&mut *tx)
-        .await?;
-        let stored = StoredMessage {
-            conversation_id: m.conversation_id,
-            seq: n,
-            id: m.id,
-            author: m.author,
-            client_id: m.client_id.clone(),
-            body: m.body.clone(),
-            created_at: now,
-            edited_at: None,
-            deleted_at: None,
-        };
-        let payload = event(&stored);
-        let seqs = append(&mut tx, notify, &payload, now).await?;
-        tx.commit().await?;
-        Ok((stored, true, seqs))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.poster()
+            .send(PostJob {
+                message: m.clone(),
+                notify: notify.to_vec(),
+                event,
+                now,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Corrupt("the message writer has stopped".to_owned()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Corrupt("the message writer has stopped".to_owned()))?
     }
 
     async fn message(
