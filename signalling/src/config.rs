@@ -97,12 +97,17 @@ impl Default for LogConfig {
 pub struct HttpConfig {
     /// Largest accepted REST request body, in bytes.
     pub max_body_bytes: usize,
+    /// Connections the kernel queues before they are accepted (capped by
+    /// `net.core.somaxconn`); large enough for thousands of clients
+    /// reconnecting at once.
+    pub listen_backlog: u32,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 64 * 1024,
+            listen_backlog: 4096,
         }
     }
 }
@@ -410,6 +415,12 @@ impl SignallingConfig {
             "http.max_body_bytes",
             self.http.max_body_bytes.to_string(),
             "1024 to 16777216",
+        );
+        check(
+            (1..=65_535).contains(&self.http.listen_backlog),
+            "http.listen_backlog",
+            self.http.listen_backlog.to_string(),
+            "1 to 65535",
         );
         check(
             self.mail.from.parse::<lettre::message::Mailbox>().is_ok(),

@@ -198,8 +198,7 @@ fn init_logging(config: &SignallingConfig) {
 async fn serve(args: &ConfigArgs) -> anyhow::Result<()> {
     let config = load_config(args)?;
     init_logging(&config);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = confer_signalling::server::listen(config.listen, config.http.listen_backlog)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let services = Services::open(config, Arc::new(SystemClock)).await?;
     println!("signalling listening on http://{}", listener.local_addr()?);

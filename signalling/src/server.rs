@@ -182,6 +182,24 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// A listening socket with a `backlog` of connections waiting to be
+/// accepted. tokio's default (1024) is too short for a reconnect storm:
+/// connections beyond it lose their SYN and retry after 1, 3, 7, 15 … s.
+/// The kernel caps it at `net.core.somaxconn`.
+///
+/// # Errors
+/// If the address cannot be bound.
+pub fn listen(addr: std::net::SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Serves the HTTP application on `listener` until `shutdown` completes,
 /// then stops accepting, lets requests in flight finish and returns.
 ///

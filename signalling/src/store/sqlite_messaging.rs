@@ -257,7 +257,11 @@ pub(super) async fn group_commit(
             let result = under_savepoint(&mut tx, &job).await;
             done.push((job.reply, result));
         }
-        match tx.commit().await {
+        let committing = std::time::Instant::now();
+        let committed = tx.commit().await;
+        metrics::histogram!("store_group_commit_seconds")
+            .record(committing.elapsed().as_secs_f64());
+        match committed {
             Ok(()) => {
                 for (reply, result) in done {
                     let _ = reply.send(result);
@@ -578,15 +582,16 @@ impl MessageStore for SqliteStore {
         let rows = sqlx::query(&format!(
             "SELECT {columns}, COALESCE(r.seq, 0) AS read_seq FROM conversations c \
              LEFT JOIN read_marks r ON r.conversation_id = c.id AND r.user_id = ? \
-             WHERE c.app_id = ? AND c.displayed = TRUE \
-             AND (c.all_users = TRUE OR EXISTS (SELECT 1 FROM conversation_members m \
-                  WHERE m.conversation_id = c.id AND m.user_id = ?)) \
+             WHERE c.id IN (SELECT conversation_id FROM conversation_members WHERE user_id = ? \
+                            UNION SELECT id FROM conversations WHERE app_id = ? AND all_users = TRUE) \
+             AND c.app_id = ? AND c.displayed = TRUE \
              AND (c.last_activity < ? OR (c.last_activity = ? AND c.id < ?) OR ? = '') \
              ORDER BY c.last_activity DESC, c.id DESC LIMIT ?"
         ))
         .bind(user.to_string())
-        .bind(app.to_string())
         .bind(user.to_string())
+        .bind(app.to_string())
+        .bind(app.to_string())
         .bind(before_at)
         .bind(before_at)
         .bind(&before_id)
