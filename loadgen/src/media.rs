@@ -242,8 +242,10 @@ pub fn offer_publish(
     );
     let video = video.then(|| {
         let sim = simulcast.then(|| {
+            // Highest first, as browsers offer them (Janus reads the order;
+            // Confer reads the rid names).
             let mut s = Simulcast::new();
-            for rid in RIDS {
+            for rid in RIDS.iter().rev() {
                 s.add_send_layer(SimulcastLayer::new(rid));
             }
             s
@@ -727,11 +729,33 @@ async fn join_room(
                     epoch,
                 ));
             }
+            // Janus offers a feed to subscribers only once its publisher's
+            // media is up.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !publishers
+                .iter()
+                .all(|p| p.stats.lock().is_ok_and(|s| s.sent > 0))
+            {
+                if Instant::now() > deadline {
+                    bail!("Janus publishers did not connect in 15 s");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             let mut subscribers = Vec::new();
             for _ in 0..args.subscribers {
                 let (mut rtc, socket) = Peer::prepare(args.bind).await?;
                 // Janus offers to subscribers; we answer.
-                let offer = room.subscribe(&feeds).await?;
+                let mut tries = 0;
+                let offer = loop {
+                    match room.subscribe(&feeds).await {
+                        Ok(offer) => break offer,
+                        Err(e) if tries < 50 && e.to_string().contains("No such feed") => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
                 let offer = str0m::change::SdpOffer::from_sdp_string(&offer)
                     .context("parsing Janus's offer")?;
                 let answer = rtc

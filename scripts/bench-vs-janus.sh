@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Confer's SFU and a Janus VideoRoom under the same media load, one after
+# the other, on this machine.
+#
+#   scripts/bench-vs-janus.sh [loadgen media options…]
+#
+# Both servers run in a network namespace of their own (Janus ignores
+# loopback interfaces when it gathers ICE candidates), reached over a veth
+# pair: host side 10.77.0.1, namespace side 10.77.0.2. loadgen runs on the
+# host side. Default load: a ramp of rooms with 2 publishers and 4
+# subscribers each (Opus + three-layer VP8 simulcast), 10 s per step, until
+# loss passes 0.5 % or p99 latency 50 ms. Extra options go to both runs.
+# Reports: target/bench/confer/ and target/bench/janus/ (report.json,
+# report.md, latency.svg, capacity.svg).
+#
+# Needs root (ip netns), Debian's janus package (installed when missing)
+# and a release build (made when missing).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$(pwd)
+ns=confer-bench
+host_ip=10.77.0.1
+ns_ip=10.77.0.2
+out="$root/target/bench"
+mkdir -p "$out"
+
+say() { printf '\n==> %s\n' "$*"; }
+
+if ! command -v janus >/dev/null; then
+  say "installing janus"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq janus >/dev/null
+fi
+
+say "release build"
+cargo build --release --quiet -p confer-sfu -p confer-loadgen
+
+say "network namespace $ns"
+cleanup() {
+  [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null || true
+  ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+  ip link del vb-host 2>/dev/null || true
+  ip netns del "$ns" 2>/dev/null || true
+}
+trap cleanup EXIT
+cleanup
+ip netns add "$ns"
+ip link add vb-host type veth peer name vb-ns
+ip link set vb-ns netns "$ns"
+ip addr add "$host_ip/24" dev vb-host
+ip link set vb-host up
+ip netns exec "$ns" ip addr add "$ns_ip/24" dev vb-ns
+ip netns exec "$ns" ip link set vb-ns up
+ip netns exec "$ns" ip link set lo up
+
+wait_http() {
+  for _ in $(seq 1 100); do
+    curl -sf "$1" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "no answer from $1" >&2
+  return 1
+}
+
+load=(--rooms 1 --publishers 2 --subscribers 4 --ramp --step-secs 10 --warmup 3 --bind "$host_ip" --quiet "$@")
+
+say "Confer sfu"
+ip netns exec "$ns" env CONFER_SFU_UDP_BIND="$ns_ip:0" \
+  "$root/target/release/sfu" --listen "$ns_ip:8090" >"$out/sfu.log" 2>&1 &
+server_pid=$!
+wait_http "http://$ns_ip:8090/healthz"
+"$root/target/release/loadgen" media --sfu "http://$ns_ip:8090" --server-pid "$server_pid" \
+  --report "$out/confer" "${load[@]}"
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+
+say "Janus $(janus --version 2>/dev/null | head -1)"
+cfg="$out/janus-config"
+mkdir -p "$cfg"
+cat >"$cfg/janus.jcfg" <<EOF
+general: {
+  configs_folder = "$cfg"
+  plugins_folder = "/usr/lib/x86_64-linux-gnu/janus/plugins"
+  transports_folder = "/usr/lib/x86_64-linux-gnu/janus/transports"
+  events_folder = "/usr/lib/x86_64-linux-gnu/janus/events"
+  loggers_folder = "/usr/lib/x86_64-linux-gnu/janus/loggers"
+  debug_level = 3
+}
+media: {
+  rtp_port_range = "20000-40000"
+}
+nat: {
+  ice_ignore_list = "vmnet"
+}
+plugins: {
+  disable = "libjanus_audiobridge.so,libjanus_duktape.so,libjanus_echotest.so,libjanus_lua.so,libjanus_nosip.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_streaming.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_voicemail.so"
+}
+transports: {
+  disable = "libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so,libjanus_rabbitmq.so,libjanus_websockets.so"
+}
+events: {
+  broadcast = false
+}
+EOF
+cat >"$cfg/janus.transport.http.jcfg" <<EOF
+general: {
+  json = "compact"
+  base_path = "/janus"
+  http = true
+  port = 8088
+  ip = "$ns_ip"
+  https = false
+}
+admin: {
+  admin_base_path = "/admin"
+  admin_http = false
+}
+EOF
+cat >"$cfg/janus.plugin.videoroom.jcfg" <<EOF
+general: {
+}
+EOF
+ip netns exec "$ns" janus -F "$cfg" -C "$cfg/janus.jcfg" >"$out/janus.log" 2>&1 &
+server_pid=$!
+wait_http "http://$ns_ip:8088/janus/info"
+"$root/target/release/loadgen" media --janus "http://$ns_ip:8088/janus" --server-pid "$server_pid" \
+  --report "$out/janus" "${load[@]}"
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+
+say "side by side (report.json of each)"
+python3 - "$out" <<'EOF'
+import json, sys
+out = sys.argv[1]
+rows = []
+for name in ("confer", "janus"):
+    r = json.load(open(f"{out}/{name}/report.json"))
+    cap = r.get("capacity") or {}
+    rows.append((name, cap.get("rooms"), cap.get("forwarded_per_sec"), cap.get("stopped_by"),
+                 r["latency_ms"]["p99"], r["corrupt"]))
+print("| system | rooms at capacity | forwarded packets/s | stopped by | p99 ms (all steps) | corrupt |")
+print("|---|---|---|---|---|---|")
+for n, rooms, fps, why, p99, bad in rows:
+    print(f"| {n} | {rooms} | {fps:.0f} | {why} | {p99:.2f} | {bad} |")
+EOF
