@@ -9,7 +9,8 @@
 # pair: host side 10.77.0.1, namespace side 10.77.0.2. loadgen runs on the
 # host side. Default load: a ramp of rooms with 2 publishers and 4
 # subscribers each (Opus + three-layer VP8 simulcast), 10 s per step, until
-# loss passes 0.5 % or p99 latency 50 ms. Extra options go to both runs.
+# loss passes 0.5 % or p99 latency 50 ms. Options given replace that
+# scenario (the same for both runs).
 # Reports: target/bench/confer/ and target/bench/janus/ (report.json,
 # report.md, latency.svg, capacity.svg).
 #
@@ -62,7 +63,10 @@ wait_http() {
   return 1
 }
 
-load=(--rooms 1 --publishers 2 --subscribers 4 --ramp --step-secs 10 --warmup 3 --bind "$host_ip" --quiet "$@")
+if [ $# -eq 0 ]; then
+  set -- --rooms 1 --publishers 2 --subscribers 4 --ramp --step-secs 10 --warmup 3
+fi
+load=(--bind "$host_ip" --quiet "$@")
 
 say "Confer sfu"
 ip netns exec "$ns" env CONFER_SFU_UDP_BIND="$ns_ip:0" \

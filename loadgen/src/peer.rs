@@ -538,16 +538,25 @@ async fn drive(
             {
                 s.sent += wrote;
             }
-            if due.is_some_and(|t| t <= now) {
+            // A written packet goes out on the next drain, not after
+            // the next sleep.
+            if wrote > 0 || due.is_some_and(|t| t <= now) {
                 continue;
             }
             if let Some(t) = due {
                 next = next.min(t);
             }
         }
-        let wait = next
-            .saturating_duration_since(now)
-            .max(Duration::from_millis(1));
+        if next <= now {
+            // str0m has work now (its pacer releases a packet, a timer
+            // fired): do it without sleeping, or every packet of a frame
+            // would wait a timer tick.
+            if rtc.handle_input(Input::Timeout(now)).is_err() {
+                return;
+            }
+            continue;
+        }
+        let wait = next.saturating_duration_since(now);
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
                 let Ok((n, source)) = r else { return };
