@@ -89,6 +89,12 @@ pub struct MediaArgs {
     /// Most rooms a ramp adds.
     #[arg(long, default_value_t = 200)]
     pub max_rooms: usize,
+    /// p99 added latency (ms) at which a ramp stops.
+    #[arg(long, default_value_t = MAX_P99_MS)]
+    pub max_p99_ms: f64,
+    /// Loss ratio at which a ramp stops.
+    #[arg(long, default_value_t = MAX_LOSS)]
+    pub max_loss: f64,
     /// Seconds between joining and measuring.
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
@@ -361,8 +367,8 @@ pub async fn run(args: MediaArgs, command: String) -> anyhow::Result<MediaReport
         progress.set_message(format!("{} rooms: measuring {window} s", rooms.len()));
         let (step, latency) = measure_window(&rooms, window, args.server_pid).await;
         let _ = all_latency.add(&latency);
-        let over_loss = step.loss_ratio > MAX_LOSS;
-        let over_latency = step.latency_ms.p99 > MAX_P99_MS;
+        let over_loss = step.loss_ratio > args.max_loss;
+        let over_latency = step.latency_ms.p99 > args.max_p99_ms;
         progress.println(format!(
             "{:>4} rooms: {:>9.0} packets/s forwarded, loss {:.3} %, p99 {:.2} ms",
             step.rooms,
@@ -378,14 +384,14 @@ pub async fn run(args: MediaArgs, command: String) -> anyhow::Result<MediaReport
             let within = steps
                 .iter()
                 .rev()
-                .find(|s| s.loss_ratio <= MAX_LOSS && s.latency_ms.p99 <= MAX_P99_MS);
+                .find(|s| s.loss_ratio <= args.max_loss && s.latency_ms.p99 <= args.max_p99_ms);
             capacity = Some(Capacity {
                 rooms: within.map_or(0, |s| s.rooms),
                 forwarded_per_sec: within.map_or(0.0, |s| s.forwarded_per_sec),
                 stopped_by: if over_loss {
-                    format!("loss above {} %", MAX_LOSS * 100.0)
+                    format!("loss above {} %", args.max_loss * 100.0)
                 } else if over_latency {
-                    format!("p99 latency above {MAX_P99_MS} ms")
+                    format!("p99 latency above {} ms", args.max_p99_ms)
                 } else {
                     format!("--max-rooms {}", args.max_rooms)
                 },

@@ -217,8 +217,27 @@ struct Participant {
 }
 
 impl Participant {
-    /// Adds a send slot for every sending m-line of `answer` that has none.
+    /// Adds a send slot for every sending m-line of `answer` that has none,
+    /// and lets the bandwidth estimator probe up to what every video slot
+    /// at its full layer plus audio needs (1C's 2000 kbps per participant
+    /// shown, with headroom). str0m paces at 1.1 × the estimate: a ceiling
+    /// below what the slots carry queues video in the pacer (measured: a
+    /// 2.5 Mbps ceiling for two 1.4 Mbps publishers gave a p99 of 57 ms).
     fn add_slots(&mut self, answer: &str) {
+        self.add_slot_lines(answer);
+        let video = self
+            .slots
+            .iter()
+            .filter(|s| s.kind == MediaKind::Video)
+            .count()
+            .max(1) as u64;
+        self.rtc.bwe().set_bitrate(
+            str0m::bwe::Bitrate::kbps(100),
+            str0m::bwe::Bitrate::kbps(2_500 * video),
+        );
+    }
+
+    fn add_slot_lines(&mut self, answer: &str) {
         for (mid, kind) in answer_mids(answer) {
             let sending = self
                 .rtc
@@ -372,12 +391,6 @@ impl Engine {
             nacks_in: 0,
         };
         if role == Role::Subscribe {
-            // Let the bandwidth estimator probe up to what a full video
-            // layer plus audio needs (1C's 2000 kbps per participant).
-            participant.rtc.bwe().set_bitrate(
-                str0m::bwe::Bitrate::kbps(100),
-                str0m::bwe::Bitrate::kbps(2_500),
-            );
             // The offer's receive-only m-lines are our send slots.
             participant.add_slots(&answer.to_sdp_string());
             if participant.slots.is_empty() {
