@@ -21,6 +21,8 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
+use confer_sfu::core::vp8::synthetic_head;
+
 use crate::measure::{histogram, micros_since};
 
 /// Trailer magic.
@@ -256,27 +258,10 @@ impl Publisher {
                     / (self.keyframe_every as usize + KEYFRAME_FACTOR - 1)
             };
             let packets = size.div_ceil(MAX_PAYLOAD).max(1);
-            let pid = (frame as u16) & 0x7fff;
             let sent = micros_since(self.epoch);
             for i in 0..packets {
                 let start = i == 0;
-                let mut body = vec![
-                    if start { 0x90 } else { 0x80 },
-                    0xc0,
-                    0x80 | (pid >> 8) as u8,
-                    pid as u8,
-                    frame as u8,
-                ];
-                if start {
-                    body.extend_from_slice(&[if keyframe { 0x10 } else { 0x11 }, 0, 0]);
-                    if keyframe {
-                        let h = LAYER_HEIGHT[l];
-                        let w = h * 16 / 9;
-                        body.extend_from_slice(&[0x9d, 0x01, 0x2a]);
-                        body.extend_from_slice(&w.to_le_bytes());
-                        body.extend_from_slice(&h.to_le_bytes());
-                    }
-                }
+                let mut body = synthetic_head(frame, start, keyframe, LAYER_HEIGHT[l]);
                 let len = (size / packets).clamp(body.len() + 1, MAX_PAYLOAD - TRAILER);
                 body.resize(len, (frame % 251) as u8);
                 let payload = seal(body, VP8_DESCRIPTOR, self.id, l as u8, frame, i as u8, sent);

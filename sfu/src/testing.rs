@@ -176,26 +176,8 @@ impl Publisher {
             let ts = frame.wrapping_mul(90_000 / self.fps);
             for i in 0..packets {
                 let start = i == 0;
-                let pid = (frame as u16) & 0x7fff;
-                let mut body = vec![
-                    if start { 0x90 } else { 0x80 },
-                    0xc0,
-                    0x80 | (pid >> 8) as u8,
-                    pid as u8,
-                    frame as u8,
-                ];
-                if start {
-                    // VP8 frame tag (bit 0 clear on keyframes), then on
-                    // keyframes the start code and the size.
-                    body.extend_from_slice(&[if keyframe { 0x10 } else { 0x11 }, 0, 0]);
-                    if keyframe {
-                        let h = LAYER_HEIGHT[l];
-                        let w = h * 16 / 9;
-                        body.extend_from_slice(&[0x9d, 0x01, 0x2a]);
-                        body.extend_from_slice(&w.to_le_bytes());
-                        body.extend_from_slice(&h.to_le_bytes());
-                    }
-                }
+                let mut body =
+                    crate::core::vp8::synthetic_head(frame, start, keyframe, LAYER_HEIGHT[l]);
                 body.resize(size, (frame % 200) as u8 ^ i);
                 // The trailer covers what follows the 5-byte descriptor.
                 let sealed = {

@@ -260,6 +260,15 @@ fn assert_seen(seen: &std::collections::BTreeSet<String>, expected: &[&str]) {
     assert!(missing.is_empty(), "never exercised: {missing:?}");
 }
 
+/// Starts a call in `conversation`; returns its id.
+async fn start_call(ws: &mut Ws, conversation: &Value, media: &str) -> Value {
+    let ack = ws
+        .request(json!({"type": "call_start", "conversation_id": conversation, "media": media}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    ack["call"]["id"].clone()
+}
+
 /// The latest `call` snapshot a person received.
 async fn snapshot(ws: &mut Ws) -> Value {
     ws.ephemeral_of("call").await["event"]["call"].clone()
@@ -505,11 +514,7 @@ async fn a_three_person_call_goes_through_the_sfu_with_in_call_features() {
     let (server, _dir) = TestServer::start().await;
     let (mut p, _app) = people(&server, &["ann", "bob", "carol"]).await;
     let conv = conversation(&mut p).await;
-    let ack = p[0]
-        .ws
-        .request(json!({"type": "call_start", "conversation_id": conv, "media": "video"}))
-        .await;
-    let call = ack["call"]["id"].clone();
+    let call = start_call(&mut p[0].ws, &conv, "video").await;
     for i in [1, 2] {
         let join = p[i]
             .ws
@@ -683,11 +688,7 @@ async fn a_peer_to_peer_call_upgrades_when_the_third_joins_and_media_resumes() {
     let (server, _dir) = TestServer::start().await;
     let (mut p, _app) = people(&server, &["ann", "bob", "carol"]).await;
     let conv = conversation(&mut p).await;
-    let ack = p[0]
-        .ws
-        .request(json!({"type": "call_start", "conversation_id": conv, "media": "video"}))
-        .await;
-    let call = ack["call"]["id"].clone();
+    let call = start_call(&mut p[0].ws, &conv, "video").await;
     p[1].ws
         .request(json!({"type": "call_join", "call_id": call}))
         .await;
@@ -799,11 +800,7 @@ async fn non_members_declines_busy_callees_and_unanswered_calls_end_as_documente
         .request(json!({"type": "call_start", "conversation_id": ab, "media": "audio"}))
         .await;
     assert_eq!(refused["code"], "forbidden", "{refused}");
-    let call = p[0]
-        .ws
-        .request(json!({"type": "call_start", "conversation_id": ab, "media": "audio"}))
-        .await["call"]["id"]
-        .clone();
+    let call = start_call(&mut p[0].ws, &ab, "audio").await;
     let refused = p[3]
         .ws
         .request(json!({"type": "call_join", "call_id": call}))
@@ -890,11 +887,7 @@ async fn non_members_declines_busy_callees_and_unanswered_calls_end_as_documente
     assert_eq!(ended(&mut p[2].ws, &bc_call).await["reason"], "completed");
 
     // Unanswered: nobody answers within ring_timeout_secs (1 s) → missed.
-    let call = p[0]
-        .ws
-        .request(json!({"type": "call_start", "conversation_id": ab, "media": "audio"}))
-        .await["call"]["id"]
-        .clone();
+    let call = start_call(&mut p[0].ws, &ab, "audio").await;
     assert_eq!(
         state_of(&snapshot(&mut p[1].ws).await, &p[1].user),
         "ringing"
@@ -910,11 +903,7 @@ async fn non_members_declines_busy_callees_and_unanswered_calls_end_as_documente
     assert_eq!(refused["code"], "not_found", "{refused}");
 
     // Cancelled: Ann hangs up while Bob's phone still rings.
-    let call = p[0]
-        .ws
-        .request(json!({"type": "call_start", "conversation_id": ab, "media": "audio"}))
-        .await["call"]["id"]
-        .clone();
+    let call = start_call(&mut p[0].ws, &ab, "audio").await;
     p[0].ws
         .request(json!({"type": "call_leave", "call_id": call}))
         .await;
@@ -934,11 +923,7 @@ async fn the_member_limit_removal_and_the_way_back_to_peer_to_peer() {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let (mut p, app) = people(&server, &names).await;
     let conv = conversation(&mut p).await;
-    let call = p[0]
-        .ws
-        .request(json!({"type": "call_start", "conversation_id": conv, "media": "audio"}))
-        .await["call"]["id"]
-        .clone();
+    let call = start_call(&mut p[0].ws, &conv, "audio").await;
     for person in p.iter_mut().take(34).skip(1) {
         let ack = person
             .ws
@@ -1137,11 +1122,7 @@ async fn a_call_cut_by_a_restart_is_recorded_as_interrupted() {
     let server = TestServer::start_in(dir.path(), clock.clone()).await;
     let (mut p, _app) = people(&server, &["ann", "bob"]).await;
     let conv = conversation(&mut p).await;
-    let call = p[0]
-        .ws
-        .request(json!({"type": "call_start", "conversation_id": conv, "media": "audio"}))
-        .await["call"]["id"]
-        .clone();
+    let call = start_call(&mut p[0].ws, &conv, "audio").await;
     drop(p);
     server.stop().await;
 
