@@ -363,6 +363,58 @@ async fn typing_and_presence_reach_the_people_who_share_a_conversation() {
     server.stop().await;
 }
 
+/// A conversation of more than 50 members carries no presence: Ann, who
+/// shares only such a channel with Bob, neither hears him come online nor
+/// can ask for his presence; in a small group she does both.
+#[tokio::test]
+async fn presence_stays_out_of_conversations_of_more_than_50_members() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("channel@example.com", "ERP").await;
+    let (t1, _u1) = user_token(&server, &app, "ann", &[]).await;
+    let (t2, u2) = user_token(&server, &app, "bob", &[]).await;
+    let mut others = Vec::new();
+    for i in 0..49 {
+        others.push(
+            user_token(&server, &app, &format!("member-{i}"), &[])
+                .await
+                .1,
+        );
+    }
+    let mut ann = Ws::connect(&server, &t1, None).await;
+    let mut members = others.clone();
+    members.push(u2.clone());
+    let channel = ann
+        .request(json!({"type": "create_conversation", "title": "all hands", "members": members}))
+        .await;
+    assert_eq!(channel["type"], "ack", "{channel}");
+    let bob = Ws::connect(&server, &t2, None).await;
+    let q = ann
+        .request(json!({"type": "presence", "users": [u2]}))
+        .await;
+    assert_eq!(q["users"], json!({}), "51 members: no presence");
+    assert!(
+        ann.ephemerals
+            .iter()
+            .all(|e| e["event"]["kind"] != "presence"),
+        "{:?}",
+        ann.ephemerals
+    );
+    drop(bob);
+
+    // A group of three carries it.
+    ann.request(
+        json!({"type": "create_conversation", "title": "team", "members": [u2, others[0]]}),
+    )
+    .await;
+    let _bob = Ws::connect(&server, &t2, None).await;
+    let online = ann.ephemeral().await;
+    assert_eq!(
+        online["event"],
+        json!({"kind": "presence", "user_id": u2, "presence": "online"})
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn search_finds_russian_and_english_words_only_where_the_user_may_read() {
     let (server, _dir) = TestServer::start().await;
