@@ -206,27 +206,29 @@ impl std::fmt::Debug for PostJob {
     }
 }
 
-/// Stores one message under a savepoint, so that its failure undoes only
-/// its own writes.
-async fn under_savepoint(tx: &mut sqlx::SqliteConnection, job: &PostJob) -> StoreResult<Posted> {
-    sqlx::query("SAVEPOINT post").execute(&mut *tx).await?;
-    let r = post_in(tx, &job.message, &job.notify, &job.event, job.now).await;
-    let end = if r.is_ok() {
-        "RELEASE post"
-    } else {
-        "ROLLBACK TO post; RELEASE post"
-    };
-    sqlx::raw_sql(end).execute(&mut *tx).await?;
-    r
+/// Stores `jobs` in one transaction with one commit; any failure rolls
+/// back all of them.
+async fn commit_batch(pool: &sqlx::SqlitePool, jobs: &[PostJob]) -> StoreResult<Vec<Posted>> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut posted = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        posted.push(post_in(&mut tx, &job.message, &job.notify, &job.event, job.now).await?);
+    }
+    let committing = std::time::Instant::now();
+    tx.commit().await?;
+    metrics::histogram!("store_group_commit_seconds").record(committing.elapsed().as_secs_f64());
+    Ok(posted)
 }
 
 /// Most messages committed in one transaction.
 const GROUP_COMMIT_MAX: usize = 128;
 
 /// The message writer: takes every message waiting (up to
-/// [`GROUP_COMMIT_MAX`]), stores each under its own savepoint (one bad
-/// message fails alone) and commits them with one fsync; only then does
-/// each sender get its answer. Under load, messages that arrive during a
+/// [`GROUP_COMMIT_MAX`]) and stores them in one transaction with one
+/// fsync; only then does each sender get its answer. If the batch fails,
+/// its messages are stored again one transaction each, so that a bad
+/// message fails alone. (Savepoints per message cost two of the eight
+/// statements of every message; this costs nothing when nothing fails.) Under load, messages that arrive during a
 /// commit share the next one. It runs on its own thread
 /// (`SqliteStore::with_writer`), so its future need not be `Send`.
 pub(super) async fn group_commit(
@@ -242,35 +244,25 @@ pub(super) async fn group_commit(
             }
         }
         metrics::histogram!("store_group_commit_size").record(batch.len() as f64);
-        let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
-            Ok(tx) => tx,
-            Err(e) => {
-                let e = StoreError::from(e);
+        match commit_batch(&pool, &batch).await {
+            Ok(posted) => {
+                for (job, result) in batch.into_iter().zip(posted) {
+                    let _ = job.reply.send(Ok(result));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
                 for job in batch {
                     let _ = job.reply.send(Err(StoreError::Corrupt(e.to_string())));
                 }
-                continue;
             }
-        };
-        let mut done = Vec::with_capacity(batch.len());
-        for job in batch {
-            let result = under_savepoint(&mut tx, &job).await;
-            done.push((job.reply, result));
-        }
-        let committing = std::time::Instant::now();
-        let committed = tx.commit().await;
-        metrics::histogram!("store_group_commit_seconds")
-            .record(committing.elapsed().as_secs_f64());
-        match committed {
-            Ok(()) => {
-                for (reply, result) in done {
-                    let _ = reply.send(result);
-                }
-            }
-            Err(e) => {
-                let e = e.to_string();
-                for (reply, _) in done {
-                    let _ = reply.send(Err(StoreError::Corrupt(format!("commit failed: {e}"))));
+            // One message spoiled the batch: each on its own, so that it
+            // fails alone.
+            Err(_) => {
+                for job in batch {
+                    let result = commit_batch(&pool, std::slice::from_ref(&job))
+                        .await
+                        .map(|mut p| p.remove(0));
+                    let _ = job.reply.send(result);
                 }
             }
         }
