@@ -802,3 +802,96 @@ impl MessageBody {
         Self::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::auth::TokenKey;
+    use crate::ids::SubscriberId;
+    use crate::store::{NewApplication, SqliteStore, Store};
+
+    /// Messages posted at once share commits; one that cannot be stored
+    /// (its conversation does not exist) fails alone and the others are
+    /// stored, each exactly once, numbered without gaps.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_message_fails_alone_in_a_group_commit() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        let app_id = AppId::random();
+        let (_, app) = store
+            .register_application(
+                "g@example.com",
+                SubscriberId::random(),
+                &NewApplication {
+                    id: app_id,
+                    name: "G".to_owned(),
+                    secret_hash: "h".to_owned(),
+                    token_key: TokenKey::derive(app_id, "s"),
+                },
+                Timestamp(1),
+            )
+            .await
+            .unwrap();
+        let now = Timestamp(2);
+        let conversation = Conversation {
+            id: ConversationId::random(),
+            app_id: app.id,
+            title: "t".to_owned(),
+            is_group: true,
+            displayed: true,
+            all_users: false,
+            app_key: None,
+            context: None,
+            last_seq: 0,
+            last_activity: now,
+            created_at: now,
+        };
+        store.create_conversation(&conversation, &[]).await.unwrap();
+        let event: EventFn = Arc::new(|m: &StoredMessage| format!("{{\"seq\":{}}}", m.seq));
+        let message = |i: usize, conversation_id: ConversationId| NewMessage {
+            conversation_id,
+            id: MessageId::random(),
+            author: Author::App,
+            client_id: format!("c{i}"),
+            body: MessageBody {
+                text: format!("m{i}"),
+                data: None,
+                recipients: None,
+                actions: Vec::new(),
+            },
+        };
+        let posts = (0..40).map(|i| {
+            let store = store.clone();
+            let event = event.clone();
+            // Message 17 goes to a conversation that does not exist.
+            let target = if i == 17 {
+                ConversationId::random()
+            } else {
+                conversation.id
+            };
+            tokio::spawn(async move { store.post(&message(i, target), &[], event, now).await })
+        });
+        let results: Vec<_> = futures_util::future::join_all(posts).await;
+        let mut seqs = Vec::new();
+        for (i, r) in results.into_iter().enumerate() {
+            match r.unwrap() {
+                Ok((m, created, _)) => {
+                    assert_ne!(i, 17);
+                    assert!(created);
+                    seqs.push(m.seq);
+                }
+                Err(_) => assert_eq!(i, 17, "only the bad message fails"),
+            }
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=39).collect::<Vec<u64>>());
+        let stored = store
+            .history(conversation.id, None, None, 100)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 39);
+    }
+}
