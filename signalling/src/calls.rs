@@ -358,10 +358,10 @@ impl Calls {
         })
     }
 
-    /// The STUN/TURN servers clients use for peer-to-peer media.
+    /// The STUN/TURN servers `user` uses for peer-to-peer media.
     #[must_use]
-    pub fn ice_servers(&self) -> &[IceServer] {
-        &self.config.ice_servers
+    pub fn ice_servers(&self, user: UserId) -> Vec<IceServer> {
+        ice_servers_for(&self.config, user)
     }
 
     /// The SFU the calls use.
@@ -620,7 +620,7 @@ impl Calls {
         }
         self.run(effects).await;
         let view = view.ok_or(ApiError::NotFound("call"))?;
-        Ok((view, self.config.ice_servers.clone()))
+        Ok((view, ice_servers_for(&self.config, me)))
     }
 
     /// Declines a ringing call, or says busy.
@@ -1294,6 +1294,37 @@ impl Calls {
     }
 }
 
+/// The configured ICE servers, and the TURN server with a credential of
+/// `user`'s own that expires `turn.ttl_secs` from now (coturn's REST API
+/// scheme; checked by the TURN server against its real clock).
+fn ice_servers_for(config: &CallConfig, user: UserId) -> Vec<IceServer> {
+    let mut servers = config.ice_servers.clone();
+    if let Some(turn) = &config.turn {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (username, credential) = turn_credential(&turn.secret, now + turn.ttl_secs, user);
+        servers.push(IceServer {
+            urls: turn.urls.clone(),
+            username: Some(username),
+            credential: Some(credential),
+        });
+    }
+    servers
+}
+
+/// `(<expiry>:<user>, base64(HMAC-SHA1(secret, that)))`.
+fn turn_credential(secret: &str, expiry: u64, user: UserId) -> (String, String) {
+    use base64::Engine;
+    use hmac::Mac;
+    let username = format!("{expiry}:{user}");
+    let mut mac = <hmac::Hmac<sha1::Sha1> as Mac>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(username.as_bytes());
+    let credential = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    (username, credential)
+}
+
 fn session_slot(m: &mut Member, role: Role) -> &mut Option<ParticipantId> {
     match role {
         Role::Publish => &mut m.publish,
@@ -1459,7 +1490,7 @@ fn retopology(
                     "topology": "p2p",
                     "peer": peer,
                     "offerer": *u == first,
-                    "ice_servers": config.ice_servers,
+                    "ice_servers": ice_servers_for(config, *u),
                 })
             }
             (Topology::P2p, None) => {
@@ -1539,6 +1570,34 @@ fn human_duration(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The credential coturn expects, checked against Python's hmac:
+    /// `base64(hmac.new(b"north-wind", b"1700086400:4b1e…", sha1))`.
+    #[test]
+    fn turn_credentials_follow_coturns_rest_scheme() {
+        let user: UserId = "4b1e2f0a-8c3d-4e5f-9a6b-7c8d9e0f1a2b"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        let (name, password) = turn_credential("north-wind", 1_700_086_400, user);
+        assert_eq!(name, "1700086400:4b1e2f0a-8c3d-4e5f-9a6b-7c8d9e0f1a2b");
+        assert_eq!(password, "vfF0j0IN2HkyTgu+ypB0cRXcsvs=");
+        let config = CallConfig {
+            turn: Some(crate::config::TurnConfig {
+                urls: vec!["turn:turn.example.com:3478".to_owned()],
+                secret: "north-wind".to_owned(),
+                ttl_secs: 3600,
+            }),
+            ..CallConfig::default()
+        };
+        let servers = ice_servers_for(&config, user);
+        assert_eq!(servers.len(), 1);
+        let name = servers[0].username.clone().unwrap_or_default();
+        let expiry: u64 = name.split(':').next().unwrap_or("0").parse().unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        assert!((now + 3590..=now + 3610).contains(&expiry), "{name}");
+    }
 
     #[test]
     fn durations_read_well() {

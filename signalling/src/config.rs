@@ -253,6 +253,31 @@ pub struct CallConfig {
     pub reconnect_grace_secs: u64,
     /// STUN/TURN servers handed to clients for peer-to-peer calls.
     pub ice_servers: Vec<IceServer>,
+    /// A TURN server with time-limited credentials (coturn's
+    /// `use-auth-secret`), handed to each user with its own credential.
+    pub turn: Option<TurnConfig>,
+}
+
+/// TURN with the "REST API" credentials of coturn (`use-auth-secret`,
+/// `static-auth-secret`): the user name is `<expiry unix time>:<user id>`
+/// and the password is base64(HMAC-SHA1(secret, user name)), so no
+/// password is stored and each expires.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TurnConfig {
+    /// `turn:host:port?transport=udp`, `turns:host:5349?transport=tcp` …
+    pub urls: Vec<String>,
+    /// coturn's `static-auth-secret`.
+    pub secret: String,
+    /// How long a credential is valid, in seconds.
+    #[serde(default = "TurnConfig::default_ttl")]
+    pub ttl_secs: u64,
+}
+
+impl TurnConfig {
+    fn default_ttl() -> u64 {
+        24 * 60 * 60
+    }
 }
 
 impl Default for CallConfig {
@@ -264,6 +289,7 @@ impl Default for CallConfig {
             back_to_p2p: false,
             reconnect_grace_secs: 20,
             ice_servers: Vec::new(),
+            turn: None,
         }
     }
 }
@@ -533,6 +559,30 @@ impl SignallingConfig {
             format!("{:?}", calls.ice_servers),
             "servers whose urls start with stun:, stuns:, turn: or turns:",
         );
+        if let Some(turn) = &calls.turn {
+            check(
+                !turn.urls.is_empty()
+                    && turn
+                        .urls
+                        .iter()
+                        .all(|u| u.starts_with("turn:") || u.starts_with("turns:")),
+                "calls.turn.urls",
+                format!("{:?}", turn.urls),
+                "one or more urls starting with turn: or turns:",
+            );
+            check(
+                turn.secret.len() >= 16,
+                "calls.turn.secret",
+                "(hidden)".to_owned(),
+                "at least 16 characters",
+            );
+            check(
+                (60..=7 * 24 * 60 * 60).contains(&turn.ttl_secs),
+                "calls.turn.ttl_secs",
+                turn.ttl_secs.to_string(),
+                "60 to 604800",
+            );
+        }
         check(
             !self.sfu.udp_bind.ip().is_unspecified() || self.sfu.announced_ip.is_some(),
             "sfu.udp_bind",

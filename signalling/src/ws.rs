@@ -712,7 +712,7 @@ async fn answer(context: &Context, request: Request) -> Result<Value, ApiError> 
             let call = calls
                 .start(caller, device, conversation_id, media, device_id)
                 .await?;
-            json!({"type": "ack", "id": id, "call": call, "ice_servers": calls.ice_servers()})
+            json!({"type": "ack", "id": id, "call": call, "ice_servers": calls.ice_servers(caller.participant())})
         }
         Request::CallJoin {
             id,

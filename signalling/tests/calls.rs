@@ -763,6 +763,11 @@ async fn server_with(
     config.calls.ring_timeout_secs = ring_secs;
     config.calls.back_to_p2p = back_to_p2p;
     config.calls.reconnect_grace_secs = grace_secs;
+    config.calls.turn = Some(confer_signalling::config::TurnConfig {
+        urls: vec!["turn:turn.example.com:3478?transport=udp".to_owned()],
+        secret: "a-test-secret-of-16+".to_owned(),
+        ttl_secs: 3600,
+    });
     (TestServer::start_with(config, default_clock()).await, dir)
 }
 
@@ -908,6 +913,25 @@ async fn non_members_declines_busy_callees_and_unanswered_calls_end_as_documente
         .request(json!({"type": "call_leave", "call_id": call}))
         .await;
     assert_eq!(ended(&mut p[1].ws, &call).await["reason"], "cancelled");
+
+    // With [calls.turn], each user gets a TURN credential of its own.
+    let ack = p[1]
+        .ws
+        .request(json!({"type": "call_start", "conversation_id": bc, "media": "audio"}))
+        .await;
+    let turn = &ack["ice_servers"][0];
+    assert!(
+        turn["username"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{}", p[1].user)),
+        "{ack}"
+    );
+    assert!(turn["credential"].as_str().unwrap().len() == 28, "{ack}");
+    p[1].ws
+        .request(json!({"type": "call_leave", "call_id": ack["call"]["id"]}))
+        .await;
+
     assert!(sfu_is_idle(&server).await);
     assert_seen(&conforms(&p), &["error", "ephemeral.call"]);
 }
