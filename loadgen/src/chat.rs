@@ -12,7 +12,6 @@
 //! (including its sender) once the server acknowledged it; `lost` is what
 //! was expected and never arrived, `duplicated` what arrived twice.
 
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -55,17 +54,6 @@ pub struct ChatArgs {
     /// Messages per second over all users.
     #[arg(long, default_value_t = 100.0)]
     pub message_rate: f64,
-    /// An existing application to use, `ID:SECRET` (repeatable); without
-    /// it, applications are registered by e-mail code read from `--outbox`.
-    #[arg(long = "app")]
-    pub app_creds: Vec<String>,
-    /// The server's mail outbox (`<data_dir>/outbox`), to read
-    /// registration codes from.
-    #[arg(long)]
-    pub outbox: Option<PathBuf>,
-    /// The server's process id, to sample its CPU and memory.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
     /// After sending, drop every connection at once and measure how long
     /// until all have resumed and caught up.
     #[arg(long)]
@@ -73,12 +61,9 @@ pub struct ChatArgs {
     /// Seconds to wait for deliveries after sending stops.
     #[arg(long, default_value_t = 5)]
     pub drain: u64,
-    /// Write report.json, report.md and charts to this directory.
-    #[arg(long)]
-    pub report: Option<PathBuf>,
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
+    /// Application, server process, report.
+    #[command(flatten)]
+    pub common: crate::args::Common,
 }
 
 /// Weights of conversation kinds.
@@ -289,7 +274,7 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
     for (c, size) in sizes.iter().enumerate() {
         conversation_of.extend(std::iter::repeat_n(c, *size));
     }
-    let provision = bar(&multi, args.quiet, args.users as u64, "provision");
+    let provision = bar(&multi, args.common.quiet, args.users as u64, "provision");
     let users: Vec<anyhow::Result<User>> = futures_util::stream::iter(0..args.users)
         .map(|i| {
             let http = http.clone();
@@ -326,12 +311,12 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
     provision.finish();
 
     // Server memory before any connection.
-    let mut watch = args.server_pid.and_then(ProcWatch::new);
+    let mut watch = args.common.server_pid.and_then(ProcWatch::new);
     let rss_before = watch.as_ref().and_then(ProcWatch::rss_kib).unwrap_or(0);
-    let (stop_sampler, sampler) = measure::spawn_sampler(args.server_pid);
+    let (stop_sampler, sampler) = measure::spawn_sampler(args.common.server_pid);
 
     // Connect at the ramp rate.
-    let connecting = bar(&multi, args.quiet, users.len() as u64, "connect");
+    let connecting = bar(&multi, args.common.quiet, users.len() as u64, "connect");
     let shared: Vec<Arc<Shared>> = users.iter().map(|_| Arc::default()).collect();
     let (conns, connect_times) = connect_all(
         &ws_base,
@@ -350,7 +335,12 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
     }
 
     // Conversations, created by their first member.
-    let creating = bar(&multi, args.quiet, sizes.len() as u64, "conversations");
+    let creating = bar(
+        &multi,
+        args.common.quiet,
+        sizes.len() as u64,
+        "conversations",
+    );
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); sizes.len()];
     for (i, u) in users.iter().enumerate() {
         members[u.conversation].push(i);
@@ -363,7 +353,7 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
     let rss_idle = watch.as_mut().and_then(|w| w.rss_kib()).unwrap_or(0);
 
     // Send.
-    let sending = bar(&multi, args.quiet, args.duration, "send (s)");
+    let sending = bar(&multi, args.common.quiet, args.duration, "send (s)");
     let started = Instant::now();
     let mut counters = vec![0u64; users.len()];
     let (mut sent, mut backlogged) = (0u64, 0u64);
@@ -436,7 +426,7 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
                 &conversation_ids,
                 epoch,
                 &multi,
-                args.quiet,
+                args.common.quiet,
             )
             .await?,
         )
@@ -469,7 +459,7 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
         duplicated,
         deliveries_per_sec: delivered as f64 / send_secs.max(1e-9),
         latency_ms: Percentiles::of(&latency),
-        server: args.server_pid.map(|_| ServerReport {
+        server: args.common.server_pid.map(|_| ServerReport {
             usage: ServerUse::of(&samples),
             rss_before_kib: rss_before,
             rss_idle_kib: rss_idle,
@@ -479,7 +469,7 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
         }),
         reconnect_storm: storm_report,
     };
-    if let Some(dir) = &args.report {
+    if let Some(dir) = &args.common.report {
         report::write_chat(dir, &report, &latency)?;
     }
     Ok(report)
@@ -491,8 +481,9 @@ async fn applications(
     args: &ChatArgs,
     _run_id: u32,
 ) -> anyhow::Result<Vec<App>> {
-    if !args.app_creds.is_empty() {
+    if !args.common.app_creds.is_empty() {
         return args
+            .common
             .app_creds
             .iter()
             .map(|c| {
@@ -508,7 +499,7 @@ async fn applications(
     }
     let mut apps = Vec::new();
     for _ in 0..args.apps.max(1) {
-        let (id, secret) = application(http, base, &[], args.outbox.as_deref()).await?;
+        let (id, secret) = application(http, base, &[], args.common.outbox.as_deref()).await?;
         apps.push(App { id, secret });
     }
     Ok(apps)

@@ -12,6 +12,7 @@
 //! Both print a summary and, with `--report DIR`, write `report.json`,
 //! `report.md` and SVG charts ([`report`]).
 
+mod args;
 mod chat;
 mod client;
 mod janus;

@@ -16,7 +16,6 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,22 +100,9 @@ pub struct MediaArgs {
     /// Local address the peers bind (the host side of Janus's namespace).
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
-    /// An application `ID:SECRET` for `--target` (else registered through
-    /// `--outbox`).
-    #[arg(long = "app")]
-    pub app_creds: Vec<String>,
-    /// The signalling server's mail outbox, to register an application.
-    #[arg(long)]
-    pub outbox: Option<PathBuf>,
-    /// The server's process id, to sample its CPU and memory.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
-    /// Write report.json, report.md and charts to this directory.
-    #[arg(long)]
-    pub report: Option<PathBuf>,
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
+    /// Application, server process, report.
+    #[command(flatten)]
+    pub common: crate::args::Common,
 }
 
 /// One measured window (the whole run, or one ramp step).
@@ -304,8 +290,13 @@ pub async fn run(args: MediaArgs, command: String) -> anyhow::Result<MediaReport
         if args.publishers + args.subscribers < 3 {
             bail!("--target: a call through the SFU needs at least 3 peers per room");
         }
-        let app =
-            crate::chat::application(&http, &base, &args.app_creds, args.outbox.as_deref()).await?;
+        let app = crate::chat::application(
+            &http,
+            &base,
+            &args.common.app_creds,
+            args.common.outbox.as_deref(),
+        )
+        .await?;
         Door::Signalling { base, http, app }
     } else if let Some(base) = &args.sfu {
         Door::Whip {
@@ -329,9 +320,9 @@ pub async fn run(args: MediaArgs, command: String) -> anyhow::Result<MediaReport
         .unwrap_or_default();
     let epoch = Instant::now();
     let opus = crate::peer::opus_frames()?;
-    let (stop_sampler, sampler) = measure::spawn_sampler(args.server_pid);
+    let (stop_sampler, sampler) = measure::spawn_sampler(args.common.server_pid);
     let run_id: u32 = rand::rng().random();
-    let progress = if args.quiet {
+    let progress = if args.common.quiet {
         ProgressBar::hidden()
     } else {
         let p = ProgressBar::new_spinner();
@@ -365,7 +356,7 @@ pub async fn run(args: MediaArgs, command: String) -> anyhow::Result<MediaReport
             args.duration
         };
         progress.set_message(format!("{} rooms: measuring {window} s", rooms.len()));
-        let (step, latency) = measure_window(&rooms, window, args.server_pid).await;
+        let (step, latency) = measure_window(&rooms, window, args.common.server_pid).await;
         let _ = all_latency.add(&latency);
         let over_loss = step.loss_ratio > args.max_loss;
         let over_latency = step.latency_ms.p99 > args.max_p99_ms;
@@ -454,10 +445,10 @@ pub async fn run(args: MediaArgs, command: String) -> anyhow::Result<MediaReport
     }
     let _ = stop_sampler.send(true);
     let samples = sampler.await.unwrap_or_default();
-    if args.server_pid.is_some() {
+    if args.common.server_pid.is_some() {
         report.server = Some(ServerUse::of(&samples));
     }
-    if let Some(dir) = &args.report {
+    if let Some(dir) = &args.common.report {
         report::write_media(dir, &report, &all_latency)?;
     }
     Ok(report)
