@@ -586,17 +586,14 @@ impl Messaging {
         let event: crate::store::messaging::EventFn = Arc::new(|m: &StoredMessage| {
             json!({"kind": "message", "message": MessageView::from(m)}).to_string()
         });
-        let (stored, created, seqs) = self
+        let posted = self
             .store
-            .post(&new, &notify, event.clone(), self.clock.now())
+            .post(&new, &notify, event, self.clock.now())
             .await?;
-        if created {
-            let payload: Arc<str> = Arc::from(event(&stored));
-            for (user, seq) in seqs {
-                self.bus.publish(user, seq, payload.clone());
-            }
+        if let Some(payload) = posted.event {
+            self.publish(posted.seqs, &payload);
         }
-        Ok(stored)
+        Ok(posted.message)
     }
 
     /// Edits (new text) or deletes (`text` = `None`) a message. Only its
@@ -656,10 +653,7 @@ impl Messaging {
             .store
             .update_message(&stored, &notify, &payload, now)
             .await?;
-        let payload: Arc<str> = Arc::from(payload);
-        for (user, seq) in seqs {
-            self.bus.publish(user, seq, payload.clone());
-        }
+        self.publish(seqs, &Arc::from(payload));
         Ok(stored)
     }
 
@@ -912,11 +906,16 @@ impl Messaging {
             .store
             .append_events(users, &payload, self.clock.now())
             .await?;
-        let payload: Arc<str> = Arc::from(payload);
+        self.publish(seqs, &Arc::from(payload));
+        Ok(())
+    }
+
+    /// Tells each user's live connections about its event number `seq`
+    /// (one shared payload).
+    fn publish(&self, seqs: Vec<(UserId, u64)>, payload: &Arc<str>) {
         for (user, seq) in seqs {
             self.bus.publish(user, seq, payload.clone());
         }
-        Ok(())
     }
 
     async fn audience(&self, conversation: &Conversation) -> Result<Vec<UserId>, ApiError> {

@@ -108,6 +108,18 @@ pub struct StoredMessage {
 /// inside the transaction that stores it).
 pub type EventFn = std::sync::Arc<dyn Fn(&StoredMessage) -> String + Send + Sync>;
 
+/// What [`MessageStore::post`] did.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    /// The message (the first one, for a retried client id).
+    pub message: StoredMessage,
+    /// The event payload written to the recipients' logs, when the message
+    /// is new; `None` when a retry found the first and wrote nothing.
+    pub event: Option<std::sync::Arc<str>>,
+    /// Each recipient's event number.
+    pub seqs: Vec<(UserId, u64)>,
+}
+
 /// A new message to store.
 #[derive(Clone, Debug)]
 pub struct NewMessage {
@@ -193,14 +205,14 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     /// Stores a message, numbering it, and appends `event` to the log of
     /// every user in `notify`, in one transaction. If the author already
     /// sent a message with this client id in this conversation, nothing is
-    /// written and that message is returned with `false`.
+    /// written and that message is returned without an event.
     async fn post(
         &self,
         message: &NewMessage,
         notify: &[UserId],
         event: EventFn,
         now: Timestamp,
-    ) -> StoreResult<(StoredMessage, bool, Vec<(UserId, u64)>)>;
+    ) -> StoreResult<Posted>;
 
     /// A message by id within a conversation.
     async fn message(

@@ -1,12 +1,14 @@
 //! [`MessageStore`] on SQLite.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::messaging::{
     Author, Conversation, ConversationEntry, EventFn, EventRecord, MessageBody, MessageStore,
-    NewMessage, StoredMessage,
+    NewMessage, Posted, StoredMessage,
 };
 use super::sqlite::SqliteStore;
 use super::{StoreError, StoreResult};
@@ -139,7 +141,11 @@ async fn post_in(
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(row) = existing {
-        return Ok((message_from(&row)?, false, Vec::new()));
+        return Ok(Posted {
+            message: message_from(&row)?,
+            event: None,
+            seqs: Vec::new(),
+        });
     }
     let row = sqlx::query(
         "UPDATE conversations SET last_seq = last_seq + 1, last_activity = ? WHERE id = ? RETURNING last_seq",
@@ -183,11 +189,12 @@ async fn post_in(
     };
     let payload = event(&stored);
     let seqs = append(tx, notify, &payload, now).await?;
-    Ok((stored, true, seqs))
+    Ok(Posted {
+        message: stored,
+        event: Some(Arc::from(payload)),
+        seqs,
+    })
 }
-
-/// What [`MessageStore::post`] returns.
-type Posted = (StoredMessage, bool, Vec<(UserId, u64)>);
 
 /// A message waiting for the group commit.
 pub(super) struct PostJob {
@@ -437,7 +444,7 @@ impl MessageStore for SqliteStore {
         notify: &[UserId],
         event: EventFn,
         now: Timestamp,
-    ) -> StoreResult<(StoredMessage, bool, Vec<(UserId, u64)>)> {
+    ) -> StoreResult<Posted> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.poster()
             .send(PostJob {
@@ -878,10 +885,10 @@ mod tests {
         let mut seqs = Vec::new();
         for (i, r) in results.into_iter().enumerate() {
             match r.unwrap() {
-                Ok((m, created, _)) => {
+                Ok(Posted { message, event, .. }) => {
                     assert_ne!(i, 17);
-                    assert!(created);
-                    seqs.push(m.seq);
+                    assert!(event.is_some());
+                    seqs.push(message.seq);
                 }
                 Err(_) => assert_eq!(i, 17, "only the bad message fails"),
             }
