@@ -555,7 +555,6 @@ async fn join_room(
             epoch,
         )
     };
-    let video_slots = if video { args.publishers } else { 0 };
     match door {
         Door::Whip { base, http, token } => {
             let post = |path: String, sdp: String| {
@@ -574,27 +573,16 @@ async fn join_room(
                     Ok::<String, anyhow::Error>(resp.text().await?)
                 }
             };
-            let mut publishers = Vec::new();
-            for n in 0..args.publishers {
-                let (mut rtc, socket) = Peer::prepare(args.bind).await?;
-                let (offer, pending, audio, video_mid) = offer_publish(&mut rtc, simulcast, video)?;
-                let answer = post(format!("/whip/{room_name}"), offer).await?;
-                accept(&mut rtc, pending, &answer)?;
-                publishers.push(Peer::start(
-                    rtc,
-                    socket,
-                    Some(publisher(n, audio, video_mid)),
-                    epoch,
-                ));
-            }
-            let mut subscribers = Vec::new();
-            for _ in 0..args.subscribers {
-                let (mut rtc, socket) = Peer::prepare(args.bind).await?;
-                let (offer, pending) = offer_subscribe(&mut rtc, args.publishers, video_slots)?;
-                let answer = post(format!("/whep/{room_name}"), offer).await?;
-                accept(&mut rtc, pending, &answer)?;
-                subscribers.push(Peer::start(rtc, socket, None, epoch));
-            }
+            let whip = format!("/whip/{room_name}");
+            let whep = format!("/whep/{room_name}");
+            let publishers = join_publishers(args, epoch, &publisher, async |_, offer| {
+                post(whip.clone(), offer).await
+            })
+            .await?;
+            let subscribers = join_subscribers(args, epoch, async |_, offer| {
+                post(whep.clone(), offer).await
+            })
+            .await?;
             Ok(Room {
                 publishers,
                 subscribers,
@@ -654,25 +642,14 @@ async fn join_room(
                 c.request(json!({"type": "call_join", "call_id": call}))
                     .await?;
             }
-            let mut publishers = Vec::new();
-            for (n, conn) in conns.iter().enumerate().take(args.publishers) {
-                let (mut rtc, socket) = Peer::prepare(args.bind).await?;
-                let (offer, pending, audio, video_mid) = offer_publish(&mut rtc, simulcast, video)?;
-                let answer = conn
+            let answer_of = |v: Value| v["sdp"].as_str().unwrap_or_default().to_owned();
+            let publishers = join_publishers(args, epoch, &publisher, async |n, offer| {
+                let answer = conns[n]
                     .request(json!({"type": "call_publish", "call_id": call, "sdp": offer}))
                     .await?;
-                accept(
-                    &mut rtc,
-                    pending,
-                    answer["sdp"].as_str().unwrap_or_default(),
-                )?;
-                publishers.push(Peer::start(
-                    rtc,
-                    socket,
-                    Some(publisher(n, audio, video_mid)),
-                    epoch,
-                ));
-            }
+                Ok(answer_of(answer))
+            })
+            .await?;
             // Dynacast: the publisher stops encoding layers nobody needs,
             // as a browser would.
             for (peer, mut rx) in publishers.iter().zip(events) {
@@ -688,20 +665,13 @@ async fn join_room(
                     }
                 });
             }
-            let mut subscribers = Vec::new();
-            for conn in &conns[args.publishers..] {
-                let (mut rtc, socket) = Peer::prepare(args.bind).await?;
-                let (offer, pending) = offer_subscribe(&mut rtc, args.publishers, video_slots)?;
-                let answer = conn
+            let subscribers = join_subscribers(args, epoch, async |n, offer| {
+                let answer = conns[args.publishers + n]
                     .request(json!({"type": "call_subscribe", "call_id": call, "sdp": offer}))
                     .await?;
-                accept(
-                    &mut rtc,
-                    pending,
-                    answer["sdp"].as_str().unwrap_or_default(),
-                )?;
-                subscribers.push(Peer::start(rtc, socket, None, epoch));
-            }
+                Ok(answer_of(answer))
+            })
+            .await?;
             Ok(Room {
                 publishers,
                 subscribers,
@@ -711,21 +681,13 @@ async fn join_room(
         }
         Door::Janus(janus) => {
             let room = janus.create_room(args.publishers).await?;
-            let mut publishers = Vec::new();
             let mut feeds = Vec::new();
-            for n in 0..args.publishers {
-                let (mut rtc, socket) = Peer::prepare(args.bind).await?;
-                let (offer, pending, audio, video_mid) = offer_publish(&mut rtc, simulcast, video)?;
+            let publishers = join_publishers(args, epoch, &publisher, async |_, offer| {
                 let (feed, answer) = room.publish(&offer).await?;
-                accept(&mut rtc, pending, &answer)?;
                 feeds.push(feed);
-                publishers.push(Peer::start(
-                    rtc,
-                    socket,
-                    Some(publisher(n, audio, video_mid)),
-                    epoch,
-                ));
-            }
+                Ok(answer)
+            })
+            .await?;
             // Janus offers a feed to subscribers only once its publisher's
             // media is up.
             let deadline = Instant::now() + Duration::from_secs(15);
@@ -770,6 +732,47 @@ async fn join_room(
             })
         }
     }
+}
+
+/// A room's publishers: each binds a peer, offers audio and (simulcast)
+/// video, lets `exchange` turn publisher `n`'s offer into the server's
+/// answer, and starts sending.
+async fn join_publishers(
+    args: &MediaArgs,
+    epoch: Instant,
+    make: &impl Fn(usize, Mid, Option<Mid>) -> Publisher,
+    mut exchange: impl AsyncFnMut(usize, String) -> anyhow::Result<String>,
+) -> anyhow::Result<Vec<Peer>> {
+    let mut peers = Vec::with_capacity(args.publishers);
+    for n in 0..args.publishers {
+        let (mut rtc, socket) = Peer::prepare(args.bind).await?;
+        let (offer, pending, audio, video) =
+            offer_publish(&mut rtc, !args.no_simulcast, !args.audio_only)?;
+        let answer = exchange(n, offer).await?;
+        accept(&mut rtc, pending, &answer)?;
+        peers.push(Peer::start(rtc, socket, Some(make(n, audio, video)), epoch));
+    }
+    Ok(peers)
+}
+
+/// A room's subscribers: each offers one audio and one video slot per
+/// publisher and lets `exchange` turn subscriber `n`'s offer into the
+/// server's answer.
+async fn join_subscribers(
+    args: &MediaArgs,
+    epoch: Instant,
+    mut exchange: impl AsyncFnMut(usize, String) -> anyhow::Result<String>,
+) -> anyhow::Result<Vec<Peer>> {
+    let video_slots = if args.audio_only { 0 } else { args.publishers };
+    let mut peers = Vec::with_capacity(args.subscribers);
+    for n in 0..args.subscribers {
+        let (mut rtc, socket) = Peer::prepare(args.bind).await?;
+        let (offer, pending) = offer_subscribe(&mut rtc, args.publishers, video_slots)?;
+        let answer = exchange(n, offer).await?;
+        accept(&mut rtc, pending, &answer)?;
+        peers.push(Peer::start(rtc, socket, None, epoch));
+    }
+    Ok(peers)
 }
 
 /// The Markdown summary.
