@@ -40,6 +40,8 @@ enum Mode {
 }
 
 fn main() -> anyhow::Result<()> {
+    // reqwest speaks TLS through rustls, which needs its provider chosen.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -32,6 +32,13 @@ async fn serve() -> (String, Arc<EmbeddedSfu>) {
     (base, sfu)
 }
 
+/// An HTTP client; reqwest's TLS (rustls, enabled by another workspace
+/// member) needs the process's crypto provider installed first.
+fn client() -> Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    Client::new()
+}
+
 async fn post_sdp(client: &Client, url: &str, sdp: &str, token: Option<&str>) -> reqwest::Response {
     let mut req = client
         .post(url)
@@ -46,7 +53,7 @@ async fn post_sdp(client: &Client, url: &str, sdp: &str, token: Option<&str>) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_over_whip_subscribe_over_whep() {
     let (base, _sfu) = serve().await;
-    let client = Client::new();
+    let client = client();
 
     let mut publisher = Peer::new();
     let (offer, pending, audio, video) = publisher.offer_publish(true);
@@ -125,7 +132,7 @@ async fn publish_over_whip_subscribe_over_whep() {
 #[tokio::test]
 async fn bad_requests_get_clear_answers() {
     let (base, _sfu) = serve().await;
-    let client = Client::new();
+    let client = client();
     let mut peer = Peer::new();
     let (offer, _pending) = peer.offer_subscribe();
     let url = format!("{base}/whep/room-2");

@@ -446,6 +446,7 @@ impl Calls {
             data: Some(json!({"call": {"id": id, "event": "started", "media": media}})),
             recipients: None,
             actions: Vec::new(),
+            attachments: Vec::new(),
         };
         let recorded = match self
             .messaging
@@ -1109,6 +1110,7 @@ impl Calls {
             }})),
             recipients: None,
             actions: Vec::new(),
+            attachments: Vec::new(),
         };
         let app = Caller {
             app: ended.caller.app,
@@ -1149,6 +1151,7 @@ impl Calls {
                     }})),
                     recipients: None,
                     actions: Vec::new(),
+                    attachments: Vec::new(),
                 };
                 let caller = Caller { app, who: Who::App };
                 if let Err(e) = self

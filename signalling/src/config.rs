@@ -40,6 +40,8 @@ pub struct SignallingConfig {
     pub calls: CallConfig,
     /// The media plane: the SFU workers started in this process.
     pub sfu: SfuSection,
+    /// Attachments: limits, lifetime, and the storage backend.
+    pub files: FilesConfig,
 }
 
 impl Default for SignallingConfig {
@@ -56,6 +58,7 @@ impl Default for SignallingConfig {
             events: EventConfig::default(),
             calls: CallConfig::default(),
             sfu: SfuSection::default(),
+            files: FilesConfig::default(),
         }
     }
 }
@@ -291,6 +294,89 @@ impl Default for CallConfig {
             ice_servers: Vec::new(),
             turn: None,
         }
+    }
+}
+
+/// Attachments. Without `[files.s3]` the bytes are kept in
+/// `<data_dir>/files/` and the signed URLs point at this server.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Largest file, in bytes.
+    pub max_size: u64,
+    /// Bytes one application may keep (uploads in progress count); 0 is
+    /// no quota.
+    pub app_quota_bytes: u64,
+    /// How long an upload or download URL is valid, in seconds.
+    pub url_ttl_secs: u64,
+    /// Files older than this many days are removed; 0 keeps them until
+    /// their message is deleted.
+    pub retention_days: u64,
+    /// Images up to this size get a preview.
+    pub preview_max_bytes: u64,
+    /// Base of the URLs the local backend signs (`https://confer.example.com`),
+    /// when clients reach this server under another name than the `Host`
+    /// they send (behind a proxy). Unset: `http://` + the request's `Host`.
+    pub public_url: Option<String>,
+    /// An S3-compatible store instead of the local directory.
+    pub s3: Option<S3Config>,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            max_size: 100 * 1024 * 1024,
+            app_quota_bytes: 0,
+            url_ttl_secs: 15 * 60,
+            retention_days: 0,
+            preview_max_bytes: 25 * 1024 * 1024,
+            public_url: None,
+            s3: None,
+        }
+    }
+}
+
+/// An S3-compatible bucket (AWS, MinIO, Yandex Object Storage, Ceph RGW…).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The service's address: `https://s3.eu-central-1.amazonaws.com`,
+    /// `https://storage.yandexcloud.net`, `http://127.0.0.1:9000`.
+    pub endpoint: String,
+    /// The bucket (it must exist).
+    pub bucket: String,
+    /// The region the signature names (`us-east-1` for most others).
+    #[serde(default = "S3Config::default_region")]
+    pub region: String,
+    /// Access key id.
+    pub access_key: String,
+    /// Secret access key.
+    pub secret_key: String,
+    /// `true`: `endpoint/bucket/key` (MinIO, Ceph, most self-hosted);
+    /// `false`: `bucket.endpoint/key` (virtual-host style, AWS).
+    #[serde(default = "S3Config::default_path_style")]
+    pub path_style: bool,
+}
+
+impl S3Config {
+    fn default_region() -> String {
+        "us-east-1".to_owned()
+    }
+
+    fn default_path_style() -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key", &self.access_key)
+            .field("path_style", &self.path_style)
+            .finish_non_exhaustive()
     }
 }
 
@@ -601,6 +687,63 @@ impl SignallingConfig {
             self.sfu.connect_timeout_secs.to_string(),
             "1 to 600",
         );
+        let files = &self.files;
+        check(
+            (1..=1 << 40).contains(&files.max_size),
+            "files.max_size",
+            files.max_size.to_string(),
+            "1 to 1099511627776 (1 TiB)",
+        );
+        check(
+            (60..=7 * 24 * 60 * 60).contains(&files.url_ttl_secs),
+            "files.url_ttl_secs",
+            files.url_ttl_secs.to_string(),
+            "60 to 604800",
+        );
+        check(
+            files.retention_days <= 36_500,
+            "files.retention_days",
+            files.retention_days.to_string(),
+            "0 (keep) to 36500",
+        );
+        check(
+            files.preview_max_bytes <= 256 * 1024 * 1024,
+            "files.preview_max_bytes",
+            files.preview_max_bytes.to_string(),
+            "0 (no previews) to 268435456",
+        );
+        if let Some(url) = &files.public_url {
+            check(
+                (url.starts_with("http://") || url.starts_with("https://")) && !url.ends_with('/'),
+                "files.public_url",
+                format!("{url:?}"),
+                "an http:// or https:// URL without a trailing slash",
+            );
+        }
+        if let Some(s3) = &files.s3 {
+            check(
+                s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://"),
+                "files.s3.endpoint",
+                format!("{:?}", s3.endpoint),
+                "an http:// or https:// URL",
+            );
+            check(
+                !s3.bucket.is_empty()
+                    && s3
+                        .bucket
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.".contains(c)),
+                "files.s3.bucket",
+                format!("{:?}", s3.bucket),
+                "a bucket name (lower-case letters, digits, - and .)",
+            );
+            check(
+                !s3.access_key.is_empty() && !s3.secret_key.is_empty(),
+                "files.s3.secret_key",
+                "(hidden)".to_owned(),
+                "both files.s3.access_key and files.s3.secret_key set",
+            );
+        }
         check(
             self.sfu.nodes.is_empty(),
             "sfu.nodes",
@@ -624,6 +767,12 @@ impl SignallingConfig {
     #[must_use]
     pub fn outbox_dir(&self) -> PathBuf {
         self.data_dir.join("outbox")
+    }
+
+    /// The directory of the local file backend.
+    #[must_use]
+    pub fn files_dir(&self) -> PathBuf {
+        self.data_dir.join("files")
     }
 }
 

@@ -61,6 +61,10 @@ pub enum ApiError {
     /// The media plane refused or did not answer.
     #[error("{0}")]
     MediaUnavailable(String),
+    /// A request refused for a reason of its own (a file too large, an
+    /// expired URL …): status, stable code, sentence.
+    #[error("{2}")]
+    Refused(StatusCode, &'static str, String),
     /// A failure inside the server; the detail is logged, never sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -101,6 +105,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(..) => StatusCode::CONFLICT,
             Self::MediaUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Refused(status, ..) => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,8 +128,14 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict(code, _) => code,
             Self::MediaUnavailable(_) => "media_unavailable",
+            Self::Refused(_, code, _) => code,
             Self::Internal(_) => "internal",
         }
+    }
+
+    /// A refusal with its own status and code.
+    pub fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self::Refused(status, code, message.into())
     }
 
     /// Wraps an internal failure.
@@ -158,7 +169,10 @@ impl IntoResponse for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> Self {
-        Self::internal(err)
+        match err {
+            crate::store::StoreError::Conflict(code, message) => Self::Conflict(code, message),
+            err => Self::internal(err),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct HealthReport {
     /// `ok` when every component is up, otherwise `degraded`.
     pub status: &'static str,
-    /// Per component: `store`, `mail`, `bus`, `sfu`.
+    /// Per component: `store`, `mail`, `bus`, `sfu`, `files`.
     pub components: BTreeMap<&'static str, ComponentHealth>,
 }
 
@@ -25,7 +25,7 @@ pub struct HealthReport {
 pub struct ComponentHealth {
     /// `up` or `down`.
     pub status: &'static str,
-    /// Which implementation: `sqlite`, `outbox`, `smtp`.
+    /// Which implementation: `sqlite`, `outbox`, `smtp`, `local`, `s3` ….
     pub backend: &'static str,
     /// Why it is down.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -58,18 +58,20 @@ fn component<E: std::fmt::Display>(
 
 /// Checks every component, concurrently, each within a timeout.
 pub async fn check(services: &Services) -> HealthReport {
-    let (store, mail, sfu) = tokio::join!(
+    let (store, mail, sfu, files) = tokio::join!(
         tokio::time::timeout(CHECK_TIMEOUT, services.store.ping()),
         tokio::time::timeout(CHECK_TIMEOUT, services.mailer.check()),
         tokio::time::timeout(CHECK_TIMEOUT, async {
             services.sfu.stats().await.map(|_| ())
         }),
+        tokio::time::timeout(CHECK_TIMEOUT, services.files.storage().check()),
     );
     let mut components = BTreeMap::new();
     components.insert("store", component("sqlite", store));
     components.insert("mail", component(services.mailer.kind(), mail));
     // Every worker must answer a stats request.
     components.insert("sfu", component("embedded", sfu));
+    components.insert("files", component(services.files.storage().kind(), files));
     // The in-process bus has no failure mode of its own; a NATS bus will
     // report its connection here.
     components.insert(

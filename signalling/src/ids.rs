@@ -58,6 +58,10 @@ uuid_id!(
     ConversationId
 );
 uuid_id!(
+    /// A file attached (or being uploaded to attach) to a message.
+    FileId
+);
+uuid_id!(
     /// A message.
     MessageId
 );

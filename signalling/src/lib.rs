@@ -17,6 +17,10 @@
 //!   with signalling relaying their SDP and candidates; from a threshold of
 //!   participants the call goes through the SFU that runs in this process
 //!   ([`calls`], driven through `confer_sfu::SfuControl`).
+//! * **Files** are uploaded by members straight to storage (a local
+//!   directory served by this server, or S3) through signed URLs, checked
+//!   (size, SHA-256), previewed if they are images, and attached to
+//!   messages ([`files`]).
 //!
 //! # Layers
 //!
@@ -33,6 +37,7 @@ pub mod bus;
 pub mod calls;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod health;
 pub mod http;
 pub mod ids;

@@ -10,12 +10,13 @@ use serde_json::json;
 
 use crate::bus::Bus;
 use crate::error::ApiError;
-use crate::ids::{Clock, ConversationId, MessageId, UserId};
+use crate::ids::{Clock, ConversationId, FileId, MessageId, UserId};
+use crate::store::files::FileState;
 use crate::store::messaging::{
-    Action, Author, Conversation, ConversationEntry, MessageBody, MessageStore, NewMessage,
-    StoredMessage,
+    Action, Attachment, Author, Conversation, ConversationEntry, MessageBody, MessageStore,
+    NewMessage, PreviewSize, StoredMessage,
 };
-use crate::store::{Application, Store, User};
+use crate::store::{Application, FileStore, Store, User};
 
 /// Longest text of a message, in bytes.
 pub const MAX_TEXT_BYTES: usize = 32 * 1024;
@@ -215,7 +216,29 @@ pub struct Messaging {
     presence: std::sync::Mutex<std::collections::HashMap<UserId, (usize, bool)>>,
     /// Last typing notice per (user, conversation), for rate limiting.
     typing: std::sync::Mutex<std::collections::HashMap<(UserId, ConversationId), i64>>,
+    /// Files, for attachments; without it a message cannot carry any.
+    files: Option<Arc<dyn FileStore>>,
+    /// Woken when a deleted message leaves files to delete.
+    file_garbage: Arc<tokio::sync::Notify>,
 }
+
+/// A file a sender attaches (`send`'s `attachments`).
+#[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentRef {
+    /// A ready file the sender uploaded to this conversation.
+    pub file_id: FileId,
+    /// Shown in the message rather than only listed (default true).
+    #[serde(default = "shown")]
+    pub displayed: bool,
+}
+
+fn shown() -> bool {
+    true
+}
+
+/// Most files one message carries.
+pub const MAX_ATTACHMENTS: usize = 20;
 
 impl Messaging {
     /// A service over these backends.
@@ -233,7 +256,22 @@ impl Messaging {
             clock,
             presence: std::sync::Mutex::new(std::collections::HashMap::new()),
             typing: std::sync::Mutex::new(std::collections::HashMap::new()),
+            files: None,
+            file_garbage: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Lets messages carry files from `files`; `garbage` is woken when a
+    /// deleted message leaves files whose bytes must go.
+    #[must_use]
+    pub fn with_files(
+        mut self,
+        files: Arc<dyn FileStore>,
+        garbage: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        self.files = Some(files);
+        self.file_garbage = garbage;
+        self
     }
 
     /// A connection of `user` opened (`true`) or closed (`false`); tells
@@ -556,7 +594,24 @@ impl Messaging {
         client_id: &str,
         body: MessageBody,
     ) -> Result<StoredMessage, ApiError> {
+        self.send_with_files(caller, id, client_id, body, &[]).await
+    }
+
+    /// [`Self::send`] with files attached: each must be a ready file the
+    /// caller uploaded to this conversation and attached to nothing yet.
+    ///
+    /// # Errors
+    /// As [`Self::send`]; `attachment_unavailable` (409).
+    pub async fn send_with_files(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+        client_id: &str,
+        mut body: MessageBody,
+        attachments: &[AttachmentRef],
+    ) -> Result<StoredMessage, ApiError> {
         check_short("client_id", client_id, true)?;
+        body.attachments = self.attachments(caller, id, attachments).await?;
         check_body(&body)?;
         let conversation = self.readable(caller, id).await?;
         let members = self.audience(&conversation).await?;
@@ -596,6 +651,74 @@ impl Messaging {
         Ok(posted.message)
     }
 
+    /// What `refs` attach, as the message will show it.
+    async fn attachments(
+        &self,
+        caller: &Caller,
+        conversation: ConversationId,
+        refs: &[AttachmentRef],
+    ) -> Result<Vec<Attachment>, ApiError> {
+        if refs.is_empty() {
+            return Ok(Vec::new());
+        }
+        if refs.len() > MAX_ATTACHMENTS {
+            return Err(ApiError::InvalidRequest(format!(
+                "attachments: at most {MAX_ATTACHMENTS} files per message"
+            )));
+        }
+        let unavailable = |why: String| ApiError::Conflict("attachment_unavailable", why);
+        let files = self
+            .files
+            .as_ref()
+            .ok_or_else(|| unavailable("this server keeps no files".to_owned()))?;
+        let mut out: Vec<Attachment> = Vec::with_capacity(refs.len());
+        for r in refs {
+            if out.iter().any(|a| a.file_id == r.file_id) {
+                return Err(ApiError::InvalidRequest(format!(
+                    "attachments: file {} is listed twice",
+                    r.file_id
+                )));
+            }
+            let file = files
+                .file(r.file_id)
+                .await?
+                .filter(|f| f.app_id == caller.app.id && f.uploader == caller.participant())
+                .ok_or_else(|| {
+                    unavailable(format!("file {} is not one you uploaded", r.file_id))
+                })?;
+            if file.conversation_id != conversation {
+                return Err(unavailable(format!(
+                    "file {} was uploaded to another conversation",
+                    r.file_id
+                )));
+            }
+            if file.message_id.is_some() {
+                return Err(unavailable(format!(
+                    "file {} is already attached to a message",
+                    r.file_id
+                )));
+            }
+            let (FileState::Ready, Some(sha256)) = (file.state, file.sha256) else {
+                return Err(unavailable(format!(
+                    "file {} is not ready: complete its upload first",
+                    r.file_id
+                )));
+            };
+            out.push(Attachment {
+                file_id: file.id,
+                name: file.name,
+                content_type: file.content_type,
+                size: file.size,
+                sha256,
+                displayed: r.displayed,
+                preview: file
+                    .preview
+                    .map(|(width, height)| PreviewSize { width, height }),
+            });
+        }
+        Ok(out)
+    }
+
     /// Edits (new text) or deletes (`text` = `None`) a message. Only its
     /// author edits; its author or the application deletes.
     ///
@@ -627,6 +750,7 @@ impl Messaging {
             ));
         }
         let now = self.clock.now();
+        let attached = stored.body.attachments.clone();
         let kind = match text {
             Some(text) => {
                 let body = MessageBody {
@@ -649,10 +773,14 @@ impl Messaging {
             None => self.audience(&conversation).await?,
         };
         let payload = json!({"kind": kind, "message": MessageView::from(&stored)}).to_string();
+        let had_files = kind == "message_deleted" && !attached.is_empty();
         let seqs = self
             .store
             .update_message(&stored, &notify, &payload, now)
             .await?;
+        if had_files {
+            self.file_garbage.notify_one();
+        }
         self.publish(seqs, &Arc::from(payload));
         Ok(stored)
     }
@@ -944,7 +1072,9 @@ fn presence_of(entry: Option<&(usize, bool)>) -> Presence {
     }
 }
 
-fn visible_to(m: &StoredMessage, caller: &Caller) -> bool {
+/// Whether `caller` sees `m` (a message with recipients is for them and
+/// its author only).
+pub(crate) fn visible_to(m: &StoredMessage, caller: &Caller) -> bool {
     match (&m.body.recipients, caller.user_id()) {
         (Some(recipients), Some(me)) => recipients.contains(&me) || m.author == Author::User(me),
         _ => true,
@@ -971,9 +1101,13 @@ fn check_body(body: &MessageBody) -> Result<(), ApiError> {
             "text: longer than {MAX_TEXT_BYTES} bytes"
         )));
     }
-    if body.text.trim().is_empty() && body.data.is_none() && body.actions.is_empty() {
+    if body.text.trim().is_empty()
+        && body.data.is_none()
+        && body.actions.is_empty()
+        && body.attachments.is_empty()
+    {
         return Err(ApiError::InvalidRequest(
-            "a message needs text, data or actions".to_owned(),
+            "a message needs text, data, actions or attachments".to_owned(),
         ));
     }
     if body

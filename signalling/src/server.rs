@@ -18,10 +18,11 @@ use confer_sfu::{EmbeddedSfu, SfuControl};
 use crate::bus::InProcessBus;
 use crate::calls::Calls;
 use crate::config::SignallingConfig;
+use crate::files::Files;
 use crate::ids::{Clock, Timestamp};
 use crate::mail::{self, Mailer};
 use crate::messaging::Messaging;
-use crate::store::MessageStore;
+use crate::store::{FileStore, MessageStore};
 use crate::store::{SqliteStore, Store};
 use crate::tenancy::Tenancy;
 
@@ -50,6 +51,8 @@ pub struct Services {
     pub sfu: Arc<dyn SfuControl>,
     /// Calls.
     pub calls: Arc<Calls>,
+    /// Attachments.
+    pub files: Arc<Files>,
     /// Prometheus exposition.
     pub metrics: PrometheusHandle,
 }
@@ -75,9 +78,25 @@ impl Services {
         );
         let mailer =
             mail::from_config(&config.mail, &config.outbox_dir()).context("setting up mail")?;
+        // reqwest (the S3 backend) speaks TLS through rustls, which needs
+        // its provider chosen; the binaries choose it too.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let storage = crate::files::open_storage(&config.files, &config.files_dir())
+            .context("opening file storage")?;
         let sfu = EmbeddedSfu::start(&config.sfu.embedded()).context("starting the SFU")?;
         tracing::info!(udp = ?sfu.worker_addrs(), "SFU workers started");
-        let services = Self::with_backends(config, sqlite.clone(), sqlite, mailer, sfu, clock);
+        let services = Self::with_backends(
+            config,
+            Backends {
+                store: sqlite.clone(),
+                messages: sqlite.clone(),
+                files: sqlite,
+                storage,
+                mailer,
+                sfu,
+            },
+            clock,
+        );
         let interrupted = services
             .calls
             .recover(services.store.as_ref())
@@ -95,20 +114,32 @@ impl Services {
     /// Services over backends the caller built.
     pub fn with_backends(
         config: SignallingConfig,
-        store: Arc<dyn Store>,
-        messages: Arc<dyn MessageStore>,
-        mailer: Arc<dyn Mailer>,
-        sfu: Arc<dyn SfuControl>,
+        backends: Backends,
         clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
+        let Backends {
+            store,
+            messages,
+            files,
+            storage,
+            mailer,
+            sfu,
+        } = backends;
         let config = Arc::new(config);
         let tenancy = Tenancy::new(store.clone(), mailer.clone(), clock.clone(), config.clone());
         let bus = InProcessBus::new(CONNECTION_QUEUE);
-        let messaging = Arc::new(Messaging::new(
-            messages,
-            store.clone(),
-            bus.clone(),
+        let file_garbage = Arc::new(tokio::sync::Notify::new());
+        let messaging = Arc::new(
+            Messaging::new(messages, store.clone(), bus.clone(), clock.clone())
+                .with_files(files.clone(), file_garbage.clone()),
+        );
+        let files = Arc::new(Files::new(
+            config.files.clone(),
+            storage,
+            files,
+            messaging.clone(),
             clock.clone(),
+            file_garbage,
         ));
         let calls = Calls::new(
             config.calls.clone(),
@@ -127,9 +158,27 @@ impl Services {
             bus,
             sfu,
             calls,
+            files,
             metrics: metrics_handle(),
         })
     }
+}
+
+/// The backends [`Services`] run on.
+#[derive(Debug)]
+pub struct Backends {
+    /// Tenancy persistence.
+    pub store: Arc<dyn Store>,
+    /// Messaging persistence.
+    pub messages: Arc<dyn MessageStore>,
+    /// File records.
+    pub files: Arc<dyn FileStore>,
+    /// File bytes.
+    pub storage: crate::files::Backend,
+    /// Outgoing mail.
+    pub mailer: Arc<dyn Mailer>,
+    /// The media plane.
+    pub sfu: Arc<dyn SfuControl>,
 }
 
 impl Services {
@@ -253,6 +302,7 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "recovering interrupted calls failed"),
     }
     let call_events = tokio::spawn(services.calls.clone().pump_sfu_events());
+    let file_upkeep = tokio::spawn(services.files.clone().run_sweeper());
     let app = crate::http::app(services);
     let served = axum::serve(CountedListener(listener), app)
         .with_graceful_shutdown(shutdown)
@@ -260,6 +310,7 @@ pub async fn run(
     upkeep.abort();
     pruning.abort();
     call_events.abort();
+    file_upkeep.abort();
     tracing::info!("signalling stopped");
     served.context("serving HTTP")
 }

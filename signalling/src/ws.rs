@@ -27,7 +27,9 @@ use crate::bus::InProcessBus;
 use crate::calls::{CallMedia, Calls, Quality};
 use crate::error::ApiError;
 use crate::ids::{CallId, ConversationId, MessageId, UserId};
-use crate::messaging::{Caller, ConversationView, MessageView, Messaging, NewConversation};
+use crate::messaging::{
+    AttachmentRef, Caller, ConversationView, MessageView, Messaging, NewConversation,
+};
 use crate::store::messaging::{Action, MessageBody};
 use confer_sfu::Role;
 
@@ -71,6 +73,8 @@ enum Request {
         recipients: Option<Vec<UserId>>,
         #[serde(default)]
         actions: Vec<Action>,
+        #[serde(default)]
+        attachments: Vec<AttachmentRef>,
     },
     CreateConversation {
         id: String,
@@ -540,15 +544,17 @@ async fn answer(context: &Context, request: Request) -> Result<Value, ApiError> 
             data,
             recipients,
             actions,
+            attachments,
         } => {
             let body = MessageBody {
                 text,
                 data,
                 recipients,
                 actions,
+                attachments: Vec::new(),
             };
             let m = messaging
-                .send(caller, conversation_id, &client_id, body)
+                .send_with_files(caller, conversation_id, &client_id, body, &attachments)
                 .await?;
             json!({"type": "ack", "id": id, "message": MessageView::from(&m)})
         }

@@ -84,6 +84,7 @@ fn admin(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
 #[tokio::test]
 async fn the_binary_serves_stops_gracefully_and_restarts_with_its_data() {
     let dir = tempfile::tempdir().unwrap();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let client = Client::new();
     let server = Process::start(dir.path());
 

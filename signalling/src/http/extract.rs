@@ -13,6 +13,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::messaging::{Caller, Who};
 use crate::server::Services;
 use crate::store::{Application, User};
 use crate::tenancy::Actor;
@@ -150,6 +151,41 @@ impl FromRequestParts<Arc<Services>> for ActorAuth {
             ))),
             None => Err(ApiError::Unauthorized(
                 "credentials required: HTTP Basic app_id:app_secret or a subscriber session token",
+            )),
+        }
+    }
+}
+
+/// A user (bearer user token) or an application's bot (HTTP Basic
+/// `app_id:app_secret`), as the WebSocket accepts them.
+#[derive(Debug)]
+pub struct CallerAuth(pub Caller);
+
+impl FromRequestParts<Arc<Services>> for CallerAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<Services>,
+    ) -> Result<Self, ApiError> {
+        match Credentials::from_parts(parts)? {
+            Some(Credentials::Bearer(token)) => {
+                let (app, user, contexts) = state
+                    .tenancy
+                    .authenticate_user_with_contexts(&token)
+                    .await?;
+                Ok(Self(Caller {
+                    app,
+                    who: Who::User { user, contexts },
+                }))
+            }
+            Some(Credentials::Basic(id, secret)) => Ok(Self(Caller {
+                app: state.tenancy.authenticate_application(&id, &secret).await?,
+                who: Who::App,
+            })),
+            None => Err(ApiError::Unauthorized(
+                "credentials required: a user token (Authorization: Bearer) or the \
+                 application's HTTP Basic app_id:app_secret",
             )),
         }
     }

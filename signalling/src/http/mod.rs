@@ -2,6 +2,7 @@
 //! operational endpoints and the generated OpenAPI document.
 
 pub mod extract;
+pub mod files;
 pub mod ops;
 pub mod realtime;
 pub mod tenancy;
@@ -36,6 +37,7 @@ use crate::server::Services;
         (name = "subscribers", description = "An e-mail owner signs in to manage its applications"),
         (name = "applications", description = "Managing registered applications"),
         (name = "users", description = "User tokens and the application's users"),
+        (name = "files", description = "Attachments: upload and download through signed URLs"),
     )
 )]
 struct ApiDoc;
@@ -85,6 +87,11 @@ fn api_router() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(tenancy::unlock_user))
         .routes(routes!(tenancy::me))
         .routes(routes!(tenancy::grant_context, tenancy::revoke_context))
+        .routes(routes!(files::begin_upload))
+        .routes(routes!(files::complete_upload))
+        .routes(routes!(files::get_file, files::discard_file))
+        .routes(routes!(files::get_content, files::put_content))
+        .routes(routes!(files::get_preview))
 }
 
 /// The OpenAPI 3 document of every route, generated from the handlers.

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::StoreResult;
-use crate::ids::{AppId, CallId, ConversationId, MessageId, Timestamp, UserId};
+use crate::ids::{AppId, CallId, ConversationId, FileId, MessageId, Timestamp, UserId};
 
 /// A conversation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +70,39 @@ pub struct MessageBody {
     /// Buttons; a click goes to the author (the application's bot).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<Action>,
+    /// Files, as they were when attached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file attached to a message (1C: `Attachments.Add(stream, name, MIME,
+/// displayed)`). The bytes are fetched through `GET /api/v1/files/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The file.
+    pub file_id: FileId,
+    /// Its name, as uploaded.
+    pub name: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes, hex.
+    pub sha256: String,
+    /// Shown in the message (an image inline) rather than only listed.
+    pub displayed: bool,
+    /// The preview's size, when the server made one (images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PreviewSize>,
+}
+
+/// Width and height of a preview, in pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewSize {
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
 }
 
 /// An action button.

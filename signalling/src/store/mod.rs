@@ -7,8 +7,10 @@
 //! `synchronous = FULL`, migrations embedded in the binary and applied at
 //! start.
 
+pub mod files;
 pub mod messaging;
 pub mod sqlite;
+mod sqlite_files;
 mod sqlite_messaging;
 
 use async_trait::async_trait;
@@ -16,6 +18,7 @@ use async_trait::async_trait;
 use crate::auth::TokenKey;
 use crate::ids::{AppId, SubscriberId, Timestamp, UserId};
 
+pub use files::FileStore;
 pub use messaging::MessageStore;
 pub use sqlite::SqliteStore;
 
@@ -32,6 +35,10 @@ pub enum StoreError {
     /// A stored row does not decode (corruption or a bug).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The write does not fit what is stored (a file already attached
+    /// …): a stable code for the client and a sentence.
+    #[error("{1}")]
+    Conflict(&'static str, String),
 }
 
 /// Store result.

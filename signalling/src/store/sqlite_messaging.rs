@@ -168,6 +168,10 @@ async fn post_in(
     .bind(now.0)
     .execute(&mut *tx)
     .await?;
+    if !m.body.attachments.is_empty() {
+        let ids: Vec<_> = m.body.attachments.iter().map(|a| a.file_id).collect();
+        super::sqlite_files::attach(tx, &ids, m.id, m.conversation_id, m.author).await?;
+    }
     sqlx::query(
         "INSERT INTO message_search (rowid, text, conversation_id, seq) VALUES (NULL, ?, ?, ?)",
     )
@@ -508,6 +512,8 @@ impl MessageStore for SqliteStore {
                 .bind(to_i64(m.seq))
                 .execute(&mut *tx)
                 .await?;
+        } else {
+            super::sqlite_files::discard_message_files(&mut tx, m.id, now).await?;
         }
         let seqs = append(&mut tx, notify, event, now).await?;
         tx.commit().await?;
@@ -868,6 +874,7 @@ mod tests {
                 data: None,
                 recipients: None,
                 actions: Vec::new(),
+                attachments: Vec::new(),
             },
         };
         let posts = (0..40).map(|i| {

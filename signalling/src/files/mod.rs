@@ -1,0 +1,865 @@
+//! Attachments: files that members upload straight to storage and then
+//! attach to messages.
+//!
+//! # Model
+//!
+//! 1. A member asks to upload (`name`, `size`, `content_type`, optionally
+//!    `sha256`) to a conversation. The file gets a `pending` row at once,
+//!    counted against its application's quota, and the client gets a
+//!    short-lived URL that accepts one `PUT` of exactly that many bytes.
+//! 2. The client sends the bytes to that URL: to S3 (a presigned URL), or
+//!    to this server (the local backend, which streams them to disk).
+//!    They land in the file's *incoming* object, never where the file is
+//!    served from.
+//! 3. The client completes the upload: the server checks the incoming
+//!    object's size, moves it to the file's own object (so the uploader can
+//!    no longer change it), computes its SHA-256 (and checks the declared
+//!    one), makes a preview of an image, and marks the file `ready`.
+//! 4. A message attaches ready files of its author in its conversation
+//!    (the store binds them in the transaction that stores the message).
+//! 5. A reader asks for a download URL; only those who may read the
+//!    message get one.
+//!
+//! Deleting the message, unregistering the application, the retention
+//! period or an upload abandoned past its URL's life move a file's row to
+//! a garbage list in the same transaction; [`Files::sweep`] deletes the
+//! objects, then the entry. Bytes never pass through the WebSocket.
+
+pub mod local;
+pub mod preview;
+pub mod s3;
+pub mod storage;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, Semaphore};
+use utoipa::ToSchema;
+
+use crate::config::FilesConfig;
+use crate::error::ApiError;
+use crate::ids::{Clock, ConversationId, FileId, MessageId, Timestamp};
+use crate::messaging::{Caller, Messaging, Who};
+use crate::store::FileStore;
+use crate::store::files::{FileRecord, FileState};
+use crate::store::messaging::PreviewSize;
+use local::LocalStorage;
+use storage::{Object, Part, Presentation, Storage, StorageError, Validity};
+
+/// Most bytes of a file name.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// An upload pending this long after its URL expired is abandoned.
+const ABANDONED_AFTER: Duration = Duration::from_secs(60 * 60);
+
+/// How often the sweeper runs when nothing wakes it.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What a member asks to upload.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUpload {
+    /// The file's name, in any script; stored as given.
+    pub name: String,
+    /// Exact size in bytes.
+    pub size: u64,
+    /// MIME type (default `application/octet-stream`).
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// SHA-256 of the bytes (64 hex digits); when given, bytes that do not
+    /// match are refused.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// A file as clients see it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FileView {
+    /// Id.
+    pub id: FileId,
+    /// The conversation it was uploaded to.
+    pub conversation_id: ConversationId,
+    /// Name, as given.
+    pub name: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 (hex), once the upload is completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// `pending` until the upload is completed, then `ready`.
+    pub state: &'static str,
+    /// The message it is attached to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
+    /// The preview's size, for images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub preview: Option<PreviewSize>,
+    /// RFC 3339 time the upload was asked for.
+    pub created_at: String,
+}
+
+impl From<&FileRecord> for FileView {
+    fn from(f: &FileRecord) -> Self {
+        Self {
+            id: f.id,
+            conversation_id: f.conversation_id,
+            name: f.name.clone(),
+            content_type: f.content_type.clone(),
+            size: f.size,
+            sha256: f.sha256.clone(),
+            state: f.state.as_str(),
+            message_id: f.message_id,
+            preview: f
+                .preview
+                .map(|(width, height)| PreviewSize { width, height }),
+            created_at: f.created_at.to_rfc3339(),
+        }
+    }
+}
+
+/// The request a client makes to send the bytes.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UploadRequest {
+    /// Always `PUT`.
+    pub method: &'static str,
+    /// Where to (S3, or this server).
+    pub url: String,
+    /// Headers to send with it (they are part of the signature).
+    pub headers: std::collections::BTreeMap<&'static str, String>,
+    /// RFC 3339 time the URL stops working.
+    pub expires_at: String,
+}
+
+/// The answer to an upload request.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UploadTicket {
+    /// The new, pending file.
+    pub file: FileView,
+    /// How to send its bytes.
+    pub upload: UploadRequest,
+}
+
+/// The answer to a download request.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DownloadTicket {
+    /// The file.
+    pub file: FileView,
+    /// `GET` this for the bytes (with `Content-Disposition: attachment`
+    /// and the file's name).
+    pub url: String,
+    /// `GET` this for the preview (JPEG), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview_url: Option<String>,
+    /// RFC 3339 time both URLs stop working.
+    pub expires_at: String,
+}
+
+/// The file service.
+#[derive(Debug)]
+pub struct Files {
+    config: FilesConfig,
+    storage: Arc<dyn Storage>,
+    local: Option<Arc<LocalStorage>>,
+    store: Arc<dyn FileStore>,
+    messaging: Arc<Messaging>,
+    clock: Arc<dyn Clock>,
+    garbage: Arc<Notify>,
+    /// One image decode at a time: a preview may take hundreds of MiB.
+    previews: Semaphore,
+}
+
+/// A storage backend; the local one also serves its signed URLs.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Where the bytes are.
+    pub storage: Arc<dyn Storage>,
+    /// The same, when it is the local directory.
+    pub local: Option<Arc<LocalStorage>>,
+}
+
+/// The configured backend: S3 when `[files.s3]` is set, otherwise the
+/// local directory.
+///
+/// # Errors
+/// If the directory or its key cannot be created, or the S3 settings are
+/// unusable.
+pub fn open_storage(config: &FilesConfig, dir: &std::path::Path) -> Result<Backend, StorageError> {
+    match &config.s3 {
+        Some(s3) => Ok(Backend {
+            storage: Arc::new(s3::S3Storage::new(s3)?),
+            local: None,
+        }),
+        None => {
+            let local = Arc::new(LocalStorage::open(dir)?);
+            Ok(Backend {
+                storage: local.clone(),
+                local: Some(local),
+            })
+        }
+    }
+}
+
+impl Files {
+    /// The service over a backend.
+    #[must_use]
+    pub fn new(
+        config: FilesConfig,
+        Backend { storage, local }: Backend,
+        store: Arc<dyn FileStore>,
+        messaging: Arc<Messaging>,
+        clock: Arc<dyn Clock>,
+        garbage: Arc<Notify>,
+    ) -> Self {
+        Self {
+            config,
+            storage,
+            local,
+            store,
+            messaging,
+            clock,
+            garbage,
+            previews: Semaphore::new(1),
+        }
+    }
+
+    /// The backend.
+    #[must_use]
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    fn validity(&self) -> Validity {
+        Validity {
+            signed_at: self.clock.now(),
+            ttl: Duration::from_secs(self.config.url_ttl_secs),
+        }
+    }
+
+    /// Starts an upload to `conversation`: checks membership, name, type,
+    /// size and quota, records the pending file, and signs its upload URL.
+    /// `base` is this server's URL as the client reached it.
+    ///
+    /// # Errors
+    /// `invalid_request`, `file_too_large` (413), `quota_exceeded` (409),
+    /// `forbidden`, `not_found`.
+    pub async fn begin_upload(
+        &self,
+        caller: &Caller,
+        conversation: ConversationId,
+        upload: NewUpload,
+        base: &str,
+    ) -> Result<UploadTicket, ApiError> {
+        check_name(&upload.name)?;
+        let content_type = match upload.content_type {
+            None => "application/octet-stream".to_owned(),
+            Some(t) => check_content_type(&t)?,
+        };
+        let declared = upload.sha256.as_deref().map(check_sha256).transpose()?;
+        if upload.size > self.config.max_size {
+            return Err(ApiError::refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "file_too_large",
+                format!(
+                    "files may have at most {} bytes; this one has {}",
+                    self.config.max_size, upload.size
+                ),
+            ));
+        }
+        self.messaging.readable(caller, conversation).await?;
+        let validity = self.validity();
+        let file = FileRecord {
+            id: FileId::random(),
+            app_id: caller.app.id,
+            conversation_id: conversation,
+            uploader: caller.participant(),
+            name: upload.name,
+            content_type,
+            size: upload.size,
+            declared_sha256: declared,
+            sha256: None,
+            state: FileState::Pending,
+            message_id: None,
+            preview: None,
+            created_at: validity.signed_at,
+            upload_expires_at: validity.expires_at(),
+        };
+        if !self
+            .store
+            .create_file(&file, self.config.app_quota_bytes)
+            .await?
+        {
+            let used = self.store.app_usage(caller.app.id).await?;
+            return Err(ApiError::refused(
+                StatusCode::CONFLICT,
+                "quota_exceeded",
+                format!(
+                    "the application keeps {used} of its {} bytes; {} more do not fit",
+                    self.config.app_quota_bytes, file.size
+                ),
+            ));
+        }
+        metrics::counter!("files_uploads_started_total").increment(1);
+        let object = Object::new(file.app_id, file.id, Part::Incoming);
+        let url = self
+            .storage
+            .upload_url(object, file.size, &file.content_type, validity, base);
+        let headers = [
+            ("Content-Type", file.content_type.clone()),
+            ("Content-Length", file.size.to_string()),
+        ]
+        .into_iter()
+        .collect();
+        Ok(UploadTicket {
+            file: FileView::from(&file),
+            upload: UploadRequest {
+                method: "PUT",
+                url,
+                headers,
+                expires_at: validity.expires_at().to_rfc3339(),
+            },
+        })
+    }
+
+    /// A file the caller uploaded (others' are `not_found`).
+    async fn own_file(&self, caller: &Caller, id: FileId) -> Result<FileRecord, ApiError> {
+        match self.store.file(id).await? {
+            Some(f) if f.app_id == caller.app.id && f.uploader == caller.participant() => Ok(f),
+            _ => Err(ApiError::NotFound("file")),
+        }
+    }
+
+    /// Completes an upload: the bytes become the file, checked, with a
+    /// preview for images. Completing a ready file returns it.
+    ///
+    /// # Errors
+    /// `upload_missing` (409), `upload_size_mismatch`, `checksum_mismatch`
+    /// (400), `not_found`; `internal` when storage fails.
+    pub async fn complete(&self, caller: &Caller, id: FileId) -> Result<FileView, ApiError> {
+        let file = self.own_file(caller, id).await?;
+        if file.state == FileState::Ready {
+            return Ok(FileView::from(&file));
+        }
+        let incoming = Object::new(file.app_id, file.id, Part::Incoming);
+        let bytes = incoming.with(Part::Bytes);
+        match self
+            .storage
+            .size(incoming)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            Some(size) if size == file.size => {
+                self.storage
+                    .promote(incoming)
+                    .await
+                    .map_err(ApiError::internal)?;
+            }
+            Some(size) => {
+                self.storage
+                    .delete(incoming)
+                    .await
+                    .map_err(ApiError::internal)?;
+                return Err(ApiError::refused(
+                    StatusCode::BAD_REQUEST,
+                    "upload_size_mismatch",
+                    format!(
+                        "{size} bytes were uploaded, {} were declared; upload again",
+                        file.size
+                    ),
+                ));
+            }
+            // A completion cut short after the move finds the bytes moved.
+            None => {
+                if self.storage.size(bytes).await.map_err(ApiError::internal)? != Some(file.size) {
+                    return Err(ApiError::refused(
+                        StatusCode::CONFLICT,
+                        "upload_missing",
+                        "no bytes have been uploaded for this file (or the upload failed): \
+                         PUT them to the upload URL first",
+                    ));
+                }
+            }
+        }
+        let (sha256, preview) = self.examine(&file).await?;
+        if let Some(declared) = &file.declared_sha256
+            && *declared != sha256
+        {
+            self.storage
+                .delete(bytes)
+                .await
+                .map_err(ApiError::internal)?;
+            return Err(ApiError::refused(
+                StatusCode::BAD_REQUEST,
+                "checksum_mismatch",
+                format!("the bytes have SHA-256 {sha256}, {declared} was declared; upload again"),
+            ));
+        }
+        if !self.store.mark_ready(id, &sha256, preview).await? {
+            // Completed meanwhile by a parallel request, or discarded.
+            let again = self.own_file(caller, id).await?;
+            return Ok(FileView::from(&again));
+        }
+        metrics::counter!("files_uploads_completed_total").increment(1);
+        let done = self.own_file(caller, id).await?;
+        Ok(FileView::from(&done))
+    }
+
+    /// Reads a file's bytes once: their SHA-256, and for an image small
+    /// enough, its preview (stored as the file's preview object).
+    async fn examine(&self, file: &FileRecord) -> Result<(String, Option<(u32, u32)>), ApiError> {
+        let object = Object::new(file.app_id, file.id, Part::Bytes);
+        let keep =
+            preview::can_preview(&file.content_type) && file.size <= self.config.preview_max_bytes;
+        let mut stream = self
+            .storage
+            .read(object)
+            .await
+            .map_err(ApiError::internal)?;
+        let mut hash = Sha256::new();
+        let mut kept = Vec::with_capacity(if keep {
+            usize::try_from(file.size).unwrap_or(0)
+        } else {
+            0
+        });
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(ApiError::internal)?;
+            hash.update(&chunk);
+            if keep {
+                kept.extend_from_slice(&chunk);
+            }
+        }
+        let sha256 = local::hex(&hash.finalize());
+        if !keep {
+            return Ok((sha256, None));
+        }
+        let _permit = self.previews.acquire().await.map_err(ApiError::internal)?;
+        let made = tokio::task::spawn_blocking(move || preview::make(&kept))
+            .await
+            .map_err(ApiError::internal)?;
+        let Some((jpeg, width, height)) = made else {
+            return Ok((sha256, None));
+        };
+        self.storage
+            .write(object.with(Part::Preview), Bytes::from(jpeg), "image/jpeg")
+            .await
+            .map_err(ApiError::internal)?;
+        Ok((sha256, Some((width, height))))
+    }
+
+    /// URLs to fetch a file (and its preview) for someone who may read it:
+    /// its uploader, or, once attached, whoever may read the message.
+    ///
+    /// # Errors
+    /// `not_found` (also for a file the caller may not know of), `forbidden`,
+    /// `file_not_ready` (409).
+    pub async fn download(
+        &self,
+        caller: &Caller,
+        id: FileId,
+        base: &str,
+    ) -> Result<DownloadTicket, ApiError> {
+        let file = self.readable_file(caller, id).await?;
+        if file.state != FileState::Ready {
+            return Err(ApiError::refused(
+                StatusCode::CONFLICT,
+                "file_not_ready",
+                "the upload of this file is not completed yet",
+            ));
+        }
+        let validity = self.validity();
+        let disposition = content_disposition("attachment", &file.name);
+        let object = Object::new(file.app_id, file.id, Part::Bytes);
+        let url = self.storage.download_url(
+            object,
+            Presentation {
+                content_type: &file.content_type,
+                disposition: &disposition,
+            },
+            validity,
+            base,
+        );
+        let preview_url = file.preview.map(|_| {
+            let disposition = content_disposition("inline", &format!("{}.preview.jpg", file.name));
+            self.storage.download_url(
+                object.with(Part::Preview),
+                Presentation {
+                    content_type: "image/jpeg",
+                    disposition: &disposition,
+                },
+                validity,
+                base,
+            )
+        });
+        Ok(DownloadTicket {
+            file: FileView::from(&file),
+            url,
+            preview_url,
+            expires_at: validity.expires_at().to_rfc3339(),
+        })
+    }
+
+    /// The file, if the caller may read it.
+    async fn readable_file(&self, caller: &Caller, id: FileId) -> Result<FileRecord, ApiError> {
+        let file = match self.store.file(id).await? {
+            Some(f) if f.app_id == caller.app.id => f,
+            _ => return Err(ApiError::NotFound("file")),
+        };
+        if file.uploader == caller.participant() || matches!(caller.who, Who::App) {
+            return Ok(file);
+        }
+        let Some(message) = file.message_id else {
+            return Err(ApiError::NotFound("file"));
+        };
+        self.messaging
+            .readable(caller, file.conversation_id)
+            .await?;
+        let visible = self
+            .messaging
+            .store()
+            .message(file.conversation_id, message)
+            .await?
+            .is_some_and(|m| m.deleted_at.is_none() && crate::messaging::visible_to(&m, caller));
+        if visible {
+            Ok(file)
+        } else {
+            Err(ApiError::NotFound("file"))
+        }
+    }
+
+    /// Cancels an upload, or deletes a file its uploader has not attached.
+    ///
+    /// # Errors
+    /// `not_found`; `file_attached` (409) for an attached file (delete the
+    /// message instead).
+    pub async fn discard(&self, caller: &Caller, id: FileId) -> Result<(), ApiError> {
+        let file = self.own_file(caller, id).await?;
+        if file.message_id.is_some() {
+            return Err(ApiError::refused(
+                StatusCode::CONFLICT,
+                "file_attached",
+                "this file is attached to a message: delete the message to delete it",
+            ));
+        }
+        if !self.store.discard_unattached(id, self.clock.now()).await? {
+            return Err(ApiError::refused(
+                StatusCode::CONFLICT,
+                "file_attached",
+                "this file was attached to a message meanwhile",
+            ));
+        }
+        self.garbage.notify_one();
+        Ok(())
+    }
+
+    /// Forgets every file of an unregistered application.
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub async fn purge_app(&self, app: crate::ids::AppId) -> Result<u64, ApiError> {
+        let n = self.store.discard_app_files(app, self.clock.now()).await?;
+        self.garbage.notify_one();
+        Ok(n)
+    }
+
+    /// Serves a local-backend download: checks the URL, then streams the
+    /// object with the file's presentation.
+    ///
+    /// # Errors
+    /// `not_found` (also on an S3 server), `bad_signature`, `url_expired`.
+    pub async fn serve_local(
+        &self,
+        id: FileId,
+        access: local::Access,
+        expires: i64,
+        signature: &str,
+    ) -> Result<axum::response::Response, ApiError> {
+        use axum::http::header;
+        let local = self.local.as_ref().ok_or(ApiError::NoRoute)?;
+        local.verify(access, id, expires, signature, self.clock.now())?;
+        let file = match self.store.file(id).await? {
+            Some(f) if f.state == FileState::Ready => f,
+            _ => return Err(ApiError::NotFound("file")),
+        };
+        let (part, content_type, disposition) = match access {
+            local::Access::Preview => (
+                Part::Preview,
+                "image/jpeg".to_owned(),
+                content_disposition("inline", &format!("{}.preview.jpg", file.name)),
+            ),
+            _ => (
+                Part::Bytes,
+                file.content_type.clone(),
+                content_disposition("attachment", &file.name),
+            ),
+        };
+        let Some((len, stream)) = local
+            .open_object(Object::new(file.app_id, file.id, part))
+            .await
+            .map_err(ApiError::internal)?
+        else {
+            return Err(ApiError::NotFound("file"));
+        };
+        metrics::counter!("files_downloads_total").increment(1);
+        let mut response = axum::response::Response::new(axum::body::Body::from_stream(stream));
+        let headers = response.headers_mut();
+        let mut set = |name: header::HeaderName, value: &str| {
+            if let Ok(v) = header::HeaderValue::from_str(value) {
+                headers.insert(name, v);
+            }
+        };
+        set(header::CONTENT_TYPE, &content_type);
+        set(header::CONTENT_LENGTH, &len.to_string());
+        set(header::CONTENT_DISPOSITION, &disposition);
+        set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+        // Opened directly, the file is a sandboxed document: no script of
+        // an uploaded HTML file runs with this server's origin.
+        set(
+            header::CONTENT_SECURITY_POLICY,
+            "sandbox; default-src 'none'",
+        );
+        set(header::CACHE_CONTROL, "private, max-age=3600");
+        if let Some(sha) = &file.sha256
+            && part == Part::Bytes
+        {
+            set(header::ETAG, &format!("\"{sha}\""));
+        }
+        Ok(response)
+    }
+
+    /// Receives a local-backend upload.
+    ///
+    /// # Errors
+    /// `not_found` (also on an S3 server), `bad_signature`, `url_expired`,
+    /// `already_uploaded` (409), `upload_size_mismatch`,
+    /// `checksum_mismatch`.
+    pub async fn receive_local(
+        &self,
+        id: FileId,
+        expires: i64,
+        signature: &str,
+        content_length: Option<u64>,
+        body: axum::body::Body,
+    ) -> Result<(), ApiError> {
+        let local = self.local.as_ref().ok_or(ApiError::NoRoute)?;
+        local.verify(local::Access::Put, id, expires, signature, self.clock.now())?;
+        let file = self
+            .store
+            .file(id)
+            .await?
+            .ok_or(ApiError::NotFound("file"))?;
+        if file.state != FileState::Pending {
+            return Err(ApiError::refused(
+                StatusCode::CONFLICT,
+                "already_uploaded",
+                "this file's upload is completed; it cannot be changed",
+            ));
+        }
+        if let Some(len) = content_length
+            && len != file.size
+        {
+            return Err(ApiError::refused(
+                StatusCode::BAD_REQUEST,
+                "upload_size_mismatch",
+                format!("Content-Length is {len}, {} bytes were declared", file.size),
+            ));
+        }
+        local
+            .receive(
+                Object::new(file.app_id, file.id, Part::Incoming),
+                file.size,
+                file.declared_sha256.as_deref(),
+                body,
+            )
+            .await?;
+        metrics::counter!("files_bytes_received_total").increment(file.size);
+        Ok(())
+    }
+
+    /// One round of upkeep: forgets abandoned uploads and (with a
+    /// retention period) old files, then deletes the objects of forgotten
+    /// files. Returns how many files' objects were deleted.
+    ///
+    /// # Errors
+    /// If the store fails; a storage failure leaves the entry for the next
+    /// round.
+    pub async fn sweep(&self) -> Result<usize, ApiError> {
+        let now = self.clock.now();
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let abandoned = Timestamp(now.0.saturating_sub(ms(ABANDONED_AFTER)));
+        let old = (self.config.retention_days > 0).then(|| {
+            let keep = Duration::from_secs(self.config.retention_days * 24 * 60 * 60);
+            Timestamp(now.0.saturating_sub(ms(keep)))
+        });
+        let forgotten = self.store.discard_stale(abandoned, old, now).await?;
+        if forgotten > 0 {
+            tracing::info!(files = forgotten, "forgot abandoned or expired files");
+        }
+        let mut deleted = 0;
+        loop {
+            let batch = self.store.garbage(100).await?;
+            if batch.is_empty() {
+                return Ok(deleted);
+            }
+            for (file, app) in &batch {
+                let mut ok = true;
+                for part in [Part::Incoming, Part::Bytes, Part::Preview] {
+                    if let Err(e) = self.storage.delete(Object::new(*app, *file, part)).await {
+                        tracing::warn!(error = %e, %file, "deleting a file's object failed");
+                        ok = false;
+                    }
+                }
+                if !ok {
+                    // Storage is failing: try again next round.
+                    return Ok(deleted);
+                }
+                self.store.forget_garbage(*file).await?;
+                deleted += 1;
+            }
+            metrics::counter!("files_deleted_total").increment(batch.len() as u64);
+        }
+    }
+
+    /// Runs [`Self::sweep`] every minute and whenever files are forgotten.
+    pub async fn run_sweeper(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "file upkeep failed");
+            }
+            let _ = tokio::time::timeout(SWEEP_INTERVAL, self.garbage.notified()).await;
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() {
+        return Err(ApiError::InvalidRequest(
+            "name: must not be empty".to_owned(),
+        ));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(ApiError::InvalidRequest(format!(
+            "name: longer than {MAX_NAME_BYTES} bytes"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::InvalidRequest(
+            "name: must not contain control characters".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// A MIME type: `type/subtype` with optional parameters, in ASCII.
+fn check_content_type(value: &str) -> Result<String, ApiError> {
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c))
+    };
+    let ok = value.len() <= 255
+        && value.is_ascii()
+        && !value.chars().any(|c| c.is_ascii_control())
+        && essence
+            .split_once('/')
+            .is_some_and(|(t, s)| token(t) && token(s));
+    if ok {
+        Ok(value.trim().to_ascii_lowercase())
+    } else {
+        Err(ApiError::InvalidRequest(format!(
+            "content_type: {value:?} is not a MIME type such as image/png"
+        )))
+    }
+}
+
+fn check_sha256(value: &str) -> Result<String, ApiError> {
+    if value.len() == 64 && value.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(value.to_ascii_lowercase())
+    } else {
+        Err(ApiError::InvalidRequest(
+            "sha256: must be 64 hexadecimal digits".to_owned(),
+        ))
+    }
+}
+
+/// A `Content-Disposition` value for a name in any script (RFC 6266): an
+/// ASCII `filename` for old clients (other characters become `_`) and the
+/// exact name as UTF-8 in `filename*` (RFC 8187).
+#[must_use]
+pub fn content_disposition(kind: &str, name: &str) -> String {
+    /// Everything but RFC 8187's attr-char is percent-encoded.
+    const NOT_ATTR_CHAR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'!')
+        .remove(b'#')
+        .remove(b'$')
+        .remove(b'&')
+        .remove(b'+')
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'^')
+        .remove(b'_')
+        .remove(b'`')
+        .remove(b'|')
+        .remove(b'~');
+    let fallback: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() && c != '"' && c != '\\' && c != '/' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded = percent_encoding::utf8_percent_encode(name, NOT_ATTR_CHAR);
+    format!("{kind}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn names_in_any_script_are_sent_safely() {
+        assert_eq!(
+            content_disposition("attachment", "Счёт №5 (копия).pdf"),
+            "attachment; filename=\"____ _5 (_____).pdf\"; \
+             filename*=UTF-8''%D0%A1%D1%87%D1%91%D1%82%20%E2%84%965%20%28%D0%BA%D0%BE%D0%BF%D0%B8%D1%8F%29.pdf"
+        );
+        let tricky = content_disposition("attachment", "a\"b\\c/d;e.txt");
+        assert!(
+            tricky.starts_with("attachment; filename=\"a_b_c_d;e.txt\"; "),
+            "{tricky}"
+        );
+        assert!(
+            tricky.ends_with("filename*=UTF-8''a%22b%5Cc%2Fd%3Be.txt"),
+            "{tricky}"
+        );
+        assert!(
+            content_disposition("inline", "报告.xlsx").contains("UTF-8''%E6%8A%A5%E5%91%8A.xlsx")
+        );
+    }
+
+    #[test]
+    fn upload_fields_are_checked() {
+        assert!(check_name("").is_err());
+        assert!(check_name("a\nb").is_err());
+        assert!(check_name(&"я".repeat(600)).is_err());
+        check_name("Договор 2026 — финал.docx").unwrap();
+        assert_eq!(check_content_type("Image/PNG").unwrap(), "image/png");
+        check_content_type("text/plain; charset=utf-8").unwrap();
+        assert!(check_content_type("png").is_err());
+        assert!(check_content_type("text/plain\r\nX-Evil: 1").is_err());
+        assert!(check_sha256("abc").is_err());
+        assert_eq!(check_sha256(&"AB".repeat(32)).unwrap(), "ab".repeat(32));
+    }
+}

@@ -1,0 +1,272 @@
+//! [`FileStore`] on SQLite, and the statements the message writer runs to
+//! attach files to a message or forget them with it.
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::files::{FileRecord, FileState, FileStore};
+use super::messaging::Author;
+use super::sqlite::SqliteStore;
+use super::{StoreError, StoreResult};
+use crate::ids::{AppId, ConversationId, FileId, MessageId, Timestamp};
+
+const FILE_COLUMNS: &str = "id, app_id, conversation_id, uploader, name, content_type, size, \
+     declared_sha256, sha256, state, message_id, preview_width, preview_height, created_at, \
+     upload_expires_at";
+
+fn parse<T: std::str::FromStr>(row: &SqliteRow, column: &str) -> StoreResult<T> {
+    let text: String = row.try_get(column)?;
+    text.parse()
+        .map_err(|_| StoreError::Corrupt(format!("{column}: {text:?}")))
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn file_from(row: &SqliteRow) -> StoreResult<FileRecord> {
+    let size: i64 = row.try_get("size")?;
+    let state: String = row.try_get("state")?;
+    let message: Option<String> = row.try_get("message_id")?;
+    let width: Option<i64> = row.try_get("preview_width")?;
+    let height: Option<i64> = row.try_get("preview_height")?;
+    let preview = match (width, height) {
+        (Some(w), Some(h)) => Some((
+            u32::try_from(w).map_err(|_| StoreError::Corrupt("preview_width".to_owned()))?,
+            u32::try_from(h).map_err(|_| StoreError::Corrupt("preview_height".to_owned()))?,
+        )),
+        _ => None,
+    };
+    Ok(FileRecord {
+        id: parse(row, "id")?,
+        app_id: parse(row, "app_id")?,
+        conversation_id: parse(row, "conversation_id")?,
+        uploader: parse(row, "uploader")?,
+        name: row.try_get("name")?,
+        content_type: row.try_get("content_type")?,
+        size: u64::try_from(size).map_err(|_| StoreError::Corrupt("size".to_owned()))?,
+        declared_sha256: row.try_get("declared_sha256")?,
+        sha256: row.try_get("sha256")?,
+        state: match state.as_str() {
+            "pending" => FileState::Pending,
+            "ready" => FileState::Ready,
+            other => return Err(StoreError::Corrupt(format!("file state {other:?}"))),
+        },
+        message_id: message
+            .map(|m| m.parse::<MessageId>())
+            .transpose()
+            .map_err(|_| StoreError::Corrupt("message_id".to_owned()))?,
+        preview,
+        created_at: Timestamp(row.try_get("created_at")?),
+        upload_expires_at: Timestamp(row.try_get("upload_expires_at")?),
+    })
+}
+
+/// Binds the files `ids` to message `message`, inside the transaction that
+/// stores it. Each must be ready, uploaded by `author` to
+/// `conversation`, and attached to nothing yet; otherwise nothing is bound
+/// and the message fails with `attachment_unavailable`. (The bot uploads
+/// as its participant id, which is its application's id.)
+pub(super) async fn attach(
+    tx: &mut sqlx::SqliteConnection,
+    ids: &[FileId],
+    message: MessageId,
+    conversation: ConversationId,
+    author: Author,
+) -> StoreResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let list = serde_json::to_string(&ids.iter().map(ToString::to_string).collect::<Vec<_>>())
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let bound = sqlx::query(
+        "UPDATE files SET message_id = ? WHERE id IN (SELECT value FROM json_each(?)) \
+         AND conversation_id = ? AND uploader = CASE WHEN ? = 'app' THEN app_id ELSE ? END \
+         AND state = 'ready' AND message_id IS NULL",
+    )
+    .bind(message.to_string())
+    .bind(list)
+    .bind(conversation.to_string())
+    .bind(author.key())
+    .bind(author.key())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if bound == ids.len() as u64 {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(
+            "attachment_unavailable",
+            "an attached file is not ready, not yours, in another conversation or already \
+             attached to a message"
+                .to_owned(),
+        ))
+    }
+}
+
+/// Forgets the files of a deleted message, inside the transaction that
+/// deletes it: their objects go to the garbage list.
+pub(super) async fn discard_message_files(
+    tx: &mut sqlx::SqliteConnection,
+    message: MessageId,
+    now: Timestamp,
+) -> StoreResult<u64> {
+    discard_where(tx, "message_id = ?", &message.to_string(), now).await
+}
+
+/// Moves the files matching `condition` (one `?`, bound to `value`) to
+/// the garbage list.
+async fn discard_where(
+    tx: &mut sqlx::SqliteConnection,
+    condition: &str,
+    value: &str,
+    now: Timestamp,
+) -> StoreResult<u64> {
+    sqlx::query(&format!(
+        "INSERT OR IGNORE INTO file_garbage (id, app_id, since) \
+         SELECT id, app_id, ? FROM files WHERE {condition}"
+    ))
+    .bind(now.0)
+    .bind(value)
+    .execute(&mut *tx)
+    .await?;
+    Ok(sqlx::query(&format!("DELETE FROM files WHERE {condition}"))
+        .bind(value)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected())
+}
+
+#[async_trait]
+impl FileStore for SqliteStore {
+    async fn create_file(&self, f: &FileRecord, quota: u64) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO files ({FILE_COLUMNS}) \
+             SELECT ?, ?, ?, ?, ?, ?, ?, ?, NULL, 'pending', NULL, NULL, NULL, ?, ? \
+             WHERE ? = 0 OR (SELECT COALESCE(SUM(size), 0) FROM files WHERE app_id = ?) + ? <= ?"
+        ))
+        .bind(f.id.to_string())
+        .bind(f.app_id.to_string())
+        .bind(f.conversation_id.to_string())
+        .bind(f.uploader.to_string())
+        .bind(&f.name)
+        .bind(&f.content_type)
+        .bind(to_i64(f.size))
+        .bind(&f.declared_sha256)
+        .bind(f.created_at.0)
+        .bind(f.upload_expires_at.0)
+        .bind(to_i64(quota))
+        .bind(f.app_id.to_string())
+        .bind(to_i64(f.size))
+        .bind(to_i64(quota))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(inserted == 1)
+    }
+
+    async fn file(&self, id: FileId) -> StoreResult<Option<FileRecord>> {
+        sqlx::query(&format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(self.pool())
+            .await?
+            .as_ref()
+            .map(file_from)
+            .transpose()
+    }
+
+    async fn mark_ready(
+        &self,
+        id: FileId,
+        sha256: &str,
+        preview: Option<(u32, u32)>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let n = sqlx::query(
+            "UPDATE files SET state = 'ready', sha256 = ?, preview_width = ?, preview_height = ? \
+             WHERE id = ? AND state = 'pending'",
+        )
+        .bind(sha256)
+        .bind(preview.map(|p| i64::from(p.0)))
+        .bind(preview.map(|p| i64::from(p.1)))
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn discard_unattached(&self, id: FileId, now: Timestamp) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let n = discard_where(
+            &mut tx,
+            "id = ? AND message_id IS NULL",
+            &id.to_string(),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn discard_app_files(&self, app: AppId, now: Timestamp) -> StoreResult<u64> {
+        let mut tx = self.write_tx().await?;
+        let n = discard_where(&mut tx, "app_id = ?", &app.to_string(), now).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn discard_stale(
+        &self,
+        pending_before: Timestamp,
+        created_before: Option<Timestamp>,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let mut tx = self.write_tx().await?;
+        let mut n = discard_where(
+            &mut tx,
+            "state = 'pending' AND upload_expires_at < ?",
+            &pending_before.0.to_string(),
+            now,
+        )
+        .await?;
+        if let Some(before) = created_before {
+            n += discard_where(&mut tx, "created_at < ?", &before.0.to_string(), now).await?;
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn garbage(&self, limit: u32) -> StoreResult<Vec<(FileId, AppId)>> {
+        sqlx::query("SELECT id, app_id FROM file_garbage ORDER BY since LIMIT ?")
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(|row| Ok((parse(row, "id")?, parse(row, "app_id")?)))
+            .collect()
+    }
+
+    async fn forget_garbage(&self, id: FileId) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("DELETE FROM file_garbage WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn app_usage(&self, app: AppId) -> StoreResult<u64> {
+        let used: i64 =
+            sqlx::query_scalar("SELECT COALESCE(SUM(size), 0) FROM files WHERE app_id = ?")
+                .bind(app.to_string())
+                .fetch_one(self.pool())
+                .await?;
+        Ok(u64::try_from(used).unwrap_or(0))
+    }
+}
