@@ -145,6 +145,11 @@ impl ManualClock {
         }
     }
 
+    /// Sets the clock to `t` (backwards too).
+    pub fn set(&self, t: Timestamp) {
+        self.now_ms.store(t.0, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Moves the clock forward by `d`.
     pub fn advance(&self, d: Duration) {
         let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
