@@ -35,6 +35,13 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/me"),
     ("put", "/api/v1/users/{user_id}/contexts/{context}"),
     ("delete", "/api/v1/users/{user_id}/contexts/{context}"),
+    ("post", "/api/v1/conversations/{conversation_id}/files"),
+    ("post", "/api/v1/files/{file_id}/complete"),
+    ("get", "/api/v1/files/{file_id}"),
+    ("delete", "/api/v1/files/{file_id}"),
+    ("put", "/api/v1/files/{file_id}/content"),
+    ("get", "/api/v1/files/{file_id}/content"),
+    ("get", "/api/v1/files/{file_id}/preview"),
 ];
 
 #[tokio::test]
@@ -71,7 +78,9 @@ async fn the_document_is_valid_and_lists_every_route() {
         let path = path
             .replace("{app_id}", "00000000-0000-0000-0000-000000000001")
             .replace("{user_id}", "00000000-0000-0000-0000-000000000002")
-            .replace("{context}", "order%3A1");
+            .replace("{context}", "order%3A1")
+            .replace("{conversation_id}", "00000000-0000-0000-0000-000000000003")
+            .replace("{file_id}", "00000000-0000-0000-0000-000000000004");
         let method: Method = method.to_uppercase().parse().unwrap();
         let r = server
             .client

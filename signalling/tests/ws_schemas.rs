@@ -39,6 +39,40 @@ async fn every_frame_matches_the_documented_schemas() {
         .await;
     let m = ann.request(json!({"type": "send", "conversation_id": conv, "client_id": "1", "text": "*hi*", "data": {"n": 1}, "recipients": [u2]})).await;
     let mid = m["message"]["id"].clone();
+    // A message carrying a file (an image, so with a preview).
+    let mut png = Vec::new();
+    image::DynamicImage::new_rgb8(640, 480)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let ticket: serde_json::Value = server
+        .post(&format!("/api/v1/conversations/{}/files", conv.as_str().unwrap()))
+        .bearer_auth(&t1)
+        .json(&json!({"name": "план.png", "size": png.len(), "content_type": "image/png"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let put = server
+        .client
+        .put(ticket["upload"]["url"].as_str().unwrap())
+        .body(png)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let file = ticket["file"]["id"].as_str().unwrap();
+    server
+        .post(&format!("/api/v1/files/{file}/complete"))
+        .bearer_auth(&t1)
+        .send()
+        .await
+        .unwrap();
+    let with_file = ann
+        .request(json!({"type": "send", "conversation_id": conv, "client_id": "f", "attachments": [{"file_id": file, "displayed": true}]}))
+        .await;
+    assert_eq!(with_file["message"]["attachments"][0]["preview"]["width"], 320, "{with_file}");
     ann.request(json!({"type": "edit", "conversation_id": conv, "message_id": mid, "text": "hi!"}))
         .await;
     ann.request(json!({"type": "delete", "conversation_id": conv, "message_id": mid}))
