@@ -6,7 +6,7 @@
 #
 # Needs: a Rust toolchain (rustup) and python3. On Debian it installs the
 # packages it lacks with apt-get (as root, or through sudo): libopus-dev,
-# python3-venv.
+# python3-venv. It builds s3s-fs (an S3-protocol server) into target/tools.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -53,6 +53,15 @@ if ! "$venv/bin/python" -c 'import openapi_spec_validator, aiosmtpd, aiortc' >/d
     'openapi-spec-validator==0.9.0' 'aiosmtpd==1.4.6' 'aiortc==1.16.0'
 fi
 export TEST_PYTHON="$venv/bin/python"
+
+say "S3-protocol server for the S3 file backend's tests (s3s-fs)"
+# Built from crates.io into target/tools (about 2 minutes, once).
+s3s="$root/target/tools/bin/s3s-fs"
+if [ ! -x "$s3s" ]; then
+  cargo install --quiet --locked --root "$root/target/tools" s3s-fs --version 0.14.1 --features binary
+fi
+export S3S_FS="$s3s"
+"$s3s" --version
 
 say "cargo fmt --all --check"
 cargo fmt --all --check

@@ -1,0 +1,166 @@
+//! A 100 MiB file streams through upload, completion and download without
+//! being held in memory: the process (server and client alike, each
+//! streaming) grows by far less than the file. A test binary of its own,
+//! so that no other test's memory is counted.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use common::{TestServer, Ws, user_token};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const SIZE: u64 = 100 * 1024 * 1024;
+const CHUNK: usize = 256 * 1024;
+
+/// The file, generated chunk by chunk (never whole).
+fn chunks() -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::iter((0..SIZE / CHUNK as u64).map(|i| {
+        let chunk: Vec<u8> = (0..CHUNK)
+            .map(|j| (i as usize * 31 + j * 7 + j / 251) as u8)
+            .collect();
+        Ok(Bytes::from(chunk))
+    }))
+}
+
+async fn sha_of_generated() -> String {
+    let mut hash = Sha256::new();
+    let mut stream = Box::pin(chunks());
+    while let Some(chunk) = stream.next().await {
+        hash.update(chunk.unwrap());
+    }
+    hex(&hash.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Samples the RSS every 10 ms until stopped; returns the peak.
+fn sample_peak() -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let handle = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(rss(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak.load(Ordering::Relaxed)
+        })
+    };
+    (stop, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mib_file_streams_through_without_being_held() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("big@example.com", "Архив").await;
+    let (token, _) = user_token(&server, &app, "ann", &[]).await;
+    let mut ws = Ws::connect(&server, &token, None).await;
+    let conversation = ws
+        .request(json!({"type": "create_conversation", "title": "Архив"}))
+        .await["conversation"]["id"]
+        .clone();
+    let sha = sha_of_generated().await;
+    // An upload pool of its own, so the generated body is not kept.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+
+    let baseline = rss();
+    let (stop, sampler) = sample_peak();
+    let ticket: Value = server
+        .post(&format!(
+            "/api/v1/conversations/{}/files",
+            conversation.as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .json(&json!({"name": "архив.bin", "size": SIZE, "sha256": sha}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let put = http
+        .put(ticket["upload"]["url"].as_str().unwrap())
+        .header("content-length", SIZE)
+        .body(reqwest::Body::wrap_stream(chunks()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::NO_CONTENT);
+    let file = ticket["file"]["id"].as_str().unwrap();
+    let done: Value = server
+        .post(&format!("/api/v1/files/{file}/complete"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["sha256"], sha);
+    let download: Value = server
+        .get(&format!("/api/v1/files/{file}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let got = http
+        .get(download["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.headers()["content-length"], SIZE.to_string().as_str());
+    let mut hash = Sha256::new();
+    let mut received = 0u64;
+    let mut body = got.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap();
+        received += chunk.len() as u64;
+        hash.update(&chunk);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    assert_eq!(received, SIZE);
+    assert_eq!(hex(&hash.finalize()), sha);
+
+    let grew = peak.saturating_sub(baseline);
+    println!(
+        "100 MiB up, completed and down: RSS {} MiB before, peak {} MiB (+{} MiB)",
+        baseline >> 20,
+        peak >> 20,
+        grew >> 20
+    );
+    assert!(
+        grew < 48 * 1024 * 1024,
+        "the process grew by {} MiB moving a 100 MiB file",
+        grew >> 20
+    );
+}
