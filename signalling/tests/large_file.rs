@@ -1,7 +1,8 @@
 //! A 100 MiB file streams through upload, completion and download without
-//! being held in memory: the process (server and client alike, each
-//! streaming) grows by far less than the file. A test binary of its own,
-//! so that no other test's memory is counted.
+//! being held in memory: in process (server and client alike, each
+//! streaming, the process grows by far less than the file), and through
+//! the real `signalling` binary, whose peak memory is read from /proc. A
+//! test binary of its own, so that no other test's memory is counted.
 
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 
@@ -162,5 +163,161 @@ async fn a_100_mib_file_streams_through_without_being_held() {
         grew < 48 * 1024 * 1024,
         "the process grew by {} MiB moving a 100 MiB file",
         grew >> 20
+    );
+}
+
+/// Reads a field (kB) of /proc/<pid>/status, in bytes.
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// The same through the `signalling` binary: its resident memory before,
+/// and its peak (VmHWM) after a 100 MiB upload, completion and download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_binary_moves_100_mib_in_a_few_mib() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signalling"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("CONFER_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("signalling listening on ")
+        .unwrap()
+        .to_owned();
+    let pid = child.id();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+
+    // An application, a user and a conversation, as a client would.
+    let email = "bin@example.com";
+    http.post(format!("{base}/api/v1/registrations"))
+        .json(&json!({"email": email, "app_name": "Архив"}))
+        .send()
+        .await
+        .unwrap();
+    let code = common::last_code_in(&dir.path().join("outbox"), email).unwrap();
+    let app: Value = http
+        .post(format!("{base}/api/v1/registrations/confirm"))
+        .json(&json!({"email": email, "app_name": "Архив", "code": code}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token: Value = http
+        .post(format!("{base}/api/v1/tokens"))
+        .basic_auth(app["app_id"].as_str().unwrap(), app["app_secret"].as_str())
+        .json(&json!({"external_id": "ann", "name": "Ann"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let ws_url = format!("{}/api/v1/ws?token={token}", base.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        json!({"type": "create_conversation", "id": "c", "title": "Архив"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let conversation = loop {
+        let frame = ws.next().await.unwrap().unwrap();
+        let Ok(text) = frame.to_text() else { continue };
+        let v: Value = serde_json::from_str(text).unwrap();
+        if v["type"] == "ack" {
+            break v["conversation"]["id"].as_str().unwrap().to_owned();
+        }
+    };
+    let sha = sha_of_generated().await;
+    let before = proc_status(pid, "VmRSS:");
+
+    let ticket: Value = http
+        .post(format!("{base}/api/v1/conversations/{conversation}/files"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "архив.bin", "size": SIZE, "sha256": sha}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let put = http
+        .put(ticket["upload"]["url"].as_str().unwrap())
+        .header("content-length", SIZE)
+        .body(reqwest::Body::wrap_stream(chunks()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::NO_CONTENT);
+    let file = ticket["file"]["id"].as_str().unwrap();
+    let done: Value = http
+        .post(format!("{base}/api/v1/files/{file}/complete"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["sha256"], sha);
+    let download: Value = http
+        .get(format!("{base}/api/v1/files/{file}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut body = http
+        .get(download["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    let mut hash = Sha256::new();
+    while let Some(chunk) = body.next().await {
+        hash.update(chunk.unwrap());
+    }
+    assert_eq!(hex(&hash.finalize()), sha);
+    let peak = proc_status(pid, "VmHWM:");
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "signalling (pid {pid}): RSS {:.1} MiB before a 100 MiB upload, completion and download; \
+         peak RSS {:.1} MiB",
+        before as f64 / 1048576.0,
+        peak as f64 / 1048576.0
+    );
+    assert!(
+        peak < before + 48 * 1024 * 1024,
+        "the server peaked at {} MiB from {} MiB",
+        peak >> 20,
+        before >> 20
     );
 }

@@ -84,16 +84,28 @@ impl LocalStorage {
                 format!("{} is not 32 bytes", key_path.display()),
             )
         })?;
-        // Uploads cut off by a crash left partial files: nothing refers to them.
-        if let Ok(entries) = std::fs::read_dir(dir.join(".partial")) {
-            for entry in entries.flatten() {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
         Ok(Self {
             dir: dir.to_owned(),
             key,
         })
+    }
+
+    /// Removes partial files not written to for `age`: uploads cut off by
+    /// a crash (a live upload writes continuously). Returns how many.
+    pub fn remove_stale_partials(&self, age: std::time::Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.dir.join(".partial")) else {
+            return 0;
+        };
+        let now = std::time::SystemTime::now();
+        entries
+            .flatten()
+            .filter(|e| {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > age)
+            })
+            .filter(|e| std::fs::remove_file(e.path()).is_ok())
+            .count()
     }
 
     fn path(&self, object: Object) -> PathBuf {

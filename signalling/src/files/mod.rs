@@ -697,6 +697,12 @@ impl Files {
             let keep = Duration::from_secs(self.config.retention_days * 24 * 60 * 60);
             Timestamp(now.0.saturating_sub(ms(keep)))
         });
+        if let Some(local) = &self.local {
+            let removed = local.remove_stale_partials(ABANDONED_AFTER);
+            if removed > 0 {
+                tracing::info!(files = removed, "removed partial uploads cut off by a crash");
+            }
+        }
         let forgotten = self.store.discard_stale(abandoned, old, now).await?;
         if forgotten > 0 {
             tracing::info!(files = forgotten, "forgot abandoned or expired files");
