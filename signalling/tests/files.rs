@@ -62,7 +62,7 @@ impl S3Server {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(s3s_fs())
+        let mut child = Command::new(s3s_fs())
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
             .arg(root.path())
@@ -83,6 +83,8 @@ impl S3Server {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("s3s-fs did not listen on port {port} within 10 s");
     }
 }
@@ -203,7 +205,9 @@ impl Setup {
             .put(url)
             .header(
                 "content-type",
-                ticket["upload"]["headers"]["Content-Type"].as_str().unwrap(),
+                ticket["upload"]["headers"]["Content-Type"]
+                    .as_str()
+                    .unwrap(),
             )
             .body(bytes)
             .send()
@@ -213,7 +217,10 @@ impl Setup {
 
     async fn complete(&self, token: &str, file: &Value) -> reqwest::Response {
         self.server
-            .post(&format!("/api/v1/files/{}/complete", file.as_str().unwrap()))
+            .post(&format!(
+                "/api/v1/files/{}/complete",
+                file.as_str().unwrap()
+            ))
             .bearer_auth(token)
             .send()
             .await
@@ -334,8 +341,10 @@ async fn attach_and_download_with_names_in_any_script(kind: Kind) {
     let mut ann = Ws::connect(&s.server, &s.ann.0, None).await;
     let mut bob = Ws::connect(&s.server, &s.bob.0, None).await;
     let ack = ann
-        .request(json!({"type": "send", "conversation_id": s.conversation, "client_id": "f1",
-            "text": "Счёт во вложении", "attachments": [{"file_id": file["id"]}]}))
+        .request(
+            json!({"type": "send", "conversation_id": s.conversation, "client_id": "f1",
+            "text": "Счёт во вложении", "attachments": [{"file_id": file["id"]}]}),
+        )
         .await;
     assert_eq!(ack["type"], "ack", "{ack}");
     let attached = &ack["message"]["attachments"][0];
@@ -364,7 +373,10 @@ async fn attach_and_download_with_names_in_any_script(kind: Kind) {
         .await
         .unwrap();
     assert_eq!(got.status(), StatusCode::OK);
-    let disposition = got.headers()["content-disposition"].to_str().unwrap().to_owned();
+    let disposition = got.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(
         disposition.starts_with("attachment; ")
             && disposition.contains(
@@ -377,11 +389,18 @@ async fn attach_and_download_with_names_in_any_script(kind: Kind) {
     assert_eq!(got.bytes().await.unwrap().as_ref(), bytes.as_slice());
 
     // Eve is not a member: refused, and she cannot attach it either.
-    expect_error(s.get_file(&s.eve.0, &file["id"]).await, StatusCode::FORBIDDEN, "forbidden").await;
+    expect_error(
+        s.get_file(&s.eve.0, &file["id"]).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
     // A file already attached cannot be attached again.
     let again = ann
-        .request(json!({"type": "send", "conversation_id": s.conversation, "client_id": "f2",
-            "text": "again", "attachments": [{"file_id": file["id"]}]}))
+        .request(
+            json!({"type": "send", "conversation_id": s.conversation, "client_id": "f2",
+            "text": "again", "attachments": [{"file_id": file["id"]}]}),
+        )
         .await;
     assert_eq!(again["code"], "attachment_unavailable", "{again}");
 
@@ -394,9 +413,20 @@ async fn attach_and_download_with_names_in_any_script(kind: Kind) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let health: Value = s.server.get("/healthz").send().await.unwrap().json().await.unwrap();
+    let health: Value = s
+        .server
+        .get("/healthz")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let backend = if s.kind == Kind::S3 { "s3" } else { "local" };
-    assert_eq!(health["components"]["files"], json!({"status": "up", "backend": backend}));
+    assert_eq!(
+        health["components"]["files"],
+        json!({"status": "up", "backend": backend})
+    );
 }
 
 /// An image gets a JPEG preview at most 320 px on its long side.
@@ -404,7 +434,12 @@ async fn images_get_a_preview(kind: Kind) {
     let s = setup(kind, |_| {}).await;
     let file = s.upload("склад.png", "image/png", &png(1000, 500)).await;
     assert_eq!(file["preview"], json!({"width": 320, "height": 160}));
-    let ticket: Value = s.get_file(&s.ann.0, &file["id"]).await.json().await.unwrap();
+    let ticket: Value = s
+        .get_file(&s.ann.0, &file["id"])
+        .await
+        .json()
+        .await
+        .unwrap();
     let preview = s
         .server
         .client
@@ -439,7 +474,10 @@ async fn bad_uploads_leave_nothing(kind: Kind) {
     let bad = s.begin(&s.ann.0, json!({"name": "", "size": 1})).await;
     expect_error(bad, StatusCode::BAD_REQUEST, "invalid_request").await;
     let bad = s
-        .begin(&s.ann.0, json!({"name": "a", "size": 1, "content_type": "png"}))
+        .begin(
+            &s.ann.0,
+            json!({"name": "a", "size": 1, "content_type": "png"}),
+        )
         .await;
     expect_error(bad, StatusCode::BAD_REQUEST, "invalid_request").await;
     let outsider = s.begin(&s.eve.0, json!({"name": "x.txt", "size": 1})).await;
@@ -450,12 +488,22 @@ async fn bad_uploads_leave_nothing(kind: Kind) {
         ("shorter", bytes[..99_999].to_vec()),
         ("longer", [bytes.as_slice(), b"!"].concat()),
     ] {
-        let ticket = s.ticket(&format!("{case}.bin"), "application/octet-stream", &bytes, false).await;
+        let ticket = s
+            .ticket(
+                &format!("{case}.bin"),
+                "application/octet-stream",
+                &bytes,
+                false,
+            )
+            .await;
         let put = s.put(&ticket, sent).await;
         assert!(put.status().is_client_error(), "{case}: {}", put.status());
         let put = if s.kind == Kind::S3 {
             let text = put.text().await.unwrap();
-            assert!(text.contains("<Code>SignatureDoesNotMatch</Code>"), "{case}: {text}");
+            assert!(
+                text.contains("<Code>SignatureDoesNotMatch</Code>"),
+                "{case}: {text}"
+            );
             None
         } else {
             Some(put)
@@ -464,22 +512,48 @@ async fn bad_uploads_leave_nothing(kind: Kind) {
             expect_error(put, StatusCode::BAD_REQUEST, "upload_size_mismatch").await;
         }
         let file = &ticket["file"]["id"];
-        expect_error(s.complete(&s.ann.0, file).await, StatusCode::CONFLICT, "upload_missing").await;
-        expect_error(s.get_file(&s.ann.0, file).await, StatusCode::CONFLICT, "file_not_ready").await;
-        assert!(s.objects_of(file).is_empty(), "{case}: {:?}", s.objects_of(file));
+        expect_error(
+            s.complete(&s.ann.0, file).await,
+            StatusCode::CONFLICT,
+            "upload_missing",
+        )
+        .await;
+        expect_error(
+            s.get_file(&s.ann.0, file).await,
+            StatusCode::CONFLICT,
+            "file_not_ready",
+        )
+        .await;
+        assert!(
+            s.objects_of(file).is_empty(),
+            "{case}: {:?}",
+            s.objects_of(file)
+        );
     }
 
     // Right length, wrong bytes: the declared SHA-256 catches them (the
     // local backend while receiving, S3 when completing).
-    let ticket = s.ticket("swapped.bin", "application/octet-stream", &bytes, true).await;
+    let ticket = s
+        .ticket("swapped.bin", "application/octet-stream", &bytes, true)
+        .await;
     let put = s.put(&ticket, pseudo_random(100_000, 3)).await;
     let file = &ticket["file"]["id"];
     if s.kind == Kind::Local {
         expect_error(put, StatusCode::BAD_REQUEST, "checksum_mismatch").await;
-        expect_error(s.complete(&s.ann.0, file).await, StatusCode::CONFLICT, "upload_missing").await;
+        expect_error(
+            s.complete(&s.ann.0, file).await,
+            StatusCode::CONFLICT,
+            "upload_missing",
+        )
+        .await;
     } else {
         assert!(put.status().is_success());
-        expect_error(s.complete(&s.ann.0, file).await, StatusCode::BAD_REQUEST, "checksum_mismatch").await;
+        expect_error(
+            s.complete(&s.ann.0, file).await,
+            StatusCode::BAD_REQUEST,
+            "checksum_mismatch",
+        )
+        .await;
     }
     assert!(s.objects_of(file).is_empty(), "{:?}", s.objects_of(file));
     // The same URL then takes the right bytes.
@@ -488,24 +562,38 @@ async fn bad_uploads_leave_nothing(kind: Kind) {
 
     // Four files of 100 000 bytes are kept or pending: a fifth fits the
     // 500 000 quota exactly, one byte more does not.
-    let fits = s.begin(&s.ann.0, json!({"name": "fits.bin", "size": 100_000})).await;
+    let fits = s
+        .begin(&s.ann.0, json!({"name": "fits.bin", "size": 100_000}))
+        .await;
     assert_eq!(fits.status(), StatusCode::CREATED);
-    let over = s.begin(&s.ann.0, json!({"name": "over.bin", "size": 100_001})).await;
+    let over = s
+        .begin(&s.ann.0, json!({"name": "over.bin", "size": 100_001}))
+        .await;
     let body = expect_error(over, StatusCode::CONFLICT, "quota_exceeded").await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("500000"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("500000"),
+        "{body}"
+    );
 
     // Attaching what is not ready, or someone else's, is refused.
     let mut ann = Ws::connect(&s.server, &s.ann.0, None).await;
     let pending: Value = fits.json().await.unwrap();
     let refused = ann
-        .request(json!({"type": "send", "conversation_id": s.conversation, "client_id": "p",
-            "text": "x", "attachments": [{"file_id": pending["file"]["id"]}]}))
+        .request(
+            json!({"type": "send", "conversation_id": s.conversation, "client_id": "p",
+            "text": "x", "attachments": [{"file_id": pending["file"]["id"]}]}),
+        )
         .await;
     assert_eq!(refused["code"], "attachment_unavailable", "{refused}");
     let mut bob = Ws::connect(&s.server, &s.bob.0, None).await;
     let refused = bob
-        .request(json!({"type": "send", "conversation_id": s.conversation, "client_id": "q",
-            "text": "x", "attachments": [{"file_id": file}]}))
+        .request(
+            json!({"type": "send", "conversation_id": s.conversation, "client_id": "q",
+            "text": "x", "attachments": [{"file_id": file}]}),
+        )
         .await;
     assert_eq!(refused["code"], "attachment_unavailable", "{refused}");
 }
@@ -521,13 +609,22 @@ async fn expired_and_tampered_urls_are_refused(kind: Kind) {
     let s = setup_at(kind, |_| {}, clock.clone()).await;
     clock.set(real);
     let bytes = pseudo_random(10_000, 4);
-    let ready = s.upload("ready.bin", "application/octet-stream", &bytes).await;
+    let ready = s
+        .upload("ready.bin", "application/octet-stream", &bytes)
+        .await;
 
     // URLs signed 20 minutes ago (valid 15) have expired, for S3's real
     // clock and for the server's.
     clock.set(past);
-    let late = s.ticket("late.bin", "application/octet-stream", &bytes, false).await;
-    let old: Value = s.get_file(&s.ann.0, &ready["id"]).await.json().await.unwrap();
+    let late = s
+        .ticket("late.bin", "application/octet-stream", &bytes, false)
+        .await;
+    let old: Value = s
+        .get_file(&s.ann.0, &ready["id"])
+        .await
+        .json()
+        .await
+        .unwrap();
     clock.set(real);
     let put = s.put(&late, bytes.clone()).await;
     assert_eq!(put.status(), StatusCode::FORBIDDEN);
@@ -535,14 +632,22 @@ async fn expired_and_tampered_urls_are_refused(kind: Kind) {
         expect_error(put, StatusCode::FORBIDDEN, "url_expired").await;
     }
     assert!(s.objects_of(&late["file"]["id"]).is_empty());
-    let get = s.server.client.get(old["url"].as_str().unwrap()).send().await.unwrap();
+    let get = s
+        .server
+        .client
+        .get(old["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(get.status(), StatusCode::FORBIDDEN);
     if s.kind == Kind::Local {
         expect_error(get, StatusCode::FORBIDDEN, "url_expired").await;
     }
 
     // Fresh URLs with one character of the signature changed are refused.
-    let fresh = s.ticket("fresh.bin", "application/octet-stream", &bytes, false).await;
+    let fresh = s
+        .ticket("fresh.bin", "application/octet-stream", &bytes, false)
+        .await;
     let url = fresh["upload"]["url"].as_str().unwrap();
     let put = s.put_to(&tamper(url), &fresh, bytes.clone()).await;
     assert_eq!(put.status(), StatusCode::FORBIDDEN);
@@ -550,7 +655,12 @@ async fn expired_and_tampered_urls_are_refused(kind: Kind) {
         expect_error(put, StatusCode::FORBIDDEN, "bad_signature").await;
     }
     assert!(s.objects_of(&fresh["file"]["id"]).is_empty());
-    let download: Value = s.get_file(&s.ann.0, &ready["id"]).await.json().await.unwrap();
+    let download: Value = s
+        .get_file(&s.ann.0, &ready["id"])
+        .await
+        .json()
+        .await
+        .unwrap();
     let url = download["url"].as_str().unwrap();
     let get = s.server.client.get(tamper(url)).send().await.unwrap();
     assert_eq!(get.status(), StatusCode::FORBIDDEN);
@@ -586,22 +696,35 @@ async fn deleting_messages_and_applications_removes_files(kind: Kind) {
     let s = setup(kind, |_| {}).await;
     let first = s.upload("one.txt", "text/plain", b"first file").await;
     let second = s.upload("two.png", "image/png", &png(400, 400)).await;
-    let kept = s.upload("three.txt", "text/plain", b"kept until unregistered").await;
+    let kept = s
+        .upload("three.txt", "text/plain", b"kept until unregistered")
+        .await;
     assert!(!s.objects_of(&second["id"]).is_empty());
     let mut ann = Ws::connect(&s.server, &s.ann.0, None).await;
     let ack = ann
         .request(json!({"type": "send", "conversation_id": s.conversation, "client_id": "d1",
             "text": "two files", "attachments": [{"file_id": first["id"]}, {"file_id": second["id"], "displayed": false}]}))
         .await;
-    assert_eq!(ack["message"]["attachments"][1]["displayed"], false, "{ack}");
-    assert_eq!(ack["message"]["attachments"][1]["preview"], json!({"width": 320, "height": 320}));
+    assert_eq!(
+        ack["message"]["attachments"][1]["displayed"], false,
+        "{ack}"
+    );
+    assert_eq!(
+        ack["message"]["attachments"][1]["preview"],
+        json!({"width": 320, "height": 320})
+    );
     let deleted = ann
         .request(json!({"type": "delete", "conversation_id": s.conversation, "message_id": ack["message"]["id"]}))
         .await;
     assert_eq!(deleted["type"], "ack", "{deleted}");
     s.wait_gone(&first["id"]).await;
     s.wait_gone(&second["id"]).await;
-    expect_error(s.get_file(&s.ann.0, &first["id"]).await, StatusCode::NOT_FOUND, "not_found").await;
+    expect_error(
+        s.get_file(&s.ann.0, &first["id"]).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
 
     // A file not attached yet can be discarded by its uploader.
     let r = s
@@ -635,10 +758,20 @@ async fn retention_and_abandoned_uploads(kind: Kind) {
     let mut s = setup_at(kind, |c| c.files.retention_days = 30, clock.clone()).await;
     let old = s.upload("old.txt", "text/plain", b"old news").await;
     let abandoned = s
-        .ticket("abandoned.bin", "application/octet-stream", b"never sent", false)
+        .ticket(
+            "abandoned.bin",
+            "application/octet-stream",
+            b"never sent",
+            false,
+        )
         .await;
     let half = s
-        .ticket("half.bin", "application/octet-stream", b"sent, never completed", false)
+        .ticket(
+            "half.bin",
+            "application/octet-stream",
+            b"sent, never completed",
+            false,
+        )
         .await;
     ok(s.put(&half, b"sent, never completed".to_vec()).await).await;
     assert!(!s.objects_of(&half["file"]["id"]).is_empty());
@@ -653,7 +786,10 @@ async fn retention_and_abandoned_uploads(kind: Kind) {
     gone(s.get_file(&s.ann.0, &abandoned["file"]["id"]).await).await;
     gone(s.get_file(&s.ann.0, &half["file"]["id"]).await).await;
     assert!(s.objects_of(&half["file"]["id"]).is_empty());
-    assert_eq!(s.get_file(&s.ann.0, &old["id"]).await.status(), StatusCode::OK);
+    assert_eq!(
+        s.get_file(&s.ann.0, &old["id"]).await.status(),
+        StatusCode::OK
+    );
 
     // 30 days after the old file (and less after the young one), only the
     // old one goes.
@@ -662,7 +798,10 @@ async fn retention_and_abandoned_uploads(kind: Kind) {
     s.server.services.files.sweep().await.unwrap();
     gone(s.get_file(&s.ann.0, &old["id"]).await).await;
     assert!(s.objects_of(&old["id"]).is_empty());
-    assert_eq!(s.get_file(&s.ann.0, &young["id"]).await.status(), StatusCode::OK);
+    assert_eq!(
+        s.get_file(&s.ann.0, &young["id"]).await.status(),
+        StatusCode::OK
+    );
     assert!(!s.objects_of(&young["id"]).is_empty());
 }
 

@@ -235,7 +235,10 @@ async fn the_server_binary_moves_100_mib_in_a_few_mib() {
         .await
         .unwrap();
     let token = token["token"].as_str().unwrap().to_owned();
-    let ws_url = format!("{}/api/v1/ws?token={token}", base.replace("http://", "ws://"));
+    let ws_url = format!(
+        "{}/api/v1/ws?token={token}",
+        base.replace("http://", "ws://")
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
     use futures_util::SinkExt;
     ws.send(tokio_tungstenite::tungstenite::Message::Text(

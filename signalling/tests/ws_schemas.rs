@@ -45,7 +45,10 @@ async fn every_frame_matches_the_documented_schemas() {
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .unwrap();
     let ticket: serde_json::Value = server
-        .post(&format!("/api/v1/conversations/{}/files", conv.as_str().unwrap()))
+        .post(&format!(
+            "/api/v1/conversations/{}/files",
+            conv.as_str().unwrap()
+        ))
         .bearer_auth(&t1)
         .json(&json!({"name": "план.png", "size": png.len(), "content_type": "image/png"}))
         .send()
@@ -72,7 +75,10 @@ async fn every_frame_matches_the_documented_schemas() {
     let with_file = ann
         .request(json!({"type": "send", "conversation_id": conv, "client_id": "f", "attachments": [{"file_id": file, "displayed": true}]}))
         .await;
-    assert_eq!(with_file["message"]["attachments"][0]["preview"]["width"], 320, "{with_file}");
+    assert_eq!(
+        with_file["message"]["attachments"][0]["preview"]["width"], 320,
+        "{with_file}"
+    );
     ann.request(json!({"type": "edit", "conversation_id": conv, "message_id": mid, "text": "hi!"}))
         .await;
     ann.request(json!({"type": "delete", "conversation_id": conv, "message_id": mid}))

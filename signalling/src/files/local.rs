@@ -26,6 +26,10 @@ use crate::ids::{FileId, Timestamp};
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// An upload that sends nothing for this long is cut off (and its partial
+/// file removed), so a stalled client holds no file and no task.
+const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What a local URL allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -217,7 +221,16 @@ impl LocalStorage {
         let mut hash = Sha256::new();
         let mut received: u64 = 0;
         let mut chunks = body.into_data_stream();
-        while let Some(chunk) = chunks.next().await {
+        loop {
+            let next = tokio::time::timeout(STALL_TIMEOUT, chunks.next())
+                .await
+                .map_err(|_| {
+                    size_mismatch(format!(
+                        "the upload stalled for {} s after {received} of {size} bytes",
+                        STALL_TIMEOUT.as_secs()
+                    ))
+                })?;
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| {
                 size_mismatch(format!(
                     "the upload broke off after {received} of {size} bytes: {e}"

@@ -172,7 +172,8 @@ pub struct Files {
     messaging: Arc<Messaging>,
     clock: Arc<dyn Clock>,
     garbage: Arc<Notify>,
-    /// One image decode at a time: a preview may take hundreds of MiB.
+    /// One image read and decoded at a time: a preview holds the image
+    /// (up to `preview_max_bytes`) and its pixels (up to 512 MiB).
     previews: Semaphore,
 }
 
@@ -417,6 +418,13 @@ impl Files {
         let object = Object::new(file.app_id, file.id, Part::Bytes);
         let keep =
             preview::can_preview(&file.content_type) && file.size <= self.config.preview_max_bytes;
+        // An image is held whole to decode it: one at a time, so that
+        // completions at once cannot hold many (others only stream).
+        let _permit = if keep {
+            Some(self.previews.acquire().await.map_err(ApiError::internal)?)
+        } else {
+            None
+        };
         let mut stream = self
             .storage
             .read(object)
@@ -439,7 +447,6 @@ impl Files {
         if !keep {
             return Ok((sha256, None));
         }
-        let _permit = self.previews.acquire().await.map_err(ApiError::internal)?;
         let made = tokio::task::spawn_blocking(move || preview::make(&kept))
             .await
             .map_err(ApiError::internal)?;
@@ -700,7 +707,10 @@ impl Files {
         if let Some(local) = &self.local {
             let removed = local.remove_stale_partials(ABANDONED_AFTER);
             if removed > 0 {
-                tracing::info!(files = removed, "removed partial uploads cut off by a crash");
+                tracing::info!(
+                    files = removed,
+                    "removed partial uploads cut off by a crash"
+                );
             }
         }
         let forgotten = self.store.discard_stale(abandoned, old, now).await?;
