@@ -92,12 +92,43 @@ async fn a_100_mib_file_streams_through_without_being_held() {
 
     let baseline = rss();
     let (stop, sampler) = sample_peak();
-    let ticket: Value = server
-        .post(&format!(
-            "/api/v1/conversations/{}/files",
-            conversation.as_str().unwrap()
-        ))
-        .bearer_auth(&token)
+    round_trip(
+        &http,
+        &server.base,
+        &token,
+        conversation.as_str().unwrap(),
+        &sha,
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+
+    let grew = peak.saturating_sub(baseline);
+    println!(
+        "100 MiB up, completed and down: RSS {} MiB before, peak {} MiB (+{} MiB)",
+        baseline >> 20,
+        peak >> 20,
+        grew >> 20
+    );
+    assert!(
+        grew < 48 * 1024 * 1024,
+        "the process grew by {} MiB moving a 100 MiB file",
+        grew >> 20
+    );
+}
+
+/// Asks to upload the file, sends it from the generator, completes it,
+/// and downloads it hashing as it arrives; checks size and SHA-256.
+async fn round_trip(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    conversation: &str,
+    sha: &str,
+) {
+    let ticket: Value = http
+        .post(format!("{base}/api/v1/conversations/{conversation}/files"))
+        .bearer_auth(token)
         .json(&json!({"name": "архив.bin", "size": SIZE, "sha256": sha}))
         .send()
         .await
@@ -114,9 +145,9 @@ async fn a_100_mib_file_streams_through_without_being_held() {
         .unwrap();
     assert_eq!(put.status(), StatusCode::NO_CONTENT);
     let file = ticket["file"]["id"].as_str().unwrap();
-    let done: Value = server
-        .post(&format!("/api/v1/files/{file}/complete"))
-        .bearer_auth(&token)
+    let done: Value = http
+        .post(format!("{base}/api/v1/files/{file}/complete"))
+        .bearer_auth(token)
         .send()
         .await
         .unwrap()
@@ -124,9 +155,9 @@ async fn a_100_mib_file_streams_through_without_being_held() {
         .await
         .unwrap();
     assert_eq!(done["sha256"], sha);
-    let download: Value = server
-        .get(&format!("/api/v1/files/{file}"))
-        .bearer_auth(&token)
+    let download: Value = http
+        .get(format!("{base}/api/v1/files/{file}"))
+        .bearer_auth(token)
         .send()
         .await
         .unwrap()
@@ -147,23 +178,8 @@ async fn a_100_mib_file_streams_through_without_being_held() {
         received += chunk.len() as u64;
         hash.update(&chunk);
     }
-    stop.store(true, Ordering::Relaxed);
-    let peak = sampler.join().unwrap();
     assert_eq!(received, SIZE);
     assert_eq!(hex(&hash.finalize()), sha);
-
-    let grew = peak.saturating_sub(baseline);
-    println!(
-        "100 MiB up, completed and down: RSS {} MiB before, peak {} MiB (+{} MiB)",
-        baseline >> 20,
-        peak >> 20,
-        grew >> 20
-    );
-    assert!(
-        grew < 48 * 1024 * 1024,
-        "the process grew by {} MiB moving a 100 MiB file",
-        grew >> 20
-    );
 }
 
 /// Reads a field (kB) of /proc/<pid>/status, in bytes.
@@ -259,55 +275,7 @@ async fn the_server_binary_moves_100_mib_in_a_few_mib() {
     let sha = sha_of_generated().await;
     let before = proc_status(pid, "VmRSS:");
 
-    let ticket: Value = http
-        .post(format!("{base}/api/v1/conversations/{conversation}/files"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "архив.bin", "size": SIZE, "sha256": sha}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let put = http
-        .put(ticket["upload"]["url"].as_str().unwrap())
-        .header("content-length", SIZE)
-        .body(reqwest::Body::wrap_stream(chunks()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), StatusCode::NO_CONTENT);
-    let file = ticket["file"]["id"].as_str().unwrap();
-    let done: Value = http
-        .post(format!("{base}/api/v1/files/{file}/complete"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(done["sha256"], sha);
-    let download: Value = http
-        .get(format!("{base}/api/v1/files/{file}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut body = http
-        .get(download["url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .bytes_stream();
-    let mut hash = Sha256::new();
-    while let Some(chunk) = body.next().await {
-        hash.update(chunk.unwrap());
-    }
-    assert_eq!(hex(&hash.finalize()), sha);
+    round_trip(&http, &base, &token, &conversation, &sha).await;
     let peak = proc_status(pid, "VmHWM:");
     let _ = child.kill();
     let _ = child.wait();

@@ -92,6 +92,28 @@ fn transport(what: &str) -> impl Fn(reqwest::Error) -> StorageError + '_ {
     move |e| StorageError::S3(format!("{what}: {e}"))
 }
 
+impl S3Storage {
+    /// Sends a bodiless request to a URL the server signed for itself;
+    /// `None` for 404, the answer for a success, an error otherwise.
+    async fn own(
+        &self,
+        method: reqwest::Method,
+        url: reqwest::Url,
+        what: &str,
+    ) -> Result<Option<reqwest::Response>, StorageError> {
+        let response = self
+            .http
+            .request(method, url)
+            .send()
+            .await
+            .map_err(transport(what))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        check_status(what, response).await.map(Some)
+    }
+}
+
 #[async_trait]
 impl Storage for S3Storage {
     fn kind(&self) -> &'static str {
@@ -140,16 +162,9 @@ impl Storage for S3Storage {
             .bucket
             .head_object(Some(&self.credentials), &key)
             .sign_with_time(OWN_REQUEST_TTL, &Self::now());
-        let response = self
-            .http
-            .head(url)
-            .send()
-            .await
-            .map_err(transport("HEAD object"))?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
+        let Some(response) = self.own(reqwest::Method::HEAD, url, "HEAD object").await? else {
             return Ok(None);
-        }
-        let response = check_status("HEAD object", response).await?;
+        };
         let len = response
             .headers()
             .get(reqwest::header::CONTENT_LENGTH)
@@ -223,16 +238,9 @@ impl Storage for S3Storage {
             .bucket
             .delete_object(Some(&self.credentials), &key)
             .sign_with_time(OWN_REQUEST_TTL, &Self::now());
-        let response = self
-            .http
-            .delete(url)
-            .send()
+        self.own(reqwest::Method::DELETE, url, "DELETE object")
             .await
-            .map_err(transport("DELETE object"))?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(());
-        }
-        check_status("DELETE object", response).await.map(drop)
+            .map(drop)
     }
 
     async fn check(&self) -> Result<(), StorageError> {
@@ -240,12 +248,12 @@ impl Storage for S3Storage {
             .bucket
             .head_bucket(Some(&self.credentials))
             .sign_with_time(OWN_REQUEST_TTL, &Self::now());
-        let response = self
-            .http
-            .head(url)
-            .send()
-            .await
-            .map_err(transport("HEAD bucket"))?;
-        check_status("HEAD bucket", response).await.map(drop)
+        match self.own(reqwest::Method::HEAD, url, "HEAD bucket").await? {
+            Some(_) => Ok(()),
+            None => Err(StorageError::S3(format!(
+                "HEAD bucket: no bucket {:?}",
+                self.bucket.name()
+            ))),
+        }
     }
 }
