@@ -42,6 +42,8 @@ pub struct SignallingConfig {
     pub sfu: SfuSection,
     /// Attachments: limits, lifetime, and the storage backend.
     pub files: FilesConfig,
+    /// The demo application of the web client.
+    pub demo: DemoConfig,
 }
 
 impl Default for SignallingConfig {
@@ -59,8 +61,19 @@ impl Default for SignallingConfig {
             calls: CallConfig::default(),
             sfu: SfuSection::default(),
             files: FilesConfig::default(),
+            demo: DemoConfig::default(),
         }
     }
+}
+
+/// The demo application: anyone who opens the web client can type a name
+/// and use Confer as a user of it, with no application of their own.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoConfig {
+    /// `true` or `false`; unset: on exactly when `listen` is a loopback
+    /// address (a first run on one's own machine), off otherwise.
+    pub enabled: Option<bool>,
 }
 
 /// Log output format.
@@ -767,6 +780,14 @@ impl SignallingConfig {
     #[must_use]
     pub fn outbox_dir(&self) -> PathBuf {
         self.data_dir.join("outbox")
+    }
+
+    /// Whether the demo application is offered.
+    #[must_use]
+    pub fn demo_enabled(&self) -> bool {
+        self.demo
+            .enabled
+            .unwrap_or_else(|| self.listen.ip().is_loopback())
     }
 
     /// The directory of the local file backend.

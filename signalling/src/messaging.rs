@@ -186,6 +186,9 @@ pub struct NewConversation {
     pub key: Option<String>,
 }
 
+/// Most members `member_list` names.
+pub const MAX_MEMBERS_LISTED: usize = 1000;
+
 /// Conversations with more members than this carry no presence.
 pub const PRESENCE_MAX_MEMBERS: usize = 50;
 
@@ -566,6 +569,40 @@ impl Messaging {
                 Err(ApiError::Forbidden("not a member of this conversation"))
             }
         }
+    }
+
+    /// Who is in a conversation the caller may read, with names and
+    /// presence (presence only where conversations carry it), at most
+    /// `MAX_MEMBERS_LISTED`; `true` when there were more.
+    ///
+    /// # Errors
+    /// As [`Self::readable`].
+    pub async fn member_list(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+    ) -> Result<(Vec<(UserId, String, Option<Presence>)>, bool), ApiError> {
+        let conversation = self.readable(caller, id).await?;
+        let everyone = self.audience(&conversation).await?;
+        let with_presence = everyone.len() <= PRESENCE_MAX_MEMBERS;
+        let truncated = everyone.len() > MAX_MEMBERS_LISTED;
+        let mut out = Vec::with_capacity(everyone.len().min(MAX_MEMBERS_LISTED));
+        for user in everyone.into_iter().take(MAX_MEMBERS_LISTED) {
+            let Some(found) = self.users.user(caller.app.id, user).await? else {
+                continue;
+            };
+            let presence = if with_presence {
+                let map = self
+                    .presence
+                    .lock()
+                    .map_err(|_| ApiError::internal(anyhow::anyhow!("presence lock")))?;
+                Some(presence_of(map.get(&user)))
+            } else {
+                None
+            };
+            out.push((user, found.name, presence));
+        }
+        Ok((out, truncated))
     }
 
     /// Everyone who sees the events of a conversation the caller may read.

@@ -396,6 +396,40 @@ impl Tenancy {
         })
     }
 
+    /// The demo application (made on first use): owned by the subscriber
+    /// `demo@confer.invalid`, named "Confer demo". Its secret is made and
+    /// forgotten: only this server issues its tokens.
+    ///
+    /// # Errors
+    /// `internal` on store failure.
+    pub async fn demo_application(&self) -> Result<Application, ApiError> {
+        const EMAIL: &str = "demo@confer.invalid";
+        if let Some(owner) = self.store.subscriber_by_email(EMAIL).await?
+            && let Some(app) = self
+                .store
+                .applications(Some(owner.id))
+                .await?
+                .into_iter()
+                .find(|a| a.unregistered_at.is_none())
+        {
+            return Ok(app);
+        }
+        let id = AppId::random();
+        let secret = auth::generate_secret();
+        let new_app = NewApplication {
+            id,
+            name: "Confer demo".to_owned(),
+            secret_hash: hash_secret(secret.clone()).await?,
+            token_key: TokenKey::derive(id, &secret),
+        };
+        let (_, app) = self
+            .store
+            .register_application(EMAIL, SubscriberId::random(), &new_app, self.clock.now())
+            .await?;
+        tracing::info!(app_id = %app.id, "demo application created");
+        Ok(app)
+    }
+
     /// The applications an actor may see: its subscriber's for a
     /// subscriber, itself for an application.
     ///

@@ -150,6 +150,10 @@ enum Request {
         id: String,
         conversation_id: ConversationId,
     },
+    Members {
+        id: String,
+        conversation_id: ConversationId,
+    },
     Presence {
         id: String,
         #[serde(default)]
@@ -240,6 +244,7 @@ const KNOWN_TYPES: &[&str] = &[
     "list",
     "click",
     "typing",
+    "members",
     "presence",
     "search",
     "ping",
@@ -699,6 +704,20 @@ async fn answer(context: &Context, request: Request) -> Result<Value, ApiError> 
                 .map(|(u, p)| (u.to_string(), json!(p)))
                 .collect();
             json!({"type": "presence", "id": id, "users": map})
+        }
+        Request::Members {
+            id,
+            conversation_id,
+        } => {
+            let (members, truncated) = messaging.member_list(caller, conversation_id).await?;
+            let members: Vec<Value> = members
+                .into_iter()
+                .map(|(user_id, name, presence)| match presence {
+                    Some(p) => json!({"user_id": user_id, "name": name, "presence": p}),
+                    None => json!({"user_id": user_id, "name": name}),
+                })
+                .collect();
+            json!({"type": "members", "id": id, "members": members, "truncated": truncated})
         }
         Request::Search { id, query, limit } => {
             let found = messaging

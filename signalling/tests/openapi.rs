@@ -42,6 +42,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("put", "/api/v1/files/{file_id}/content"),
     ("get", "/api/v1/files/{file_id}/content"),
     ("get", "/api/v1/files/{file_id}/preview"),
+    ("get", "/api/v1/demo"),
+    ("post", "/api/v1/demo/sessions"),
 ];
 
 #[tokio::test]

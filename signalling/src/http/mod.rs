@@ -6,6 +6,7 @@ pub mod files;
 pub mod ops;
 pub mod realtime;
 pub mod tenancy;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,6 +39,7 @@ use crate::server::Services;
         (name = "applications", description = "Managing registered applications"),
         (name = "users", description = "User tokens and the application's users"),
         (name = "files", description = "Attachments: upload and download through signed URLs"),
+        (name = "demo", description = "The web client's demo application (loopback only by default)"),
     )
 )]
 struct ApiDoc;
@@ -92,6 +94,8 @@ fn api_router() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(files::get_file, files::discard_file))
         .routes(routes!(files::get_content, files::put_content))
         .routes(routes!(files::get_preview))
+        .routes(routes!(web::demo_info))
+        .routes(routes!(web::demo_sign_in))
 }
 
 /// The OpenAPI 3 document of every route, generated from the handlers.
@@ -106,6 +110,8 @@ pub fn app(services: Arc<Services>) -> Router {
     let max_body = services.config.http.max_body_bytes;
     router
         .route("/api/v1/ws", axum::routing::get(realtime::upgrade))
+        .route("/", axum::routing::get(web::index))
+        .route("/web/{file}", axum::routing::get(web::asset))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::Extension(Arc::new(api)))

@@ -1,0 +1,104 @@
+// Two people chat in two browser contexts: each message appears on the
+// other side, unread counts and the read mark update, typing, edit,
+// delete, an image attachment with its preview, search, and a discussion
+// of a business object opened by an application's token. Screenshots of
+// the chat go to the artifacts.
+import { join } from 'node:path';
+import { artifacts, check, dataDir, demoPage, launch, open, register, scenario, sendText, startServer, stopServer, until } from './lib.mjs';
+
+await scenario('chat', async (cleanup) => {
+  const dir = dataDir();
+  const server = await startServer({ dir });
+  cleanup.push(() => stopServer(server));
+  const browser = await launch();
+  cleanup.push(() => browser.close());
+
+  const ann = await demoPage(browser, server.base, 'Анна');
+  const bob = await demoPage(browser, server.base, 'Bob');
+  check(await ann.locator('#demo-badge').isVisible(), 'the demo is marked as such');
+
+  await open(ann, 'Demo lobby');
+  await sendText(ann, 'Привет, Bob! 👋');
+  // Bob has not opened the lobby: an unread count.
+  const badge = bob.locator('#conversations .conv', { hasText: 'Demo lobby' }).locator('.unread');
+  await until('Bob\'s unread count', async () => (await badge.textContent()) === '1');
+  check(true, 'Bob sees 1 unread message in the lobby');
+
+  await open(bob, 'Demo lobby');
+  const fromAnn = bob.locator('#messages .msg', { hasText: 'Привет, Bob!' });
+  await fromAnn.waitFor();
+  await until('Анна\'s name', async () => (await fromAnn.locator('.author').textContent()) === 'Анна');
+  check(true, 'Bob sees Анна\'s message under her name');
+  check(await bob.locator('#messages .read-mark').isVisible(), 'the read mark shows where Bob\'s new messages start');
+  await until('the unread count to go', async () => (await badge.count()) === 0);
+  check(true, 'opening the conversation reads it: the unread count is gone');
+
+  // Typing, then a reply.
+  await bob.type('#text', 'Hi');
+  await until('Анна to see Bob typing', async () => (await ann.textContent('#typing')).includes('Bob is typing'));
+  check(true, 'Анна sees "Bob is typing…"');
+  await bob.fill('#text', 'Hi Анна, got it');
+  await bob.click('#send');
+  await ann.locator('#messages .msg', { hasText: 'Hi Анна, got it' }).waitFor();
+  check(true, 'Анна sees Bob\'s reply');
+  const annBadge = ann.locator('#conversations .conv', { hasText: 'Demo lobby' }).locator('.unread');
+  check((await annBadge.count()) === 0, 'a message in the open conversation is read at once');
+
+  // Edit and delete reach the other side.
+  const mine = ann.locator('#messages .msg.mine', { hasText: 'Привет, Bob!' });
+  ann.dialogAnswer = 'Привет, Bob! (edited)';
+  await mine.hover();
+  await mine.locator('button.edit').click();
+  await bob.locator('#messages .msg', { hasText: 'Привет, Bob! (edited)' }).locator('.meta', { hasText: 'edited' }).waitFor();
+  check(true, 'Bob sees the edit');
+  await sendText(ann, 'a typo to delete');
+  const typo = ann.locator('#messages .msg.mine', { hasText: 'a typo to delete' });
+  await bob.locator('#messages .msg', { hasText: 'a typo to delete' }).waitFor();
+  await typo.hover();
+  await typo.locator('button.delete').click();
+  await until('Bob to see the deletion', async () => (await bob.locator('#messages .msg', { hasText: 'a typo to delete' }).count()) === 0
+    && (await bob.locator('#messages .msg.deleted').count()) === 1);
+  check(true, 'Bob sees the deletion');
+
+  // An image attachment: uploaded from the page, previewed on the other side.
+  const png = await ann.evaluate(() => {
+    const c = document.createElement('canvas');
+    c.width = 800; c.height = 500;
+    const g = c.getContext('2d');
+    g.fillStyle = '#2f6fde'; g.fillRect(0, 0, 800, 500);
+    g.fillStyle = '#fff'; g.font = 'bold 90px sans-serif'; g.fillText('План склада', 60, 280);
+    return c.toDataURL('image/png').split(',')[1];
+  });
+  await ann.setInputFiles('#attach', { name: 'план-склада.png', mimeType: 'image/png', buffer: Buffer.from(png, 'base64') });
+  await until('the upload', async () => (await ann.textContent('#attached')) === 'план-склада.png');
+  await ann.fill('#text', 'Plan attached');
+  await ann.click('#send');
+  const preview = bob.locator('#messages .msg', { hasText: 'Plan attached' }).locator('img.preview');
+  await preview.waitFor();
+  const width = await until('the preview to load', () => preview.evaluate((img) => img.complete && img.naturalWidth));
+  check(width === 320, `Bob sees the image's preview, ${width} px wide`);
+
+  // Search.
+  await bob.fill('#search', 'Привет');
+  await bob.locator('#search-results .result', { hasText: 'Привет' }).first().waitFor();
+  check(true, 'search finds the message');
+  await bob.fill('#search', '');
+  await bob.waitForTimeout(400);
+
+  await ann.screenshot({ path: join(artifacts, 'chat-anna.png') });
+  await bob.screenshot({ path: join(artifacts, 'chat-bob.png') });
+
+  // An application embeds the client for its user with a token that lets
+  // the user see an invoice: the page opens the invoice's discussion.
+  const erp = await register(server.base, dir, 'erp@example.com', 'ERP');
+  const token = await erp.token('carol', 'Carol', ['Invoice:17']);
+  const carol = await (await browser.newContext()).newPage();
+  await carol.goto(`${server.base}/#token=${encodeURIComponent(token)}&context=Invoice:17&title=${encodeURIComponent('Invoice 17')}`);
+  await until('the discussion to open', async () => (await carol.textContent('#chat-title')).includes('Invoice 17 · Invoice:17'));
+  check(!(await carol.evaluate(() => location.href)).includes('token='), 'the token leaves the address bar');
+  await sendText(carol, 'Please check the VAT on this invoice');
+  await carol.locator('#messages .msg.mine', { hasText: 'VAT' }).waitFor({ state: 'attached' });
+  await carol.locator('#messages .msg:not(.pending)', { hasText: 'VAT' }).waitFor();
+  check(await carol.locator('#demo-badge').isHidden(), 'an application\'s user is not marked demo');
+  await carol.screenshot({ path: join(artifacts, 'discussion.png') });
+});
