@@ -1108,6 +1108,21 @@ impl Engine {
                 if let Some(t) = target {
                     entry[usize::from(t)] = true;
                 }
+                // What the subscriber asks for, bandwidth aside, among the
+                // layers the publisher announced — also those it paused
+                // because nobody needed them: otherwise a paused layer
+                // could never be chosen, so never needed again.
+                let announced: Vec<LayerView> = views
+                    .iter()
+                    .map(|v| LayerView { active: true, ..*v })
+                    .collect();
+                if let Some(wanted) = simulcast::choose_layer(
+                    &announced,
+                    None,
+                    slot.preference.unwrap_or(p.preference),
+                ) {
+                    entry[usize::from(wanted)] = true;
+                }
                 if let Some(c) = slot.selector.current() {
                     entry[usize::from(c)] = true;
                 }

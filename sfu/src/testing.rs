@@ -106,6 +106,8 @@ pub struct Publisher {
     pub tag: u8,
     /// RFC 6464 level of the audio, -dBov (0 loudest, -127 silence).
     pub audio_level: i8,
+    /// Layers not sent (as a browser does when told nobody needs them).
+    pub paused: [bool; 3],
     queue: std::collections::VecDeque<(Mid, Option<Rid>, RtpWrite)>,
 }
 
@@ -127,6 +129,7 @@ impl Publisher {
             packets_sent: 0,
             tag: 0,
             audio_level: -25,
+            paused: [false; 3],
             queue: std::collections::VecDeque::new(),
         }
     }
@@ -170,6 +173,9 @@ impl Publisher {
         let layers: &[u8] = if self.simulcast { &[0, 1, 2] } else { &[2] };
         for &layer in layers {
             let l = usize::from(layer);
+            if self.paused[l] {
+                continue;
+            }
             let keyframe =
                 std::mem::take(&mut self.keyframe_wanted[l]) || frame.is_multiple_of(150);
             let (packets, size) = LAYER_SHAPE[l];

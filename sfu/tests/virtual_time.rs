@@ -137,7 +137,7 @@ fn unused_layers_are_reported_and_the_speaker_is_followed() {
     assert_eq!(s.bad_switches(), 0);
     // The only viewer wants a thumbnail of the speaker: the speaker's f
     // layer is needed by nobody.
-    let unneeded = |p: confer_sfu::ParticipantId, layer: u8| {
+    let unneeded = |events: &[confer_sfu::SfuEvent], p: confer_sfu::ParticipantId, layer: u8| {
         events.iter().rev().find_map(|e| match e {
             confer_sfu::SfuEvent::LayerNeeded {
                 participant,
@@ -148,7 +148,20 @@ fn unused_layers_are_reported_and_the_speaker_is_followed() {
             _ => None,
         })
     };
-    assert_eq!(unneeded(loud_id, 2), Some(false), "{events:?}");
+    assert_eq!(unneeded(&events, loud_id, 2), Some(false), "{events:?}");
+
+    // The publisher stops sending that layer (dynacast). When the viewer
+    // asks for the full picture again, the paused layer is needed again,
+    // although nothing of it has arrived for a while.
+    net.publisher(loud).paused[2] = true;
+    net.run_for(Duration::from_secs(3));
+    net.engine
+        .handle_preference(viewer_id, Preference::default());
+    net.run_for(Duration::from_secs(1));
+    while let Some(e) = net.engine.poll_event() {
+        events.push(e);
+    }
+    assert_eq!(unneeded(&events, loud_id, 2), Some(true), "{events:?}");
 }
 
 /// A call's subscriber: one slot per other participant, each carrying a
