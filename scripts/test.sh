@@ -6,7 +6,8 @@
 #
 # Needs: a Rust toolchain (rustup) and python3. On Debian it installs the
 # packages it lacks with apt-get (as root, or through sudo): libopus-dev,
-# python3-venv. It builds s3s-fs (an S3-protocol server) into target/tools.
+# python3-venv, chromium, nodejs and npm. It builds s3s-fs (an S3-protocol
+# server) into target/tools and installs playwright-core from npm.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -62,6 +63,18 @@ if [ ! -x "$s3s" ]; then
 fi
 export S3S_FS="$s3s"
 "$s3s" --version
+
+say "browser tests: Chromium, Node.js and playwright-core"
+# Debian's Chromium (Playwright's own browser download is not used) and
+# playwright-core pinned by tests/browser/package-lock.json.
+[ -x /usr/bin/chromium ] || apt_install chromium
+command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+browser_tests="$root/signalling/tests/browser"
+if [ ! -d "$browser_tests/node_modules/playwright-core" ]; then
+  (cd "$browser_tests" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+/usr/bin/chromium --version
+node --version
 
 say "cargo fmt --all --check"
 cargo fmt --all --check

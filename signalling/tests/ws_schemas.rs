@@ -92,6 +92,10 @@ async fn every_frame_matches_the_documented_schemas() {
     bob.request(json!({"type": "history", "conversation_id": conv, "limit": 10}))
         .await;
     bob.request(json!({"type": "list", "limit": 10})).await;
+    let members = bob
+        .request(json!({"type": "members", "conversation_id": conv}))
+        .await;
+    assert_eq!(members["members"].as_array().unwrap().len(), 2, "{members}");
     bob.request(json!({"type": "search", "query": "hi"})).await;
     bob.request(json!({"type": "ping"})).await;
     bob.request(json!({"type": "edit", "conversation_id": conv, "message_id": mid, "text": "x"}))
@@ -125,6 +129,7 @@ async fn every_frame_matches_the_documented_schemas() {
         "conversations",
         "search",
         "presence",
+        "members",
         "pong",
         "event.message",
         "event.message_edited",

@@ -305,6 +305,15 @@ export class CallManager {
   }
 
   renderParticipants() {
+    // Muted microphones and cameras are shown on the tiles.
+    for (const [key, tile] of this.tiles) {
+      const p = this.call.participants.find((x) => x.user_id === tile.dataset.user);
+      if (!p) continue;
+      const label = tile.querySelector('.label');
+      const base = label.textContent.replace(/ · .*$/, '');
+      const notes = [!p.audio && 'muted', !p.video && this.call.media === 'video' && 'camera off'].filter(Boolean);
+      label.textContent = notes.length ? `${base} · ${notes.join(', ')}` : base;
+    }
     // Tiles of participants who left go away.
     const joined = new Set(this.call.participants.filter((p) => p.state === 'joined').map((p) => p.user_id));
     for (const [key, tile] of this.tiles) {
