@@ -196,11 +196,7 @@ pub async fn get_content(
     PathId(id): PathId<FileId>,
     query: Result<Query<Signed>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let q = signed(query)?;
-    services
-        .files
-        .serve_local(id, Access::Get, q.expires, &q.signature)
-        .await
+    serve(&services, id, query, Access::Get).await
 }
 
 /// Local backend only: a file's preview (JPEG, at most 320 px on its long
@@ -217,9 +213,18 @@ pub async fn get_preview(
     PathId(id): PathId<FileId>,
     query: Result<Query<Signed>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    serve(&services, id, query, Access::Preview).await
+}
+
+async fn serve(
+    services: &Services,
+    id: FileId,
+    query: Result<Query<Signed>, axum::extract::rejection::QueryRejection>,
+    access: Access,
+) -> Result<Response, ApiError> {
     let q = signed(query)?;
     services
         .files
-        .serve_local(id, Access::Preview, q.expires, &q.signature)
+        .serve_local(id, access, q.expires, &q.signature)
         .await
 }
