@@ -9,91 +9,21 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::s3::S3Server;
 use common::{App, TestServer, Ws, expect_error, user_token};
 use confer_signalling::SignallingConfig;
-use confer_signalling::config::S3Config;
 use confer_signalling::ids::{ManualClock, Timestamp};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-const BUCKET: &str = "confer-files";
-const ACCESS_KEY: &str = "confer-test-key";
-const SECRET_KEY: &str = "confer-test-secret-0123456789";
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Local,
     S3,
-}
-
-/// An `s3s-fs` process on a free loopback port with one bucket.
-struct S3Server {
-    child: Child,
-    root: tempfile::TempDir,
-    endpoint: String,
-}
-
-/// The `s3s-fs` binary: `S3S_FS`, or where `scripts/test.sh` installs it.
-fn s3s_fs() -> PathBuf {
-    let path = std::env::var_os("S3S_FS").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/bin/s3s-fs"),
-        PathBuf::from,
-    );
-    assert!(
-        path.is_file(),
-        "s3s-fs is missing at {}: run scripts/test.sh, which installs it \
-         (cargo install s3s-fs --features binary --root target/tools), or set S3S_FS",
-        path.display()
-    );
-    path
-}
-
-impl S3Server {
-    async fn start() -> Self {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join(BUCKET)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = Command::new(s3s_fs())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Self {
-                    child,
-                    root,
-                    endpoint: format!("http://127.0.0.1:{port}"),
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("s3s-fs did not listen on port {port} within 10 s");
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A server on the backend, an application, and a conversation between
@@ -125,14 +55,7 @@ async fn setup_at(
         Kind::Local => None,
         Kind::S3 => {
             let s3 = S3Server::start().await;
-            config.files.s3 = Some(S3Config {
-                endpoint: s3.endpoint.clone(),
-                bucket: BUCKET.to_owned(),
-                region: "us-east-1".to_owned(),
-                access_key: ACCESS_KEY.to_owned(),
-                secret_key: SECRET_KEY.to_owned(),
-                path_style: true,
-            });
+            config.files.s3 = Some(s3.config());
             Some(s3)
         }
     };
