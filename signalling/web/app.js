@@ -223,6 +223,7 @@ async function loadMembers(id) {
       state.names.set(m.user_id, m.name);
       if (m.presence) state.presence.set(m.user_id, m.presence);
     }
+    if (state.names.has(state.userId)) $('#me-name').textContent = state.names.get(state.userId);
     renderConversations();
     if (id === state.current) { renderHeader(); renderMessages(); }
   } catch (e) { console.warn('members', e); }

@@ -288,6 +288,8 @@ export class CallManager {
 
   enter(call) {
     this.call = call;
+    clearInterval(this.speakingTimer);
+    this.speakingTimer = setInterval(() => this.watchPeerSpeaking().catch(() => {}), 500);
     $('#call').hidden = false;
     $('#call-title').textContent = `${call.media === 'video' ? 'Video' : 'Audio'} call`;
     $('#call-topology').textContent = 'waiting for others…';
@@ -431,6 +433,7 @@ export class CallManager {
   }
 
   teardown() {
+    clearInterval(this.speakingTimer);
     this.closeP2P();
     this.closeSfu();
     this.stopMedia();
@@ -502,6 +505,18 @@ export class CallManager {
       document.body.append(audio);
     }
     audio.srcObject = stream;
+  }
+
+  /** Peer-to-peer calls have no SFU to name the speaker: the peer's tile
+   * is highlighted while its audio level is up. */
+  async watchPeerSpeaking() {
+    if (this.topology !== 'p2p' || !this.p2p) return;
+    let level = 0;
+    (await this.p2p.pc.getStats()).forEach((r) => {
+      if (r.type === 'inbound-rtp' && r.kind === 'audio') level = r.audioLevel || 0;
+    });
+    const tile = this.tiles.get(`p2p:${this.p2p.peer}`);
+    if (tile) tile.classList.toggle('speaker', level > 0.05);
   }
 
   // ---- for tests and diagnostics -------------------------------------
