@@ -313,7 +313,7 @@ export class CallManager {
       if (!p) continue;
       const label = tile.querySelector('.label');
       const base = label.textContent.replace(/ · .*$/, '');
-      const notes = [!p.audio && 'muted', !p.video && this.call.media === 'video' && 'camera off'].filter(Boolean);
+      const notes = [!p.audio && 'muted', !p.video && this.call.media === 'video' && 'camera off', p.screen && 'sharing screen'].filter(Boolean);
       label.textContent = notes.length ? `${base} · ${notes.join(', ')}` : base;
     }
     // Tiles of participants who left go away.

@@ -64,6 +64,15 @@ await scenario('call', async (cleanup) => {
     return c && c.participants.some((p) => !p.audio);
   }));
   check(true, 'Bob\'s mute reaches the others');
+  // Carol shares her screen: the others learn it, and her video goes on.
+  await carol.click('#screen');
+  await until('Ann to learn Carol shares her screen', () => ann.evaluate(() => {
+    const c = window.confer.calls.call;
+    return c && c.participants.some((p) => p.screen);
+  }));
+  check((await carol.evaluate(() => window.confer.calls.videoSender.track.label)).startsWith('screen'),
+    'Carol\'s video sender now carries her screen');
+  await decoding(ann, 'Ann', 'sfu', 2);
   await ann.waitForTimeout(1000);
   await ann.screenshot({ path: join(artifacts, 'call-grid.png') });
 
@@ -72,4 +81,14 @@ await scenario('call', async (cleanup) => {
   await until('the call to end', async () => (await ann.locator('#call').isHidden())
     && (await ann.locator('#messages .msg', { hasText: 'Call' }).count()) >= 2);
   check(true, 'the call ended and its start and end are in the conversation');
+
+  // A call everyone declines ends at once, as declined.
+  await ann.click('#call-audio');
+  for (const p of [bob, carol]) {
+    await p.locator('#ring').waitFor({ state: 'visible' });
+    await p.click('#decline');
+  }
+  await until('the declined call to end', async () => (await ann.locator('#call').isHidden())
+    && (await ann.locator('#messages .msg', { hasText: 'declined' }).count()) >= 1);
+  check(true, 'declined by everyone, the call ends and says so in the conversation');
 });
