@@ -169,25 +169,39 @@ impl FromRequestParts<Arc<Services>> for CallerAuth {
         state: &Arc<Services>,
     ) -> Result<Self, ApiError> {
         match Credentials::from_parts(parts)? {
-            Some(Credentials::Bearer(token)) => {
-                let (app, user, contexts) = state
-                    .tenancy
-                    .authenticate_user_with_contexts(&token)
-                    .await?;
-                Ok(Self(Caller {
-                    app,
-                    who: Who::User { user, contexts },
-                }))
-            }
-            Some(Credentials::Basic(id, secret)) => Ok(Self(Caller {
-                app: state.tenancy.authenticate_application(&id, &secret).await?,
-                who: Who::App,
-            })),
+            Some(credentials) => Ok(Self(caller(state, credentials).await?)),
             None => Err(ApiError::Unauthorized(
                 "credentials required: a user token (Authorization: Bearer) or the \
                  application's HTTP Basic app_id:app_secret",
             )),
         }
+    }
+}
+
+/// Who `credentials` speak for: a user (a user token), or an
+/// application's bot (its HTTP Basic id and secret).
+///
+/// # Errors
+/// `unauthorized`, `user_locked`, `application_unregistered`.
+pub async fn caller(services: &Services, credentials: Credentials) -> Result<Caller, ApiError> {
+    match credentials {
+        Credentials::Bearer(token) => {
+            let (app, user, contexts) = services
+                .tenancy
+                .authenticate_user_with_contexts(&token)
+                .await?;
+            Ok(Caller {
+                app,
+                who: Who::User { user, contexts },
+            })
+        }
+        Credentials::Basic(id, secret) => Ok(Caller {
+            app: services
+                .tenancy
+                .authenticate_application(&id, &secret)
+                .await?,
+            who: Who::App,
+        }),
     }
 }
 

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::extract::Credentials;
 use crate::error::ApiError;
-use crate::messaging::{Caller, Who};
+use crate::messaging::Caller;
 use crate::server::Services;
 
 /// Query of the WebSocket route.
@@ -76,29 +76,14 @@ async fn prepare(
     parts: &Parts,
 ) -> Result<(Caller, Option<u64>), ApiError> {
     let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    let token = match Credentials::from_parts(parts)? {
-        Some(Credentials::Bearer(token)) => token,
-        Some(Credentials::Basic(id, secret)) => {
-            // The application connects as its bot.
-            let app = services
-                .tenancy
-                .authenticate_application(&id, &secret)
-                .await?;
-            return Ok((Caller { app, who: Who::App }, query.since));
-        }
-        None => query.token.ok_or(ApiError::Unauthorized(
+    let credentials = match Credentials::from_parts(parts)? {
+        Some(credentials) => credentials,
+        None => Credentials::Bearer(query.token.ok_or(ApiError::Unauthorized(
             "user token required (Authorization: Bearer or ?token=)",
-        ))?,
+        ))?),
     };
-    let (app, user, contexts) = services
-        .tenancy
-        .authenticate_user_with_contexts(&token)
-        .await?;
     Ok((
-        Caller {
-            app,
-            who: Who::User { user, contexts },
-        },
+        super::extract::caller(services, credentials).await?,
         query.since,
     ))
 }
