@@ -211,6 +211,19 @@ async fn wrong_or_missing_application_credentials() {
         assert!(r.headers().contains_key("www-authenticate"));
         expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
     }
+    // A refused bearer token is challenged for a bearer token only, so
+    // that a browser's fetch gets the answer instead of a password prompt.
+    let r = server
+        .get("/api/v1/me")
+        .bearer_auth("expired")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer realm=\"confer\", error=\"invalid_token\""
+    );
+    expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
     // A user token is not an application credential.
     let token = server.token(&app, "u1", "Ann").await;
     let r = server

@@ -65,12 +65,46 @@ function connect() {
       setStatus('signed out', false);
       return signedOut();
     }
-    // Back off 0.5, 1, 2, 4, 5, 5 … s; resume from the last event.
+    // Back off 0.5, 1, 2, 4, 5, 5 … s; resume from the last event. After
+    // two failures, check whether the token is still good.
     const delay = Math.min(5000, 500 * 2 ** state.retry++);
     setStatus('reconnecting…', false);
-    setTimeout(connect, delay);
+    setTimeout(async () => {
+      if (state.retry > 2 && await tokenExpired()) return;
+      connect();
+    }, delay);
   };
 }
+
+/** Whether the server refuses the token (it expired): a demo user signs
+ * in again; an embedded page asks its application (the parent window) for
+ * a new one and connects when it arrives. */
+async function tokenExpired() {
+  const r = await fetch('/api/v1/me', { headers: { authorization: `Bearer ${state.token}` } }).catch(() => null);
+  if (!r || r.status !== 401) return false;
+  if (state.demo) {
+    await signedOut();
+    return true;
+  }
+  setStatus('session expired', false);
+  state.waitingForToken = true;
+  window.parent.postMessage({ type: 'confer-token-expired' }, '*');
+  return true;
+}
+
+// An embedding application hands over a new token:
+// frame.contentWindow.postMessage({type: 'confer-token', token}, confer_origin).
+window.addEventListener('message', (e) => {
+  const data = e.data;
+  if (e.source !== window.parent || !data || data.type !== 'confer-token' || typeof data.token !== 'string') return;
+  state.token = data.token;
+  sessionStorage.setItem('confer.token', data.token);
+  if (state.waitingForToken) {
+    state.waitingForToken = false;
+    state.retry = 0;
+    connect();
+  }
+});
 
 async function signedOut() {
   // A demo user's token expired: sign in again under the same name.

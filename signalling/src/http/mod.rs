@@ -117,8 +117,31 @@ pub fn app(services: Arc<Services>) -> Router {
         .layer(axum::Extension(Arc::new(api)))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(track_requests))
+        .layer(middleware::from_fn(bearer_challenge))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(services)
+}
+
+/// A 401 to a request that carried a bearer token challenges for a bearer
+/// token only (RFC 6750, `error="invalid_token"`): a `Basic` challenge
+/// would make a browser's `fetch` open a password prompt (or, headless,
+/// wait for one) instead of letting the page handle the answer.
+async fn bearer_challenge(request: Request, next: Next) -> Response {
+    let bearer = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
+    let mut response = next.run(request).await;
+    if bearer && response.status() == axum::http::StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static(
+                "Bearer realm=\"confer\", error=\"invalid_token\"",
+            ),
+        );
+    }
+    response
 }
 
 /// Counts every request by method, route template and status, and records

@@ -101,4 +101,22 @@ await scenario('chat', async (cleanup) => {
   await carol.locator('#messages .msg:not(.pending)', { hasText: 'VAT' }).waitFor();
   check(await carol.locator('#demo-badge').isHidden(), 'an application\'s user is not marked demo');
   await carol.screenshot({ path: join(artifacts, 'discussion.png') });
+
+  // Her token expires (here: is replaced by one the server refuses) while
+  // the connection is down: the page asks its application (the parent
+  // window; here the page itself) for a new one and goes on with it.
+  await carol.evaluate(() => {
+    window.tokenAsked = 0;
+    window.addEventListener('message', (e) => { if (e.data?.type === 'confer-token-expired') window.tokenAsked += 1; });
+    window.confer.state.token = 'expired';
+    window.confer.state.ws.close();
+  });
+  await until('the page to ask for a token', () => carol.evaluate(() => window.tokenAsked > 0), 30_000);
+  check((await carol.textContent('#status')) === 'session expired', 'with its token refused, the page says so and asks its application');
+  const fresh = await erp.token('carol', 'Carol', ['Invoice:17']);
+  await carol.evaluate((t) => window.postMessage({ type: 'confer-token', token: t }, location.origin), fresh);
+  await until('the page to reconnect', async () => (await carol.textContent('#status')) === 'online');
+  await sendText(carol, 'Back with a new token');
+  await carol.locator('#messages .msg:not(.pending)', { hasText: 'Back with a new token' }).waitFor();
+  check(true, 'a new token handed over by postMessage reconnects the page');
 });
