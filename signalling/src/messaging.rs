@@ -586,22 +586,19 @@ impl Messaging {
         let everyone = self.audience(&conversation).await?;
         let with_presence = everyone.len() <= PRESENCE_MAX_MEMBERS;
         let truncated = everyone.len() > MAX_MEMBERS_LISTED;
-        let mut out = Vec::with_capacity(everyone.len().min(MAX_MEMBERS_LISTED));
-        for user in everyone.into_iter().take(MAX_MEMBERS_LISTED) {
-            let Some(found) = self.users.user(caller.app.id, user).await? else {
-                continue;
-            };
-            let presence = if with_presence {
-                let map = self
-                    .presence
-                    .lock()
-                    .map_err(|_| ApiError::internal(anyhow::anyhow!("presence lock")))?;
-                Some(presence_of(map.get(&user)))
-            } else {
-                None
-            };
-            out.push((user, found.name, presence));
-        }
+        let listed: Vec<UserId> = everyone.into_iter().take(MAX_MEMBERS_LISTED).collect();
+        let users = self.users.users(caller.app.id, &listed).await?;
+        let map = self
+            .presence
+            .lock()
+            .map_err(|_| ApiError::internal(anyhow::anyhow!("presence lock")))?;
+        let out = users
+            .into_iter()
+            .map(|u| {
+                let presence = with_presence.then(|| presence_of(map.get(&u.id)));
+                (u.id, u.name, presence)
+            })
+            .collect();
         Ok((out, truncated))
     }
 

@@ -249,6 +249,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A user of an application.
     async fn user(&self, app_id: AppId, id: UserId) -> StoreResult<Option<User>>;
 
+    /// The users of an application among `ids` (unknown ids are left out).
+    async fn users(&self, app_id: AppId, ids: &[UserId]) -> StoreResult<Vec<User>>;
+
     /// A user of an application by the application's own id.
     async fn user_by_external_id(
         &self,

@@ -478,6 +478,21 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn users(&self, app_id: AppId, ids: &[UserId]) -> StoreResult<Vec<User>> {
+        let list = serde_json::to_string(&ids.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE app_id = ? AND id IN (SELECT value FROM json_each(?))"
+        ))
+        .bind(app_id.to_string())
+        .bind(list)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(user_from)
+        .collect()
+    }
+
     async fn user_by_external_id(
         &self,
         app_id: AppId,
