@@ -139,7 +139,11 @@ async function onWelcome(frame) {
   state.userId = frame.user_id;
   state.connected = true;
   state.retry = 0;
+  // The first connection starts at the newest event: resume from there.
+  if (!state.lastSeq) state.lastSeq = frame.event_seq;
   setStatus('online', true);
+  // A call is resumed first: its place is kept only for a grace period.
+  calls.onWelcome(frame.calls || []);
   // Messages not yet acknowledged are sent again: the client id makes a
   // repeat harmless.
   for (const pending of state.outbox.values()) sendMessage(pending);
@@ -151,7 +155,6 @@ async function onWelcome(frame) {
   } else if (state.current) {
     await loadHistory(state.current, { after: lastSeqOf(state.current) });
   }
-  calls.onWelcome(frame.calls || []);
 }
 
 function onFrame(frame) {
@@ -303,6 +306,7 @@ async function openConversation(id) {
   state.readMark.set(id, c && c.unread ? c.last_seq - c.unread : Infinity);
   renderConversations();
   renderHeader();
+  renderAttached();
   $('#text').disabled = false;
   $('#send').disabled = false;
   $('#call-audio').disabled = false;
@@ -494,6 +498,7 @@ function size(n) {
 
 async function uploadFiles(files) {
   const id = state.current;
+  state.uploading = true;
   $('#send').disabled = true; // sent once every file is in
   for (const file of files) {
     $('#attached').textContent = `uploading ${file.name}…`;
@@ -504,13 +509,23 @@ async function uploadFiles(files) {
       const put = await fetch(t.upload.url, { method: 'PUT', headers: { 'content-type': t.upload.headers['Content-Type'] }, body: file });
       if (!put.ok) throw new Error(`upload refused (${put.status})`);
       await api('POST', `/api/v1/files/${t.file.id}/complete`);
-      state.attached.push({ id: t.file.id, name: file.name });
+      state.attached.push({ id: t.file.id, name: file.name, conversation: id });
     } catch (e) {
       alert(`${file.name}: ${e.message}`);
     }
   }
-  $('#attached').textContent = state.attached.map((f) => f.name).join(', ');
+  state.uploading = false;
+  renderAttached();
   $('#send').disabled = false;
+}
+
+/** Files wait for a message in the conversation they were uploaded to. */
+function attachedHere() {
+  return state.attached.filter((f) => f.conversation === state.current);
+}
+
+function renderAttached() {
+  $('#attached').textContent = attachedHere().map((f) => f.name).join(', ');
 }
 
 // ---- composing ----------------------------------------------------------
@@ -520,16 +535,17 @@ let lastTyping = 0;
 function onSubmit(e) {
   e.preventDefault();
   const text = $('#text').value;
-  if (!state.current || (!text.trim() && !state.attached.length)) return;
+  const files = attachedHere();
+  if (!state.current || state.uploading || (!text.trim() && !files.length)) return;
   const frame = {
     type: 'send',
     conversation_id: state.current,
     client_id: crypto.randomUUID(),
     text,
   };
-  if (state.attached.length) frame.attachments = state.attached.map((f) => ({ file_id: f.id }));
-  state.attached = [];
-  $('#attached').textContent = '';
+  if (files.length) frame.attachments = files.map((f) => ({ file_id: f.id }));
+  state.attached = state.attached.filter((f) => !files.includes(f));
+  renderAttached();
   $('#text').value = '';
   sendMessage(frame);
   renderMessages(true);

@@ -26,6 +26,11 @@ function encodings({ width, height }) {
   ];
 }
 
+/** The `ice_servers` of the protocol as `RTCIceServer`s. */
+function iceServers(list) {
+  return (list || []).map((s) => ({ urls: s.urls, username: s.username, credential: s.credential }));
+}
+
 /** Waits until ICE gathering is complete (at most 2 s): the SFU takes the
  * offer's candidates in one piece. */
 function gathered(pc) {
@@ -70,14 +75,20 @@ export class CallManager {
   // ---- from the server ----------------------------------------------------
 
   onWelcome(calls) {
+    const mine = this.call && calls.find((c) => c.id === this.call.id);
+    const meThere = mine && mine.participants.find((p) => p.user_id === this.app.userId);
+    if (this.call && meThere && meThere.state === 'joined') {
+      // Reconnected during our call: resume it on the same device (the
+      // peer connections stay as they are).
+      this.resuming = this.call.id;
+      this.app.request({ type: 'call_join', call_id: this.call.id, device_id: this.deviceId }).catch(() => this.teardown());
+    } else if (this.call) {
+      // It ended, or our place was given up, while we were away.
+      this.teardown();
+    }
     for (const call of calls) {
       const me = call.participants.find((p) => p.user_id === this.app.userId);
-      if (this.call && call.id === this.call.id && me && me.state === 'joined') {
-        // Reconnected during our call: resume it on the same device.
-        this.app.request({ type: 'call_join', call_id: call.id, device_id: this.deviceId }).catch(() => this.teardown());
-      } else if (!this.call && me && me.state === 'ringing') {
-        this.ring(call);
-      }
+      if (!this.call && me && me.state === 'ringing') this.ring(call);
     }
   }
 
@@ -119,7 +130,11 @@ export class CallManager {
   async onTopology(ev) {
     if (!this.call && this.joining === ev.call_id) { this.early = ev; return; }
     if (!this.call || ev.call_id !== this.call.id) return;
-    this.iceServers = (ev.ice_servers || []).map((s) => ({ urls: s.urls, username: s.username, credential: s.credential }));
+    if (ev.ice_servers) this.iceServers = iceServers(ev.ice_servers);
+    // A new topology for the same peer after the peer moved to another
+    // device means negotiating afresh; after our own resume it does not.
+    if (ev.topology === 'p2p' && this.p2p && this.p2p.peer === ev.peer && this.resuming !== ev.call_id) this.closeP2P();
+    this.resuming = null;
     this.topology = ev.topology;
     $('#call-topology').textContent = ev.topology === 'p2p' ? 'peer-to-peer' : 'via server';
     if (ev.topology === 'p2p') {
@@ -133,7 +148,11 @@ export class CallManager {
   }
 
   async onSignal(ev) {
-    if (!this.p2p) { this.earlySignals.push(ev); return; }
+    if (!this.p2p) {
+      // Only signals of the call being set up wait for its connection.
+      if (ev.call_id === (this.call?.id ?? this.joining)) this.earlySignals.push(ev);
+      return;
+    }
     if (ev.from !== this.p2p.peer) return;
     const { pc } = this.p2p;
     const s = ev.signal;
@@ -164,14 +183,17 @@ export class CallManager {
   // ---- the user's actions ------------------------------------------------
 
   async start(conversationId, media) {
-    if (this.call || !conversationId) return;
-    await this.openMedia(media);
+    if (this.call || this.pending || !conversationId) return;
+    this.pending = true;
     try {
+      await this.openMedia(media);
       const ack = await this.app.request({ type: 'call_start', conversation_id: conversationId, media, device_id: this.deviceId });
-      this.enter(ack.call);
+      this.enter(ack.call, ack.ice_servers);
     } catch (e) {
-      this.stopMedia();
+      if (!this.call) this.stopMedia();
       alert(`Cannot call: ${e.message}`);
+    } finally {
+      this.pending = false;
     }
   }
 
@@ -192,15 +214,19 @@ export class CallManager {
   async accept() {
     const call = this.ringing;
     this.stopRinging();
-    if (!call) return;
-    await this.openMedia(call.media);
+    if (!call || this.call || this.pending) return;
+    this.pending = true;
     try {
+      await this.openMedia(call.media);
       this.joining = call.id;
       const ack = await this.app.request({ type: 'call_join', call_id: call.id, device_id: this.deviceId });
-      this.enter(ack.call);
+      this.enter(ack.call, ack.ice_servers);
     } catch (e) {
-      this.stopMedia();
+      if (!this.call) this.stopMedia();
+      this.joining = null;
       alert(`Cannot join: ${e.message}`);
+    } finally {
+      this.pending = false;
     }
   }
 
@@ -286,8 +312,9 @@ export class CallManager {
     if (this.sharing) { this.sharing.stop(); this.sharing = null; }
   }
 
-  enter(call) {
+  enter(call, servers) {
     this.call = call;
+    this.iceServers = iceServers(servers);
     clearInterval(this.speakingTimer);
     this.speakingTimer = setInterval(() => this.watchPeerSpeaking().catch(() => {}), 500);
     $('#call').hidden = false;
@@ -343,7 +370,7 @@ export class CallManager {
       }
       this.tile(`p2p:${peer}`, peer, e.streams[0] || new MediaStream([e.track]), false);
     };
-    for (const ev of this.earlySignals.splice(0)) await this.onSignal(ev);
+    for (const ev of this.earlySignals.splice(0)) await this.onSignal(ev).catch((e) => console.warn('signal', e));
     if (offerer) {
       await pc.setLocalDescription(await pc.createOffer());
       this.signal({ type: 'offer', sdp: pc.localDescription.sdp });
@@ -355,7 +382,8 @@ export class CallManager {
     const pub = new RTCPeerConnection({ iceServers: this.iceServers });
     this.pub = pub;
     const audio = this.local?.getAudioTracks()[0];
-    const video = this.local?.getVideoTracks()[0];
+    // A screen being shared is what the video sender carries.
+    const video = this.sharing || this.local?.getVideoTracks()[0];
     if (audio) pub.addTransceiver(audio, { direction: 'sendonly', streams: [this.local] });
     if (video) {
       const settings = video.getSettings();
@@ -419,6 +447,7 @@ export class CallManager {
   closeP2P() {
     if (!this.p2p) return;
     this.p2p.pc.close();
+    this.removeAudio('p2p:');
     for (const key of [...this.tiles.keys()]) if (key.startsWith('p2p:')) this.removeTile(key);
     this.p2p = null;
   }
@@ -430,10 +459,22 @@ export class CallManager {
     this.videoSender = null;
     this.slots.clear();
     for (const key of [...this.tiles.keys()]) if (key.startsWith('sfu:')) this.removeTile(key);
+    this.removeAudio('sfu:');
+  }
+
+  removeAudio(prefix) {
+    for (const audio of document.querySelectorAll(`audio[id^="audio-${prefix}"]`)) {
+      audio.srcObject = null;
+      audio.remove();
+    }
   }
 
   teardown() {
     clearInterval(this.speakingTimer);
+    this.earlySignals = [];
+    this.early = null;
+    this.joining = null;
+    this.resuming = null;
     this.closeP2P();
     this.closeSfu();
     this.stopMedia();
