@@ -25,10 +25,14 @@ CREATE INDEX files_by_message ON files (message_id);
 CREATE INDEX files_by_age ON files (state, created_at);
 
 -- Files whose rows are gone but whose bytes may still be in storage; the
--- sweeper deletes the objects, then the row here. Written in the same
--- transaction that forgets the file, so no object is ever orphaned.
+-- sweeper deletes the objects at `not_before`, then the row here. Written
+-- in the same transaction that forgets the file, so no object is ever
+-- orphaned. An upload URL still alive may put an object back: until
+-- `upload_until` (its expiry plus a grace) the entry is swept again.
 CREATE TABLE file_garbage (
-    id      TEXT PRIMARY KEY,
-    app_id  TEXT NOT NULL,
-    since   BIGINT NOT NULL
+    id            TEXT PRIMARY KEY,
+    app_id        TEXT NOT NULL,
+    not_before    BIGINT NOT NULL,
+    upload_until  BIGINT NOT NULL
 );
+CREATE INDEX file_garbage_due ON file_garbage (not_before);

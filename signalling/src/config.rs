@@ -735,6 +735,12 @@ impl SignallingConfig {
         }
         if let Some(s3) = &files.s3 {
             check(
+                files.max_size <= 5 << 30,
+                "files.max_size",
+                files.max_size.to_string(),
+                "at most 5368709120 (5 GiB, one S3 PUT) with [files.s3]",
+            );
+            check(
                 s3.endpoint.starts_with("http://") || s3.endpoint.starts_with("https://"),
                 "files.s3.endpoint",
                 format!("{:?}", s3.endpoint),

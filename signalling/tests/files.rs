@@ -616,7 +616,7 @@ fn tamper(url: &str) -> String {
 /// Deleting the message removes its files; unregistering the application
 /// removes all of them.
 async fn deleting_messages_and_applications_removes_files(kind: Kind) {
-    let s = setup(kind, |_| {}).await;
+    let mut s = setup(kind, |_| {}).await;
     let first = s.upload("one.txt", "text/plain", b"first file").await;
     let second = s.upload("two.png", "image/png", &png(400, 400)).await;
     let kept = s
@@ -648,6 +648,33 @@ async fn deleting_messages_and_applications_removes_files(kind: Kind) {
         "not_found",
     )
     .await;
+
+    // An upload URL outlives its file: a late PUT through it is refused
+    // (local) or lands an object (S3) that the sweeper deletes once no
+    // upload can land any more.
+    let bytes = b"late bytes".to_vec();
+    let ticket = s.ticket("late.txt", "text/plain", &bytes, false).await;
+    let file = ticket["file"]["id"].clone();
+    let r = s
+        .server
+        .delete(&format!("/api/v1/files/{}", file.as_str().unwrap()))
+        .bearer_auth(&s.ann.0)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let late = s.put(&ticket, bytes).await;
+    if s.kind == Kind::Local {
+        expect_error(late, StatusCode::NOT_FOUND, "not_found").await;
+    } else {
+        assert!(late.status().is_success());
+        assert!(!s.objects_of(&file).is_empty());
+    }
+    common::advance(&s.server, 2 * 60 * 60);
+    s.server.services.files.sweep().await.unwrap();
+    assert!(s.objects_of(&file).is_empty(), "{:?}", s.objects_of(&file));
+    s.ann = user_token(&s.server, &s.app, "ann", &[]).await;
+    s.bob = user_token(&s.server, &s.app, "bob", &[]).await;
 
     // A file not attached yet can be discarded by its uploader.
     let r = s

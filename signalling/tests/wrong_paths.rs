@@ -445,3 +445,42 @@ async fn bad_user_tokens() {
     expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_demo_is_offered_on_loopback_but_not_through_a_proxy() {
+    let (server, _dir) = TestServer::start().await;
+    let info: serde_json::Value = server
+        .get("/api/v1/demo")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["enabled"], true);
+    let r = server
+        .post("/api/v1/demo/sessions")
+        .json(&json!({"name": "Анна"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let proxied: serde_json::Value = server
+        .get("/api/v1/demo")
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(proxied["enabled"], false);
+    let r = server
+        .post("/api/v1/demo/sessions")
+        .header("forwarded", "for=203.0.113.9")
+        .json(&json!({"name": "Mallory"}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::NOT_FOUND, "not_found").await;
+}

@@ -175,6 +175,9 @@ pub struct Files {
     /// One image read and decoded at a time: a preview holds the image
     /// (up to `preview_max_bytes`) and its pixels (up to 512 MiB).
     previews: Semaphore,
+    /// Files being completed: one completion at a time per file, so that a
+    /// second cannot move other bytes over those the first is checking.
+    completing: std::sync::Mutex<std::collections::HashSet<FileId>>,
 }
 
 /// A storage backend; the local one also serves its signed URLs.
@@ -228,6 +231,7 @@ impl Files {
             clock,
             garbage,
             previews: Semaphore::new(1),
+            completing: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -344,6 +348,17 @@ impl Files {
     /// `upload_missing` (409), `upload_size_mismatch`, `checksum_mismatch`
     /// (400), `not_found`; `internal` when storage fails.
     pub async fn complete(&self, caller: &Caller, id: FileId) -> Result<FileView, ApiError> {
+        let file = self.own_file(caller, id).await?;
+        if file.state == FileState::Ready {
+            return Ok(FileView::from(&file));
+        }
+        let _claim = Claim::take(&self.completing, id).ok_or_else(|| {
+            ApiError::refused(
+                StatusCode::CONFLICT,
+                "upload_completing",
+                "this upload is being completed by another request: ask again in a moment",
+            )
+        })?;
         let file = self.own_file(caller, id).await?;
         if file.state == FileState::Ready {
             return Ok(FileView::from(&file));
@@ -565,14 +580,10 @@ impl Files {
         Ok(())
     }
 
-    /// Forgets every file of an unregistered application.
-    ///
-    /// # Errors
-    /// If the store fails.
-    pub async fn purge_app(&self, app: crate::ids::AppId) -> Result<u64, ApiError> {
-        let n = self.store.discard_app_files(app, self.clock.now()).await?;
+    /// An application was unregistered (its files were forgotten in the
+    /// same transaction): delete their objects now.
+    pub fn app_unregistered(&self) {
         self.garbage.notify_one();
-        Ok(n)
     }
 
     /// Serves a local-backend download: checks the URL, then streams the
@@ -719,24 +730,29 @@ impl Files {
         }
         let mut deleted = 0;
         loop {
-            let batch = self.store.garbage(100).await?;
+            let batch = self.store.garbage(now, 100).await?;
             if batch.is_empty() {
                 return Ok(deleted);
             }
             for (file, app) in &batch {
-                let mut ok = true;
+                let mut failed = None;
                 for part in [Part::Incoming, Part::Bytes, Part::Preview] {
                     if let Err(e) = self.storage.delete(Object::new(*app, *file, part)).await {
-                        tracing::warn!(error = %e, %file, "deleting a file's object failed");
-                        ok = false;
+                        failed = Some(e);
                     }
                 }
-                if !ok {
-                    // Storage is failing: try again next round.
-                    return Ok(deleted);
+                match failed {
+                    None => {
+                        self.store.swept(*file, now).await?;
+                        deleted += 1;
+                    }
+                    // This one waits; the others go on.
+                    Some(e) => {
+                        tracing::warn!(error = %e, %file, "deleting a file's objects failed; trying again later");
+                        let later = Timestamp(now.0.saturating_add(ms(SWEEP_INTERVAL)));
+                        self.store.postpone_garbage(*file, later).await?;
+                    }
                 }
-                self.store.forget_garbage(*file).await?;
-                deleted += 1;
             }
             metrics::counter!("files_deleted_total").increment(batch.len() as u64);
         }
@@ -750,6 +766,33 @@ impl Files {
             }
             let _ = tokio::time::timeout(SWEEP_INTERVAL, self.garbage.notified()).await;
         }
+    }
+}
+
+/// A file's place in `Files::completing`, given back when dropped.
+struct Claim<'a> {
+    set: &'a std::sync::Mutex<std::collections::HashSet<FileId>>,
+    id: FileId,
+}
+
+impl<'a> Claim<'a> {
+    fn take(
+        set: &'a std::sync::Mutex<std::collections::HashSet<FileId>>,
+        id: FileId,
+    ) -> Option<Self> {
+        let mut held = set
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.insert(id).then_some(Self { set, id })
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.id);
     }
 }
 

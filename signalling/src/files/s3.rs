@@ -51,6 +51,8 @@ impl S3Storage {
         .map_err(|e| StorageError::S3(format!("bucket: {e}")))?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // A store that stops sending is given up on, not waited for.
+            .read_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| StorageError::S3(format!("HTTP client: {e}")))?;
         Ok(Self {
@@ -215,6 +217,7 @@ impl Storage for S3Storage {
     }
 
     async fn promote(&self, incoming: Object) -> Result<(), StorageError> {
+        let size = self.size(incoming).await?;
         let target = incoming.with(Part::Bytes).key();
         let source = format!("/{}/{}", self.bucket.name(), incoming.key());
         let mut copy = self.bucket.put_object(Some(&self.credentials), &target);
@@ -229,6 +232,14 @@ impl Storage for S3Storage {
             .await
             .map_err(transport("copy object"))?;
         check_status("copy object", response).await?;
+        // A copy can fail after its 200 (an <Error> in the body): the
+        // upload is deleted only once the copy is there, whole.
+        let copied = self.size(incoming.with(Part::Bytes)).await?;
+        if copied.is_none() || copied != size {
+            return Err(StorageError::S3(format!(
+                "copy object: {copied:?} bytes at the target, {size:?} uploaded"
+            )));
+        }
         self.delete(incoming).await
     }
 

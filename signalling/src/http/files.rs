@@ -76,7 +76,7 @@ pub async fn begin_upload(
         (status = 400, description = "`upload_size_mismatch`, `checksum_mismatch` (the bytes are dropped; upload again)", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`not_found` (no such file of the caller's)", body = ErrorBody),
-        (status = 409, description = "`upload_missing`", body = ErrorBody),
+        (status = 409, description = "`upload_missing`, `upload_completing`", body = ErrorBody),
     ))]
 pub async fn complete_upload(
     State(services): State<Arc<Services>>,

@@ -422,7 +422,7 @@ pub async fn unregister_application(
 ) -> Result<StatusCode, ApiError> {
     services.tenancy.unregister(&actor, id).await?;
     services.end_sessions_of_app(id).await?;
-    services.files.purge_app(id).await?;
+    services.files.app_unregistered();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -99,12 +99,26 @@ pub struct DemoSession {
     pub expires_at: String,
 }
 
+/// Whether the demo is offered to this request: as configured, and when
+/// left to the default (on loopback) not to requests that came through a
+/// reverse proxy — a server on loopback behind a proxy serves the world.
+fn demo_offered(services: &Services, headers: &HeaderMap) -> bool {
+    let proxied = headers.contains_key("forwarded") || headers.contains_key("x-forwarded-for");
+    match services.config.demo.enabled {
+        Some(on) => on,
+        None => services.config.demo_enabled() && !proxied,
+    }
+}
+
 /// Whether this server offers the demo application.
 #[utoipa::path(get, path = "/api/v1/demo", tag = "demo",
     responses((status = 200, description = "Whether the demo is on", body = DemoInfo)))]
-pub async fn demo_info(State(services): State<Arc<Services>>) -> Json<DemoInfo> {
+pub async fn demo_info(
+    State(services): State<Arc<Services>>,
+    headers: HeaderMap,
+) -> Json<DemoInfo> {
     Json(DemoInfo {
-        enabled: services.config.demo_enabled(),
+        enabled: demo_offered(&services, &headers),
     })
 }
 
@@ -120,9 +134,10 @@ pub async fn demo_info(State(services): State<Arc<Services>>) -> Json<DemoInfo> 
     ))]
 pub async fn demo_sign_in(
     State(services): State<Arc<Services>>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<DemoSignIn>,
 ) -> Result<(StatusCode, Json<DemoSession>), ApiError> {
-    if !services.config.demo_enabled() {
+    if !demo_offered(&services, &headers) {
         return Err(ApiError::NotFound("demo"));
     }
     let name = body.name.trim();

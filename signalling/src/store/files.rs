@@ -63,7 +63,8 @@ pub struct FileRecord {
 #[async_trait]
 pub trait FileStore: Send + Sync + std::fmt::Debug {
     /// Adds a pending file, unless the application would then keep more
-    /// than `quota` bytes (0: no quota); returns whether it was added.
+    /// than `quota` bytes (0: no quota) or is unregistered; returns whether
+    /// it was added.
     async fn create_file(&self, file: &FileRecord, quota: u64) -> StoreResult<bool>;
 
     /// A file by id.
@@ -81,9 +82,6 @@ pub trait FileStore: Send + Sync + std::fmt::Debug {
     /// objects to the garbage list; `false` if there was no such file.
     async fn discard_unattached(&self, id: FileId, now: Timestamp) -> StoreResult<bool>;
 
-    /// Forgets every file of an application.
-    async fn discard_app_files(&self, app: AppId, now: Timestamp) -> StoreResult<u64>;
-
     /// Forgets pending files whose upload URL expired before
     /// `pending_before`, and, with `created_before`, every file older.
     async fn discard_stale(
@@ -93,11 +91,16 @@ pub trait FileStore: Send + Sync + std::fmt::Debug {
         now: Timestamp,
     ) -> StoreResult<u64>;
 
-    /// Up to `limit` files whose objects are still to be deleted.
-    async fn garbage(&self, limit: u32) -> StoreResult<Vec<(FileId, AppId)>>;
+    /// Up to `limit` files whose objects are due to be deleted at `now`.
+    async fn garbage(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<(FileId, AppId)>>;
 
-    /// The objects of this file are deleted.
-    async fn forget_garbage(&self, id: FileId) -> StoreResult<()>;
+    /// The objects of this file were deleted at `now`: the entry goes, or,
+    /// while an upload URL of it could still put an object back, is due
+    /// again when none can.
+    async fn swept(&self, id: FileId, now: Timestamp) -> StoreResult<()>;
+
+    /// Deleting failed: try this entry again at `until`.
+    async fn postpone_garbage(&self, id: FileId, until: Timestamp) -> StoreResult<()>;
 
     /// Bytes an application keeps (pending uploads included).
     async fn app_usage(&self, app: AppId) -> StoreResult<u64>;

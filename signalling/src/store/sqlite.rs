@@ -428,13 +428,17 @@ impl Store for SqliteStore {
     }
 
     async fn unregister_application(&self, id: AppId, now: Timestamp) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             "UPDATE applications SET unregistered_at = ? WHERE id = ? AND unregistered_at IS NULL",
         )
         .bind(now.0)
         .bind(id.to_string())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        // Its files go with it (their objects through the garbage list).
+        super::sqlite_files::discard_where(&mut tx, "app_id = ?", &id.to_string(), now).await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 

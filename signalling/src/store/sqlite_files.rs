@@ -115,17 +115,21 @@ pub(super) async fn discard_message_files(
     discard_where(tx, "message_id = ?", &message.to_string(), now).await
 }
 
+/// How long after its URL expired an upload may still land (a request that
+/// started just before the expiry).
+pub const UPLOAD_GRACE_MS: i64 = 60 * 60 * 1000;
+
 /// Moves the files matching `condition` (one `?`, bound to `value`) to
-/// the garbage list.
-async fn discard_where(
+/// the garbage list, due at once.
+pub(super) async fn discard_where(
     tx: &mut sqlx::SqliteConnection,
     condition: &str,
     value: &str,
     now: Timestamp,
 ) -> StoreResult<u64> {
     sqlx::query(&format!(
-        "INSERT OR IGNORE INTO file_garbage (id, app_id, since) \
-         SELECT id, app_id, ? FROM files WHERE {condition}"
+        "INSERT OR IGNORE INTO file_garbage (id, app_id, not_before, upload_until) \
+         SELECT id, app_id, ?, upload_expires_at + {UPLOAD_GRACE_MS} FROM files WHERE {condition}"
     ))
     .bind(now.0)
     .bind(value)
@@ -145,7 +149,8 @@ impl FileStore for SqliteStore {
         let inserted = sqlx::query(&format!(
             "INSERT INTO files ({FILE_COLUMNS}) \
              SELECT ?, ?, ?, ?, ?, ?, ?, ?, NULL, 'pending', NULL, NULL, NULL, ?, ? \
-             WHERE ? = 0 OR (SELECT COALESCE(SUM(size), 0) FROM files WHERE app_id = ?) + ? <= ?"
+             WHERE (SELECT unregistered_at FROM applications WHERE id = ?) IS NULL \
+             AND (? = 0 OR (SELECT COALESCE(SUM(size), 0) FROM files WHERE app_id = ?) + ? <= ?)"
         ))
         .bind(f.id.to_string())
         .bind(f.app_id.to_string())
@@ -157,6 +162,7 @@ impl FileStore for SqliteStore {
         .bind(&f.declared_sha256)
         .bind(f.created_at.0)
         .bind(f.upload_expires_at.0)
+        .bind(f.app_id.to_string())
         .bind(to_i64(quota))
         .bind(f.app_id.to_string())
         .bind(to_i64(f.size))
@@ -213,13 +219,6 @@ impl FileStore for SqliteStore {
         Ok(n == 1)
     }
 
-    async fn discard_app_files(&self, app: AppId, now: Timestamp) -> StoreResult<u64> {
-        let mut tx = self.write_tx().await?;
-        let n = discard_where(&mut tx, "app_id = ?", &app.to_string(), now).await?;
-        tx.commit().await?;
-        Ok(n)
-    }
-
     async fn discard_stale(
         &self,
         pending_before: Timestamp,
@@ -241,19 +240,40 @@ impl FileStore for SqliteStore {
         Ok(n)
     }
 
-    async fn garbage(&self, limit: u32) -> StoreResult<Vec<(FileId, AppId)>> {
-        sqlx::query("SELECT id, app_id FROM file_garbage ORDER BY since LIMIT ?")
-            .bind(i64::from(limit))
-            .fetch_all(self.pool())
-            .await?
-            .iter()
-            .map(|row| Ok((parse(row, "id")?, parse(row, "app_id")?)))
-            .collect()
+    async fn garbage(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<(FileId, AppId)>> {
+        sqlx::query(
+            "SELECT id, app_id FROM file_garbage WHERE not_before <= ? ORDER BY not_before LIMIT ?",
+        )
+        .bind(now.0)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|row| Ok((parse(row, "id")?, parse(row, "app_id")?)))
+        .collect()
     }
 
-    async fn forget_garbage(&self, id: FileId) -> StoreResult<()> {
+    async fn swept(&self, id: FileId, now: Timestamp) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM file_garbage WHERE id = ?")
+        // Swept for good once no upload can land any more; otherwise once
+        // more when the last one could have.
+        sqlx::query("DELETE FROM file_garbage WHERE id = ? AND upload_until <= ?")
+            .bind(id.to_string())
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE file_garbage SET not_before = upload_until WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn postpone_garbage(&self, id: FileId, until: Timestamp) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("UPDATE file_garbage SET not_before = ? WHERE id = ?")
+            .bind(until.0)
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
