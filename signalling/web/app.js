@@ -199,6 +199,7 @@ function onEvent(ev) {
       return;
     case 'conversation':
       upsertConversation(ev.conversation);
+      if (!ev.conversation.is_group && !state.members.has(ev.conversation.id)) loadMembers(ev.conversation.id);
       return;
     case 'read': {
       const c = state.conversations.get(ev.conversation_id);
@@ -586,7 +587,9 @@ function onSearch() {
 }
 
 async function newConversation() {
-  // People: everyone whose name this client has learnt.
+  // People: the members of your conversations (the first 20 not yet known).
+  const unknown = [...state.conversations.keys()].filter((id) => !state.members.has(id)).slice(0, 20);
+  await Promise.all(unknown.map(loadMembers));
   const people = [...state.names.entries()].filter(([id]) => id !== state.userId);
   const box = $('#new-conv-people');
   box.replaceChildren(el('legend', { textContent: 'People' }), ...people.map(([id, name]) => {

@@ -85,6 +85,17 @@ await scenario('chat', async (cleanup) => {
   await bob.fill('#search', '');
   await bob.waitForTimeout(400);
 
+  // Bob starts a conversation with Анна, whom he knows from the lobby.
+  await bob.click('#new-conv');
+  await bob.fill('#new-conv-title', 'Проект «Склад»');
+  await bob.locator('#new-conv-people label', { hasText: 'Анна' }).locator('input').check();
+  await bob.click('#new-conv-create');
+  await ann.locator('#conversations .conv', { hasText: 'Проект «Склад»' }).waitFor();
+  check(true, 'a conversation Bob creates with Анна appears in her list');
+  await until('Bob\'s presence', async () => (await ann.locator('#conversations .conv', { hasText: 'Проект «Склад»' }).locator('.presence.online').count()) === 1);
+  check(true, 'Анна sees Bob online next to their one-to-one conversation');
+  await open(ann, 'Demo lobby');
+
   await ann.screenshot({ path: join(artifacts, 'chat-anna.png') });
   await bob.screenshot({ path: join(artifacts, 'chat-bob.png') });
 
