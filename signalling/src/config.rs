@@ -71,8 +71,9 @@ impl Default for SignallingConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct DemoConfig {
-    /// `true` or `false`; unset: on exactly when `listen` is a loopback
-    /// address (a first run on one's own machine), off otherwise.
+    /// `true` or `false`; unset: on when `listen` is a loopback address (a
+    /// first run on one's own machine) for requests that did not come
+    /// through a reverse proxy, off otherwise.
     pub enabled: Option<bool>,
 }
 
