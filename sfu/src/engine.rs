@@ -1084,7 +1084,7 @@ impl Engine {
                 let Some(track) = room.tracks.get_mut(&source) else {
                     continue;
                 };
-                let views: Vec<LayerView> = (0..3u8)
+                let mut views: Vec<LayerView> = (0..3u8)
                     .filter(|l| track.rids[usize::from(*l)].is_some() || *l == 0)
                     .map(|l| {
                         let s = track.layers[usize::from(l)];
@@ -1098,11 +1098,8 @@ impl Engine {
                         }
                     })
                     .collect();
-                let target = simulcast::choose_layer(
-                    &views,
-                    p.estimate_bps,
-                    slot.preference.unwrap_or(p.preference),
-                );
+                let preference = slot.preference.unwrap_or(p.preference);
+                let target = simulcast::choose_layer(&views, p.estimate_bps, preference);
                 slot.selector.set_target(target);
                 let entry = needed.entry(source).or_default();
                 if let Some(t) = target {
@@ -1112,15 +1109,10 @@ impl Engine {
                 // layers the publisher announced — also those it paused
                 // because nobody needed them: otherwise a paused layer
                 // could never be chosen, so never needed again.
-                let announced: Vec<LayerView> = views
-                    .iter()
-                    .map(|v| LayerView { active: true, ..*v })
-                    .collect();
-                if let Some(wanted) = simulcast::choose_layer(
-                    &announced,
-                    None,
-                    slot.preference.unwrap_or(p.preference),
-                ) {
+                for v in &mut views {
+                    v.active = true;
+                }
+                if let Some(wanted) = simulcast::choose_layer(&views, None, preference) {
                     entry[usize::from(wanted)] = true;
                 }
                 if let Some(c) = slot.selector.current() {
