@@ -496,29 +496,20 @@ impl Files {
             ));
         }
         let validity = self.validity();
-        let disposition = content_disposition("attachment", &file.name);
-        let object = Object::new(file.app_id, file.id, Part::Bytes);
-        let url = self.storage.download_url(
-            object,
-            Presentation {
-                content_type: &file.content_type,
-                disposition: &disposition,
-            },
-            validity,
-            base,
-        );
-        let preview_url = file.preview.map(|_| {
-            let disposition = content_disposition("inline", &format!("{}.preview.jpg", file.name));
+        let url_of = |part: Part| {
+            let (content_type, disposition) = presentation(&file, part);
             self.storage.download_url(
-                object.with(Part::Preview),
+                Object::new(file.app_id, file.id, part),
                 Presentation {
-                    content_type: "image/jpeg",
+                    content_type: &content_type,
                     disposition: &disposition,
                 },
                 validity,
                 base,
             )
-        });
+        };
+        let url = url_of(Part::Bytes);
+        let preview_url = file.preview.map(|_| url_of(Part::Preview));
         Ok(DownloadTicket {
             file: FileView::from(&file),
             url,
@@ -605,18 +596,11 @@ impl Files {
             Some(f) if f.state == FileState::Ready => f,
             _ => return Err(ApiError::NotFound("file")),
         };
-        let (part, content_type, disposition) = match access {
-            local::Access::Preview => (
-                Part::Preview,
-                "image/jpeg".to_owned(),
-                content_disposition("inline", &format!("{}.preview.jpg", file.name)),
-            ),
-            _ => (
-                Part::Bytes,
-                file.content_type.clone(),
-                content_disposition("attachment", &file.name),
-            ),
+        let part = match access {
+            local::Access::Preview => Part::Preview,
+            _ => Part::Bytes,
         };
+        let (content_type, disposition) = presentation(&file, part);
         let Some((len, stream)) = local
             .open_object(Object::new(file.app_id, file.id, part))
             .await
@@ -845,6 +829,22 @@ fn check_sha256(value: &str) -> Result<String, ApiError> {
         Err(ApiError::InvalidRequest(
             "sha256: must be 64 hexadecimal digits".to_owned(),
         ))
+    }
+}
+
+/// How a file's object is served: its `Content-Type` and
+/// `Content-Disposition` (the bytes as an attachment under the file's name,
+/// the preview inline).
+fn presentation(file: &FileRecord, part: Part) -> (String, String) {
+    match part {
+        Part::Preview => (
+            "image/jpeg".to_owned(),
+            content_disposition("inline", &format!("{}.preview.jpg", file.name)),
+        ),
+        Part::Bytes | Part::Incoming => (
+            file.content_type.clone(),
+            content_disposition("attachment", &file.name),
+        ),
     }
 }
 

@@ -138,16 +138,25 @@ pub struct Signed {
     pub signature: String,
 }
 
-fn signed(
-    query: Result<Query<Signed>, axum::extract::rejection::QueryRejection>,
-) -> Result<Signed, ApiError> {
-    query.map(|Query(q)| q).map_err(|_| {
-        ApiError::refused(
-            StatusCode::FORBIDDEN,
-            "bad_signature",
-            "this URL lacks its expires and signature: use the URL exactly as it was given",
-        )
-    })
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Signed {
+    type Rejection = ApiError;
+
+    /// A URL without its expiry and signature is refused like a changed one.
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Query::<Self>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| q)
+            .map_err(|_| {
+                ApiError::refused(
+                    StatusCode::FORBIDDEN,
+                    "bad_signature",
+                    "this URL lacks its expires and signature: use the URL exactly as it was given",
+                )
+            })
+    }
 }
 
 /// Local backend only: receives the bytes of an upload, streamed to disk.
@@ -166,11 +175,10 @@ fn signed(
 pub async fn put_content(
     State(services): State<Arc<Services>>,
     PathId(id): PathId<FileId>,
-    query: Result<Query<Signed>, axum::extract::rejection::QueryRejection>,
+    q: Signed,
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let q = signed(query)?;
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -194,9 +202,9 @@ pub async fn put_content(
 pub async fn get_content(
     State(services): State<Arc<Services>>,
     PathId(id): PathId<FileId>,
-    query: Result<Query<Signed>, axum::extract::rejection::QueryRejection>,
+    q: Signed,
 ) -> Result<Response, ApiError> {
-    serve(&services, id, query, Access::Get).await
+    serve(&services, id, q, Access::Get).await
 }
 
 /// Local backend only: a file's preview (JPEG, at most 320 px on its long
@@ -211,18 +219,17 @@ pub async fn get_content(
 pub async fn get_preview(
     State(services): State<Arc<Services>>,
     PathId(id): PathId<FileId>,
-    query: Result<Query<Signed>, axum::extract::rejection::QueryRejection>,
+    q: Signed,
 ) -> Result<Response, ApiError> {
-    serve(&services, id, query, Access::Preview).await
+    serve(&services, id, q, Access::Preview).await
 }
 
 async fn serve(
     services: &Services,
     id: FileId,
-    query: Result<Query<Signed>, axum::extract::rejection::QueryRejection>,
+    q: Signed,
     access: Access,
 ) -> Result<Response, ApiError> {
-    let q = signed(query)?;
     services
         .files
         .serve_local(id, access, q.expires, &q.signature)

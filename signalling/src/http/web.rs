@@ -104,10 +104,7 @@ pub struct DemoSession {
 /// reverse proxy — a server on loopback behind a proxy serves the world.
 fn demo_offered(services: &Services, headers: &HeaderMap) -> bool {
     let proxied = headers.contains_key("forwarded") || headers.contains_key("x-forwarded-for");
-    match services.config.demo.enabled {
-        Some(on) => on,
-        None => services.config.demo_enabled() && !proxied,
-    }
+    services.config.demo_enabled() && (services.config.demo.enabled.is_some() || !proxied)
 }
 
 /// Whether this server offers the demo application.
