@@ -764,10 +764,13 @@ impl<'a> Claim<'a> {
         set: &'a std::sync::Mutex<std::collections::HashSet<FileId>>,
         id: FileId,
     ) -> Option<Self> {
-        let mut held = set
+        let taken = set
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        held.insert(id).then_some(Self { set, id })
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id);
+        // Built only when taken: a claim, when dropped, gives its file back
+        // (and takes the lock to do so).
+        taken.then(|| Self { set, id })
     }
 }
 
@@ -906,6 +909,24 @@ mod tests {
         assert!(
             content_disposition("inline", "报告.xlsx").contains("UTF-8''%E6%8A%A5%E5%91%8A.xlsx")
         );
+    }
+
+    #[test]
+    fn a_file_is_completed_by_one_request_at_a_time() {
+        let set = std::sync::Mutex::new(std::collections::HashSet::new());
+        let file = FileId::random();
+        let first = Claim::take(&set, file).unwrap();
+        assert!(
+            Claim::take(&set, file).is_none(),
+            "a second completion waits"
+        );
+        let other = Claim::take(&set, FileId::random()).unwrap();
+        drop(first);
+        assert!(
+            Claim::take(&set, file).is_some(),
+            "the claim ends with its request"
+        );
+        drop(other);
     }
 
     #[test]

@@ -290,3 +290,144 @@ impl FileStore for SqliteStore {
         Ok(u64::try_from(used).unwrap_or(0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::auth::TokenKey;
+    use crate::ids::{SubscriberId, UserId};
+    use crate::store::messaging::{Conversation, MessageStore};
+    use crate::store::{NewApplication, SqliteStore, Store};
+
+    async fn app_with_conversation(store: &SqliteStore) -> (AppId, ConversationId) {
+        let app = AppId::random();
+        store
+            .register_application(
+                "f@example.com",
+                SubscriberId::random(),
+                &NewApplication {
+                    id: app,
+                    name: "F".to_owned(),
+                    secret_hash: "h".to_owned(),
+                    token_key: TokenKey::derive(app, "s"),
+                },
+                Timestamp(1),
+            )
+            .await
+            .unwrap();
+        let conversation = Conversation {
+            id: ConversationId::random(),
+            app_id: app,
+            title: "t".to_owned(),
+            is_group: true,
+            displayed: true,
+            all_users: false,
+            app_key: None,
+            context: None,
+            last_seq: 0,
+            last_activity: Timestamp(1),
+            created_at: Timestamp(1),
+        };
+        store.create_conversation(&conversation, &[]).await.unwrap();
+        (app, conversation.id)
+    }
+
+    fn pending(app: AppId, conversation: ConversationId, size: u64) -> FileRecord {
+        FileRecord {
+            id: FileId::random(),
+            app_id: app,
+            conversation_id: conversation,
+            uploader: UserId::random(),
+            name: "a.bin".to_owned(),
+            content_type: "application/octet-stream".to_owned(),
+            size,
+            declared_sha256: None,
+            sha256: None,
+            state: FileState::Pending,
+            message_id: None,
+            preview: None,
+            created_at: Timestamp(1_000),
+            upload_expires_at: Timestamp(2_000),
+        }
+    }
+
+    /// The quota counts pending uploads; an unregistered application gets
+    /// no new file, and its files went to the garbage list with it.
+    #[tokio::test]
+    async fn quota_and_unregistration_are_kept_in_the_insert() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        let (app, conversation) = app_with_conversation(&store).await;
+        let first = pending(app, conversation, 600);
+        assert!(store.create_file(&first, 1_000).await.unwrap());
+        assert!(
+            !store
+                .create_file(&pending(app, conversation, 401), 1_000)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .create_file(&pending(app, conversation, 400), 1_000)
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.app_usage(app).await.unwrap(), 1_000);
+
+        assert!(
+            store
+                .unregister_application(app, Timestamp(3_000))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .create_file(&pending(app, conversation, 1), 0)
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.app_usage(app).await.unwrap(), 0);
+        assert!(store.file(first.id).await.unwrap().is_none());
+        assert_eq!(store.garbage(Timestamp(3_000), 10).await.unwrap().len(), 2);
+    }
+
+    /// A forgotten file's objects are deleted at once, and once more after
+    /// its upload URL (plus the grace) could have landed a late object;
+    /// a failed deletion waits without holding up the others.
+    #[tokio::test]
+    async fn garbage_is_swept_again_after_a_late_upload_could_land() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        let (app, conversation) = app_with_conversation(&store).await;
+        let a = pending(app, conversation, 1);
+        let b = pending(app, conversation, 1);
+        store.create_file(&a, 0).await.unwrap();
+        store.create_file(&b, 0).await.unwrap();
+        let now = Timestamp(3_000);
+        assert!(store.discard_unattached(a.id, now).await.unwrap());
+        assert!(store.discard_unattached(b.id, now).await.unwrap());
+        assert_eq!(store.garbage(now, 10).await.unwrap().len(), 2);
+
+        store.swept(a.id, now).await.unwrap();
+        store
+            .postpone_garbage(b.id, Timestamp(4_000))
+            .await
+            .unwrap();
+        assert!(store.garbage(now, 10).await.unwrap().is_empty());
+        let retry = store.garbage(Timestamp(4_000), 10).await.unwrap();
+        assert_eq!(retry, vec![(b.id, app)]);
+
+        let last_landing = Timestamp(2_000 + UPLOAD_GRACE_MS);
+        let due = store.garbage(last_landing, 10).await.unwrap();
+        assert!(due.contains(&(a.id, app)), "swept again: {due:?}");
+        store.swept(a.id, last_landing).await.unwrap();
+        store.swept(b.id, last_landing).await.unwrap();
+        assert!(
+            store
+                .garbage(Timestamp(i64::MAX), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
