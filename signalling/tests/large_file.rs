@@ -225,26 +225,9 @@ fn proc_status(pid: u32, field: &str) -> u64 {
 /// and its peak (VmHWM) after a 100 MiB upload, completion and download.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_binary_moves_100_mib_in_a_few_mib() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_signalling"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env_remove("CONFER_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("signalling listening on ")
-        .unwrap()
-        .to_owned();
-    let pid = child.id();
+    let server = common::process::Process::start(dir.path());
+    let (base, pid) = (server.base.clone(), server.child.id());
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -305,8 +288,7 @@ async fn the_server_binary_moves_100_mib_in_a_few_mib() {
 
     round_trip(&http, &base, &token, &conversation, &sha).await;
     let peak = proc_status(pid, "VmHWM:");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     println!(
         "signalling (pid {pid}): RSS {:.1} MiB before a 100 MiB upload, completion and download; \
          peak RSS {:.1} MiB",
