@@ -336,15 +336,7 @@ async fn attach_and_download_with_names_in_any_script(kind: Kind) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let health: Value = s
-        .server
-        .get("/healthz")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = common::json(s.server.get("/healthz")).await;
     let backend = if s.kind == Kind::S3 { "s3" } else { "local" };
     assert_eq!(
         health["components"]["files"],

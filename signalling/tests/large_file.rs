@@ -148,16 +148,12 @@ async fn round_trip(
     conversation: &str,
     sha: &str,
 ) {
-    let ticket: Value = http
-        .post(format!("{base}/api/v1/conversations/{conversation}/files"))
-        .bearer_auth(token)
-        .json(&json!({"name": "архив.bin", "size": SIZE, "sha256": sha}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ticket: Value = common::json(
+        http.post(format!("{base}/api/v1/conversations/{conversation}/files"))
+            .bearer_auth(token)
+            .json(&json!({"name": "архив.bin", "size": SIZE, "sha256": sha})),
+    )
+    .await;
     let put = http
         .put(ticket["upload"]["url"].as_str().unwrap())
         .header("content-length", SIZE)
@@ -173,25 +169,17 @@ async fn round_trip(
         .unwrap();
     assert!(put.status().is_success(), "{}", put.status());
     let file = ticket["file"]["id"].as_str().unwrap();
-    let done: Value = http
-        .post(format!("{base}/api/v1/files/{file}/complete"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let done: Value = common::json(
+        http.post(format!("{base}/api/v1/files/{file}/complete"))
+            .bearer_auth(token),
+    )
+    .await;
     assert_eq!(done["sha256"], sha);
-    let download: Value = http
-        .get(format!("{base}/api/v1/files/{file}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let download: Value = common::json(
+        http.get(format!("{base}/api/v1/files/{file}"))
+            .bearer_auth(token),
+    )
+    .await;
     let got = http
         .get(download["url"].as_str().unwrap())
         .send()
@@ -242,25 +230,17 @@ async fn the_server_binary_moves_100_mib_in_a_few_mib() {
         .await
         .unwrap();
     let code = common::last_code_in(&dir.path().join("outbox"), email).unwrap();
-    let app: Value = http
-        .post(format!("{base}/api/v1/registrations/confirm"))
-        .json(&json!({"email": email, "app_name": "Архив", "code": code}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token: Value = http
-        .post(format!("{base}/api/v1/tokens"))
-        .basic_auth(app["app_id"].as_str().unwrap(), app["app_secret"].as_str())
-        .json(&json!({"external_id": "ann", "name": "Ann"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let app: Value = common::json(
+        http.post(format!("{base}/api/v1/registrations/confirm"))
+            .json(&json!({"email": email, "app_name": "Архив", "code": code})),
+    )
+    .await;
+    let token: Value = common::json(
+        http.post(format!("{base}/api/v1/tokens"))
+            .basic_auth(app["app_id"].as_str().unwrap(), app["app_secret"].as_str())
+            .json(&json!({"external_id": "ann", "name": "Ann"})),
+    )
+    .await;
     let token = token["token"].as_str().unwrap().to_owned();
     let ws_url = format!(
         "{}/api/v1/ws?token={token}",

@@ -449,14 +449,7 @@ async fn bad_user_tokens() {
 #[tokio::test]
 async fn the_demo_is_offered_on_loopback_but_not_through_a_proxy() {
     let (server, _dir) = TestServer::start().await;
-    let info: serde_json::Value = server
-        .get("/api/v1/demo")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = common::json(server.get("/api/v1/demo")).await;
     assert_eq!(info["enabled"], true);
     let r = server
         .post("/api/v1/demo/sessions")
@@ -465,15 +458,12 @@ async fn the_demo_is_offered_on_loopback_but_not_through_a_proxy() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let proxied: serde_json::Value = server
-        .get("/api/v1/demo")
-        .header("x-forwarded-for", "203.0.113.9")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let proxied = common::json(
+        server
+            .get("/api/v1/demo")
+            .header("x-forwarded-for", "203.0.113.9"),
+    )
+    .await;
     assert_eq!(proxied["enabled"], false);
     let r = server
         .post("/api/v1/demo/sessions")

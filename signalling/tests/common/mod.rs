@@ -217,6 +217,11 @@ pub fn default_clock() -> Arc<ManualClock> {
     )))
 }
 
+/// Sends a request and returns its JSON body.
+pub async fn json(request: RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// Asserts an error response: status, stable code, and a message.
 pub async fn expect_error(response: Response, status: StatusCode, code: &str) -> Value {
     let got = response.status();
