@@ -180,6 +180,12 @@ async fn media_over_whip_whep_ramps_and_reports_capacity() {
             "2",
             "--max-rooms",
             "2",
+            // The ramp's mechanics, not this machine's speed: limits no
+            // debug build on a busy machine reaches, so --max-rooms ends it.
+            "--max-p99-ms",
+            "1000000",
+            "--max-loss",
+            "0.5",
             "--quiet",
             "--report",
             report.to_str().unwrap(),
@@ -189,6 +195,8 @@ async fn media_over_whip_whep_ramps_and_reports_capacity() {
     .await;
     assert_eq!(r["system"], "sfu");
     assert_eq!(r["steps"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(r["capacity"]["stopped_by"], "--max-rooms 2", "{r}");
+    assert_eq!(r["capacity"]["rooms"], 2, "{r}");
     assert!(
         r["capacity"]["forwarded_per_sec"].as_f64().unwrap() > 0.0,
         "{r}"
