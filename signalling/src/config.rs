@@ -44,6 +44,8 @@ pub struct SignallingConfig {
     pub files: FilesConfig,
     /// The demo application of the web client.
     pub demo: DemoConfig,
+    /// Rate limits.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 impl Default for SignallingConfig {
@@ -62,6 +64,7 @@ impl Default for SignallingConfig {
             sfu: SfuSection::default(),
             files: FilesConfig::default(),
             demo: DemoConfig::default(),
+            limits: crate::limits::LimitsConfig::default(),
         }
     }
 }
@@ -138,6 +141,8 @@ pub struct MailConfig {
     pub from: String,
     /// The SMTP relay; absent means the outbox directory.
     pub smtp: Option<SmtpConfig>,
+    /// Hours an outbox `.eml` file is kept before it is deleted.
+    pub outbox_retention_hours: u64,
 }
 
 impl Default for MailConfig {
@@ -145,6 +150,7 @@ impl Default for MailConfig {
         Self {
             from: "Confer <confer@localhost>".to_owned(),
             smtp: None,
+            outbox_retention_hours: 24,
         }
     }
 }
@@ -571,6 +577,20 @@ impl SignallingConfig {
                 }
                 .to_owned(),
                 "set exactly when mail.smtp.username is set",
+            );
+        }
+        check(
+            self.mail.outbox_retention_hours >= 1,
+            "mail.outbox_retention_hours",
+            self.mail.outbox_retention_hours.to_string(),
+            "1 or more",
+        );
+        for (name, rate) in self.limits.named() {
+            check(
+                rate.is_valid(),
+                name,
+                format!("{{ count = {}, per_secs = {} }}", rate.count, rate.per_secs),
+                "count 0 (off), or per_secs from 1 to 604800",
             );
         }
         check(

@@ -65,6 +65,9 @@ pub enum ApiError {
     /// expired URL …): status, stable code, sentence.
     #[error("{2}")]
     Refused(StatusCode, &'static str, String),
+    /// Too many requests: a limit of `[limits]` refused this one.
+    #[error("{0}")]
+    RateLimited(#[from] crate::limits::RateLimited),
     /// A failure inside the server; the detail is logged, never sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -106,6 +109,7 @@ impl ApiError {
             Self::Conflict(..) => StatusCode::CONFLICT,
             Self::MediaUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Refused(status, ..) => *status,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -129,6 +133,7 @@ impl ApiError {
             Self::Conflict(code, _) => code,
             Self::MediaUnavailable(_) => "media_unavailable",
             Self::Refused(_, code, _) => code,
+            Self::RateLimited(_) => "rate_limited",
             Self::Internal(_) => "internal",
         }
     }
@@ -157,6 +162,14 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        if let Self::RateLimited(limited) = &self {
+            // Whole seconds, rounded up: never 0, which would invite an
+            // immediate retry.
+            let secs = limited.retry_after.as_millis().div_ceil(1000).max(1);
+            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -41,6 +41,7 @@ pub mod files;
 pub mod health;
 pub mod http;
 pub mod ids;
+pub mod limits;
 pub mod mail;
 pub mod messaging;
 pub mod server;

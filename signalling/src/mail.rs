@@ -5,6 +5,7 @@
 //! the tests and `signalling admin outbox` read the codes.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use lettre::message::header::{ContentTransferEncoding, ContentType};
@@ -41,6 +42,11 @@ pub trait Mailer: Send + Sync + std::fmt::Debug {
     async fn check(&self) -> Result<(), MailError>;
     /// `"smtp"` or `"outbox"`.
     fn kind(&self) -> &'static str;
+    /// Deletes kept mail older than `age` (the outbox's files); returns
+    /// how many went.
+    async fn tidy(&self, _age: Duration) -> Result<usize, MailError> {
+        Ok(0)
+    }
 }
 
 /// Writes each mail as an `.eml` file.
@@ -88,6 +94,33 @@ impl Mailer for OutboxMailer {
     fn kind(&self) -> &'static str {
         "outbox"
     }
+
+    async fn tidy(&self, age: Duration) -> Result<usize, MailError> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || remove_older(&dir, age))
+            .await
+            .map_err(|e| MailError::Outbox(e.to_string()))?
+            .map_err(|e| MailError::Outbox(e.to_string()))
+    }
+}
+
+/// Deletes the `.eml` files in `dir` last written more than `age` ago.
+fn remove_older(dir: &Path, age: Duration) -> std::io::Result<usize> {
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|x| x != "eml") {
+            continue;
+        }
+        let old = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| now.duration_since(at).is_ok_and(|d| d > age));
+        if old && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Sends through an SMTP relay.

@@ -277,6 +277,24 @@ impl Messaging {
         self
     }
 
+    /// Whether the caller's credentials still hold as far as the store
+    /// knows: its application is registered and (for a user) it is not
+    /// locked. A failed read says yes: the revocation watcher closes the
+    /// session later if it must.
+    pub async fn still_admitted(&self, caller: &Caller) -> bool {
+        match self.users.application(caller.app.id).await {
+            Ok(Some(app)) if app.unregistered_at.is_some() => return false,
+            _ => {}
+        }
+        match &caller.who {
+            Who::User { user, .. } => !matches!(
+                self.users.user(caller.app.id, user.id).await,
+                Ok(Some(u)) if u.locked
+            ),
+            Who::App => true,
+        }
+    }
+
     /// A connection of `user` opened (`true`) or closed (`false`); tells
     /// the people it shares conversations with when its presence changes.
     ///

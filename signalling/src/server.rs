@@ -1,6 +1,7 @@
 //! Wiring: the backends behind [`Services`], and [`run`], which serves
 //! them on a listener until a shutdown signal.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -19,7 +20,7 @@ use crate::bus::InProcessBus;
 use crate::calls::Calls;
 use crate::config::SignallingConfig;
 use crate::files::Files;
-use crate::ids::{Clock, Timestamp};
+use crate::ids::{AppId, Clock, Timestamp, UserId};
 use crate::mail::{self, Mailer};
 use crate::messaging::Messaging;
 use crate::store::{FileStore, MessageStore};
@@ -53,6 +54,8 @@ pub struct Services {
     pub calls: Arc<Calls>,
     /// Attachments.
     pub files: Arc<Files>,
+    /// Rate limits shared by every request.
+    pub limits: Arc<crate::limits::Limits>,
     /// Prometheus exposition.
     pub metrics: PrometheusHandle,
 }
@@ -126,6 +129,7 @@ impl Services {
             sfu,
         } = backends;
         let config = Arc::new(config);
+        let limits = Arc::new(crate::limits::Limits::new(&config.limits));
         let tenancy = Tenancy::new(store.clone(), mailer.clone(), clock.clone(), config.clone());
         let bus = InProcessBus::new(CONNECTION_QUEUE);
         let file_garbage = Arc::new(tokio::sync::Notify::new());
@@ -159,6 +163,7 @@ impl Services {
             sfu,
             calls,
             files,
+            limits,
             metrics: metrics_handle(),
         })
     }
@@ -205,6 +210,56 @@ impl Services {
         self.end_sessions_of_user(crate::messaging::bot_id(app))
             .await;
         Ok(())
+    }
+}
+
+/// How often the store is read for users locked and applications
+/// unregistered by another process (`signalling admin lock-user`).
+const REVOCATION_POLL: Duration = Duration::from_secs(2);
+
+/// Closes the sessions of users locked and applications unregistered
+/// since the last look, whoever did it: this process closes them at once
+/// when it does it itself, this catches the others (within
+/// [`REVOCATION_POLL`]). A session that was being opened while a lock
+/// landed checks again once subscribed ([`crate::ws::run`]).
+async fn watch_revocations(services: Arc<Services>) {
+    let mut locked: Option<HashSet<UserId>> = None;
+    let mut unregistered: Option<HashSet<AppId>> = None;
+    let mut tick = tokio::time::interval(REVOCATION_POLL);
+    loop {
+        tick.tick().await;
+        // The first look only learns what is already so: no session of
+        // theirs can have been admitted.
+        match services.store.locked_users().await {
+            Ok(now_locked) => {
+                let now_locked: HashSet<UserId> = now_locked.into_iter().collect();
+                if let Some(before) = &locked {
+                    for user in now_locked.difference(before) {
+                        services.end_sessions_of_user(*user).await;
+                    }
+                }
+                locked = Some(now_locked);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading locked users failed"),
+        }
+        match services.store.applications(None).await {
+            Ok(apps) => {
+                let now_unregistered: HashSet<AppId> = apps
+                    .iter()
+                    .filter(|a| a.unregistered_at.is_some())
+                    .map(|a| a.id)
+                    .collect();
+                if let Some(before) = &unregistered {
+                    for app in now_unregistered.difference(before) {
+                        if let Err(e) = services.end_sessions_of_app(*app).await {
+                            tracing::warn!(error = %e, "closing an application's sessions failed");
+                        }
+                    }
+                }
+                unregistered = Some(now_unregistered);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading applications failed"),
+        }
     }
 }
 
@@ -301,18 +356,54 @@ pub async fn run(
         ),
         Err(e) => tracing::warn!(error = %e, "recovering interrupted calls failed"),
     }
+    let housekeeping = {
+        let services = services.clone();
+        tokio::spawn(async move {
+            let outbox_age =
+                Duration::from_secs(services.config.mail.outbox_retention_hours * 3600);
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                services.limits.tidy();
+                match services.mailer.tidy(outbox_age).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "deleted old outbox mail"),
+                    Err(e) => tracing::warn!(error = %e, "deleting old outbox mail failed"),
+                }
+            }
+        })
+    };
+    let revocations = tokio::spawn(watch_revocations(services.clone()));
     let call_events = tokio::spawn(services.calls.clone().pump_sfu_events());
     let file_upkeep = tokio::spawn(services.files.clone().run_sweeper());
     let app = crate::http::app(services);
-    let served = axum::serve(CountedListener(listener), app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(
+        CountedListener(listener),
+        app.into_make_service_with_connect_info::<PeerAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     upkeep.abort();
     pruning.abort();
+    housekeeping.abort();
+    revocations.abort();
     call_events.abort();
     file_upkeep.abort();
     tracing::info!("signalling stopped");
     served.context("serving HTTP")
+}
+
+/// The TCP peer of a connection, as handlers see it
+/// (`ConnectInfo<PeerAddr>`; see [`crate::http::extract::client_ip`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, CountedListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, CountedListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
 }
 
 /// A TCP listener that keeps `http_connections_open` up to date.

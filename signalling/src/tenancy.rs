@@ -280,18 +280,19 @@ impl Tenancy {
     pub async fn authenticate_user(&self, token: &str) -> Result<(Application, User), ApiError> {
         self.authenticate_user_with_contexts(token)
             .await
-            .map(|(app, user, _)| (app, user))
+            .map(|(app, user, _, _)| (app, user))
     }
 
     /// As [`Self::authenticate_user`], also returning the token's `ctx`
-    /// claim: the business objects the application lets the user see.
+    /// claim (the business objects the application lets the user see) and
+    /// the moment the token stops being accepted (`exp` plus the leeway).
     ///
     /// # Errors
     /// As [`Self::authenticate_user`].
     pub async fn authenticate_user_with_contexts(
         &self,
         token: &str,
-    ) -> Result<(Application, User, Vec<String>), ApiError> {
+    ) -> Result<(Application, User, Vec<String>, Timestamp), ApiError> {
         const BAD: ApiError = ApiError::Unauthorized("invalid user token");
         let app_id = auth::unverified_issuer(token).ok_or(BAD)?;
         let app = self.store.application(app_id).await?.ok_or(BAD)?;
@@ -334,7 +335,12 @@ impl Tenancy {
         if user.locked {
             return Err(ApiError::UserLocked);
         }
-        Ok((app, user, claims.ctx))
+        let until = Timestamp::from_secs(
+            claims
+                .exp
+                .saturating_add(i64::try_from(self.config.tokens.leeway_secs).unwrap_or(i64::MAX)),
+        );
+        Ok((app, user, claims.ctx, until))
     }
 
     /// Issues a user token, provisioning the user if the application

@@ -27,6 +27,7 @@ use crate::bus::InProcessBus;
 use crate::calls::{CallMedia, Calls, Quality};
 use crate::error::ApiError;
 use crate::ids::{CallId, ConversationId, MessageId, UserId};
+use crate::limits::{FrameKind, FrameLimits};
 use crate::messaging::{
     AttachmentRef, Caller, ConversationView, MessageView, Messaging, NewConversation,
 };
@@ -51,7 +52,9 @@ const REPLAY_PAGE: u32 = 500;
 pub mod close {
     /// No frame from the client for 60 s.
     pub const IDLE: u16 = 4000;
-    /// The user was locked or its application unregistered.
+    /// The credentials ended: the user was locked, its application
+    /// unregistered, the token expired (reason `expired`) or, for a bot,
+    /// the application's secret was rotated.
     pub const REVOKED: u16 = 4003;
     /// The client did not keep up with its events.
     pub const SLOW_CONSUMER: u16 = 4008;
@@ -272,6 +275,20 @@ pub enum Ended {
     Revoked,
 }
 
+/// Who a session is for and on what terms.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The authenticated caller.
+    pub caller: Caller,
+    /// The last event number the client has.
+    pub since: Option<u64>,
+    /// When its credentials end (a user token's `exp`, plus the allowed
+    /// leeway): the session closes then with 4003 `expired`.
+    pub until: Option<Duration>,
+    /// The connection's frame limits.
+    pub limits: FrameLimits,
+}
+
 /// Runs one session until it ends.
 pub async fn run<S, R, E>(
     mut sink: S,
@@ -279,22 +296,36 @@ pub async fn run<S, R, E>(
     messaging: Arc<Messaging>,
     bus: Arc<InProcessBus>,
     calls: Arc<Calls>,
-    caller: Caller,
-    since: Option<u64>,
+    admitted: Admitted,
 ) -> Ended
 where
     S: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, E>> + Unpin,
 {
+    let Admitted {
+        caller,
+        since,
+        until,
+        limits,
+    } = admitted;
     let user_id = caller.participant();
     let mut subscription = bus.subscribe(user_id);
     let device = subscription.id();
+    // A lock or unregistration that landed between the credentials check
+    // and the subscription closed nobody: look again now that closes reach
+    // this session.
+    if !messaging.still_admitted(&caller).await {
+        let _ = close_with(&mut sink, close::REVOKED, "revoked").await;
+        return Ended::Revoked;
+    }
     let _ = messaging.connection(&caller, true).await;
     let context = Context {
         messaging,
         calls,
         caller,
         device,
+        limits,
+        expires_at: until.map(|d| Instant::now() + d),
     };
     let ended = session(&mut sink, &mut stream, &context, since, &mut subscription).await;
     drop(subscription);
@@ -310,6 +341,10 @@ struct Context {
     caller: Caller,
     /// This connection's id on the bus: the device calls address.
     device: u64,
+    /// Frame limits of this connection.
+    limits: FrameLimits,
+    /// When the credentials end.
+    expires_at: Option<Instant>,
 }
 
 async fn session<S, R, E>(
@@ -355,6 +390,13 @@ where
 
     let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
     let mut last_heard = Instant::now();
+    let expiry = async {
+        match context.expires_at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
     loop {
         let idle_at = last_heard + IDLE_TIMEOUT;
         tokio::select! {
@@ -407,6 +449,10 @@ where
             () = tokio::time::sleep_until(idle_at) => {
                 let _ = close_with(&mut sink, close::IDLE, "idle").await;
                 return Ended::Idle;
+            }
+            () = &mut expiry => {
+                let _ = close_with(&mut sink, close::REVOKED, "expired").await;
+                return Ended::Revoked;
             }
         }
     }
@@ -524,6 +570,16 @@ async fn handle_text(context: &Context, text: &str) -> String {
             "unknown_type",
             &format!("unknown frame type {kind:?}"),
         );
+    }
+    if let Err(limited) = context.limits.check(FrameKind::of(kind)) {
+        return json!({
+            "type": "error",
+            "id": id,
+            "code": "rate_limited",
+            "message": limited.to_string(),
+            "retry_after_ms": u64::try_from(limited.retry_after.as_millis()).unwrap_or(u64::MAX).max(1),
+        })
+        .to_string();
     }
     let request: Request = match serde_json::from_value(value) {
         Ok(r) => r,
@@ -875,7 +931,13 @@ mod tests {
             sfu,
             Arc::new(ManualClock::new(Timestamp(0))),
         );
-        let session = tokio::spawn(run(sink, stream, messaging, bus, calls, caller(), None));
+        let admitted = Admitted {
+            caller: caller(),
+            since: None,
+            until: None,
+            limits: FrameLimits::unlimited(),
+        };
+        let session = tokio::spawn(run(sink, stream, messaging, bus, calls, admitted));
         let welcome = out.next().await.unwrap();
         assert!(matches!(&welcome, Message::Text(t) if t.as_str().contains("welcome")));
         // A request answered means the session finished its start-up (store

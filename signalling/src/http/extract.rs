@@ -1,10 +1,11 @@
 //! Extractors that turn requests into domain input or a clear [`ApiError`].
 
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -13,8 +14,9 @@ use base64::engine::general_purpose::STANDARD;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::ids::{AppId, Timestamp};
 use crate::messaging::{Caller, Who};
-use crate::server::Services;
+use crate::server::{PeerAddr, Services};
 use crate::store::{Application, User};
 use crate::tenancy::Actor;
 
@@ -94,7 +96,7 @@ impl FromRequestParts<Arc<Services>> for AppAuth {
     ) -> Result<Self, ApiError> {
         match Credentials::from_parts(parts)? {
             Some(Credentials::Basic(id, secret)) => Ok(Self(
-                state.tenancy.authenticate_application(&id, &secret).await?,
+                application(state, client_ip(parts), &id, &secret).await?,
             )),
             _ => Err(ApiError::Unauthorized(
                 "application credentials required (HTTP Basic app_id:app_secret)",
@@ -144,7 +146,7 @@ impl FromRequestParts<Arc<Services>> for ActorAuth {
     ) -> Result<Self, ApiError> {
         match Credentials::from_parts(parts)? {
             Some(Credentials::Basic(id, secret)) => Ok(Self(Actor::Application(
-                state.tenancy.authenticate_application(&id, &secret).await?,
+                application(state, client_ip(parts), &id, &secret).await?,
             ))),
             Some(Credentials::Bearer(token)) => Ok(Self(Actor::Subscriber(
                 state.tenancy.authenticate_subscriber(&token).await?,
@@ -169,7 +171,7 @@ impl FromRequestParts<Arc<Services>> for CallerAuth {
         state: &Arc<Services>,
     ) -> Result<Self, ApiError> {
         match Credentials::from_parts(parts)? {
-            Some(credentials) => Ok(Self(caller(state, credentials).await?)),
+            Some(credentials) => Ok(Self(caller(state, credentials, client_ip(parts)).await?)),
             None => Err(ApiError::Unauthorized(
                 "credentials required: a user token (Authorization: Bearer) or the \
                  application's HTTP Basic app_id:app_secret",
@@ -183,25 +185,93 @@ impl FromRequestParts<Arc<Services>> for CallerAuth {
 ///
 /// # Errors
 /// `unauthorized`, `user_locked`, `application_unregistered`.
-pub async fn caller(services: &Services, credentials: Credentials) -> Result<Caller, ApiError> {
+pub async fn caller(
+    services: &Services,
+    credentials: Credentials,
+    ip: Option<IpAddr>,
+) -> Result<Caller, ApiError> {
+    caller_until(services, credentials, ip)
+        .await
+        .map(|(caller, _)| caller)
+}
+
+/// As [`caller`], with the moment a user token stops being accepted (an
+/// application's secret does not expire).
+///
+/// # Errors
+/// As [`caller`].
+pub async fn caller_until(
+    services: &Services,
+    credentials: Credentials,
+    ip: Option<IpAddr>,
+) -> Result<(Caller, Option<Timestamp>), ApiError> {
     match credentials {
         Credentials::Bearer(token) => {
-            let (app, user, contexts) = services
+            let (app, user, contexts, until) = services
                 .tenancy
                 .authenticate_user_with_contexts(&token)
                 .await?;
-            Ok(Caller {
-                app,
-                who: Who::User { user, contexts },
-            })
+            let who = Who::User { user, contexts };
+            Ok((Caller { app, who }, Some(until)))
         }
-        Credentials::Basic(id, secret) => Ok(Caller {
-            app: services
-                .tenancy
-                .authenticate_application(&id, &secret)
-                .await?,
-            who: Who::App,
-        }),
+        Credentials::Basic(id, secret) => {
+            let app = application(services, ip, &id, &secret).await?;
+            Ok((Caller { app, who: Who::App }, None))
+        }
+    }
+}
+
+/// The application whose HTTP Basic id and secret these are, behind the
+/// failure gates: an application id or client IP that failed too often
+/// is refused (`rate_limited`) before its secret is looked at.
+///
+/// # Errors
+/// `rate_limited`, and as [`crate::tenancy::Tenancy::authenticate_application`].
+pub async fn application(
+    services: &Services,
+    ip: Option<IpAddr>,
+    id: &str,
+    secret: &str,
+) -> Result<Application, ApiError> {
+    let limits = &services.limits;
+    let app_id = id.parse::<AppId>().ok();
+    if let Some(app_id) = &app_id {
+        limits.basic_failures_per_app.check(app_id)?;
+    }
+    if let Some(ip) = &ip {
+        limits.basic_failures_per_ip.check(ip)?;
+    }
+    let result = services.tenancy.authenticate_application(id, secret).await;
+    if let Err(ApiError::Unauthorized(_)) = &result {
+        if let Some(app_id) = &app_id {
+            limits.basic_failures_per_app.failed(app_id);
+        }
+        if let Some(ip) = &ip {
+            limits.basic_failures_per_ip.failed(ip);
+        }
+    }
+    result
+}
+
+/// The client's IP address: the TCP peer (behind a reverse proxy, the
+/// proxy's). `None` when the router runs without a listener (tests).
+#[must_use]
+pub fn client_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<PeerAddr>>()
+        .map(|ConnectInfo(PeerAddr(addr))| addr.ip())
+}
+
+/// The client's IP address, see [`client_ip`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(client_ip(parts)))
     }
 }
 

@@ -1,6 +1,7 @@
 //! `GET /api/v1/ws`: authenticate, upgrade, run a [`crate::ws`] session.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
@@ -11,8 +12,8 @@ use serde::Deserialize;
 
 use super::extract::Credentials;
 use crate::error::ApiError;
-use crate::messaging::Caller;
 use crate::server::Services;
+use crate::ws::Admitted;
 
 /// Query of the WebSocket route.
 #[derive(Debug, Deserialize)]
@@ -35,7 +36,7 @@ pub async fn upgrade(
 ) -> Response {
     match prepare(&services, query, &parts).await {
         Err(e) => e.into_response(),
-        Ok((caller, since)) => match ws {
+        Ok(admitted) => match ws {
             Err(e) => {
                 ApiError::InvalidRequest(format!("not a WebSocket upgrade: {e}")).into_response()
             }
@@ -58,8 +59,7 @@ pub async fn upgrade(
                         services.messaging.clone(),
                         services.bus.clone(),
                         services.calls.clone(),
-                        caller,
-                        since,
+                        admitted,
                     )
                     .await;
                     metrics::gauge!("ws_connections_open").decrement(1.0);
@@ -74,7 +74,10 @@ async fn prepare(
     services: &Services,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     parts: &Parts,
-) -> Result<(Caller, Option<u64>), ApiError> {
+) -> Result<Admitted, ApiError> {
+    services
+        .limits
+        .ws_attempt(super::extract::client_ip(parts))?;
     let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     let credentials = match Credentials::from_parts(parts)? {
         Some(credentials) => credentials,
@@ -82,8 +85,16 @@ async fn prepare(
             "user token required (Authorization: Bearer or ?token=)",
         ))?),
     };
-    Ok((
-        super::extract::caller(services, credentials).await?,
-        query.since,
-    ))
+    let (caller, until) =
+        super::extract::caller_until(services, credentials, super::extract::client_ip(parts))
+            .await?;
+    services.limits.ws_connect(caller.participant())?;
+    let until = until
+        .map(|at| Duration::from_millis(u64::try_from(at.0 - services.clock.now().0).unwrap_or(0)));
+    Ok(Admitted {
+        caller,
+        since: query.since,
+        until,
+        limits: services.limits.frames(),
+    })
 }

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{ActorAuth, ApiJson, AppAuth, PathId, SessionToken, UserAuth};
+use super::extract::{ActorAuth, ApiJson, AppAuth, ClientIp, PathId, SessionToken, UserAuth};
 use crate::error::{ApiError, ErrorBody};
 use crate::ids::{AppId, UserId};
 use crate::server::Services;
@@ -246,11 +246,14 @@ fn code_sent(services: &Services) -> (StatusCode, Json<CodeSent>) {
         (status = 202, description = "Code mailed", body = CodeSent),
         (status = 400, description = "`invalid_request`, `malformed_json`, `unknown_field`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: see `Retry-After`", body = ErrorBody),
     ))]
 pub async fn register(
     State(services): State<Arc<Services>>,
+    ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<RegistrationRequest>,
 ) -> Result<(StatusCode, Json<CodeSent>), ApiError> {
+    services.limits.code_request(&body.email, ip)?;
     services
         .tenancy
         .request_registration(&body.email, &body.app_name)
@@ -266,11 +269,13 @@ pub async fn register(
         (status = 201, description = "Application registered", body = RegisteredView),
         (status = 400, description = "`invalid_request`, `malformed_json`, `unknown_field`", body = ErrorBody),
         (status = 403, description = "`access_denied`: wrong e-mail or code, or the code is expired, used or out of tries", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: see `Retry-After`", body = ErrorBody),
     ))]
 pub async fn confirm_registration(
     State(services): State<Arc<Services>>,
     ApiJson(body): ApiJson<RegistrationConfirm>,
 ) -> Result<(StatusCode, Json<RegisteredView>), ApiError> {
+    services.limits.code_confirmation(&body.email)?;
     let done = services
         .tenancy
         .confirm_registration(&body.email, &body.app_name, &body.code)
@@ -293,11 +298,14 @@ pub async fn confirm_registration(
     responses(
         (status = 202, description = "Code mailed if the address is a subscriber's", body = CodeSent),
         (status = 400, description = "`invalid_request`, `malformed_json`, `unknown_field`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: see `Retry-After`", body = ErrorBody),
     ))]
 pub async fn request_sign_in(
     State(services): State<Arc<Services>>,
+    ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<SignInRequest>,
 ) -> Result<(StatusCode, Json<CodeSent>), ApiError> {
+    services.limits.code_request(&body.email, ip)?;
     services.tenancy.request_sign_in(&body.email).await?;
     Ok(code_sent(&services))
 }
@@ -309,11 +317,13 @@ pub async fn request_sign_in(
         (status = 201, description = "Session opened", body = SessionView),
         (status = 400, description = "`invalid_request`, `malformed_json`, `unknown_field`", body = ErrorBody),
         (status = 403, description = "`access_denied`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: see `Retry-After`", body = ErrorBody),
     ))]
 pub async fn confirm_sign_in(
     State(services): State<Arc<Services>>,
     ApiJson(body): ApiJson<SignInConfirm>,
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
+    services.limits.code_confirmation(&body.email)?;
     let session = services
         .tenancy
         .confirm_sign_in(&body.email, &body.code)
@@ -442,6 +452,10 @@ pub async fn rotate_secret(
     PathId(id): PathId<AppId>,
 ) -> Result<Json<RotatedView>, ApiError> {
     let rotated = services.tenancy.rotate_secret(&actor, id).await?;
+    // The bot's sessions were opened with the secret that just ended.
+    services
+        .end_sessions_of_user(crate::messaging::bot_id(id))
+        .await;
     Ok(Json(RotatedView {
         app_secret: rotated.app_secret,
         previous_tokens_valid_until: rotated.previous_tokens_valid_until.to_rfc3339(),
@@ -458,12 +472,14 @@ pub async fn rotate_secret(
         (status = 400, description = "`invalid_request`, `malformed_json`, `unknown_field`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 403, description = "`user_locked`, `application_unregistered`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: see `Retry-After`", body = ErrorBody),
     ))]
 pub async fn issue_token(
     State(services): State<Arc<Services>>,
     AppAuth(app): AppAuth,
     ApiJson(body): ApiJson<TokenRequest>,
 ) -> Result<Json<TokenView>, ApiError> {
+    services.limits.token(app.id)?;
     let issued = services
         .tenancy
         .issue_token(

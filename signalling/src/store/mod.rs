@@ -266,4 +266,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         id: UserId,
         locked: bool,
     ) -> StoreResult<Option<User>>;
+
+    /// Every locked user, of every application.
+    async fn locked_users(&self) -> StoreResult<Vec<UserId>>;
 }

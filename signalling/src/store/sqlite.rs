@@ -532,6 +532,13 @@ impl Store for SqliteStore {
         .map(user_from)
         .transpose()
     }
+
+    async fn locked_users(&self) -> StoreResult<Vec<UserId>> {
+        let rows = sqlx::query("SELECT id FROM users WHERE locked")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| parse_id(row, "id")).collect()
+    }
 }
 
 #[cfg(test)]

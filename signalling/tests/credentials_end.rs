@@ -1,0 +1,107 @@
+//! Credentials that end, end sessions: a WebSocket session closes with
+//! 4003 when its user token expires, when its application's secret is
+//! rotated (the bot's session), and when `signalling admin lock-user`
+//! locks the user from another process.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{TestServer, Ws, default_clock, test_config};
+use serde_json::Value;
+
+/// Waits (up to `within`) for the close frame and returns its text.
+async fn closed(ws: &mut Ws, within: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < within, "no close within {within:?}");
+        // `frame` waits 5 s at most per frame; pings are skipped.
+        let f: Value = ws.frame().await;
+        if f["type"] == "closed" {
+            return f["close"].as_str().unwrap_or_default().to_owned();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_session_closes_when_its_token_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.tokens.leeway_secs = 0;
+    let server = TestServer::start_with(config, default_clock()).await;
+    let app = server.register("x@example.com", "ERP").await;
+    let (token, _) = common::user_token(&server, &app, "u1", &[]).await;
+    // The token is valid for `ttl_secs`; let all but two seconds pass.
+    let ttl = server.services.config.tokens.ttl_secs;
+    common::advance(&server, ttl - 2);
+    let started = Instant::now();
+    let mut ws = Ws::connect(&server, &token, None).await;
+    let close = closed(&mut ws, Duration::from_secs(8)).await;
+    assert!(
+        close.contains("4003") && close.contains("expired"),
+        "{close}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "closed at the token's end, not at once: {:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bot_session_closes_when_its_secret_is_rotated() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("r@example.com", "ERP").await;
+    let mut bot = Ws::connect_bot(&server, &app).await;
+    let r = server
+        .post(&format!("/api/v1/applications/{}/secret", app.id))
+        .basic_auth(&app.id, Some(&app.secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let close = closed(&mut bot, Duration::from_secs(5)).await;
+    assert!(
+        close.contains("4003") && close.contains("revoked"),
+        "{close}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_lock_from_the_admin_command_closes_the_users_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(test_config(dir.path()), default_clock()).await;
+    let app = server.register("l@example.com", "ERP").await;
+    let (token, user) = common::user_token(&server, &app, "u1", &[]).await;
+    let mut ws = Ws::connect(&server, &token, None).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_signalling"))
+        .arg("admin")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["lock-user", "--app", &app.id, "--user", &user])
+        .env_remove("CONFER_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let close = closed(&mut ws, Duration::from_secs(6)).await;
+    assert!(
+        close.contains("4003") && close.contains("revoked"),
+        "{close}"
+    );
+    // And the token no longer opens a session.
+    let url = format!(
+        "{}/api/v1/ws?token={token}",
+        server.base.replace("http://", "ws://")
+    );
+    assert!(tokio_tungstenite::connect_async(url).await.is_err());
+    server.stop().await;
+}
