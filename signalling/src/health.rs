@@ -1,7 +1,8 @@
 //! Component health, shared by `GET /healthz` and `signalling admin health`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -10,9 +11,11 @@ use crate::server::Services;
 
 /// How long one component may take to answer before it counts as down.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `/healthz` answers from the last check.
+pub const MAX_AGE: Duration = Duration::from_secs(5);
 
 /// Health of the whole server.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct HealthReport {
     /// `ok` when every component is up, otherwise `degraded`.
     pub status: &'static str,
@@ -21,7 +24,7 @@ pub struct HealthReport {
 }
 
 /// Health of one component.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ComponentHealth {
     /// `up` or `down`.
     pub status: &'static str,
@@ -82,5 +85,29 @@ pub async fn check(services: &Services) -> HealthReport {
     HealthReport {
         status: if all_up { "ok" } else { "degraded" },
         components,
+    }
+}
+
+/// The last health report, so that `/healthz` costs no SMTP connection,
+/// S3 request or SFU worker round trip per request: a report younger than
+/// [`MAX_AGE`] is answered as it is; an older one is checked again by one
+/// request while the others wait for its result.
+#[derive(Debug, Default)]
+pub struct HealthCache {
+    last: tokio::sync::Mutex<Option<(Instant, Arc<HealthReport>)>>,
+}
+
+impl HealthCache {
+    /// The report, at most [`MAX_AGE`] old.
+    pub async fn report(&self, services: &Services) -> Arc<HealthReport> {
+        let mut last = self.last.lock().await;
+        if let Some((at, report)) = last.as_ref()
+            && at.elapsed() < MAX_AGE
+        {
+            return report.clone();
+        }
+        let report = Arc::new(check(services).await);
+        *last = Some((Instant::now(), report.clone()));
+        report
     }
 }

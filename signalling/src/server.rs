@@ -54,6 +54,8 @@ pub struct Services {
     pub calls: Arc<Calls>,
     /// Attachments.
     pub files: Arc<Files>,
+    /// The last health report (`/healthz`).
+    pub health: crate::health::HealthCache,
     /// Rate limits shared by every request.
     pub limits: Arc<crate::limits::Limits>,
     /// Prometheus exposition.
@@ -164,6 +166,7 @@ impl Services {
             calls,
             files,
             limits,
+            health: crate::health::HealthCache::default(),
             metrics: metrics_handle(),
         })
     }

@@ -10,20 +10,21 @@ use axum::{Extension, Json};
 use crate::health::HealthReport;
 use crate::server::Services;
 
-/// Status of every component; 503 when one is down.
+/// Status of every component; 503 when one is down. Answered from a check
+/// at most 5 s old (see [`crate::health::HealthCache`]).
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses(
         (status = 200, description = "Every component is up", body = HealthReport),
         (status = 503, description = "At least one component is down", body = HealthReport),
     ))]
 pub async fn healthz(State(services): State<Arc<Services>>) -> (StatusCode, Json<HealthReport>) {
-    let report = crate::health::check(&services).await;
+    let report = services.health.report(&services).await;
     let status = if report.is_ok() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(report))
+    (status, Json(HealthReport::clone(&report)))
 }
 
 /// Prometheus metrics in the text exposition format.
