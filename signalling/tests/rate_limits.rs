@@ -264,6 +264,16 @@ async fn frames_over_their_limit_get_an_error_and_the_connection_stays_open() {
     // Reads still work: the connection is open and answers.
     let r = ws.request(json!({"type": "ping"})).await;
     assert_eq!(r["type"], "pong", "{r}");
+    // The refusals are the documented error frame.
+    let schemas = common::protocol_schemas("### Server frames");
+    let errors: Vec<_> = ws
+        .received
+        .iter()
+        .filter(|f| f["code"] == "rate_limited")
+        .cloned()
+        .collect();
+    assert_eq!(errors.len(), 2);
+    common::check_frames(&schemas, &errors, "server");
     server.stop().await;
 }
 
