@@ -103,6 +103,9 @@ pub struct LimitsConfig {
     pub presence_per_connection: Rate,
     /// `call_*` frames per connection.
     pub call_frames_per_connection: Rate,
+    /// Request frames of any kind per bot connection (the application's
+    /// own integration: one limit, higher, instead of the five above).
+    pub bot_frames_per_connection: Rate,
 }
 
 impl Default for LimitsConfig {
@@ -121,6 +124,7 @@ impl Default for LimitsConfig {
             typing_per_connection: Rate::new(20, 10),
             presence_per_connection: Rate::new(20, 10),
             call_frames_per_connection: Rate::new(300, 10),
+            bot_frames_per_connection: Rate::new(3_000, 10),
         }
     }
 }
@@ -128,7 +132,7 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     /// Every limit with its setting name, for validation.
     #[must_use]
-    pub fn named(&self) -> [(&'static str, Rate); 13] {
+    pub fn named(&self) -> [(&'static str, Rate); 14] {
         [
             (
                 "limits.code_requests_per_email",
@@ -154,6 +158,10 @@ impl LimitsConfig {
             (
                 "limits.call_frames_per_connection",
                 self.call_frames_per_connection,
+            ),
+            (
+                "limits.bot_frames_per_connection",
+                self.bot_frames_per_connection,
             ),
         ]
     }
@@ -368,10 +376,23 @@ impl Limits {
         counted(self.ws_connects_per_user.check(&user))
     }
 
-    /// The limits of one new WebSocket connection.
+    /// The limits of one new WebSocket connection of a user.
     #[must_use]
     pub fn frames(&self) -> FrameLimits {
         FrameLimits::new(&self.config)
+    }
+
+    /// The limits of one new WebSocket connection of a bot.
+    #[must_use]
+    pub fn bot_frames(&self) -> FrameLimits {
+        FrameLimits {
+            frames: self
+                .config
+                .bot_frames_per_connection
+                .quota()
+                .map(RateLimiter::direct),
+            ..FrameLimits::unlimited()
+        }
     }
 
     /// Forgets keys whose limits are full again (run every minute).

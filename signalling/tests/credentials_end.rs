@@ -34,9 +34,10 @@ async fn a_session_closes_when_its_token_expires() {
     let server = TestServer::start_with(config, default_clock()).await;
     let app = server.register("x@example.com", "ERP").await;
     let (token, _) = common::user_token(&server, &app, "u1", &[]).await;
-    // The token is valid for `ttl_secs`; let all but two seconds pass.
+    // The token is valid for `ttl_secs` (its `exp` in whole seconds, so up
+    // to one less); let all but three seconds pass.
     let ttl = server.services.config.tokens.ttl_secs;
-    common::advance(&server, ttl - 2);
+    common::advance(&server, ttl - 3);
     let started = Instant::now();
     let mut ws = Ws::connect(&server, &token, None).await;
     let close = closed(&mut ws, Duration::from_secs(8)).await;

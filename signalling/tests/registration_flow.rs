@@ -370,7 +370,7 @@ async fn health_metrics_and_a_component_down() {
     let outbox = server.data_dir.join("outbox");
     std::fs::remove_dir_all(&outbox).unwrap();
     std::fs::write(&outbox, b"not a directory").unwrap();
-    let r = server.get("/healthz").send().await.unwrap();
+    let r = common::healthz_after_a_failure(&server).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let health: Value = r.json().await.unwrap();
     assert_eq!(health["status"], "degraded");

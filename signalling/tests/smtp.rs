@@ -122,7 +122,7 @@ async fn codes_go_through_smtp_when_configured() {
 
     // The relay goes away: health says so.
     drop(smtp);
-    let r = server.get("/healthz").send().await.unwrap();
+    let r = common::healthz_after_a_failure(&server).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let health: Value = r.json().await.unwrap();
     assert_eq!(health["components"]["mail"]["status"], "down");

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::extract::Credentials;
 use crate::error::ApiError;
+use crate::messaging::Who;
 use crate::server::Services;
 use crate::ws::Admitted;
 
@@ -91,10 +92,14 @@ async fn prepare(
     services.limits.ws_connect(caller.participant())?;
     let until = until
         .map(|at| Duration::from_millis(u64::try_from(at.0 - services.clock.now().0).unwrap_or(0)));
+    let limits = match caller.who {
+        Who::App => services.limits.bot_frames(),
+        Who::User { .. } => services.limits.frames(),
+    };
     Ok(Admitted {
         caller,
         since: query.since,
         until,
-        limits: services.limits.frames(),
+        limits,
     })
 }

@@ -217,6 +217,20 @@ pub fn default_clock() -> Arc<ManualClock> {
     )))
 }
 
+/// `/healthz` once a component went down: health is checked again when
+/// its last report is 5 s old, so this asks until the answer is not 200
+/// (7 s at most) and returns that answer.
+pub async fn healthz_after_a_failure(server: &TestServer) -> Response {
+    for _ in 0..70 {
+        let r = server.get("/healthz").send().await.unwrap();
+        if r.status() != StatusCode::OK {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.get("/healthz").send().await.unwrap()
+}
+
 /// Sends a request and returns its JSON body.
 pub async fn json(request: RequestBuilder) -> Value {
     request.send().await.unwrap().json().await.unwrap()
