@@ -297,7 +297,7 @@ impl Tenancy {
         let app_id = auth::unverified_issuer(token).ok_or(BAD)?;
         let app = self.store.application(app_id).await?.ok_or(BAD)?;
         let now = self.clock.now();
-        let claims = self.verify_user_token(&app, token, now)?;
+        let (claims, key_until) = self.verify_user_token(&app, token, now)?;
         if app.unregistered_at.is_some() {
             return Err(ApiError::ApplicationUnregistered);
         }
@@ -335,11 +335,14 @@ impl Tenancy {
         if user.locked {
             return Err(ApiError::UserLocked);
         }
-        let until = Timestamp::from_secs(
+        let mut until = Timestamp::from_secs(
             claims
                 .exp
                 .saturating_add(i64::try_from(self.config.tokens.leeway_secs).unwrap_or(i64::MAX)),
         );
+        if let Some(key_until) = key_until {
+            until = until.min(key_until);
+        }
         Ok((app, user, claims.ctx, until))
     }
 
@@ -643,22 +646,24 @@ impl Tenancy {
         Ok(())
     }
 
+    /// The token's claims, and — when it was signed with the key of the
+    /// previous secret — the end of that key's grace period.
     fn verify_user_token(
         &self,
         app: &Application,
         token: &str,
         now: Timestamp,
-    ) -> Result<UserClaims, ApiError> {
+    ) -> Result<(UserClaims, Option<Timestamp>), ApiError> {
         let tokens = &self.config.tokens;
         let verify = |key: &TokenKey| {
             auth::verify_token(token, key, now, tokens.max_ttl_secs, tokens.leeway_secs)
         };
         let result = match verify(&app.token_key) {
             Err(AuthError::Invalid) => match (&app.prev_token_key, app.prev_token_key_until) {
-                (Some(prev), Some(until)) if now < until => verify(prev),
+                (Some(prev), Some(until)) if now < until => verify(prev).map(|c| (c, Some(until))),
                 _ => Err(AuthError::Invalid),
             },
-            other => other,
+            other => other.map(|c| (c, None)),
         };
         result.map_err(|e| match e {
             AuthError::Expired => ApiError::Unauthorized("user token expired"),

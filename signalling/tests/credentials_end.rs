@@ -106,3 +106,35 @@ async fn a_lock_from_the_admin_command_closes_the_users_sessions() {
     assert!(tokio_tungstenite::connect_async(url).await.is_err());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_on_a_token_of_the_previous_secret_closes_when_its_grace_ends() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("g@example.com", "ERP").await;
+    let (token, _) = common::user_token(&server, &app, "u1", &[]).await;
+    let r = server
+        .post(&format!("/api/v1/applications/{}/secret", app.id))
+        .basic_auth(&app.id, Some(&app.secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    // The old token is still accepted for the grace period; let all but
+    // three seconds of it pass (the token itself lives longer).
+    let grace = server.services.config.tokens.rotation_grace_secs;
+    assert!(grace < server.services.config.tokens.ttl_secs);
+    common::advance(&server, grace - 3);
+    let started = Instant::now();
+    let mut ws = Ws::connect(&server, &token, None).await;
+    let close = closed(&mut ws, Duration::from_secs(8)).await;
+    assert!(
+        close.contains("4003") && close.contains("expired"),
+        "{close}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}
