@@ -303,7 +303,7 @@ pub async fn run(
     }
     let call_events = tokio::spawn(services.calls.clone().pump_sfu_events());
     let file_upkeep = tokio::spawn(services.files.clone().run_sweeper());
-    let app = crate::http::app(services);
+    let app = crate::http::app(services).into_make_service_with_connect_info::<PeerAddr>();
     let served = axum::serve(CountedListener(listener), app)
         .with_graceful_shutdown(shutdown)
         .await;
@@ -313,6 +313,21 @@ pub async fn run(
     file_upkeep.abort();
     tracing::info!("signalling stopped");
     served.context("serving HTTP")
+}
+
+/// The TCP peer of a connection, in each request's extensions as
+/// `ConnectInfo<PeerAddr>` (the demo is offered to loopback peers only).
+/// Whatever accepts connections must put it there; a request without it
+/// counts as coming from elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, CountedListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, CountedListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
 }
 
 /// A TCP listener that keeps `http_connections_open` up to date.
