@@ -145,12 +145,6 @@ pub fn digests_equal(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
-/// Compares two byte strings in constant time.
-#[must_use]
-pub fn digests_equal_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.ct_eq(b).into()
-}
-
 /// The prefix of a stored application-secret digest.
 pub const SECRET_DIGEST_PREFIX: &str = "sha256:";
 

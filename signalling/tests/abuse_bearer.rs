@@ -51,7 +51,7 @@ async fn the_request_log_shows_no_token_and_no_url_signature() {
     // The level at which the request log shows every URI.
     let server = Process::start_with(
         dir.path(),
-        &[("RUST_LOG", "tower_http=debug,confer_signalling=debug,info")],
+        &[("RUST_LOG", "tower_http=debug,info")],
         log,
     );
     let token = token_from(&server.base, dir.path()).await;

@@ -120,7 +120,10 @@ pub fn app(services: Arc<Services>) -> Router {
         .layer(middleware::from_fn(bearer_challenge))
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                // tower-http's own target, so that `tower_http=debug`
+                // still shows the requests.
                 tracing::debug_span!(
+                    target: "tower_http::trace::make_span",
                     "request",
                     method = %request.method(),
                     uri = %redacted_uri(request.uri()),

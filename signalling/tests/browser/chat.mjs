@@ -1,14 +1,18 @@
 // Two people chat in two browser contexts: each message appears on the
 // other side, unread counts and the read mark update, typing, edit,
 // delete, an image attachment with its preview, search, and a discussion
-// of a business object opened by an application's token. Screenshots of
-// the chat go to the artifacts.
+// of a business object opened by an application's token, and that page
+// embedded by the application's origin (tokens by postMessage from it,
+// from no other). Screenshots of the chat go to the artifacts.
 import { join } from 'node:path';
 import { artifacts, check, dataDir, demoPage, launch, open, register, scenario, sendText, startServer, stopServer, until } from './lib.mjs';
 
 await scenario('chat', async (cleanup) => {
   const dir = dataDir();
-  const server = await startServer({ dir });
+  // The application's pages are at http://erp.example (served by the test
+  // through Playwright's routing); the operator lets that origin embed Confer.
+  const erpOrigin = 'http://erp.example';
+  const server = await startServer({ dir, env: { CONFER_WEB__PARENT_ORIGINS: `["${erpOrigin}"]` } });
   cleanup.push(() => stopServer(server));
   const browser = await launch();
   cleanup.push(() => browser.close());
@@ -130,4 +134,63 @@ await scenario('chat', async (cleanup) => {
   await sendText(carol, 'Back with a new token');
   await carol.locator('#messages .msg:not(.pending)', { hasText: 'Back with a new token' }).waitFor();
   check(true, 'a new token handed over by postMessage reconnects the page');
+
+  // The documented embedding: the application's page frames Confer and
+  // hands it a new token when asked. The WebSocket carries the token in
+  // its subprotocol, not in its URL.
+  const wsUrls = [];
+  const embed = (token) => `<!doctype html><title>ERP</title>
+    <iframe id="confer" src="${server.base}/#token=${encodeURIComponent(token)}" style="width:900px;height:600px"></iframe>
+    <script>
+      window.tokenAsked = 0;
+      window.addEventListener('message', (e) => {
+        if (e.origin === '${server.base}' && e.data?.type === 'confer-token-expired') window.tokenAsked += 1;
+      });
+    </script>`;
+  const confer = (page) => until('the framed page', () => page.frames().find((f) => f.url().startsWith(server.base)));
+  const erpContext = await browser.newContext();
+  await erpContext.route(`${erpOrigin}/`, (route) => route.fulfill({ contentType: 'text/html', body: embed(token) }));
+  const erpPage = await erpContext.newPage();
+  erpPage.on('websocket', (ws) => wsUrls.push(ws.url()));
+  await erpPage.goto(`${erpOrigin}/`);
+  const framed = await confer(erpPage);
+  await until('the framed page to connect', async () => (await framed.textContent('#status')) === 'online');
+  check(true, `${erpOrigin}, a configured parent origin, embeds the page`);
+  check(wsUrls.length > 0 && wsUrls.every((u) => !u.includes('token')), `the WebSocket URL has no token: ${wsUrls.join(', ')}`);
+  await framed.evaluate(() => {
+    window.confer.state.token = 'expired';
+    window.confer.state.ws.close();
+  });
+  await until('the page to ask the ERP for a token', () => erpPage.evaluate(() => window.tokenAsked > 0), 30_000);
+  const renewed = await erp.token('carol', 'Carol', ['Invoice:17']);
+  await erpPage.evaluate(([t, origin]) => document.getElementById('confer').contentWindow.postMessage({ type: 'confer-token', token: t }, origin), [renewed, server.base]);
+  await until('the framed page to reconnect', async () => (await framed.textContent('#status')) === 'online');
+  check(true, 'the embedding application\'s postMessage token reconnects the framed page');
+
+  // Another site may not frame the page at all (CSP frame-ancestors) …
+  const evilOrigin = 'http://evil.example';
+  const evilContext = await browser.newContext();
+  await evilContext.route(`${evilOrigin}/`, (route) => route.fulfill({ contentType: 'text/html', body: embed('expired') }));
+  const evilPage = await evilContext.newPage();
+  await evilPage.goto(`${evilOrigin}/`);
+  await evilPage.waitForLoadState('load');
+  const blocked = evilPage.frames().find((f) => f !== evilPage.mainFrame());
+  const loaded = await blocked.evaluate(() => typeof window.confer).catch(() => 'unreachable');
+  check(loaded !== 'object', `a page of ${evilOrigin} cannot frame Confer (the frame is ${blocked.url()}, its app ${loaded})`);
+  // … and were the CSP lost on the way, the page still takes no token from
+  // it: here the test strips the header to reach the page's own check.
+  await evilContext.route(`${server.base}/`, async (route) => {
+    const response = await route.fetch();
+    const headers = { ...response.headers() };
+    delete headers['content-security-policy'];
+    await route.fulfill({ response, headers });
+  });
+  await evilPage.reload();
+  const exposed = await confer(evilPage);
+  await until('the exposed page to find its token refused', async () => (await exposed.textContent('#status')) === 'session expired', 30_000);
+  const stolen = await erp.token('carol', 'Carol', ['Invoice:17']);
+  await evilPage.evaluate(([t, origin]) => document.getElementById('confer').contentWindow.postMessage({ type: 'confer-token', token: t }, origin), [stolen, server.base]);
+  await evilPage.waitForTimeout(2000);
+  check((await exposed.evaluate(() => window.confer.state.token)) === 'expired'
+    && (await exposed.textContent('#status')) === 'session expired', `a token posted by ${evilOrigin} is ignored`);
 });
