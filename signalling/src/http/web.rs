@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -122,15 +122,22 @@ const PROXY_HEADERS: &[&str] = &["forwarded", "via", "x-real-ip"];
 /// another site that rebinds its DNS name to 127.0.0.1 sends its own name)
 /// and that carries no proxy header (a server on loopback behind a proxy
 /// serves the world).
-fn demo_offered(services: &Services, peer: Option<SocketAddr>, headers: &HeaderMap) -> bool {
+fn demo_offered(
+    services: &Services,
+    peer: Option<SocketAddr>,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> bool {
     match services.config.demo.enabled {
         Some(enabled) => enabled,
         None => {
             services.config.demo_enabled()
                 && peer.is_some_and(|p| p.ip().to_canonical().is_loopback())
+                // HTTP/2 names the host in the URI, HTTP/1.1 in `Host`.
                 && headers
                     .get(header::HOST)
                     .and_then(|h| h.to_str().ok())
+                    .or_else(|| uri.authority().map(|a| a.as_str()))
                     .is_some_and(is_loopback_host)
                 && !headers.keys().any(|name| {
                     PROXY_HEADERS.contains(&name.as_str())
@@ -176,10 +183,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
 pub async fn demo_info(
     State(services): State<Arc<Services>>,
     Peer(peer): Peer,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Json<DemoInfo> {
     Json(DemoInfo {
-        enabled: demo_offered(&services, peer, &headers),
+        enabled: demo_offered(&services, peer, &uri, &headers),
     })
 }
 
@@ -191,15 +199,16 @@ pub async fn demo_info(
     responses(
         (status = 201, description = "A user token", body = DemoSession),
         (status = 400, description = "`invalid_request`", body = ErrorBody),
-        (status = 404, description = "`not_found`: the demo is off", body = ErrorBody),
+        (status = 404, description = "`not_found`: the demo is not offered to this request", body = ErrorBody),
     ))]
 pub async fn demo_sign_in(
     State(services): State<Arc<Services>>,
     Peer(peer): Peer,
+    uri: Uri,
     headers: HeaderMap,
     ApiJson(body): ApiJson<DemoSignIn>,
 ) -> Result<(StatusCode, Json<DemoSession>), ApiError> {
-    if !demo_offered(&services, peer, &headers) {
+    if !demo_offered(&services, peer, &uri, &headers) {
         return Err(ApiError::NotFound("demo"));
     }
     let name = body.name.trim();
@@ -230,4 +239,35 @@ pub async fn demo_sign_in(
             expires_at: issued.expires_at.to_rfc3339(),
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_names_are_loopback_hosts() {
+        for host in [
+            "localhost",
+            "LocalHost:8080",
+            "127.0.0.1",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "localhost:80:80",
+            "127.0.0.2",
+            "[::2]",
+            "::1",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 }

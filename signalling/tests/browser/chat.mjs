@@ -138,7 +138,6 @@ await scenario('chat', async (cleanup) => {
   // The documented embedding: the application's page frames Confer and
   // hands it a new token when asked. The WebSocket carries the token in
   // its subprotocol, not in its URL.
-  const wsUrls = [];
   const embed = (token) => `<!doctype html><title>ERP</title>
     <iframe id="confer" src="${server.base}/#token=${encodeURIComponent(token)}" style="width:900px;height:600px"></iframe>
     <script>
@@ -151,12 +150,12 @@ await scenario('chat', async (cleanup) => {
   const erpContext = await browser.newContext();
   await erpContext.route(`${erpOrigin}/`, (route) => route.fulfill({ contentType: 'text/html', body: embed(token) }));
   const erpPage = await erpContext.newPage();
-  erpPage.on('websocket', (ws) => wsUrls.push(ws.url()));
   await erpPage.goto(`${erpOrigin}/`);
   const framed = await confer(erpPage);
   await until('the framed page to connect', async () => (await framed.textContent('#status')) === 'online');
   check(true, `${erpOrigin}, a configured parent origin, embeds the page`);
-  check(wsUrls.length > 0 && wsUrls.every((u) => !u.includes('token')), `the WebSocket URL has no token: ${wsUrls.join(', ')}`);
+  const socket = await framed.evaluate(() => ({ url: window.confer.state.ws.url, protocol: window.confer.state.ws.protocol }));
+  check(!socket.url.includes('token') && socket.protocol === 'confer.v1', `the WebSocket URL has no token (${socket.url}, subprotocol ${socket.protocol})`);
   await framed.evaluate(() => {
     window.confer.state.token = 'expired';
     window.confer.state.ws.close();
