@@ -5,14 +5,26 @@
 // embedded by the application's origin (tokens by postMessage from it,
 // from no other). Screenshots of the chat go to the artifacts.
 import { join } from 'node:path';
-import { artifacts, check, dataDir, demoPage, launch, open, register, scenario, sendText, startServer, stopServer, until } from './lib.mjs';
+import { artifacts, check, dataDir, demoPage, launch, open, register, scenario, sendText, siteServer, startServer, stopServer, until } from './lib.mjs';
 
 await scenario('chat', async (cleanup) => {
   const dir = dataDir();
-  // The application's pages are at http://erp.example (served by the test
-  // through Playwright's routing); the operator lets that origin embed Confer.
-  const erpOrigin = 'http://erp.example';
-  const server = await startServer({ dir, env: { CONFER_WEB__PARENT_ORIGINS: `["${erpOrigin}"]` } });
+  // An application's site, which the operator lets embed Confer, and
+  // another site, which it does not. Their pages frame Confer with `framed`.
+  let framed = '';
+  const embedding = (token) => `<!doctype html><title>embedding</title>
+    <iframe id="confer" src="${server.base}/#token=${encodeURIComponent(token)}" style="width:900px;height:600px"></iframe>
+    <script>
+      window.tokenAsked = 0;
+      window.addEventListener('message', (e) => {
+        if (e.origin === '${server.base}' && e.data?.type === 'confer-token-expired') window.tokenAsked += 1;
+      });
+    </script>`;
+  const erpSite = await siteServer(() => framed);
+  cleanup.push(() => erpSite.close());
+  const evilSite = await siteServer(() => framed);
+  cleanup.push(() => evilSite.close());
+  const server = await startServer({ dir, env: { CONFER_WEB__PARENT_ORIGINS: `["${erpSite.origin}"]` } });
   cleanup.push(() => stopServer(server));
   const browser = await launch();
   cleanup.push(() => browser.close());
@@ -138,38 +150,29 @@ await scenario('chat', async (cleanup) => {
   // The documented embedding: the application's page frames Confer and
   // hands it a new token when asked. The WebSocket carries the token in
   // its subprotocol, not in its URL.
-  const embed = (token) => `<!doctype html><title>ERP</title>
-    <iframe id="confer" src="${server.base}/#token=${encodeURIComponent(token)}" style="width:900px;height:600px"></iframe>
-    <script>
-      window.tokenAsked = 0;
-      window.addEventListener('message', (e) => {
-        if (e.origin === '${server.base}' && e.data?.type === 'confer-token-expired') window.tokenAsked += 1;
-      });
-    </script>`;
-  const confer = (page) => until('the framed page', () => page.frames().find((f) => f.url().startsWith(server.base)));
-  const erpContext = await browser.newContext();
-  await erpContext.route(`${erpOrigin}/`, (route) => route.fulfill({ contentType: 'text/html', body: embed(token) }));
-  const erpPage = await erpContext.newPage();
-  await erpPage.goto(`${erpOrigin}/`);
-  const framed = await confer(erpPage);
-  await until('the framed page to connect', async () => (await framed.textContent('#status')) === 'online');
-  check(true, `${erpOrigin}, a configured parent origin, embeds the page`);
-  const socket = await framed.evaluate(() => ({ url: window.confer.state.ws.url, protocol: window.confer.state.ws.protocol }));
+  const confer = (page) => until('the framed page', () => page.frames().find((f) => f.url().startsWith(`${server.base}/`)));
+  framed = embedding(token);
+  const erpPage = await (await browser.newContext()).newPage();
+  await erpPage.goto(`${erpSite.origin}/`);
+  const inErp = await confer(erpPage);
+  await until('the framed page to connect', async () => (await inErp.textContent('#status')) === 'online');
+  check(true, `${erpSite.origin}, a configured parent origin, embeds the page`);
+  const socket = await inErp.evaluate(() => ({ url: window.confer.state.ws.url, protocol: window.confer.state.ws.protocol }));
   check(!socket.url.includes('token') && socket.protocol === 'confer.v1', `the WebSocket URL has no token (${socket.url}, subprotocol ${socket.protocol})`);
-  await framed.evaluate(() => {
+  await inErp.evaluate(() => {
     window.confer.state.token = 'expired';
     window.confer.state.ws.close();
   });
   await until('the page to ask the ERP for a token', () => erpPage.evaluate(() => window.tokenAsked > 0), 30_000);
   const renewed = await erp.token('carol', 'Carol', ['Invoice:17']);
   await erpPage.evaluate(([t, origin]) => document.getElementById('confer').contentWindow.postMessage({ type: 'confer-token', token: t }, origin), [renewed, server.base]);
-  await until('the framed page to reconnect', async () => (await framed.textContent('#status')) === 'online');
+  await until('the framed page to reconnect', async () => (await inErp.textContent('#status')) === 'online');
   check(true, 'the embedding application\'s postMessage token reconnects the framed page');
 
   // Another site may not frame the page at all (CSP frame-ancestors) …
-  const evilOrigin = 'http://evil.example';
+  const evilOrigin = evilSite.origin;
+  framed = embedding('expired');
   const evilContext = await browser.newContext();
-  await evilContext.route(`${evilOrigin}/`, (route) => route.fulfill({ contentType: 'text/html', body: embed('expired') }));
   const evilPage = await evilContext.newPage();
   await evilPage.goto(`${evilOrigin}/`);
   await evilPage.waitForLoadState('load');
