@@ -1,6 +1,7 @@
 //! Cost of authenticating a request: verifying a user token (every
 //! WebSocket connect and REST call of a user) and an application secret
-//! (argon2, paid once per application and then cached).
+//! (every HTTP Basic request): before, an argon2id check as earlier
+//! versions stored secrets; now, a SHA-256 digest compared in constant time.
 
 use confer_signalling::auth::{self, TokenKey, UserClaims};
 use confer_signalling::ids::{AppId, Timestamp};
@@ -39,12 +40,27 @@ fn user_token(c: &mut Criterion) {
 }
 
 fn app_secret(c: &mut Criterion) {
+    use argon2::password_hash::{PasswordHasher, SaltString};
     let secret = auth::generate_secret();
-    let phc = auth::hash_secret(&secret).expect("argon2 with default parameters");
+    // The hash earlier versions stored: argon2id, default parameters.
+    let salt = SaltString::encode_b64(b"confer bench salt").expect("16 bytes is a valid salt");
+    let phc = argon2::Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .expect("argon2 with default parameters")
+        .to_string();
+    let digest = auth::secret_digest(&secret);
     let mut group = c.benchmark_group("app_secret");
     group.sample_size(10);
     group.bench_function("argon2_verify", |b| {
-        b.iter(|| black_box(auth::verify_secret(black_box(&secret), &phc)));
+        b.iter(|| black_box(auth::verify_argon2_secret(black_box(&secret), &phc)));
+    });
+    group.sample_size(100);
+    group.bench_function("digest_verify", |b| {
+        b.iter(|| black_box(auth::secret_matches_digest(black_box(&secret), &digest)));
+    });
+    group.bench_function("digest_verify_wrong", |b| {
+        let wrong = auth::generate_secret();
+        b.iter(|| black_box(auth::secret_matches_digest(black_box(&wrong), &digest)));
     });
     group.finish();
 }

@@ -2,8 +2,11 @@
 //! e-mail codes.
 //!
 //! * An application secret is 32 random bytes, base64url without padding.
-//!   The server keeps only an argon2id hash of it (for HTTP Basic) and the
-//!   user-token key derived from it; the secret itself is shown once.
+//!   The server keeps only a SHA-256 digest of it (for HTTP Basic, see
+//!   [`secret_digest`]) and the user-token key derived from it; the secret
+//!   itself is shown once. Digests stored by earlier versions are argon2id
+//!   PHC strings: they are still checked ([`StoredSecret::Argon2`]) and
+//!   replaced by the digest at their next successful use.
 //! * The user-token key is `HKDF-SHA256(ikm = secret as UTF-8, salt =
 //!   "confer-user-token-v1", info = app id as lowercase hyphenated UUID)`,
 //!   32 bytes, used as the HS256 key. An application holding its secret
@@ -12,7 +15,7 @@
 //!   as SHA-256 digests.
 
 use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hkdf::Hkdf;
@@ -42,9 +45,6 @@ pub enum AuthError {
     /// Issued in the future, or valid for longer than allowed.
     #[error("token lifetime not acceptable")]
     BadLifetime,
-    /// Hashing failed (should not happen with valid parameters).
-    #[error("password hashing failed: {0}")]
-    Hash(String),
 }
 
 /// The 32-byte HS256 key for an application's user tokens.
@@ -145,29 +145,63 @@ pub fn digests_equal(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
-/// Compares two byte strings in constant time.
-#[must_use]
-pub fn digests_equal_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.ct_eq(b).into()
-}
+/// The prefix of a stored application-secret digest.
+pub const SECRET_DIGEST_PREFIX: &str = "sha256:";
 
-/// An argon2id hash (PHC string) of a secret.
+/// The stored form of an application secret: `sha256:` and the hex SHA-256
+/// of the secret's text.
 ///
-/// # Errors
-/// [`AuthError::Hash`] if the hasher fails.
-pub fn hash_secret(secret: &str) -> Result<String, AuthError> {
-    let mut salt = [0u8; 16];
-    rand::rng().fill_bytes(&mut salt);
-    let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Hash(e.to_string()))?;
-    Argon2::default()
-        .hash_password(secret.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| AuthError::Hash(e.to_string()))
+/// A slow password hash (argon2) protects low-entropy passwords against
+/// guessing from a stolen database. A secret is 256 random bits: nobody
+/// can guess it from its digest, slow or fast, so the slowness would only
+/// be a cost on every HTTP Basic request (17 ms and 19 MiB each), which a
+/// stranger could make the server pay at will. A keyed HMAC would add
+/// nothing either, unless its key were kept away from the database (the
+/// server would need it on the same machine).
+#[must_use]
+pub fn secret_digest(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    format!("{SECRET_DIGEST_PREFIX}{}", hex(&digest))
 }
 
-/// Whether `secret` matches the stored argon2 hash.
+/// What a stored application secret is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoredSecret<'a> {
+    /// A [`secret_digest`].
+    Digest(&'a str),
+    /// An argon2 PHC string (`$argon2id$…`) written by an earlier version.
+    Argon2(&'a str),
+    /// Neither: matches no secret.
+    Unknown,
+}
+
+impl<'a> StoredSecret<'a> {
+    /// Tells the stored forms apart.
+    #[must_use]
+    pub fn parse(stored: &'a str) -> Self {
+        if stored.starts_with(SECRET_DIGEST_PREFIX) {
+            Self::Digest(stored)
+        } else if stored.starts_with("$argon2") {
+            Self::Argon2(stored)
+        } else {
+            Self::Unknown
+        }
+    }
+}
+
+/// Whether `secret` matches a stored [`secret_digest`], compared in
+/// constant time.
 #[must_use]
-pub fn verify_secret(secret: &str, phc: &str) -> bool {
+pub fn secret_matches_digest(secret: &str, stored: &str) -> bool {
+    digests_equal(&secret_digest(secret), stored)
+}
+
+/// Whether `secret` matches an argon2 PHC string (as earlier versions
+/// stored it). Slow on purpose: about 17 ms and 19 MiB with the default
+/// parameters; run it on a blocking thread.
+#[must_use]
+pub fn verify_argon2_secret(secret: &str, phc: &str) -> bool {
     PasswordHash::new(phc)
         .map(|hash| {
             Argon2::default()
@@ -264,12 +298,29 @@ mod tests {
     }
 
     #[test]
-    fn secret_hash_verifies_only_the_secret() {
+    fn secret_digest_matches_only_the_secret() {
         let secret = generate_secret();
-        let phc = hash_secret(&secret).unwrap();
-        assert!(verify_secret(&secret, &phc));
-        assert!(!verify_secret("wrong", &phc));
-        assert!(!verify_secret(&secret, "not a phc string"));
+        let stored = secret_digest(&secret);
+        assert_eq!(StoredSecret::parse(&stored), StoredSecret::Digest(&stored));
+        assert!(secret_matches_digest(&secret, &stored));
+        assert!(!secret_matches_digest("wrong", &stored));
+        assert!(!secret_matches_digest(&secret, "sha256:00"));
+        assert_eq!(StoredSecret::parse("not a digest"), StoredSecret::Unknown);
+    }
+
+    #[test]
+    fn argon2_strings_of_earlier_versions_still_verify() {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let secret = generate_secret();
+        let salt = SaltString::encode_b64(&[7u8; 16]).unwrap();
+        let phc = Argon2::default()
+            .hash_password(secret.as_bytes(), &salt)
+            .unwrap()
+            .to_string();
+        assert_eq!(StoredSecret::parse(&phc), StoredSecret::Argon2(&phc));
+        assert!(verify_argon2_secret(&secret, &phc));
+        assert!(!verify_argon2_secret("wrong", &phc));
+        assert!(!verify_argon2_secret(&secret, "$argon2id$garbage"));
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct SignallingConfig {
     pub demo: DemoConfig,
     /// Rate limits.
     pub limits: crate::limits::LimitsConfig,
+    /// The web client: who may embed it.
+    pub web: WebConfig,
 }
 
 impl Default for SignallingConfig {
@@ -65,6 +67,7 @@ impl Default for SignallingConfig {
             files: FilesConfig::default(),
             demo: DemoConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -78,6 +81,50 @@ pub struct DemoConfig {
     /// first run on one's own machine) for requests that did not come
     /// through a reverse proxy, off otherwise.
     pub enabled: Option<bool>,
+}
+
+/// The web client served at `/`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Origins (`https://erp.example.com`, scheme, host and port only) of
+    /// the applications that may embed the page in a frame and hand it
+    /// tokens with `postMessage`. The page's CSP gets `frame-ancestors
+    /// 'self'` and these; empty: only pages of this server may frame it.
+    pub parent_origins: Vec<String>,
+}
+
+impl WebConfig {
+    /// Whether `origin` is an origin as a browser writes it: `http` or
+    /// `https`, a host, an optional port; no path, no trailing slash, no
+    /// wildcard. Anything else could not match `MessageEvent.origin`, or
+    /// would change the meaning of the CSP it is copied into.
+    #[must_use]
+    pub fn is_origin(origin: &str) -> bool {
+        let Some(rest) = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+        else {
+            return false;
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(':') && !port.contains(']') => (host, Some(port)),
+            _ => (rest, None),
+        };
+        let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            v6.parse::<std::net::Ipv6Addr>().is_ok()
+        } else {
+            !host.is_empty()
+                && host.split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                })
+        };
+        let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+        host_ok && port_ok
+    }
 }
 
 /// Log output format.
@@ -785,6 +832,16 @@ impl SignallingConfig {
             );
         }
         check(
+            self.web
+                .parent_origins
+                .iter()
+                .all(|o| WebConfig::is_origin(o)),
+            "web.parent_origins",
+            format!("{:?}", self.web.parent_origins),
+            "origins such as \"https://erp.example.com\" or \"http://10.0.0.5:8443\" \
+             (lower-case scheme and host, optional port, no path or trailing slash)",
+        );
+        check(
             self.sfu.nodes.is_empty(),
             "sfu.nodes",
             format!("{:?}", self.sfu.nodes),
@@ -844,6 +901,33 @@ mod tests {
         assert!(text.contains("codes.ttl_secs"), "{text}");
         assert!(text.contains("codes.max_tries"), "{text}");
         assert!(text.contains("mail.from"), "{text}");
+    }
+
+    #[test]
+    fn parent_origins_are_plain_origins() {
+        for good in [
+            "https://erp.example.com",
+            "http://10.0.0.5:8443",
+            "http://localhost:3000",
+            "https://[::1]:8443",
+        ] {
+            assert!(WebConfig::is_origin(good), "{good} refused");
+        }
+        for bad in [
+            "erp.example.com",
+            "https://erp.example.com/",
+            "https://erp.example.com/app",
+            "https://*.example.com",
+            "https://ERP.example.com",
+            "https://erp.example.com:0",
+            "https://erp.example.com:99999",
+            "https://erp.example.com 'unsafe-inline'",
+            "https://erp.example.com;script-src",
+            "ftp://erp.example.com",
+            "https://",
+        ] {
+            assert!(!WebConfig::is_origin(bad), "{bad} accepted");
+        }
     }
 
     #[test]

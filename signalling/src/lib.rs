@@ -4,8 +4,8 @@
 //!
 //! * A **subscriber** owns an e-mail address and registers **applications**
 //!   by confirming a mailed 6-digit code. Each application gets a
-//!   server-generated id and a secret shown once; the server keeps an argon2
-//!   hash of the secret (HTTP Basic) and an HKDF-derived key that verifies
+//!   server-generated id and a secret shown once; the server keeps a SHA-256
+//!   digest of the secret (HTTP Basic) and an HKDF-derived key that verifies
 //!   the **user tokens** the application signs (see [`auth`]).
 //! * A **user** belongs to one application and is provisioned the first
 //!   time the application vouches for it, by a token it minted or obtained

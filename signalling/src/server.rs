@@ -379,13 +379,10 @@ pub async fn run(
     let revocations = tokio::spawn(watch_revocations(services.clone()));
     let call_events = tokio::spawn(services.calls.clone().pump_sfu_events());
     let file_upkeep = tokio::spawn(services.files.clone().run_sweeper());
-    let app = crate::http::app(services);
-    let served = axum::serve(
-        CountedListener(listener),
-        app.into_make_service_with_connect_info::<PeerAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let app = crate::http::app(services).into_make_service_with_connect_info::<PeerAddr>();
+    let served = axum::serve(CountedListener(listener), app)
+        .with_graceful_shutdown(shutdown)
+        .await;
     upkeep.abort();
     pruning.abort();
     housekeeping.abort();
@@ -396,9 +393,12 @@ pub async fn run(
     served.context("serving HTTP")
 }
 
-/// The TCP peer of a connection, as handlers see it
-/// (`ConnectInfo<PeerAddr>`; see [`crate::http::extract::client_ip`]).
-#[derive(Debug, Clone, Copy)]
+/// The TCP peer of a connection, in each request's extensions as
+/// `ConnectInfo<PeerAddr>` (per-IP limits, and the demo is offered to
+/// loopback peers only; see [`crate::http::extract::client_ip`]). Whatever
+/// accepts connections must put it there; a request without it counts as
+/// coming from elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, CountedListener>>

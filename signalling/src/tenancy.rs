@@ -6,13 +6,10 @@
 //! Errors are [`ApiError`]s because they are what the client is told,
 //! whichever transport carries them.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
-use crate::auth::{self, AuthError, TokenKey, UserClaims};
+use crate::auth::{self, AuthError, StoredSecret, TokenKey, UserClaims};
 use crate::config::SignallingConfig;
 use crate::error::ApiError;
 use crate::ids::{AppId, Clock, SubscriberId, Timestamp, UserId};
@@ -26,15 +23,10 @@ use crate::store::{
 pub const MAX_NAME_CHARS: usize = 200;
 /// Longest external user id, in characters.
 pub const MAX_EXTERNAL_ID_CHARS: usize = 256;
-/// How many verified application secrets are remembered to spare argon2 on
-/// repeated HTTP Basic requests. When full, the cache is emptied: the next
-/// requests pay for argon2 once each, nothing is refused.
-const SECRET_CACHE_CAPACITY: usize = 10_000;
-
-/// argon2 runs at a time. Each takes about 19 MiB and 17 ms of a core;
-/// unbounded, a burst of first requests (a load test provisioning users
-/// with 32 connections) held 600 MB. Waiting requests queue here; the
-/// cache is checked again once a slot is free.
+/// argon2 checks running at a time, for the secrets earlier versions
+/// stored as argon2 hashes (each is replaced by a digest at its first
+/// successful use). Each takes about 19 MiB and 17 ms of a core;
+/// unbounded, a burst of requests held 600 MB. Waiting requests queue here.
 static ARGON2_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// Who is acting on an application.
@@ -93,8 +85,6 @@ pub struct Tenancy {
     mailer: Arc<dyn Mailer>,
     clock: Arc<dyn Clock>,
     config: Arc<SignallingConfig>,
-    /// app id → (argon2 hash it was checked against, SHA-256 of the secret).
-    verified_secrets: Mutex<HashMap<AppId, (String, [u8; 32])>>,
 }
 
 impl Tenancy {
@@ -111,7 +101,6 @@ impl Tenancy {
             mailer,
             clock,
             config,
-            verified_secrets: Mutex::new(HashMap::new()),
         }
     }
 
@@ -151,11 +140,10 @@ impl Tenancy {
 
         let id = AppId::random();
         let app_secret = auth::generate_secret();
-        let secret_hash = hash_secret(app_secret.clone()).await?;
         let new_app = NewApplication {
             id,
             name: app_name.to_owned(),
-            secret_hash,
+            secret_hash: auth::secret_digest(&app_secret),
             token_key: TokenKey::derive(id, &app_secret),
         };
         let (_, application) = self
@@ -428,7 +416,7 @@ impl Tenancy {
         let new_app = NewApplication {
             id,
             name: "Confer demo".to_owned(),
-            secret_hash: hash_secret(secret.clone()).await?,
+            secret_hash: auth::secret_digest(&secret),
             token_key: TokenKey::derive(id, &secret),
         };
         let (_, app) = self
@@ -501,7 +489,7 @@ impl Tenancy {
     pub async fn rotate_secret(&self, actor: &Actor, id: AppId) -> Result<Rotated, ApiError> {
         let app = self.registered(actor, id).await?;
         let app_secret = auth::generate_secret();
-        let secret_hash = hash_secret(app_secret.clone()).await?;
+        let secret_hash = auth::secret_digest(&app_secret);
         let until = self
             .clock
             .now()
@@ -514,7 +502,6 @@ impl Tenancy {
         {
             return Err(ApiError::ApplicationUnregistered);
         }
-        self.forget_secret(app.id);
         tracing::info!(app_id = %app.id, "application secret rotated");
         Ok(Rotated {
             app_secret,
@@ -537,7 +524,6 @@ impl Tenancy {
         {
             return Err(ApiError::ApplicationUnregistered);
         }
-        self.forget_secret(app.id);
         tracing::info!(app_id = %app.id, "application unregistered");
         Ok(())
     }
@@ -672,62 +658,34 @@ impl Tenancy {
         })
     }
 
+    /// Whether `secret` is the application's: a digest compared in
+    /// constant time; an argon2 hash of an earlier version is checked (on a
+    /// blocking thread, a few at a time) and, when it matches, replaced by
+    /// the digest, unless the secret was rotated meanwhile.
     async fn secret_matches(&self, app: &Application, secret: &str) -> Result<bool, ApiError> {
-        let fingerprint: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        {
-            let cache = self
-                .verified_secrets
-                .lock()
-                .map_err(|_| ApiError::internal(anyhow::anyhow!("secret cache poisoned")))?;
-            if let Some((hash, known)) = cache.get(&app.id)
-                && *hash == app.secret_hash
-            {
-                return Ok(auth::digests_equal_bytes(known, &fingerprint));
+        match StoredSecret::parse(&app.secret_hash) {
+            StoredSecret::Digest(stored) => Ok(auth::secret_matches_digest(secret, stored)),
+            StoredSecret::Argon2(phc) => {
+                let _slot = ARGON2_SLOTS.acquire().await.map_err(ApiError::internal)?;
+                let (given, phc) = (secret.to_owned(), phc.to_owned());
+                let ok =
+                    tokio::task::spawn_blocking(move || auth::verify_argon2_secret(&given, &phc))
+                        .await
+                        .map_err(ApiError::internal)?;
+                if ok {
+                    let upgraded = self
+                        .store
+                        .replace_secret_hash(app.id, &app.secret_hash, &auth::secret_digest(secret))
+                        .await?;
+                    if upgraded {
+                        tracing::info!(app_id = %app.id, "application secret hash replaced by a digest");
+                    }
+                }
+                Ok(ok)
             }
-        }
-        let _slot = ARGON2_SLOTS.acquire().await.map_err(ApiError::internal)?;
-        // Another request may have verified the same secret meanwhile.
-        {
-            let cache = self
-                .verified_secrets
-                .lock()
-                .map_err(|_| ApiError::internal(anyhow::anyhow!("secret cache poisoned")))?;
-            if let Some((hash, known)) = cache.get(&app.id)
-                && *hash == app.secret_hash
-            {
-                return Ok(auth::digests_equal_bytes(known, &fingerprint));
-            }
-        }
-        let (secret, phc) = (secret.to_owned(), app.secret_hash.clone());
-        let ok = tokio::task::spawn_blocking(move || auth::verify_secret(&secret, &phc))
-            .await
-            .map_err(ApiError::internal)?;
-        if ok {
-            let mut cache = self
-                .verified_secrets
-                .lock()
-                .map_err(|_| ApiError::internal(anyhow::anyhow!("secret cache poisoned")))?;
-            if cache.len() >= SECRET_CACHE_CAPACITY {
-                cache.clear();
-            }
-            cache.insert(app.id, (app.secret_hash.clone(), fingerprint));
-        }
-        Ok(ok)
-    }
-
-    fn forget_secret(&self, id: AppId) {
-        if let Ok(mut cache) = self.verified_secrets.lock() {
-            cache.remove(&id);
+            StoredSecret::Unknown => Ok(false),
         }
     }
-}
-
-async fn hash_secret(secret: String) -> Result<String, ApiError> {
-    let _slot = ARGON2_SLOTS.acquire().await.map_err(ApiError::internal)?;
-    tokio::task::spawn_blocking(move || auth::hash_secret(&secret))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
 }
 
 /// Checks and normalises an e-mail address (trimmed, lower-cased).

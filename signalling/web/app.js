@@ -40,10 +40,13 @@ const state = {
 
 // ---- connection ---------------------------------------------------------
 
+// The token goes in the Sec-WebSocket-Protocol header (`confer.bearer.<token>`,
+// with `confer.v1`, which the server selects), never in the URL, which
+// servers and proxies log.
 function wsUrl() {
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  const since = state.lastSeq ? `&since=${state.lastSeq}` : '';
-  return `${proto}//${location.host}/api/v1/ws?token=${encodeURIComponent(state.token)}${since}`;
+  const since = state.lastSeq ? `?since=${state.lastSeq}` : '';
+  return `${proto}//${location.host}/api/v1/ws${since}`;
 }
 
 function setStatus(text, online) {
@@ -53,7 +56,7 @@ function setStatus(text, online) {
 }
 
 function connect() {
-  const ws = new WebSocket(wsUrl());
+  const ws = new WebSocket(wsUrl(), ['confer.v1', `confer.bearer.${state.token}`]);
   state.ws = ws;
   ws.onmessage = (e) => onFrame(JSON.parse(e.data));
   ws.onclose = (e) => {
@@ -88,15 +91,26 @@ async function tokenExpired() {
   }
   setStatus('session expired', false);
   state.waitingForToken = true;
-  window.parent.postMessage({ type: 'confer-token-expired' }, '*');
+  // Delivered only if the parent is one of them.
+  for (const origin of parentOrigins) window.parent.postMessage({ type: 'confer-token-expired' }, origin);
   return true;
 }
 
+// The origins that may embed the page and hand it tokens: this server's
+// own and the operator's `[web] parent_origins` (the server writes them
+// into the page; the same list is the CSP's frame-ancestors).
+const parentOrigins = new Set([
+  location.origin,
+  ...(document.querySelector('meta[name="confer-parent-origins"]')?.content || '').split(' ').filter(Boolean),
+]);
+
 // An embedding application hands over a new token:
 // frame.contentWindow.postMessage({type: 'confer-token', token}, confer_origin).
+// Messages from any other window or origin are ignored.
 window.addEventListener('message', (e) => {
   const data = e.data;
-  if (e.source !== window.parent || !data || data.type !== 'confer-token' || typeof data.token !== 'string') return;
+  if (e.source !== window.parent || !parentOrigins.has(e.origin)) return;
+  if (!data || data.type !== 'confer-token' || typeof data.token !== 'string') return;
   state.token = data.token;
   sessionStorage.setItem('confer.token', data.token);
   if (state.waitingForToken) {

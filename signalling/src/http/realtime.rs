@@ -1,4 +1,11 @@
 //! `GET /api/v1/ws`: authenticate, upgrade, run a [`crate::ws`] session.
+//!
+//! Credentials, first found wins: the `Authorization` header (a user
+//! token, or the application's HTTP Basic); the subprotocols
+//! [`PROTOCOL`] and [`BEARER_PROTOCOL_PREFIX`]`<token>`, the one header a
+//! browser can set (the server selects [`PROTOCOL`], never echoing the
+//! token); `?token=` for older clients (redacted from the request log,
+//! like every query value that is not known to be harmless).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +23,18 @@ use crate::messaging::Who;
 use crate::server::Services;
 use crate::ws::Admitted;
 
+/// The subprotocol the server selects.
+pub const PROTOCOL: &str = "confer.v1";
+/// A subprotocol that carries a user token: `confer.bearer.<token>` (a
+/// JWT's characters are all valid in a subprotocol name).
+pub const BEARER_PROTOCOL_PREFIX: &str = "confer.bearer.";
+
 /// Query of the WebSocket route.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WsQuery {
-    /// The user token, when the client cannot set a header (browsers).
+    /// The user token, for clients that neither set a header nor offer
+    /// the bearer subprotocol. Discouraged: URLs end up in logs.
     #[serde(default)]
     pub token: Option<String>,
     /// The last event number the client has; it receives everything after.
@@ -42,6 +56,7 @@ pub async fn upgrade(
                 ApiError::InvalidRequest(format!("not a WebSocket upgrade: {e}")).into_response()
             }
             Ok(ws) => ws
+                .protocols([PROTOCOL])
                 // Frames above 128 KiB are answered with `frame_too_large`
                 // by the session; the transport takes up to 1 MiB so that
                 // it can.
@@ -82,9 +97,12 @@ async fn prepare(
     let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     let credentials = match Credentials::from_parts(parts)? {
         Some(credentials) => credentials,
-        None => Credentials::Bearer(query.token.ok_or(ApiError::Unauthorized(
-            "user token required (Authorization: Bearer or ?token=)",
-        ))?),
+        None => Credentials::Bearer(protocol_token(parts).or(query.token).ok_or(
+            ApiError::Unauthorized(
+                "user token required (Authorization: Bearer, the subprotocol \
+                     confer.bearer.<token>, or ?token=)",
+            ),
+        )?),
     };
     let (caller, until) =
         super::extract::caller_until(services, credentials, super::extract::client_ip(parts))
@@ -102,4 +120,17 @@ async fn prepare(
         until,
         limits,
     })
+}
+
+/// The token of a `confer.bearer.<token>` subprotocol, if one is offered.
+fn protocol_token(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(BEARER_PROTOCOL_PREFIX))
+        .filter(|token| !token.is_empty())
+        .map(str::to_owned)
 }

@@ -1,11 +1,13 @@
 //! The web client (plain ES modules, embedded in the binary: nothing is
 //! fetched from elsewhere at run time) and the demo application's sign-in.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -14,7 +16,7 @@ use super::extract::ApiJson;
 use crate::error::{ApiError, ErrorBody};
 use crate::ids::UserId;
 use crate::messaging::{Caller, NewConversation, Who};
-use crate::server::Services;
+use crate::server::{PeerAddr, Services};
 
 /// The files of the client: path under `/web/`, content type, content.
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -43,7 +45,7 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
     img-src 'self' blob: data: http: https:; media-src 'self' blob:; \
     connect-src 'self' ws: wss: http: https:; object-src 'none'; base-uri 'none'";
 
-fn page(content_type: &'static str, body: &'static str) -> Response {
+fn page(content_type: &'static str, body: impl IntoResponse, csp: HeaderValue) -> Response {
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -52,22 +54,32 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    headers.insert(header::CONTENT_SECURITY_POLICY, csp);
     response
 }
 
-/// `GET /`: the client.
-pub async fn index() -> Response {
-    page("text/html; charset=utf-8", INDEX)
+/// `GET /`: the client. Only this server's pages and the configured
+/// parent origins may frame it (`frame-ancestors`); the page reads the
+/// same list from its `confer-parent-origins` meta tag and takes tokens by
+/// `postMessage` from its parent only if the parent is one of them.
+pub async fn index(State(services): State<Arc<Services>>) -> Response {
+    let origins = services.config.web.parent_origins.join(" ");
+    // The origins were checked when the configuration was (`WebConfig::
+    // is_origin`): letters, digits, `.-:[]/`, nothing a header or an HTML
+    // attribute would read differently.
+    let csp = format!("{CSP}; frame-ancestors 'self' {origins}");
+    let csp = HeaderValue::from_str(csp.trim_end()).unwrap_or_else(|_| {
+        // Not reached with a checked configuration; refuse everything.
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'")
+    });
+    let html = INDEX.replace("{{parent_origins}}", &origins);
+    page("text/html; charset=utf-8", html, csp)
 }
 
 /// `GET /web/{file}`: its scripts and style.
 pub async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
     match ASSETS.iter().find(|(name, ..)| *name == file) {
-        Some((_, content_type, body)) => page(content_type, body),
+        Some((_, content_type, body)) => page(content_type, *body, HeaderValue::from_static(CSP)),
         None => ApiError::NoRoute.into_response(),
     }
 }
@@ -75,7 +87,8 @@ pub async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Re
 /// Whether the demo application is offered.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DemoInfo {
-    /// On by default while the server listens on loopback only.
+    /// As configured; by default only for a request from loopback to a
+    /// server that listens on loopback only (docs/operations.md).
     pub enabled: bool,
 }
 
@@ -99,12 +112,69 @@ pub struct DemoSession {
     pub expires_at: String,
 }
 
-/// Whether the demo is offered to this request: as configured, and when
-/// left to the default (on loopback) not to requests that came through a
-/// reverse proxy — a server on loopback behind a proxy serves the world.
-fn demo_offered(services: &Services, headers: &HeaderMap) -> bool {
-    let proxied = headers.contains_key("forwarded") || headers.contains_key("x-forwarded-for");
-    services.config.demo_enabled() && (services.config.demo.enabled.is_some() || !proxied)
+/// Headers a reverse proxy adds. A request with any of them came through
+/// one, whatever its TCP peer (a proxy on the same host is a loopback peer).
+const PROXY_HEADERS: &[&str] = &["forwarded", "via", "x-real-ip"];
+
+/// Whether the demo is offered to this request: as configured; left to the
+/// default (on while `listen` is loopback), only to a request whose TCP
+/// peer is a loopback address, whose `Host` names loopback (a page of
+/// another site that rebinds its DNS name to 127.0.0.1 sends its own name)
+/// and that carries no proxy header (a server on loopback behind a proxy
+/// serves the world).
+fn demo_offered(
+    services: &Services,
+    peer: Option<SocketAddr>,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> bool {
+    match services.config.demo.enabled {
+        Some(enabled) => enabled,
+        None => {
+            services.config.demo_enabled()
+                && peer.is_some_and(|p| p.ip().to_canonical().is_loopback())
+                // HTTP/2 names the host in the URI, HTTP/1.1 in `Host`.
+                && headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .or_else(|| uri.authority().map(|a| a.as_str()))
+                    .is_some_and(is_loopback_host)
+                && !headers.keys().any(|name| {
+                    PROXY_HEADERS.contains(&name.as_str())
+                        || name.as_str().starts_with("x-forwarded-")
+                })
+        }
+    }
+}
+
+/// `localhost`, `127.0.0.1` or `[::1]`, with any port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !port.contains(']') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    };
+    ["localhost", "127.0.0.1", "[::1]"]
+        .iter()
+        .any(|l| name.eq_ignore_ascii_case(l))
+}
+
+/// The TCP peer of the request, when the server recorded it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<PeerAddr>>()
+                .map(|ConnectInfo(PeerAddr(addr))| *addr),
+        ))
+    }
 }
 
 /// Whether this server offers the demo application.
@@ -112,10 +182,12 @@ fn demo_offered(services: &Services, headers: &HeaderMap) -> bool {
     responses((status = 200, description = "Whether the demo is on", body = DemoInfo)))]
 pub async fn demo_info(
     State(services): State<Arc<Services>>,
+    Peer(peer): Peer,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Json<DemoInfo> {
     Json(DemoInfo {
-        enabled: demo_offered(&services, &headers),
+        enabled: demo_offered(&services, peer, &uri, &headers),
     })
 }
 
@@ -127,14 +199,16 @@ pub async fn demo_info(
     responses(
         (status = 201, description = "A user token", body = DemoSession),
         (status = 400, description = "`invalid_request`", body = ErrorBody),
-        (status = 404, description = "`not_found`: the demo is off", body = ErrorBody),
+        (status = 404, description = "`not_found`: the demo is not offered to this request", body = ErrorBody),
     ))]
 pub async fn demo_sign_in(
     State(services): State<Arc<Services>>,
+    Peer(peer): Peer,
+    uri: Uri,
     headers: HeaderMap,
     ApiJson(body): ApiJson<DemoSignIn>,
 ) -> Result<(StatusCode, Json<DemoSession>), ApiError> {
-    if !demo_offered(&services, &headers) {
+    if !demo_offered(&services, peer, &uri, &headers) {
         return Err(ApiError::NotFound("demo"));
     }
     let name = body.name.trim();
@@ -165,4 +239,35 @@ pub async fn demo_sign_in(
             expires_at: issued.expires_at.to_rfc3339(),
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_names_are_loopback_hosts() {
+        for host in [
+            "localhost",
+            "LocalHost:8080",
+            "127.0.0.1",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "localhost:80:80",
+            "127.0.0.2",
+            "[::2]",
+            "::1",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 }

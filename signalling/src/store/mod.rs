@@ -64,7 +64,7 @@ pub struct Application {
     pub subscriber_id: SubscriberId,
     /// Free-text display name; no effect on identity.
     pub name: String,
-    /// argon2 hash of the secret.
+    /// The secret's stored form (see [`crate::auth::StoredSecret`]).
     pub secret_hash: String,
     /// Current user-token key.
     pub token_key: TokenKey,
@@ -85,7 +85,7 @@ pub struct NewApplication {
     pub id: AppId,
     /// Display name.
     pub name: String,
-    /// argon2 hash of the secret.
+    /// The secret's digest ([`crate::auth::secret_digest`]).
     pub secret_hash: String,
     /// User-token key.
     pub token_key: TokenKey,
@@ -230,6 +230,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         token_key: &TokenKey,
         prev_until: Timestamp,
     ) -> StoreResult<bool>;
+
+    /// Replaces the stored form of the secret by another of the same
+    /// secret (an argon2 hash by its digest), only if it is still `old`:
+    /// false when a rotation came first.
+    async fn replace_secret_hash(&self, id: AppId, old: &str, new: &str) -> StoreResult<bool>;
 
     /// Marks a registered application unregistered; false if there is none.
     async fn unregister_application(&self, id: AppId, now: Timestamp) -> StoreResult<bool>;

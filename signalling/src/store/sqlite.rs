@@ -427,6 +427,17 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn replace_secret_hash(&self, id: AppId, old: &str, new: &str) -> StoreResult<bool> {
+        let done =
+            sqlx::query("UPDATE applications SET secret_hash = ? WHERE id = ? AND secret_hash = ?")
+                .bind(new)
+                .bind(id.to_string())
+                .bind(old)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn unregister_application(&self, id: AppId, now: Timestamp) -> StoreResult<bool> {
         let mut tx = self.write_tx().await?;
         let done = sqlx::query(

@@ -1,14 +1,30 @@
 // Two people chat in two browser contexts: each message appears on the
 // other side, unread counts and the read mark update, typing, edit,
 // delete, an image attachment with its preview, search, and a discussion
-// of a business object opened by an application's token. Screenshots of
-// the chat go to the artifacts.
+// of a business object opened by an application's token, and that page
+// embedded by the application's origin (tokens by postMessage from it,
+// from no other). Screenshots of the chat go to the artifacts.
 import { join } from 'node:path';
-import { artifacts, check, dataDir, demoPage, launch, open, register, scenario, sendText, startServer, stopServer, until } from './lib.mjs';
+import { artifacts, check, dataDir, demoPage, launch, open, register, scenario, sendText, siteServer, startServer, stopServer, until } from './lib.mjs';
 
 await scenario('chat', async (cleanup) => {
   const dir = dataDir();
-  const server = await startServer({ dir });
+  // An application's site, which the operator lets embed Confer, and
+  // another site, which it does not. Their pages frame Confer with `framed`.
+  let framed = '';
+  const embedding = (token) => `<!doctype html><title>embedding</title>
+    <iframe id="confer" src="${server.base}/#token=${encodeURIComponent(token)}" style="width:900px;height:600px"></iframe>
+    <script>
+      window.tokenAsked = 0;
+      window.addEventListener('message', (e) => {
+        if (e.origin === '${server.base}' && e.data?.type === 'confer-token-expired') window.tokenAsked += 1;
+      });
+    </script>`;
+  const erpSite = await siteServer(() => framed);
+  cleanup.push(() => erpSite.close());
+  const evilSite = await siteServer(() => framed);
+  cleanup.push(() => evilSite.close());
+  const server = await startServer({ dir, env: { CONFER_WEB__PARENT_ORIGINS: `["${erpSite.origin}"]` } });
   cleanup.push(() => stopServer(server));
   const browser = await launch();
   cleanup.push(() => browser.close());
@@ -130,4 +146,53 @@ await scenario('chat', async (cleanup) => {
   await sendText(carol, 'Back with a new token');
   await carol.locator('#messages .msg:not(.pending)', { hasText: 'Back with a new token' }).waitFor();
   check(true, 'a new token handed over by postMessage reconnects the page');
+
+  // The documented embedding: the application's page frames Confer and
+  // hands it a new token when asked. The WebSocket carries the token in
+  // its subprotocol, not in its URL.
+  const confer = (page) => until('the framed page', () => page.frames().find((f) => f.url().startsWith(`${server.base}/`)));
+  framed = embedding(token);
+  const erpPage = await (await browser.newContext()).newPage();
+  await erpPage.goto(`${erpSite.origin}/`);
+  const inErp = await confer(erpPage);
+  await until('the framed page to connect', async () => (await inErp.textContent('#status')) === 'online');
+  check(true, `${erpSite.origin}, a configured parent origin, embeds the page`);
+  const socket = await inErp.evaluate(() => ({ url: window.confer.state.ws.url, protocol: window.confer.state.ws.protocol }));
+  check(!socket.url.includes('token') && socket.protocol === 'confer.v1', `the WebSocket URL has no token (${socket.url}, subprotocol ${socket.protocol})`);
+  await inErp.evaluate(() => {
+    window.confer.state.token = 'expired';
+    window.confer.state.ws.close();
+  });
+  await until('the page to ask the ERP for a token', () => erpPage.evaluate(() => window.tokenAsked > 0), 30_000);
+  const renewed = await erp.token('carol', 'Carol', ['Invoice:17']);
+  await erpPage.evaluate(([t, origin]) => document.getElementById('confer').contentWindow.postMessage({ type: 'confer-token', token: t }, origin), [renewed, server.base]);
+  await until('the framed page to reconnect', async () => (await inErp.textContent('#status')) === 'online');
+  check(true, 'the embedding application\'s postMessage token reconnects the framed page');
+
+  // Another site may not frame the page at all (CSP frame-ancestors) …
+  const evilOrigin = evilSite.origin;
+  framed = embedding('expired');
+  const evilContext = await browser.newContext();
+  const evilPage = await evilContext.newPage();
+  await evilPage.goto(`${evilOrigin}/`);
+  await evilPage.waitForLoadState('load');
+  const blocked = evilPage.frames().find((f) => f !== evilPage.mainFrame());
+  const loaded = await blocked.evaluate(() => typeof window.confer).catch(() => 'unreachable');
+  check(loaded !== 'object', `a page of ${evilOrigin} cannot frame Confer (the frame is ${blocked.url()}, its app ${loaded})`);
+  // … and were the CSP lost on the way, the page still takes no token from
+  // it: here the test strips the header to reach the page's own check.
+  await evilContext.route(`${server.base}/`, async (route) => {
+    const response = await route.fetch();
+    const headers = { ...response.headers() };
+    delete headers['content-security-policy'];
+    await route.fulfill({ response, headers });
+  });
+  await evilPage.reload();
+  const exposed = await confer(evilPage);
+  await until('the exposed page to find its token refused', async () => (await exposed.textContent('#status')) === 'session expired', 30_000);
+  const stolen = await erp.token('carol', 'Carol', ['Invoice:17']);
+  await evilPage.evaluate(([t, origin]) => document.getElementById('confer').contentWindow.postMessage({ type: 'confer-token', token: t }, origin), [stolen, server.base]);
+  await evilPage.waitForTimeout(2000);
+  check((await exposed.evaluate(() => window.confer.state.token)) === 'expired'
+    && (await exposed.textContent('#status')) === 'session expired', `a token posted by ${evilOrigin} is ignored`);
 });

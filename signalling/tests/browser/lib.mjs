@@ -4,6 +4,7 @@
 // a script that exits 0 when everything it checks holds.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -47,6 +48,20 @@ export function startServer({ dir, port = 0, env = {} }) {
     });
     proc.on('exit', (code) => reject(new Error(`signalling exited with ${code} before listening`)));
   });
+}
+
+/** Another web site on loopback (another origin: its own port) serving
+ * one page whose HTML `html()` gives at request time, as an application
+ * that embeds Confer would. Loopback, so that the browser's local-network
+ * rules do not stand between it and the server. */
+export async function siteServer(html) {
+  const port = await freePort();
+  const srv = createHttpServer((req, res) => {
+    res.setHeader('content-type', 'text/html; charset=utf-8');
+    res.end(html());
+  });
+  await new Promise((resolve) => srv.listen(port, '127.0.0.1', resolve));
+  return { origin: `http://127.0.0.1:${port}`, close: () => new Promise((resolve) => srv.close(resolve)) };
 }
 
 export function stopServer({ proc }) {

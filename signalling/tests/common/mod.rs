@@ -53,11 +53,21 @@ impl TestServer {
 
     /// A server with this configuration.
     pub async fn start_with(config: SignallingConfig, clock: Arc<ManualClock>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(config, clock, listener).await
+    }
+
+    /// A server with this configuration on `listener` (`base` is its
+    /// address as bound).
+    pub async fn start_on(
+        config: SignallingConfig,
+        clock: Arc<ManualClock>,
+        listener: tokio::net::TcpListener,
+    ) -> Self {
         let data_dir = config.data_dir.clone();
         let services = Services::open(config, clock.clone() as Arc<dyn Clock>)
             .await
             .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(confer_signalling::run(listener, services.clone(), async {

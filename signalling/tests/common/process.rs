@@ -16,12 +16,20 @@ pub struct Process {
 
 impl Process {
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[], Stdio::null())
+    }
+
+    /// Started with extra environment variables, its log (stderr) going
+    /// to `log`.
+    pub fn start_with(data_dir: &Path, env: &[(&str, &str)], log: impl Into<Stdio>) -> Self {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env_remove("CONFER_CONFIG")
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
