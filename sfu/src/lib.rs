@@ -47,6 +47,7 @@ pub mod testing;
 pub mod worker;
 
 pub use config::SfuConfig;
-pub use control::{EmbeddedSfu, SfuControl, SfuError};
-pub use engine::{Role, SfuEvent};
+pub use control::{EmbeddedSfu, SfuControl, SfuError, SfuHealth};
+pub use engine::{IngressStats, LostReason, Role, SfuEvent};
+pub use worker::WorkerHealth;
 pub use ids::{ParticipantId, RoomId};
