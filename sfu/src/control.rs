@@ -126,9 +126,7 @@ impl SfuHealth {
             (0, 0) => None,
             (d, 0) => Some(format!("{d} of {total} SFU workers dead")),
             (0, s) => Some(format!("{s} of {total} SFU workers stalled")),
-            (d, s) => Some(format!(
-                "{d} of {total} SFU workers dead, {s} stalled"
-            )),
+            (d, s) => Some(format!("{d} of {total} SFU workers dead, {s} stalled")),
         }
     }
 }
@@ -188,6 +186,17 @@ pub trait SfuControl: Send + Sync + std::fmt::Debug {
     fn health(&self) -> SfuHealth;
     /// Events from now on.
     fn events(&self) -> broadcast::Receiver<SfuEvent>;
+    /// Makes worker `index` panic, as a bug would: the only way to test
+    /// what happens when a worker dies. A test hook, not for production.
+    ///
+    /// # Errors
+    /// [`SfuError::Unavailable`] if there is no such live worker (or the
+    /// implementation has no workers to fail).
+    #[doc(hidden)]
+    fn fail_worker_for_tests(&self, index: usize) -> Result<(), SfuError> {
+        let _ = index;
+        Err(SfuError::Unavailable)
+    }
 }
 
 #[derive(Debug)]
@@ -323,16 +332,6 @@ impl EmbeddedSfu {
         self.workers.iter().map(|w| w.addr).collect()
     }
 
-    /// Makes worker `index` panic, as a bug would: the only way to test
-    /// what happens when a worker dies. A test hook, not for production.
-    ///
-    /// # Errors
-    /// [`SfuError::Unavailable`] if there is no such live worker.
-    #[doc(hidden)]
-    pub fn fail_worker_for_tests(&self, index: usize) -> Result<(), SfuError> {
-        self.send(index, Command::Panic)
-    }
-
     /// Sends a command to worker `index` and wakes it.
     fn send(&self, index: usize, command: Command) -> Result<(), SfuError> {
         let worker = self.workers.get(index).ok_or(SfuError::Unavailable)?;
@@ -371,9 +370,7 @@ impl EmbeddedSfu {
     /// tests compare with the engines' own counts).
     #[must_use]
     pub fn placed_participants(&self) -> Vec<usize> {
-        self.placement()
-            .map(|p| p.load.clone())
-            .unwrap_or_default()
+        self.placement().map(|p| p.load.clone()).unwrap_or_default()
     }
 
     /// Stops every worker and waits for them.
@@ -387,11 +384,7 @@ impl EmbeddedSfu {
 /// Worker `index` has died: placement stops using it and forgets its
 /// rooms, and each of its participants is reported lost. Runs on the dying
 /// thread.
-fn worker_died(
-    placement: &Mutex<Placement>,
-    index: usize,
-    events: &broadcast::Sender<SfuEvent>,
-) {
+fn worker_died(placement: &Mutex<Placement>, index: usize, events: &broadcast::Sender<SfuEvent>) {
     let lost = match placement.lock() {
         Ok(mut placement) => placement.fail_worker(index),
         // Another thread panicked while holding placement: the control
@@ -465,7 +458,8 @@ impl Placement {
         if let Some(r) = self.rooms.get_mut(room) {
             r.participants += 1;
         }
-        self.participants.insert(participant, (worker, room.clone()));
+        self.participants
+            .insert(participant, (worker, room.clone()));
     }
 
     /// Forgets a participant; its room too when it was the last one.
@@ -654,14 +648,13 @@ impl SfuControl for EmbeddedSfu {
         // dead worker answers at once (its queue is closed), a stuck one
         // costs the deadline once, not once per worker.
         let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
-        let pending: Vec<Option<oneshot::Receiver<Vec<ParticipantStats>>>> = (0..self
-            .workers
-            .len())
-            .map(|i| {
-                let (reply, rx) = oneshot::channel();
-                self.send(i, Command::Stats(reply)).ok().map(|()| rx)
-            })
-            .collect();
+        let pending: Vec<Option<oneshot::Receiver<Vec<ParticipantStats>>>> =
+            (0..self.workers.len())
+                .map(|i| {
+                    let (reply, rx) = oneshot::channel();
+                    self.send(i, Command::Stats(reply)).ok().map(|()| rx)
+                })
+                .collect();
         let mut stats = SfuStats::default();
         for rx in pending {
             let answer = match rx {
@@ -687,5 +680,9 @@ impl SfuControl for EmbeddedSfu {
 
     fn events(&self) -> broadcast::Receiver<SfuEvent> {
         self.events.subscribe()
+    }
+
+    fn fail_worker_for_tests(&self, index: usize) -> Result<(), SfuError> {
+        self.send(index, Command::Panic)
     }
 }

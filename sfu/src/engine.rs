@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::change::SdpOffer;
 use str0m::format::PayloadParams;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
-use str0m::change::SdpOffer;
 use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
@@ -1392,13 +1392,26 @@ mod tests {
     /// A STUN binding request with `attrs` after the header.
     fn stun(attrs: &[u8]) -> Vec<u8> {
         let len = u16::try_from(attrs.len()).unwrap();
-        [&[0, 1][..], &len.to_be_bytes(), &STUN_MAGIC, &[7; 12], attrs].concat()
+        [
+            &[0, 1][..],
+            &len.to_be_bytes(),
+            &STUN_MAGIC,
+            &[7; 12],
+            attrs,
+        ]
+        .concat()
     }
 
     #[test]
     fn the_local_ufrag_is_read_from_username() {
         // PRIORITY, then USERNAME "ab1:xyz" (7 bytes, padded to 8).
-        let attrs = [&[0, 0x24, 0, 4, 1, 2, 3, 4][..], &[0, 6, 0, 7], b"ab1:xyz", &[0]].concat();
+        let attrs = [
+            &[0, 0x24, 0, 4, 1, 2, 3, 4][..],
+            &[0, 6, 0, 7],
+            b"ab1:xyz",
+            &[0],
+        ]
+        .concat();
         assert_eq!(stun_local_ufrag(&stun(&attrs)), Some("ab1"));
         let no_colon = [&[0, 6, 0, 4][..], b"ab12"].concat();
         assert_eq!(stun_local_ufrag(&stun(&no_colon)), None);

@@ -49,5 +49,5 @@ pub mod worker;
 pub use config::SfuConfig;
 pub use control::{EmbeddedSfu, SfuControl, SfuError, SfuHealth};
 pub use engine::{IngressStats, LostReason, Role, SfuEvent};
-pub use worker::WorkerHealth;
 pub use ids::{ParticipantId, RoomId};
+pub use worker::WorkerHealth;

@@ -53,8 +53,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage};
 use quinn_udp::{RecvMeta, UdpSocketState};
-use str0m::net::Transmit;
 use str0m::change::SdpOffer;
+use str0m::net::Transmit;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::core::simulcast::Preference;

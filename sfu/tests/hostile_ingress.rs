@@ -178,7 +178,10 @@ async fn hostile_datagrams_are_counted_and_dropped_and_the_worker_goes_on() {
         metrics.contains("sfu_ingress_dropped_total{worker=\"0\",reason=\"malformed\"}"),
         "{metrics}"
     );
-    assert!(metrics.contains("sfu_worker_up{worker=\"0\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("sfu_worker_up{worker=\"0\"} 1"),
+        "{metrics}"
+    );
     sfu.leave(sub.participant).await.unwrap();
     sfu.leave(joined.participant).await.unwrap();
 }

@@ -61,7 +61,10 @@ async fn a_dead_worker_is_noticed_and_its_room_moves() {
     assert_eq!(health.alive(), 1, "{health:?}");
     assert!(!health.workers[doomed].alive);
     assert!(
-        health.problem().unwrap().contains("1 of 2 SFU workers dead"),
+        health
+            .problem()
+            .unwrap()
+            .contains("1 of 2 SFU workers dead"),
         "{health:?}"
     );
     assert_eq!(sfu.placed_participants()[doomed], 0);
