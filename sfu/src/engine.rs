@@ -436,6 +436,16 @@ impl Engine {
         let candidate =
             Candidate::host(addr, "udp").map_err(|e| JoinError::BadOffer(e.to_string()))?;
         rtc.add_local_candidate(candidate);
+        // Our ufrag is 16 random characters, so a collision is next to
+        // impossible; still, two sessions must never share a key of
+        // `ufrags` (one of them could never be found).
+        while self
+            .ufrags
+            .contains_key(&rtc.direct_api().local_ice_credentials().ufrag)
+        {
+            rtc.direct_api()
+                .set_local_ice_credentials(str0m::IceCreds::new());
+        }
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
