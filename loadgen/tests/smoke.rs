@@ -154,6 +154,7 @@ async fn media_over_whip_whep_ramps_and_reports_capacity() {
     let state = confer_sfu::http::HttpState {
         sfu: sfu.clone(),
         token: Some("secret".to_owned()),
+        metrics_open: false,
     };
     tokio::spawn(async move { axum::serve(listener, confer_sfu::http::app(state)).await });
     let dir = tempfile::tempdir().unwrap();

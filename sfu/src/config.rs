@@ -21,8 +21,12 @@ pub struct SfuConfig {
     pub workers: usize,
     /// Pin each worker to a core.
     pub pin_workers: bool,
-    /// Bearer token required by WHIP/WHEP (standalone `sfu` only).
+    /// Bearer token required by WHIP/WHEP and `/metrics` (standalone `sfu`
+    /// only).
     pub token: Option<String>,
+    /// Serve `/metrics` without the token (for a scraper on a private
+    /// network); off by default.
+    pub metrics_open: bool,
     /// Shortest time between two keyframe requests to one publisher layer, ms.
     pub keyframe_min_interval_ms: u64,
     /// A participant that has not connected after this many seconds is dropped.
@@ -40,6 +44,7 @@ impl Default for SfuConfig {
             workers: 0,
             pin_workers: true,
             token: None,
+            metrics_open: false,
             keyframe_min_interval_ms: 500,
             connect_timeout_secs: 30,
             command_queue: 1024,

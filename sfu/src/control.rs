@@ -1,22 +1,49 @@
 //! [`SfuControl`]: how signalling (or the WHIP/WHEP front) drives the SFU,
 //! and [`EmbeddedSfu`], the in-process implementation that starts the
 //! worker threads.
+//!
+//! # Placement
+//!
+//! A room lives on one worker, chosen when it is first named: the live
+//! worker with the fewest participants. Placement counts the participants
+//! of each worker and room; it forgets a participant when it leaves, when
+//! its join fails, and when the engine drops it on its own (connect
+//! timeout, ICE or DTLS failure: the worker sends those back on a channel
+//! that placement drains whenever it is consulted), and a room when its
+//! last participant is gone. Offers are parsed here, on tokio's blocking
+//! pool, never on a worker.
+//!
+//! # Dead workers
+//!
+//! A worker thread that panics or exits without being told to is noticed
+//! by its own thread as it unwinds: it is marked dead, placement never
+//! chooses it again, its rooms are unplaced (a new session of theirs goes
+//! to a live worker) and each of its participants is reported as
+//! [`SfuEvent::ParticipantLost`]. [`SfuControl::health`] says how many
+//! workers are alive, cheaply and without a round trip; [`SfuControl::stats`]
+//! skips dead workers and waits at most 5 s in all for the live ones. A dead
+//! worker is not restarted (its socket and port died with it): restart the
+//! process.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use str0m::change::SdpOffer;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::config::SfuConfig;
 use crate::core::simulcast::Preference;
-use crate::engine::{Engine, EngineConfig, JoinError, ParticipantStats, Role, SfuEvent};
+use crate::engine::{
+    self, Engine, EngineConfig, JoinError, LostReason, ParticipantStats, Role, SfuEvent,
+};
 use crate::ids::{ParticipantId, RoomId};
-use crate::worker::{self, Command};
+use crate::worker::{self, Command, Exit, Links, WorkerHealth, WorkerShared};
 
 /// How long a caller waits for a worker's answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,8 +86,49 @@ pub struct Joined {
 /// Load and counters of the whole SFU.
 #[derive(Debug, Clone, Default)]
 pub struct SfuStats {
-    /// Per worker: its participants' counters.
+    /// Per worker: its participants' counters (empty for a worker that is
+    /// dead or did not answer in time: see `answered`).
     pub workers: Vec<Vec<ParticipantStats>>,
+    /// Per worker: whether it answered.
+    pub answered: Vec<bool>,
+    /// Liveness and ingress counters of every worker.
+    pub health: SfuHealth,
+}
+
+/// Liveness and ingress counters of every worker, read without asking
+/// them ([`SfuControl::health`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SfuHealth {
+    /// Per worker, by index.
+    pub workers: Vec<WorkerHealth>,
+}
+
+impl SfuHealth {
+    /// Workers whose thread runs.
+    #[must_use]
+    pub fn alive(&self) -> usize {
+        self.workers.iter().filter(|w| w.alive).count()
+    }
+
+    /// Whether every worker runs and none is stalled.
+    #[must_use]
+    pub fn is_ok(&self) -> bool {
+        self.problem().is_none()
+    }
+
+    /// What is wrong, in a sentence (for a health report), or `None`.
+    #[must_use]
+    pub fn problem(&self) -> Option<String> {
+        let total = self.workers.len();
+        let dead = total - self.alive();
+        let stalled = self.workers.iter().filter(|w| w.stalled).count();
+        match (dead, stalled) {
+            (0, 0) => None,
+            (d, 0) => Some(format!("{d} of {total} SFU workers dead")),
+            (0, s) => Some(format!("{s} of {total} SFU workers stalled")),
+            (d, s) => Some(format!("{d} of {total} SFU workers dead, {s} stalled")),
+        }
+    }
 }
 
 /// The one interface through which the SFU is driven.
@@ -111,10 +179,24 @@ pub trait SfuControl: Send + Sync + std::fmt::Debug {
     ) -> Result<(), SfuError>;
     /// Removes a room and everyone in it.
     async fn close_room(&self, room: &RoomId) -> Result<(), SfuError>;
-    /// Counters.
+    /// Counters: asks every live worker (at most 5 s in all).
     async fn stats(&self) -> Result<SfuStats, SfuError>;
+    /// Liveness and ingress counters of every worker: a few atomic loads,
+    /// no round trip, never blocks (for a health endpoint).
+    fn health(&self) -> SfuHealth;
     /// Events from now on.
     fn events(&self) -> broadcast::Receiver<SfuEvent>;
+    /// Makes worker `index` panic, as a bug would: the only way to test
+    /// what happens when a worker dies. A test hook, not for production.
+    ///
+    /// # Errors
+    /// [`SfuError::Unavailable`] if there is no such live worker (or the
+    /// implementation has no workers to fail).
+    #[doc(hidden)]
+    fn fail_worker_for_tests(&self, index: usize) -> Result<(), SfuError> {
+        let _ = index;
+        Err(SfuError::Unavailable)
+    }
 }
 
 #[derive(Debug)]
@@ -122,21 +204,35 @@ struct WorkerHandle {
     commands: SyncSender<Command>,
     waker: mio::Waker,
     addr: SocketAddr,
+    shared: Arc<WorkerShared>,
     thread: Option<JoinHandle<()>>,
 }
 
-#[derive(Debug, Default)]
+/// A placed room: its worker and how many participants it has.
+#[derive(Debug, Clone, Copy)]
+struct PlacedRoom {
+    worker: usize,
+    participants: usize,
+}
+
+#[derive(Debug)]
 struct Placement {
-    rooms: HashMap<RoomId, usize>,
-    participants: HashMap<ParticipantId, usize>,
+    rooms: HashMap<RoomId, PlacedRoom>,
+    /// Every participant: its worker and room.
+    participants: HashMap<ParticipantId, (usize, RoomId)>,
+    /// Participants per worker.
     load: Vec<usize>,
+    /// Workers whose thread ended.
+    dead: Vec<bool>,
+    /// Participants the engines removed, with their worker.
+    gone: Receiver<(usize, ParticipantId)>,
 }
 
 /// The SFU in this process: one pinned thread per worker.
 #[derive(Debug)]
 pub struct EmbeddedSfu {
     workers: Vec<WorkerHandle>,
-    placement: Mutex<Placement>,
+    placement: Arc<Mutex<Placement>>,
     events: broadcast::Sender<SfuEvent>,
 }
 
@@ -157,6 +253,14 @@ impl EmbeddedSfu {
             Vec::new()
         };
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (gone_tx, gone) = std::sync::mpsc::channel();
+        let placement = Arc::new(Mutex::new(Placement {
+            rooms: HashMap::new(),
+            participants: HashMap::new(),
+            load: vec![0; count],
+            dead: vec![false; count],
+            gone,
+        }));
         let mut workers = Vec::with_capacity(count);
         for i in 0..count {
             let mut bind = config.udp_bind;
@@ -182,28 +286,41 @@ impl EmbeddedSfu {
             });
             let (tx, rx) = std::sync::mpsc::sync_channel(config.command_queue);
             let core = cores.get(i % cores.len().max(1)).copied();
-            let events = events.clone();
+            let shared = Arc::new(WorkerShared::new());
+            let links = Links {
+                shared: shared.clone(),
+                events: events.clone(),
+                gone: gone_tx.clone(),
+                index: i,
+            };
+            let placement = placement.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sfu-worker-{i}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    worker::run(socket, poll, engine, rx, events);
+                    let exit = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        worker::run(socket, poll, engine, rx, &links)
+                    }));
+                    links.shared.mark_dead();
+                    if !matches!(exit, Ok(Exit::Stopped)) {
+                        // The panic itself was printed by the panic hook.
+                        tracing::error!(worker = i, "SFU worker died; its participants are lost");
+                        worker_died(&placement, i, &links.events);
+                    }
                 })
                 .map_err(|e| SfuError::Start(format!("spawning worker: {e}")))?;
             workers.push(WorkerHandle {
                 commands: tx,
                 waker,
                 addr,
+                shared,
                 thread: Some(thread),
             });
         }
         Ok(Arc::new(Self {
-            placement: Mutex::new(Placement {
-                load: vec![0; workers.len()],
-                ..Placement::default()
-            }),
+            placement,
             workers,
             events,
         }))
@@ -228,21 +345,58 @@ impl EmbeddedSfu {
         Ok(())
     }
 
+    /// The placement, with the departures the workers reported applied.
+    fn placement(&self) -> Result<MutexGuard<'_, Placement>, SfuError> {
+        let mut placement = self.placement.lock().map_err(|_| SfuError::Unavailable)?;
+        placement.apply_departures();
+        Ok(placement)
+    }
+
     fn worker_of(&self, participant: ParticipantId) -> Result<usize, SfuError> {
-        let placement = self.placement.lock().map_err(|_| SfuError::Unavailable)?;
-        placement
+        self.placement()?
             .participants
             .get(&participant)
-            .copied()
+            .map(|(worker, _)| *worker)
             .ok_or(SfuError::UnknownParticipant)
+    }
+
+    fn forget(&self, participant: ParticipantId) {
+        if let Ok(mut placement) = self.placement() {
+            placement.forget(participant);
+        }
+    }
+
+    /// Participants placement counts, per worker (what `health` and the
+    /// tests compare with the engines' own counts).
+    #[must_use]
+    pub fn placed_participants(&self) -> Vec<usize> {
+        self.placement().map(|p| p.load.clone()).unwrap_or_default()
     }
 
     /// Stops every worker and waits for them.
     pub fn shutdown(&self) {
-        for (i, w) in self.workers.iter().enumerate() {
+        for i in 0..self.workers.len() {
             let _ = self.send(i, Command::Stop);
-            let _ = w;
         }
+    }
+}
+
+/// Worker `index` has died: placement stops using it and forgets its
+/// rooms, and each of its participants is reported lost. Runs on the dying
+/// thread.
+fn worker_died(placement: &Mutex<Placement>, index: usize, events: &broadcast::Sender<SfuEvent>) {
+    let lost = match placement.lock() {
+        Ok(mut placement) => placement.fail_worker(index),
+        // Another thread panicked while holding placement: the control
+        // plane is unusable anyway, every request answers `Unavailable`.
+        Err(_) => Vec::new(),
+    };
+    for (participant, room) in lost {
+        let _ = events.send(SfuEvent::ParticipantLost {
+            room,
+            participant,
+            reason: LostReason::WorkerFailed,
+        });
     }
 }
 
@@ -264,28 +418,110 @@ async fn wait<T>(rx: oneshot::Receiver<T>) -> Result<T, SfuError> {
         .map_err(|_| SfuError::Unavailable)
 }
 
+/// Parses an offer on tokio's blocking pool: an offer can be large (one
+/// m-line per slot), and neither a worker nor an async task should spend
+/// its time on it.
+async fn parse_offer(offer: String) -> Result<Box<SdpOffer>, SfuError> {
+    tokio::task::spawn_blocking(move || engine::parse_offer(&offer).map(Box::new))
+        .await
+        .map_err(|_| SfuError::Unavailable)?
+        .map_err(SfuError::Join)
+}
+
 impl Placement {
-    /// The worker of `room`; a new room goes to the least loaded worker.
-    fn place(&mut self, room: &RoomId) -> usize {
-        if let Some(i) = self.rooms.get(room) {
-            return *i;
+    /// The worker of `room`; a new room goes to the live worker with the
+    /// fewest participants. `None` when every worker is dead.
+    fn place(&mut self, room: &RoomId) -> Option<usize> {
+        if let Some(r) = self.rooms.get(room) {
+            return Some(r.worker);
         }
         let i = self
             .load
             .iter()
             .enumerate()
+            .filter(|(i, _)| !self.dead[*i])
             .min_by_key(|(_, l)| **l)
-            .map_or(0, |(i, _)| i);
-        self.rooms.insert(room.clone(), i);
-        i
+            .map(|(i, _)| i)?;
+        self.rooms.insert(
+            room.clone(),
+            PlacedRoom {
+                worker: i,
+                participants: 0,
+            },
+        );
+        Some(i)
+    }
+
+    /// Counts a new participant of `room` (placed) on its worker.
+    fn add(&mut self, participant: ParticipantId, room: &RoomId, worker: usize) {
+        self.load[worker] += 1;
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.participants += 1;
+        }
+        self.participants
+            .insert(participant, (worker, room.clone()));
+    }
+
+    /// Forgets a participant; its room too when it was the last one.
+    fn forget(&mut self, participant: ParticipantId) {
+        let Some((worker, room)) = self.participants.remove(&participant) else {
+            return;
+        };
+        if let Some(l) = self.load.get_mut(worker) {
+            *l = l.saturating_sub(1);
+        }
+        if let Some(r) = self.rooms.get_mut(&room)
+            && r.worker == worker
+        {
+            r.participants = r.participants.saturating_sub(1);
+            if r.participants == 0 {
+                self.rooms.remove(&room);
+            }
+        }
+    }
+
+    /// Forgets the participants the engines removed on their own.
+    fn apply_departures(&mut self) {
+        while let Ok((worker, participant)) = self.gone.try_recv() {
+            // Only if it is still the one on that worker: its id may have
+            // been reused since.
+            if self
+                .participants
+                .get(&participant)
+                .is_some_and(|(w, _)| *w == worker)
+            {
+                self.forget(participant);
+            }
+        }
+    }
+
+    /// Marks worker `index` dead and forgets everything on it; returns
+    /// its participants.
+    fn fail_worker(&mut self, index: usize) -> Vec<(ParticipantId, RoomId)> {
+        if let Some(d) = self.dead.get_mut(index) {
+            *d = true;
+        }
+        if let Some(l) = self.load.get_mut(index) {
+            *l = 0;
+        }
+        self.rooms.retain(|_, r| r.worker != index);
+        let lost: Vec<(ParticipantId, RoomId)> = self
+            .participants
+            .iter()
+            .filter(|(_, (w, _))| *w == index)
+            .map(|(p, (_, room))| (*p, room.clone()))
+            .collect();
+        for (p, _) in &lost {
+            self.participants.remove(p);
+        }
+        lost
     }
 }
 
 #[async_trait]
 impl SfuControl for EmbeddedSfu {
     async fn create_room(&self, room: &RoomId) -> Result<(), SfuError> {
-        let mut placement = self.placement.lock().map_err(|_| SfuError::Unavailable)?;
-        placement.place(room);
+        self.placement()?.place(room).ok_or(SfuError::Unavailable)?;
         Ok(())
     }
 
@@ -297,14 +533,17 @@ impl SfuControl for EmbeddedSfu {
         offer: String,
         linked: Option<ParticipantId>,
     ) -> Result<Joined, SfuError> {
+        if self.placement()?.participants.contains_key(&participant) {
+            return Err(SfuError::DuplicateParticipant);
+        }
+        let offer = parse_offer(offer).await?;
         let index = {
-            let mut placement = self.placement.lock().map_err(|_| SfuError::Unavailable)?;
+            let mut placement = self.placement()?;
             if placement.participants.contains_key(&participant) {
                 return Err(SfuError::DuplicateParticipant);
             }
-            let index = placement.place(room);
-            placement.load[index] += 1;
-            placement.participants.insert(participant, index);
+            let index = placement.place(room).ok_or(SfuError::Unavailable)?;
+            placement.add(participant, room, index);
             index
         };
         let (reply, rx) = oneshot::channel();
@@ -337,6 +576,8 @@ impl SfuControl for EmbeddedSfu {
         participant: ParticipantId,
         offer: String,
     ) -> Result<String, SfuError> {
+        self.worker_of(participant)?;
+        let offer = parse_offer(offer).await?;
         let index = self.worker_of(participant)?;
         let (reply, rx) = oneshot::channel();
         self.send(
@@ -365,8 +606,11 @@ impl SfuControl for EmbeddedSfu {
 
     async fn leave(&self, participant: ParticipantId) -> Result<(), SfuError> {
         let index = self.worker_of(participant)?;
+        // Forgotten only once the worker has the command: a caller told
+        // `Overloaded` may try again.
+        self.send(index, Command::Leave(participant))?;
         self.forget(participant);
-        self.send(index, Command::Leave(participant))
+        Ok(())
     }
 
     async fn set_preference(
@@ -380,8 +624,18 @@ impl SfuControl for EmbeddedSfu {
 
     async fn close_room(&self, room: &RoomId) -> Result<(), SfuError> {
         let index = {
-            let mut placement = self.placement.lock().map_err(|_| SfuError::Unavailable)?;
-            placement.rooms.remove(room)
+            let mut placement = self.placement()?;
+            let index = placement.rooms.remove(room).map(|r| r.worker);
+            let members: Vec<ParticipantId> = placement
+                .participants
+                .iter()
+                .filter(|(_, (_, r))| r == room)
+                .map(|(p, _)| *p)
+                .collect();
+            for p in members {
+                placement.forget(p);
+            }
+            index
         };
         match index {
             Some(i) => self.send(i, Command::CloseRoom(room.clone())),
@@ -390,27 +644,45 @@ impl SfuControl for EmbeddedSfu {
     }
 
     async fn stats(&self) -> Result<SfuStats, SfuError> {
+        // Ask every worker at once, then collect within one deadline: a
+        // dead worker answers at once (its queue is closed), a stuck one
+        // costs the deadline once, not once per worker.
+        let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+        let pending: Vec<Option<oneshot::Receiver<Vec<ParticipantStats>>>> =
+            (0..self.workers.len())
+                .map(|i| {
+                    let (reply, rx) = oneshot::channel();
+                    self.send(i, Command::Stats(reply)).ok().map(|()| rx)
+                })
+                .collect();
         let mut stats = SfuStats::default();
-        for i in 0..self.workers.len() {
-            let (reply, rx) = oneshot::channel();
-            self.send(i, Command::Stats(reply))?;
-            stats.workers.push(wait(rx).await?);
+        for rx in pending {
+            let answer = match rx {
+                Some(rx) => tokio::time::timeout_at(deadline, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                None => None,
+            };
+            stats.answered.push(answer.is_some());
+            stats.workers.push(answer.unwrap_or_default());
         }
+        stats.health = self.health();
         Ok(stats)
+    }
+
+    fn health(&self) -> SfuHealth {
+        let now = Instant::now();
+        SfuHealth {
+            workers: self.workers.iter().map(|w| w.shared.health(now)).collect(),
+        }
     }
 
     fn events(&self) -> broadcast::Receiver<SfuEvent> {
         self.events.subscribe()
     }
-}
 
-impl EmbeddedSfu {
-    fn forget(&self, participant: ParticipantId) {
-        if let Ok(mut placement) = self.placement.lock()
-            && let Some(i) = placement.participants.remove(&participant)
-            && let Some(l) = placement.load.get_mut(i)
-        {
-            *l = l.saturating_sub(1);
-        }
+    fn fail_worker_for_tests(&self, index: usize) -> Result<(), SfuError> {
+        self.send(index, Command::Panic)
     }
 }

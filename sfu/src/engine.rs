@@ -10,9 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::change::SdpOffer;
 use str0m::format::PayloadParams;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
@@ -70,6 +71,17 @@ pub enum SfuEvent {
         /// Who.
         participant: ParticipantId,
     },
+    /// The participant's session was lost without the engine removing it:
+    /// its worker thread died. Its room is no longer placed; a new
+    /// session for it goes to a live worker.
+    ParticipantLost {
+        /// Room.
+        room: RoomId,
+        /// Who.
+        participant: ParticipantId,
+        /// Why.
+        reason: LostReason,
+    },
     /// The active speaker of a room changed.
     SpeakerChanged {
         /// Room.
@@ -103,6 +115,52 @@ pub enum SfuEvent {
         /// The publisher and its mid, if the slot carries a track.
         source: Option<(ParticipantId, String)>,
     },
+}
+
+/// Why a participant was lost ([`SfuEvent::ParticipantLost`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// Its worker thread panicked or stopped on its own.
+    WorkerFailed,
+}
+
+impl LostReason {
+    /// A stable name (`worker_failed`), for logs and clients.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WorkerFailed => "worker_failed",
+        }
+    }
+}
+
+/// What became of the datagrams that reached one engine.
+///
+/// Every datagram is counted once in `datagrams`, and once more in one of
+/// the drop counters if it was dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngressStats {
+    /// Datagrams handed to the engine.
+    pub datagrams: u64,
+    /// Dropped: not STUN, DTLS, RTP or RTCP (RFC 7983 first byte), empty,
+    /// or an unparseable STUN message.
+    pub malformed: u64,
+    /// Dropped: no participant owns the source address, and it is not a
+    /// STUN binding request naming a participant's ICE ufrag (with a valid
+    /// MESSAGE-INTEGRITY).
+    pub unmatched: u64,
+    /// Handed to a participant, whose `Rtc` refused it (a DTLS error); the
+    /// participant is disconnected, as before.
+    pub rejected: u64,
+}
+
+impl IngressStats {
+    /// Every dropped datagram.
+    #[must_use]
+    pub fn dropped(&self) -> u64 {
+        self.malformed + self.unmatched + self.rejected
+    }
 }
 
 /// Packet and byte counters.
@@ -201,6 +259,8 @@ struct Participant {
     /// The same client's other session in the room.
     linked: Option<ParticipantId>,
     rtc: Rtc,
+    /// Our ICE ufrag in its session (the key of `Engine::ufrags`).
+    ufrag: String,
     created: Instant,
     connected: bool,
     deadline: Instant,
@@ -290,6 +350,11 @@ pub struct Engine {
     /// Which participant last accepted a datagram from an address, so that
     /// media does not scan every participant.
     owners: HashMap<SocketAddr, ParticipantId>,
+    /// Participants by our ICE ufrag in their session: a STUN binding
+    /// request from an unknown address names its participant in USERNAME,
+    /// so it is found in O(1) (and its MESSAGE-INTEGRITY checked once).
+    ufrags: HashMap<String, ParticipantId>,
+    ingress: IngressStats,
     rooms: HashMap<RoomId, Room>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SfuEvent>,
@@ -308,6 +373,8 @@ impl Engine {
             config,
             participants: HashMap::new(),
             owners: HashMap::new(),
+            ufrags: HashMap::new(),
+            ingress: IngressStats::default(),
             rooms: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -329,12 +396,16 @@ impl Engine {
         offer: &str,
         now: Instant,
     ) -> Result<String, JoinError> {
+        let offer = parse_offer(offer)?;
         self.handle_join_linked(room, id, role, offer, None, now)
     }
 
     /// As [`Self::handle_join`], for a client that also has the session
     /// `linked` in the room (its publish session for a subscribe session,
     /// or the other way round): it is never sent its own tracks.
+    ///
+    /// The offer comes parsed ([`parse_offer`]): parsing is the caller's
+    /// work, off the media thread.
     ///
     /// # Errors
     /// [`JoinError`] when the offer is unusable.
@@ -343,12 +414,10 @@ impl Engine {
         room: &RoomId,
         id: ParticipantId,
         role: Role,
-        offer: &str,
+        offer: SdpOffer,
         linked: Option<ParticipantId>,
         now: Instant,
     ) -> Result<String, JoinError> {
-        let offer = str0m::change::SdpOffer::from_sdp_string(offer)
-            .map_err(|e| JoinError::BadOffer(e.to_string()))?;
         let mut rtc = Rtc::builder()
             .set_rtp_mode(true)
             .set_ice_lite(true)
@@ -367,15 +436,27 @@ impl Engine {
         let candidate =
             Candidate::host(addr, "udp").map_err(|e| JoinError::BadOffer(e.to_string()))?;
         rtc.add_local_candidate(candidate);
+        // Our ufrag is 16 random characters, so a collision is next to
+        // impossible; still, two sessions must never share a key of
+        // `ufrags` (one of them could never be found).
+        while self
+            .ufrags
+            .contains_key(&rtc.direct_api().local_ice_credentials().ufrag)
+        {
+            rtc.direct_api()
+                .set_local_ice_credentials(str0m::IceCreds::new());
+        }
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| JoinError::BadOffer(e.to_string()))?;
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         let mut participant = Participant {
             room: room.clone(),
             role,
             linked,
             rtc,
+            ufrag,
             created: now,
             connected: false,
             deadline: now,
@@ -399,6 +480,12 @@ impl Engine {
                 ));
             }
         }
+        if let Some(old) = self.participants.remove(&id) {
+            // A join with an id already here (the control plane refuses
+            // these): the old session goes without a trace.
+            self.ufrags.remove(&old.ufrag);
+        }
+        self.ufrags.insert(participant.ufrag.clone(), id);
         self.participants.insert(id, participant);
         self.rooms
             .entry(room.clone())
@@ -447,8 +534,20 @@ impl Engine {
         offer: &str,
         now: Instant,
     ) -> Result<String, JoinError> {
-        let offer = str0m::change::SdpOffer::from_sdp_string(offer)
-            .map_err(|e| JoinError::BadOffer(e.to_string()))?;
+        let offer = parse_offer(offer)?;
+        self.handle_renegotiate_offer(id, offer, now)
+    }
+
+    /// As [`Self::handle_renegotiate`] with an offer already parsed.
+    ///
+    /// # Errors
+    /// As [`Self::handle_renegotiate`].
+    pub fn handle_renegotiate_offer(
+        &mut self,
+        id: ParticipantId,
+        offer: SdpOffer,
+        now: Instant,
+    ) -> Result<String, JoinError> {
         let p = self.participants.get_mut(&id).ok_or(JoinError::Unknown)?;
         let answer = p
             .rtc
@@ -456,6 +555,13 @@ impl Engine {
             .accept_offer(offer)
             .map_err(|e| JoinError::BadOffer(e.to_string()))?;
         let answer = answer.to_sdp_string();
+        // An offer with new ICE credentials restarts ICE: our ufrag changes.
+        let ufrag = p.rtc.direct_api().local_ice_credentials().ufrag;
+        if ufrag != p.ufrag {
+            let old = std::mem::replace(&mut p.ufrag, ufrag.clone());
+            self.ufrags.remove(&old);
+            self.ufrags.insert(ufrag, id);
+        }
         if p.role == Role::Subscribe {
             p.add_slots(&answer);
         }
@@ -475,10 +581,20 @@ impl Engine {
         self.rooms.remove(room);
     }
 
-    /// A datagram arrived on the worker socket from `source`. Datagrams no
-    /// participant accepts are dropped.
+    /// A datagram arrived on the worker socket from `source`. Never panics,
+    /// whatever `data` holds: a datagram no participant takes is counted
+    /// ([`Self::ingress`]) and dropped.
+    ///
+    /// A known address goes to the participant that owns it (one map
+    /// look-up). From an unknown address only a STUN binding request is
+    /// taken, and only by the participant whose ICE ufrag its USERNAME
+    /// names (one more look-up, one MESSAGE-INTEGRITY check); the address
+    /// then belongs to that participant. ICE sends such a request from
+    /// every address before media flows from it.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
-        let Ok(contents) = data.try_into() else {
+        self.ingress.datagrams += 1;
+        let Ok(contents) = DatagramRecv::try_from(data) else {
+            self.ingress.malformed += 1;
             return;
         };
         let input = Input::Receive(
@@ -490,28 +606,40 @@ impl Engine {
                 contents,
             },
         );
-        let cached = self.owners.get(&source).copied().filter(|id| {
+        let accepts = |id: &ParticipantId| {
             self.participants
                 .get(id)
                 .is_some_and(|p| p.rtc.accepts(&input))
-        });
-        let Some(id) = cached.or_else(|| {
-            self.participants
-                .iter()
-                .find(|(_, p)| p.rtc.accepts(&input))
-                .map(|(id, _)| *id)
-        }) else {
-            return;
         };
-        if cached.is_none() {
-            self.owners.insert(source, id);
-        }
+        let cached = self.owners.get(&source).copied().filter(accepts);
+        let id = match cached {
+            Some(id) => id,
+            None => {
+                let Some(id) = stun_local_ufrag(data)
+                    .and_then(|ufrag| self.ufrags.get(ufrag))
+                    .copied()
+                    .filter(accepts)
+                else {
+                    self.ingress.unmatched += 1;
+                    return;
+                };
+                self.owners.insert(source, id);
+                id
+            }
+        };
         if let Some(p) = self.participants.get_mut(&id)
             && p.rtc.handle_input(input).is_err()
         {
+            self.ingress.rejected += 1;
             p.rtc.disconnect();
         }
         self.drain(id, now);
+    }
+
+    /// What became of the datagrams so far.
+    #[must_use]
+    pub fn ingress(&self) -> IngressStats {
+        self.ingress
     }
 
     /// Time passed: drives every participant's timers and the room tick.
@@ -625,6 +753,7 @@ impl Engine {
         };
         p.rtc.disconnect();
         self.owners.retain(|_, owner| *owner != id);
+        self.ufrags.remove(&p.ufrag);
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.participants.retain(|x| *x != id);
             room.tracks.retain(|k, _| k.0 != id);
@@ -1161,6 +1290,44 @@ impl Engine {
     }
 }
 
+/// Parses an SDP offer; the control plane does it before the offer
+/// reaches a worker.
+///
+/// # Errors
+/// [`JoinError::BadOffer`] when it is not an SDP offer str0m can read.
+pub fn parse_offer(sdp: &str) -> Result<SdpOffer, JoinError> {
+    SdpOffer::from_sdp_string(sdp).map_err(|e| JoinError::BadOffer(e.to_string()))
+}
+
+/// The STUN magic cookie (RFC 8489 §5).
+const STUN_MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+/// The USERNAME attribute (RFC 8489 §14.3).
+const STUN_USERNAME: u16 = 0x0006;
+
+/// Our ufrag in a STUN message's USERNAME (`<receiver's ufrag>:<sender's
+/// ufrag>`, RFC 8445 §7.2.2), read in place. `None` for anything that is
+/// not a STUN message with such an attribute; never panics.
+#[must_use]
+pub fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
+    // RFC 7983: STUN starts with 0 or 1 (what str0m classifies as STUN).
+    if data.len() < 20 || data[0] > 1 || data[4..8] != STUN_MAGIC {
+        return None;
+    }
+    let mut rest = &data[20..];
+    while rest.len() >= 4 {
+        let typ = u16::from_be_bytes([rest[0], rest[1]]);
+        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
+        let value = rest.get(4..4 + len)?;
+        if typ == STUN_USERNAME {
+            let (local, _) = std::str::from_utf8(value).ok()?.split_once(':')?;
+            return Some(local);
+        }
+        // Values are padded to a multiple of four bytes.
+        rest = rest.get((4 + len).next_multiple_of(4)..)?;
+    }
+    None
+}
+
 /// Marks a keyframe as wanted for a publisher layer (sent at the next tick,
 /// throttled).
 fn packets_keyframe(
@@ -1223,4 +1390,120 @@ fn answer_mids(sdp: &str) -> Vec<(Mid, MediaKind)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::testing::{MemNet, offer_subscribe, peer_rtc};
+
+    /// A STUN binding request with `attrs` after the header.
+    fn stun(attrs: &[u8]) -> Vec<u8> {
+        let len = u16::try_from(attrs.len()).unwrap();
+        [
+            &[0, 1][..],
+            &len.to_be_bytes(),
+            &STUN_MAGIC,
+            &[7; 12],
+            attrs,
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn the_local_ufrag_is_read_from_username() {
+        // PRIORITY, then USERNAME "ab1:xyz" (7 bytes, padded to 8).
+        let attrs = [
+            &[0, 0x24, 0, 4, 1, 2, 3, 4][..],
+            &[0, 6, 0, 7],
+            b"ab1:xyz",
+            &[0],
+        ]
+        .concat();
+        assert_eq!(stun_local_ufrag(&stun(&attrs)), Some("ab1"));
+        let no_colon = [&[0, 6, 0, 4][..], b"ab12"].concat();
+        assert_eq!(stun_local_ufrag(&stun(&no_colon)), None);
+        let past_the_end = [&[0, 6, 0, 9][..], b"ab1:xyz"].concat();
+        assert_eq!(stun_local_ufrag(&stun(&past_the_end)), None);
+        let not_utf8 = [&[0, 6, 0, 4][..], &[0xff, b':', 0xfe, 0x80]].concat();
+        assert_eq!(stun_local_ufrag(&stun(&not_utf8)), None);
+        let mut rtp = stun(&[&[0, 6, 0, 7][..], b"ab1:xyz", &[0]].concat());
+        rtp[0] = 0x80;
+        assert_eq!(stun_local_ufrag(&rtp), None);
+        let mut no_magic = stun(&[&[0, 6, 0, 7][..], b"ab1:xyz", &[0]].concat());
+        no_magic[4] = 0;
+        assert_eq!(stun_local_ufrag(&no_magic), None);
+        assert_eq!(stun_local_ufrag(&[]), None);
+    }
+
+    proptest! {
+        #[test]
+        fn reading_the_ufrag_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = stun_local_ufrag(&data);
+        }
+
+        #[test]
+        fn any_datagram_is_counted_and_dropped(
+            data in proptest::collection::vec(any::<u8>(), 0..1500),
+        ) {
+            let now = Instant::now();
+            let mut net = MemNet::new(now);
+            let room = RoomId::from("r");
+            let id = ParticipantId(1);
+            let mut rtc = peer_rtc("127.0.0.1:7000".parse().unwrap(), now);
+            let (offer, _pending) = offer_subscribe(&mut rtc);
+            net.engine.handle_join(&room, id, Role::Subscribe, &offer, now).unwrap();
+            net.engine.handle_datagram(now, "127.0.0.1:9".parse().unwrap(), &data);
+            let ingress = net.engine.ingress();
+            prop_assert_eq!(ingress.datagrams, 1);
+            prop_assert_eq!(ingress.dropped(), 1);
+        }
+    }
+
+    #[test]
+    fn stun_from_an_unknown_address_finds_its_participant_by_ufrag() {
+        let now = Instant::now();
+        let mut net = MemNet::new(now);
+        let room = RoomId::from("r");
+        // Participants that never connect, each with its own ufrag.
+        let mut idle = Vec::new();
+        for i in 0..20u16 {
+            let mut rtc = peer_rtc(SocketAddr::from(([127, 0, 0, 1], 7000 + i)), now);
+            let (offer, _pending) = offer_subscribe(&mut rtc);
+            let id = ParticipantId(100 + u64::from(i));
+            let answer = net
+                .engine
+                .handle_join(&room, id, Role::Subscribe, &offer, now)
+                .unwrap();
+            idle.push((id, answer));
+        }
+        // The map has every participant under the ufrag of its answer.
+        for (id, answer) in &idle {
+            let ufrag = answer
+                .lines()
+                .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+                .unwrap()
+                .trim();
+            assert_eq!(net.engine.ufrags.get(ufrag), Some(id));
+        }
+        // Real peers connect from addresses the engine has never seen: their
+        // STUN requests are found by ufrag, and media flows.
+        let _publisher = net.add_publisher(&room, false, 15);
+        let subscriber = net.add_subscriber(&room);
+        net.run_for(Duration::from_secs(3));
+        assert!(net.subscriber(subscriber).video_packets > 20);
+        assert_eq!(net.engine.ingress().unmatched, 0);
+        assert_eq!(net.engine.ingress().malformed, 0);
+        // A request naming nobody's ufrag is dropped without trying anyone.
+        let nobody = stun(&[&[0, 6, 0, 8][..], b"nobody:x"].concat());
+        net.engine
+            .handle_datagram(net.now, "127.0.0.1:9".parse().unwrap(), &nobody);
+        let ingress = net.engine.ingress();
+        assert_eq!(ingress.unmatched + ingress.malformed, 1);
+        // Leaving removes the ufrag.
+        net.engine.handle_leave(idle[0].0);
+        assert_eq!(net.engine.ufrags.len(), 22 - 1);
+    }
 }

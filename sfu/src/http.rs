@@ -8,10 +8,16 @@
 //! * `DELETE` on the `Location` leaves. Trickle ICE (`PATCH`) is not
 //!   supported (`405`): the SFU is ICE-lite and its answer carries its only
 //!   candidate.
-//! * `GET /metrics`: Prometheus text, rendered from the workers' counters.
+//! * `GET /metrics`: Prometheus text, rendered from the workers' counters
+//!   (per participant, and per worker: liveness and the datagrams dropped
+//!   at ingress).
+//! * `GET /healthz`: `200 ok` while every worker runs, `503` naming the
+//!   dead or stalled ones otherwise; answered from atomics, no round trip.
 //!
 //! With a token configured every WHIP/WHEP request needs
-//! `Authorization: Bearer <token>` (`401` otherwise).
+//! `Authorization: Bearer <token>` (`401` otherwise), and so does
+//! `/metrics` unless `metrics_open` is set (its labels name every room and
+//! participant, and rendering it asks every worker).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -34,6 +40,8 @@ pub struct HttpState {
     pub sfu: Arc<dyn SfuControl>,
     /// Bearer token required for WHIP/WHEP, if any.
     pub token: Option<String>,
+    /// `/metrics` without the token (`SfuConfig::metrics_open`).
+    pub metrics_open: bool,
 }
 
 /// The router.
@@ -50,7 +58,7 @@ pub fn app(state: HttpState) -> Router {
             delete(leave).patch(no_trickle),
         )
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .with_state(state)
 }
 
@@ -197,7 +205,21 @@ async fn no_trickle() -> Response {
     )
 }
 
-async fn metrics(State(state): State<HttpState>) -> Response {
+async fn healthz(State(state): State<HttpState>) -> Response {
+    match state.sfu.health().problem() {
+        None => "ok".into_response(),
+        Some(problem) => error(StatusCode::SERVICE_UNAVAILABLE, "degraded", &problem),
+    }
+}
+
+async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if !state.metrics_open && !authorized(&state, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        );
+    }
     let Ok(stats) = state.sfu.stats().await else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -210,6 +232,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
     for (i, w) in stats.workers.iter().enumerate() {
         let _ = writeln!(out, "sfu_worker_participants{{worker=\"{i}\"}} {}", w.len());
     }
+    write_worker_health(&mut out, &stats.health);
     type Counter = fn(&ParticipantStats) -> u64;
     let counters: [(&str, &str, Counter); 7] = [
         (
@@ -320,6 +343,45 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Per worker: up or not, and what became of the datagrams it received.
+/// Shared with signalling's `/metrics` (the same names).
+pub fn write_worker_health(out: &mut String, health: &crate::control::SfuHealth) {
+    let _ = writeln!(
+        out,
+        "# HELP sfu_worker_up 1 while the worker thread runs (0: it died; restart the process)\n# TYPE sfu_worker_up gauge"
+    );
+    for (i, w) in health.workers.iter().enumerate() {
+        let _ = writeln!(out, "sfu_worker_up{{worker=\"{i}\"}} {}", u8::from(w.alive));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sfu_ingress_datagrams_total UDP datagrams received by the worker\n# TYPE sfu_ingress_datagrams_total counter"
+    );
+    for (i, w) in health.workers.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "sfu_ingress_datagrams_total{{worker=\"{i}\"}} {}",
+            w.ingress.datagrams
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sfu_ingress_dropped_total datagrams dropped at ingress: malformed, unmatched (no participant), rejected (by the participant's session)\n# TYPE sfu_ingress_dropped_total counter"
+    );
+    for (i, w) in health.workers.iter().enumerate() {
+        for (reason, n) in [
+            ("malformed", w.ingress.malformed),
+            ("unmatched", w.ingress.unmatched),
+            ("rejected", w.ingress.rejected),
+        ] {
+            let _ = writeln!(
+                out,
+                "sfu_ingress_dropped_total{{worker=\"{i}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
 }
 
 /// `room="…",participant="…"`.

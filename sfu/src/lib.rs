@@ -25,7 +25,18 @@
 //! with its own UDP socket and port. A room lives on one worker, so packets
 //! never leave their thread; workers share nothing. Control crosses threads
 //! only as commands on a bounded queue ([`worker`] documents the full-queue
-//! policy), through [`control::SfuControl`].
+//! policy), through [`control::SfuControl`]; back come events, the
+//! participants the engine removed (so that placement forgets them), and a
+//! few atomics per worker (alive, heartbeat, ingress counters) that
+//! [`control::SfuControl::health`] reads without a round trip.
+//!
+//! # Hostile input
+//!
+//! No datagram makes a worker panic: each is counted and either handed to
+//! the one participant it belongs to (found in O(1) by address, or by the
+//! ICE ufrag of a STUN request) or dropped ([`engine::IngressStats`]). A
+//! worker that dies anyway is noticed and its participants reported lost
+//! ([`control`] documents how).
 //!
 //! # Forwarding
 //!
@@ -47,6 +58,7 @@ pub mod testing;
 pub mod worker;
 
 pub use config::SfuConfig;
-pub use control::{EmbeddedSfu, SfuControl, SfuError};
-pub use engine::{Role, SfuEvent};
+pub use control::{EmbeddedSfu, SfuControl, SfuError, SfuHealth};
+pub use engine::{IngressStats, LostReason, Role, SfuEvent};
 pub use ids::{ParticipantId, RoomId};
+pub use worker::WorkerHealth;

@@ -76,6 +76,7 @@ fn run() -> anyhow::Result<()> {
         let state = HttpState {
             sfu: sfu.clone(),
             token: config.token.clone(),
+            metrics_open: config.metrics_open,
         };
         axum::serve(listener, app(state))
             .with_graceful_shutdown(async {

@@ -18,10 +18,34 @@
 //! receiver loses the oldest events and is told how many (`Lagged`), the
 //! worker never blocks. Datagrams the kernel will not take (send buffer
 //! full) are dropped, as the network would; NACK/RTX repairs video.
+//!
+//! Hostile ingress: anyone can send anything to a worker's port. Every
+//! datagram — empty, one byte, random, truncated STUN/DTLS/RTP/RTCP, 64 KiB
+//! — goes through [`Engine::handle_datagram`], which never panics and
+//! counts what it drops ([`crate::engine::IngressStats`]); the worker
+//! publishes those counters in its [`WorkerShared`] after every turn. A
+//! flood cannot starve commands or timers: one turn reads at most
+//! [`READ_BUDGET`] batches, then serves commands and timers before it
+//! reads on (without waiting: the socket is known not to be empty).
+//!
+//! Liveness: the worker writes a heartbeat into its [`WorkerShared`] on
+//! every turn (at least every 100 ms). If it dies anyway — a panic (a bug,
+//! in our code or a dependency) or an exit without [`Command::Stop`] —
+//! [`crate::control::EmbeddedSfu`] notices at once (the thread catches
+//! the unwind), stops placing rooms on it and reports its participants as
+//! [`SfuEvent::ParticipantLost`]. The worker is not restarted: its socket
+//! and port went with it; the process should be restarted (its health
+//! says `degraded`).
+//!
+//! Departures: every participant the engine removes (leave, connect
+//! timeout, ICE or DTLS failure) is sent back to the control plane on an
+//! unbounded channel (one value per participant that joined, so bounded
+//! by the joins), so that placement forgets it and load counts stay right.
 
 use std::io::{ErrorKind, IoSlice, IoSliceMut};
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -29,11 +53,12 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage};
 use quinn_udp::{RecvMeta, UdpSocketState};
+use str0m::change::SdpOffer;
 use str0m::net::Transmit;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::core::simulcast::Preference;
-use crate::engine::{Engine, JoinError, ParticipantStats, Role, SfuEvent};
+use crate::engine::{Engine, IngressStats, JoinError, ParticipantStats, Role, SfuEvent};
 use crate::ids::{ParticipantId, RoomId};
 
 /// Token of the UDP socket in the worker's poll.
@@ -46,6 +71,122 @@ const RECV_BUF: usize = 64 * 1024;
 const SEND_BATCH: usize = 64;
 /// Longest wait when the engine has no deadline.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Receive batches (of up to `quinn_udp::BATCH_SIZE` datagrams) read in one
+/// turn of the loop before commands and timers get their turn.
+pub const READ_BUDGET: usize = 64;
+/// A worker whose heartbeat is older than this is reported as stalled.
+pub const STALL_AFTER: Duration = Duration::from_secs(5);
+
+/// What one worker shares with the control plane: written only by the
+/// worker (and by its thread's exit), read by anyone, never locked.
+#[derive(Debug)]
+pub struct WorkerShared {
+    /// Base of `beat_ms`.
+    epoch: Instant,
+    alive: AtomicBool,
+    /// Milliseconds after `epoch` of the worker's latest turn.
+    beat_ms: AtomicU64,
+    participants: AtomicU64,
+    datagrams: AtomicU64,
+    malformed: AtomicU64,
+    unmatched: AtomicU64,
+    rejected: AtomicU64,
+}
+
+/// A worker's state as [`WorkerShared`] shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerHealth {
+    /// The thread runs.
+    pub alive: bool,
+    /// Alive, but no turn of its loop for [`STALL_AFTER`].
+    pub stalled: bool,
+    /// Participants on it at its latest turn.
+    pub participants: u64,
+    /// What became of the datagrams it received.
+    pub ingress: IngressStats,
+}
+
+impl WorkerShared {
+    /// A worker about to start.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            alive: AtomicBool::new(true),
+            beat_ms: AtomicU64::new(0),
+            participants: AtomicU64::new(0),
+            datagrams: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            unmatched: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        }
+    }
+
+    /// Its state now: a few atomic loads.
+    #[must_use]
+    pub fn health(&self, now: Instant) -> WorkerHealth {
+        let alive = self.alive.load(Ordering::Acquire);
+        let beat = self.epoch + Duration::from_millis(self.beat_ms.load(Ordering::Relaxed));
+        WorkerHealth {
+            alive,
+            stalled: alive && now.saturating_duration_since(beat) > STALL_AFTER,
+            participants: self.participants.load(Ordering::Relaxed),
+            ingress: IngressStats {
+                datagrams: self.datagrams.load(Ordering::Relaxed),
+                malformed: self.malformed.load(Ordering::Relaxed),
+                unmatched: self.unmatched.load(Ordering::Relaxed),
+                rejected: self.rejected.load(Ordering::Relaxed),
+            },
+        }
+    }
+
+    /// The thread has ended (or is unwinding).
+    pub fn mark_dead(&self) {
+        self.alive.store(false, Ordering::Release);
+    }
+
+    /// One turn of the loop: heartbeat and counters.
+    fn publish(&self, now: Instant, engine: &Engine) {
+        let ms = u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(u64::MAX);
+        self.beat_ms.store(ms, Ordering::Relaxed);
+        self.participants
+            .store(engine.participant_count() as u64, Ordering::Relaxed);
+        let i = engine.ingress();
+        self.datagrams.store(i.datagrams, Ordering::Relaxed);
+        self.malformed.store(i.malformed, Ordering::Relaxed);
+        self.unmatched.store(i.unmatched, Ordering::Relaxed);
+        self.rejected.store(i.rejected, Ordering::Relaxed);
+    }
+}
+
+impl Default for WorkerShared {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How a worker's loop ended (a panic unwinds instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// [`Command::Stop`], or the control plane went away.
+    Stopped,
+    /// The socket could not be set up.
+    Failed,
+}
+
+/// The worker's side of its links to the control plane.
+#[derive(Debug)]
+pub struct Links {
+    /// Where its counters and heartbeat go.
+    pub shared: std::sync::Arc<WorkerShared>,
+    /// Signalling's events.
+    pub events: broadcast::Sender<SfuEvent>,
+    /// Participants the engine removed, with this worker's index.
+    pub gone: std::sync::mpsc::Sender<(usize, ParticipantId)>,
+    /// This worker's index.
+    pub index: usize,
+}
 
 /// A request for a worker.
 #[derive(Debug)]
@@ -58,8 +199,8 @@ pub enum Command {
         participant: ParticipantId,
         /// Publish or subscribe.
         role: Role,
-        /// The SDP offer.
-        offer: String,
+        /// The SDP offer, parsed by the caller (off this thread).
+        offer: Box<SdpOffer>,
         /// The same client's other session, whose tracks it must not get.
         linked: Option<ParticipantId>,
         /// Where the answer goes.
@@ -70,8 +211,8 @@ pub enum Command {
     Renegotiate {
         /// Who.
         participant: ParticipantId,
-        /// The SDP offer.
-        offer: String,
+        /// The SDP offer, parsed by the caller.
+        offer: Box<SdpOffer>,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<String, JoinError>>,
     },
@@ -87,6 +228,11 @@ pub enum Command {
     Stats(oneshot::Sender<Vec<ParticipantStats>>),
     /// Stop the worker.
     Stop,
+    /// Panic on purpose: the test hook behind
+    /// `EmbeddedSfu::fail_worker_for_tests`, the only way to make a worker
+    /// die from outside. Not for production use.
+    #[doc(hidden)]
+    Panic,
 }
 
 /// Runs a worker until [`Command::Stop`] or the command channel closes.
@@ -97,21 +243,21 @@ pub fn run(
     mut poll: Poll,
     mut engine: Engine,
     commands: Receiver<Command>,
-    events: broadcast::Sender<SfuEvent>,
-) {
+    links: &Links,
+) -> Exit {
     let fd = socket.as_raw_fd();
     if let Err(e) = poll
         .registry()
         .register(&mut SourceFd(&fd), SOCKET, Interest::READABLE)
     {
         tracing::error!(error = %e, "cannot register the worker socket; worker stops");
-        return;
+        return Exit::Failed;
     }
     let state = match UdpSocketState::new((&socket).into()) {
         Ok(state) => state,
         Err(e) => {
             tracing::error!(error = %e, "cannot set up the worker socket; worker stops");
-            return;
+            return Exit::Failed;
         }
     };
     let mut buffers = vec![vec![0u8; RECV_BUF]; quinn_udp::BATCH_SIZE];
@@ -119,12 +265,20 @@ pub fn run(
     let mut poll_events = Events::with_capacity(8);
     let mut out = Vec::new();
     let mut sender = Sender::new();
+    // The socket had more to read when the last turn ended (mio is
+    // edge-triggered: it will not say so again).
+    let mut backlog = false;
     loop {
         let now = Instant::now();
-        let wait = engine
-            .poll_timeout()
-            .map_or(IDLE_WAIT, |at| at.saturating_duration_since(now))
-            .min(IDLE_WAIT);
+        links.shared.publish(now, &engine);
+        let wait = if backlog {
+            Duration::ZERO
+        } else {
+            engine
+                .poll_timeout()
+                .map_or(IDLE_WAIT, |at| at.saturating_duration_since(now))
+                .min(IDLE_WAIT)
+        };
         if let Err(e) = poll.poll(&mut poll_events, Some(wait))
             && e.kind() != ErrorKind::Interrupted
         {
@@ -133,38 +287,78 @@ pub fn run(
         // Commands first: they are rare and someone is waiting for them.
         loop {
             match commands.try_recv() {
-                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return,
+                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return Exit::Stopped,
                 Ok(command) => handle_command(&mut engine, command),
                 Err(TryRecvError::Empty) => break,
             }
         }
-        // Read until the socket is empty, a batch per system call.
-        loop {
+        publish_events(&mut engine, links);
+        // Read until the socket is empty or the budget is spent, a batch
+        // per system call.
+        backlog = true;
+        for _ in 0..READ_BUDGET {
             let mut slices: Vec<IoSliceMut<'_>> =
                 buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
             match state.recv((&socket).into(), &mut slices, &mut meta) {
                 Ok(count) => {
                     let now = Instant::now();
                     for (m, buf) in meta.iter().zip(buffers.iter()).take(count) {
-                        let stride = if m.stride == 0 { m.len } else { m.stride };
-                        for datagram in buf[..m.len].chunks(stride) {
-                            engine.handle_datagram(now, m.addr, datagram);
-                        }
+                        feed(&mut engine, now, m, buf);
                     }
-                    sender.flush(&socket, &state, &mut engine, &events, &mut out);
+                    sender.flush(&socket, &state, &mut engine, &mut out);
+                    publish_events(&mut engine, links);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    backlog = false;
+                    break;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     // ICMP errors (a peer went away) surface here; nothing
                     // to do but carry on.
                     tracing::debug!(error = %e, "worker socket read failed");
+                    backlog = false;
                     break;
                 }
             }
         }
         engine.handle_timeout(Instant::now());
-        sender.flush(&socket, &state, &mut engine, &events, &mut out);
+        sender.flush(&socket, &state, &mut engine, &mut out);
+        publish_events(&mut engine, links);
+    }
+}
+
+/// Hands one receive slot to the engine: a single datagram, or a GRO
+/// batch of `m.stride`-sized segments (the last may be shorter). An empty
+/// datagram (`m.len == 0`, hence `m.stride == 0`) is handed over as such,
+/// to be counted and dropped.
+fn feed(engine: &mut Engine, now: Instant, m: &RecvMeta, buf: &[u8]) {
+    let Some(data) = buf.get(..m.len) else {
+        // The kernel said it wrote more than the buffer holds: cannot
+        // happen; drop it as malformed rather than trust it.
+        engine.handle_datagram(now, m.addr, &[]);
+        return;
+    };
+    if data.is_empty() {
+        engine.handle_datagram(now, m.addr, data);
+        return;
+    }
+    let stride = if m.stride == 0 { data.len() } else { m.stride };
+    for datagram in data.chunks(stride) {
+        engine.handle_datagram(now, m.addr, datagram);
+    }
+}
+
+/// Hands the engine's events to signalling, and the participants it
+/// removed to the control plane's placement.
+fn publish_events(engine: &mut Engine, links: &Links) {
+    while let Some(event) = engine.poll_event() {
+        if let SfuEvent::Disconnected { participant, .. } = &event {
+            // The control plane may be gone (shutdown): nothing to tell.
+            let _ = links.gone.send((links.index, *participant));
+        }
+        // No receiver is not an error: nobody listens yet.
+        let _ = links.events.send(event);
     }
 }
 
@@ -179,7 +373,7 @@ fn handle_command(engine: &mut Engine, command: Command) {
             reply,
         } => {
             let answer =
-                engine.handle_join_linked(&room, participant, role, &offer, linked, Instant::now());
+                engine.handle_join_linked(&room, participant, role, *offer, linked, Instant::now());
             let _ = reply.send(answer);
         }
         Command::Renegotiate {
@@ -187,7 +381,7 @@ fn handle_command(engine: &mut Engine, command: Command) {
             offer,
             reply,
         } => {
-            let answer = engine.handle_renegotiate(participant, &offer, Instant::now());
+            let answer = engine.handle_renegotiate_offer(participant, *offer, Instant::now());
             let _ = reply.send(answer);
         }
         Command::Leave(id) => engine.handle_leave(id),
@@ -200,6 +394,7 @@ fn handle_command(engine: &mut Engine, command: Command) {
             let _ = reply.send(engine.stats());
         }
         Command::Stop => {}
+        Command::Panic => panic!("worker failed on purpose (test hook)"),
     }
 }
 
@@ -220,13 +415,13 @@ impl Sender {
     /// Sends everything the engine has: runs of equal-sized datagrams to
     /// one destination as one GSO send, everything else with `sendmmsg`,
     /// keeping the engine's order. What the kernel refuses (buffer full) is
-    /// dropped, as a congested network would.
+    /// dropped, as a congested network would. Events stay in the engine
+    /// ([`publish_events`] takes them).
     fn flush(
         &mut self,
         socket: &UdpSocket,
         state: &UdpSocketState,
         engine: &mut Engine,
-        events: &broadcast::Sender<SfuEvent>,
         out: &mut Vec<Transmit>,
     ) {
         out.clear();
@@ -275,10 +470,6 @@ impl Sender {
             i = j;
         }
         self.send_many(socket, out, &mut singles);
-        while let Some(event) = engine.poll_event() {
-            // No receiver is not an error: nobody listens yet.
-            let _ = events.send(event);
-        }
     }
 
     /// Sends `out[k]` for every k in `which` with one `sendmmsg`.

@@ -1,5 +1,6 @@
 //! WHIP and WHEP over real HTTP against the SFU's router, with the in-repo
-//! str0m peers, the bearer token, every error answer, and `/metrics`.
+//! str0m peers, the bearer token, every error answer, and `/metrics`
+//! (behind the token unless `metrics_open`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,6 +17,10 @@ use reqwest::{Client, StatusCode};
 const TOKEN: &str = "s3cret-token";
 
 async fn serve() -> (String, Arc<EmbeddedSfu>) {
+    serve_with(false).await
+}
+
+async fn serve_with(metrics_open: bool) -> (String, Arc<EmbeddedSfu>) {
     let config = SfuConfig {
         workers: 2,
         pin_workers: false,
@@ -27,6 +32,7 @@ async fn serve() -> (String, Arc<EmbeddedSfu>) {
     let state = HttpState {
         sfu: sfu.clone(),
         token: Some(TOKEN.to_owned()),
+        metrics_open,
     };
     tokio::spawn(async move { axum::serve(listener, app(state)).await });
     (base, sfu)
@@ -95,6 +101,7 @@ async fn publish_over_whip_subscribe_over_whep() {
 
     let metrics = client
         .get(format!("{base}/metrics"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()
@@ -168,4 +175,26 @@ async fn bad_requests_get_clear_answers() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn metrics_need_the_token_unless_configured_open() {
+    let client = client();
+    let (base, _sfu) = serve().await;
+    let url = format!("{base}/metrics");
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.text().await.unwrap().contains("unauthorized"));
+    let r = client.get(&url).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = client.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("sfu_worker_up"));
+    // /healthz stays open: it says nothing about rooms.
+    let r = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let (base, _sfu) = serve_with(true).await;
+    let r = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 }

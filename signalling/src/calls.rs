@@ -1291,6 +1291,27 @@ impl Calls {
                     }
                 }
             }
+            SfuEvent::ParticipantLost {
+                participant,
+                reason,
+                ..
+            } => {
+                // The SFU worker carrying the session died. Its room is no
+                // longer placed, so new sessions land on a live worker: the
+                // member's other session (on the same worker) is forgotten
+                // too, and its device is told once to open both afresh.
+                // The call itself goes on.
+                if let Some(&(call_id, user, _)) = state.sessions.get(participant) {
+                    end_media(&mut state, call_id, user, &mut out);
+                    if let Some(device) = state.calls.get(&call_id).and_then(|c| c.device(user)) {
+                        out.push(Effect::Device(
+                            user,
+                            device,
+                            json!({"kind": "call_media_lost", "call_id": call_id, "reason": reason.as_str()}),
+                        ));
+                    }
+                }
+            }
             _ => {}
         }
         out

@@ -1175,3 +1175,85 @@ async fn a_call_cut_by_a_restart_is_recorded_as_interrupted() {
     );
     server.stop().await;
 }
+
+/// An SFU worker that dies under a call (made to panic through the SFU's
+/// `#[doc(hidden)]` test hook: nothing a client sends can do it) does not
+/// leave the call pointing at dead sessions: every joined device is told
+/// `call_media_lost`, the call goes on, and the sessions it opens afresh
+/// land on the live worker and carry media again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_a_dead_sfu_worker_reopens_its_media_on_a_live_one() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: SignallingConfig = test_config(dir.path());
+    config.sfu.workers = 2;
+    config.sfu.pin_workers = false;
+    let server = TestServer::start_with(config, default_clock()).await;
+    let (mut p, _app) = people(&server, &["ann", "bob", "carol"]).await;
+    let conv = conversation(&mut p).await;
+    let call = start_call(&mut p[0].ws, &conv, "video").await;
+    for i in [1, 2] {
+        let join = p[i]
+            .ws
+            .request(json!({"type": "call_join", "call_id": call}))
+            .await;
+        assert_eq!(join["type"], "ack", "{join}");
+    }
+    for person in &mut p {
+        while person.ws.ephemeral_of("call_topology").await["event"]["topology"] != "sfu" {}
+    }
+    let mut media = Vec::new();
+    for person in &mut p {
+        media.push(sfu_sessions(&call, person, 2).await);
+    }
+    until_media(&media[0].subscribe, &[2, 3], 10).await;
+
+    let sfu = server.services.sfu.clone();
+    let placed = loop {
+        // Workers publish their participant counts every turn.
+        if let Some(i) = sfu
+            .health()
+            .workers
+            .iter()
+            .position(|w| w.participants == 6)
+        {
+            break i;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    sfu.fail_worker_for_tests(placed).unwrap();
+    for person in &mut p {
+        let lost = person.ws.ephemeral_of("call_media_lost").await;
+        assert_eq!(lost["event"]["call_id"], call, "{lost}");
+        assert_eq!(lost["event"]["reason"], "worker_failed", "{lost}");
+    }
+    assert_eq!(sfu.health().alive(), 1);
+    let metrics = server
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("sfu_worker_up{{worker=\"{placed}\"}} 0")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sfu_ingress_dropped_total{"), "{metrics}");
+    drop(media);
+    // The call goes on with everyone in it (`call_publish` answers only a
+    // joined device): new sessions go to the live worker, and media flows
+    // again.
+    let mut media = Vec::new();
+    for person in &mut p {
+        media.push(sfu_sessions(&call, person, 2).await);
+    }
+    for (i, m) in media.iter().enumerate() {
+        let others: Vec<u8> = (1..=3).filter(|t| usize::from(*t) != i + 1).collect();
+        until_media(&m.subscribe, &others, 10).await;
+    }
+    assert_eq!(sfu.health().workers[1 - placed].participants, 6);
+    let seen = conforms(&p);
+    assert_seen(&seen, &["ephemeral.call_media_lost"]);
+}

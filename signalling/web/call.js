@@ -106,6 +106,7 @@ export class CallManager {
         return undefined;
       case 'call_layer': return this.onLayer(ev);
       case 'call_moved': return this.teardown();
+      case 'call_media_lost': return this.onMediaLost(ev);
       default: return undefined;
     }
   }
@@ -145,6 +146,14 @@ export class CallManager {
       // SFU's media arrives.
       await this.startSfu();
     }
+  }
+
+  async onMediaLost(ev) {
+    // The server lost our SFU sessions (a media worker failed); the call
+    // goes on: open them afresh, they land on a live worker.
+    if (!this.call || ev.call_id !== this.call.id || this.topology !== 'sfu') return;
+    this.closeSfu();
+    await this.startSfu();
   }
 
   async onSignal(ev) {

@@ -31,10 +31,11 @@ pub async fn healthz(State(services): State<Arc<Services>>) -> (StatusCode, Json
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(services): State<Arc<Services>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        services.metrics.render(),
-    )
+    let mut out = services.metrics.render();
+    // The embedded SFU's workers: up or not, datagrams dropped at ingress
+    // (read from atomics, no round trip to the workers).
+    confer_sfu::http::write_worker_health(&mut out, &services.sfu.health());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
 /// This OpenAPI 3 document.
