@@ -889,11 +889,14 @@ impl Messaging {
         Ok(stored)
     }
 
-    /// Adds members to a non-contextual conversation; any member (or the
-    /// application) may. New members get a `conversation` event.
+    /// Adds members to a non-contextual group conversation; any member (or
+    /// the application) may. New members get a `conversation` event. A
+    /// one-to-one conversation never gets new ones: a member who left and
+    /// a newcomer would otherwise share its history.
     ///
     /// # Errors
-    /// `invalid_request` for unknown users or a contextual conversation.
+    /// `invalid_request` for unknown users or a contextual conversation;
+    /// `not_a_group` (409) for a one-to-one conversation.
     pub async fn add_members(
         &self,
         caller: &Caller,
@@ -906,18 +909,18 @@ impl Messaging {
                 "members of a contextual conversation are whoever may see its object".to_owned(),
             ));
         }
-        if !conversation.is_group {
-            return Err(ApiError::Conflict(
-                "not_a_group",
-                "a one-to-one conversation cannot get more members: create a group".to_owned(),
-            ));
-        }
         for u in users {
             if self.users.user(caller.app.id, *u).await?.is_none() {
                 return Err(ApiError::InvalidRequest(format!(
                     "members: no user {u} in this application"
                 )));
             }
+        }
+        if !conversation.is_group {
+            return Err(ApiError::Conflict(
+                "not_a_group",
+                "a one-to-one conversation cannot get more members: create a group".to_owned(),
+            ));
         }
         let existing = self.store.members(id).await?;
         let new: Vec<UserId> = users
