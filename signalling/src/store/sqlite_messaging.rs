@@ -910,6 +910,119 @@ mod tests {
     use crate::ids::SubscriberId;
     use crate::store::{NewApplication, SqliteStore, Store};
 
+    /// A grant and the membership of the object's conversation change
+    /// together; a contextual conversation is listed and searched only for
+    /// a caller whose claims or grants name its object; unread counts leave
+    /// out messages addressed to others.
+    #[tokio::test]
+    async fn grants_claims_and_unread_counts() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        let app_id = AppId::random();
+        let (_, app) = store
+            .register_application(
+                "c@example.com",
+                SubscriberId::random(),
+                &NewApplication {
+                    id: app_id,
+                    name: "C".to_owned(),
+                    secret_hash: "h".to_owned(),
+                    token_key: TokenKey::derive(app_id, "s"),
+                },
+                Timestamp(1),
+            )
+            .await
+            .unwrap();
+        let mut users = Vec::new();
+        for name in ["ann", "bob"] {
+            let u = store
+                .provision_user(app.id, UserId::random(), name, name, None, Timestamp(1))
+                .await
+                .unwrap();
+            users.push(u.id);
+        }
+        let (ann, bob) = (users[0], users[1]);
+        let now = Timestamp(2);
+        let conversation = Conversation {
+            id: ConversationId::random(),
+            app_id: app.id,
+            title: "order".to_owned(),
+            is_group: true,
+            displayed: true,
+            all_users: false,
+            app_key: None,
+            context: Some("order:1".to_owned()),
+            last_seq: 0,
+            last_activity: now,
+            created_at: now,
+        };
+        store
+            .create_conversation(&conversation, &[ann, bob])
+            .await
+            .unwrap();
+        let body = |text: &str, recipients: Option<Vec<UserId>>| MessageBody {
+            text: text.to_owned(),
+            recipients,
+            ..MessageBody::default()
+        };
+        let event: EventFn = Arc::new(|m: &StoredMessage| format!("{{\"seq\":{}}}", m.seq));
+        for (i, recipients) in [None, Some(vec![bob])].into_iter().enumerate() {
+            let message = NewMessage {
+                conversation_id: conversation.id,
+                id: MessageId::random(),
+                author: Author::App,
+                client_id: format!("c{i}"),
+                body: body("plan", recipients),
+            };
+            store.post(&message, &[], event.clone(), now).await.unwrap();
+        }
+        let listed = |claims: &'static [&'static str], user: UserId| {
+            let store = store.clone();
+            async move {
+                let claims: Vec<String> = claims.iter().map(|c| (*c).to_owned()).collect();
+                let list = store
+                    .conversations_of(app.id, user, Some(&claims), None, 10)
+                    .await
+                    .unwrap();
+                let found = store
+                    .search(app.id, user, Some(&claims), "plan", 10)
+                    .await
+                    .unwrap();
+                (list.first().map(|e| e.unread), found.len())
+            }
+        };
+        // Claimed: listed, one unread (the other is Bob's only), found.
+        assert_eq!(listed(&["order:1"], ann).await, (Some(1), 2));
+        assert_eq!(listed(&["order:1"], bob).await, (Some(2), 2));
+        // A member without the claim or a grant: nothing.
+        assert_eq!(listed(&[], ann).await, (None, 0));
+        let granted = store
+            .set_grant(app.id, ann, "order:1", true, now)
+            .await
+            .unwrap();
+        assert_eq!(
+            granted,
+            GrantChange {
+                conversation: Some(conversation.id),
+                changed: true
+            }
+        );
+        assert_eq!(listed(&[], ann).await, (Some(1), 2));
+        let withdrawn = store
+            .set_grant(app.id, ann, "order:1", false, now)
+            .await
+            .unwrap();
+        assert!(withdrawn.changed);
+        assert!(!store.is_member(conversation.id, ann).await.unwrap());
+        assert!(!store.has_grant(app.id, ann, "order:1").await.unwrap());
+        assert_eq!(listed(&["order:1"], ann).await, (None, 0));
+        // Withdrawing again changes nothing.
+        let again = store
+            .set_grant(app.id, ann, "order:1", false, now)
+            .await
+            .unwrap();
+        assert!(!again.changed);
+    }
+
     /// Messages posted at once share commits; one that cannot be stored
     /// (its conversation does not exist) fails alone and the others are
     /// stored, each exactly once, numbered without gaps.
