@@ -18,7 +18,31 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use crate::ids::UserId;
+use crate::ids::{ConversationId, UserId};
+
+/// Marks an event of a contextual conversation (one bound to a business
+/// object): a session shows it only while its caller may see that object
+/// (the `ctx` claim of the session's token, or a grant). Membership alone
+/// does not vouch for it: one user's sessions may hold different tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gate {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// What the event does to the session's access.
+    pub kind: GateKind,
+}
+
+/// What an event of a contextual conversation does to access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateKind {
+    /// An ordinary event: shown if the caller may see the object.
+    Event,
+    /// Access may have begun (a grant, a `conversation` event): check
+    /// again, then show it if the caller may see the object.
+    Opened,
+    /// Access ended (`removed`): forget what was known, show it always.
+    Closed,
+}
 
 /// One event for one user.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +55,8 @@ pub struct Delivery {
     /// Set on the last delivery of a connection the server ends (its user
     /// was locked or its application unregistered): close code and reason.
     pub close: Option<(u16, &'static str)>,
+    /// Set for events of contextual conversations; see [`Gate`].
+    pub gate: Option<Gate>,
 }
 
 /// A live connection's subscription; dropping it unsubscribes.
@@ -61,7 +87,12 @@ impl Drop for Subscription {
 /// Where committed events go.
 pub trait Bus: Send + Sync + std::fmt::Debug {
     /// Tells `user`'s live connections about event `seq`.
-    fn publish(&self, user: UserId, seq: u64, payload: Arc<str>);
+    fn publish(&self, user: UserId, seq: u64, payload: Arc<str>) {
+        self.publish_gated(user, seq, payload, None);
+    }
+    /// [`Bus::publish`] for an event that sessions show only while their
+    /// caller may see a contextual conversation (`gate`).
+    fn publish_gated(&self, user: UserId, seq: u64, payload: Arc<str>, gate: Option<Gate>);
     /// Connections of `user` that are live on this node.
     fn is_online(&self, user: UserId) -> bool;
 }
@@ -116,6 +147,7 @@ impl InProcessBus {
                 seq: 0,
                 payload: Arc::from(""),
                 close: Some((code, reason)),
+                gate: None,
             });
         }
     }
@@ -136,6 +168,7 @@ impl InProcessBus {
                         seq: 0,
                         payload: payload.clone(),
                         close: None,
+                        gate: None,
                     })
                     .is_ok()
         });
@@ -157,7 +190,7 @@ impl InProcessBus {
 }
 
 impl Bus for InProcessBus {
-    fn publish(&self, user: UserId, seq: u64, payload: Arc<str>) {
+    fn publish_gated(&self, user: UserId, seq: u64, payload: Arc<str>, gate: Option<Gate>) {
         let Ok(mut map) = self.connections.lock() else {
             return;
         };
@@ -170,6 +203,7 @@ impl Bus for InProcessBus {
                 seq,
                 payload: payload.clone(),
                 close: None,
+                gate,
             })
             .is_ok()
         });

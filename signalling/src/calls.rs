@@ -292,8 +292,9 @@ enum DeviceChange {
 /// Something to do once the lock is released.
 #[derive(Debug)]
 enum Effect {
-    /// The call's state to every member (all their devices).
-    Snapshot(Vec<UserId>, Arc<str>),
+    /// The call's state to every member (all their devices), and the
+    /// call's conversation.
+    Snapshot(Vec<UserId>, Arc<str>, ConversationId),
     /// An event for one device.
     Device(UserId, u64, Value),
     /// End an SFU session.
@@ -1065,9 +1066,15 @@ impl Calls {
     async fn run(&self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Snapshot(users, payload) => {
+                Effect::Snapshot(users, payload, conversation) => {
+                    // A session shows it only while it may see the
+                    // conversation (contextual ones: the object).
+                    let gate = Some(crate::bus::Gate {
+                        conversation,
+                        kind: crate::bus::GateKind::Event,
+                    });
                     for u in users {
-                        crate::bus::Bus::publish(&*self.bus, u, 0, payload.clone());
+                        crate::bus::Bus::publish_gated(&*self.bus, u, 0, payload.clone(), gate);
                     }
                 }
                 Effect::Device(user, device, event) => {
@@ -1405,6 +1412,7 @@ fn snapshot(state: &State, id: CallId, out: &mut Vec<Effect>) {
         out.push(Effect::Snapshot(
             call.members.keys().copied().collect(),
             Arc::from(payload),
+            call.conversation_id,
         ));
     }
 }
@@ -1577,7 +1585,11 @@ fn check_end(state: &mut State, id: CallId, out: &mut Vec<Effect>) {
         reason,
         participants,
     })));
-    out.push(Effect::Snapshot(members, Arc::from(payload)));
+    out.push(Effect::Snapshot(
+        members,
+        Arc::from(payload),
+        call.conversation_id,
+    ));
 }
 
 fn human_duration(ms: i64) -> String {

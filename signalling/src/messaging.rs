@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, Gate, GateKind};
 use crate::error::ApiError;
 use crate::ids::{Clock, ConversationId, FileId, MessageId, UserId};
 use crate::store::files::FileState;
@@ -75,6 +75,15 @@ impl Caller {
     fn user_id(&self) -> Option<UserId> {
         match &self.who {
             Who::User { user, .. } => Some(user.id),
+            Who::App => None,
+        }
+    }
+
+    /// The objects the caller's token claims; `None` for the application,
+    /// which sees every object.
+    fn contexts(&self) -> Option<&[String]> {
+        match &self.who {
+            Who::User { contexts, .. } => Some(contexts),
             Who::App => None,
         }
     }
@@ -183,6 +192,7 @@ pub struct NewConversation {
     /// Every user of the application is a member.
     pub all_users: bool,
     /// Application-unique key: a second create with it returns the first.
+    /// Only the application (its bot) sets keys.
     pub key: Option<String>,
 }
 
@@ -401,9 +411,10 @@ impl Messaging {
         }
         let payload: Arc<str> =
             Arc::from(json!({"kind": "typing", "conversation_id": id, "user_id": me}).to_string());
+        let gate = gate(&conversation, GateKind::Event);
         for member in self.audience(&conversation).await? {
             if member != me {
-                self.bus.publish(member, 0, payload.clone());
+                self.bus.publish_gated(member, 0, payload.clone(), gate);
             }
         }
         Ok(true)
@@ -419,7 +430,13 @@ impl Messaging {
         let mut out = BTreeSet::new();
         for entry in self
             .store
-            .conversations_of(caller.app.id, caller.participant(), None, MAX_PAGE)
+            .conversations_of(
+                caller.app.id,
+                caller.participant(),
+                caller.contexts(),
+                None,
+                MAX_PAGE,
+            )
             .await?
         {
             if entry.conversation.all_users {
@@ -453,10 +470,15 @@ impl Messaging {
         Ok(())
     }
 
-    /// Creates a non-contextual conversation; the caller (a user) is a member.
+    /// Creates a non-contextual conversation; the caller is a member.
+    /// Keys and "all users" conversations are the application's: a key
+    /// names a conversation the bot finds again, so a user who could set
+    /// one could take it first and be handed the bot's later messages.
     ///
     /// # Errors
-    /// `invalid_request` for bad fields or unknown members.
+    /// `invalid_request` for bad fields, unknown members or a one-to-one
+    /// conversation of more than two; `forbidden` when a user sets a key
+    /// or `all_users`.
     pub async fn create_conversation(
         &self,
         caller: &Caller,
@@ -465,6 +487,18 @@ impl Messaging {
         check_short("title", &new.title, true)?;
         if let Some(key) = &new.key {
             check_short("key", key, true)?;
+        }
+        if caller.user_id().is_some() {
+            if new.key.is_some() {
+                return Err(ApiError::Forbidden(
+                    "only the application sets conversation keys",
+                ));
+            }
+            if new.all_users {
+                return Err(ApiError::Forbidden(
+                    "only the application creates conversations of all users",
+                ));
+            }
         }
         let mut members: BTreeSet<UserId> = new.members.iter().copied().collect();
         for m in &members {
@@ -475,6 +509,11 @@ impl Messaging {
             }
         }
         members.insert(caller.participant());
+        if new.is_group == Some(false) && (members.len() > 2 || new.all_users) {
+            return Err(ApiError::InvalidRequest(
+                "is_group: a one-to-one conversation has at most two members".to_owned(),
+            ));
+        }
         let now = self.clock.now();
         let conversation = Conversation {
             id: ConversationId::random(),
@@ -538,16 +577,45 @@ impl Messaging {
             created_at: now,
         };
         let members: Vec<UserId> = caller.user_id().into_iter().collect();
-        let (conversation, _) = self
+        let (conversation, created) = self
             .store
             .create_conversation(&conversation, &members)
             .await?;
-        if !members.is_empty() {
-            self.store
-                .add_members(conversation.id, &members, now)
-                .await?;
+        if !created && let Some(user) = caller.user_id() {
+            self.join_context(conversation.id, user).await?;
         }
         Ok(conversation)
+    }
+
+    /// Makes a user who may see a contextual conversation's object one of
+    /// its members (so that events reach its log), writing only when it
+    /// is not one yet.
+    async fn join_context(&self, id: ConversationId, user: UserId) -> Result<(), ApiError> {
+        if !self.store.is_member(id, user).await? {
+            self.store
+                .add_members(id, &[user], self.clock.now())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a session of `caller` shows the events of conversation
+    /// `id`: always, unless it is contextual and the caller may not see its
+    /// object now (membership is checked when events are written).
+    ///
+    /// # Errors
+    /// `internal` on store failure.
+    pub async fn shows(&self, caller: &Caller, id: ConversationId) -> Result<bool, ApiError> {
+        if matches!(caller.who, Who::App) {
+            return Ok(true);
+        }
+        match self.store.conversation(caller.app.id, id).await? {
+            None => Ok(false),
+            Some(c) => match &c.context {
+                None => Ok(true),
+                Some(context) => self.may_see(caller, context).await,
+            },
+        }
     }
 
     /// A conversation the caller may read.
@@ -572,9 +640,7 @@ impl Messaging {
                 // object, now: a withdrawn grant closes it at once.
                 if let Some(context) = &conversation.context {
                     if self.may_see(caller, context).await? {
-                        self.store
-                            .add_members(id, &[user.id], self.clock.now())
-                            .await?;
+                        self.join_context(id, user.id).await?;
                         return Ok(conversation);
                     }
                     return Err(ApiError::Forbidden(
@@ -698,7 +764,7 @@ impl Messaging {
             .post(&new, &notify, event, self.clock.now())
             .await?;
         if let Some(payload) = posted.event {
-            self.publish(posted.seqs, &payload);
+            self.publish(posted.seqs, &payload, gate(&conversation, GateKind::Event));
         }
         Ok(posted.message)
     }
@@ -833,15 +899,22 @@ impl Messaging {
         if had_files {
             self.file_garbage.notify_one();
         }
-        self.publish(seqs, &Arc::from(payload));
+        self.publish(
+            seqs,
+            &Arc::from(payload),
+            gate(&conversation, GateKind::Event),
+        );
         Ok(stored)
     }
 
-    /// Adds members to a non-contextual conversation; any member (or the
-    /// application) may. New members get a `conversation` event.
+    /// Adds members to a non-contextual group conversation; any member (or
+    /// the application) may. New members get a `conversation` event. A
+    /// one-to-one conversation never gets new ones: a member who left and
+    /// a newcomer would otherwise share its history.
     ///
     /// # Errors
-    /// `invalid_request` for unknown users or a contextual conversation.
+    /// `invalid_request` for unknown users or a contextual conversation;
+    /// `not_a_group` (409) for a one-to-one conversation.
     pub async fn add_members(
         &self,
         caller: &Caller,
@@ -860,6 +933,12 @@ impl Messaging {
                     "members: no user {u} in this application"
                 )));
             }
+        }
+        if !conversation.is_group {
+            return Err(ApiError::Conflict(
+                "not_a_group",
+                "a one-to-one conversation cannot get more members: create a group".to_owned(),
+            ));
         }
         let existing = self.store.members(id).await?;
         let new: Vec<UserId> = users
@@ -883,7 +962,7 @@ impl Messaging {
         id: ConversationId,
         user: UserId,
     ) -> Result<(), ApiError> {
-        self.readable(caller, id).await?;
+        let conversation = self.readable(caller, id).await?;
         if caller.user_id().is_some_and(|me| me != user) {
             return Err(ApiError::Forbidden("users may only remove themselves"));
         }
@@ -893,13 +972,18 @@ impl Messaging {
         self.emit(
             &[user],
             json!({"kind": "removed", "conversation_id": id}).to_string(),
+            gate(&conversation, GateKind::Closed),
         )
         .await
     }
 
     /// The application grants (or withdraws) a user access to a business
-    /// object, as the token's `ctx` claim does. A withdrawal returns the
-    /// object's conversation, which the user has left.
+    /// object, as the token's `ctx` claim does. The grant and the user's
+    /// membership of the object's conversation change in one transaction;
+    /// the user then gets a `conversation` event (granted) or a `removed`
+    /// one (withdrawn), and its sessions without the object in their
+    /// token's claim stop showing the conversation's events at once. A
+    /// withdrawal returns the conversation the user left.
     ///
     /// # Errors
     /// `not_found` for a user of another application; `invalid_request`.
@@ -914,14 +998,35 @@ impl Messaging {
         if self.users.user(app.id, user).await?.is_none() {
             return Err(ApiError::NotFound("user"));
         }
-        self.store
+        let change = self
+            .store
             .set_grant(app.id, user, context, granted, self.clock.now())
             .await?;
-        if !granted && let Some(c) = self.store.conversation_by_context(app.id, context).await? {
-            self.store.remove_member(c.id, user).await?;
-            return Ok(Some(c.id));
+        let Some(id) = change.conversation.filter(|_| change.changed) else {
+            return Ok(None);
+        };
+        if granted {
+            if let Some(conversation) = self.store.conversation(app.id, id).await? {
+                let payload = json!({"kind": "conversation", "conversation": ConversationView::of(&conversation, None)});
+                self.emit(
+                    &[user],
+                    payload.to_string(),
+                    gate(&conversation, GateKind::Opened),
+                )
+                .await?;
+            }
+            return Ok(None);
         }
-        Ok(None)
+        self.emit(
+            &[user],
+            json!({"kind": "removed", "conversation_id": id}).to_string(),
+            Some(Gate {
+                conversation: id,
+                kind: GateKind::Closed,
+            }),
+        )
+        .await?;
+        Ok(Some(id))
     }
 
     async fn may_see(&self, caller: &Caller, context: &str) -> Result<bool, ApiError> {
@@ -967,7 +1072,7 @@ impl Messaging {
             "user_id": caller.user_id(),
         })
         .to_string();
-        self.emit(&[bot_id(caller.app.id)], payload).await
+        self.emit(&[bot_id(caller.app.id)], payload, None).await
     }
 
     /// A page of history the caller may see (messages addressed to others
@@ -1015,6 +1120,7 @@ impl Messaging {
         self.emit(
             &[user],
             json!({"kind": "read", "conversation_id": id, "seq": mark}).to_string(),
+            gate(&conversation, GateKind::Event),
         )
         .await?;
         Ok(mark)
@@ -1041,6 +1147,7 @@ impl Messaging {
             .search(
                 caller.app.id,
                 caller.participant(),
+                caller.contexts(),
                 query,
                 limit.clamp(1, MAX_PAGE),
             )
@@ -1067,6 +1174,7 @@ impl Messaging {
             .conversations_of(
                 caller.app.id,
                 caller.participant(),
+                caller.contexts(),
                 before,
                 limit.clamp(1, MAX_PAGE),
             )
@@ -1081,20 +1189,25 @@ impl Messaging {
 
     /// Appends one event to the logs of `users`, then tells their live
     /// connections.
-    async fn emit(&self, users: &[UserId], payload: String) -> Result<(), ApiError> {
+    async fn emit(
+        &self,
+        users: &[UserId],
+        payload: String,
+        gate: Option<Gate>,
+    ) -> Result<(), ApiError> {
         let seqs = self
             .store
             .append_events(users, &payload, self.clock.now())
             .await?;
-        self.publish(seqs, &Arc::from(payload));
+        self.publish(seqs, &Arc::from(payload), gate);
         Ok(())
     }
 
     /// Tells each user's live connections about its event number `seq`
     /// (one shared payload).
-    fn publish(&self, seqs: Vec<(UserId, u64)>, payload: &Arc<str>) {
+    fn publish(&self, seqs: Vec<(UserId, u64)>, payload: &Arc<str>, gate: Option<Gate>) {
         for (user, seq) in seqs {
-            self.bus.publish(user, seq, payload.clone());
+            self.bus.publish_gated(user, seq, payload.clone(), gate);
         }
     }
 
@@ -1112,8 +1225,21 @@ impl Messaging {
         members: &[UserId],
     ) -> Result<(), ApiError> {
         let payload = json!({"kind": "conversation", "conversation": ConversationView::of(conversation, None)});
-        self.emit(members, payload.to_string()).await
+        self.emit(
+            members,
+            payload.to_string(),
+            gate(conversation, GateKind::Opened),
+        )
+        .await
     }
+}
+
+/// The gate of an event of `conversation`: none unless it is contextual.
+fn gate(conversation: &Conversation, kind: GateKind) -> Option<Gate> {
+    conversation.context.as_ref().map(|_| Gate {
+        conversation: conversation.id,
+        kind,
+    })
 }
 
 fn presence_of(entry: Option<&(usize, bool)>) -> Presence {

@@ -8,6 +8,14 @@
 //! JSON frames with a `type` and an `id`; every answer and every error
 //! names that `id`.
 //!
+//! Events of a contextual conversation (bound to a business object) are
+//! shown only while this session's caller may see the object: its token's
+//! `ctx` claim or a grant. Membership decides whose log an event goes to;
+//! the session decides whether to show it, with a small cache
+//! (conversation → shown) that `conversation` and `removed` events of that
+//! conversation reset. A skipped event still moves the session's number
+//! on, so clients see gaps in `seq`.
+//!
 //! Limits: text frames up to 128 KiB (larger: `frame_too_large`, the
 //! connection stays open), a ping every 25 s, closed after 60 s without
 //! any frame from the client (4000 `idle`), closed when the bus drops a
@@ -23,7 +31,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::bus::InProcessBus;
+use crate::bus::{Gate, GateKind, InProcessBus};
 use crate::calls::{CallMedia, Calls, Quality};
 use crate::error::ApiError;
 use crate::ids::{CallId, ConversationId, MessageId, UserId};
@@ -47,6 +55,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RESUME_LIMIT: u64 = 10_000;
 /// Events read from the store per page while replaying.
 const REPLAY_PAGE: u32 = 500;
+/// Most conversations a session remembers it may (or may not) show;
+/// beyond, it forgets them all and asks again.
+const ACCESS_CACHE: usize = 1024;
 
 /// Close codes.
 pub mod close {
@@ -362,7 +373,17 @@ where
     let user_id = context.caller.participant();
     let store = messaging.store().clone();
     let head = store.event_head(user_id).await.unwrap_or(0);
-    let calls = context.calls.active_for(user_id);
+    let mut access = Access::default();
+    let mut calls = Vec::new();
+    for call in context.calls.active_for(user_id) {
+        let gate = Gate {
+            conversation: call.conversation_id,
+            kind: GateKind::Event,
+        };
+        if access.shows(context, Some(gate)).await.unwrap_or(false) {
+            calls.push(call);
+        }
+    }
     let welcome = json!({"type": "welcome", "user_id": user_id, "event_seq": head, "calls": calls});
     if send(&mut sink, welcome.to_string()).await.is_err() {
         return Ended::ClientGone;
@@ -381,7 +402,7 @@ where
         }
         last = head;
     }
-    if replay(&mut sink, messaging, user_id, &mut last, u64::MAX)
+    if replay(&mut sink, context, &mut access, &mut last, u64::MAX)
         .await
         .is_err()
     {
@@ -424,6 +445,11 @@ where
                     return Ended::Revoked;
                 }
                 if delivery.seq == 0 {
+                    match access.shows(context, delivery.gate).await {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(()) => return store_failed(&mut sink).await,
+                    }
                     let frame = format!(r#"{{"type":"ephemeral","event":{}}}"#, delivery.payload);
                     if send(&mut sink, frame).await.is_err() {
                         return Ended::ClientGone;
@@ -433,11 +459,17 @@ where
                 if delivery.seq <= last {
                     continue;
                 }
-                if delivery.seq > last + 1 && replay(&mut sink, messaging, user_id, &mut last, delivery.seq).await.is_err() {
+                if delivery.seq > last + 1 && replay(&mut sink, context, &mut access, &mut last, delivery.seq).await.is_err() {
                     return Ended::ClientGone;
                 }
-                if send(&mut sink, event_frame(delivery.seq, &delivery.payload)).await.is_err() {
-                    return Ended::ClientGone;
+                match access.shows(context, delivery.gate).await {
+                    Ok(true) => {
+                        if send(&mut sink, event_frame(delivery.seq, &delivery.payload)).await.is_err() {
+                            return Ended::ClientGone;
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(()) => return store_failed(&mut sink).await,
                 }
                 last = delivery.seq;
             }
@@ -458,16 +490,19 @@ where
     }
 }
 
-/// Sends stored events after `*last` and below `until`, advancing `*last`.
+/// Sends stored events after `*last` and below `until` that this session
+/// shows, advancing `*last`.
 async fn replay<S: Sink<Message> + Unpin>(
     sink: &mut S,
-    messaging: &Messaging,
-    user: UserId,
+    context: &Context,
+    access: &mut Access,
     last: &mut u64,
     until: u64,
 ) -> Result<(), ()> {
+    let user = context.caller.participant();
     loop {
-        let events = messaging
+        let events = context
+            .messaging
             .store()
             .events_after(user, *last, REPLAY_PAGE)
             .await
@@ -479,10 +514,91 @@ async fn replay<S: Sink<Message> + Unpin>(
             if e.seq >= until {
                 return Ok(());
             }
-            send(sink, event_frame(e.seq, &e.payload)).await?;
+            if access.shows(context, gate_of(&e.payload)).await? {
+                send(sink, event_frame(e.seq, &e.payload)).await?;
+            }
             *last = e.seq;
         }
     }
+}
+
+/// What this session knows of the conversations whose events it may show.
+#[derive(Debug, Default)]
+struct Access {
+    shown: std::collections::HashMap<ConversationId, bool>,
+}
+
+impl Access {
+    /// Whether the session shows an event with `gate`; `Err` when the store
+    /// could not say.
+    async fn shows(&mut self, context: &Context, gate: Option<Gate>) -> Result<bool, ()> {
+        let Some(gate) = gate else {
+            return Ok(true);
+        };
+        match gate.kind {
+            GateKind::Event => {}
+            GateKind::Opened => {
+                self.shown.remove(&gate.conversation);
+            }
+            GateKind::Closed => {
+                self.shown.remove(&gate.conversation);
+                return Ok(true);
+            }
+        }
+        if let Some(shown) = self.shown.get(&gate.conversation) {
+            return Ok(*shown);
+        }
+        let shown = context
+            .messaging
+            .shows(&context.caller, gate.conversation)
+            .await
+            .map_err(|_| ())?;
+        if self.shown.len() >= ACCESS_CACHE {
+            self.shown.clear();
+        }
+        self.shown.insert(gate.conversation, shown);
+        Ok(shown)
+    }
+}
+
+/// The gate of a stored event (the log keeps payloads only): its
+/// conversation, checked like a live one. Events of conversations that
+/// are not contextual pass [`Access::shows`] after one look-up.
+fn gate_of(payload: &str) -> Option<Gate> {
+    #[derive(Deserialize)]
+    struct InMessage {
+        conversation_id: ConversationId,
+    }
+    #[derive(Deserialize)]
+    struct Conversation {
+        id: ConversationId,
+    }
+    #[derive(Deserialize)]
+    struct Peek<'a> {
+        #[serde(borrow)]
+        kind: std::borrow::Cow<'a, str>,
+        conversation_id: Option<ConversationId>,
+        message: Option<InMessage>,
+        conversation: Option<Conversation>,
+    }
+    let peek: Peek<'_> = serde_json::from_str(payload).ok()?;
+    let conversation = peek
+        .conversation_id
+        .or(peek.message.map(|m| m.conversation_id))
+        .or(peek.conversation.map(|c| c.id))?;
+    let kind = match peek.kind.as_ref() {
+        "removed" => GateKind::Closed,
+        "conversation" => GateKind::Opened,
+        _ => GateKind::Event,
+    };
+    Some(Gate { conversation, kind })
+}
+
+/// The store failed while deciding what to show: the session ends (1011)
+/// rather than skip events silently; the client resumes.
+async fn store_failed<S: Sink<Message> + Unpin>(sink: &mut S) -> Ended {
+    let _ = close_with(sink, 1011, "internal").await;
+    Ended::ClientGone
 }
 
 /// A client's name for its device: 1 to 256 characters.

@@ -508,7 +508,7 @@ async fn members_join_and_leave_and_the_list_pages() {
     let mut bob = Ws::connect(&server, &t2, None).await;
     let mut carl = Ws::connect(&server, &t3, None).await;
     let conv = ann
-        .request(json!({"type": "create_conversation", "title": "team", "members": [u2]}))
+        .request(json!({"type": "create_conversation", "title": "team", "members": [u2], "is_group": true}))
         .await["conversation"]["id"]
         .clone();
 

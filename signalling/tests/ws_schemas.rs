@@ -32,9 +32,14 @@ async fn every_frame_matches_the_documented_schemas() {
     let mut bot = Ws::connect_bot(&server, &app).await;
 
     let conv = ann
-        .request(json!({"type": "create_conversation", "title": "s", "members": [u2], "key": "k1"}))
+        .request(
+            json!({"type": "create_conversation", "title": "s", "members": [u2], "is_group": true}),
+        )
         .await["conversation"]["id"]
         .clone();
+    // Keys are the application's.
+    bot.request(json!({"type": "create_conversation", "title": "k", "members": [u2], "key": "k1"}))
+        .await;
     ann.request(json!({"type": "open_context", "context": "order:1", "title": "Order 1"}))
         .await;
     let m = ann.request(json!({"type": "send", "conversation_id": conv, "client_id": "1", "text": "*hi*", "data": {"n": 1}, "recipients": [u2]})).await;

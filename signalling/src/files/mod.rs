@@ -524,8 +524,18 @@ impl Files {
             Some(f) if f.app_id == caller.app.id => f,
             _ => return Err(ApiError::NotFound("file")),
         };
-        if file.uploader == caller.participant() || matches!(caller.who, Who::App) {
+        if matches!(caller.who, Who::App) {
             return Ok(file);
+        }
+        // Its uploader keeps its own file, unless the file belongs to a
+        // contextual conversation whose object the caller may not see now.
+        if file.uploader == caller.participant() {
+            if self.messaging.shows(caller, file.conversation_id).await? {
+                return Ok(file);
+            }
+            return Err(ApiError::Forbidden(
+                "the application does not let this user see that object",
+            ));
         }
         let Some(message) = file.message_id else {
             return Err(ApiError::NotFound("file"));

@@ -186,11 +186,22 @@ pub struct ConversationEntry {
     pub unread: u64,
 }
 
+/// What [`MessageStore::set_grant`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantChange {
+    /// The object's conversation, when it exists.
+    pub conversation: Option<ConversationId>,
+    /// The grant or the user's membership of that conversation changed.
+    pub changed: bool,
+}
+
 /// Persistence of messaging.
 #[async_trait]
 pub trait MessageStore: Send + Sync + std::fmt::Debug {
     /// Creates a conversation with members; if one with the same
     /// application key or context exists, returns that one (and `false`).
+    /// A new contextual conversation also gets as members the users the
+    /// application granted its object.
     async fn create_conversation(
         &self,
         conversation: &Conversation,
@@ -283,11 +294,16 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     ) -> StoreResult<u64>;
 
     /// The user's conversations (explicit member, or `all_users`), newest
-    /// activity first, with unread counts; `before` pages by activity.
+    /// activity first, with unread counts (messages addressed to others
+    /// not counted); `before` pages by activity. Contextual conversations
+    /// are left out unless `contexts` lists their object or the user holds
+    /// a grant for it; `contexts` = `None` means every object (the
+    /// application's bot).
     async fn conversations_of(
         &self,
         app: AppId,
         user: UserId,
+        contexts: Option<&[String]>,
         before: Option<(Timestamp, ConversationId)>,
         limit: u32,
     ) -> StoreResult<Vec<ConversationEntry>>;
@@ -318,18 +334,21 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     async fn event_head(&self, user: UserId) -> StoreResult<u64>;
 
     /// Messages whose text contains every word of `query` (prefixes match),
-    /// in the conversations `participant` may read (member or all-users),
-    /// best matches first.
+    /// in the conversations `participant` may read (member or all-users;
+    /// contextual ones as in [`Self::conversations_of`]), best matches
+    /// first.
     async fn search(
         &self,
         app: AppId,
         participant: UserId,
+        contexts: Option<&[String]>,
         query: &str,
         limit: u32,
     ) -> StoreResult<Vec<StoredMessage>>;
 
     /// Records (`true`) or withdraws (`false`) the application's word that
-    /// `user` may see `context`.
+    /// `user` may see `context`, and in the same transaction makes the user
+    /// a member of the object's conversation (or no longer one).
     async fn set_grant(
         &self,
         app: AppId,
@@ -337,7 +356,7 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
         context: &str,
         granted: bool,
         now: Timestamp,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<GrantChange>;
 
     /// Whether the application granted `user` the object `context`.
     async fn has_grant(&self, app: AppId, user: UserId, context: &str) -> StoreResult<bool>;

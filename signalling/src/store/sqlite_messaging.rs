@@ -7,8 +7,8 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::messaging::{
-    Author, Conversation, ConversationEntry, EventFn, EventRecord, MessageBody, MessageStore,
-    NewMessage, Posted, StoredMessage,
+    Author, Conversation, ConversationEntry, EventFn, EventRecord, GrantChange, MessageBody,
+    MessageStore, NewMessage, Posted, StoredMessage,
 };
 use super::sqlite::SqliteStore;
 use super::{StoreError, StoreResult};
@@ -68,6 +68,26 @@ fn message_from(row: &SqliteRow) -> StoreResult<StoredMessage> {
         created_at: Timestamp(row.try_get("created_at")?),
         edited_at: row.try_get::<Option<i64>, _>("edited_at")?.map(Timestamp),
         deleted_at: row.try_get::<Option<i64>, _>("deleted_at")?.map(Timestamp),
+    })
+}
+
+/// The condition that lets a participant see a conversation `c` as far as
+/// its object goes: not contextual, or every object (`?1` true: the
+/// application), or the token's claims list it (`?2`, a JSON array), or a
+/// grant of the participant (`?3`) does. Binds, in order: all, claims,
+/// participant.
+const VOUCHED: &str = "(c.context IS NULL OR ? OR c.context IN (SELECT value FROM json_each(?)) \
+     OR EXISTS (SELECT 1 FROM context_grants g WHERE g.app_id = c.app_id AND g.user_id = ? \
+                AND g.context = c.context))";
+
+/// The `all` and `claims` binds of [`VOUCHED`].
+fn vouched_binds(contexts: Option<&[String]>) -> StoreResult<(bool, String)> {
+    Ok(match contexts {
+        None => (true, "[]".to_owned()),
+        Some(claims) => (
+            false,
+            serde_json::to_string(claims).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        ),
     })
 }
 
@@ -329,6 +349,19 @@ impl MessageStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        if let Some(context) = &c.context {
+            sqlx::query(
+                "INSERT INTO conversation_members (conversation_id, user_id, joined_at) \
+                 SELECT ?, user_id, ? FROM context_grants WHERE app_id = ? AND context = ? \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(c.id.to_string())
+            .bind(c.created_at.0)
+            .bind(c.app_id.to_string())
+            .bind(context)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok((conversation_from(&row)?, true))
     }
@@ -574,6 +607,7 @@ impl MessageStore for SqliteStore {
         &self,
         app: AppId,
         user: UserId,
+        contexts: Option<&[String]>,
         before: Option<(Timestamp, ConversationId)>,
         limit: u32,
     ) -> StoreResult<Vec<ConversationEntry>> {
@@ -584,23 +618,33 @@ impl MessageStore for SqliteStore {
             .map(|c| format!("c.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let (all, claims) = vouched_binds(contexts)?;
+        // `hidden`: unread messages addressed to others (not to the user,
+        // not by it); only messages with recipients are looked at
+        // (`messages_addressed` indexes them). The bot (`?5`) sees all.
         let rows = sqlx::query(&format!(
-            "SELECT {columns}, COALESCE(r.seq, 0) AS read_seq FROM conversations c \
-             LEFT JOIN read_marks r ON r.conversation_id = c.id AND r.user_id = ? \
-             WHERE c.id IN (SELECT conversation_id FROM conversation_members WHERE user_id = ? \
-                            UNION SELECT id FROM conversations WHERE app_id = ? AND all_users = TRUE) \
-             AND c.app_id = ? AND c.displayed = TRUE \
-             AND (c.last_activity < ? OR (c.last_activity = ? AND c.id < ?) OR ? = '') \
-             ORDER BY c.last_activity DESC, c.id DESC LIMIT ?"
+            "SELECT {columns}, COALESCE(r.seq, 0) AS read_seq, \
+             (SELECT COUNT(*) FROM messages m WHERE NOT ?5 AND m.conversation_id = c.id \
+                AND m.seq > COALESCE(r.seq, 0) AND json_extract(m.body, '$.recipients') IS NOT NULL \
+                AND m.author <> ?1 \
+                AND NOT EXISTS (SELECT 1 FROM json_each(m.body, '$.recipients') WHERE value = ?1)) AS hidden \
+             FROM conversations c \
+             LEFT JOIN read_marks r ON r.conversation_id = c.id AND r.user_id = ?1 \
+             WHERE c.id IN (SELECT conversation_id FROM conversation_members WHERE user_id = ?1 \
+                            UNION SELECT id FROM conversations WHERE app_id = ?2 AND all_users = TRUE) \
+             AND c.app_id = ?2 AND c.displayed = TRUE \
+             AND (c.last_activity < ?3 OR (c.last_activity = ?3 AND c.id < ?4) OR ?4 = '') \
+             AND (c.context IS NULL OR ?5 OR c.context IN (SELECT value FROM json_each(?6)) \
+                  OR EXISTS (SELECT 1 FROM context_grants g WHERE g.app_id = c.app_id \
+                             AND g.user_id = ?1 AND g.context = c.context)) \
+             ORDER BY c.last_activity DESC, c.id DESC LIMIT ?7"
         ))
         .bind(user.to_string())
-        .bind(user.to_string())
-        .bind(app.to_string())
         .bind(app.to_string())
         .bind(before_at)
-        .bind(before_at)
         .bind(&before_id)
-        .bind(&before_id)
+        .bind(all)
+        .bind(claims)
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?;
@@ -608,8 +652,12 @@ impl MessageStore for SqliteStore {
             .map(|row| {
                 let conversation = conversation_from(row)?;
                 let read = seq(row, "read_seq")?;
+                let hidden = seq(row, "hidden")?;
                 Ok(ConversationEntry {
-                    unread: conversation.last_seq.saturating_sub(read),
+                    unread: conversation
+                        .last_seq
+                        .saturating_sub(read)
+                        .saturating_sub(hidden),
                     conversation,
                 })
             })
@@ -680,6 +728,7 @@ impl MessageStore for SqliteStore {
         &self,
         app: AppId,
         participant: UserId,
+        contexts: Option<&[String]>,
         query: &str,
         limit: u32,
     ) -> StoreResult<Vec<StoredMessage>> {
@@ -691,6 +740,7 @@ impl MessageStore for SqliteStore {
         if terms.is_empty() {
             return Ok(Vec::new());
         }
+        let (all, claims) = vouched_binds(contexts)?;
         let columns = MESSAGE_COLUMNS
             .split(", ")
             .map(|c| format!("m.{c}"))
@@ -703,10 +753,14 @@ impl MessageStore for SqliteStore {
              WHERE message_search MATCH ? AND c.app_id = ? AND m.deleted_at IS NULL \
              AND (c.all_users = TRUE OR EXISTS (SELECT 1 FROM conversation_members cm \
                   WHERE cm.conversation_id = c.id AND cm.user_id = ?)) \
+             AND {VOUCHED} \
              ORDER BY s.rank LIMIT ?"
         ))
         .bind(terms.join(" "))
         .bind(app.to_string())
+        .bind(participant.to_string())
+        .bind(all)
+        .bind(claims)
         .bind(participant.to_string())
         .bind(i64::from(limit))
         .fetch_all(self.pool())
@@ -723,20 +777,49 @@ impl MessageStore for SqliteStore {
         context: &str,
         granted: bool,
         now: Timestamp,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<GrantChange> {
+        let mut tx = self.write_tx().await?;
         let query = if granted {
             "INSERT INTO context_grants (app_id, user_id, context, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
         } else {
             "DELETE FROM context_grants WHERE app_id = ? AND user_id = ? AND context = ? AND ? IS NOT NULL"
         };
-        sqlx::query(query)
+        let grant = sqlx::query(query)
             .bind(app.to_string())
             .bind(user.to_string())
             .bind(context)
             .bind(now.0)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        let conversation: Option<ConversationId> =
+            sqlx::query("SELECT id FROM conversations WHERE app_id = ? AND context = ?")
+                .bind(app.to_string())
+                .bind(context)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| parse(&row, "id"))
+                .transpose()?;
+        let mut changed = grant.rows_affected() == 1;
+        if let Some(id) = conversation {
+            let query = if granted {
+                "INSERT INTO conversation_members (conversation_id, user_id, joined_at) VALUES (?, ?, ?) \
+                 ON CONFLICT DO NOTHING"
+            } else {
+                "DELETE FROM conversation_members WHERE conversation_id = ? AND user_id = ? AND ? IS NOT NULL"
+            };
+            let member = sqlx::query(query)
+                .bind(id.to_string())
+                .bind(user.to_string())
+                .bind(now.0)
+                .execute(&mut *tx)
+                .await?;
+            changed |= member.rows_affected() == 1;
+        }
+        tx.commit().await?;
+        Ok(GrantChange {
+            conversation,
+            changed,
+        })
     }
 
     async fn has_grant(&self, app: AppId, user: UserId, context: &str) -> StoreResult<bool> {
@@ -826,6 +909,119 @@ mod tests {
     use crate::auth::TokenKey;
     use crate::ids::SubscriberId;
     use crate::store::{NewApplication, SqliteStore, Store};
+
+    /// A grant and the membership of the object's conversation change
+    /// together; a contextual conversation is listed and searched only for
+    /// a caller whose claims or grants name its object; unread counts leave
+    /// out messages addressed to others.
+    #[tokio::test]
+    async fn grants_claims_and_unread_counts() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        let app_id = AppId::random();
+        let (_, app) = store
+            .register_application(
+                "c@example.com",
+                SubscriberId::random(),
+                &NewApplication {
+                    id: app_id,
+                    name: "C".to_owned(),
+                    secret_hash: "h".to_owned(),
+                    token_key: TokenKey::derive(app_id, "s"),
+                },
+                Timestamp(1),
+            )
+            .await
+            .unwrap();
+        let mut users = Vec::new();
+        for name in ["ann", "bob"] {
+            let u = store
+                .provision_user(app.id, UserId::random(), name, name, None, Timestamp(1))
+                .await
+                .unwrap();
+            users.push(u.id);
+        }
+        let (ann, bob) = (users[0], users[1]);
+        let now = Timestamp(2);
+        let conversation = Conversation {
+            id: ConversationId::random(),
+            app_id: app.id,
+            title: "order".to_owned(),
+            is_group: true,
+            displayed: true,
+            all_users: false,
+            app_key: None,
+            context: Some("order:1".to_owned()),
+            last_seq: 0,
+            last_activity: now,
+            created_at: now,
+        };
+        store
+            .create_conversation(&conversation, &[ann, bob])
+            .await
+            .unwrap();
+        let body = |text: &str, recipients: Option<Vec<UserId>>| MessageBody {
+            text: text.to_owned(),
+            recipients,
+            ..MessageBody::default()
+        };
+        let event: EventFn = Arc::new(|m: &StoredMessage| format!("{{\"seq\":{}}}", m.seq));
+        for (i, recipients) in [None, Some(vec![bob])].into_iter().enumerate() {
+            let message = NewMessage {
+                conversation_id: conversation.id,
+                id: MessageId::random(),
+                author: Author::App,
+                client_id: format!("c{i}"),
+                body: body("plan", recipients),
+            };
+            store.post(&message, &[], event.clone(), now).await.unwrap();
+        }
+        let listed = |claims: &'static [&'static str], user: UserId| {
+            let store = store.clone();
+            async move {
+                let claims: Vec<String> = claims.iter().map(|c| (*c).to_owned()).collect();
+                let list = store
+                    .conversations_of(app.id, user, Some(&claims), None, 10)
+                    .await
+                    .unwrap();
+                let found = store
+                    .search(app.id, user, Some(&claims), "plan", 10)
+                    .await
+                    .unwrap();
+                (list.first().map(|e| e.unread), found.len())
+            }
+        };
+        // Claimed: listed, one unread (the other is Bob's only), found.
+        assert_eq!(listed(&["order:1"], ann).await, (Some(1), 2));
+        assert_eq!(listed(&["order:1"], bob).await, (Some(2), 2));
+        // A member without the claim or a grant: nothing.
+        assert_eq!(listed(&[], ann).await, (None, 0));
+        let granted = store
+            .set_grant(app.id, ann, "order:1", true, now)
+            .await
+            .unwrap();
+        assert_eq!(
+            granted,
+            GrantChange {
+                conversation: Some(conversation.id),
+                changed: true
+            }
+        );
+        assert_eq!(listed(&[], ann).await, (Some(1), 2));
+        let withdrawn = store
+            .set_grant(app.id, ann, "order:1", false, now)
+            .await
+            .unwrap();
+        assert!(withdrawn.changed);
+        assert!(!store.is_member(conversation.id, ann).await.unwrap());
+        assert!(!store.has_grant(app.id, ann, "order:1").await.unwrap());
+        assert_eq!(listed(&["order:1"], ann).await, (None, 0));
+        // Withdrawing again changes nothing.
+        let again = store
+            .set_grant(app.id, ann, "order:1", false, now)
+            .await
+            .unwrap();
+        assert!(!again.changed);
+    }
 
     /// Messages posted at once share commits; one that cannot be stored
     /// (its conversation does not exist) fails alone and the others are
