@@ -82,6 +82,10 @@ fn run() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addrs: Vec<String> = sfu.worker_addrs().iter().map(ToString::to_string).collect();
+        // Before the ready line: from then on SIGHUP reloads instead of killing.
+        let watcher = certificates
+            .as_ref()
+            .map(|c| tokio::spawn(c.clone().watch()));
         let scheme = if certificates.is_some() {
             "https"
         } else {
@@ -96,14 +100,11 @@ fn run() -> anyhow::Result<()> {
             sfu: sfu.clone(),
             token: config.token.clone(),
         };
-        let served = match certificates {
+        let served = match &certificates {
             Some(certificates) => {
-                let watcher = tokio::spawn(certificates.clone().watch());
-                let served = axum::serve(TlsListener::new(listener, &certificates), app(state))
+                axum::serve(TlsListener::new(listener, certificates), app(state))
                     .with_graceful_shutdown(shutdown_signal())
-                    .await;
-                watcher.abort();
-                served
+                    .await
             }
             None => {
                 axum::serve(listener, app(state))
@@ -111,6 +112,9 @@ fn run() -> anyhow::Result<()> {
                     .await
             }
         };
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
         served.context("serving HTTP")
     })?;
     sfu.shutdown();

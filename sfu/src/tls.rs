@@ -29,6 +29,7 @@
 //! and WebSocket upgrades over it. The crypto provider is aws-lc-rs, chosen
 //! explicitly rather than through the process default.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -173,18 +174,26 @@ impl Certificates {
         Arc::new(config)
     }
 
-    /// Reloads on `SIGHUP` and when the files change; runs until dropped.
-    /// Installs a `SIGHUP` handler (meant for binaries; without one the
-    /// signal would end the process). A failed reload is logged as a
-    /// warning and keeps the old certificate.
-    pub async fn watch(self: Arc<Self>) {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+    /// A task that reloads on `SIGHUP` and when the files change; it runs
+    /// until dropped. The `SIGHUP` handler is installed by this call, not
+    /// when the task first runs, so a binary that calls it before saying it
+    /// is ready never dies of an early `SIGHUP` (the default action). Meant
+    /// for binaries: it changes what `SIGHUP` does to the process. A failed
+    /// reload is logged as a warning and keeps the old certificate.
+    ///
+    /// Must be called within a tokio runtime.
+    pub fn watch(self: Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot handle SIGHUP; certificates reload only when their files change");
                 None
             }
         };
+        self.run_watch(hup)
+    }
+
+    async fn run_watch(self: Arc<Self>, mut hup: Option<tokio::signal::unix::Signal>) {
         let every = Duration::from_secs(self.config.watch_secs);
         let mut tick = (!every.is_zero()).then(|| {
             let mut t = tokio::time::interval(every);
@@ -419,5 +428,41 @@ mod tests {
         };
         let err = Certificates::load(&config).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+    }
+
+    fn write_self_signed(config: &TlsConfig) -> CertificateDer<'static> {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(&config.cert, cert.pem()).unwrap();
+        std::fs::write(&config.key, signing_key.serialize_pem()).unwrap();
+        cert.der().clone()
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_certificate_and_a_good_one_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TlsConfig {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+            watch_secs: 0,
+        };
+        let first = write_self_signed(&config);
+        let certificates = Certificates::load(&config).unwrap();
+        assert_eq!(certificates.chain(), std::slice::from_ref(&first));
+        assert!(!certificates.changed());
+
+        std::fs::write(&config.cert, "garbage").unwrap();
+        assert!(certificates.changed());
+        let err = certificates.reload().unwrap_err();
+        assert!(matches!(err, TlsError::Pem { .. }), "{err}");
+        assert_eq!(certificates.chain(), [first]);
+        assert!(
+            !certificates.changed(),
+            "a failed attempt is not retried until the next change"
+        );
+
+        let second = write_self_signed(&config);
+        certificates.reload().unwrap();
+        assert_eq!(certificates.chain(), [second]);
     }
 }

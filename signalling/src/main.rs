@@ -203,6 +203,10 @@ async fn serve(args: &ConfigArgs) -> anyhow::Result<()> {
     let listener = confer_signalling::server::listen(config.listen, config.http.listen_backlog)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let services = Services::open(config, Arc::new(SystemClock)).await?;
+    // Before the ready line: from then on SIGHUP reloads instead of killing.
+    let watcher = certificates
+        .as_ref()
+        .map(|c| tokio::spawn(c.clone().watch()));
     let scheme = if certificates.is_some() {
         "https"
     } else {
@@ -212,20 +216,21 @@ async fn serve(args: &ConfigArgs) -> anyhow::Result<()> {
         "signalling listening on {scheme}://{}",
         listener.local_addr()?
     );
-    match certificates {
+    let served = match &certificates {
         Some(certificates) => {
-            let watcher = tokio::spawn(certificates.clone().watch());
-            let served = run(
-                TlsListener::new(listener, &certificates),
+            run(
+                TlsListener::new(listener, certificates),
                 services.clone(),
                 shutdown_signal(),
             )
-            .await;
-            watcher.abort();
-            served?;
+            .await
         }
-        None => run(listener, services.clone(), shutdown_signal()).await?,
+        None => run(listener, services.clone(), shutdown_signal()).await,
+    };
+    if let Some(watcher) = watcher {
+        watcher.abort();
     }
+    served?;
     services.store.ping().await.ok();
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Built-in TLS: with `[tls]` the server speaks HTTPS and WSS itself from
-//! the configured PEM files, the real binary picks up replaced files on
+//! the configured PEM files (and hands out `https://` file URLs), the real
+//! binary picks up replaced files on
 //! SIGHUP or by itself (new connections get the new certificate, open ones
 //! continue), keeps the old certificate when the new files are bad, and
 //! refuses to start on a missing or mismatched key.
@@ -18,6 +19,7 @@ use common::tls::{self, TestCert};
 use common::{TestServer, Ws, default_clock, test_config, user_token};
 use confer_signalling::config::TlsConfig;
 use reqwest::StatusCode;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_signalling");
@@ -115,8 +117,29 @@ async fn https_and_wss_are_served_from_the_configured_certificate() {
     // WSS: a user authenticates with a token and gets its welcome.
     let app = server.register("tls@example.com", "TLS ERP").await;
     let (token, user_id) = user_token(&server, &app, "alice", &[]).await;
-    let ws = Ws::connect(&server, &token, None).await;
+    let mut ws = Ws::connect(&server, &token, None).await;
     assert_eq!(ws.welcome["user_id"], user_id, "{}", ws.welcome);
+
+    // The local file backend's URLs are https:// too.
+    let (_, bob) = user_token(&server, &app, "bob", &[]).await;
+    let created = ws
+        .request(json!({"type": "create_conversation", "title": "TLS", "members": [bob]}))
+        .await;
+    assert_eq!(created["type"], "ack", "{created}");
+    let r = server
+        .post(&format!(
+            "/api/v1/conversations/{}/files",
+            created["conversation"]["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .json(&json!({"name": "a.txt", "size": 5, "content_type": "text/plain"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let ticket: Value = r.json().await.unwrap();
+    let url = ticket["upload"]["url"].as_str().unwrap();
+    assert!(url.starts_with(&format!("{}/", server.base)), "{url}");
     drop(ws);
 
     // Graceful shutdown returns (stop() checks that run() ended with Ok).
