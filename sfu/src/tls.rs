@@ -4,7 +4,12 @@
 //! Both `sfu` (WHIP/WHEP, metrics) and `signalling` (REST, WebSocket, web
 //! client) serve axum routers, and `signalling` already depends on this
 //! crate for its embedded SFU; one module here serves both without a third
-//! crate, and without writing the accept loop twice.
+//! crate, and without writing the accept loop twice. It is a
+//! [`axum::serve::Listener`] on tokio-rustls rather than `axum-server`
+//! (whose `RustlsConfig` reloads too) because `axum-server` replaces
+//! `axum::serve`: plain and TLS would then be two servers with two
+//! graceful-shutdown mechanisms, while a listener keeps one serving path
+//! (and signalling's connection gauge) for both.
 //!
 //! # Model
 //!
@@ -228,7 +233,7 @@ impl Certificates {
                 ),
                 Err(e) => tracing::warn!(
                     cause,
-                    error = %e,
+                    error = %with_causes(&e),
                     "TLS certificate not reloaded; the previous one stays in use"
                 ),
             }
@@ -339,6 +344,18 @@ impl axum::serve::Listener for TlsListener {
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.tcp.local_addr()
     }
+}
+
+/// `e` and its sources, `: `-separated (an I/O error's reason is a source).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// The aws-lc-rs provider every Confer binary uses.
