@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::tls::{TlsConfig, TlsError};
+
 /// Everything the SFU can be told; defaults in `config/sfu.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -33,6 +35,9 @@ pub struct SfuConfig {
     pub connect_timeout_secs: u64,
     /// Commands waiting for a worker before callers are told it is overloaded.
     pub command_queue: usize,
+    /// HTTPS for the HTTP front (standalone `sfu` only); plain HTTP when
+    /// absent.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for SfuConfig {
@@ -48,6 +53,7 @@ impl Default for SfuConfig {
             keyframe_min_interval_ms: 500,
             connect_timeout_secs: 30,
             command_queue: 1024,
+            tls: None,
         }
     }
 }
@@ -59,6 +65,9 @@ pub enum ConfigError {
     /// Values out of range, each named with what is allowed.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// The TLS certificate or key cannot be used.
+    #[error("invalid TLS certificate or key")]
+    Tls(#[from] TlsError),
 }
 
 impl SfuConfig {
@@ -94,6 +103,17 @@ impl SfuConfig {
         }
         if self.token.as_deref().is_some_and(str::is_empty) {
             bad.push("`token` is empty: leave it out to disable authentication".to_owned());
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty() {
+                bad.push("`tls.cert` and `tls.key` must both name PEM files".to_owned());
+            }
+            if tls.watch_secs > 24 * 60 * 60 {
+                bad.push(format!(
+                    "`tls.watch_secs` = {}: allowed is 0 (SIGHUP only) to 86400",
+                    tls.watch_secs
+                ));
+            }
         }
         if bad.is_empty() {
             Ok(())

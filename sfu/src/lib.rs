@@ -55,6 +55,7 @@ pub mod engine;
 pub mod http;
 pub mod ids;
 pub mod testing;
+pub mod tls;
 pub mod worker;
 
 pub use config::SfuConfig;

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use confer_sfu::config::ConfigError;
 use confer_sfu::http::{HttpState, app};
+use confer_sfu::tls::{Certificates, TlsListener};
 use confer_sfu::{EmbeddedSfu, SfuConfig};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -45,7 +47,8 @@ fn run() -> anyhow::Result<()> {
         }
         figment = figment.merge(Toml::file_exact(path));
     }
-    figment = figment.merge(Env::prefixed("CONFER_SFU_").ignore(&["config"]));
+    // `__` reaches into sections: CONFER_SFU_TLS__CERT.
+    figment = figment.merge(Env::prefixed("CONFER_SFU_").split("__").ignore(&["config"]));
     let mut config: SfuConfig = figment.extract().context("cannot load configuration")?;
     if let Some(listen) = cli.listen {
         config.listen = listen;
@@ -61,6 +64,13 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
+    let certificates = config
+        .tls
+        .as_ref()
+        .map(Certificates::load)
+        .transpose()
+        .map_err(ConfigError::from)?;
+
     let sfu = EmbeddedSfu::start(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -72,23 +82,51 @@ fn run() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addrs: Vec<String> = sfu.worker_addrs().iter().map(ToString::to_string).collect();
-        println!("sfu listening on http://{} media on {}", listener.local_addr()?, addrs.join(","));
+        // Before the ready line: from then on SIGHUP reloads instead of killing.
+        let watcher = certificates
+            .as_ref()
+            .map(|c| tokio::spawn(c.clone().watch()));
+        let scheme = if certificates.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        println!(
+            "sfu listening on {scheme}://{} media on {}",
+            listener.local_addr()?,
+            addrs.join(",")
+        );
         let state = HttpState {
             sfu: sfu.clone(),
             token: config.token.clone(),
             metrics_open: config.metrics_open,
         };
-        axum::serve(listener, app(state))
-            .with_graceful_shutdown(async {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-                }
-            })
-            .await
-            .context("serving HTTP")
+        let served = match &certificates {
+            Some(certificates) => {
+                axum::serve(TlsListener::new(listener, certificates), app(state))
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await
+            }
+            None => {
+                axum::serve(listener, app(state))
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await
+            }
+        };
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
+        served.context("serving HTTP")
     })?;
     sfu.shutdown();
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
 }

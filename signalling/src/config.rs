@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use confer_sfu::tls::TlsConfig;
+use confer_sfu::tls::TlsError;
 use serde::{Deserialize, Serialize};
 
 /// Everything `signalling serve` can be told.
@@ -22,6 +24,9 @@ pub struct SignallingConfig {
     pub listen: SocketAddr,
     /// Directory for the SQLite database, the mail outbox and local files.
     pub data_dir: PathBuf,
+    /// HTTPS and WSS on `listen` from this certificate and key; plain
+    /// HTTP (for a reverse proxy that terminates TLS) when absent.
+    pub tls: Option<TlsConfig>,
     /// Logging.
     pub log: LogConfig,
     /// HTTP limits.
@@ -55,6 +60,7 @@ impl Default for SignallingConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
+            tls: None,
             log: LogConfig::default(),
             http: HttpConfig::default(),
             mail: MailConfig::default(),
@@ -557,6 +563,9 @@ pub enum ConfigError {
     /// Values of the right type that are out of range.
     #[error("invalid configuration:\n{}", list(.0))]
     Invalid(Vec<InvalidSetting>),
+    /// The TLS certificate or key (`tls.cert`, `tls.key`) cannot be used.
+    #[error("invalid TLS certificate or key")]
+    Tls(#[from] TlsError),
 }
 
 fn list(items: &[InvalidSetting]) -> String {
@@ -589,6 +598,26 @@ impl SignallingConfig {
             format!("{:?}", self.data_dir),
             "a non-empty path",
         );
+        if let Some(tls) = &self.tls {
+            check(
+                !tls.cert.as_os_str().is_empty(),
+                "tls.cert",
+                format!("{:?}", tls.cert),
+                "the path of a PEM file with the certificate chain",
+            );
+            check(
+                !tls.key.as_os_str().is_empty(),
+                "tls.key",
+                format!("{:?}", tls.key),
+                "the path of a PEM file with the private key",
+            );
+            check(
+                tls.watch_secs <= 24 * 60 * 60,
+                "tls.watch_secs",
+                tls.watch_secs.to_string(),
+                "0 (reload on SIGHUP only) to 86400",
+            );
+        }
         check(
             (1024..=16 * 1024 * 1024).contains(&self.http.max_body_bytes),
             "http.max_body_bytes",

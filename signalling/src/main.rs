@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use confer_signalling::config::{LogFormat, SignallingConfig};
+use confer_sfu::tls::{Certificates, TlsListener};
+use confer_signalling::config::{ConfigError, LogFormat, SignallingConfig};
 use confer_signalling::ids::{AppId, SystemClock, UserId};
 use confer_signalling::store::{SqliteStore, Store};
 use confer_signalling::{Services, health, http, run};
@@ -198,13 +199,49 @@ fn init_logging(config: &SignallingConfig) {
 async fn serve(args: &ConfigArgs) -> anyhow::Result<()> {
     let config = load_config(args)?;
     init_logging(&config);
+    let certificates = load_certificates(&config)?;
     let listener = confer_signalling::server::listen(config.listen, config.http.listen_backlog)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let services = Services::open(config, Arc::new(SystemClock)).await?;
-    println!("signalling listening on http://{}", listener.local_addr()?);
-    run(listener, services.clone(), shutdown_signal()).await?;
+    // Before the ready line: from then on SIGHUP reloads instead of killing.
+    let watcher = certificates
+        .as_ref()
+        .map(|c| tokio::spawn(c.clone().watch()));
+    let scheme = if certificates.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!(
+        "signalling listening on {scheme}://{}",
+        listener.local_addr()?
+    );
+    let served = match &certificates {
+        Some(certificates) => {
+            run(
+                TlsListener::new(listener, certificates),
+                services.clone(),
+                shutdown_signal(),
+            )
+            .await
+        }
+        None => run(listener, services.clone(), shutdown_signal()).await,
+    };
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    served?;
     services.store.ping().await.ok();
     Ok(())
+}
+
+/// The `[tls]` certificate and key, read and checked, if configured.
+fn load_certificates(config: &SignallingConfig) -> anyhow::Result<Option<Arc<Certificates>>> {
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
+    let certificates = Certificates::load(tls).map_err(ConfigError::from)?;
+    Ok(Some(certificates))
 }
 
 async fn shutdown_signal() {
@@ -232,6 +269,7 @@ async fn admin(args: &ConfigArgs, action: AdminAction) -> anyhow::Result<()> {
     let config = load_config(args)?;
     match action {
         AdminAction::CheckConfig => {
+            load_certificates(&config)?;
             let mut shown = config.clone();
             if let Some(smtp) = &mut shown.mail.smtp
                 && smtp.password.is_some()

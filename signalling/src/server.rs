@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use confer_sfu::{EmbeddedSfu, SfuControl};
 
@@ -310,13 +310,19 @@ pub fn listen(addr: std::net::SocketAddr, backlog: u32) -> io::Result<TcpListene
 /// Serves the HTTP application on `listener` until `shutdown` completes,
 /// then stops accepting, lets requests in flight finish and returns.
 ///
+/// `listener` is a [`TcpListener`] for plain HTTP, or a
+/// [`confer_sfu::tls::TlsListener`] for HTTPS and WSS.
+///
 /// # Errors
 /// If the server fails while running.
-pub async fn run(
-    listener: TcpListener,
+pub async fn run<L>(
+    listener: L,
     services: Arc<Services>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "signalling listening");
     let upkeep = {
@@ -401,21 +407,23 @@ pub async fn run(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, CountedListener>>
+impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, CountedListener<L>>>
     for PeerAddr
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
 {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, CountedListener>) -> Self {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, CountedListener<L>>) -> Self {
         Self(*stream.remote_addr())
     }
 }
 
-/// A TCP listener that keeps `http_connections_open` up to date.
+/// A listener that keeps `http_connections_open` up to date.
 #[derive(Debug)]
-struct CountedListener(TcpListener);
+struct CountedListener<L>(L);
 
-impl axum::serve::Listener for CountedListener {
-    type Io = CountedStream;
-    type Addr = std::net::SocketAddr;
+impl<L: axum::serve::Listener> axum::serve::Listener for CountedListener<L> {
+    type Io = CountedStream<L::Io>;
+    type Addr = L::Addr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
@@ -430,15 +438,15 @@ impl axum::serve::Listener for CountedListener {
 
 /// A connection counted in `http_connections_open` until dropped.
 #[derive(Debug)]
-struct CountedStream(TcpStream);
+struct CountedStream<S>(S);
 
-impl Drop for CountedStream {
+impl<S> Drop for CountedStream<S> {
     fn drop(&mut self) {
         metrics::gauge!("http_connections_open").decrement(1.0);
     }
 }
 
-impl AsyncRead for CountedStream {
+impl<S: AsyncRead + Unpin> AsyncRead for CountedStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -448,7 +456,7 @@ impl AsyncRead for CountedStream {
     }
 }
 
-impl AsyncWrite for CountedStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountedStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

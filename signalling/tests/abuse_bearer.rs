@@ -47,9 +47,11 @@ async fn token_from(base: &str, data_dir: &std::path::Path) -> String {
 async fn the_request_log_shows_no_token_and_no_url_signature() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("signalling.log");
-    let log = std::fs::File::create(&log_path).unwrap();
     // The level at which the request log shows every URI.
-    let server = Process::start_with(dir.path(), &[("RUST_LOG", "tower_http=debug,info")], log);
+    let server = Process::start_with_env(
+        dir.path(),
+        &[("RUST_LOG", std::ffi::OsStr::new("tower_http=debug,info"))],
+    );
     let token = token_from(&server.base, dir.path()).await;
 
     // A client of an earlier version: the token in the URL still works.

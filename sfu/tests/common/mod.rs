@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod tls;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 

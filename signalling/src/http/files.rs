@@ -19,7 +19,7 @@ use crate::ids::{ConversationId, FileId};
 use crate::server::Services;
 
 /// This server's URL as the client reached it: `files.public_url`, or
-/// `http://` and the request's `Host`.
+/// `http://` (`https://` with `[tls]`) and the request's `Host`.
 fn base_url(services: &Services, headers: &HeaderMap) -> String {
     if let Some(url) = &services.config.files.public_url {
         return url.clone();
@@ -32,7 +32,12 @@ fn base_url(services: &Services, headers: &HeaderMap) -> String {
                 .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
         })
         .map_or_else(|| services.config.listen.to_string(), str::to_owned);
-    format!("http://{host}")
+    let scheme = if services.config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{host}")
 }
 
 /// Asks to upload a file to a conversation the caller may post in. The

@@ -6,6 +6,8 @@
 
 pub mod process;
 pub mod s3;
+#[path = "../../../sfu/tests/common/tls.rs"]
+pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -26,6 +28,9 @@ pub struct TestServer {
     pub services: Arc<Services>,
     pub clock: Arc<ManualClock>,
     pub data_dir: PathBuf,
+    /// With `[tls]`: a client configuration trusting the served
+    /// certificate (the HTTP client and [`Ws`] use it).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -51,7 +56,7 @@ impl TestServer {
         Self::start_with(test_config(data_dir), clock).await
     }
 
-    /// A server with this configuration.
+    /// A server with this configuration; HTTPS and WSS when it has `[tls]`.
     pub async fn start_with(config: SignallingConfig, clock: Arc<ManualClock>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self::start_on(config, clock, listener).await
@@ -65,23 +70,55 @@ impl TestServer {
         listener: tokio::net::TcpListener,
     ) -> Self {
         let data_dir = config.data_dir.clone();
+        let certificates = config
+            .tls
+            .as_ref()
+            .map(|tls| confer_sfu::tls::Certificates::load(tls).unwrap());
         let services = Services::open(config, clock.clone() as Arc<dyn Clock>)
             .await
             .unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(confer_signalling::run(listener, services.clone(), async {
+        let shutdown = async {
             let _ = rx.await;
-        }));
+        };
+        let (base, client, tls, task) = match certificates {
+            None => (
+                format!("http://{addr}"),
+                Client::new(),
+                None,
+                tokio::spawn(confer_signalling::run(listener, services.clone(), shutdown)),
+            ),
+            Some(certificates) => {
+                let tls = tls::trusting(certificates.chain().into_iter().take(1));
+                let listener = confer_sfu::tls::TlsListener::new(listener, &certificates);
+                (
+                    format!("https://{addr}"),
+                    tls::https_client_with(tls.clone()),
+                    Some(tls),
+                    tokio::spawn(confer_signalling::run(listener, services.clone(), shutdown)),
+                )
+            }
+        };
         Self {
             base,
-            client: Client::new(),
+            client,
             services,
             clock,
             data_dir,
+            tls,
             shutdown: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// The WebSocket URL of `path` (`ws://` or `wss://`).
+    pub fn ws_url(&self, path: &str) -> String {
+        let base = self
+            .base
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1);
+        format!("{base}{path}")
     }
 
     /// Graceful stop; waits until the server has returned.
@@ -335,20 +372,17 @@ pub struct Ws {
 impl Ws {
     /// Connects with a user token, resuming after `since` if given.
     pub async fn connect(server: &TestServer, token: &str, since: Option<u64>) -> Self {
-        let mut url = format!(
-            "{}/api/v1/ws?token={token}",
-            server.base.replace("http://", "ws://")
-        );
+        let mut url = server.ws_url(&format!("/api/v1/ws?token={token}"));
         if let Some(s) = since {
             url.push_str(&format!("&since={s}"));
         }
-        Self::connect_request(url).await
+        Self::connect_via(url, server.tls.clone()).await
     }
 
     /// Connects as the application's bot (HTTP Basic).
     pub async fn connect_bot(server: &TestServer, app: &App) -> Self {
         use base64::Engine;
-        let url = format!("{}/api/v1/ws", server.base.replace("http://", "ws://"));
+        let url = server.ws_url("/api/v1/ws");
         let mut request =
             tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
                 .unwrap();
@@ -357,14 +391,26 @@ impl Ws {
         request
             .headers_mut()
             .insert("authorization", format!("Basic {basic}").parse().unwrap());
-        Self::connect_request(request).await
+        Self::connect_via(request, server.tls.clone()).await
     }
 
     /// Connects with a prepared request (headers of the caller's choice).
     pub async fn connect_request(
         request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
     ) -> Self {
-        let (stream, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        Self::connect_via(request, None).await
+    }
+
+    /// Connects over TLS with `tls` (a `wss://` request), plainly without.
+    pub async fn connect_via(
+        request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+        let (stream, _) =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
+                .await
+                .unwrap();
         let mut ws = Self {
             stream,
             events: Default::default(),

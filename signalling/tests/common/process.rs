@@ -1,8 +1,10 @@
 //! The real `signalling` binary as a child process, for tests of what
 //! only the binary does (its command line, signals, its own memory).
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -12,16 +14,27 @@ const BIN: &str = env!("CARGO_BIN_EXE_signalling");
 pub struct Process {
     pub child: Child,
     pub base: String,
+    /// Where its standard error (the log) goes, if kept.
+    pub log: Option<PathBuf>,
 }
 
 impl Process {
     pub fn start(data_dir: &Path) -> Self {
-        Self::start_with(data_dir, &[], Stdio::null())
+        Self::spawn(data_dir, &[], None)
     }
 
-    /// Started with extra environment variables, its log (stderr) going
-    /// to `log`.
-    pub fn start_with(data_dir: &Path, env: &[(&str, &str)], log: impl Into<Stdio>) -> Self {
+    /// With extra environment variables (`CONFER_TLS__CERT` …); the log
+    /// is kept in `<data_dir>/signalling.log`.
+    pub fn start_with_env(data_dir: &Path, env: &[(&str, &OsStr)]) -> Self {
+        std::fs::create_dir_all(data_dir).unwrap();
+        Self::spawn(data_dir, env, Some(data_dir.join("signalling.log")))
+    }
+
+    fn spawn(data_dir: &Path, env: &[(&str, &OsStr)], log: Option<PathBuf>) -> Self {
+        let stderr = match &log {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::null(),
+        };
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -29,7 +42,7 @@ impl Process {
             .env_remove("RUST_LOG")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -40,19 +53,46 @@ impl Process {
             .strip_prefix("signalling listening on ")
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .to_owned();
-        Self { child, base }
+        Self { child, base, log }
     }
 
-    /// SIGTERM, then the exit status (must come within 10 s).
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        let (_, authority) = self.base.split_once("://").unwrap();
+        authority.parse().unwrap()
+    }
+
+    /// Sends a signal (`HUP`, `TERM` …).
+    pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
         assert!(
             Command::new("kill")
-                .args(["-TERM", &pid])
+                .args([&format!("-{name}"), &pid])
                 .status()
                 .unwrap()
                 .success()
         );
+    }
+
+    /// Waits up to 10 s for the `count`th log line containing `text`.
+    pub fn wait_for_log(&self, text: &str, count: usize) {
+        let path = self.log.as_ref().expect("started with start_with_env");
+        for _ in 0..100 {
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            if log.lines().filter(|l| l.contains(text)).count() >= count {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "no {count} log lines with {text:?} within 10 s:\n{}",
+            std::fs::read_to_string(path).unwrap_or_default()
+        );
+    }
+
+    /// SIGTERM, then the exit status (must come within 10 s).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
         for _ in 0..100 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
