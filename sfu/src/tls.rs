@@ -25,8 +25,10 @@
 //!   `watch_secs`).
 //! * [`TlsListener`] is an [`axum::serve::Listener`]: it accepts TCP
 //!   connections and runs each handshake in its own task (a slow or silent
-//!   client holds up nobody), at most [`MAX_HANDSHAKES`] at once and each
-//!   for at most [`HANDSHAKE_TIMEOUT`]; beyond that, connections wait in the
+//!   client holds up nobody), at most [`MAX_HANDSHAKES`] at once, at most
+//!   [`MAX_HANDSHAKES_PER_CLIENT`] from one client address (more are
+//!   closed at once, so one client cannot fill the rest), and each for at
+//!   most [`HANDSHAKE_TIMEOUT`]; beyond that, connections wait in the
 //!   kernel's backlog. Dropping the listener (axum does when a graceful
 //!   shutdown begins) aborts the handshakes in progress.
 //!
@@ -34,9 +36,10 @@
 //! and WebSocket upgrades over it. The crypto provider is aws-lc-rs, chosen
 //! explicitly rather than through the process default.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
@@ -54,6 +57,11 @@ use tokio_rustls::server::TlsStream;
 
 /// Handshakes in progress at once; further connections wait to be accepted.
 pub const MAX_HANDSHAKES: usize = 1024;
+
+/// Handshakes in progress at once from one client address (an IPv6 client
+/// by its /64); a connection beyond it is closed at once, so that one
+/// client holding silent connections cannot fill [`MAX_HANDSHAKES`].
+pub const MAX_HANDSHAKES_PER_CLIENT: usize = 16;
 
 /// A client that has not finished its handshake by then is disconnected.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -258,12 +266,17 @@ impl ResolvesServerCert for Certificates {
     }
 }
 
+/// A connection whose handshake completed, and its peer.
+type Accepted = (TlsStream<TcpStream>, SocketAddr);
+
 /// Accepts TCP connections and hands out those that completed a TLS
 /// handshake (see the module documentation).
 pub struct TlsListener {
     tcp: TcpListener,
     acceptor: TlsAcceptor,
-    handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
+    handshakes: JoinSet<(IpAddr, Option<Accepted>)>,
+    /// Handshakes in progress per client address.
+    per_client: HashMap<IpAddr, usize>,
     /// After an accept error such as "too many open files", accepting
     /// pauses until then (handshakes still complete).
     paused_until: Option<tokio::time::Instant>,
@@ -288,14 +301,23 @@ impl TlsListener {
             tcp,
             acceptor: TlsAcceptor::from(certificates.server_config()),
             handshakes: JoinSet::new(),
+            per_client: HashMap::new(),
             paused_until: None,
         }
     }
 
     fn start_handshake(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let client = client_key(peer.ip());
+        let in_flight = self.per_client.entry(client).or_insert(0);
+        if *in_flight >= MAX_HANDSHAKES_PER_CLIENT {
+            tracing::debug!(%peer, "too many TLS handshakes from this client; closed");
+            return;
+        }
+        *in_flight += 1;
         let acceptor = self.acceptor.clone();
         self.handshakes.spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let done = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+            {
                 Ok(Ok(tls)) => Some((tls, peer)),
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -305,8 +327,19 @@ impl TlsListener {
                     tracing::debug!(%peer, "TLS handshake timed out");
                     None
                 }
-            }
+            };
+            (client, done)
         });
+    }
+
+    /// A handshake of `client` ended.
+    fn finished(&mut self, client: IpAddr) {
+        if let Some(n) = self.per_client.get_mut(&client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_client.remove(&client);
+            }
+        }
     }
 }
 
@@ -333,8 +366,13 @@ impl axum::serve::Listener for TlsListener {
                     self.paused_until = None;
                 }
                 Some(done) = self.handshakes.join_next() => {
-                    if let Ok(Some(connection)) = done {
-                        return connection;
+                    // A handshake task does not panic; one that did has
+                    // lost its client's count, which only loosens the cap.
+                    if let Ok((client, connection)) = done {
+                        self.finished(client);
+                        if let Some(connection) = connection {
+                            return connection;
+                        }
                     }
                 }
             }
@@ -343,6 +381,17 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.tcp.local_addr()
+    }
+}
+
+/// A client's address as the per-client cap counts it: IPv4 as it is
+/// (also when IPv4-mapped), IPv6 by its /64 prefix.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
     }
 }
 

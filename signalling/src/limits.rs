@@ -65,7 +65,8 @@ impl Rate {
     /// Whether the values make a limit (or switch it off).
     #[must_use]
     pub fn is_valid(self) -> bool {
-        self.count == 0 || (1..=7 * 24 * 60 * 60).contains(&self.per_secs)
+        self.count == 0
+            || ((1..=7 * 24 * 60 * 60).contains(&self.per_secs) && self.quota().is_some())
     }
 }
 
@@ -77,7 +78,8 @@ pub struct LimitsConfig {
     pub code_requests_per_email: Rate,
     /// Registration and sign-in code mails per client IP.
     pub code_requests_per_ip: Rate,
-    /// Code confirmations (right or wrong) per e-mail address. Requesting a
+    /// Failed code confirmations per e-mail address; past it every
+    /// confirmation for that address, right or wrong, waits. Requesting a
     /// new code does not reset it.
     pub code_confirmations_per_email: Rate,
     /// `POST /api/v1/tokens` per application.
@@ -276,7 +278,8 @@ pub struct Limits {
     config: LimitsConfig,
     code_requests_per_email: Keyed<String>,
     code_requests_per_ip: Keyed<IpAddr>,
-    code_confirmations_per_email: Keyed<String>,
+    /// Failed code confirmations per (normalised) e-mail address.
+    pub code_confirmations_per_email: FailureGate<String>,
     tokens_per_app: Keyed<AppId>,
     /// Failed HTTP Basic attempts per application id.
     pub basic_failures_per_app: FailureGate<AppId>,
@@ -305,7 +308,7 @@ impl Limits {
                 config.code_requests_per_email,
             ),
             code_requests_per_ip: Keyed::new("code_requests_per_ip", config.code_requests_per_ip),
-            code_confirmations_per_email: Keyed::new(
+            code_confirmations_per_email: FailureGate::new(
                 "code_confirmations_per_email",
                 config.code_confirmations_per_email,
             ),
@@ -323,29 +326,19 @@ impl Limits {
         }
     }
 
-    /// A code mail to `email` asked for from `ip`.
+    /// A code mail to `email` (normalised; `None` when it is not an
+    /// address, which mails nothing) asked for from `ip`.
     ///
     /// # Errors
     /// [`RateLimited`] by either limit.
-    pub fn code_request(&self, email: &str, ip: Option<IpAddr>) -> Result<(), RateLimited> {
+    pub fn code_request(&self, email: Option<&str>, ip: Option<IpAddr>) -> Result<(), RateLimited> {
         if let Some(ip) = ip {
-            counted(self.code_requests_per_ip.check(&ip))?;
+            counted(self.code_requests_per_ip.check(&ip_key(ip)))?;
         }
-        counted(
-            self.code_requests_per_email
-                .check(&email.trim().to_lowercase()),
-        )
-    }
-
-    /// A code confirmation for `email`.
-    ///
-    /// # Errors
-    /// [`RateLimited`].
-    pub fn code_confirmation(&self, email: &str) -> Result<(), RateLimited> {
-        counted(
-            self.code_confirmations_per_email
-                .check(&email.trim().to_lowercase()),
-        )
+        match email {
+            Some(email) => counted(self.code_requests_per_email.check(&email.to_owned())),
+            None => Ok(()),
+        }
     }
 
     /// A user token asked for by `app`.
@@ -363,7 +356,7 @@ impl Limits {
     /// [`RateLimited`].
     pub fn ws_attempt(&self, ip: Option<IpAddr>) -> Result<(), RateLimited> {
         match ip {
-            Some(ip) => counted(self.ws_connects_per_ip.check(&ip)),
+            Some(ip) => counted(self.ws_connects_per_ip.check(&ip_key(ip))),
             None => Ok(()),
         }
     }
@@ -405,6 +398,20 @@ impl Limits {
         self.basic_failures_per_ip.tidy();
         self.ws_connects_per_user.tidy();
         self.ws_connects_per_ip.tidy();
+    }
+}
+
+/// The key of a client address: an IPv4 address as it is (also when it
+/// comes IPv4-mapped), an IPv6 address by its /64 prefix — one host
+/// usually has a whole /64, so single addresses would be free to vary.
+#[must_use]
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
     }
 }
 
@@ -486,17 +493,20 @@ impl FrameLimits {
         }
     }
 
-    /// Counts one request frame of `kind`.
+    /// Counts one incoming frame of any kind (before it is read).
     ///
     /// # Errors
-    /// [`RateLimited`] by the frame limit or the kind's own.
-    pub fn check(&self, kind: FrameKind) -> Result<(), RateLimited> {
-        let check = |name: &'static str, limiter: &Option<DefaultDirectRateLimiter>| {
-            limiter.as_ref().map_or(Ok(()), |l| {
-                l.check().map_err(|not_until| refused(name, &not_until))
-            })
-        };
-        counted(check("frames_per_connection", &self.frames))?;
+    /// [`RateLimited`] by `frames_per_connection`.
+    pub fn check_frame(&self) -> Result<(), RateLimited> {
+        counted(direct_check("frames_per_connection", &self.frames))
+    }
+
+    /// Counts one request of `kind` (after its type is known).
+    ///
+    /// # Errors
+    /// [`RateLimited`] by the kind's own limit.
+    pub fn check_kind(&self, kind: FrameKind) -> Result<(), RateLimited> {
+        let check = direct_check;
         counted(match kind {
             FrameKind::Read => Ok(()),
             FrameKind::Write => check("writes_per_connection", &self.writes),
@@ -505,6 +515,15 @@ impl FrameLimits {
             FrameKind::Call => check("call_frames_per_connection", &self.calls),
         })
     }
+}
+
+fn direct_check(
+    name: &'static str,
+    limiter: &Option<DefaultDirectRateLimiter>,
+) -> Result<(), RateLimited> {
+    limiter.as_ref().map_or(Ok(()), |l| {
+        l.check().map_err(|not_until| refused(name, &not_until))
+    })
 }
 
 fn refused(
@@ -574,19 +593,31 @@ mod tests {
             ..LimitsConfig::default()
         };
         let limits = FrameLimits::new(&config);
-        assert!(limits.check(FrameKind::Typing).is_ok());
-        assert!(limits.check(FrameKind::Typing).is_ok());
+        let check = |kind| limits.check_frame().and_then(|()| limits.check_kind(kind));
+        assert!(check(FrameKind::Typing).is_ok());
+        assert!(check(FrameKind::Typing).is_ok());
         assert_eq!(
-            limits.check(FrameKind::Typing).unwrap_err().limit,
+            check(FrameKind::Typing).unwrap_err().limit,
             "typing_per_connection"
         );
         // The refused typing frame still counted as a frame: two more fit.
-        assert!(limits.check(FrameKind::Read).is_ok());
-        assert!(limits.check(FrameKind::Read).is_ok());
+        assert!(check(FrameKind::Read).is_ok());
+        assert!(check(FrameKind::Read).is_ok());
         assert_eq!(
-            limits.check(FrameKind::Read).unwrap_err().limit,
+            check(FrameKind::Read).unwrap_err().limit,
             "frames_per_connection"
         );
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_bit_prefix() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(ip_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
     }
 
     #[test]

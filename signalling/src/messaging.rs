@@ -288,20 +288,23 @@ impl Messaging {
     }
 
     /// Whether the caller's credentials still hold as far as the store
-    /// knows: its application is registered and (for a user) it is not
-    /// locked. A failed read says yes: the revocation watcher closes the
-    /// session later if it must.
+    /// knows: its application is registered, its secret (for the bot) not
+    /// rotated since it was checked, and (for a user) it is not locked. A
+    /// failed read says no: the client connects again.
     pub async fn still_admitted(&self, caller: &Caller) -> bool {
-        match self.users.application(caller.app.id).await {
+        let app = match self.users.application(caller.app.id).await {
+            Err(_) => return false,
             Ok(Some(app)) if app.unregistered_at.is_some() => return false,
-            _ => {}
-        }
+            Ok(app) => app,
+        };
         match &caller.who {
-            Who::User { user, .. } => !matches!(
-                self.users.user(caller.app.id, user.id).await,
-                Ok(Some(u)) if u.locked
-            ),
-            Who::App => true,
+            Who::User { user, .. } => match self.users.user(caller.app.id, user.id).await {
+                Ok(Some(u)) => !u.locked,
+                Ok(None) => true,
+                Err(_) => false,
+            },
+            // The key is derived from the secret: a rotation changes it.
+            Who::App => app.is_none_or(|app| app.token_key == caller.app.token_key),
         }
     }
 

@@ -426,7 +426,10 @@ where
                 last_heard = Instant::now();
                 let reply = match message {
                     Message::Text(text) => Some(handle_text(context, text.as_str()).await),
-                    Message::Binary(_) => Some(error_frame(None, "unsupported_frame", "frames are JSON text")),
+                    Message::Binary(_) => Some(match context.limits.check_frame() {
+                        Err(limited) => rate_limited_frame(None, &limited),
+                        Ok(()) => error_frame(None, "unsupported_frame", "frames are JSON text"),
+                    }),
                     Message::Close(_) => return Ended::ClientGone,
                     Message::Ping(_) | Message::Pong(_) => None,
                 };
@@ -625,6 +628,31 @@ fn error_frame(id: Option<&str>, code: &str, message: &str) -> String {
     json!({"type": "error", "id": id, "code": code, "message": message}).to_string()
 }
 
+/// The `id` of a request frame, read without keeping the rest.
+fn frame_id(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow)]
+        id: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_str::<Head<'_>>(text)
+        .ok()
+        .and_then(|h| h.id)
+        .map(std::borrow::Cow::into_owned)
+}
+
+/// The error frame of a request refused by a frame limit.
+fn rate_limited_frame(id: Option<&str>, limited: &crate::limits::RateLimited) -> String {
+    json!({
+        "type": "error",
+        "id": id,
+        "code": "rate_limited",
+        "message": limited.to_string(),
+        "retry_after_ms": u64::try_from(limited.retry_after.as_millis()).unwrap_or(u64::MAX).max(1),
+    })
+    .to_string()
+}
+
 fn api_error_frame(id: &str, err: &ApiError) -> String {
     error_frame(Some(id), err.code(), &err.to_string())
 }
@@ -654,6 +682,18 @@ async fn close_with<S: Sink<Message> + Unpin>(
 
 /// Answers one text frame.
 async fn handle_text(context: &Context, text: &str) -> String {
+    // Every frame counts before any work is done on it; its id is read
+    // without building a tree of it.
+    if let Err(limited) = context.limits.check_frame() {
+        return rate_limited_frame(frame_id(text).as_deref(), &limited);
+    }
+    if text.len() > MAX_FRAME_BYTES {
+        return error_frame(
+            frame_id(text).as_deref(),
+            "frame_too_large",
+            "frames are limited to 131072 bytes",
+        );
+    }
     let value: Result<Value, _> = serde_json::from_str(text);
     let id = value
         .as_ref()
@@ -661,13 +701,6 @@ async fn handle_text(context: &Context, text: &str) -> String {
         .and_then(|v| v.get("id"))
         .and_then(Value::as_str)
         .map(str::to_owned);
-    if text.len() > MAX_FRAME_BYTES {
-        return error_frame(
-            id.as_deref(),
-            "frame_too_large",
-            "frames are limited to 131072 bytes",
-        );
-    }
     let value = match value {
         Ok(v) => v,
         Err(e) => return error_frame(None, "malformed_json", &e.to_string()),
@@ -687,15 +720,8 @@ async fn handle_text(context: &Context, text: &str) -> String {
             &format!("unknown frame type {kind:?}"),
         );
     }
-    if let Err(limited) = context.limits.check(FrameKind::of(kind)) {
-        return json!({
-            "type": "error",
-            "id": id,
-            "code": "rate_limited",
-            "message": limited.to_string(),
-            "retry_after_ms": u64::try_from(limited.retry_after.as_millis()).unwrap_or(u64::MAX).max(1),
-        })
-        .to_string();
+    if let Err(limited) = context.limits.check_kind(FrameKind::of(kind)) {
+        return rate_limited_frame(Some(&id), &limited);
     }
     let request: Request = match serde_json::from_value(value) {
         Ok(r) => r,

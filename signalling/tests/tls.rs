@@ -250,3 +250,47 @@ fn a_missing_or_mismatched_key_stops_the_start_with_a_clear_error() {
         "{mismatched}"
     );
 }
+
+#[tokio::test]
+async fn silent_connections_from_one_client_do_not_hold_up_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCert::new("silent.confer.test");
+    let (cert_path, key_path) = pem_paths(dir.path());
+    cert.write(&cert_path, &key_path);
+    let mut config = test_config(&dir.path().join("data"));
+    config.tls = Some(TlsConfig {
+        cert: cert_path,
+        key: key_path,
+        watch_secs: 0,
+    });
+    let server = TestServer::start_with(config, default_clock()).await;
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("https://").parse().unwrap();
+    // One client opens connections and never says a word.
+    let cap = confer_sfu::tls::MAX_HANDSHAKES_PER_CLIENT;
+    let mut silent = Vec::new();
+    for _ in 0..cap {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // One more from it is closed at once, not after the handshake timeout.
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(3), extra.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "the connection over the cap is closed: {read:?}"
+    );
+    // Another client (127.0.0.2 is loopback too) is served meanwhile.
+    let other = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls::client_config(&[&cert])).clone())
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let r = other
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    drop(silent);
+    server.stop().await;
+}

@@ -221,9 +221,12 @@ pub async fn caller_until(
     }
 }
 
-/// The application whose HTTP Basic id and secret these are, behind the
-/// failure gates: an application id or client IP that failed too often
-/// is refused (`rate_limited`) before its secret is looked at.
+/// The application whose HTTP Basic id and secret these are. Wrong
+/// secrets are counted per application id and per client IP; past the
+/// limit a wrong secret is answered `rate_limited` instead of
+/// `unauthorized`. The right secret always passes: checking it costs a
+/// microsecond, and refusing it would let anyone who knows an application's
+/// id (every user token names it) lock the application out.
 ///
 /// # Errors
 /// `rate_limited`, and as [`crate::tenancy::Tenancy::authenticate_application`].
@@ -233,22 +236,20 @@ pub async fn application(
     id: &str,
     secret: &str,
 ) -> Result<Application, ApiError> {
-    let limits = &services.limits;
-    let app_id = id.parse::<AppId>().ok();
-    if let Some(app_id) = &app_id {
-        limits.basic_failures_per_app.check(app_id)?;
-    }
-    if let Some(ip) = &ip {
-        limits.basic_failures_per_ip.check(ip)?;
-    }
     let result = services.tenancy.authenticate_application(id, secret).await;
     if let Err(ApiError::Unauthorized(_)) = &result {
-        if let Some(app_id) = &app_id {
-            limits.basic_failures_per_app.failed(app_id);
+        let limits = &services.limits;
+        let mut refused = Ok(());
+        if let Ok(app_id) = id.parse::<AppId>() {
+            limits.basic_failures_per_app.failed(&app_id);
+            refused = refused.and(limits.basic_failures_per_app.check(&app_id));
         }
-        if let Some(ip) = &ip {
-            limits.basic_failures_per_ip.failed(ip);
+        if let Some(ip) = ip {
+            let ip = crate::limits::ip_key(ip);
+            limits.basic_failures_per_ip.failed(&ip);
+            refused = refused.and(limits.basic_failures_per_ip.check(&ip));
         }
+        refused?;
     }
     result
 }

@@ -229,6 +229,29 @@ pub struct UserQuery {
     pub external_id: String,
 }
 
+/// Runs a code confirmation behind the per-address failure gate: an
+/// address that failed too often waits (`rate_limited`), right code or
+/// not; a wrong code counts as a failure.
+async fn confirming<T, F>(
+    services: &Services,
+    email: &str,
+    confirm: impl FnOnce() -> F,
+) -> Result<T, ApiError>
+where
+    F: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let Ok(email) = crate::tenancy::normalize_email(email) else {
+        return confirm().await;
+    };
+    let gate = &services.limits.code_confirmations_per_email;
+    gate.check(&email)?;
+    let result = confirm().await;
+    if let Err(ApiError::AccessDenied) = &result {
+        gate.failed(&email);
+    }
+    result
+}
+
 fn code_sent(services: &Services) -> (StatusCode, Json<CodeSent>) {
     (
         StatusCode::ACCEPTED,
@@ -253,7 +276,8 @@ pub async fn register(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<RegistrationRequest>,
 ) -> Result<(StatusCode, Json<CodeSent>), ApiError> {
-    services.limits.code_request(&body.email, ip)?;
+    let email = crate::tenancy::normalize_email(&body.email).ok();
+    services.limits.code_request(email.as_deref(), ip)?;
     services
         .tenancy
         .request_registration(&body.email, &body.app_name)
@@ -275,11 +299,12 @@ pub async fn confirm_registration(
     State(services): State<Arc<Services>>,
     ApiJson(body): ApiJson<RegistrationConfirm>,
 ) -> Result<(StatusCode, Json<RegisteredView>), ApiError> {
-    services.limits.code_confirmation(&body.email)?;
-    let done = services
-        .tenancy
-        .confirm_registration(&body.email, &body.app_name, &body.code)
-        .await?;
+    let done = confirming(&services, &body.email, || {
+        services
+            .tenancy
+            .confirm_registration(&body.email, &body.app_name, &body.code)
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(RegisteredView {
@@ -305,7 +330,8 @@ pub async fn request_sign_in(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<SignInRequest>,
 ) -> Result<(StatusCode, Json<CodeSent>), ApiError> {
-    services.limits.code_request(&body.email, ip)?;
+    let email = crate::tenancy::normalize_email(&body.email).ok();
+    services.limits.code_request(email.as_deref(), ip)?;
     services.tenancy.request_sign_in(&body.email).await?;
     Ok(code_sent(&services))
 }
@@ -323,11 +349,10 @@ pub async fn confirm_sign_in(
     State(services): State<Arc<Services>>,
     ApiJson(body): ApiJson<SignInConfirm>,
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
-    services.limits.code_confirmation(&body.email)?;
-    let session = services
-        .tenancy
-        .confirm_sign_in(&body.email, &body.code)
-        .await?;
+    let session = confirming(&services, &body.email, || {
+        services.tenancy.confirm_sign_in(&body.email, &body.code)
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(SessionView {
