@@ -373,7 +373,10 @@ where
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
-                services.limits.tidy();
+                // Walking a map a flood filled can take a while: off the
+                // runtime's threads.
+                let limits = services.limits.clone();
+                let _ = tokio::task::spawn_blocking(move || limits.tidy()).await;
                 match services.mailer.tidy(outbox_age).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "deleted old outbox mail"),
