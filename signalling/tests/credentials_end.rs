@@ -26,6 +26,23 @@ async fn closed(ws: &mut Ws, within: Duration) -> String {
     }
 }
 
+/// Connects with `token` and expects a close 4003 `expired` no sooner than
+/// `at_least` (at the credentials' end, not at once) and within 8 s.
+async fn closes_expired_after(server: &TestServer, token: &str, at_least: Duration) {
+    let started = Instant::now();
+    let mut ws = Ws::connect(server, token, None).await;
+    let close = closed(&mut ws, Duration::from_secs(8)).await;
+    assert!(
+        close.contains("4003") && close.contains("expired"),
+        "{close}"
+    );
+    assert!(
+        started.elapsed() >= at_least,
+        "closed at the credentials' end, not at once: {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn a_session_closes_when_its_token_expires() {
     let dir = tempfile::tempdir().unwrap();
@@ -38,18 +55,7 @@ async fn a_session_closes_when_its_token_expires() {
     // to one less); let all but three seconds pass.
     let ttl = server.services.config.tokens.ttl_secs;
     common::advance(&server, ttl - 3);
-    let started = Instant::now();
-    let mut ws = Ws::connect(&server, &token, None).await;
-    let close = closed(&mut ws, Duration::from_secs(8)).await;
-    assert!(
-        close.contains("4003") && close.contains("expired"),
-        "{close}"
-    );
-    assert!(
-        started.elapsed() >= Duration::from_millis(1500),
-        "closed at the token's end, not at once: {:?}",
-        started.elapsed()
-    );
+    closes_expired_after(&server, &token, Duration::from_millis(1500)).await;
     server.stop().await;
 }
 
@@ -124,17 +130,6 @@ async fn a_session_on_a_token_of_the_previous_secret_closes_when_its_grace_ends(
     let grace = server.services.config.tokens.rotation_grace_secs;
     assert!(grace < server.services.config.tokens.ttl_secs);
     common::advance(&server, grace - 3);
-    let started = Instant::now();
-    let mut ws = Ws::connect(&server, &token, None).await;
-    let close = closed(&mut ws, Duration::from_secs(8)).await;
-    assert!(
-        close.contains("4003") && close.contains("expired"),
-        "{close}"
-    );
-    assert!(
-        started.elapsed() >= Duration::from_millis(2500),
-        "{:?}",
-        started.elapsed()
-    );
+    closes_expired_after(&server, &token, Duration::from_millis(2500)).await;
     server.stop().await;
 }
