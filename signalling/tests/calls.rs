@@ -425,6 +425,31 @@ async fn sfu_is_idle(server: &TestServer) -> bool {
     stats.workers.iter().all(Vec::is_empty)
 }
 
+/// Waits (10 s at most) until the SFU has no session left.
+async fn until_sfu_idle(server: &TestServer) {
+    let started = Instant::now();
+    while !sfu_is_idle(server).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "SFU sessions still open 10 s after the call ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (10 s at most) until `peer` has received more `kind` packets
+/// from `tag` than `before`: media keeps flowing.
+async fn until_more(peer: &LivePeer, kind: &'static str, tag: u8, before: u64) {
+    let started = Instant::now();
+    while peer.received(kind, tag) <= before {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no more {kind} from {tag} within 10 s (still {before})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_person_call_is_peer_to_peer_and_recorded_in_the_conversation() {
     let _serial = SERIAL.lock().await;
@@ -640,8 +665,7 @@ async fn a_three_person_call_goes_through_the_sfu_with_in_call_features() {
         }
         // Bob's other slots still get Ann's and Carol's camera video.
         let before = media[1].subscribe.received("video", 1);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(media[1].subscribe.received("video", 1) > before);
+        until_more(&media[1].subscribe, "video", 1, before).await;
     }
 
     // A quality for one slot (spotlight) is accepted too.
@@ -666,8 +690,7 @@ async fn a_three_person_call_goes_through_the_sfu_with_in_call_features() {
     drop(media);
     let end = ended(&mut p[0].ws, &call).await;
     assert_eq!(end["reason"], "completed");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(sfu_is_idle(&server).await, "sessions ended with the call");
+    until_sfu_idle(&server).await;
     let seen = conforms(&p);
     assert_seen(
         &seen,
@@ -1062,8 +1085,7 @@ async fn a_device_that_loses_its_websocket_comes_back_to_its_call() {
     let placeholder = Ws::connect(&server, &p[1].token, None).await;
     drop(std::mem::replace(&mut p[1].ws, placeholder));
     let before = media[1].subscribe.received("video", 1);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(media[1].subscribe.received("video", 1) > before);
+    until_more(&media[1].subscribe, "video", 1, before).await;
     // (The placeholder connection is a second device of Bob's: it is not
     // the one in the call.)
     let refused = p[1]
@@ -1096,8 +1118,7 @@ async fn a_device_that_loses_its_websocket_comes_back_to_its_call() {
     assert_eq!(ok["type"], "ack", "{ok}");
     // The same sessions still carry media.
     let before = media[1].subscribe.received("audio", 3);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(media[1].subscribe.received("audio", 3) > before);
+    until_more(&media[1].subscribe, "audio", 3, before).await;
 
     // Carol answers on another device: the first is told the call moved,
     // its media ends, and it can no longer hang up for her.
