@@ -145,6 +145,26 @@ async fn append(
     Ok(out)
 }
 
+/// The message `author` sent with `client_id` in `conversation`.
+async fn by_client_id(
+    db: impl sqlx::SqliteExecutor<'_>,
+    conversation: ConversationId,
+    author: Author,
+    client_id: &str,
+) -> StoreResult<Option<StoredMessage>> {
+    sqlx::query(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND author = ? AND client_id = ?"
+    ))
+    .bind(conversation.to_string())
+    .bind(author.key())
+    .bind(client_id)
+    .fetch_optional(db)
+    .await?
+    .as_ref()
+    .map(message_from)
+    .transpose()
+}
+
 async fn post_in(
     tx: &mut sqlx::SqliteConnection,
     m: &NewMessage,
@@ -152,17 +172,10 @@ async fn post_in(
     event: &EventFn,
     now: Timestamp,
 ) -> StoreResult<Posted> {
-    let existing = sqlx::query(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND author = ? AND client_id = ?"
-    ))
-    .bind(m.conversation_id.to_string())
-    .bind(m.author.key())
-    .bind(&m.client_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(row) = existing {
+    if let Some(message) = by_client_id(&mut *tx, m.conversation_id, m.author, &m.client_id).await?
+    {
         return Ok(Posted {
-            message: message_from(&row)?,
+            message,
             event: None,
             seqs: Vec::new(),
         });
@@ -483,17 +496,7 @@ impl MessageStore for SqliteStore {
         author: Author,
         client_id: &str,
     ) -> StoreResult<Option<StoredMessage>> {
-        sqlx::query(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND author = ? AND client_id = ?"
-        ))
-        .bind(conversation.to_string())
-        .bind(author.key())
-        .bind(client_id)
-        .fetch_optional(self.pool())
-        .await?
-        .as_ref()
-        .map(message_from)
-        .transpose()
+        by_client_id(self.pool(), conversation, author, client_id).await
     }
 
     async fn post(
