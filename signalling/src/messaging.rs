@@ -732,9 +732,20 @@ impl Messaging {
         attachments: &[AttachmentRef],
     ) -> Result<StoredMessage, ApiError> {
         check_short("client_id", client_id, true)?;
+        let conversation = self.readable(caller, id).await?;
+        // A retry whose acknowledgement was lost gets the first message
+        // before its files are checked: they are attached to it by now.
+        // (Without files the writer's own check is enough.)
+        if !attachments.is_empty()
+            && let Some(first) = self
+                .store
+                .message_by_client_id(id, caller.author(), client_id)
+                .await?
+        {
+            return Ok(first);
+        }
         body.attachments = self.attachments(caller, id, attachments).await?;
         check_body(&body)?;
-        let conversation = self.readable(caller, id).await?;
         let members = self.audience(&conversation).await?;
         let mut notify: Vec<UserId> = match &body.recipients {
             Some(recipients) => {
@@ -1144,6 +1155,12 @@ impl Messaging {
             return Err(ApiError::InvalidRequest(format!(
                 "query: 1 to {MAX_SHORT_CHARS} characters"
             )));
+        }
+        // The full-text index's query parser ends a string at U+0000.
+        if query.contains('\0') {
+            return Err(ApiError::InvalidRequest(
+                "query: must not contain U+0000".to_owned(),
+            ));
         }
         let found = self
             .store

@@ -265,6 +265,15 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
         id: MessageId,
     ) -> StoreResult<Option<StoredMessage>>;
 
+    /// The message `author` sent with `client_id` in a conversation (the
+    /// first copy, which a retry gets back).
+    async fn message_by_client_id(
+        &self,
+        conversation: ConversationId,
+        author: Author,
+        client_id: &str,
+    ) -> StoreResult<Option<StoredMessage>>;
+
     /// Replaces a message's body (edit) or empties it (delete) and appends
     /// `event` to the logs of `notify`, in one transaction.
     async fn update_message(
@@ -275,8 +284,9 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
         now: Timestamp,
     ) -> StoreResult<Vec<(UserId, u64)>>;
 
-    /// Messages with `after < seq < before`, oldest first, at most `limit`;
-    /// with only `before`, the newest ones below it.
+    /// Messages with `after < seq < before`, oldest first, at most `limit`:
+    /// with `after` (0 included) the oldest ones above it, without it the
+    /// newest ones below `before`.
     async fn history(
         &self,
         conversation: ConversationId,

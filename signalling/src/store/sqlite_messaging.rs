@@ -145,6 +145,26 @@ async fn append(
     Ok(out)
 }
 
+/// The message `author` sent with `client_id` in `conversation`.
+async fn by_client_id(
+    db: impl sqlx::SqliteExecutor<'_>,
+    conversation: ConversationId,
+    author: Author,
+    client_id: &str,
+) -> StoreResult<Option<StoredMessage>> {
+    sqlx::query(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND author = ? AND client_id = ?"
+    ))
+    .bind(conversation.to_string())
+    .bind(author.key())
+    .bind(client_id)
+    .fetch_optional(db)
+    .await?
+    .as_ref()
+    .map(message_from)
+    .transpose()
+}
+
 async fn post_in(
     tx: &mut sqlx::SqliteConnection,
     m: &NewMessage,
@@ -152,17 +172,10 @@ async fn post_in(
     event: &EventFn,
     now: Timestamp,
 ) -> StoreResult<Posted> {
-    let existing = sqlx::query(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND author = ? AND client_id = ?"
-    ))
-    .bind(m.conversation_id.to_string())
-    .bind(m.author.key())
-    .bind(&m.client_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(row) = existing {
+    if let Some(message) = by_client_id(&mut *tx, m.conversation_id, m.author, &m.client_id).await?
+    {
         return Ok(Posted {
-            message: message_from(&row)?,
+            message,
             event: None,
             seqs: Vec::new(),
         });
@@ -281,9 +294,11 @@ pub(super) async fn group_commit(
                     let _ = job.reply.send(Ok(result));
                 }
             }
+            // Alone in its batch: its own error, so that a conflict keeps
+            // its code (as it does when a batch is retried one by one).
             Err(e) if batch.len() == 1 => {
-                for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Corrupt(e.to_string())));
+                if let Some(job) = batch.pop() {
+                    let _ = job.reply.send(Err(e));
                 }
             }
             // One message spoiled the batch: each on its own, so that it
@@ -475,6 +490,15 @@ impl MessageStore for SqliteStore {
         .is_some())
     }
 
+    async fn message_by_client_id(
+        &self,
+        conversation: ConversationId,
+        author: Author,
+        client_id: &str,
+    ) -> StoreResult<Option<StoredMessage>> {
+        by_client_id(self.pool(), conversation, author, client_id).await
+    }
+
     async fn post(
         &self,
         m: &NewMessage,
@@ -560,10 +584,11 @@ impl MessageStore for SqliteStore {
         before: Option<u64>,
         limit: u32,
     ) -> StoreResult<Vec<StoredMessage>> {
+        // Paging backwards (no `after`) takes the newest below `before`;
+        // `after: 0` pages forwards from the first message.
+        let newest_first = after.is_none();
         let after = to_i64(after.unwrap_or(0));
         let before = to_i64(before.unwrap_or(u64::MAX >> 1));
-        // Paging backwards (only `before`) takes the newest below it.
-        let newest_first = after == 0;
         let order = if newest_first { "DESC" } else { "ASC" };
         let mut rows: Vec<StoredMessage> = sqlx::query(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ? AND seq < ? \

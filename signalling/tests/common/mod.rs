@@ -561,6 +561,54 @@ pub async fn user_token(
     )
 }
 
+/// Uploads `bytes` as a file of `token`'s user to `conversation` (ask,
+/// `PUT` to the signed URL, complete) and returns the ready file.
+pub async fn upload_file(
+    server: &TestServer,
+    token: &str,
+    conversation: &str,
+    bytes: &[u8],
+) -> Value {
+    use sha2::{Digest, Sha256};
+    let sha256: String = Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let ticket = json(
+        server
+            .post(&format!("/api/v1/conversations/{conversation}/files"))
+            .bearer_auth(token)
+            .json(&json!({"name": "a.bin", "size": bytes.len(),
+                "content_type": "application/octet-stream", "sha256": sha256})),
+    )
+    .await;
+    let put = server
+        .client
+        .put(ticket["upload"]["url"].as_str().unwrap())
+        .header(
+            "content-type",
+            ticket["upload"]["headers"]["Content-Type"]
+                .as_str()
+                .unwrap(),
+        )
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let file = json(
+        server
+            .post(&format!(
+                "/api/v1/files/{}/complete",
+                ticket["file"]["id"].as_str().unwrap()
+            ))
+            .bearer_auth(token),
+    )
+    .await;
+    assert_eq!(file["state"], "ready", "{file}");
+    file
+}
+
 /// The JSON Schemas of docs/protocol.md, the contract of the WebSocket
 /// protocol: `#### \`name\`` headings and their ```json blocks, per section.
 pub fn protocol_schemas(section: &str) -> BTreeMap<String, Value> {
