@@ -1082,7 +1082,8 @@ impl Messaging {
     /// are left out).
     ///
     /// # Errors
-    /// As [`Self::readable`].
+    /// As [`Self::readable`]; `invalid_request` for a `limit` outside 1 to
+    /// [`MAX_PAGE`].
     pub async fn history(
         &self,
         caller: &Caller,
@@ -1091,11 +1092,9 @@ impl Messaging {
         before: Option<u64>,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, ApiError> {
+        check_page(limit)?;
         self.readable(caller, id).await?;
-        let messages = self
-            .store
-            .history(id, after, before, limit.clamp(1, MAX_PAGE))
-            .await?;
+        let messages = self.store.history(id, after, before, limit).await?;
         Ok(messages
             .into_iter()
             .filter(|m| visible_to(m, caller))
@@ -1133,7 +1132,8 @@ impl Messaging {
     /// and Latin, case-insensitive, word prefixes).
     ///
     /// # Errors
-    /// `invalid_request` for an empty or too long query.
+    /// `invalid_request` for an empty or too long query, or a `limit`
+    /// outside 1 to [`MAX_PAGE`].
     pub async fn search(
         &self,
         caller: &Caller,
@@ -1145,6 +1145,7 @@ impl Messaging {
                 "query: 1 to {MAX_SHORT_CHARS} characters"
             )));
         }
+        check_page(limit)?;
         let found = self
             .store
             .search(
@@ -1152,7 +1153,7 @@ impl Messaging {
                 caller.participant(),
                 caller.contexts(),
                 query,
-                limit.clamp(1, MAX_PAGE),
+                limit,
             )
             .await?;
         Ok(found
@@ -1165,6 +1166,7 @@ impl Messaging {
     /// unread counts, newest first; `before` continues a page.
     ///
     /// # Errors
+    /// `invalid_request` for a `limit` outside 1 to [`MAX_PAGE`];
     /// `internal` on store failure.
     pub async fn list(
         &self,
@@ -1172,6 +1174,7 @@ impl Messaging {
         before: Option<(crate::ids::Timestamp, ConversationId)>,
         limit: u32,
     ) -> Result<Vec<ConversationEntry>, ApiError> {
+        check_page(limit)?;
         Ok(self
             .store
             .conversations_of(
@@ -1179,7 +1182,7 @@ impl Messaging {
                 caller.participant(),
                 caller.contexts(),
                 before,
-                limit.clamp(1, MAX_PAGE),
+                limit,
             )
             .await?)
     }
@@ -1259,6 +1262,16 @@ pub(crate) fn visible_to(m: &StoredMessage, caller: &Caller) -> bool {
     match (&m.body.recipients, caller.user_id()) {
         (Some(recipients), Some(me)) => recipients.contains(&me) || m.author == Author::User(me),
         _ => true,
+    }
+}
+
+/// A page size: 1 to [`MAX_PAGE`], refused (not clamped) outside, as the
+/// protocol's schemas say.
+fn check_page(limit: u32) -> Result<(), ApiError> {
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRequest(format!("limit: 1 to {MAX_PAGE}")))
     }
 }
 
