@@ -16,10 +16,11 @@
 //! conversation reset. A skipped event still moves the session's number
 //! on, so clients see gaps in `seq`.
 //!
-//! Limits: text frames up to 128 KiB (larger, up to 1 MiB: `frame_too_large`,
-//! the connection stays open; beyond 1 MiB the transport refuses to read
-//! the frame and the session closes with 1009 `frame_too_large`), a ping every 25 s, closed after 60 s without
-//! any frame from the client (4000 `idle`), closed when the bus drops a
+//! Limits: text frames up to 128 KiB (larger, up to 1 MiB:
+//! `frame_too_large`, the connection stays open; beyond 1 MiB the
+//! transport refuses to read the frame and the session closes with 1009
+//! `frame_too_large`), a ping every 25 s, closed after 60 s without any
+//! frame from the client (4000 `idle`), closed when the bus drops a
 //! connection that does not keep up (4008 `slow_consumer`) or a send
 //! blocks for 10 s.
 

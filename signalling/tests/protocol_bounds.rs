@@ -16,7 +16,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
 /// Whether the documented schema of a client frame accepts `frame`.
 fn documented(schemas: &BTreeMap<String, Value>, frame: &Value) -> bool {
@@ -344,16 +345,46 @@ async fn a_frame_over_1_mib_closes_with_1009() {
     let (server, _dir) = TestServer::start().await;
     let app = server.register("huge@example.com", "ERP").await;
     let (t1, _) = user_token(&server, &app, "ann", &[]).await;
-    // Just over the limit (the transport used to buffer it, then drop the
-    // connection without a close frame), and over tungstenite's own 16 MiB
-    // frame limit (refused from the frame header).
-    for size in [1024 * 1024 + 1, 17 * 1024 * 1024] {
+    // One frame just over the limit (the transport used to buffer it, then
+    // drop the connection without a close frame), one over tungstenite's
+    // own 16 MiB frame limit (refused from the frame header), and a message
+    // of three 512 KiB fragments (1.5 MiB in all).
+    let fragment = |opcode, last| {
+        Message::Frame(Frame::message(
+            "x".repeat(512 * 1024).into_bytes(),
+            OpCode::Data(opcode),
+            last,
+        ))
+    };
+    let cases = [
+        (
+            "1 MiB + 1",
+            vec![Message::Text("x".repeat(1024 * 1024 + 1).into())],
+        ),
+        (
+            "17 MiB",
+            vec![Message::Text("x".repeat(17 * 1024 * 1024).into())],
+        ),
+        (
+            "3 fragments of 512 KiB",
+            vec![
+                fragment(Data::Text, false),
+                fragment(Data::Continue, false),
+                fragment(Data::Continue, true),
+            ],
+        ),
+    ];
+    for (size, frames) in cases {
         let ws = unlimited_client(&server, &t1).await;
         let (mut tx, mut rx) = ws.into_stream().split();
         // The server stops reading, so the write may never finish: write
         // and read at once.
         let writer = tokio::spawn(async move {
-            let _ = tx.send(Message::Text("x".repeat(size).into())).await;
+            for frame in frames {
+                if tx.send(frame).await.is_err() {
+                    break;
+                }
+            }
             tx
         });
         let close = tokio::time::timeout(Duration::from_secs(10), async {
