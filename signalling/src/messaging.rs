@@ -1093,7 +1093,8 @@ impl Messaging {
     /// are left out).
     ///
     /// # Errors
-    /// As [`Self::readable`].
+    /// As [`Self::readable`]; `invalid_request` for a `limit` outside 1 to
+    /// [`MAX_PAGE`].
     pub async fn history(
         &self,
         caller: &Caller,
@@ -1102,11 +1103,9 @@ impl Messaging {
         before: Option<u64>,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, ApiError> {
+        check_page(limit)?;
         self.readable(caller, id).await?;
-        let messages = self
-            .store
-            .history(id, after, before, limit.clamp(1, MAX_PAGE))
-            .await?;
+        let messages = self.store.history(id, after, before, limit).await?;
         Ok(messages
             .into_iter()
             .filter(|m| visible_to(m, caller))
@@ -1144,7 +1143,8 @@ impl Messaging {
     /// and Latin, case-insensitive, word prefixes).
     ///
     /// # Errors
-    /// `invalid_request` for an empty or too long query.
+    /// `invalid_request` for an empty or too long query, or a `limit`
+    /// outside 1 to [`MAX_PAGE`].
     pub async fn search(
         &self,
         caller: &Caller,
@@ -1162,6 +1162,7 @@ impl Messaging {
                 "query: must not contain U+0000".to_owned(),
             ));
         }
+        check_page(limit)?;
         let found = self
             .store
             .search(
@@ -1169,7 +1170,7 @@ impl Messaging {
                 caller.participant(),
                 caller.contexts(),
                 query,
-                limit.clamp(1, MAX_PAGE),
+                limit,
             )
             .await?;
         Ok(found
@@ -1182,6 +1183,7 @@ impl Messaging {
     /// unread counts, newest first; `before` continues a page.
     ///
     /// # Errors
+    /// `invalid_request` for a `limit` outside 1 to [`MAX_PAGE`];
     /// `internal` on store failure.
     pub async fn list(
         &self,
@@ -1189,6 +1191,7 @@ impl Messaging {
         before: Option<(crate::ids::Timestamp, ConversationId)>,
         limit: u32,
     ) -> Result<Vec<ConversationEntry>, ApiError> {
+        check_page(limit)?;
         Ok(self
             .store
             .conversations_of(
@@ -1196,7 +1199,7 @@ impl Messaging {
                 caller.participant(),
                 caller.contexts(),
                 before,
-                limit.clamp(1, MAX_PAGE),
+                limit,
             )
             .await?)
     }
@@ -1276,6 +1279,16 @@ pub(crate) fn visible_to(m: &StoredMessage, caller: &Caller) -> bool {
     match (&m.body.recipients, caller.user_id()) {
         (Some(recipients), Some(me)) => recipients.contains(&me) || m.author == Author::User(me),
         _ => true,
+    }
+}
+
+/// A page size: 1 to [`MAX_PAGE`], refused (not clamped) outside, as the
+/// protocol's schemas say.
+fn check_page(limit: u32) -> Result<(), ApiError> {
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRequest(format!("limit: 1 to {MAX_PAGE}")))
     }
 }
 

@@ -16,9 +16,11 @@
 //! conversation reset. A skipped event still moves the session's number
 //! on, so clients see gaps in `seq`.
 //!
-//! Limits: text frames up to 128 KiB (larger: `frame_too_large`, the
-//! connection stays open), a ping every 25 s, closed after 60 s without
-//! any frame from the client (4000 `idle`), closed when the bus drops a
+//! Limits: text frames up to 128 KiB (larger, up to 1 MiB:
+//! `frame_too_large`, the connection stays open; beyond 1 MiB the
+//! transport refuses to read the frame and the session closes with 1009
+//! `frame_too_large`), a ping every 25 s, closed after 60 s without any
+//! frame from the client (4000 `idle`), closed when the bus drops a
 //! connection that does not keep up (4008 `slow_consumer`) or a send
 //! blocks for 10 s.
 
@@ -44,6 +46,13 @@ use confer_sfu::Role;
 
 /// Largest accepted text frame.
 pub const MAX_FRAME_BYTES: usize = 128 * 1024;
+/// Largest frame (or fragmented message) the transport reads, to answer
+/// it with `frame_too_large`; a larger one closes the connection (1009).
+pub const MAX_READ_BYTES: usize = 1024 * 1024;
+/// How long a session closed for an oversized frame keeps its socket
+/// after the close frame: dropping it with the frame's bytes unread sends
+/// a reset, which can overtake the close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Interval of server pings.
 pub const PING_INTERVAL: Duration = Duration::from_secs(25);
 /// Silence after which the server closes.
@@ -69,6 +78,9 @@ pub mod close {
     pub const REVOKED: u16 = 4003;
     /// The client did not keep up with its events.
     pub const SLOW_CONSUMER: u16 = 4008;
+    /// A frame or message over [`super::MAX_READ_BYTES`] (RFC 6455's
+    /// "message too big").
+    pub const TOO_BIG: u16 = 1009;
 }
 
 /// A request frame.
@@ -282,6 +294,8 @@ pub enum Ended {
     Idle,
     /// The client did not keep up.
     SlowConsumer,
+    /// The client sent a frame over [`MAX_READ_BYTES`].
+    TooBig,
     /// The server ended it: user locked or application unregistered.
     Revoked,
 }
@@ -312,6 +326,7 @@ pub async fn run<S, R, E>(
 where
     S: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, E>> + Unpin,
+    E: std::error::Error + 'static,
 {
     let Admitted {
         caller,
@@ -368,6 +383,7 @@ async fn session<S, R, E>(
 where
     S: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, E>> + Unpin,
+    E: std::error::Error + 'static,
 {
     let messaging = &context.messaging;
     let user_id = context.caller.participant();
@@ -422,7 +438,15 @@ where
         let idle_at = last_heard + IDLE_TIMEOUT;
         tokio::select! {
             incoming = stream.next() => {
-                let Some(Ok(message)) = incoming else { return Ended::ClientGone };
+                let message = match incoming {
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) if too_big(&e) => {
+                        let _ = close_with(&mut sink, close::TOO_BIG, "frame_too_large").await;
+                        tokio::time::sleep(CLOSE_LINGER).await;
+                        return Ended::TooBig;
+                    }
+                    _ => return Ended::ClientGone,
+                };
                 last_heard = Instant::now();
                 let reply = match message {
                     Message::Text(text) => Some(handle_text(context, text.as_str()).await),
@@ -595,6 +619,22 @@ fn gate_of(payload: &str) -> Option<Gate> {
         _ => GateKind::Event,
     };
     Some(Gate { conversation, kind })
+}
+
+/// Whether the transport refused a frame or message over its size limit
+/// (it then reads nothing more of it: the connection must close).
+fn too_big(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(tungstenite::Error::Capacity(
+            tungstenite::error::CapacityError::MessageTooLong { .. },
+        )) = e.downcast_ref::<tungstenite::Error>()
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// The store failed while deciding what to show: the session ends (1011)
@@ -865,7 +905,7 @@ async fn answer(context: &Context, request: Request) -> Result<Value, ApiError> 
                 .iter()
                 .map(|e| ConversationView::of(&e.conversation, Some(e.unread)))
                 .collect();
-            let next = (entries.len() == limit.clamp(1, crate::messaging::MAX_PAGE) as usize)
+            let next = (entries.len() == limit as usize)
                 .then(|| {
                     entries.last().map(|e| {
                         format!("{}.{}", e.conversation.last_activity.0, e.conversation.id)
@@ -960,6 +1000,13 @@ async fn answer(context: &Context, request: Request) -> Result<Value, ApiError> 
             to,
             signal,
         } => {
+            // Checked before the call is looked up: a malformed request is
+            // refused as such, whatever the call's state.
+            if !signal.is_object() {
+                return Err(ApiError::InvalidRequest(
+                    "signal: must be a JSON object".to_owned(),
+                ));
+            }
             calls.signal(caller, device, call_id, to, signal).await?;
             json!({"type": "ack", "id": id})
         }

@@ -58,9 +58,12 @@ pub async fn upgrade(
             Ok(ws) => ws
                 .protocols([PROTOCOL])
                 // Frames above 128 KiB are answered with `frame_too_large`
-                // by the session; the transport takes up to 1 MiB so that
-                // it can.
-                .max_message_size(1024 * 1024)
+                // by the session; the transport reads up to 1 MiB (one
+                // frame, or a message of several) so that it can. Beyond,
+                // it refuses from the frame header, before buffering, and
+                // the session closes with 1009.
+                .max_message_size(crate::ws::MAX_READ_BYTES)
+                .max_frame_size(crate::ws::MAX_READ_BYTES)
                 // Small buffers: an idle connection should cost little
                 // (the defaults reserve 128 KiB to read). Frames go out
                 // as soon as they are written.

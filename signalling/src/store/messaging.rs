@@ -105,8 +105,10 @@ pub struct PreviewSize {
     pub height: u32,
 }
 
-/// An action button.
+/// An action button. Unknown fields are refused (the `send` schema has
+/// `additionalProperties: false`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Action {
     /// What the bot receives on a click.
     pub value: String,

@@ -406,9 +406,19 @@ impl Ws {
         request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Self {
+        Self::connect_with(request, tls, None).await
+    }
+
+    /// As [`Self::connect_via`], with the client's own transport settings
+    /// (e.g. its size limits).
+    pub async fn connect_with(
+        request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        config: Option<tokio_tungstenite::tungstenite::protocol::WebSocketConfig>,
+    ) -> Self {
         let connector = tls.map(tokio_tungstenite::Connector::Rustls);
         let (stream, _) =
-            tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
+            tokio_tungstenite::connect_async_tls_with_config(request, config, false, connector)
                 .await
                 .unwrap();
         let mut ws = Self {
@@ -423,6 +433,15 @@ impl Ws {
         ws.welcome = ws.frame().await;
         assert_eq!(ws.welcome["type"], "welcome", "{}", ws.welcome);
         ws
+    }
+
+    /// The socket itself, after the `welcome` (to write and read at once,
+    /// or to see how it ends).
+    pub fn into_stream(
+        self,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
+    {
+        self.stream
     }
 
     /// The next frame that is not a ping (5 s at most).
