@@ -103,13 +103,14 @@ async fn append(
     payload: &str,
     now: Timestamp,
 ) -> StoreResult<Vec<(UserId, u64)>> {
-    let mut unique: Vec<String> = Vec::with_capacity(users.len());
-    for u in users {
-        let id = u.to_string();
-        if !unique.contains(&id) {
-            unique.push(id);
-        }
-    }
+    // Each user once, in their first order (a set, not a scan per user:
+    // an `all_users` conversation lists thousands).
+    let mut seen = std::collections::HashSet::with_capacity(users.len());
+    let unique: Vec<String> = users
+        .iter()
+        .filter(|u| seen.insert(**u))
+        .map(ToString::to_string)
+        .collect();
     if unique.is_empty() {
         return Ok(Vec::new());
     }
