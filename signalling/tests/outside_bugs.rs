@@ -171,3 +171,66 @@ async fn a_conflict_found_by_the_writer_keeps_its_code() {
     }
     panic!("the send's checks never ran before the file was deleted");
 }
+
+/// An edit or deletion replaces the message's own row of the full-text
+/// index, found by the id the message keeps (it used to delete by the
+/// unindexed conversation and seq columns: a scan of every application's
+/// index inside the writer's transaction); what search finds is unchanged.
+#[tokio::test]
+async fn edits_and_deletions_replace_the_messages_own_index_row() {
+    let (server, _dir, ann, conversation) = setup().await;
+    let mut ws = Ws::connect(&server, &ann, None).await;
+    let mut ids = Vec::new();
+    for (i, text) in ["alpha", "bravo", "charlie"].iter().enumerate() {
+        let ack = ws
+            .request(json!({"type": "send", "conversation_id": conversation,
+                "client_id": format!("s{i}"), "text": text}))
+            .await;
+        ids.push(ack["message"]["id"].clone());
+    }
+    let r = ws
+        .request(json!({"type": "edit", "conversation_id": conversation,
+            "message_id": ids[1], "text": "delta"}))
+        .await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let r = ws
+        .request(json!({"type": "delete", "conversation_id": conversation,
+            "message_id": ids[2]}))
+        .await;
+    assert_eq!(r["type"], "ack", "{r}");
+    for (query, expected) in [
+        ("alpha", vec![1]),
+        ("bravo", vec![]),
+        ("delta", vec![2]),
+        ("charlie", vec![]),
+    ] {
+        let page = ws.request(json!({"type": "search", "query": query})).await;
+        assert_eq!(seqs(&page), expected, "{query}: {page}");
+    }
+
+    // In the store: one index row per live message, the one it names.
+    let url = format!(
+        "sqlite://{}",
+        server.services.config.database_path().display()
+    );
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let rows: Vec<(i64, Option<i64>, i64)> = sqlx::query_as(
+        "SELECT m.seq, m.search_rowid, (SELECT count(*) FROM message_search s WHERE s.rowid = m.search_rowid) \
+         FROM messages m ORDER BY m.seq",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows[0].2, 1, "{rows:?}");
+    assert_eq!(rows[1].2, 1, "{rows:?}");
+    assert_eq!(
+        rows[2].2, 0,
+        "the deleted message has no index row: {rows:?}"
+    );
+    let (total,): (i64,) = sqlx::query_as("SELECT count(*) FROM message_search")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(total, 2);
+}

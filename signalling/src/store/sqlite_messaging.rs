@@ -95,6 +95,33 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Adds a message's text to the full-text index and records the index
+/// row in the message, so that an edit or a deletion finds it by id.
+async fn index_text(
+    tx: &mut sqlx::SqliteConnection,
+    conversation: ConversationId,
+    seq: u64,
+    text: &str,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO message_search (rowid, text, conversation_id, seq) VALUES (NULL, ?, ?, ?)",
+    )
+    .bind(text)
+    .bind(conversation.to_string())
+    .bind(to_i64(seq))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE messages SET search_rowid = last_insert_rowid() \
+         WHERE conversation_id = ? AND seq = ?",
+    )
+    .bind(conversation.to_string())
+    .bind(to_i64(seq))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// Appends `payload` to each user's log inside `tx`: two statements
 /// whatever the number of users (the ids travel as one JSON array).
 async fn append(
@@ -206,14 +233,7 @@ async fn post_in(
         let ids: Vec<_> = m.body.attachments.iter().map(|a| a.file_id).collect();
         super::sqlite_files::attach(tx, &ids, m.id, m.conversation_id, m.author).await?;
     }
-    sqlx::query(
-        "INSERT INTO message_search (rowid, text, conversation_id, seq) VALUES (NULL, ?, ?, ?)",
-    )
-    .bind(&m.body.text)
-    .bind(m.conversation_id.to_string())
-    .bind(to_i64(n))
-    .execute(&mut *tx)
-    .await?;
+    index_text(tx, m.conversation_id, n, &m.body.text).await?;
     let stored = StoredMessage {
         conversation_id: m.conversation_id,
         seq: n,
@@ -558,18 +578,17 @@ impl MessageStore for SqliteStore {
             .bind(m.id.to_string())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM message_search WHERE conversation_id = ? AND seq = ?")
-            .bind(m.conversation_id.to_string())
-            .bind(to_i64(m.seq))
-            .execute(&mut *tx)
-            .await?;
+        // The message's own row of the index, by its id (no scan).
+        sqlx::query(
+            "DELETE FROM message_search WHERE rowid = \
+             (SELECT search_rowid FROM messages WHERE conversation_id = ? AND seq = ?)",
+        )
+        .bind(m.conversation_id.to_string())
+        .bind(to_i64(m.seq))
+        .execute(&mut *tx)
+        .await?;
         if m.deleted_at.is_none() {
-            sqlx::query("INSERT INTO message_search (text, conversation_id, seq) VALUES (?, ?, ?)")
-                .bind(&m.body.text)
-                .bind(m.conversation_id.to_string())
-                .bind(to_i64(m.seq))
-                .execute(&mut *tx)
-                .await?;
+            index_text(&mut tx, m.conversation_id, m.seq, &m.body.text).await?;
         } else {
             super::sqlite_files::discard_message_files(&mut tx, m.id, now).await?;
         }
