@@ -24,6 +24,7 @@
 //! connection that does not keep up (4008 `slow_consumer`) or a send
 //! blocks for 10 s.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +63,11 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most events replayed on resume; further behind (or behind the oldest
 /// kept event) means resynchronise.
 pub const RESUME_LIMIT: u64 = 10_000;
+/// Requests read and waiting to be answered; past this the session stops
+/// reading the socket (TCP then holds the client back).
+const MAX_PENDING_REQUESTS: usize = 16;
+/// A request being answered.
+type Answering<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send + 'a>>;
 /// Events read from the store per page while replaying.
 const REPLAY_PAGE: u32 = 500;
 /// Most conversations a session remembers it may (or may not) show;
@@ -434,52 +440,85 @@ where
         }
     };
     tokio::pin!(expiry);
-    loop {
+    // Requests are answered one at a time, in order, while deliveries go
+    // on: a request waiting for its commit never holds back the events
+    // (a client that reads everything is never a slow consumer because
+    // of its own requests). At most MAX_PENDING_REQUESTS wait; past that
+    // the session stops reading the socket until one is answered.
+    let mut pending: VecDeque<Utf8Bytes> = VecDeque::new();
+    let mut current: Option<Answering<'_>> = None;
+    let ended = loop {
+        if current.is_none()
+            && let Some(text) = pending.pop_front()
+        {
+            current = Some(Box::pin(async move {
+                handle_text(context, text.as_str()).await
+            }));
+        }
         let idle_at = last_heard + IDLE_TIMEOUT;
         tokio::select! {
-            incoming = stream.next() => {
+            reply = async {
+                match current.as_mut() {
+                    Some(answering) => answering.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                current = None;
+                if send(&mut sink, reply).await.is_err() {
+                    break Ended::ClientGone;
+                }
+            }
+            incoming = stream.next(), if pending.len() < MAX_PENDING_REQUESTS => {
                 let message = match incoming {
                     Some(Ok(message)) => message,
                     Some(Err(e)) if too_big(&e) => {
                         let _ = close_with(&mut sink, close::TOO_BIG, "frame_too_large").await;
                         tokio::time::sleep(CLOSE_LINGER).await;
-                        return Ended::TooBig;
+                        break Ended::TooBig;
                     }
-                    _ => return Ended::ClientGone,
+                    _ => break Ended::ClientGone,
                 };
                 last_heard = Instant::now();
                 let reply = match message {
-                    Message::Text(text) => Some(handle_text(context, text.as_str()).await),
+                    Message::Text(text) => {
+                        pending.push_back(text);
+                        None
+                    }
                     Message::Binary(_) => Some(match context.limits.check_frame() {
                         Err(limited) => rate_limited_frame(None, &limited),
                         Ok(()) => error_frame(None, "unsupported_frame", "frames are JSON text"),
                     }),
-                    Message::Close(_) => return Ended::ClientGone,
+                    Message::Close(_) => break Ended::ClientGone,
                     Message::Ping(_) | Message::Pong(_) => None,
                 };
                 if let Some(reply) = reply
                     && send(&mut sink, reply).await.is_err() {
-                        return Ended::ClientGone;
+                        break Ended::ClientGone;
                     }
             }
             delivery = subscription.rx.recv() => {
                 let Some(delivery) = delivery else {
+                    // Close cleanly: the close frame, then read (and drop)
+                    // what the client still sends for a moment, so that the
+                    // socket is not reset with unread requests in it and the
+                    // client sees 4008, not 1006.
                     let _ = close_with(&mut sink, close::SLOW_CONSUMER, "slow_consumer").await;
-                    return Ended::SlowConsumer;
+                    linger(stream).await;
+                    break Ended::SlowConsumer;
                 };
                 if let Some((code, reason)) = delivery.close {
                     let _ = close_with(sink, code, reason).await;
-                    return Ended::Revoked;
+                    break Ended::Revoked;
                 }
                 if delivery.seq == 0 {
                     match access.shows(context, delivery.gate).await {
                         Ok(true) => {}
                         Ok(false) => continue,
-                        Err(()) => return store_failed(&mut sink).await,
+                        Err(()) => break store_failed(&mut sink).await,
                     }
                     let frame = format!(r#"{{"type":"ephemeral","event":{}}}"#, delivery.payload);
                     if send(&mut sink, frame).await.is_err() {
-                        return Ended::ClientGone;
+                        break Ended::ClientGone;
                     }
                     continue;
                 }
@@ -487,34 +526,52 @@ where
                     continue;
                 }
                 if delivery.seq > last + 1 && replay(&mut sink, context, &mut access, &mut last, delivery.seq).await.is_err() {
-                    return Ended::ClientGone;
+                    break Ended::ClientGone;
                 }
                 match access.shows(context, delivery.gate).await {
                     Ok(true) => {
                         if send(&mut sink, event_frame(delivery.seq, &delivery.payload)).await.is_err() {
-                            return Ended::ClientGone;
+                            break Ended::ClientGone;
                         }
                     }
                     Ok(false) => {}
-                    Err(()) => return store_failed(&mut sink).await,
+                    Err(()) => break store_failed(&mut sink).await,
                 }
                 last = delivery.seq;
             }
             _ = ping.tick() => {
                 if timed(sink.send(Message::Ping(Vec::new().into()))).await.is_err() {
-                    return Ended::ClientGone;
+                    break Ended::ClientGone;
                 }
             }
             () = tokio::time::sleep_until(idle_at) => {
                 let _ = close_with(&mut sink, close::IDLE, "idle").await;
-                return Ended::Idle;
+                break Ended::Idle;
             }
             () = &mut expiry => {
                 let _ = close_with(&mut sink, close::REVOKED, "expired").await;
-                return Ended::Revoked;
+                break Ended::Revoked;
             }
         }
+    };
+    // A request being answered finishes: its commit or call change is not
+    // cut in half (its answer may no longer reach the client).
+    if let Some(answering) = current.take() {
+        let _ = tokio::time::timeout(SEND_TIMEOUT, answering).await;
     }
+    ended
+}
+
+/// Reads and drops what the client still sends, until it closes or
+/// [`CLOSE_LINGER`] passes.
+async fn linger<R, E>(stream: &mut R)
+where
+    R: Stream<Item = Result<Message, E>> + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
 }
 
 /// Sends stored events after `*last` and below `until` that this session
