@@ -62,6 +62,33 @@ impl Process {
         authority.parse().unwrap()
     }
 
+    /// Registers an application through the e-mail code flow (the code is
+    /// read from the outbox in `data_dir`).
+    pub async fn register(&self, data_dir: &Path, email: &str, app_name: &str) -> super::App {
+        let client = reqwest::Client::new();
+        let r = client
+            .post(format!("{}/api/v1/registrations", self.base))
+            .json(&serde_json::json!({"email": email, "app_name": app_name}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+        let code = super::last_code_in(&data_dir.join("outbox"), email).unwrap();
+        let r = client
+            .post(format!("{}/api/v1/registrations/confirm", self.base))
+            .json(&serde_json::json!({"email": email, "app_name": app_name, "code": code}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+        let body: serde_json::Value = r.json().await.unwrap();
+        super::App {
+            id: body["app_id"].as_str().unwrap().to_owned(),
+            secret: body["app_secret"].as_str().unwrap().to_owned(),
+            subscriber_id: body["subscriber_id"].as_str().unwrap().to_owned(),
+        }
+    }
+
     /// Sends a signal (`HUP`, `TERM` …).
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
