@@ -35,10 +35,18 @@ impl Process {
             Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
             None => Stdio::null(),
         };
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        // Only the settings given here: the binary reads every `CONFER_*`
+        // variable as configuration and refuses unknown ones, such as the
+        // tests' own knobs (`CONFER_CRASH_TRIALS`).
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CONFER_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .env_remove("CONFER_CONFIG")
             .env_remove("RUST_LOG")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
