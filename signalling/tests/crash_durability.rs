@@ -15,7 +15,8 @@
 //!   stored once when it was not.
 //!
 //! `CONFER_CRASH_TRIALS` sets the number of kills (default 20),
-//! `CONFER_CRASH_SEED` replays a run (the seed is printed).
+//! `CONFER_CRASH_SEED` repeats a run's kill moments and send windows (the
+//! seed is printed; the server's own timing still varies).
 
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 
