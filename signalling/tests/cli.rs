@@ -46,27 +46,10 @@ async fn the_binary_serves_stops_gracefully_and_restarts_with_its_data() {
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 
-    let r = client
-        .post(format!("{}/api/v1/registrations", server.base))
-        .json(&json!({"email": "cli@example.com", "app_name": "CLI ERP"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let code = common::last_code_in(&dir.path().join("outbox"), "cli@example.com").unwrap();
-    let created: Value = client
-        .post(format!("{}/api/v1/registrations/confirm", server.base))
-        .json(&json!({"email": "cli@example.com", "app_name": "CLI ERP", "code": code}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let (id, secret) = (
-        created["app_id"].as_str().unwrap().to_owned(),
-        created["app_secret"].as_str().unwrap().to_owned(),
-    );
+    let app = server
+        .register(dir.path(), "cli@example.com", "CLI ERP")
+        .await;
+    let (id, secret) = (app.id, app.secret);
     let status = server.terminate();
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
 

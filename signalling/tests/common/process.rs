@@ -35,10 +35,18 @@ impl Process {
             Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
             None => Stdio::null(),
         };
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        // Only the settings given here: the binary reads every `CONFER_*`
+        // variable as configuration and refuses unknown ones, such as the
+        // tests' own knobs (`CONFER_CRASH_TRIALS`).
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CONFER_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .env_remove("CONFER_CONFIG")
             .env_remove("RUST_LOG")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -60,6 +68,33 @@ impl Process {
     pub fn addr(&self) -> SocketAddr {
         let (_, authority) = self.base.split_once("://").unwrap();
         authority.parse().unwrap()
+    }
+
+    /// Registers an application through the e-mail code flow (the code is
+    /// read from the outbox in `data_dir`).
+    pub async fn register(&self, data_dir: &Path, email: &str, app_name: &str) -> super::App {
+        let client = reqwest::Client::new();
+        let r = client
+            .post(format!("{}/api/v1/registrations", self.base))
+            .json(&serde_json::json!({"email": email, "app_name": app_name}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+        let code = super::last_code_in(&data_dir.join("outbox"), email).unwrap();
+        let r = client
+            .post(format!("{}/api/v1/registrations/confirm", self.base))
+            .json(&serde_json::json!({"email": email, "app_name": app_name, "code": code}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+        let body: serde_json::Value = r.json().await.unwrap();
+        super::App {
+            id: body["app_id"].as_str().unwrap().to_owned(),
+            secret: body["app_secret"].as_str().unwrap().to_owned(),
+            subscriber_id: body["subscriber_id"].as_str().unwrap().to_owned(),
+        }
     }
 
     /// Sends a signal (`HUP`, `TERM` …).
