@@ -1,0 +1,563 @@
+//! Fuzz target: WebSocket client frames. One session of the real services
+//! (`ws::run` over channels, the server's own store, bus, calls and
+//! embedded SFU) takes arbitrary text, arbitrary binary frames and
+//! structure-aware near-valid requests — every frame type, ids of every
+//! JSON kind, known and unknown fields, real and random ids, huge numbers,
+//! unicode, NUL, deep nesting, oversized text. Each frame gets exactly one
+//! answer, of a type docs/protocol.md defines and matching its schema,
+//! naming the request's id; an error carries a documented code and never
+//! `internal`; the session never ends.
+//!
+//! Cases: `PROPTEST_CASES` (default 128 sequences of up to 12 frames);
+//! `scripts/fuzz.sh` runs many more.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::ws::Message;
+use common::{TestServer, protocol_schemas, user_token};
+use confer_sfu::testing::fuzz_cases;
+use confer_signalling::limits::FrameLimits;
+use confer_signalling::messaging::{Caller, Who};
+use confer_signalling::ws::{self, Admitted, MAX_FRAME_BYTES};
+use futures_channel::mpsc;
+use futures_util::StreamExt;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use serde_json::{Map, Value, json};
+
+/// Request types the protocol defines, and a few it does not.
+const TYPES: &[&str] = &[
+    "send",
+    "create_conversation",
+    "add_members",
+    "remove_member",
+    "open_context",
+    "history",
+    "read",
+    "edit",
+    "delete",
+    "list",
+    "click",
+    "typing",
+    "members",
+    "presence",
+    "search",
+    "ping",
+    "call_start",
+    "call_join",
+    "call_decline",
+    "call_leave",
+    "call_signal",
+    "call_publish",
+    "call_subscribe",
+    "call_media",
+    "call_quality",
+    "",
+    "SEND",
+    "welcome",
+    "event",
+    "send\u{0}",
+];
+
+/// Field names of requests (and some no request has).
+const FIELDS: &[&str] = &[
+    "conversation_id",
+    "client_id",
+    "text",
+    "data",
+    "recipients",
+    "actions",
+    "attachments",
+    "title",
+    "members",
+    "is_group",
+    "displayed",
+    "all_users",
+    "key",
+    "user_id",
+    "context",
+    "limit",
+    "before",
+    "after",
+    "seq",
+    "message_id",
+    "action_id",
+    "cursor",
+    "query",
+    "away",
+    "users",
+    "call_id",
+    "media",
+    "device_id",
+    "busy",
+    "to",
+    "signal",
+    "sdp",
+    "screen_mid",
+    "audio",
+    "video",
+    "screen",
+    "mid",
+    "quality",
+    "kind",
+    "label",
+    "url",
+    "file_id",
+    "value",
+    "type",
+    "id",
+    "__proto__",
+    "\u{0}",
+    "поле",
+];
+
+/// Placeholders replaced by real ids of the session's world.
+const CONVERSATION: &str = "$conversation";
+const USER: &str = "$user";
+const OTHER: &str = "$other";
+const MESSAGE: &str = "$message";
+const CALL: &str = "$call";
+
+/// Codes an error frame may carry (docs/protocol.md, "Error codes of
+/// request frames"), except `internal`: bad input is never a server
+/// failure.
+const CODES: &[&str] = &[
+    "malformed_json",
+    "invalid_request",
+    "unknown_type",
+    "frame_too_large",
+    "forbidden",
+    "not_a_group",
+    "not_found",
+    "unsupported_frame",
+    "attachment_unavailable",
+    "busy",
+    "call_in_progress",
+    "call_full",
+    "not_ringing",
+    "not_joined",
+    "wrong_topology",
+    "negotiating",
+    "media_unavailable",
+    "rate_limited",
+];
+
+/// A client frame.
+#[derive(Clone, Debug)]
+enum Frame {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+fn leaf() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        prop_oneof![
+            Just(json!(0)),
+            Just(json!(-1)),
+            Just(json!(1)),
+            Just(json!(200)),
+            Just(json!(201)),
+            Just(json!(4_294_967_296_u64)),
+            Just(json!(u64::MAX)),
+            Just(json!(i64::MIN)),
+            Just(json!(1e308)),
+            Just(json!(-0.0)),
+            Just(json!(0.5)),
+        ],
+        prop_oneof![
+            Just(CONVERSATION),
+            Just(USER),
+            Just(OTHER),
+            Just(MESSAGE),
+            Just(CALL),
+            Just("audio"),
+            Just("video"),
+            Just("high"),
+            Just("v=0\r\n"),
+            Just("00000000-0000-0000-0000-000000000000"),
+            Just("\u{0}"),
+            Just("a\u{0}b"),
+            Just("\u{202e}\u{fe0f}👩‍👩‍👧 Привет 你好"),
+        ]
+        .prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+        "[0-9a-f-]{36}".prop_map(Value::from),
+        (0usize..4000).prop_map(|n| Value::from("ж".repeat(n))),
+    ]
+}
+
+fn value() -> impl Strategy<Value = Value> {
+    leaf().prop_recursive(6, 48, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+            proptest::collection::vec((proptest::sample::select(FIELDS), inner), 0..6).prop_map(
+                |fields| {
+                    Value::Object(
+                        fields
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), v))
+                            .collect::<Map<_, _>>(),
+                    )
+                }
+            ),
+        ]
+    })
+}
+
+/// A request-shaped object: a `type`, an `id` of any kind (or none), and
+/// fields of requests with arbitrary values.
+fn request() -> impl Strategy<Value = Value> {
+    (
+        proptest::sample::select(TYPES),
+        prop_oneof![
+            4 => "[a-z0-9]{1,8}".prop_map(|id| Some(Value::from(id))),
+            1 => Just(None),
+            1 => leaf().prop_map(Some),
+        ],
+        proptest::collection::vec((proptest::sample::select(FIELDS), value()), 0..7),
+    )
+        .prop_map(|(kind, id, fields)| {
+            let mut frame = Map::new();
+            frame.insert("type".to_owned(), Value::from(kind));
+            if let Some(id) = id {
+                frame.insert("id".to_owned(), id);
+            }
+            for (k, v) in fields {
+                if k != "type" && k != "id" {
+                    frame.insert(k.to_owned(), v);
+                }
+            }
+            Value::Object(frame)
+        })
+}
+
+/// Valid requests (placeholders filled in later), for [`near_valid`].
+const TEMPLATES: &[&str] = &[
+    r#"{"type":"send","conversation_id":"$conversation","client_id":"c","text":"hi"}"#,
+    r#"{"type":"send","conversation_id":"$conversation","client_id":"d","text":"*b*","data":{"k":[1]},"actions":[{"id":"a","label":"OK"}]}"#,
+    r#"{"type":"history","conversation_id":"$conversation","limit":10}"#,
+    r#"{"type":"history","conversation_id":"$conversation","after":0}"#,
+    r#"{"type":"list","limit":5}"#,
+    r#"{"type":"search","query":"hello"}"#,
+    r#"{"type":"typing","conversation_id":"$conversation"}"#,
+    r#"{"type":"members","conversation_id":"$conversation"}"#,
+    r#"{"type":"presence","users":["$other"]}"#,
+    r#"{"type":"read","conversation_id":"$conversation","seq":1}"#,
+    r#"{"type":"edit","conversation_id":"$conversation","message_id":"$message","text":"edited"}"#,
+    r#"{"type":"click","conversation_id":"$conversation","message_id":"$message","value":"v"}"#,
+    r#"{"type":"open_context","context":"order:1","title":"Order"}"#,
+    r#"{"type":"create_conversation","title":"t","members":["$other"]}"#,
+    r#"{"type":"call_media","call_id":"$call","audio":true}"#,
+    r#"{"type":"call_join","call_id":"$call"}"#,
+    r#"{"type":"call_signal","call_id":"$call","to":"$other","signal":{"x":1}}"#,
+    r#"{"type":"call_publish","call_id":"$call","sdp":"v=0\r\n"}"#,
+    r#"{"type":"call_quality","call_id":"$call","quality":"low"}"#,
+];
+
+/// A valid request with some fields replaced, added or removed.
+fn near_valid() -> impl Strategy<Value = Value> {
+    (
+        proptest::sample::select(TEMPLATES),
+        "[a-z0-9]{1,8}",
+        prop_oneof![
+            2 => Just(Vec::new()),
+            1 => proptest::collection::vec((proptest::sample::select(FIELDS), value()), 1..3),
+        ],
+        prop_oneof![
+            3 => Just(None),
+            1 => any::<proptest::sample::Index>().prop_map(Some),
+        ],
+    )
+        .prop_map(|(template, id, changes, removed)| {
+            let mut frame: Value = serde_json::from_str(template).unwrap();
+            let fields = frame.as_object_mut().unwrap();
+            fields.insert("id".to_owned(), Value::from(id));
+            if let Some(i) = removed {
+                let names: Vec<String> = fields.keys().cloned().collect();
+                fields.remove(i.get(&names));
+            }
+            for (k, v) in changes {
+                fields.insert(k.to_owned(), v);
+            }
+            frame
+        })
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        5 => near_valid().prop_map(|v| Frame::Text(v.to_string())),
+        6 => request().prop_map(|v| Frame::Text(v.to_string())),
+        // Near-valid: a request cut short or with a byte changed.
+        1 => (request(), any::<usize>(), any::<u8>()).prop_map(|(v, at, b)| {
+            let mut bytes = v.to_string().into_bytes();
+            let at = at % bytes.len();
+            if b % 2 == 0 {
+                bytes.truncate(at);
+            } else {
+                bytes[at] = b;
+            }
+            Frame::Text(String::from_utf8_lossy(&bytes).into_owned())
+        }),
+        1 => ".{0,200}".prop_map(Frame::Text),
+        1 => (0usize..200_000).prop_map(|n| Frame::Text(format!(r#"{{"type":"ping","id":"big","pad":"{}"}}"#, "x".repeat(n)))),
+        1 => proptest::collection::vec(any::<u8>(), 0..200).prop_map(Frame::Binary),
+    ]
+}
+
+/// The real ids that placeholders stand for.
+struct World {
+    ids: BTreeMap<&'static str, String>,
+}
+
+impl World {
+    fn fill(&self, v: &mut Value) {
+        match v {
+            Value::String(s) => {
+                if let Some(id) = self.ids.get(s.as_str()) {
+                    *s = id.clone();
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|i| self.fill(i)),
+            Value::Object(fields) => fields.values_mut().for_each(|f| self.fill(f)),
+            _ => {}
+        }
+    }
+
+    /// `frame` with placeholders replaced, when it is a JSON text.
+    fn resolve(&self, frame: Frame) -> Frame {
+        match frame {
+            Frame::Text(text) => match serde_json::from_str::<Value>(&text) {
+                Ok(mut v) if text.contains('$') => {
+                    self.fill(&mut v);
+                    Frame::Text(v.to_string())
+                }
+                _ => Frame::Text(text),
+            },
+            binary => binary,
+        }
+    }
+}
+
+/// A session over channels and the frames it answers.
+struct Session {
+    input: mpsc::UnboundedSender<Result<Message, Infallible>>,
+    out: mpsc::UnboundedReceiver<Message>,
+    sentinel: u64,
+}
+
+impl Session {
+    fn send(&self, message: Message) -> Result<(), TestCaseError> {
+        self.input
+            .unbounded_send(Ok(message))
+            .map_err(|_| TestCaseError::fail("the session ended"))
+    }
+
+    /// The text frames up to the `pong` of a sentinel `ping`, events left
+    /// out.
+    async fn answers(&mut self) -> Result<Vec<Value>, TestCaseError> {
+        self.sentinel += 1;
+        let sentinel = format!("fuzz-sentinel-{}", self.sentinel);
+        let ping = json!({"type": "ping", "id": sentinel}).to_string();
+        self.send(Message::Text(ping.into()))?;
+        let mut answers = Vec::new();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(30), self.out.next())
+                .await
+                .map_err(|_| TestCaseError::fail("no answer within 30 s"))?
+                .ok_or_else(|| TestCaseError::fail("the session ended"))?;
+            let Message::Text(text) = message else {
+                if let Message::Close(close) = message {
+                    return Err(TestCaseError::fail(format!("closed: {close:?}")));
+                }
+                continue;
+            };
+            let frame: Value = serde_json::from_str(text.as_str())
+                .map_err(|e| TestCaseError::fail(format!("answer not JSON ({e}): {text}")))?;
+            if frame["type"] == "pong" && frame["id"] == sentinel.as_str() {
+                return Ok(answers);
+            }
+            if frame["type"] != "event" && frame["type"] != "ephemeral" {
+                answers.push(frame);
+            }
+        }
+    }
+}
+
+/// Sends `frame` and checks its one answer.
+async fn check(
+    session: &mut Session,
+    validators: &BTreeMap<String, jsonschema::Validator>,
+    frame: &Frame,
+    seen: &mut BTreeMap<String, u64>,
+) -> Result<(), TestCaseError> {
+    let (request_id, binary) = match frame {
+        Frame::Text(text) => {
+            session.send(Message::Text(text.clone().into()))?;
+            let id = serde_json::from_str::<Value>(text)
+                .ok()
+                .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned))
+                .filter(|_| text.len() <= MAX_FRAME_BYTES);
+            (id, false)
+        }
+        Frame::Binary(bytes) => {
+            session.send(Message::Binary(bytes.clone().into()))?;
+            (None, true)
+        }
+    };
+    let answers = session.answers().await?;
+    prop_assert_eq!(answers.len(), 1, "one answer per frame: {:?}", answers);
+    let answer = &answers[0];
+    let kind = answer["type"].as_str().unwrap_or("");
+    let validator = validators
+        .get(kind)
+        .ok_or_else(|| TestCaseError::fail(format!("answer of undocumented type: {answer}")))?;
+    if let Err(e) = validator.validate(answer) {
+        return Err(TestCaseError::fail(format!(
+            "answer does not match its schema: {e}\n{answer}"
+        )));
+    }
+    let code = answer["code"].as_str().unwrap_or("");
+    *seen
+        .entry(format!("{kind} {code}").trim().to_owned())
+        .or_default() += 1;
+    if kind == "error" {
+        prop_assert!(CODES.contains(&code), "undocumented code: {}", answer);
+    }
+    if binary {
+        prop_assert_eq!(&answer["code"], "unsupported_frame");
+    }
+    if let Some(id) = request_id {
+        let answered = answer["id"].as_str();
+        // An unparseable request is answered with a null id.
+        prop_assert!(
+            answered == Some(id.as_str()) || answer["code"] == "malformed_json",
+            "answer names another id than {:?}: {}",
+            id,
+            answer
+        );
+    }
+    Ok(())
+}
+
+/// Frames of every shape, in sequences, to one session: exactly one
+/// documented answer each, and the session lives on.
+#[test]
+fn every_client_frame_gets_one_documented_answer() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (server, _dir) = rt.block_on(TestServer::start());
+    let services = server.services.clone();
+    let schemas = protocol_schemas("### Server frames");
+    let validators: BTreeMap<String, jsonschema::Validator> = schemas
+        .iter()
+        .map(|(kind, schema)| (kind.clone(), jsonschema::validator_for(schema).unwrap()))
+        .collect();
+
+    // The world: an application, the fuzzing user, another user, a group
+    // conversation of both with one message, and a call in it.
+    let (session, world) = rt.block_on(async {
+        let app = server.register("fuzz@example.com", "Fuzz").await;
+        let (token, user) = user_token(&server, &app, "fuzzer", &["order:1"]).await;
+        let (_, other) = user_token(&server, &app, "other", &[]).await;
+        let (app, user_record, contexts, _) = services
+            .tenancy
+            .authenticate_user_with_contexts(&token)
+            .await
+            .unwrap();
+        let caller = Caller {
+            app,
+            who: Who::User {
+                user: user_record,
+                contexts,
+            },
+        };
+        let (sink, out) = mpsc::unbounded::<Message>();
+        let (input, stream) = mpsc::unbounded::<Result<Message, Infallible>>();
+        tokio::spawn(ws::run(
+            sink,
+            stream,
+            services.messaging.clone(),
+            services.bus.clone(),
+            services.calls.clone(),
+            Admitted {
+                caller,
+                since: None,
+                until: None,
+                limits: FrameLimits::unlimited(),
+            },
+        ));
+        let mut session = Session {
+            input,
+            out,
+            sentinel: 0,
+        };
+        let welcome = session.out.next().await.unwrap();
+        assert!(matches!(&welcome, Message::Text(t) if t.as_str().contains("welcome")));
+        let mut request = async |frame: Value| {
+            session.send(Message::Text(frame.to_string().into())).unwrap();
+            let answers = session.answers().await.unwrap();
+            assert_eq!(answers.len(), 1, "{answers:?}");
+            answers[0].clone()
+        };
+        let created = request(json!({"type": "create_conversation", "id": "c", "title": "Fuzz", "members": [other], "is_group": true})).await;
+        let conversation = created["conversation"]["id"].as_str().unwrap().to_owned();
+        let sent = request(json!({"type": "send", "id": "s", "conversation_id": conversation, "client_id": "m1", "text": "hello"})).await;
+        let message = sent["message"]["id"].as_str().unwrap().to_owned();
+        let started = request(json!({"type": "call_start", "id": "k", "conversation_id": conversation, "media": "video"})).await;
+        let call = started["call"]["id"].as_str().unwrap().to_owned();
+        let ids = BTreeMap::from([
+            (CONVERSATION, conversation),
+            (USER, user),
+            (OTHER, other),
+            (MESSAGE, message),
+            (CALL, call),
+        ]);
+        (session, World { ids })
+    });
+
+    // The runner takes a `Fn`; the one session is shared across cases.
+    let seen = std::sync::Mutex::new(BTreeMap::new());
+    let session = tokio::sync::Mutex::new(session);
+    let mut runner = TestRunner::new(Config {
+        cases: fuzz_cases(128),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&proptest::collection::vec(frame(), 1..12), |frames| {
+        rt.block_on(async {
+            let mut session = session.lock().await;
+            for frame in frames {
+                let frame = world.resolve(frame);
+                check(&mut session, &validators, &frame, &mut seen.lock().unwrap())
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("{e}\nframe: {frame:?}")))?;
+            }
+            Ok(())
+        })
+    });
+    rt.block_on(server.stop());
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    // The fuzzer got past parsing: requests were carried out, not only
+    // refused.
+    let seen = seen.into_inner().unwrap();
+    eprintln!("answers seen: {seen:?}");
+    for kind in ["ack", "error invalid_request"] {
+        assert!(seen.contains_key(kind), "no {kind:?} answer among {seen:?}");
+    }
+    assert!(seen.len() >= 6, "few kinds of answer: {seen:?}");
+}
