@@ -20,7 +20,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::ws::Message;
-use common::{TestServer, protocol_schemas, user_token};
+use common::{TestServer, fuzz, protocol_schemas, user_token};
 use confer_sfu::testing::fuzz_cases;
 use confer_signalling::limits::FrameLimits;
 use confer_signalling::messaging::{Caller, Who};
@@ -155,63 +155,15 @@ enum Frame {
     Binary(Vec<u8>),
 }
 
+/// Placeholders of [`leaf`] values.
+const PLACEHOLDERS: &[&str] = &[CONVERSATION, USER, OTHER, MESSAGE, CALL];
+
 fn leaf() -> impl Strategy<Value = Value> {
-    prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        prop_oneof![
-            Just(json!(0)),
-            Just(json!(-1)),
-            Just(json!(1)),
-            Just(json!(200)),
-            Just(json!(201)),
-            Just(json!(4_294_967_296_u64)),
-            Just(json!(u64::MAX)),
-            Just(json!(i64::MIN)),
-            Just(json!(1e308)),
-            Just(json!(-0.0)),
-            Just(json!(0.5)),
-        ],
-        prop_oneof![
-            Just(CONVERSATION),
-            Just(USER),
-            Just(OTHER),
-            Just(MESSAGE),
-            Just(CALL),
-            Just("audio"),
-            Just("video"),
-            Just("high"),
-            Just("v=0\r\n"),
-            Just("00000000-0000-0000-0000-000000000000"),
-            Just("\u{0}"),
-            Just("a\u{0}b"),
-            Just("\u{202e}\u{fe0f}👩‍👩‍👧 Привет 你好"),
-        ]
-        .prop_map(Value::from),
-        ".{0,40}".prop_map(Value::from),
-        "[0-9a-f-]{36}".prop_map(Value::from),
-        (0usize..4000).prop_map(|n| Value::from("ж".repeat(n))),
-    ]
+    fuzz::leaf(PLACEHOLDERS)
 }
 
 fn value() -> impl Strategy<Value = Value> {
-    leaf().prop_recursive(6, 48, 6, |inner| {
-        prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
-            proptest::collection::vec((proptest::sample::select(FIELDS), inner), 0..6).prop_map(
-                |fields| {
-                    Value::Object(
-                        fields
-                            .into_iter()
-                            .map(|(k, v)| (k.to_owned(), v))
-                            .collect::<Map<_, _>>(),
-                    )
-                }
-            ),
-        ]
-    })
+    fuzz::value(FIELDS, PLACEHOLDERS)
 }
 
 /// A request-shaped object: a `type`, an `id` of any kind (or none), and
@@ -264,32 +216,18 @@ const TEMPLATES: &[&str] = &[
     r#"{"type":"call_quality","call_id":"$call","quality":"low"}"#,
 ];
 
-/// A valid request with some fields replaced, added or removed.
+/// A valid request with an id and some fields replaced, added or removed.
 fn near_valid() -> impl Strategy<Value = Value> {
     (
-        proptest::sample::select(TEMPLATES),
+        fuzz::near_valid(TEMPLATES, FIELDS, PLACEHOLDERS),
         "[a-z0-9]{1,8}",
-        prop_oneof![
-            2 => Just(Vec::new()),
-            1 => proptest::collection::vec((proptest::sample::select(FIELDS), value()), 1..3),
-        ],
-        prop_oneof![
-            3 => Just(None),
-            1 => any::<proptest::sample::Index>().prop_map(Some),
-        ],
     )
-        .prop_map(|(template, id, changes, removed)| {
-            let mut frame: Value = serde_json::from_str(template).unwrap();
-            let fields = frame.as_object_mut().unwrap();
-            fields.insert("id".to_owned(), Value::from(id));
-            if let Some(i) = removed {
-                let names: Vec<String> = fields.keys().cloned().collect();
-                fields.remove(i.get(&names));
-            }
-            for (k, v) in changes {
-                fields.insert(k.to_owned(), v);
-            }
-            frame
+        .prop_map(|(mut v, id)| {
+            v.as_object_mut()
+                .unwrap()
+                .entry("id")
+                .or_insert_with(|| Value::from(id));
+            v
         })
 }
 
@@ -298,16 +236,8 @@ fn frame() -> impl Strategy<Value = Frame> {
         5 => near_valid().prop_map(|v| Frame::Text(v.to_string())),
         6 => request().prop_map(|v| Frame::Text(v.to_string())),
         // Near-valid: a request cut short or with a byte changed.
-        1 => (request(), any::<usize>(), any::<u8>()).prop_map(|(v, at, b)| {
-            let mut bytes = v.to_string().into_bytes();
-            let at = at % bytes.len();
-            if b % 2 == 0 {
-                bytes.truncate(at);
-            } else {
-                bytes[at] = b;
-            }
-            Frame::Text(String::from_utf8_lossy(&bytes).into_owned())
-        }),
+        1 => (request(), any::<usize>(), any::<u8>())
+            .prop_map(|(v, at, b)| Frame::Text(fuzz::damaged(v.to_string(), at, b))),
         1 => ".{0,200}".prop_map(Frame::Text),
         1 => (0usize..200_000).prop_map(|n| Frame::Text(format!(r#"{{"type":"ping","id":"big","pad":"{}"}}"#, "x".repeat(n)))),
         1 => proptest::collection::vec(any::<u8>(), 0..200).prop_map(Frame::Binary),
@@ -320,25 +250,12 @@ struct World {
 }
 
 impl World {
-    fn fill(&self, v: &mut Value) {
-        match v {
-            Value::String(s) => {
-                if let Some(id) = self.ids.get(s.as_str()) {
-                    *s = id.clone();
-                }
-            }
-            Value::Array(items) => items.iter_mut().for_each(|i| self.fill(i)),
-            Value::Object(fields) => fields.values_mut().for_each(|f| self.fill(f)),
-            _ => {}
-        }
-    }
-
     /// `frame` with placeholders replaced, when it is a JSON text.
     fn resolve(&self, frame: Frame) -> Frame {
         match frame {
             Frame::Text(text) => match serde_json::from_str::<Value>(&text) {
                 Ok(mut v) if text.contains('$') => {
-                    self.fill(&mut v);
+                    fuzz::fill(&mut v, &self.ids);
                     Frame::Text(v.to_string())
                 }
                 _ => Frame::Text(text),
