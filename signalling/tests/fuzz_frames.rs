@@ -31,39 +31,11 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Map, Value, json};
 
-/// Request types the protocol defines, and a few it does not.
-const TYPES: &[&str] = &[
-    "send",
-    "create_conversation",
-    "add_members",
-    "remove_member",
-    "open_context",
-    "history",
-    "read",
-    "edit",
-    "delete",
-    "list",
-    "click",
-    "typing",
-    "members",
-    "presence",
-    "search",
-    "ping",
-    "call_start",
-    "call_join",
-    "call_decline",
-    "call_leave",
-    "call_signal",
-    "call_publish",
-    "call_subscribe",
-    "call_media",
-    "call_quality",
-    "",
-    "SEND",
-    "welcome",
-    "event",
-    "send\u{0}",
-];
+/// Request types: the protocol's, and a few it does not define.
+fn types() -> Vec<&'static str> {
+    let unknown = ["", "SEND", "welcome", "event", "send\u{0}"];
+    ws::KNOWN_TYPES.iter().copied().chain(unknown).collect()
+}
 
 /// Field names of requests (and some no request has).
 const FIELDS: &[&str] = &[
@@ -170,7 +142,7 @@ fn value() -> impl Strategy<Value = Value> {
 /// fields of requests with arbitrary values.
 fn request() -> impl Strategy<Value = Value> {
     (
-        proptest::sample::select(TYPES),
+        proptest::sample::select(types()),
         prop_oneof![
             4 => "[a-z0-9]{1,8}".prop_map(|id| Some(Value::from(id))),
             1 => Just(None),
@@ -270,6 +242,8 @@ struct Session {
     input: mpsc::UnboundedSender<Result<Message, Infallible>>,
     out: mpsc::UnboundedReceiver<Message>,
     sentinel: u64,
+    /// Answers seen, by type and error code.
+    seen: BTreeMap<String, u64>,
 }
 
 impl Session {
@@ -315,7 +289,6 @@ async fn check(
     session: &mut Session,
     validators: &BTreeMap<String, jsonschema::Validator>,
     frame: &Frame,
-    seen: &mut BTreeMap<String, u64>,
 ) -> Result<(), TestCaseError> {
     let (request_id, binary) = match frame {
         Frame::Text(text) => {
@@ -344,7 +317,8 @@ async fn check(
         )));
     }
     let code = answer["code"].as_str().unwrap_or("");
-    *seen
+    *session
+        .seen
         .entry(format!("{kind} {code}").trim().to_owned())
         .or_default() += 1;
     if kind == "error" {
@@ -420,6 +394,7 @@ fn every_client_frame_gets_one_documented_answer() {
             input,
             out,
             sentinel: 0,
+            seen: BTreeMap::new(),
         };
         let welcome = session.out.next().await.unwrap();
         assert!(matches!(&welcome, Message::Text(t) if t.as_str().contains("welcome")));
@@ -446,7 +421,6 @@ fn every_client_frame_gets_one_documented_answer() {
     });
 
     // The runner takes a `Fn`; the one session is shared across cases.
-    let seen = std::sync::Mutex::new(BTreeMap::new());
     let session = tokio::sync::Mutex::new(session);
     let mut runner = TestRunner::new(Config {
         cases: fuzz_cases(128),
@@ -458,7 +432,7 @@ fn every_client_frame_gets_one_documented_answer() {
             let mut session = session.lock().await;
             for frame in frames {
                 let frame = world.resolve(frame);
-                check(&mut session, &validators, &frame, &mut seen.lock().unwrap())
+                check(&mut session, &validators, &frame)
                     .await
                     .map_err(|e| TestCaseError::fail(format!("{e}\nframe: {frame:?}")))?;
             }
@@ -471,8 +445,8 @@ fn every_client_frame_gets_one_documented_answer() {
     }
     // The fuzzer got past parsing: requests were carried out, not only
     // refused.
-    let seen = seen.into_inner().unwrap();
-    eprintln!("answers seen: {seen:?}");
+    let seen = session.into_inner().seen;
+    eprintln!("{} frames answered: {seen:?}", seen.values().sum::<u64>());
     for kind in ["ack", "error invalid_request"] {
         assert!(seen.contains_key(kind), "no {kind:?} answer among {seen:?}");
     }

@@ -114,7 +114,7 @@ pub fn damaged(text: String, at: usize, byte: u8) -> String {
         return String::new();
     }
     let at = at % bytes.len();
-    if byte % 2 == 0 {
+    if byte.is_multiple_of(2) {
         bytes.truncate(at);
     } else {
         bytes[at] = byte;
