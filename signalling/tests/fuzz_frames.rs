@@ -8,7 +8,7 @@
 //! naming the request's id; an error carries a documented code and never
 //! `internal`; the session never ends.
 //!
-//! Cases: `PROPTEST_CASES` (default 128 sequences of up to 12 frames);
+//! Cases: `PROPTEST_CASES` (default 128 sequences of 1 to 11 frames);
 //! `scripts/fuzz.sh` runs many more.
 
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
