@@ -624,5 +624,8 @@ async fn a_path_segment_that_is_not_utf8_gets_a_documented_error() {
     common::expect_error(r, reqwest::StatusCode::BAD_REQUEST, "invalid_request").await;
     let r = server.get("/web/%80").send().await.unwrap();
     common::expect_error(r, reqwest::StatusCode::NOT_FOUND, "not_found").await;
+    // Assets are still served.
+    let r = server.get("/web/app.js").send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
     server.stop().await;
 }
