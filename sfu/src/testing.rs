@@ -438,6 +438,16 @@ pub fn offer_slots(rtc: &mut Rtc, audio: usize, video: usize) -> (String, SdpPen
     (offer.to_sdp_string(), pending)
 }
 
+/// Cases a fuzz property runs: `PROPTEST_CASES` when set (what
+/// `scripts/fuzz.sh` sets), else `default` — a few seconds in the normal
+/// test run.
+pub fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Applies the SFU's answer.
 pub fn accept_answer(rtc: &mut Rtc, pending: SdpPendingOffer, answer: &str) {
     let answer = SdpAnswer::from_sdp_string(answer).unwrap();

@@ -263,7 +263,8 @@ enum Request {
     },
 }
 
-const KNOWN_TYPES: &[&str] = &[
+/// The `type`s of request frames (anything else is `unknown_type`).
+pub const KNOWN_TYPES: &[&str] = &[
     "send",
     "create_conversation",
     "add_members",

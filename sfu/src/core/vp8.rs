@@ -145,6 +145,8 @@ pub fn synthetic_head(frame: u32, start: bool, keyframe: bool, height: u16) -> V
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     /// X=1, S=1, PID=0 | I=1, L=1, T=1 | M=1 picture id 0x1234 | TL0PICIDX 7 | TID 1 | keyframe header
@@ -189,5 +191,31 @@ mod tests {
             assert!(r.is_err(), "{n} bytes parsed");
         }
         assert!(Vp8Descriptor::parse(&[0x10, 0x00]).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::testing::fuzz_cases(2000)))]
+
+        /// Fuzz target: any payload parses to a descriptor that lies inside
+        /// it, or is `Truncated`; rewriting what parsed stays in bounds and
+        /// leaves the descriptor's shape as it was.
+        #[test]
+        fn any_payload_parses_inside_itself_or_is_truncated(
+            mut payload in proptest::collection::vec(any::<u8>(), 0..24),
+            picture_id in any::<u16>(),
+            tl0picidx in any::<u8>(),
+        ) {
+            match Vp8Descriptor::parse(&payload) {
+                Err(e) => prop_assert_eq!(e, Vp8Error::Truncated),
+                Ok(d) => {
+                    prop_assert!(d.len >= 1 && d.len <= payload.len());
+                    d.rewrite(&mut payload, picture_id, tl0picidx);
+                    let again = Vp8Descriptor::parse(&payload).unwrap();
+                    prop_assert_eq!(again.len, d.len);
+                    prop_assert_eq!(again.picture_id.map(|(_, wide)| wide), d.picture_id.map(|(_, wide)| wide));
+                    prop_assert_eq!(again.tl0picidx.is_some(), d.tl0picidx.is_some());
+                }
+            }
+        }
     }
 }

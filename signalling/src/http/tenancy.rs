@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -629,8 +630,9 @@ pub async fn me(auth: UserAuth) -> Json<UserView> {
 pub async fn grant_context(
     State(services): State<Arc<Services>>,
     AppAuth(app): AppAuth,
-    axum::extract::Path((user, context)): axum::extract::Path<(String, String)>,
+    path: Result<GrantPath, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let Path((user, context)) = grant_path(path)?;
     set_grant(&services, &app, &user, &context, true).await
 }
 
@@ -641,15 +643,28 @@ pub async fn grant_context(
     security(("application" = [])),
     responses(
         (status = 204, description = "Withdrawn"),
+        (status = 400, description = "`invalid_request`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
     ))]
 pub async fn revoke_context(
     State(services): State<Arc<Services>>,
     AppAuth(app): AppAuth,
-    axum::extract::Path((user, context)): axum::extract::Path<(String, String)>,
+    path: Result<GrantPath, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let Path((user, context)) = grant_path(path)?;
     set_grant(&services, &app, &user, &context, false).await
+}
+
+/// The user id and context of a grant's path.
+type GrantPath = Path<(String, String)>;
+
+/// A context that is not UTF-8 once URL-decoded (`%80`) is
+/// `invalid_request`, not the extractor's plain-text 400.
+fn grant_path(path: Result<GrantPath, PathRejection>) -> Result<GrantPath, ApiError> {
+    path.map_err(|_| {
+        ApiError::InvalidRequest("context: not valid UTF-8 once URL-decoded".to_owned())
+    })
 }
 
 async fn set_grant(

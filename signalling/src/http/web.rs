@@ -76,8 +76,10 @@ pub async fn index(State(services): State<Arc<Services>>) -> Response {
     page("text/html; charset=utf-8", html, csp)
 }
 
-/// `GET /web/{file}`: its scripts and style.
-pub async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+/// `GET /web/{file}`: its scripts and style. A name that is not UTF-8
+/// once decoded is no asset either (404, not the extractor's plain-text
+/// 400).
+pub async fn asset(super::extract::PathId(file): super::extract::PathId<String>) -> Response {
     match ASSETS.iter().find(|(name, ..)| *name == file) {
         Some((_, content_type, body)) => page(content_type, *body, HeaderValue::from_static(CSP)),
         None => ApiError::NoRoute.into_response(),

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod fuzz;
 pub mod process;
 pub mod s3;
 #[path = "../../../sfu/tests/common/tls.rs"]
