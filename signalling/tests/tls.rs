@@ -82,20 +82,27 @@ async fn status_line(
         .to_owned()
 }
 
-#[tokio::test]
-async fn https_and_wss_are_served_from_the_configured_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = TestCert::new("first.confer.test");
-    let (cert_path, key_path) = pem_paths(dir.path());
+/// An in-process server with `[tls]` on a new certificate for `name` in
+/// `dir`; returns the server and the certificate.
+async fn tls_server(dir: &Path, name: &str, watch_secs: u64) -> (TestServer, TestCert) {
+    let cert = TestCert::new(name);
+    let (cert_path, key_path) = pem_paths(dir);
     cert.write(&cert_path, &key_path);
-    let mut config = test_config(&dir.path().join("data"));
+    let mut config = test_config(&dir.join("data"));
     config.tls = Some(TlsConfig {
         cert: cert_path,
         key: key_path,
-        watch_secs: 5,
+        watch_secs,
     });
     let server = TestServer::start_with(config, default_clock()).await;
     assert!(server.base.starts_with("https://"), "{}", server.base);
+    (server, cert)
+}
+
+#[tokio::test]
+async fn https_and_wss_are_served_from_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, cert) = tls_server(dir.path(), "first.confer.test", 5).await;
 
     // HTTPS from a client that trusts only this certificate.
     let r = server.get("/healthz").send().await.unwrap();
@@ -254,16 +261,7 @@ fn a_missing_or_mismatched_key_stops_the_start_with_a_clear_error() {
 #[tokio::test]
 async fn silent_connections_from_one_client_do_not_hold_up_others() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = TestCert::new("silent.confer.test");
-    let (cert_path, key_path) = pem_paths(dir.path());
-    cert.write(&cert_path, &key_path);
-    let mut config = test_config(&dir.path().join("data"));
-    config.tls = Some(TlsConfig {
-        cert: cert_path,
-        key: key_path,
-        watch_secs: 0,
-    });
-    let server = TestServer::start_with(config, default_clock()).await;
+    let (server, cert) = tls_server(dir.path(), "silent.confer.test", 0).await;
     let addr: std::net::SocketAddr = server.base.trim_start_matches("https://").parse().unwrap();
     // One client opens connections and never says a word.
     let cap = confer_sfu::tls::MAX_HANDSHAKES_PER_CLIENT;
