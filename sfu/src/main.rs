@@ -83,14 +83,7 @@ fn run() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addrs: Vec<String> = sfu.worker_addrs().iter().map(ToString::to_string).collect();
         // Before the ready line: from then on SIGHUP reloads instead of killing.
-        let watcher = certificates
-            .as_ref()
-            .map(|c| tokio::spawn(c.clone().watch()));
-        let scheme = if certificates.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let (watcher, scheme) = Certificates::watch_if_any(certificates.as_ref());
         println!(
             "sfu listening on {scheme}://{} media on {}",
             listener.local_addr()?,

@@ -187,6 +187,20 @@ impl Certificates {
         Arc::new(config)
     }
 
+    /// What a binary does before its ready line: with certificates, start
+    /// [`Self::watch`] (from then on `SIGHUP` reloads instead of killing)
+    /// and say `https`; without, say `http`. Returns the watcher's task and
+    /// the scheme to print.
+    #[must_use]
+    pub fn watch_if_any(
+        certificates: Option<&Arc<Self>>,
+    ) -> (Option<tokio::task::JoinHandle<()>>, &'static str) {
+        match certificates {
+            Some(c) => (Some(tokio::spawn(c.clone().watch())), "https"),
+            None => (None, "http"),
+        }
+    }
+
     /// A task that reloads on `SIGHUP` and when the files change; it runs
     /// until dropped. The `SIGHUP` handler is installed by this call, not
     /// when the task first runs, so a binary that calls it before saying it

@@ -204,14 +204,7 @@ async fn serve(args: &ConfigArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let services = Services::open(config, Arc::new(SystemClock)).await?;
     // Before the ready line: from then on SIGHUP reloads instead of killing.
-    let watcher = certificates
-        .as_ref()
-        .map(|c| tokio::spawn(c.clone().watch()));
-    let scheme = if certificates.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let (watcher, scheme) = Certificates::watch_if_any(certificates.as_ref());
     println!(
         "signalling listening on {scheme}://{}",
         listener.local_addr()?
