@@ -285,21 +285,19 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
             let conversation = conversation_of[i];
             let provision = provision.clone();
             async move {
-                let r = http
-                    .post(format!("{base}/api/v1/tokens"))
-                    .basic_auth(&app.id, Some(&app.secret))
-                    .json(&json!({"external_id": format!("lg-{run_id:08x}-{i}"), "name": format!("Load {i}")}))
-                    .send()
-                    .await?;
-                if !r.status().is_success() {
-                    bail!("POST /api/v1/tokens: {} {}", r.status(), r.text().await?);
-                }
-                let v: Value = r.json().await?;
+                let (id, token) = user_token(
+                    &http,
+                    &base,
+                    (&app.id, &app.secret),
+                    &format!("lg-{run_id:08x}-{i}"),
+                    &format!("Load {i}"),
+                )
+                .await?;
                 provision.inc(1);
                 Ok(User {
                     app: app_index,
-                    id: v["user_id"].as_str().unwrap_or_default().to_owned(),
-                    token: v["token"].as_str().unwrap_or_default().to_owned(),
+                    id,
+                    token,
                     conversation,
                 })
             }
@@ -503,6 +501,32 @@ async fn applications(
         apps.push(App { id, secret });
     }
     Ok(apps)
+}
+
+/// Provisions (on first use) the application's user `external_id` and
+/// returns its id and a token, through `POST /api/v1/tokens`.
+///
+/// # Errors
+/// When the server refuses.
+pub async fn user_token(
+    http: &reqwest::Client,
+    base: &str,
+    (app_id, secret): (&str, &str),
+    external_id: &str,
+    name: &str,
+) -> anyhow::Result<(String, String)> {
+    let r = http
+        .post(format!("{base}/api/v1/tokens"))
+        .basic_auth(app_id, Some(secret))
+        .json(&json!({"external_id": external_id, "name": name}))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("POST /api/v1/tokens: {} {}", r.status(), r.text().await?);
+    }
+    let v: Value = r.json().await?;
+    let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    Ok((field("user_id"), field("token")))
 }
 
 /// An application to load: the first `ID:SECRET` of `creds`, or a new one

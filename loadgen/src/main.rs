@@ -15,6 +15,7 @@
 mod args;
 mod chat;
 mod client;
+mod isolation;
 mod janus;
 mod measure;
 mod media;
@@ -37,6 +38,9 @@ enum Mode {
     Chat(chat::ChatArgs),
     /// Publishers and subscribers of audio and simulcast video.
     Media(media::MediaArgs),
+    /// One application edits and deletes over a large store while another
+    /// sends: the other's send → ack latency with and without it.
+    Isolation(isolation::IsolationArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,6 +60,10 @@ fn main() -> anyhow::Result<()> {
             Mode::Media(args) => {
                 let report = media::run(args, command).await?;
                 println!("{}", media::markdown(&report));
+            }
+            Mode::Isolation(args) => {
+                let report = isolation::run(args, command).await?;
+                println!("{}", isolation::markdown(&report));
             }
         }
         Ok(())

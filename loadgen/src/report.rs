@@ -104,7 +104,7 @@ pub fn write_media(dir: &Path, r: &MediaReport, latency: &Histogram<u64>) -> any
 }
 
 /// The latency distribution: value at each percentile, up to 99.99.
-fn latency_chart(path: &Path, h: &Histogram<u64>, title: &str) -> anyhow::Result<()> {
+pub(crate) fn latency_chart(path: &Path, h: &Histogram<u64>, title: &str) -> anyhow::Result<()> {
     let quantiles: [f64; 16] = [
         0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999,
     ];
