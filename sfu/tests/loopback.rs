@@ -8,9 +8,9 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{Peer, Publisher, Subscriber, contiguous};
+use common::{MEDIA_DEADLINE, Peer, Streaming, Subscriber, contiguous, flowing};
 use confer_sfu::core::simulcast::Preference;
 use confer_sfu::{EmbeddedSfu, Role, RoomId, SfuConfig, SfuControl};
 
@@ -39,21 +39,16 @@ async fn simulcast_publisher_to_subscriber_intact_and_preference_picks_the_layer
     let sub = sfu.join(&room, Role::Subscribe, offer).await.unwrap();
     subscriber.accept_answer(pending, &sub.answer);
 
-    let phase = Duration::from_secs(3);
-    let start = Instant::now();
-    let pub_thread = std::thread::spawn(move || {
-        let mut behaviour = Publisher::new(audio, video, true, 15);
-        publisher.run(start + phase * 2, &mut behaviour);
-        behaviour
-    });
-    let sub_thread = std::thread::spawn(move || {
+    let streaming = Streaming::start(publisher, audio, video);
+    let (mut subscriber, first) = tokio::task::spawn_blocking(move || {
         let mut first = Subscriber::default();
-        subscriber.run(start + phase, &mut first);
+        subscriber.run_until(Instant::now() + MEDIA_DEADLINE, &mut first, |s| {
+            flowing(s) && s.keyframes >= 1 && s.seqs.get("audio").is_some_and(|a| contiguous(a))
+        });
         (subscriber, first)
-    });
-    let (mut subscriber, first) = tokio::task::spawn_blocking(move || sub_thread.join().unwrap())
-        .await
-        .unwrap();
+    })
+    .await
+    .unwrap();
 
     eprintln!(
         "first: audio {} video {} corrupt {} keyframes {} layers {:?}",
@@ -93,12 +88,14 @@ async fn simulcast_publisher_to_subscriber_intact_and_preference_picks_the_layer
             connected: true,
             ..Subscriber::default()
         };
-        subscriber.run(start + phase * 2, &mut second);
+        subscriber.run_until(Instant::now() + MEDIA_DEADLINE, &mut second, |s| {
+            s.last_layer == Some(0) && s.video_packets > 30 && contiguous(&s.seqs["video"])
+        });
         second
     })
     .await
     .unwrap();
-    let publisher = pub_thread.join().unwrap();
+    let publisher = streaming.stop();
     eprintln!(
         "second: audio {} video {} layers {:?} kf {} pub kfreq {}",
         second.audio_packets,

@@ -7,9 +7,9 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{Peer, Publisher, Subscriber, contiguous};
+use common::{MEDIA_DEADLINE, Peer, Streaming, Subscriber, contiguous, flowing};
 use confer_sfu::http::{HttpState, app};
 use confer_sfu::{EmbeddedSfu, SfuConfig};
 use reqwest::{Client, StatusCode};
@@ -77,27 +77,23 @@ async fn publish_over_whip_subscribe_over_whep() {
     let sub_location = r.headers()["location"].to_str().unwrap().to_owned();
     subscriber.accept_answer(pending, &r.text().await.unwrap());
 
-    let until = Instant::now() + Duration::from_secs(3);
-    let p = std::thread::spawn(move || {
-        let mut b = Publisher::new(audio, video, true, 15);
-        publisher.run(until, &mut b);
-    });
+    let streaming = Streaming::start(publisher, audio, video);
     let received = tokio::task::spawn_blocking(move || {
         let mut s = Subscriber::default();
-        subscriber.run(until, &mut s);
+        subscriber.run_until(Instant::now() + MEDIA_DEADLINE, &mut s, flowing);
         s
     })
     .await
     .unwrap();
-    p.join().unwrap();
+    streaming.stop();
     assert!(
-        received.audio_packets > 50 && received.video_packets > 30,
-        "audio {} video {}",
+        flowing(&received),
+        "audio {} video {}, video contiguous: {}",
         received.audio_packets,
-        received.video_packets
+        received.video_packets,
+        contiguous(&received.seqs["video"])
     );
     assert_eq!(received.corrupt, 0);
-    assert!(contiguous(&received.seqs["video"]));
 
     let metrics = client
         .get(format!("{base}/metrics"))

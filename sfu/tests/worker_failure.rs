@@ -17,7 +17,7 @@ use confer_sfu::{EmbeddedSfu, LostReason, Role, RoomId, SfuConfig, SfuControl, S
 use tokio::sync::broadcast;
 
 async fn next_lost(events: &mut broadcast::Receiver<SfuEvent>) -> SfuEvent {
-    tokio::time::timeout(Duration::from_secs(5), async {
+    tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let e = events.recv().await.unwrap();
             if matches!(e, SfuEvent::ParticipantLost { .. }) {

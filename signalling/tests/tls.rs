@@ -71,9 +71,9 @@ async fn status_line(
         .await
         .unwrap();
     let mut buf = vec![0; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+    let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
         .await
-        .expect("an answer within 5 s")
+        .expect("an answer within 20 s")
         .unwrap();
     String::from_utf8_lossy(&buf[..n])
         .lines()

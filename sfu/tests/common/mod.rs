@@ -43,8 +43,25 @@ impl Peer {
 
     /// Runs until `until`, handing events and due work to `behaviour`.
     pub fn run(&mut self, until: Instant, behaviour: &mut dyn Behaviour) {
+        self.run_until(until, behaviour, |_| false);
+    }
+
+    /// Runs until `done(behaviour)` holds (checked every turn) or
+    /// `deadline` passes; returns whether `done` was reached. Tests wait
+    /// for what they need this way, with a generous deadline, instead of
+    /// running for a fixed time and hoping the machine was fast enough.
+    pub fn run_until<B: Behaviour + ?Sized>(
+        &mut self,
+        deadline: Instant,
+        behaviour: &mut B,
+        mut done: impl FnMut(&B) -> bool,
+    ) -> bool {
+        let until = deadline;
         let mut buf = vec![0u8; 2048];
         loop {
+            if done(behaviour) {
+                return true;
+            }
             let timeout = loop {
                 match self.rtc.poll_output() {
                     Ok(Output::Timeout(t)) => break t,
@@ -57,7 +74,7 @@ impl Peer {
             };
             let now = Instant::now();
             if now >= until {
-                return;
+                return done(behaviour);
             }
             let app = behaviour.poll(&mut self.rtc, now);
             if app.is_some_and(|t| t <= now) {
@@ -90,5 +107,48 @@ impl Peer {
                 }
             }
         }
+    }
+}
+
+/// How long a media test waits for what it needs before it fails: long,
+/// because a busy 2-core machine running a debug build may take seconds to
+/// connect; a passing test returns as soon as its condition holds.
+pub const MEDIA_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Media flows: more than 50 audio and 30 video packets arrived, and the
+/// video's sequence numbers have no gap (a lost packet was retransmitted).
+pub fn flowing(s: &Subscriber) -> bool {
+    s.audio_packets > 50
+        && s.video_packets > 30
+        && s.seqs.get("video").is_some_and(|v| contiguous(v))
+}
+
+/// A publisher sending audio and simulcast video at 15 fps on its own
+/// thread until stopped.
+pub struct Streaming {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Publisher>,
+}
+
+impl Streaming {
+    pub fn start(mut publisher: Peer, audio: Mid, video: Mid) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut behaviour = Publisher::new(audio, video, true, 15);
+                publisher.run_until(Instant::now() + MEDIA_DEADLINE * 3, &mut behaviour, |_| {
+                    stop.load(std::sync::atomic::Ordering::Relaxed)
+                });
+                behaviour
+            })
+        };
+        Self { stop, thread }
+    }
+
+    /// Stops sending; returns what the publisher did.
+    pub fn stop(self) -> Publisher {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
     }
 }
