@@ -49,7 +49,7 @@ fn aiortc_publishes_over_whip_and_another_decodes_over_whep_vp8_then_h264() {
     let mut results = Vec::new();
     for mime in ["video/VP8", "video/H264"] {
         let out = Command::new(python())
-            .args([script, &base, "t0ken", "5", mime])
+            .args([script, &base, "t0ken", "60", mime])
             .output()
             .unwrap();
         results.push((mime, out));

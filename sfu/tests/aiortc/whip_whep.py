@@ -52,6 +52,10 @@ async def negotiate(pc, url, token):
     return location
 
 
+def enough(counts):
+    return counts["video_frames"] >= 10 and counts["audio_frames"] >= 50
+
+
 async def main(base, token, seconds, video_mime):
     config = RTCConfiguration(iceServers=[])
     publisher = RTCPeerConnection(config)
@@ -80,7 +84,11 @@ async def main(base, token, seconds, video_mime):
     subscriber.on("track", lambda track: tasks.append(asyncio.ensure_future(consume(track))))
     sub_location = await negotiate(subscriber, f"{base}/whep/aiortc", token)
 
-    await asyncio.sleep(seconds)
+    # Wait until enough arrived, at most `seconds`: a busy machine may take
+    # a while to connect, and a fast one need not wait the whole time.
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not enough(counts) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
     for location in (sub_location, pub_location):
         await asyncio.get_running_loop().run_in_executor(None, delete, f"{base}{location}", token)
     await subscriber.close()
@@ -88,8 +96,7 @@ async def main(base, token, seconds, video_mime):
     for t in tasks:
         t.cancel()
     print(json.dumps(counts), flush=True)
-    ok = counts["video_frames"] >= 10 and counts["audio_frames"] >= 50
-    sys.exit(0 if ok else 1)
+    sys.exit(0 if enough(counts) else 1)
 
 
 if __name__ == "__main__":
