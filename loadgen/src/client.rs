@@ -96,7 +96,8 @@ impl Conn {
         let started = Instant::now();
         let (ws, _) = tokio::time::timeout(
             Duration::from_secs(30),
-            tokio_tungstenite::connect_async(request),
+            // Small frames go out at once, as browsers send them.
+            tokio_tungstenite::connect_async_with_config(request, None, true),
         )
         .await
         .context("connect timed out")?

@@ -184,7 +184,10 @@ pub async fn run(args: IsolationArgs, command: String) -> anyhow::Result<Isolati
     let started = Instant::now();
     let mut pool = seed(&noisy, args.seed_messages).await?;
     let seed_s = started.elapsed().as_secs_f64();
-    log(format!("seeded {} in {seed_s:.1} s", pool.len()));
+    log(format!(
+        "seeded {} in {seed_s:.1} s",
+        pool.iter().map(Vec::len).sum::<usize>()
+    ));
 
     let (stop_sampler, sampler) = measure::spawn_sampler(args.common.server_pid);
     let (mut quiet, mut noisy_h, mut noise_h) = (histogram(), histogram(), histogram());

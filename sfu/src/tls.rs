@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
+pub use tokio_rustls::server::TlsStream;
 
 /// Handshakes in progress at once; further connections wait to be accepted.
 pub const MAX_HANDSHAKES: usize = 1024;

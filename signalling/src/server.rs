@@ -322,6 +322,7 @@ pub async fn run<L>(
 ) -> anyhow::Result<()>
 where
     L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+    L::Io: NoDelay,
 {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "signalling listening");
@@ -414,6 +415,7 @@ impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, C
     for PeerAddr
 where
     L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+    L::Io: NoDelay,
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, CountedListener<L>>) -> Self {
         Self(*stream.remote_addr())
@@ -424,12 +426,43 @@ where
 #[derive(Debug)]
 struct CountedListener<L>(L);
 
-impl<L: axum::serve::Listener> axum::serve::Listener for CountedListener<L> {
+/// A connection whose socket sends each write at once (`TCP_NODELAY`).
+/// Without it, a WebSocket answer written right after an event frame
+/// waits for the client's delayed ACK of the event (40 ms on Linux):
+/// measured as a 40 ms p90 for send → ack on an idle server.
+pub trait NoDelay {
+    /// Turns Nagle's algorithm off for this connection.
+    ///
+    /// # Errors
+    /// If the socket refuses the option.
+    fn no_delay(&self) -> io::Result<()>;
+}
+
+impl NoDelay for tokio::net::TcpStream {
+    fn no_delay(&self) -> io::Result<()> {
+        self.set_nodelay(true)
+    }
+}
+
+impl NoDelay for confer_sfu::tls::TlsStream<tokio::net::TcpStream> {
+    fn no_delay(&self) -> io::Result<()> {
+        self.get_ref().0.set_nodelay(true)
+    }
+}
+
+impl<L> axum::serve::Listener for CountedListener<L>
+where
+    L: axum::serve::Listener,
+    L::Io: NoDelay,
+{
     type Io = CountedStream<L::Io>;
     type Addr = L::Addr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        if let Err(e) = stream.no_delay() {
+            tracing::debug!(error = %e, "TCP_NODELAY refused");
+        }
         metrics::gauge!("http_connections_open").increment(1.0);
         (CountedStream(stream), addr)
     }
