@@ -59,8 +59,12 @@ pub struct IsolationArgs {
     #[arg(long, default_value_t = 20)]
     pub phase_secs: u64,
     /// Quiet + noisy pairs.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// Seconds of rest between seeding and the first phase, so that the
+    /// server's background work after the bulk load (checkpoints) is done.
+    #[arg(long, default_value_t = 10)]
+    pub settle_secs: u64,
     /// Application, server process, report.
     #[command(flatten)]
     pub common: crate::args::Common,
@@ -83,6 +87,8 @@ pub struct IsolationReport {
     pub noisy_ack_ms: Percentiles,
     /// noisy p99 / quiet p99.
     pub p99_ratio: f64,
+    /// B's p99 in each phase, ms, in order (quiet, noisy, quiet, …).
+    pub phase_p99_ms: Vec<f64>,
     /// B's sends refused or unanswered, over all phases.
     pub victim_errors: u64,
     /// A's edits and deletes done in the noisy phases.
@@ -189,7 +195,9 @@ pub async fn run(args: IsolationArgs, command: String) -> anyhow::Result<Isolati
         pool.iter().map(Vec::len).sum::<usize>()
     ));
 
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let (stop_sampler, sampler) = measure::spawn_sampler(args.common.server_pid);
+    let mut phase_p99_ms = Vec::new();
     let (mut quiet, mut noisy_h, mut noise_h) = (histogram(), histogram(), histogram());
     let (mut victim_errors, mut noise_done, mut noise_errors) = (0, 0, 0);
     let phase = Duration::from_secs(args.phase_secs);
@@ -215,6 +223,7 @@ pub async fn run(args: IsolationArgs, command: String) -> anyhow::Result<Isolati
             })
             .await;
             victim_errors += errors;
+            phase_p99_ms.push(Percentiles::of(&sends).p99);
             let _ = if loud { &mut noisy_h } else { &mut quiet }.add(&sends);
             if let Some(noise) = noise {
                 let (done, errors) = noise.await.context("noise task")?;
@@ -246,6 +255,7 @@ pub async fn run(args: IsolationArgs, command: String) -> anyhow::Result<Isolati
         } else {
             0.0
         },
+        phase_p99_ms,
         victim_errors,
         noise_done,
         noise_errors,
@@ -462,9 +472,14 @@ pub fn markdown(r: &IsolationReport) -> String {
     md.push_str(&row("A idle", &r.quiet_ack_ms));
     md.push_str(&row("A editing and deleting", &r.noisy_ack_ms));
     md.push_str(&row("(A's edits and deletes)", &r.noise_ack_ms));
+    let phases: Vec<String> = r.phase_p99_ms.iter().map(|p| format!("{p:.2}")).collect();
     md.push_str(&format!(
-        "\np99 with A busy / p99 with A idle: **{:.3}**. B's errors: {}; A's: {}.\n",
-        r.p99_ratio, r.victim_errors, r.noise_errors
+        "\np99 with A busy / p99 with A idle: **{:.3}**. B's p99 per phase (quiet, noisy, …): {} ms. \
+         B's errors: {}; A's: {}.\n",
+        r.p99_ratio,
+        phases.join(", "),
+        r.victim_errors,
+        r.noise_errors
     ));
     if let Some(s) = &r.server {
         md.push_str(&format!(

@@ -140,6 +140,8 @@ async fn isolation_compares_a_tenants_sends_with_and_without_anothers_edits() {
             "1",
             "--rounds",
             "1",
+            "--settle-secs",
+            "0",
             "--quiet",
             "--outbox",
             outbox.to_str().unwrap(),
@@ -157,6 +159,7 @@ async fn isolation_compares_a_tenants_sends_with_and_without_anothers_edits() {
     assert_eq!(r["victim_errors"], 0, "{r}");
     assert_eq!(r["noise_errors"], 0, "{r}");
     assert!(r["p99_ratio"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(r["phase_p99_ms"].as_array().unwrap().len(), 2, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
