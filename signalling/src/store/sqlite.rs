@@ -1,6 +1,8 @@
 //! The embedded store: SQLite in WAL mode.
 
+use std::cell::Cell;
 use std::path::Path;
+use std::rc::Rc;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -33,21 +35,15 @@ pub struct SqliteStore {
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
-/// WAL frames (pages) past which a checkpoint also restarts the WAL.
-const WAL_RESTART_FRAMES: i64 = 4096;
+/// WAL frames (pages) past which the writer restarts the WAL.
+pub(super) const WAL_RESTART_FRAMES: i64 = 4096;
 
 /// Passive checkpoints: they copy what no reader still needs from the WAL
 /// into the database without taking the write lock, so commits go on
 /// meanwhile. (In-memory databases have no WAL; the pragma is a no-op.)
-///
-/// A passive checkpoint never makes the WAL file start over: SQLite
-/// rewinds it only when a commit finds every frame copied back, and under
-/// a steady stream of commits new frames arrive while each checkpoint
-/// runs, so the file grew without end (11 GB for 200 000 messages in the
-/// writer-isolation benchmark). Past [`WAL_RESTART_FRAMES`], a `TRUNCATE`
-/// checkpoint follows the passive one: it holds commits back while it
-/// copies the few frames the passive one left and empties the file.
-async fn checkpoints(pool: SqlitePool) {
+/// Each leaves the number of frames in the WAL in `wal_frames` for the
+/// writer, which restarts the WAL when it is long ([`restart_wal`]).
+async fn checkpoints(pool: SqlitePool, wal_frames: Rc<Cell<i64>>) {
     let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
     loop {
         tick.tick().await;
@@ -55,21 +51,31 @@ async fn checkpoints(pool: SqlitePool) {
             return;
         }
         let started = std::time::Instant::now();
-        let frames = match checkpoint(&pool, "PASSIVE").await {
-            Ok(frames) => frames,
-            Err(e) => {
-                tracing::warn!(error = %e, "WAL checkpoint failed");
-                0
-            }
-        };
-        if frames > WAL_RESTART_FRAMES {
-            match checkpoint(&pool, "TRUNCATE").await {
-                Ok(_) => metrics::counter!("store_wal_restarts_total").increment(1),
-                Err(e) => tracing::warn!(error = %e, frames, "WAL restart failed"),
-            }
+        match checkpoint(&pool, "PASSIVE").await {
+            Ok(frames) => wal_frames.set(frames),
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
         }
         metrics::histogram!("store_checkpoint_seconds").record(started.elapsed().as_secs_f64());
     }
+}
+
+/// Copies the rest of the WAL into the database and empties the file.
+///
+/// A passive checkpoint never makes the WAL start over: SQLite rewinds it
+/// only when a commit finds every frame copied back, and under a steady
+/// stream of commits new frames arrive while each checkpoint runs, so the
+/// file grew with everything ever written (11 GB for 200 000 messages in
+/// the writer-isolation benchmark). The writer calls this between two
+/// commits once the WAL is longer than [`WAL_RESTART_FRAMES`]: holding
+/// the write lock itself, it cannot lose the race for it to the next
+/// commit, and the passive checkpoints have already copied most frames.
+pub(super) async fn restart_wal(pool: &SqlitePool) {
+    let started = std::time::Instant::now();
+    match checkpoint(pool, "TRUNCATE").await {
+        Ok(_) => metrics::counter!("store_wal_restarts_total").increment(1),
+        Err(e) => tracing::warn!(error = %e, "WAL restart failed"),
+    }
+    metrics::histogram!("store_wal_restart_seconds").record(started.elapsed().as_secs_f64());
 }
 
 /// Runs `PRAGMA wal_checkpoint(mode)`; returns the frames in the WAL.
@@ -125,9 +131,14 @@ impl SqliteStore {
             .name("store-writer".to_owned())
             .spawn(move || {
                 runtime.block_on(async move {
+                    let wal_frames = Rc::new(Cell::new(0));
                     tokio::select! {
-                        () = super::sqlite_messaging::group_commit(writer_pool.clone(), jobs) => {}
-                        () = checkpoints(writer_pool) => {}
+                        () = super::sqlite_messaging::group_commit(
+                            writer_pool.clone(),
+                            jobs,
+                            wal_frames.clone(),
+                        ) => {}
+                        () = checkpoints(writer_pool, wal_frames) => {}
                     }
                 });
             })
