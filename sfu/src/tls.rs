@@ -400,7 +400,7 @@ impl axum::serve::Listener for TlsListener {
 
 /// A client's address as the per-client cap counts it: IPv4 as it is
 /// (also when IPv4-mapped), IPv6 by its /64 prefix.
-fn client_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
             u128::from(v6) & !((1u128 << 64) - 1),

@@ -4,14 +4,11 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 
 use confer_sfu::{EmbeddedSfu, SfuControl};
@@ -309,6 +306,8 @@ pub fn listen(addr: std::net::SocketAddr, backlog: u32) -> io::Result<TcpListene
 
 /// Serves the HTTP application on `listener` until `shutdown` completes,
 /// then stops accepting, lets requests in flight finish and returns.
+/// Connections are held to `[http]`'s `header_read_timeout_secs` and
+/// `connections_per_ip` (see [`confer_sfu::serve`]).
 ///
 /// `listener` is a [`TcpListener`] for plain HTTP, or a
 /// [`confer_sfu::tls::TlsListener`] for HTTPS and WSS.
@@ -388,10 +387,9 @@ where
     let revocations = tokio::spawn(watch_revocations(services.clone()));
     let call_events = tokio::spawn(services.calls.clone().pump_sfu_events());
     let file_upkeep = tokio::spawn(services.files.clone().run_sweeper());
-    let app = crate::http::app(services).into_make_service_with_connect_info::<PeerAddr>();
-    let served = axum::serve(CountedListener(listener), app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = services.config.http.serve_limits();
+    let app = crate::http::app(services);
+    let served = confer_sfu::serve::serve(listener, app, PeerAddr, limits, shutdown).await;
     upkeep.abort();
     pruning.abort();
     housekeeping.abort();
@@ -404,87 +402,9 @@ where
 
 /// The TCP peer of a connection, in each request's extensions as
 /// `ConnectInfo<PeerAddr>` (per-IP limits, and the demo is offered to
-/// loopback peers only; see [`crate::http::extract::client_ip`]). Whatever
-/// accepts connections must put it there; a request without it counts as
-/// coming from elsewhere.
+/// loopback peers only; see [`crate::http::extract::client_ip`]).
+/// [`run`] puts it there; a request without it (a router called without a
+/// server) counts as coming from elsewhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
-impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, CountedListener<L>>>
-    for PeerAddr
-where
-    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, CountedListener<L>>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-/// A listener that keeps `http_connections_open` up to date.
-#[derive(Debug)]
-struct CountedListener<L>(L);
-
-impl<L: axum::serve::Listener> axum::serve::Listener for CountedListener<L> {
-    type Io = CountedStream<L::Io>;
-    type Addr = L::Addr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
-        metrics::gauge!("http_connections_open").increment(1.0);
-        (CountedStream(stream), addr)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-/// A connection counted in `http_connections_open` until dropped.
-#[derive(Debug)]
-struct CountedStream<S>(S);
-
-impl<S> Drop for CountedStream<S> {
-    fn drop(&mut self) {
-        metrics::gauge!("http_connections_open").decrement(1.0);
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for CountedStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for CountedStream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-}
