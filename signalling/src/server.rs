@@ -407,4 +407,3 @@ where
 /// server) counts as coming from elsewhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub std::net::SocketAddr);
-
