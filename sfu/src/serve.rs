@@ -52,6 +52,30 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tower::ServiceExt as _;
 
+/// A connection whose small writes go out at once (`TCP_NODELAY`):
+/// WebSocket frames are written one by one as events come, and with
+/// Nagle's algorithm a frame written while the previous one is not yet
+/// acknowledged waits for the peer's delayed acknowledgement (up to
+/// 40 ms on Linux).
+pub trait NoDelay {
+    /// Turns Nagle's algorithm off; a failure only costs latency.
+    fn no_delay(&self);
+}
+
+impl NoDelay for tokio::net::TcpStream {
+    fn no_delay(&self) {
+        if let Err(e) = self.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    }
+}
+
+impl NoDelay for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn no_delay(&self) {
+        self.get_ref().0.no_delay();
+    }
+}
+
 /// Shortest time between two warnings about refused connections.
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -89,6 +113,7 @@ pub async fn serve<L, C>(
 ) -> io::Result<()>
 where
     L: axum::serve::Listener<Addr = SocketAddr>,
+    L::Io: NoDelay,
     C: Clone + Send + Sync + 'static,
 {
     let mut listener = listener;
@@ -113,6 +138,7 @@ where
             refusals.refused(remote);
             continue;
         };
+        io.no_delay();
         let io = TokioIo::new(Tracked::new(io, slot));
         let router = router.clone();
         let info = ConnectInfo(peer(remote));

@@ -321,6 +321,7 @@ pub async fn run<L>(
 ) -> anyhow::Result<()>
 where
     L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+    L::Io: confer_sfu::serve::NoDelay,
 {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "signalling listening");
