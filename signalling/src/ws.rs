@@ -340,7 +340,7 @@ pub struct Admitted {
 
 /// Runs one session until it ends.
 pub async fn run<S, R, E>(
-    mut sink: S,
+    sink: S,
     mut stream: R,
     messaging: Arc<Messaging>,
     bus: Arc<InProcessBus>,
