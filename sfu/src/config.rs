@@ -38,6 +38,12 @@ pub struct SfuConfig {
     /// HTTPS for the HTTP front (standalone `sfu` only); plain HTTP when
     /// absent.
     pub tls: Option<TlsConfig>,
+    /// Seconds an HTTP connection may take to send a whole request head
+    /// (standalone `sfu` only; see [`crate::serve`]).
+    pub header_read_timeout_secs: u64,
+    /// Open HTTP connections per client address, IPv6 by /64 (standalone
+    /// `sfu` only); 0 turns the limit off.
+    pub connections_per_ip: usize,
 }
 
 impl Default for SfuConfig {
@@ -54,6 +60,8 @@ impl Default for SfuConfig {
             connect_timeout_secs: 30,
             command_queue: 1024,
             tls: None,
+            header_read_timeout_secs: 10,
+            connections_per_ip: 256,
         }
     }
 }
@@ -101,6 +109,18 @@ impl SfuConfig {
                 self.command_queue
             ));
         }
+        if !(1..=3600).contains(&self.header_read_timeout_secs) {
+            bad.push(format!(
+                "`header_read_timeout_secs` = {}: allowed is 1 to 3600",
+                self.header_read_timeout_secs
+            ));
+        }
+        if self.connections_per_ip > 1_000_000 {
+            bad.push(format!(
+                "`connections_per_ip` = {}: allowed is 0 (off) to 1000000",
+                self.connections_per_ip
+            ));
+        }
         if self.token.as_deref().is_some_and(str::is_empty) {
             bad.push("`token` is empty: leave it out to disable authentication".to_owned());
         }
@@ -119,6 +139,15 @@ impl SfuConfig {
             Ok(())
         } else {
             Err(ConfigError::Invalid(bad.join("; ")))
+        }
+    }
+
+    /// The limits of the HTTP front's accept loop.
+    #[must_use]
+    pub fn serve_limits(&self) -> crate::serve::ServeLimits {
+        crate::serve::ServeLimits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            connections_per_ip: self.connections_per_ip,
         }
     }
 

@@ -54,6 +54,7 @@ pub mod core;
 pub mod engine;
 pub mod http;
 pub mod ids;
+pub mod serve;
 pub mod testing;
 pub mod tls;
 pub mod worker;

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use confer_sfu::config::ConfigError;
 use confer_sfu::http::{HttpState, app};
+use confer_sfu::serve::serve;
 use confer_sfu::tls::{Certificates, TlsListener};
 use confer_sfu::{EmbeddedSfu, SfuConfig};
 use figment::Figment;
@@ -94,17 +95,15 @@ fn run() -> anyhow::Result<()> {
             token: config.token.clone(),
             metrics_open: config.metrics_open,
         };
+        let limits = config.serve_limits();
+        // The peer address is not used by the SFU's routes.
+        let peer = |addr: SocketAddr| addr;
         let served = match &certificates {
             Some(certificates) => {
-                axum::serve(TlsListener::new(listener, certificates), app(state))
-                    .with_graceful_shutdown(shutdown_signal())
-                    .await
+                let listener = TlsListener::new(listener, certificates);
+                serve(listener, app(state), peer, limits, shutdown_signal()).await
             }
-            None => {
-                axum::serve(listener, app(state))
-                    .with_graceful_shutdown(shutdown_signal())
-                    .await
-            }
+            None => serve(listener, app(state), peer, limits, shutdown_signal()).await,
         };
         if let Some(watcher) = watcher {
             watcher.abort();

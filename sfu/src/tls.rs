@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-pub use tokio_rustls::server::TlsStream;
+use tokio_rustls::server::TlsStream;
 
 /// Handshakes in progress at once; further connections wait to be accepted.
 pub const MAX_HANDSHAKES: usize = 1024;
@@ -400,7 +400,7 @@ impl axum::serve::Listener for TlsListener {
 
 /// A client's address as the per-client cap counts it: IPv4 as it is
 /// (also when IPv4-mapped), IPv6 by its /64 prefix.
-fn client_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
             u128::from(v6) & !((1u128 << 64) - 1),

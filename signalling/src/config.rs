@@ -174,6 +174,16 @@ pub struct HttpConfig {
     /// `net.core.somaxconn`); large enough for thousands of clients
     /// reconnecting at once.
     pub listen_backlog: u32,
+    /// Seconds a connection may take to send a whole request head, from
+    /// its accept or its previous response (an idle keep-alive
+    /// connection); past it the connection is closed without an answer
+    /// (slowloris clients, silent connections).
+    pub header_read_timeout_secs: u64,
+    /// Open connections per client address (IPv6 by /64), WebSocket
+    /// sessions included; more are closed when accepted. 0 turns the
+    /// limit off. Behind a reverse proxy every connection is the proxy's:
+    /// set it above the proxy's pool, or 0, and limit clients there.
+    pub connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
@@ -181,6 +191,19 @@ impl Default for HttpConfig {
         Self {
             max_body_bytes: 64 * 1024,
             listen_backlog: 4096,
+            header_read_timeout_secs: 10,
+            connections_per_ip: 256,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The limits the accept loop enforces.
+    #[must_use]
+    pub fn serve_limits(&self) -> confer_sfu::serve::ServeLimits {
+        confer_sfu::serve::ServeLimits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            connections_per_ip: self.connections_per_ip,
         }
     }
 }
@@ -629,6 +652,18 @@ impl SignallingConfig {
             "http.listen_backlog",
             self.http.listen_backlog.to_string(),
             "1 to 65535",
+        );
+        check(
+            (1..=3600).contains(&self.http.header_read_timeout_secs),
+            "http.header_read_timeout_secs",
+            self.http.header_read_timeout_secs.to_string(),
+            "1 to 3600",
+        );
+        check(
+            self.http.connections_per_ip <= 1_000_000,
+            "http.connections_per_ip",
+            self.http.connections_per_ip.to_string(),
+            "0 (off) to 1000000",
         );
         check(
             self.mail.from.parse::<lettre::message::Mailbox>().is_ok(),

@@ -4,14 +4,11 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 
 use confer_sfu::{EmbeddedSfu, SfuControl};
@@ -309,6 +306,8 @@ pub fn listen(addr: std::net::SocketAddr, backlog: u32) -> io::Result<TcpListene
 
 /// Serves the HTTP application on `listener` until `shutdown` completes,
 /// then stops accepting, lets requests in flight finish and returns.
+/// Connections are held to `[http]`'s `header_read_timeout_secs` and
+/// `connections_per_ip` (see [`confer_sfu::serve`]).
 ///
 /// `listener` is a [`TcpListener`] for plain HTTP, or a
 /// [`confer_sfu::tls::TlsListener`] for HTTPS and WSS.
@@ -322,7 +321,7 @@ pub async fn run<L>(
 ) -> anyhow::Result<()>
 where
     L: axum::serve::Listener<Addr = std::net::SocketAddr>,
-    L::Io: NoDelay,
+    L::Io: confer_sfu::serve::NoDelay,
 {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "signalling listening");
@@ -389,10 +388,9 @@ where
     let revocations = tokio::spawn(watch_revocations(services.clone()));
     let call_events = tokio::spawn(services.calls.clone().pump_sfu_events());
     let file_upkeep = tokio::spawn(services.files.clone().run_sweeper());
-    let app = crate::http::app(services).into_make_service_with_connect_info::<PeerAddr>();
-    let served = axum::serve(CountedListener(listener), app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = services.config.http.serve_limits();
+    let app = crate::http::app(services);
+    let served = confer_sfu::serve::serve(listener, app, PeerAddr, limits, shutdown).await;
     upkeep.abort();
     pruning.abort();
     housekeeping.abort();
@@ -405,119 +403,8 @@ where
 
 /// The TCP peer of a connection, in each request's extensions as
 /// `ConnectInfo<PeerAddr>` (per-IP limits, and the demo is offered to
-/// loopback peers only; see [`crate::http::extract::client_ip`]). Whatever
-/// accepts connections must put it there; a request without it counts as
-/// coming from elsewhere.
+/// loopback peers only; see [`crate::http::extract::client_ip`]).
+/// [`run`] puts it there; a request without it (a router called without a
+/// server) counts as coming from elsewhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub std::net::SocketAddr);
-
-impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, CountedListener<L>>>
-    for PeerAddr
-where
-    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
-    L::Io: NoDelay,
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, CountedListener<L>>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-/// A listener that keeps `http_connections_open` up to date.
-#[derive(Debug)]
-struct CountedListener<L>(L);
-
-/// A connection whose socket sends each write at once (`TCP_NODELAY`).
-/// Without it, a WebSocket answer written right after an event frame
-/// waits for the client's delayed ACK of the event (40 ms on Linux):
-/// measured as a 40 ms p90 for send → ack on an idle server.
-pub trait NoDelay {
-    /// Turns Nagle's algorithm off for this connection.
-    ///
-    /// # Errors
-    /// If the socket refuses the option.
-    fn no_delay(&self) -> io::Result<()>;
-}
-
-impl NoDelay for tokio::net::TcpStream {
-    fn no_delay(&self) -> io::Result<()> {
-        self.set_nodelay(true)
-    }
-}
-
-impl NoDelay for confer_sfu::tls::TlsStream<tokio::net::TcpStream> {
-    fn no_delay(&self) -> io::Result<()> {
-        self.get_ref().0.set_nodelay(true)
-    }
-}
-
-impl<L> axum::serve::Listener for CountedListener<L>
-where
-    L: axum::serve::Listener,
-    L::Io: NoDelay,
-{
-    type Io = CountedStream<L::Io>;
-    type Addr = L::Addr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
-        if let Err(e) = stream.no_delay() {
-            tracing::debug!(error = %e, "TCP_NODELAY refused");
-        }
-        metrics::gauge!("http_connections_open").increment(1.0);
-        (CountedStream(stream), addr)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-/// A connection counted in `http_connections_open` until dropped.
-#[derive(Debug)]
-struct CountedStream<S>(S);
-
-impl<S> Drop for CountedStream<S> {
-    fn drop(&mut self) {
-        metrics::gauge!("http_connections_open").decrement(1.0);
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for CountedStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for CountedStream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-}

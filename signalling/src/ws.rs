@@ -20,9 +20,18 @@
 //! `frame_too_large`, the connection stays open; beyond 1 MiB the
 //! transport refuses to read the frame and the session closes with 1009
 //! `frame_too_large`), a ping every 25 s, closed after 60 s without any
-//! frame from the client (4000 `idle`), closed when the bus drops a
-//! connection that does not keep up (4008 `slow_consumer`) or a send
-//! blocks for 10 s.
+//! frame from the client (4000 `idle`), closed with 4008 `slow_consumer`
+//! when the bus drops a connection that does not keep up or when a send
+//! makes no progress for [`SEND_TIMEOUT`] (the client stopped reading
+//! its socket).
+//!
+//! A client that stopped reading: its session stops forwarding events
+//! (the bus drops its queue when full; other connections are not
+//! waited for), queues the close frame behind what the socket still
+//! holds and waits [`STALLED_CLOSE_WAIT`] for it to go out (a client
+//! that reads again gets the events already sent, then 4008), then
+//! drops the connection. Counted in `ws_slow_consumers_total{cause}`
+//! (`queue_full` or `send_stalled`) when detected.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -58,8 +67,12 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 pub const PING_INTERVAL: Duration = Duration::from_secs(25);
 /// Silence after which the server closes.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest a single send may block.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a single send may make no progress before the client counts
+/// as no longer reading (4008).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection whose client stopped reading is kept for its
+/// close frame to be read, after it was detected.
+pub const STALLED_CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// Most events replayed on resume; further behind (or behind the oldest
 /// kept event) means resynchronise.
 pub const RESUME_LIMIT: u64 = 10_000;
@@ -82,7 +95,8 @@ pub mod close {
     /// unregistered, the token expired (reason `expired`) or, for a bot,
     /// the application's secret was rotated.
     pub const REVOKED: u16 = 4003;
-    /// The client did not keep up with its events.
+    /// The client did not keep up with its events, or stopped reading
+    /// its socket.
     pub const SLOW_CONSUMER: u16 = 4008;
     /// A frame or message over [`super::MAX_READ_BYTES`] (RFC 6455's
     /// "message too big").
@@ -299,8 +313,11 @@ pub enum Ended {
     ClientGone,
     /// No frame for [`IDLE_TIMEOUT`].
     Idle,
-    /// The client did not keep up.
+    /// The client did not keep up: its queue of events overflowed.
     SlowConsumer,
+    /// The client stopped reading: a send made no progress for
+    /// [`SEND_TIMEOUT`].
+    Stalled,
     /// The client sent a frame over [`MAX_READ_BYTES`].
     TooBig,
     /// The server ended it: user locked or application unregistered.
@@ -323,7 +340,7 @@ pub struct Admitted {
 
 /// Runs one session until it ends.
 pub async fn run<S, R, E>(
-    mut sink: S,
+    sink: S,
     mut stream: R,
     messaging: Arc<Messaging>,
     bus: Arc<InProcessBus>,
@@ -341,6 +358,7 @@ where
         until,
         limits,
     } = admitted;
+    let mut sink = Watched::new(sink);
     let user_id = caller.participant();
     let mut subscription = bus.subscribe(user_id);
     let device = subscription.id();
@@ -360,11 +378,86 @@ where
         limits,
         expires_at: until.map(|d| Instant::now() + d),
     };
-    let ended = session(&mut sink, &mut stream, &context, since, &mut subscription).await;
+    let mut ended = session(&mut sink, &mut stream, &context, since, &mut subscription).await;
+    // A send that never completed (as opposed to one that failed) means
+    // the client stopped reading its socket.
+    if ended == Ended::ClientGone && sink.blocked {
+        ended = Ended::Stalled;
+        metrics::counter!("ws_slow_consumers_total", "cause" => "send_stalled").increment(1);
+    }
     drop(subscription);
     context.calls.disconnected(user_id, device).await;
     let _ = context.messaging.connection(&context.caller, false).await;
+    if ended == Ended::Stalled {
+        // The close frame goes behind what the socket still holds: a
+        // client that reads again within the wait gets it.
+        let closed = tokio::time::timeout(
+            STALLED_CLOSE_WAIT,
+            sink.send(Message::Close(Some(CloseFrame {
+                code: close::SLOW_CONSUMER,
+                reason: Utf8Bytes::from_static("slow_consumer"),
+            }))),
+        )
+        .await;
+        if matches!(closed, Ok(Ok(()))) {
+            linger(&mut stream).await;
+        }
+    }
     ended
+}
+
+/// The session's sink, remembering whether the last send was left
+/// unfinished (its timeout gave up on it while the socket accepted
+/// nothing) rather than failed.
+struct Watched<S> {
+    inner: S,
+    blocked: bool,
+}
+
+impl<S> Watched<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            blocked: false,
+        }
+    }
+
+    fn watch<T>(&mut self, poll: std::task::Poll<T>) -> std::task::Poll<T> {
+        self.blocked = poll.is_pending();
+        poll
+    }
+}
+
+impl<S: Sink<Message> + Unpin> Sink<Message> for Watched<S> {
+    type Error = S::Error;
+
+    fn poll_ready(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_ready(cx);
+        self.watch(poll)
+    }
+
+    fn start_send(mut self: std::pin::Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        std::pin::Pin::new(&mut self.inner).start_send(item)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(poll)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_close(cx);
+        self.watch(poll)
+    }
 }
 
 /// What a session's requests act with.
@@ -503,6 +596,7 @@ where
                     // what the client still sends for a moment, so that the
                     // socket is not reset with unread requests in it and the
                     // client sees 4008, not 1006.
+                    metrics::counter!("ws_slow_consumers_total", "cause" => "queue_full").increment(1);
                     let _ = close_with(&mut sink, close::SLOW_CONSUMER, "slow_consumer").await;
                     linger(stream).await;
                     break Ended::SlowConsumer;

@@ -9,6 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use common::latency::{percentile, send_tagged, spawn_reader};
 use common::{TestServer, Ws, user_token};
 use confer_signalling::bus::Bus;
 use serde_json::{Value, json};
@@ -101,49 +102,6 @@ async fn two_hundred_users_each_receive_every_message_once_in_order() {
         }
     }
     server.stop().await;
-}
-
-/// A reader that keeps reading: returns, per tag, the delivery latencies
-/// (receive time minus the send time written into the text, in ms since
-/// `t0`), until it has seen `expected` messages.
-fn spawn_reader(
-    mut ws: Ws,
-    t0: Instant,
-    expected: usize,
-) -> tokio::task::JoinHandle<BTreeMap<String, Vec<f64>>> {
-    tokio::spawn(async move {
-        let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        let mut got = 0;
-        while got < expected {
-            let e = ws.event().await;
-            if e["event"]["kind"] != "message" {
-                continue;
-            }
-            got += 1;
-            let text = e["event"]["message"]["text"].as_str().unwrap();
-            let mut parts = text.split(' ');
-            let tag = parts.next().unwrap().to_owned();
-            let sent_ms: f64 = parts.next().unwrap().parse().unwrap();
-            let latency = t0.elapsed().as_secs_f64() * 1000.0 - sent_ms;
-            out.entry(tag).or_default().push(latency);
-        }
-        out
-    })
-}
-
-async fn send_tagged(writer: &mut Ws, conv: &Value, t0: Instant, tag: &str, n: usize, pad: &str) {
-    for i in 0..n {
-        let sent_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let ack = writer
-            .request(json!({"type": "send", "conversation_id": conv, "client_id": format!("{tag}{i}"), "text": format!("{tag} {sent_ms:.3} {pad}")}))
-            .await;
-        assert_eq!(ack["type"], "ack", "{ack}");
-    }
-}
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p) as usize]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -305,7 +305,7 @@ pub(super) enum Write {
 #[derive(Debug)]
 pub(super) enum Written {
     /// The message, stored (or the one stored before with its `client_id`).
-    Posted(Posted),
+    Posted(Box<Posted>),
     /// The event's number in each notified user's log.
     Updated(Vec<(UserId, u64)>),
 }
@@ -337,9 +337,9 @@ async fn commit_batch(pool: &sqlx::SqlitePool, jobs: &[PostJob]) -> StoreResult<
     let mut written = Vec::with_capacity(jobs.len());
     for job in jobs {
         written.push(match &job.write {
-            Write::Post { message, event } => {
-                Written::Posted(post_in(&mut tx, message, &job.notify, event, job.now).await?)
-            }
+            Write::Post { message, event } => Written::Posted(Box::new(
+                post_in(&mut tx, message, &job.notify, event, job.now).await?,
+            )),
             Write::Update { message, event } => {
                 Written::Updated(update_in(&mut tx, message, &job.notify, event, job.now).await?)
             }
@@ -629,7 +629,7 @@ impl MessageStore for SqliteStore {
             event,
         };
         match self.write(write, notify, now).await? {
-            Written::Posted(posted) => Ok(posted),
+            Written::Posted(posted) => Ok(*posted),
             Written::Updated(_) => Err(StoreError::Corrupt(
                 "the message writer answered a post with an update".to_owned(),
             )),

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fuzz;
+pub mod latency;
 pub mod process;
 pub mod s3;
 #[path = "../../../sfu/tests/common/tls.rs"]
