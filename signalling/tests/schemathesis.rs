@@ -292,8 +292,10 @@ impl Ids {
             operation(&mut toml, method, path);
             parameters(&mut toml, "[operations.parameters]", &[(name, value)]);
         }
-        // Per operation, schemathesis takes Basic credentials (they win
-        // over the run's OpenAPI-aware ones) and fixed headers.
+        // The owner's session rather than the application's own secret, so
+        // that every case after the first rotation still reaches the
+        // handler. Per operation, schemathesis takes fixed headers, and
+        // they win over the run's credentials.
         for (method, path, app) in [
             (
                 "POST",
@@ -312,33 +314,21 @@ impl Ids {
                 "[operations.parameters]",
                 &[("path.app_id", &app.id)],
             );
-            writeln!(toml, "[operations.auth.basic]").unwrap();
-            writeln!(toml, "username = {:?}\npassword = {:?}", app.id, app.secret).unwrap();
-        }
-        // A body valid against the schema can still be refused: the upload
-        // request's size against the file size limit and quota, the bytes
-        // against the size and SHA-256 declared (`413 file_too_large`,
-        // `400 upload_size_mismatch`): no schema can say that.
-        for (method, path) in [
-            ("POST", "/api/v1/conversations/{conversation_id}/files"),
-            ("PUT", "/api/v1/files/{file_id}/content"),
-        ] {
-            operation(&mut toml, method, path);
-            writeln!(
-                toml,
-                "[operations.checks.positive_data_acceptance]\nenabled = false"
-            )
-            .unwrap();
+            bearer(&mut toml, &self.subscriber_token);
         }
         operation(&mut toml, "DELETE", "/api/v1/subscriber/sessions/current");
-        writeln!(
-            toml,
-            "[operations.headers]\nAuthorization = \"Bearer {}\"",
-            self.signed_out
-        )
-        .unwrap();
+        bearer(&mut toml, &self.signed_out);
         toml
     }
+}
+
+/// The last operation's `Authorization: Bearer` header.
+fn bearer(toml: &mut String, token: &str) {
+    writeln!(
+        toml,
+        "[operations.headers]\nAuthorization = \"Bearer {token}\""
+    )
+    .unwrap();
 }
 
 /// A table of fixed parameter values (`"path.app_id" = "…"`).
