@@ -354,7 +354,7 @@ pub fn advance(server: &TestServer, secs: u64) {
 }
 
 /// The Python that has the test tools (`openapi-spec-validator`,
-/// `aiosmtpd`): `TEST_PYTHON`, set by `scripts/test.sh`, or `python3`.
+/// `aiosmtpd`, `schemathesis` …): `TEST_PYTHON`, set by `scripts/test.sh`, or `python3`.
 pub fn python() -> String {
     std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned())
 }
