@@ -42,16 +42,17 @@ if ! pkg-config --exists opus 2>/dev/null; then
 fi
 pkg-config --modversion opus
 
-say "python test tools (openapi-spec-validator, aiosmtpd, aiortc)"
+say "python test tools (openapi-spec-validator, aiosmtpd, aiortc, schemathesis)"
 venv="$root/target/test-venv"
-if ! "$venv/bin/python" -c 'import openapi_spec_validator, aiosmtpd, aiortc' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import openapi_spec_validator, aiosmtpd, aiortc, schemathesis' >/dev/null 2>&1; then
   command -v python3 >/dev/null || apt_install python3
   if ! python3 -m venv "$venv" >/dev/null 2>&1; then
     apt_install python3-venv
     python3 -m venv "$venv"
   fi
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    'openapi-spec-validator==0.9.0' 'aiosmtpd==1.4.6' 'aiortc==1.16.0'
+    'openapi-spec-validator==0.9.0' 'aiosmtpd==1.4.6' 'aiortc==1.16.0' \
+    'schemathesis==4.32.5'
 fi
 export TEST_PYTHON="$venv/bin/python"
 

@@ -19,11 +19,10 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Request};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use common::{TestServer, Ws, fuzz, test_config, user_token};
+use common::{TestServer, Ws, fuzz, user_token};
 use confer_sfu::testing::fuzz_cases;
 use confer_signalling::auth::{self, TOKEN_AUDIENCE, TokenKey};
 use confer_signalling::ids::{AppId, Timestamp};
-use confer_signalling::limits::{LimitsConfig, Rate};
 use hmac::{Hmac, Mac};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use proptest::prelude::*;
@@ -369,21 +368,7 @@ fn no_request_gets_a_server_error() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // Limits that would refuse a fuzzer's repeated mails and wrong
-    // secrets are off: they would hide the routes behind 429.
-    let off = Rate::new(0, 60);
-    let config = confer_signalling::SignallingConfig {
-        limits: LimitsConfig {
-            code_requests_per_email: off,
-            code_requests_per_ip: off,
-            code_confirmations_per_email: off,
-            tokens_per_app: off,
-            basic_failures_per_app: off,
-            basic_failures_per_ip: off,
-            ..LimitsConfig::default()
-        },
-        ..test_config(dir.path())
-    };
+    let config = common::unlimited_config(dir.path());
     let server = rt.block_on(TestServer::start_with(config, common::default_clock()));
     let app = confer_signalling::http::app(server.services.clone());
     let world = rt.block_on(async {

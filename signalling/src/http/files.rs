@@ -200,7 +200,7 @@ pub async fn put_content(
 #[utoipa::path(get, path = "/api/v1/files/{file_id}/content", tag = "files",
     params(("file_id" = FileId, Path, description = "File id"), Signed),
     responses(
-        (status = 200, description = "The bytes", content_type = "application/octet-stream"),
+        (status = 200, description = "The bytes, with the content type given when the upload was asked for", content_type = "*/*"),
         (status = 403, description = "`bad_signature`, `url_expired`", body = ErrorBody),
         (status = 404, description = "`not_found` (also: deleted)", body = ErrorBody),
     ))]

@@ -98,15 +98,68 @@ fn api_router() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(web::demo_sign_in))
 }
 
+/// The routes and their document, with the answers every JSON body may
+/// get added to the document.
+fn routes_and_document() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
+    let (router, mut api) = api_router().split_for_parts();
+    document_body_errors(&mut api);
+    (router, api)
+}
+
+/// Every operation that reads a JSON body ([`extract::ApiJson`]) may
+/// answer 413 `payload_too_large` (over `http.max_body_bytes`) and 415
+/// `unsupported_media_type` (no `Content-Type: application/json`): added
+/// here once, so that no operation's annotation can forget them.
+fn document_body_errors(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for item in api.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let reads_json = operation
+                .request_body
+                .as_ref()
+                .is_some_and(|body| body.content.contains_key("application/json"));
+            if !reads_json {
+                continue;
+            }
+            let responses = &mut operation.responses.responses;
+            responses
+                .entry("413".to_owned())
+                .or_insert_with(|| error("`payload_too_large`").into());
+            responses.entry("415".to_owned()).or_insert_with(|| {
+                error("`unsupported_media_type`: the body must be sent with `Content-Type: application/json`")
+                    .into()
+            });
+        }
+    }
+}
+
 /// The OpenAPI 3 document of every route, generated from the handlers.
 #[must_use]
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    routes_and_document().1
 }
 
 /// The whole HTTP application. Tests may call it without a server.
 pub fn app(services: Arc<Services>) -> Router {
-    let (router, api) = api_router().split_for_parts();
+    let (router, api) = routes_and_document();
     let max_body = services.config.http.max_body_bytes;
     router
         .route("/api/v1/ws", axum::routing::get(realtime::upgrade))

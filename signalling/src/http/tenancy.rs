@@ -21,10 +21,15 @@ use crate::store::{Application, User};
 #[serde(deny_unknown_fields)]
 pub struct RegistrationRequest {
     /// Where the code goes; becomes the subscriber's identity.
-    #[schema(example = "it@example.com")]
+    #[schema(example = "it@example.com", format = Email, max_length = 254)]
     pub email: String,
     /// Display name of the application: any printable text.
-    #[schema(example = "Склад \"Север\"")]
+    #[schema(
+        example = "Склад \"Север\"",
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub app_name: String,
 }
 
@@ -33,13 +38,18 @@ pub struct RegistrationRequest {
 #[serde(deny_unknown_fields)]
 pub struct RegistrationConfirm {
     /// The e-mail the code was sent to.
-    #[schema(example = "it@example.com")]
+    #[schema(example = "it@example.com", format = Email, max_length = 254)]
     pub email: String,
     /// Display name of the new application (may differ from the request's).
-    #[schema(example = "Склад \"Север\"")]
+    #[schema(
+        example = "Склад \"Север\"",
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub app_name: String,
     /// The 6-digit code.
-    #[schema(example = "042137")]
+    #[schema(example = "042137", pattern = "^[0-9]{6}$")]
     pub code: String,
 }
 
@@ -71,6 +81,7 @@ pub struct RegisteredView {
 #[serde(deny_unknown_fields)]
 pub struct SignInRequest {
     /// The subscriber's e-mail.
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
 }
 
@@ -79,8 +90,10 @@ pub struct SignInRequest {
 #[serde(deny_unknown_fields)]
 pub struct SignInConfirm {
     /// The subscriber's e-mail.
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
     /// The 6-digit code.
+    #[schema(pattern = "^[0-9]{6}$")]
     pub code: String,
 }
 
@@ -144,6 +157,11 @@ pub struct ApplicationList {
 #[serde(deny_unknown_fields)]
 pub struct RenameRequest {
     /// The new display name.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub name: String,
 }
 
@@ -162,19 +180,49 @@ pub struct RotatedView {
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// The application's own id for the user.
-    #[schema(example = "employee-0042")]
+    #[schema(
+        example = "employee-0042",
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub external_id: String,
     /// The user's display name.
-    #[schema(example = "Анна Петрова")]
+    #[schema(
+        example = "Анна Петрова",
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub name: String,
     /// The user's e-mail, if the application shares it.
     #[serde(default)]
+    #[schema(format = Email, max_length = 254)]
     pub email: Option<String>,
     /// Business objects (context strings) the user may see: the token's
     /// `ctx` claim, which opens their contextual conversations.
     #[serde(default)]
+    #[schema(value_type = Vec<ContextString>, inline, max_items = 1000)]
     pub contexts: Vec<String>,
 }
+
+/// A context string (a business object, such as `order:1`), as a
+/// token's `contexts` lists it: only in the document (the field is a
+/// plain `String`), to say the length the server checks.
+struct ContextString;
+
+impl utoipa::PartialSchema for ContextString {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(256))
+            .into()
+    }
+}
+
+impl ToSchema for ContextString {}
 
 /// A user token.
 #[derive(Debug, Serialize, ToSchema)]

@@ -99,7 +99,12 @@ pub struct DemoInfo {
 #[serde(deny_unknown_fields)]
 pub struct DemoSignIn {
     /// Any printable text; the same name is the same demo user.
-    #[schema(example = "Анна")]
+    #[schema(
+        example = "Анна",
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub name: String,
 }
 

@@ -259,6 +259,26 @@ pub fn test_config(data_dir: &Path) -> SignallingConfig {
     }
 }
 
+/// As [`test_config`], with the limits that would refuse a fuzzer's
+/// repeated mails, tokens and wrong secrets off: they would hide the
+/// routes behind 429.
+pub fn unlimited_config(data_dir: &Path) -> SignallingConfig {
+    use confer_signalling::limits::{LimitsConfig, Rate};
+    let off = Rate::new(0, 60);
+    SignallingConfig {
+        limits: LimitsConfig {
+            code_requests_per_email: off,
+            code_requests_per_ip: off,
+            code_confirmations_per_email: off,
+            tokens_per_app: off,
+            basic_failures_per_app: off,
+            basic_failures_per_ip: off,
+            ..LimitsConfig::default()
+        },
+        ..test_config(data_dir)
+    }
+}
+
 /// A manual clock at the current time (tokens carry real-looking times).
 pub fn default_clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(Timestamp::from_system(
@@ -335,7 +355,7 @@ pub fn advance(server: &TestServer, secs: u64) {
 }
 
 /// The Python that has the test tools (`openapi-spec-validator`,
-/// `aiosmtpd`): `TEST_PYTHON`, set by `scripts/test.sh`, or `python3`.
+/// `aiosmtpd`, `schemathesis` …): `TEST_PYTHON`, set by `scripts/test.sh`, or `python3`.
 pub fn python() -> String {
     std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned())
 }
@@ -591,6 +611,24 @@ pub async fn upload_file(
     conversation: &str,
     bytes: &[u8],
 ) -> Value {
+    upload_file_as(
+        server,
+        token,
+        conversation,
+        ("a.bin", "application/octet-stream"),
+        bytes,
+    )
+    .await
+}
+
+/// As [`upload_file`], with the file's name and content type.
+pub async fn upload_file_as(
+    server: &TestServer,
+    token: &str,
+    conversation: &str,
+    (name, content_type): (&str, &str),
+    bytes: &[u8],
+) -> Value {
     use sha2::{Digest, Sha256};
     let sha256: String = Sha256::digest(bytes)
         .iter()
@@ -600,8 +638,8 @@ pub async fn upload_file(
         server
             .post(&format!("/api/v1/conversations/{conversation}/files"))
             .bearer_auth(token)
-            .json(&json!({"name": "a.bin", "size": bytes.len(),
-                "content_type": "application/octet-stream", "sha256": sha256})),
+            .json(&json!({"name": name, "size": bytes.len(),
+                "content_type": content_type, "sha256": sha256})),
     )
     .await;
     let put = server
