@@ -294,11 +294,16 @@ const GROUP_COMMIT_MAX: usize = 128;
 /// its messages are stored again one transaction each, so that a bad
 /// message fails alone. (Savepoints per message cost two of the eight
 /// statements of every message; this costs nothing when nothing fails.) Under load, messages that arrive during a
-/// commit share the next one. It runs on its own thread
-/// (`SqliteStore::with_writer`), so its future need not be `Send`.
+/// commit share the next one. A batch the disk refuses (full) is refused
+/// as a whole, without retries: no message spoiled it, and each alone
+/// would be refused the same way; the writer goes on with the next batch,
+/// which succeeds once space returns. Every outcome is reported to
+/// `writes`. It runs on its own thread (`SqliteStore::with_writer`), so
+/// its future need not be `Send`.
 pub(super) async fn group_commit(
     pool: sqlx::SqlitePool,
     mut jobs: tokio::sync::mpsc::Receiver<PostJob>,
+    writes: Arc<super::sqlite::WriteHealth>,
 ) {
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
@@ -311,8 +316,15 @@ pub(super) async fn group_commit(
         metrics::histogram!("store_group_commit_size").record(batch.len() as f64);
         match commit_batch(&pool, &batch).await {
             Ok(posted) => {
+                writes.succeeded();
                 for (job, result) in batch.into_iter().zip(posted) {
                     let _ = job.reply.send(Ok(result));
+                }
+            }
+            Err(StoreError::Unavailable(why)) => {
+                writes.refused(&why);
+                for job in batch {
+                    let _ = job.reply.send(Err(StoreError::Unavailable(why.clone())));
                 }
             }
             // Alone in its batch: its own error, so that a conflict keeps
@@ -329,6 +341,7 @@ pub(super) async fn group_commit(
                     let result = commit_batch(&pool, std::slice::from_ref(&job))
                         .await
                         .map(|mut p| p.remove(0));
+                    writes.note(&result);
                     let _ = job.reply.send(result);
                 }
             }
