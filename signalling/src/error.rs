@@ -1,8 +1,9 @@
 //! The one error type of the REST API.
 //!
 //! Every failure a client can cause maps to a 4xx status with a stable,
-//! documented `code`; every failure inside the server becomes a generic
-//! `500 internal` whose details go to the log only. The body is always
+//! documented `code`; a fault of the machine that passes by itself (a full
+//! disk) is `503 unavailable`; every other failure inside the server
+//! becomes a generic `500 internal` whose details go to the log only. The body is always
 //! `{"error": {"code": "...", "message": "..."}}`.
 
 use axum::Json;
@@ -68,6 +69,10 @@ pub enum ApiError {
     /// Too many requests: a limit of `[limits]` refused this one.
     #[error("{0}")]
     RateLimited(#[from] crate::limits::RateLimited),
+    /// The server cannot carry the request out now (its disk is full):
+    /// nothing was changed, and the same request can succeed later.
+    #[error("{0}")]
+    Unavailable(String),
     /// A failure inside the server; the detail is logged, never sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -107,7 +112,7 @@ impl ApiError {
             Self::NotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(..) => StatusCode::CONFLICT,
-            Self::MediaUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MediaUnavailable(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Refused(status, ..) => *status,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -134,6 +139,7 @@ impl ApiError {
             Self::MediaUnavailable(_) => "media_unavailable",
             Self::Refused(_, code, _) => code,
             Self::RateLimited(_) => "rate_limited",
+            Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -146,6 +152,31 @@ impl ApiError {
     /// Wraps an internal failure.
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
         Self::Internal(err.into())
+    }
+
+    /// The answer to a write that could not be done now, for `why`.
+    #[must_use]
+    pub fn unavailable(why: &crate::store::Unavailable) -> Self {
+        use crate::store::Unavailable;
+        Self::Unavailable(match why {
+            Unavailable::DiskFull(seen) => format!(
+                "the server's disk is full ({seen}), so this request was not carried out; \
+                 retry later"
+            ),
+            // The extended code is for the operator's log, not the client.
+            _ => "the server's storage failed a write, so this request was not carried out; \
+                  retry later"
+                .to_owned(),
+        })
+    }
+
+    /// An I/O failure of the server's own files: `unavailable` when the
+    /// disk is full, `internal` otherwise.
+    pub fn io(err: std::io::Error) -> Self {
+        match crate::store::Unavailable::of_io(&err) {
+            Some(why) => Self::unavailable(&why),
+            None => Self::internal(err),
+        }
     }
 }
 
@@ -184,6 +215,7 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> Self {
         match err {
             crate::store::StoreError::Conflict(code, message) => Self::Conflict(code, message),
+            crate::store::StoreError::Unavailable(why) => Self::unavailable(&why),
             err => Self::internal(err),
         }
     }
@@ -191,6 +223,18 @@ impl From<crate::store::StoreError> for ApiError {
 
 impl From<crate::mail::MailError> for ApiError {
     fn from(err: crate::mail::MailError) -> Self {
-        Self::internal(err)
+        match err {
+            crate::mail::MailError::Unavailable(why) => Self::unavailable(&why),
+            err => Self::internal(err),
+        }
+    }
+}
+
+impl From<crate::files::storage::StorageError> for ApiError {
+    fn from(err: crate::files::storage::StorageError) -> Self {
+        match err {
+            crate::files::storage::StorageError::Io(io) => Self::io(io),
+            err => Self::internal(err),
+        }
     }
 }

@@ -31,6 +31,21 @@ pub enum MailError {
     /// Writing to the outbox failed.
     #[error("outbox: {0}")]
     Outbox(String),
+    /// The outbox's disk is full: the mail was not written, and can be
+    /// once space returns.
+    #[error("outbox: {0}")]
+    Unavailable(crate::store::Unavailable),
+}
+
+/// An outbox failure: [`MailError::Unavailable`] when the disk is full.
+fn outbox_error(
+    err: &(dyn std::error::Error + 'static),
+    context: impl std::fmt::Display,
+) -> MailError {
+    match crate::store::Unavailable::of_error(err) {
+        Some(why) => MailError::Unavailable(why),
+        None => MailError::Outbox(format!("{context}{err}")),
+    }
 }
 
 /// Something that delivers mail.
@@ -78,17 +93,18 @@ impl Mailer for OutboxMailer {
             .send(message)
             .await
             .map(|_| ())
-            .map_err(|e| MailError::Outbox(e.to_string()))
+            .map_err(|e| outbox_error(&e, ""))
     }
 
     async fn check(&self) -> Result<(), MailError> {
         let probe = self.dir.join(".health-probe");
+        let context = format!("{}: ", self.dir.display());
         tokio::fs::write(&probe, b"ok")
             .await
-            .map_err(|e| MailError::Outbox(format!("{}: {e}", self.dir.display())))?;
+            .map_err(|e| outbox_error(&e, &context))?;
         tokio::fs::remove_file(&probe)
             .await
-            .map_err(|e| MailError::Outbox(format!("{}: {e}", self.dir.display())))
+            .map_err(|e| outbox_error(&e, &context))
     }
 
     fn kind(&self) -> &'static str {

@@ -846,6 +846,10 @@ fn rate_limited_frame(id: Option<&str>, limited: &crate::limits::RateLimited) ->
 }
 
 fn api_error_frame(id: &str, err: &ApiError) -> String {
+    // As on REST: the client gets a generic `internal`, the log the detail.
+    if let ApiError::Internal(detail) = err {
+        tracing::error!(error = ?detail, "internal error answering a request frame");
+    }
     error_frame(Some(id), err.code(), &err.to_string())
 }
 

@@ -226,25 +226,6 @@ async fn replay(
     ws
 }
 
-/// The whole history of `conversation`, oldest first.
-async fn history(ws: &mut Ws, conversation: &str) -> Vec<Value> {
-    let mut all: Vec<Value> = Vec::new();
-    loop {
-        let after = all.last().map_or(0, |m| m["seq"].as_u64().unwrap());
-        let page = ws
-            .request(json!({"type": "history", "conversation_id": conversation,
-                "after": after, "limit": 200}))
-            .await;
-        let messages = page["messages"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{page}"));
-        all.extend(messages.iter().cloned());
-        if messages.len() < 200 {
-            return all;
-        }
-    }
-}
-
 /// Checks the store after a restart: history against every `ack`, every
 /// event log, then retries what was in flight. Returns the members'
 /// connections, ready to send.
@@ -259,7 +240,7 @@ async fn check_and_retry(
     for member in members.iter_mut() {
         connections.push(replay(server, member, figures, problems).await);
     }
-    let messages = history(&mut connections[0], conversation).await;
+    let messages = connections[0].history(conversation).await;
 
     // Numbered 1, 2, 3 … and each (author, client_id) once.
     let mut by_client_id: BTreeMap<(String, String), &Value> = BTreeMap::new();

@@ -178,8 +178,8 @@ impl LocalStorage {
     /// place. Returns the SHA-256 (hex).
     ///
     /// # Errors
-    /// `upload_size_mismatch`, `checksum_mismatch` (400); `internal` when
-    /// the disk fails.
+    /// `upload_size_mismatch`, `checksum_mismatch` (400); `unavailable`
+    /// (503) when the disk is full, `internal` when it fails otherwise.
     pub async fn receive(
         &self,
         object: Object,
@@ -198,7 +198,7 @@ impl LocalStorage {
                 .place(&partial, &self.path(object))
                 .await
                 .map(|()| sha256)
-                .map_err(ApiError::internal),
+                .map_err(ApiError::io),
             Err(e) => Err(e),
         };
         if outcome.is_err() {
@@ -216,7 +216,7 @@ impl LocalStorage {
     ) -> Result<String, ApiError> {
         let file = tokio::fs::File::create(partial)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::io)?;
         let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, file);
         let mut hash = Sha256::new();
         let mut received: u64 = 0;
@@ -243,7 +243,7 @@ impl LocalStorage {
                 )));
             }
             hash.update(&chunk);
-            out.write_all(&chunk).await.map_err(ApiError::internal)?;
+            out.write_all(&chunk).await.map_err(ApiError::io)?;
         }
         if received < size {
             return Err(size_mismatch(format!(
@@ -260,11 +260,8 @@ impl LocalStorage {
                 format!("the bytes have SHA-256 {sha256}, {declared} was declared"),
             ));
         }
-        out.flush().await.map_err(ApiError::internal)?;
-        out.into_inner()
-            .sync_all()
-            .await
-            .map_err(ApiError::internal)?;
+        out.flush().await.map_err(ApiError::io)?;
+        out.into_inner().sync_all().await.map_err(ApiError::io)?;
         Ok(sha256)
     }
 

@@ -365,23 +365,18 @@ impl Files {
         }
         let incoming = Object::new(file.app_id, file.id, Part::Incoming);
         let bytes = incoming.with(Part::Bytes);
-        match self
-            .storage
-            .size(incoming)
-            .await
-            .map_err(ApiError::internal)?
-        {
+        match self.storage.size(incoming).await.map_err(ApiError::from)? {
             Some(size) if size == file.size => {
                 self.storage
                     .promote(incoming)
                     .await
-                    .map_err(ApiError::internal)?;
+                    .map_err(ApiError::from)?;
             }
             Some(size) => {
                 self.storage
                     .delete(incoming)
                     .await
-                    .map_err(ApiError::internal)?;
+                    .map_err(ApiError::from)?;
                 return Err(ApiError::refused(
                     StatusCode::BAD_REQUEST,
                     "upload_size_mismatch",
@@ -393,7 +388,7 @@ impl Files {
             }
             // A completion cut short after the move finds the bytes moved.
             None => {
-                if self.storage.size(bytes).await.map_err(ApiError::internal)? != Some(file.size) {
+                if self.storage.size(bytes).await.map_err(ApiError::from)? != Some(file.size) {
                     return Err(ApiError::refused(
                         StatusCode::CONFLICT,
                         "upload_missing",
@@ -407,10 +402,7 @@ impl Files {
         if let Some(declared) = &file.declared_sha256
             && *declared != sha256
         {
-            self.storage
-                .delete(bytes)
-                .await
-                .map_err(ApiError::internal)?;
+            self.storage.delete(bytes).await.map_err(ApiError::from)?;
             return Err(ApiError::refused(
                 StatusCode::BAD_REQUEST,
                 "checksum_mismatch",
@@ -440,11 +432,7 @@ impl Files {
         } else {
             None
         };
-        let mut stream = self
-            .storage
-            .read(object)
-            .await
-            .map_err(ApiError::internal)?;
+        let mut stream = self.storage.read(object).await.map_err(ApiError::from)?;
         let mut hash = Sha256::new();
         let mut kept = Vec::with_capacity(if keep {
             usize::try_from(file.size).unwrap_or(0)
@@ -471,7 +459,7 @@ impl Files {
         self.storage
             .write(object.with(Part::Preview), Bytes::from(jpeg), "image/jpeg")
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         Ok((sha256, Some((width, height))))
     }
 

@@ -22,13 +22,25 @@ pub use files::FileStore;
 pub use messaging::MessageStore;
 pub use sqlite::SqliteStore;
 
-/// A store failure: always internal, never the client's fault.
+/// A store failure: never the client's fault. [`StoreError::Unavailable`]
+/// is a fault of the machine (a full disk) that passes by itself; the
+/// others are internal.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The database answered with an error or could not be reached.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+    /// The store cannot write now: the disk is full or failed a write.
+    /// The write was not carried out (its transaction rolled back) and
+    /// the same write can succeed once the cause is gone.
+    #[error("store unavailable: {0}")]
+    Unavailable(Unavailable),
+    /// Writes have been refused for a while: why and since when (what a
+    /// health check reports, e.g. `disk full (SQLITE_FULL) since
+    /// 2026-12-02T00:40:12Z`).
+    #[error("{0}")]
+    WritesRefused(String),
     /// Applying the embedded migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -43,6 +55,107 @@ pub enum StoreError {
 
 /// Store result.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Why the store cannot write now.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unavailable {
+    /// No space left on the data directory's file system: `SQLITE_FULL`,
+    /// or `ENOSPC` / `EDQUOT` from the operating system (the name is the
+    /// one that was seen).
+    #[error("disk full ({0})")]
+    DiskFull(&'static str),
+    /// The file system failed a read or a write (`SQLITE_IOERR`, with
+    /// SQLite's extended code).
+    #[error("I/O error (SQLITE_IOERR, extended code {0})")]
+    Io(i32),
+}
+
+/// SQLite's primary result codes that say the machine, not the query,
+/// failed (<https://www.sqlite.org/rescode.html>).
+const SQLITE_IOERR: i32 = 10;
+const SQLITE_FULL: i32 = 13;
+/// Linux `errno` values of a full file system or quota.
+const ENOSPC: i32 = 28;
+const EDQUOT: i32 = 122;
+
+impl Unavailable {
+    /// The unavailability an error of the database or of the operating
+    /// system stands for, if any.
+    #[must_use]
+    pub fn of_sqlx(err: &sqlx::Error) -> Option<Self> {
+        match err {
+            sqlx::Error::Database(db) => {
+                let code: i32 = db.code()?.parse().ok()?;
+                match code & 0xff {
+                    SQLITE_FULL => Some(Self::DiskFull("SQLITE_FULL")),
+                    // SQLite maps ENOSPC on a plain write to SQLITE_FULL;
+                    // on other calls (growing the shared-memory file,
+                    // truncating) it is an I/O error.
+                    SQLITE_IOERR => Some(Self::Io(code)),
+                    _ => None,
+                }
+            }
+            sqlx::Error::Io(io) => Self::of_io(io),
+            _ => None,
+        }
+    }
+
+    /// `DiskFull` for an I/O error that says the disk or a quota is full.
+    #[must_use]
+    pub fn of_io(err: &std::io::Error) -> Option<Self> {
+        match err.raw_os_error() {
+            Some(ENOSPC) => Some(Self::DiskFull("ENOSPC")),
+            Some(EDQUOT) => Some(Self::DiskFull("EDQUOT")),
+            _ if err.kind() == std::io::ErrorKind::StorageFull => {
+                Some(Self::DiskFull("storage full"))
+            }
+            _ if err.kind() == std::io::ErrorKind::QuotaExceeded => {
+                Some(Self::DiskFull("quota exceeded"))
+            }
+            _ => None,
+        }
+    }
+
+    /// `DiskFull` if an I/O error is found in `err` or its sources.
+    #[must_use]
+    pub fn of_error(err: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        let mut cause = Some(err);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if let Some(found) = Self::of_io(io) {
+                    return Some(found);
+                }
+                // A wrapping io::Error's `source` skips what it wraps.
+                if let Some(found) = io.get_ref().and_then(|inner| Self::of_error(inner)) {
+                    return Some(found);
+                }
+            }
+            cause = e.source();
+        }
+        None
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match Unavailable::of_sqlx(&err) {
+            Some(why) => Self::Unavailable(why),
+            None => Self::Database(err),
+        }
+    }
+}
+
+impl StoreError {
+    /// Why the store cannot write now, if that is what this error is.
+    #[must_use]
+    pub fn unavailable(&self) -> Option<&Unavailable> {
+        match self {
+            Self::Unavailable(why) => Some(why),
+            _ => None,
+        }
+    }
+}
 
 /// An e-mail owner; owns applications.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,7 +276,9 @@ pub struct SubscriberSession {
 /// Everything the server persists.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
-    /// A trivial query, for health checks.
+    /// A trivial query and the smallest write, for health checks: an
+    /// error when either fails, [`StoreError::WritesRefused`] while
+    /// writes are refused (a full disk).
     async fn ping(&self) -> StoreResult<()>;
 
     /// Stores a code, replacing any earlier one for the same purpose and
@@ -274,4 +389,29 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Every locked user, of every application.
     async fn locked_users(&self) -> StoreResult<Vec<UserId>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Unavailable;
+
+    #[test]
+    fn a_full_disk_or_quota_is_told_from_other_io_errors() {
+        let os = std::io::Error::from_raw_os_error;
+        assert_eq!(
+            Unavailable::of_io(&os(28)),
+            Some(Unavailable::DiskFull("ENOSPC"))
+        );
+        assert_eq!(
+            Unavailable::of_io(&os(122)),
+            Some(Unavailable::DiskFull("EDQUOT"))
+        );
+        assert_eq!(Unavailable::of_io(&os(13)), None);
+        // Found below a wrapper, as lettre's file transport returns it.
+        let wrapped = std::io::Error::other(os(28));
+        assert_eq!(
+            Unavailable::of_error(&wrapped),
+            Some(Unavailable::DiskFull("ENOSPC"))
+        );
+    }
 }

@@ -4,7 +4,8 @@ use std::cell::Cell;
 use std::path::Path;
 use std::rc::Rc;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -14,7 +15,7 @@ use sqlx::{Row, SqlitePool};
 
 use super::{
     Application, CodePurpose, NewApplication, PendingCode, Store, StoreError, StoreResult,
-    Subscriber, SubscriberSession, User,
+    Subscriber, SubscriberSession, Unavailable, User,
 };
 use crate::auth::TokenKey;
 use crate::ids::{AppId, SubscriberId, Timestamp, UserId};
@@ -30,6 +31,86 @@ pub struct SqliteStore {
     /// Messages to the group-commit writer (bounded: a full queue makes
     /// senders wait for their acknowledgement, nothing is dropped).
     poster: tokio::sync::mpsc::Sender<super::sqlite_messaging::PostJob>,
+    /// Whether writes go through, as the last ones found.
+    writes: Arc<WriteHealth>,
+}
+
+/// Whether the store can write, as its writes last found it. The first
+/// write the disk refuses records a fault (logged once, the
+/// `store_unavailable` gauge set to 1); the first that succeeds after it
+/// clears the fault. The message writer and the health check's probe
+/// report here, so the fault clears by itself once space returns, with or
+/// without traffic.
+#[derive(Debug, Default)]
+pub(super) struct WriteHealth {
+    fault: Mutex<Option<Fault>>,
+}
+
+#[derive(Debug, Clone)]
+struct Fault {
+    why: Unavailable,
+    since: SystemTime,
+}
+
+impl WriteHealth {
+    /// Records the outcome of a write: a success clears a fault, a refusal
+    /// records one, other failures say nothing of the disk.
+    pub(super) fn note<T>(&self, result: &StoreResult<T>) {
+        match result {
+            Ok(_) => self.succeeded(),
+            Err(StoreError::Unavailable(why)) => self.refused(why),
+            Err(_) => {}
+        }
+    }
+
+    /// A write went through.
+    pub(super) fn succeeded(&self) {
+        let mut fault = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(Fault { why, since }) = fault.take() {
+            let refused_for = since.elapsed().unwrap_or_default();
+            tracing::warn!(
+                reason = %why,
+                refused_for = %humantime::format_duration(Duration::from_secs(refused_for.as_secs())),
+                "the store writes again"
+            );
+            metrics::gauge!("store_unavailable").set(0.0);
+        }
+    }
+
+    /// A write was refused for `why`.
+    pub(super) fn refused(&self, why: &Unavailable) {
+        let reason = match why {
+            Unavailable::DiskFull(_) => "disk_full",
+            _ => "io_error",
+        };
+        metrics::counter!("store_writes_refused_total", "reason" => reason).increment(1);
+        let mut fault = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+        if fault.is_none() {
+            tracing::error!(
+                reason = %why,
+                "the store cannot write: requests that write are answered `unavailable` \
+                 until it can again"
+            );
+            metrics::gauge!("store_unavailable").set(1.0);
+            *fault = Some(Fault {
+                why: why.clone(),
+                since: SystemTime::now(),
+            });
+        }
+    }
+
+    /// The fault, as health reports it: `disk full (SQLITE_FULL) since
+    /// 2026-12-02T00:40:12Z`.
+    pub(super) fn problem(&self) -> Option<String> {
+        let fault = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+        fault.as_ref().map(|f| {
+            format!(
+                "{} since {}",
+                f.why,
+                humantime::format_rfc3339_seconds(f.since)
+            )
+        })
+    }
 }
 
 /// How often the WAL is copied back into the database file.
@@ -43,8 +124,11 @@ pub(super) const WAL_RESTART_FRAMES: i64 = 4096;
 /// meanwhile. (In-memory databases have no WAL; the pragma is a no-op.)
 /// Each leaves the number of frames in the WAL in `wal_frames` for the
 /// writer, which restarts the WAL when it is long ([`restart_wal`]).
+/// On a full disk they fail every time (the database file cannot grow):
+/// that is logged when it starts and when it ends, not twice a second.
 async fn checkpoints(pool: SqlitePool, wal_frames: Rc<Cell<i64>>) {
     let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+    let mut failing = false;
     loop {
         tick.tick().await;
         if pool.is_closed() {
@@ -52,14 +136,25 @@ async fn checkpoints(pool: SqlitePool, wal_frames: Rc<Cell<i64>>) {
         }
         let started = std::time::Instant::now();
         match checkpoint(&pool, "PASSIVE").await {
+            Ok(frames) if failing => {
+                tracing::info!("WAL checkpoints succeed again");
+                failing = false;
+                wal_frames.set(frames);
+            }
             Ok(frames) => wal_frames.set(frames),
-            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "WAL checkpoints fail (logged again once they succeed)");
+                failing = true;
+            }
+            Err(_) => {}
         }
         metrics::histogram!("store_checkpoint_seconds").record(started.elapsed().as_secs_f64());
     }
 }
 
-/// Copies the rest of the WAL into the database and empties the file.
+/// Copies the rest of the WAL into the database and makes the next commit
+/// write the WAL from its start (`RESTART`: the file keeps its size, so it
+/// is neither truncated nor grown again).
 ///
 /// A passive checkpoint never makes the WAL start over: SQLite rewinds it
 /// only when a commit finds every frame copied back, and under a steady
@@ -71,7 +166,7 @@ async fn checkpoints(pool: SqlitePool, wal_frames: Rc<Cell<i64>>) {
 /// commit, and the passive checkpoints have already copied most frames.
 pub(super) async fn restart_wal(pool: &SqlitePool) {
     let started = std::time::Instant::now();
-    match checkpoint(pool, "TRUNCATE").await {
+    match checkpoint(pool, "RESTART").await {
         Ok(_) => metrics::counter!("store_wal_restarts_total").increment(1),
         Err(e) => tracing::warn!(error = %e, "WAL restart failed"),
     }
@@ -85,6 +180,34 @@ async fn checkpoint(pool: &SqlitePool, mode: &str) -> Result<i64, sqlx::Error> {
             .fetch_one(pool)
             .await?;
     Ok(frames)
+}
+
+/// Whether a pooled connection may be handed out again: false when sqlx
+/// still counts a transaction open on it. That happens when a write fails
+/// with `SQLITE_FULL` or `SQLITE_IOERR`: SQLite rolls the transaction back
+/// by itself, so the `ROLLBACK` sqlx issues when the transaction is
+/// dropped fails, and sqlx, which only counts a rollback that succeeded,
+/// would refuse every later `BEGIN` on that connection
+/// (`InvalidSavePointStatement`) for good. Such a connection is closed and
+/// the pool opens a fresh one: the store recovers by itself once space
+/// returns.
+async fn consistent(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection as _;
+    use sqlx::TransactionManager as _;
+    use sqlx::sqlite::SqliteTransactionManager as Manager;
+    if Manager::get_transaction_depth(conn) == 0 {
+        return Ok(true);
+    }
+    // The rollback a dropped transaction queued runs before this ping.
+    conn.ping().await?;
+    let consistent = Manager::get_transaction_depth(conn) == 0;
+    if !consistent {
+        tracing::debug!(
+            "closing a store connection whose rolled-back transaction sqlx still counts"
+        );
+        metrics::counter!("store_connections_discarded_total").increment(1);
+    }
+    Ok(consistent)
 }
 
 /// Messages waiting for the writer before senders wait.
@@ -111,6 +234,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .before_acquire(|conn, _| Box::pin(consistent(conn)))
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
@@ -122,6 +246,8 @@ impl SqliteStore {
     /// the writer ends when the last store handle is dropped.
     fn with_writer(pool: SqlitePool) -> StoreResult<Self> {
         let (poster, jobs) = tokio::sync::mpsc::channel(POST_QUEUE);
+        let writes = Arc::new(WriteHealth::default());
+        let writer_writes = writes.clone();
         let writer_pool = pool.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -136,6 +262,7 @@ impl SqliteStore {
                         () = super::sqlite_messaging::group_commit(
                             writer_pool.clone(),
                             jobs,
+                            writer_writes,
                             wal_frames.clone(),
                         ) => {}
                         () = checkpoints(writer_pool, wal_frames) => {}
@@ -143,7 +270,11 @@ impl SqliteStore {
                 });
             })
             .map_err(|e| StoreError::Corrupt(format!("starting the message writer: {e}")))?;
-        Ok(Self { pool, poster })
+        Ok(Self {
+            pool,
+            poster,
+            writes,
+        })
     }
 
     /// The message writer's queue.
@@ -238,7 +369,23 @@ fn user_from(row: &SqliteRow) -> StoreResult<User> {
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        // A write as small as can be, committed like any other: a full
+        // disk refuses it, and once space returns it clears the fault
+        // even if nothing else is written.
+        let probe = sqlx::query(
+            "INSERT INTO store_probe (id, checked_at) VALUES (1, ?) \
+             ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+        )
+        .bind(Timestamp::from_system(SystemTime::now()).0)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(StoreError::from);
+        self.writes.note(&probe);
+        match self.writes.problem() {
+            Some(problem) => Err(StoreError::WritesRefused(problem)),
+            None => probe,
+        }
     }
 
     async fn put_code(&self, code: &PendingCode) -> StoreResult<()> {

@@ -365,14 +365,19 @@ const GROUP_COMMIT_MAX: usize = 128;
 /// one transaction each, so that a bad one fails alone. (Savepoints per
 /// write cost two of the eight statements of every message; this costs
 /// nothing when nothing fails.) Under load, writes that arrive during a
-/// commit share the next one. It runs on its own thread
-/// (`SqliteStore::with_writer`), so its future need not be `Send`.
+/// commit share the next one. A batch the disk refuses (full) is refused
+/// as a whole, without retries: no write spoiled it, and each alone would
+/// be refused the same way; the writer goes on with the next batch, which
+/// succeeds once space returns. Every outcome is reported to `writes`. It
+/// runs on its own thread (`SqliteStore::with_writer`), so its future need
+/// not be `Send`.
 ///
 /// Between two commits it restarts the WAL when the last checkpoint found
 /// it longer than [`super::sqlite::WAL_RESTART_FRAMES`] (`wal_frames`).
 pub(super) async fn group_commit(
     pool: sqlx::SqlitePool,
     mut jobs: tokio::sync::mpsc::Receiver<PostJob>,
+    writes: Arc<super::sqlite::WriteHealth>,
     wal_frames: std::rc::Rc<std::cell::Cell<i64>>,
 ) {
     while let Some(first) = jobs.recv().await {
@@ -390,8 +395,15 @@ pub(super) async fn group_commit(
         metrics::histogram!("store_group_commit_size").record(batch.len() as f64);
         match commit_batch(&pool, &batch).await {
             Ok(written) => {
+                writes.succeeded();
                 for (job, result) in batch.into_iter().zip(written) {
                     let _ = job.reply.send(Ok(result));
+                }
+            }
+            Err(StoreError::Unavailable(why)) => {
+                writes.refused(&why);
+                for job in batch {
+                    let _ = job.reply.send(Err(StoreError::Unavailable(why.clone())));
                 }
             }
             // Alone in its batch: its own error, so that a conflict keeps
@@ -408,6 +420,7 @@ pub(super) async fn group_commit(
                     let result = commit_batch(&pool, std::slice::from_ref(&job))
                         .await
                         .map(|mut w| w.remove(0));
+                    writes.note(&result);
                     let _ = job.reply.send(result);
                 }
             }

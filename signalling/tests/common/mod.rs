@@ -567,6 +567,26 @@ impl Ws {
         }
     }
 
+    /// The whole history of `conversation`, oldest first (pages of 200
+    /// from `after: 0`).
+    pub async fn history(&mut self, conversation: &str) -> Vec<Value> {
+        let mut all: Vec<Value> = Vec::new();
+        loop {
+            let after = all.last().map_or(0, |m| m["seq"].as_u64().unwrap());
+            let page = self
+                .request(json!({"type": "history", "conversation_id": conversation,
+                    "after": after, "limit": 200}))
+                .await;
+            let messages = page["messages"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{page}"));
+            all.extend(messages.iter().cloned());
+            if messages.len() < 200 {
+                return all;
+            }
+        }
+    }
+
     /// The next event frame.
     pub async fn event(&mut self) -> Value {
         if let Some(e) = self.events.pop_front() {
