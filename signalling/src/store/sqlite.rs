@@ -152,23 +152,26 @@ async fn checkpoints(pool: SqlitePool, wal_frames: Rc<Cell<i64>>) {
     }
 }
 
-/// Copies the rest of the WAL into the database and makes the next commit
-/// write the WAL from its start (`RESTART`: the file keeps its size, so it
-/// is neither truncated nor grown again).
+/// Lets the WAL start over: a passive checkpoint run by the writer between
+/// two commits, so no commit adds frames while it copies.
 ///
-/// A passive checkpoint never makes the WAL start over: SQLite rewinds it
-/// only when a commit finds every frame copied back, and under a steady
-/// stream of commits new frames arrive while each checkpoint runs, so the
-/// file grew with everything ever written (11 GB for 200 000 messages in
-/// the writer-isolation benchmark). The writer calls this between two
-/// commits once the WAL is longer than [`WAL_RESTART_FRAMES`]: holding
-/// the write lock itself, it cannot lose the race for it to the next
-/// commit, and the passive checkpoints have already copied most frames.
+/// SQLite rewinds the WAL only when a commit finds every frame copied
+/// back. The background checkpoints never get there under a steady stream
+/// of commits (new frames arrive while each runs), so the file grew with
+/// everything ever written (11 GB for 200 000 messages in the
+/// writer-isolation benchmark). The writer calls this once the WAL is
+/// longer than [`WAL_RESTART_FRAMES`]; the background checkpoints have
+/// already copied most frames, so it has little left to do, and the next
+/// commit starts the WAL from its beginning. It stays passive on purpose:
+/// a `RESTART` or `TRUNCATE` checkpoint waits for every reader (up to the
+/// busy timeout) while it blocks new ones, which stalled the message path
+/// for 30 s under load; a passive one never waits — if a reader still
+/// needs old frames, it copies what it can and the next turn tries again.
 pub(super) async fn restart_wal(pool: &SqlitePool) {
     let started = std::time::Instant::now();
-    match checkpoint(pool, "RESTART").await {
+    match checkpoint(pool, "PASSIVE").await {
         Ok(_) => metrics::counter!("store_wal_restarts_total").increment(1),
-        Err(e) => tracing::warn!(error = %e, "WAL restart failed"),
+        Err(e) => tracing::warn!(error = %e, "WAL checkpoint by the writer failed"),
     }
     metrics::histogram!("store_wal_restart_seconds").record(started.elapsed().as_secs_f64());
 }
