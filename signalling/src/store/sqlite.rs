@@ -185,8 +185,11 @@ async fn checkpoint(pool: &SqlitePool, mode: &str) -> Result<i64, sqlx::Error> {
     Ok(frames)
 }
 
-/// Whether a pooled connection may be handed out again: false when sqlx
-/// still counts a transaction open on it. That happens when a write fails
+/// Whether a connection returning to the pool may stay in it: false when
+/// sqlx still counts a transaction open on it. (Checked on release, not
+/// on acquire: as a `before_acquire` hook it left the pool with no free
+/// connection for 30 s at a time under the writer-isolation benchmark's
+/// load, every request waiting for one.) That happens when a write fails
 /// with `SQLITE_FULL` or `SQLITE_IOERR`: SQLite rolls the transaction back
 /// by itself, so the `ROLLBACK` sqlx issues when the transaction is
 /// dropped fails, and sqlx, which only counts a rollback that succeeded,
@@ -237,7 +240,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .before_acquire(|conn, _| Box::pin(consistent(conn)))
+            .after_release(|conn, _| Box::pin(consistent(conn)))
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
