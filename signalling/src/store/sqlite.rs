@@ -164,9 +164,9 @@ async fn checkpoints(pool: SqlitePool, wal_frames: Rc<Cell<i64>>) {
 /// already copied most frames, so it has little left to do, and the next
 /// commit starts the WAL from its beginning. It stays passive on purpose:
 /// a `RESTART` or `TRUNCATE` checkpoint waits for every reader (up to the
-/// busy timeout) while it blocks new ones, which stalled the message path
-/// for 30 s under load; a passive one never waits — if a reader still
-/// needs old frames, it copies what it can and the next turn tries again.
+/// busy timeout) while it holds back other writers; a passive one never
+/// waits — if a reader still needs old frames, it copies what it can and
+/// the next turn tries again.
 pub(super) async fn restart_wal(pool: &SqlitePool) {
     let started = std::time::Instant::now();
     match checkpoint(pool, "PASSIVE").await {
