@@ -186,11 +186,7 @@ async fn checkpoint(pool: &SqlitePool, mode: &str) -> Result<i64, sqlx::Error> {
 }
 
 /// Whether a connection returning to the pool may stay in it: false when
-/// sqlx still counts a transaction open on it. (Under the writer-isolation
-/// benchmark's seeding load the pool sometimes has no free connection for
-/// 30 s, with every SQLite worker idle; seen with this check both as a
-/// `before_acquire` and as an `after_release` hook, not yet without it,
-/// cause not found: see docs/reliability.md.) That happens when a write fails
+/// sqlx still counts a transaction open on it. That happens when a write fails
 /// with `SQLITE_FULL` or `SQLITE_IOERR`: SQLite rolls the transaction back
 /// by itself, so the `ROLLBACK` sqlx issues when the transaction is
 /// dropped fails, and sqlx, which only counts a rollback that succeeded,
