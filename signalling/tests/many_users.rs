@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use common::latency::{percentile, send_tagged, spawn_reader};
+use common::latency::{percentile, send_tagged, spawn_readers};
 use common::{TestServer, Ws, user_token};
 use confer_signalling::bus::Bus;
 use serde_json::{Value, json};
@@ -131,14 +131,7 @@ async fn a_client_that_stops_reading_is_dropped_and_slows_nobody() {
         .await["conversation"]["id"]
         .clone();
     let t0 = Instant::now();
-    let mut readers = Vec::new();
-    for t in &reader_tokens {
-        readers.push(spawn_reader(
-            Ws::connect(&server, t, None).await,
-            t0,
-            BASE + FLOOD + AFTER,
-        ));
-    }
+    let readers = spawn_readers(&server, &reader_tokens, t0, BASE + FLOOD + AFTER).await;
 
     send_tagged(&mut writer, &conv, t0, "base", BASE, "").await;
     // The sleeper connects and never reads a frame again; 1500 messages of

@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::latency::{END_TAG, percentile, send_tagged, spawn_reader};
+use common::latency::{END_TAG, percentile, send_tagged, spawn_readers};
 use common::{TestServer, Ws, user_token};
 use confer_signalling::bus::Bus as _;
 use serde_json::json;
@@ -64,14 +64,7 @@ async fn a_client_that_stops_reading_its_socket_is_closed_and_slows_nobody() {
         .await["conversation"]["id"]
         .clone();
     let t0 = Instant::now();
-    let mut readers = Vec::new();
-    for token in &reader_tokens {
-        readers.push(spawn_reader(
-            Ws::connect(&server, token, None).await,
-            t0,
-            usize::MAX,
-        ));
-    }
+    let readers = spawn_readers(&server, &reader_tokens, t0, usize::MAX).await;
     let pad = "x".repeat(PAD);
     // The fourth connection reads like the others while the baseline is
     // measured (the same load), then stops reading its socket.

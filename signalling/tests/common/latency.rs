@@ -44,6 +44,24 @@ pub fn spawn_reader(
     })
 }
 
+/// Connects a reader for each of `tokens` and starts it ([`spawn_reader`]).
+pub async fn spawn_readers(
+    server: &super::TestServer,
+    tokens: &[String],
+    t0: Instant,
+    expected: usize,
+) -> Vec<tokio::task::JoinHandle<BTreeMap<String, Vec<f64>>>> {
+    let mut readers = Vec::with_capacity(tokens.len());
+    for token in tokens {
+        readers.push(spawn_reader(
+            Ws::connect(server, token, None).await,
+            t0,
+            expected,
+        ));
+    }
+    readers
+}
+
 /// Sends `n` messages tagged `tag` (padded with `pad`) one after the
 /// other, each after the previous one's `ack`. Their `client_id`s are
 /// the tag and a number: a tag must not be sent twice.
