@@ -377,7 +377,7 @@ const GROUP_COMMIT_MAX: usize = 128;
 pub(super) async fn group_commit(
     pool: sqlx::SqlitePool,
     mut jobs: tokio::sync::mpsc::Receiver<PostJob>,
-    writes: Arc<super::sqlite::WriteHealth>,
+    writes: Arc<super::write_health::WriteHealth>,
     wal_frames: std::rc::Rc<std::cell::Cell<i64>>,
 ) {
     while let Some(first) = jobs.recv().await {
