@@ -12,6 +12,7 @@ pub mod messaging;
 pub mod sqlite;
 mod sqlite_files;
 mod sqlite_messaging;
+mod sqlite_writer;
 mod write_health;
 
 use async_trait::async_trait;

@@ -1,8 +1,6 @@
 //! The embedded store: SQLite in WAL mode.
 
-use std::cell::Cell;
 use std::path::Path;
-use std::rc::Rc;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,6 +11,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlitePool};
 
+use super::sqlite_writer::WriterConnection;
 use super::write_health::WriteHealth;
 use super::{
     Application, CodePurpose, NewApplication, PendingCode, Store, StoreError, StoreResult,
@@ -31,113 +30,10 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Messages to the group-commit writer (bounded: a full queue makes
     /// senders wait for their acknowledgement, nothing is dropped).
-    poster: tokio::sync::mpsc::Sender<super::sqlite_messaging::PostJob>,
+    poster: tokio::sync::mpsc::Sender<super::sqlite_writer::PostJob>,
     /// Whether writes go through, as the last ones found.
     writes: Arc<WriteHealth>,
 }
-
-/// How often the WAL is copied back into the database file.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
-
-/// WAL frames (pages) past which the writer restarts the WAL.
-pub(super) const WAL_RESTART_FRAMES: i64 = 4096;
-
-/// Passive checkpoints: they copy what no reader still needs from the WAL
-/// into the database without taking the write lock, so commits go on
-/// meanwhile. (In-memory databases have no WAL; the pragma is a no-op.)
-/// Each leaves the number of frames in the WAL in `wal_frames` for the
-/// writer, which restarts the WAL when it is long ([`restart_wal`]).
-/// On a full disk they fail every time (the database file cannot grow):
-/// that is logged when it starts and when it ends, not twice a second.
-async fn checkpoints(pool: SqlitePool, wal_frames: Rc<Cell<i64>>) {
-    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
-    let mut failing = false;
-    loop {
-        tick.tick().await;
-        if pool.is_closed() {
-            return;
-        }
-        let started = std::time::Instant::now();
-        match checkpoint(&pool, "PASSIVE").await {
-            Ok(frames) if failing => {
-                tracing::info!("WAL checkpoints succeed again");
-                failing = false;
-                wal_frames.set(frames);
-            }
-            Ok(frames) => wal_frames.set(frames),
-            Err(e) if !failing => {
-                tracing::warn!(error = %e, "WAL checkpoints fail (logged again once they succeed)");
-                failing = true;
-            }
-            Err(_) => {}
-        }
-        metrics::histogram!("store_checkpoint_seconds").record(started.elapsed().as_secs_f64());
-    }
-}
-
-/// Lets the WAL start over: a passive checkpoint run by the writer between
-/// two commits, so no commit adds frames while it copies.
-///
-/// SQLite rewinds the WAL only when a commit finds every frame copied
-/// back. The background checkpoints never get there under a steady stream
-/// of commits (new frames arrive while each runs), so the file grew with
-/// everything ever written (11 GB for 200 000 messages in the
-/// writer-isolation benchmark). The writer calls this once the WAL is
-/// longer than [`WAL_RESTART_FRAMES`]; the background checkpoints have
-/// already copied most frames, so it has little left to do, and the next
-/// commit starts the WAL from its beginning. It stays passive on purpose:
-/// a `RESTART` or `TRUNCATE` checkpoint waits for every reader (up to the
-/// busy timeout) while it holds back other writers; a passive one never
-/// waits — if a reader still needs old frames, it copies what it can and
-/// the next turn tries again.
-pub(super) async fn restart_wal(pool: &SqlitePool) {
-    let started = std::time::Instant::now();
-    match checkpoint(pool, "PASSIVE").await {
-        Ok(_) => metrics::counter!("store_wal_restarts_total").increment(1),
-        Err(e) => tracing::warn!(error = %e, "WAL checkpoint by the writer failed"),
-    }
-    metrics::histogram!("store_wal_restart_seconds").record(started.elapsed().as_secs_f64());
-}
-
-/// Runs `PRAGMA wal_checkpoint(mode)`; returns the frames in the WAL.
-async fn checkpoint(pool: &SqlitePool, mode: &str) -> Result<i64, sqlx::Error> {
-    let (_busy, frames, _copied): (i64, i64, i64) =
-        sqlx::query_as(&format!("PRAGMA wal_checkpoint({mode})"))
-            .fetch_one(pool)
-            .await?;
-    Ok(frames)
-}
-
-/// Whether a connection returning to the pool may stay in it: false when
-/// sqlx still counts a transaction open on it. That happens when a write fails
-/// with `SQLITE_FULL` or `SQLITE_IOERR`: SQLite rolls the transaction back
-/// by itself, so the `ROLLBACK` sqlx issues when the transaction is
-/// dropped fails, and sqlx, which only counts a rollback that succeeded,
-/// would refuse every later `BEGIN` on that connection
-/// (`InvalidSavePointStatement`) for good. Such a connection is closed and
-/// the pool opens a fresh one: the store recovers by itself once space
-/// returns.
-async fn consistent(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
-    use sqlx::Connection as _;
-    use sqlx::TransactionManager as _;
-    use sqlx::sqlite::SqliteTransactionManager as Manager;
-    if Manager::get_transaction_depth(conn) == 0 {
-        return Ok(true);
-    }
-    // The rollback a dropped transaction queued runs before this ping.
-    conn.ping().await?;
-    let consistent = Manager::get_transaction_depth(conn) == 0;
-    if !consistent {
-        tracing::debug!(
-            "closing a store connection whose rolled-back transaction sqlx still counts"
-        );
-        metrics::counter!("store_connections_discarded_total").increment(1);
-    }
-    Ok(consistent)
-}
-
-/// Messages waiting for the writer before senders wait.
-const POST_QUEUE: usize = 1024;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies migrations.
@@ -160,42 +56,17 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .after_release(|conn, _| Box::pin(consistent(conn)))
-            .connect_with(options)
+            .after_release(|conn, _| Box::pin(super::sqlite_writer::consistent(conn)))
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Self::with_writer(pool)
+        let writer = WriterConnection::own(options).await?;
+        Self::with_writer(pool, writer)
     }
 
-    /// Starts the message writer on a thread of its own (with its own
-    /// small runtime): commits never wait for a busy request thread, and
-    /// the writer ends when the last store handle is dropped.
-    fn with_writer(pool: SqlitePool) -> StoreResult<Self> {
-        let (poster, jobs) = tokio::sync::mpsc::channel(POST_QUEUE);
-        let writes = Arc::new(WriteHealth::default());
-        let writer_writes = writes.clone();
-        let writer_pool = pool.clone();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Corrupt(format!("starting the message writer: {e}")))?;
-        std::thread::Builder::new()
-            .name("store-writer".to_owned())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let wal_frames = Rc::new(Cell::new(0));
-                    tokio::select! {
-                        () = super::sqlite_messaging::group_commit(
-                            writer_pool.clone(),
-                            jobs,
-                            writer_writes,
-                            wal_frames.clone(),
-                        ) => {}
-                        () = checkpoints(writer_pool, wal_frames) => {}
-                    }
-                });
-            })
-            .map_err(|e| StoreError::Corrupt(format!("starting the message writer: {e}")))?;
+    /// Starts the message writer (see [`super::sqlite_writer`]).
+    fn with_writer(pool: SqlitePool, writer: WriterConnection) -> StoreResult<Self> {
+        let (poster, writes) = super::sqlite_writer::start(pool.clone(), writer)?;
         Ok(Self {
             pool,
             poster,
@@ -204,7 +75,7 @@ impl SqliteStore {
     }
 
     /// The message writer's queue.
-    pub(super) fn poster(&self) -> &tokio::sync::mpsc::Sender<super::sqlite_messaging::PostJob> {
+    pub(super) fn poster(&self) -> &tokio::sync::mpsc::Sender<super::sqlite_writer::PostJob> {
         &self.poster
     }
 
@@ -220,7 +91,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Self::with_writer(pool)
+        Self::with_writer(pool.clone(), WriterConnection::Pooled(pool))
     }
 
     /// The connection pool (for the other store traits in this module).

@@ -11,6 +11,7 @@ use super::messaging::{
     MessageStore, NewMessage, Posted, StoredMessage,
 };
 use super::sqlite::SqliteStore;
+use super::sqlite_writer::{Write, Written};
 use super::{StoreError, StoreResult};
 use crate::ids::{AppId, CallId, ConversationId, MessageId, Timestamp, UserId};
 
@@ -193,7 +194,7 @@ async fn by_client_id(
     .transpose()
 }
 
-async fn post_in(
+pub(super) async fn post_in(
     tx: &mut sqlx::SqliteConnection,
     m: &NewMessage,
     notify: &[UserId],
@@ -257,7 +258,7 @@ async fn post_in(
 /// Changes a stored message (an edit or a delete) inside `tx`: its row,
 /// its row of the search index, its files when deleted, and the event in
 /// each of `notify`'s logs.
-async fn update_in(
+pub(super) async fn update_in(
     tx: &mut sqlx::SqliteConnection,
     m: &StoredMessage,
     notify: &[UserId],
@@ -288,162 +289,6 @@ async fn update_in(
         super::sqlite_files::discard_message_files(tx, m.id, now).await?;
     }
     append(tx, notify, event, now).await
-}
-
-/// A write the group-commit writer makes.
-pub(super) enum Write {
-    /// A new message.
-    Post { message: NewMessage, event: EventFn },
-    /// A stored message, edited or deleted.
-    Update {
-        message: StoredMessage,
-        event: String,
-    },
-}
-
-/// What a [`Write`] did.
-#[derive(Debug)]
-pub(super) enum Written {
-    /// The message, stored (or the one stored before with its `client_id`).
-    Posted(Box<Posted>),
-    /// The event's number in each notified user's log.
-    Updated(Vec<(UserId, u64)>),
-}
-
-/// A write waiting for the group commit.
-pub(super) struct PostJob {
-    write: Write,
-    notify: Vec<UserId>,
-    now: Timestamp,
-    reply: tokio::sync::oneshot::Sender<StoreResult<Written>>,
-}
-
-impl std::fmt::Debug for PostJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let id = match &self.write {
-            Write::Post { message, .. } => message.id,
-            Write::Update { message, .. } => message.id,
-        };
-        f.debug_struct("PostJob")
-            .field("message", &id)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Stores `jobs` in one transaction with one commit; any failure rolls
-/// back all of them.
-async fn commit_batch(pool: &sqlx::SqlitePool, jobs: &[PostJob]) -> StoreResult<Vec<Written>> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let mut written = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        written.push(match &job.write {
-            Write::Post { message, event } => Written::Posted(Box::new(
-                post_in(&mut tx, message, &job.notify, event, job.now).await?,
-            )),
-            Write::Update { message, event } => {
-                Written::Updated(update_in(&mut tx, message, &job.notify, event, job.now).await?)
-            }
-        });
-    }
-    let committing = std::time::Instant::now();
-    tx.commit().await?;
-    metrics::histogram!("store_group_commit_seconds").record(committing.elapsed().as_secs_f64());
-    Ok(written)
-}
-
-/// Most writes committed in one transaction.
-const GROUP_COMMIT_MAX: usize = 128;
-
-/// The message writer: takes every write waiting (up to
-/// [`GROUP_COMMIT_MAX`]: new messages, edits and deletes) and stores them
-/// in one transaction with one fsync; only then does each writer get its
-/// answer. Edits and deletes share the commits of new messages rather
-/// than taking the database's write lock for a transaction and an fsync
-/// each: an application editing in a loop then adds statements to the
-/// next commit instead of queueing every other application's messages
-/// behind its own commits. If the batch fails, its writes are made again
-/// one transaction each, so that a bad one fails alone. (Savepoints per
-/// write cost two of the eight statements of every message; this costs
-/// nothing when nothing fails.) Under load, writes that arrive during a
-/// commit share the next one. A batch the disk refuses (full) is refused
-/// as a whole, without retries: no write spoiled it, and each alone would
-/// be refused the same way; the writer goes on with the next batch, which
-/// succeeds once space returns. Every outcome is reported to `writes`. It
-/// runs on its own thread (`SqliteStore::with_writer`), so its future need
-/// not be `Send`.
-///
-/// Between two commits it restarts the WAL when the last checkpoint found
-/// it longer than [`super::sqlite::WAL_RESTART_FRAMES`] (`wal_frames`).
-pub(super) async fn group_commit(
-    pool: sqlx::SqlitePool,
-    mut jobs: tokio::sync::mpsc::Receiver<PostJob>,
-    writes: Arc<super::write_health::WriteHealth>,
-    wal_frames: std::rc::Rc<std::cell::Cell<i64>>,
-) {
-    while let Some(first) = jobs.recv().await {
-        if wal_frames.get() > super::sqlite::WAL_RESTART_FRAMES {
-            wal_frames.set(0);
-            super::sqlite::restart_wal(&pool).await;
-        }
-        let mut batch = vec![first];
-        while batch.len() < GROUP_COMMIT_MAX {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        metrics::histogram!("store_group_commit_size").record(batch.len() as f64);
-        match commit_batch(&pool, &batch).await {
-            Ok(written) => {
-                writes.succeeded();
-                for (job, result) in batch.into_iter().zip(written) {
-                    let _ = job.reply.send(Ok(result));
-                }
-            }
-            Err(StoreError::Unavailable(why)) => {
-                writes.refused(&why);
-                for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Unavailable(why.clone())));
-                }
-            }
-            // Alone in its batch: its own error, so that a conflict keeps
-            // its code (as it does when a batch is retried one by one).
-            Err(e) if batch.len() == 1 => {
-                if let Some(job) = batch.pop() {
-                    let _ = job.reply.send(Err(e));
-                }
-            }
-            // One write spoiled the batch: each on its own, so that it
-            // fails alone.
-            Err(_) => {
-                for job in batch {
-                    let result = commit_batch(&pool, std::slice::from_ref(&job))
-                        .await
-                        .map(|mut w| w.remove(0));
-                    writes.note(&result);
-                    let _ = job.reply.send(result);
-                }
-            }
-        }
-    }
-}
-
-impl SqliteStore {
-    /// Hands `write` to the group-commit writer and waits for its commit.
-    async fn write(&self, write: Write, notify: &[UserId], now: Timestamp) -> StoreResult<Written> {
-        let stopped = || StoreError::Corrupt("the message writer has stopped".to_owned());
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.poster()
-            .send(PostJob {
-                write,
-                notify: notify.to_vec(),
-                now,
-                reply,
-            })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
-    }
 }
 
 #[async_trait]
