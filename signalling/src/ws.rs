@@ -79,8 +79,6 @@ pub const RESUME_LIMIT: u64 = 10_000;
 /// Requests read and waiting to be answered; past this the session stops
 /// reading the socket (TCP then holds the client back).
 const MAX_PENDING_REQUESTS: usize = 16;
-/// A request being answered.
-type Answering<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send + 'a>>;
 /// Events read from the store per page while replaying.
 const REPLAY_PAGE: u32 = 500;
 /// Most conversations a session remembers it may (or may not) show;
@@ -370,14 +368,14 @@ where
         return Ended::Revoked;
     }
     let _ = messaging.connection(&caller, true).await;
-    let context = Context {
+    let context = Arc::new(Context {
         messaging,
         calls,
         caller,
         device,
         limits,
         expires_at: until.map(|d| Instant::now() + d),
-    };
+    });
     let mut ended = session(&mut sink, &mut stream, &context, since, &mut subscription).await;
     // A send that never completed (as opposed to one that failed) means
     // the client stopped reading its socket.
@@ -476,7 +474,7 @@ struct Context {
 async fn session<S, R, E>(
     mut sink: &mut S,
     stream: &mut R,
-    context: &Context,
+    context: &Arc<Context>,
     since: Option<u64>,
     subscription: &mut crate::bus::Subscription,
 ) -> Ended
@@ -539,14 +537,22 @@ where
     // (a client that reads everything is never a slow consumer because
     // of its own requests). At most MAX_PENDING_REQUESTS wait; past that
     // the session stops reading the socket until one is answered.
+    //
+    // The request being answered is a task of its own, not a future this
+    // loop polls: while the loop awaits the store for a delivery (access,
+    // replay), an unpolled request would keep the pooled connection its
+    // query holds, and sessions doing that to each other emptied the pool
+    // until its 30 s acquire timeout (seen seeding 200 000 messages with
+    // 96 sends in flight).
     let mut pending: VecDeque<Utf8Bytes> = VecDeque::new();
-    let mut current: Option<Answering<'_>> = None;
+    let mut current: Option<tokio::task::JoinHandle<String>> = None;
     let ended = loop {
         if current.is_none()
             && let Some(text) = pending.pop_front()
         {
-            current = Some(Box::pin(async move {
-                handle_text(context, text.as_str()).await
+            let context = context.clone();
+            current = Some(tokio::spawn(async move {
+                handle_text(&context, text.as_str()).await
             }));
         }
         let idle_at = last_heard + IDLE_TIMEOUT;
@@ -558,6 +564,10 @@ where
                 }
             } => {
                 current = None;
+                let reply = reply.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "answering a request frame failed");
+                    error_frame(None, "internal", "internal error")
+                });
                 if send(&mut sink, reply).await.is_err() {
                     break Ended::ClientGone;
                 }
@@ -1217,6 +1227,7 @@ mod tests {
 
     use super::*;
     use crate::auth::TokenKey;
+    use crate::bus::Bus as _;
     use crate::ids::{AppId, ManualClock, SubscriberId, Timestamp};
     use crate::store::{Application, SqliteStore, User};
 
@@ -1249,42 +1260,78 @@ mod tests {
         }
     }
 
+    /// A session over channels standing in for the socket, on an
+    /// in-memory store (whose pool has a single connection), welcomed.
+    struct Harness {
+        out: mpsc::UnboundedReceiver<Message>,
+        input: mpsc::UnboundedSender<Result<Message, Infallible>>,
+        bus: Arc<InProcessBus>,
+        user: UserId,
+        session: tokio::task::JoinHandle<Ended>,
+    }
+
+    impl Harness {
+        async fn start() -> Self {
+            let store = Arc::new(SqliteStore::in_memory().await.unwrap());
+            let bus = InProcessBus::new(16);
+            let messaging = Arc::new(Messaging::new(
+                store.clone(),
+                store,
+                bus.clone(),
+                Arc::new(ManualClock::new(Timestamp(0))),
+            ));
+            let (sink, mut out) = mpsc::unbounded::<Message>();
+            let (input, stream) = mpsc::unbounded::<Result<Message, Infallible>>();
+            let sfu = confer_sfu::EmbeddedSfu::start(&confer_sfu::SfuConfig {
+                workers: 1,
+                pin_workers: false,
+                ..confer_sfu::SfuConfig::default()
+            })
+            .unwrap();
+            let calls = Calls::new(
+                crate::config::CallConfig::default(),
+                messaging.clone(),
+                bus.clone(),
+                sfu,
+                Arc::new(ManualClock::new(Timestamp(0))),
+            );
+            let caller = caller();
+            let user = caller.participant();
+            let admitted = Admitted {
+                caller,
+                since: None,
+                until: None,
+                limits: FrameLimits::unlimited(),
+            };
+            let session = tokio::spawn(run(sink, stream, messaging, bus.clone(), calls, admitted));
+            let welcome = out.next().await.unwrap();
+            assert!(matches!(&welcome, Message::Text(t) if t.as_str().contains("welcome")));
+            Self {
+                out,
+                input,
+                bus,
+                user,
+                session,
+            }
+        }
+
+        fn send(&self, frame: &str) {
+            self.input
+                .unbounded_send(Ok(Message::Text(frame.into())))
+                .unwrap();
+        }
+    }
+
     /// The session pings every 25 s and closes after 60 s of silence, in
     /// virtual time, over channels standing in for the socket.
     #[tokio::test]
     async fn pings_then_closes_an_idle_connection() {
-        let store = Arc::new(SqliteStore::in_memory().await.unwrap());
-        let bus = InProcessBus::new(16);
-        let messaging = Arc::new(Messaging::new(
-            store.clone(),
-            store,
-            bus.clone(),
-            Arc::new(ManualClock::new(Timestamp(0))),
-        ));
-        let (sink, mut out) = mpsc::unbounded::<Message>();
-        let (input, stream) = mpsc::unbounded::<Result<Message, Infallible>>();
-        let sfu = confer_sfu::EmbeddedSfu::start(&confer_sfu::SfuConfig {
-            workers: 1,
-            pin_workers: false,
-            ..confer_sfu::SfuConfig::default()
-        })
-        .unwrap();
-        let calls = Calls::new(
-            crate::config::CallConfig::default(),
-            messaging.clone(),
-            bus.clone(),
-            sfu,
-            Arc::new(ManualClock::new(Timestamp(0))),
-        );
-        let admitted = Admitted {
-            caller: caller(),
-            since: None,
-            until: None,
-            limits: FrameLimits::unlimited(),
-        };
-        let session = tokio::spawn(run(sink, stream, messaging, bus, calls, admitted));
-        let welcome = out.next().await.unwrap();
-        assert!(matches!(&welcome, Message::Text(t) if t.as_str().contains("welcome")));
+        let Harness {
+            mut out,
+            input,
+            session,
+            ..
+        } = Harness::start().await;
         // A request answered means the session finished its start-up (store
         // reads) and waits in its loop: only now may time be frozen.
         input
@@ -1308,5 +1355,42 @@ mod tests {
             }
         }
         assert_eq!(session.await.unwrap(), Ended::Idle);
+    }
+
+    /// A request whose query holds the store's only pooled connection and
+    /// a delivery that needs the store (a gap in the user's events, so a
+    /// replay) never wait for each other. Before the request became a
+    /// task of its own, the session stopped polling it while it awaited
+    /// the replay, and both waited until the pool's 30 s acquire timeout.
+    #[tokio::test]
+    async fn a_request_and_a_replay_never_wait_for_each_other() {
+        let mut h = Harness::start().await;
+        for round in 0..20_u64 {
+            // Seq far past the last one seen: the session replays first.
+            h.bus
+                .publish(h.user, 1_000 + 2 * round, Arc::from(r#"{"kind":"x"}"#));
+            h.send(&format!(r#"{{"type":"list","id":"r{round}"}}"#));
+            let answered = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match h.out.next().await {
+                        Some(Message::Text(t))
+                            if t.as_str().contains(&format!(r#""id":"r{round}""#)) =>
+                        {
+                            return t;
+                        }
+                        Some(_) => {}
+                        None => panic!("the session ended"),
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("request r{round} not answered in 10 s"));
+            assert!(
+                !answered.as_str().contains(r#""type":"error""#),
+                "{answered}"
+            );
+        }
+        drop(h.input);
+        let _ = h.session.await;
     }
 }
