@@ -55,6 +55,7 @@ pub mod engine;
 pub mod http;
 pub mod ids;
 pub mod serve;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
 pub mod worker;

@@ -1,4 +1,4 @@
-//! Fan-out of user events to live connections.
+//! Fan-out of user events to live connections, and their presence.
 //!
 //! The store's per-user event log is the truth; the bus only tells live
 //! connections about events as they are committed, so that they need not
@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::ids::{ConversationId, UserId};
@@ -60,16 +61,30 @@ pub struct Delivery {
 }
 
 /// A live connection's subscription; dropping it unsubscribes.
-#[derive(Debug)]
 pub struct Subscription {
     /// Deliveries in order; ends when the bus dropped the connection.
     pub rx: mpsc::Receiver<Delivery>,
     id: u64,
-    user: UserId,
-    bus: Arc<InProcessBus>,
+    /// Takes the connection off the bus (run once, when dropped).
+    leave: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl Subscription {
+    /// A subscription over `rx` with connection id `id`; `leave` runs when
+    /// it is dropped (for [`Bus`] implementations).
+    #[must_use]
+    pub fn new(
+        rx: mpsc::Receiver<Delivery>,
+        id: u64,
+        leave: impl FnOnce() + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            rx,
+            id,
+            leave: Some(Box::new(leave)),
+        }
+    }
+
     /// The connection's id, unique on this node: events for one device
     /// (a call's media negotiation) are addressed to it.
     #[must_use]
@@ -78,14 +93,54 @@ impl Subscription {
     }
 }
 
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.bus.unsubscribe(self.user, self.id);
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
-/// Where committed events go.
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(leave) = self.leave.take() {
+            leave();
+        }
+    }
+}
+
+/// Presence of a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    /// Connected and active.
+    Online,
+    /// Connected, but the client says its person is away.
+    Away,
+    /// No connection.
+    Offline,
+}
+
+/// What changes a user's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceChange {
+    /// A connection of the user opened.
+    Connected,
+    /// A connection of the user closed.
+    Disconnected,
+    /// The client says its person is away (`true`) or back.
+    Away(bool),
+}
+
+/// Where live connections meet: committed events go out to them, and the
+/// presence they make is kept. Everything a session or a service needs of
+/// other connections goes through this trait (held as `Arc<dyn Bus>`):
+/// [`InProcessBus`] serves one node; a NATS bus will implement it for
+/// several (see `docs/architecture.md`, "Node-local state").
 pub trait Bus: Send + Sync + std::fmt::Debug {
+    /// Subscribes a new connection of `user`; dropping the subscription
+    /// unsubscribes it.
+    fn subscribe(&self, user: UserId) -> Subscription;
     /// Tells `user`'s live connections about event `seq`.
     fn publish(&self, user: UserId, seq: u64, payload: Arc<str>) {
         self.publish_gated(user, seq, payload, None);
@@ -93,8 +148,19 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     /// [`Bus::publish`] for an event that sessions show only while their
     /// caller may see a contextual conversation (`gate`).
     fn publish_gated(&self, user: UserId, seq: u64, payload: Arc<str>, gate: Option<Gate>);
-    /// Connections of `user` that are live on this node.
+    /// Sends an ephemeral event to one connection of `user` only (a
+    /// device in a call); a full queue ends that connection, as in
+    /// [`Bus::publish`].
+    fn publish_to(&self, user: UserId, connection: u64, payload: Arc<str>);
+    /// Ends every live connection of `user`: each gets a last delivery
+    /// asking it to close with `code` and `reason`, then its queue ends.
+    fn close_user(&self, user: UserId, code: u16, reason: &'static str);
+    /// Whether `user` has a live connection.
     fn is_online(&self, user: UserId) -> bool;
+    /// Applies `change` to `user`'s presence; returns it before and after.
+    fn change_presence(&self, user: UserId, change: PresenceChange) -> (Presence, Presence);
+    /// `user`'s presence.
+    fn presence(&self, user: UserId) -> Presence;
 }
 
 /// A live connection: its id and the sending side of its queue.
@@ -103,9 +169,17 @@ type Connection = (u64, mpsc::Sender<Delivery>);
 /// The bus of a single node.
 #[derive(Debug)]
 pub struct InProcessBus {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     queue: usize,
     next_id: AtomicU64,
     connections: Mutex<HashMap<UserId, Vec<Connection>>>,
+    /// Connections counted by presence and the away flag, per user;
+    /// offline when absent.
+    presence: Mutex<HashMap<UserId, (usize, bool)>>,
 }
 
 impl InProcessBus {
@@ -113,49 +187,73 @@ impl InProcessBus {
     #[must_use]
     pub fn new(queue: usize) -> Arc<Self> {
         Arc::new(Self {
-            queue: queue.max(1),
-            next_id: AtomicU64::new(1),
-            connections: Mutex::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                queue: queue.max(1),
+                next_id: AtomicU64::new(1),
+                connections: Mutex::new(HashMap::new()),
+                presence: Mutex::new(HashMap::new()),
+            }),
         })
     }
+}
 
-    /// Subscribes a new connection of `user`.
-    #[must_use]
-    pub fn subscribe(self: &Arc<Self>, user: UserId) -> Subscription {
-        let (tx, rx) = mpsc::channel(self.queue);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut map) = self.connections.lock() {
+impl Inner {
+    fn unsubscribe(&self, user: UserId, id: u64) {
+        if let Ok(mut map) = self.connections.lock()
+            && let Some(list) = map.get_mut(&user)
+        {
+            list.retain(|(i, _)| *i != id);
+            if list.is_empty() {
+                map.remove(&user);
+            }
+        }
+    }
+}
+
+fn presence_of(entry: Option<&(usize, bool)>) -> Presence {
+    match entry {
+        None => Presence::Offline,
+        Some((_, true)) => Presence::Away,
+        Some(_) => Presence::Online,
+    }
+}
+
+impl Bus for InProcessBus {
+    fn subscribe(&self, user: UserId) -> Subscription {
+        let inner = &self.inner;
+        let (tx, rx) = mpsc::channel(inner.queue);
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut map) = inner.connections.lock() {
             map.entry(user).or_default().push((id, tx));
         }
-        Subscription {
-            rx,
-            id,
-            user,
-            bus: self.clone(),
-        }
+        let inner = inner.clone();
+        Subscription::new(rx, id, move || inner.unsubscribe(user, id))
     }
 
-    /// Ends every live connection of `user`: each gets a last delivery
-    /// asking it to close with `code` and `reason`, then its queue ends.
-    pub fn close_user(&self, user: UserId, code: u16, reason: &'static str) {
-        let Ok(mut map) = self.connections.lock() else {
+    fn publish_gated(&self, user: UserId, seq: u64, payload: Arc<str>, gate: Option<Gate>) {
+        let Ok(mut map) = self.inner.connections.lock() else {
             return;
         };
-        for (_, tx) in map.remove(&user).unwrap_or_default() {
-            // A full queue ends the connection all the same (as slow).
-            let _ = tx.try_send(Delivery {
-                seq: 0,
-                payload: Arc::from(""),
-                close: Some((code, reason)),
-                gate: None,
-            });
+        let Some(list) = map.get_mut(&user) else {
+            return;
+        };
+        // A full or closed queue loses its sender: that connection ends.
+        list.retain(|(_, tx)| {
+            tx.try_send(Delivery {
+                seq,
+                payload: payload.clone(),
+                close: None,
+                gate,
+            })
+            .is_ok()
+        });
+        if list.is_empty() {
+            map.remove(&user);
         }
     }
 
-    /// Sends an ephemeral event to one connection of `user` only; a full
-    /// queue ends that connection, as in [`Bus::publish`].
-    pub fn publish_to(&self, user: UserId, connection: u64, payload: Arc<str>) {
-        let Ok(mut map) = self.connections.lock() else {
+    fn publish_to(&self, user: UserId, connection: u64, payload: Arc<str>) {
+        let Ok(mut map) = self.inner.connections.lock() else {
             return;
         };
         let Some(list) = map.get_mut(&user) else {
@@ -177,46 +275,64 @@ impl InProcessBus {
         }
     }
 
-    fn unsubscribe(&self, user: UserId, id: u64) {
-        if let Ok(mut map) = self.connections.lock()
-            && let Some(list) = map.get_mut(&user)
-        {
-            list.retain(|(i, _)| *i != id);
-            if list.is_empty() {
-                map.remove(&user);
-            }
-        }
-    }
-}
-
-impl Bus for InProcessBus {
-    fn publish_gated(&self, user: UserId, seq: u64, payload: Arc<str>, gate: Option<Gate>) {
-        let Ok(mut map) = self.connections.lock() else {
+    fn close_user(&self, user: UserId, code: u16, reason: &'static str) {
+        let Ok(mut map) = self.inner.connections.lock() else {
             return;
         };
-        let Some(list) = map.get_mut(&user) else {
-            return;
-        };
-        // A full or closed queue loses its sender: that connection ends.
-        list.retain(|(_, tx)| {
-            tx.try_send(Delivery {
-                seq,
-                payload: payload.clone(),
-                close: None,
-                gate,
-            })
-            .is_ok()
-        });
-        if list.is_empty() {
-            map.remove(&user);
+        for (_, tx) in map.remove(&user).unwrap_or_default() {
+            // A full queue ends the connection all the same (as slow).
+            let _ = tx.try_send(Delivery {
+                seq: 0,
+                payload: Arc::from(""),
+                close: Some((code, reason)),
+                gate: None,
+            });
         }
     }
 
     fn is_online(&self, user: UserId) -> bool {
-        self.connections
+        self.inner
+            .connections
             .lock()
             .map(|m| m.contains_key(&user))
             .unwrap_or(false)
+    }
+
+    fn change_presence(&self, user: UserId, change: PresenceChange) -> (Presence, Presence) {
+        // A poisoned lock (a panic while it was held) still holds a
+        // consistent map: every change below is a single step.
+        let mut map = self
+            .inner
+            .presence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = presence_of(map.get(&user));
+        match change {
+            PresenceChange::Connected => map.entry(user).or_insert((0, false)).0 += 1,
+            PresenceChange::Disconnected => {
+                if let Some(entry) = map.get_mut(&user) {
+                    entry.0 = entry.0.saturating_sub(1);
+                    if entry.0 == 0 {
+                        map.remove(&user);
+                    }
+                }
+            }
+            PresenceChange::Away(away) => {
+                if let Some(entry) = map.get_mut(&user) {
+                    entry.1 = away;
+                }
+            }
+        }
+        (before, presence_of(map.get(&user)))
+    }
+
+    fn presence(&self, user: UserId) -> Presence {
+        let map = self
+            .inner
+            .presence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        presence_of(map.get(&user))
     }
 }
 

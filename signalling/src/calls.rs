@@ -30,9 +30,9 @@ use confer_sfu::{ParticipantId, Role, RoomId, SfuControl, SfuError, SfuEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::bus::InProcessBus;
+use crate::bus::Bus;
 use crate::config::{CallConfig, IceServer};
-use crate::error::ApiError;
+use crate::error::{Code, Error};
 use crate::ids::{CallId, Clock, ConversationId, Timestamp, UserId};
 use crate::messaging::{Caller, Messaging, Who};
 use crate::store::messaging::MessageBody;
@@ -332,7 +332,7 @@ struct State {
 pub struct Calls {
     config: CallConfig,
     messaging: Arc<Messaging>,
-    bus: Arc<InProcessBus>,
+    bus: Arc<dyn Bus>,
     sfu: Arc<dyn SfuControl>,
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
@@ -345,7 +345,7 @@ impl Calls {
     pub fn new(
         config: CallConfig,
         messaging: Arc<Messaging>,
-        bus: Arc<InProcessBus>,
+        bus: Arc<dyn Bus>,
         sfu: Arc<dyn SfuControl>,
         clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
@@ -371,10 +371,10 @@ impl Calls {
         &self.sfu
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, State>, ApiError> {
+    fn lock(&self) -> Result<MutexGuard<'_, State>, Error> {
         self.state
             .lock()
-            .map_err(|_| ApiError::internal(anyhow::anyhow!("calls lock poisoned")))
+            .map_err(|_| Error::internal(anyhow::anyhow!("calls lock poisoned")))
     }
 
     /// Active calls `user` was asked to, for a connection that starts.
@@ -404,7 +404,7 @@ impl Calls {
         conversation_id: ConversationId,
         media: CallMedia,
         device_key: Option<String>,
-    ) -> Result<CallView, ApiError> {
+    ) -> Result<CallView, Error> {
         let me = user_of(caller)?;
         let members = self.messaging.members_of(caller, conversation_id).await?;
         let now = self.clock.now();
@@ -414,8 +414,8 @@ impl Calls {
             // from now on, while the start is recorded.
             let mut state = self.lock()?;
             if state.joined.contains_key(&me) {
-                return Err(ApiError::Conflict(
-                    "busy",
+                return Err(Error::Conflict(
+                    Code::Busy,
                     "you are in another call: leave it first".to_owned(),
                 ));
             }
@@ -424,14 +424,14 @@ impl Calls {
                 .values()
                 .find(|c| c.conversation_id == conversation_id && c.caller.app.id == caller.app.id)
             {
-                return Err(ApiError::Conflict(
-                    "call_in_progress",
+                return Err(Error::Conflict(
+                    Code::CallInProgress,
                     format!("call {} is going on in this conversation: join it", c.id),
                 ));
             }
             if !state.starting.insert(conversation_id) {
-                return Err(ApiError::Conflict(
-                    "call_in_progress",
+                return Err(Error::Conflict(
+                    Code::CallInProgress,
                     "a call is starting in this conversation: join it".to_owned(),
                 ));
             }
@@ -459,7 +459,7 @@ impl Calls {
                 .store()
                 .set_call_open(id, Some((caller.app.id, conversation_id, now)))
                 .await
-                .map_err(ApiError::from),
+                .map_err(Error::from),
             Err(e) => Err(e),
         };
         let (view, effects) = {
@@ -533,7 +533,7 @@ impl Calls {
         device: u64,
         id: CallId,
         device_key: Option<String>,
-    ) -> Result<(CallView, Vec<IceServer>), ApiError> {
+    ) -> Result<(CallView, Vec<IceServer>), Error> {
         let me = user_of(caller)?;
         let conversation = self.conversation_of(caller, id)?;
         // Membership is checked now, not when the call started.
@@ -543,21 +543,21 @@ impl Calls {
         {
             let mut state = self.lock()?;
             if state.joined.get(&me).is_some_and(|c| *c != id) {
-                return Err(ApiError::Conflict(
-                    "busy",
+                return Err(Error::Conflict(
+                    Code::Busy,
                     "you are in another call: leave it first".to_owned(),
                 ));
             }
             let limit = self.config.conference_server_based_member_limit;
-            let call = state.calls.get_mut(&id).ok_or(ApiError::NotFound("call"))?;
+            let call = state.calls.get_mut(&id).ok_or(Error::NotFound("call"))?;
             let mut out = Vec::new();
             let already = call
                 .members
                 .get(&me)
                 .is_some_and(|m| m.state == MemberState::Joined);
             if !already && call.count(MemberState::Joined) >= limit {
-                return Err(ApiError::Conflict(
-                    "call_full",
+                return Err(Error::Conflict(
+                    Code::CallFull,
                     format!("the call has its limit of {limit} participants"),
                 ));
             }
@@ -621,7 +621,7 @@ impl Calls {
             effects = out;
         }
         self.run(effects).await;
-        let view = view.ok_or(ApiError::NotFound("call"))?;
+        let view = view.ok_or(Error::NotFound("call"))?;
         Ok((view, ice_servers_for(&self.config, me)))
     }
 
@@ -629,7 +629,7 @@ impl Calls {
     ///
     /// # Errors
     /// `not_found`; `not_ringing` when the caller's devices do not ring.
-    pub async fn decline(&self, caller: &Caller, id: CallId, busy: bool) -> Result<(), ApiError> {
+    pub async fn decline(&self, caller: &Caller, id: CallId, busy: bool) -> Result<(), Error> {
         let me = user_of(caller)?;
         let effects = {
             let mut state = self.lock()?;
@@ -637,13 +637,16 @@ impl Calls {
                 .calls
                 .get_mut(&id)
                 .filter(|c| c.caller.app.id == caller.app.id)
-                .ok_or(ApiError::NotFound("call"))?;
+                .ok_or(Error::NotFound("call"))?;
             let member = call
                 .members
                 .get_mut(&me)
                 .filter(|m| m.state == MemberState::Ringing)
                 .ok_or_else(|| {
-                    ApiError::Conflict("not_ringing", "this call is not ringing for you".to_owned())
+                    Error::Conflict(
+                        Code::NotRinging,
+                        "this call is not ringing for you".to_owned(),
+                    )
                 })?;
             member.state = if busy {
                 MemberState::Busy
@@ -663,7 +666,7 @@ impl Calls {
     ///
     /// # Errors
     /// `not_found`; `not_joined`.
-    pub async fn leave(&self, caller: &Caller, device: u64, id: CallId) -> Result<(), ApiError> {
+    pub async fn leave(&self, caller: &Caller, device: u64, id: CallId) -> Result<(), Error> {
         let me = user_of(caller)?;
         let effects = {
             let mut state = self.lock()?;
@@ -672,11 +675,11 @@ impl Calls {
                 .get(&id)
                 .is_none_or(|c| c.caller.app.id != caller.app.id)
             {
-                return Err(ApiError::NotFound("call"));
+                return Err(Error::NotFound("call"));
             }
             if state.joined.get(&me) != Some(&id) {
-                return Err(ApiError::Conflict(
-                    "not_joined",
+                return Err(Error::Conflict(
+                    Code::NotJoined,
                     "you are not in this call".to_owned(),
                 ));
             }
@@ -687,8 +690,8 @@ impl Calls {
                 .and_then(|m| m.device)
                 .is_some_and(|d| d != device);
             if elsewhere {
-                return Err(ApiError::Conflict(
-                    "not_joined",
+                return Err(Error::Conflict(
+                    Code::NotJoined,
                     "the call is on another of your devices: join it here first".to_owned(),
                 ));
             }
@@ -844,21 +847,21 @@ impl Calls {
         id: CallId,
         to: UserId,
         signal: Value,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let me = user_of(caller)?;
         let target = {
             let state = self.lock()?;
             let call = joined_call(&state, caller, me, device, id)?;
             if call.topology != Topology::P2p {
-                return Err(ApiError::Conflict(
-                    "wrong_topology",
+                return Err(Error::Conflict(
+                    Code::WrongTopology,
                     "the call goes through the SFU: use call_publish and call_subscribe".to_owned(),
                 ));
             }
             if to == me || call.pair.is_none_or(|(a, b)| to != a && to != b) {
-                return Err(ApiError::NotFound("peer"));
+                return Err(Error::NotFound("peer"));
             }
-            call.device(to).ok_or(ApiError::NotFound("peer"))?
+            call.device(to).ok_or(Error::NotFound("peer"))?
         };
         let event = json!({"kind": "call_signal", "call_id": id, "from": me, "signal": signal});
         self.bus
@@ -880,22 +883,19 @@ impl Calls {
         role: Role,
         sdp: String,
         screen_mid: Option<String>,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, Error> {
         let me = user_of(caller)?;
         let existing = {
             let mut state = self.lock()?;
             let call = joined_call(&state, caller, me, device, id)?;
             if call.topology != Topology::Sfu {
-                return Err(ApiError::Conflict(
-                    "wrong_topology",
+                return Err(Error::Conflict(
+                    Code::WrongTopology,
                     "the call is peer-to-peer: use call_signal".to_owned(),
                 ));
             }
-            let call = state.calls.get_mut(&id).ok_or(ApiError::NotFound("call"))?;
-            let member = call
-                .members
-                .get_mut(&me)
-                .ok_or(ApiError::NotFound("call"))?;
+            let call = state.calls.get_mut(&id).ok_or(Error::NotFound("call"))?;
+            let member = call.members.get_mut(&me).ok_or(Error::NotFound("call"))?;
             if role == Role::Publish && screen_mid.is_some() {
                 member.screen_mid = screen_mid;
             }
@@ -936,11 +936,11 @@ impl Calls {
                 .calls
                 .get_mut(&id)
                 .and_then(|c| c.members.get_mut(&me))
-                .ok_or(ApiError::NotFound("call"))?;
+                .ok_or(Error::NotFound("call"))?;
             let slot = session_slot(member, role);
             if slot.is_some() {
-                return Err(ApiError::Conflict(
-                    "negotiating",
+                return Err(Error::Conflict(
+                    Code::Negotiating,
                     "another offer for this session is being answered".to_owned(),
                 ));
             }
@@ -976,8 +976,8 @@ impl Calls {
         let joined = joined.map_err(sfu_error)?;
         if !kept {
             let _ = self.sfu.leave(participant).await;
-            return Err(ApiError::Conflict(
-                "not_joined",
+            return Err(Error::Conflict(
+                Code::NotJoined,
                 "you left the call while the SFU answered".to_owned(),
             ));
         }
@@ -996,7 +996,7 @@ impl Calls {
         audio: Option<bool>,
         video: Option<bool>,
         screen: Option<bool>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let me = user_of(caller)?;
         let effects = {
             let mut state = self.lock()?;
@@ -1030,7 +1030,7 @@ impl Calls {
         id: CallId,
         mid: Option<String>,
         quality: Quality,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let me = user_of(caller)?;
         let session = {
             let state = self.lock()?;
@@ -1039,8 +1039,8 @@ impl Calls {
                 .get(&me)
                 .and_then(|m| m.subscribe)
                 .ok_or_else(|| {
-                    ApiError::Conflict(
-                        "wrong_topology",
+                    Error::Conflict(
+                        Code::WrongTopology,
                         "no SFU subscribe session: send call_subscribe first".to_owned(),
                     )
                 })?
@@ -1053,14 +1053,14 @@ impl Calls {
         .map_err(sfu_error)
     }
 
-    fn conversation_of(&self, caller: &Caller, id: CallId) -> Result<ConversationId, ApiError> {
+    fn conversation_of(&self, caller: &Caller, id: CallId) -> Result<ConversationId, Error> {
         let state = self.lock()?;
         state
             .calls
             .get(&id)
             .filter(|c| c.caller.app.id == caller.app.id)
             .map(|c| c.conversation_id)
-            .ok_or(ApiError::NotFound("call"))
+            .ok_or(Error::NotFound("call"))
     }
 
     async fn run(&self, effects: Vec<Effect>) {
@@ -1142,7 +1142,7 @@ impl Calls {
     ///
     /// # Errors
     /// On store failure.
-    pub async fn recover(&self, users: &dyn crate::store::Store) -> Result<usize, ApiError> {
+    pub async fn recover(&self, users: &dyn crate::store::Store) -> Result<usize, Error> {
         let open = self.messaging.store().open_calls().await?;
         let count = open.len();
         for (id, app, conversation, started_at) in open {
@@ -1367,10 +1367,10 @@ fn slot_event(call: CallId, mid: &str, user: Option<UserId>, screen: bool) -> Va
     json!({"kind": "call_slot", "call_id": call, "mid": mid, "user_id": user, "screen": screen})
 }
 
-fn user_of(caller: &Caller) -> Result<UserId, ApiError> {
+fn user_of(caller: &Caller) -> Result<UserId, Error> {
     match &caller.who {
         Who::User { user, .. } => Ok(user.id),
-        Who::App => Err(ApiError::InvalidRequest(
+        Who::App => Err(Error::InvalidRequest(
             "calls are for users, not the application's bot".to_owned(),
         )),
     }
@@ -1383,25 +1383,25 @@ fn joined_call<'a>(
     me: UserId,
     device: u64,
     id: CallId,
-) -> Result<&'a Call, ApiError> {
+) -> Result<&'a Call, Error> {
     let call = state
         .calls
         .get(&id)
         .filter(|c| c.caller.app.id == caller.app.id)
-        .ok_or(ApiError::NotFound("call"))?;
+        .ok_or(Error::NotFound("call"))?;
     if call.device(me) != Some(device) {
-        return Err(ApiError::Conflict(
-            "not_joined",
+        return Err(Error::Conflict(
+            Code::NotJoined,
             "you are not in this call on this connection: send call_join".to_owned(),
         ));
     }
     Ok(call)
 }
 
-fn sfu_error(e: SfuError) -> ApiError {
+fn sfu_error(e: SfuError) -> Error {
     match e {
-        SfuError::Join(e) => ApiError::InvalidRequest(format!("sdp: {e}")),
-        other => ApiError::MediaUnavailable(format!("the SFU cannot take this session: {other}")),
+        SfuError::Join(e) => Error::InvalidRequest(format!("sdp: {e}")),
+        other => Error::MediaUnavailable(format!("the SFU cannot take this session: {other}")),
     }
 }
 

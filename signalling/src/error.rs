@@ -1,21 +1,202 @@
-//! The one error type of the REST API.
+//! The domain's one error type: a stable [`Code`] and a sentence.
 //!
-//! Every failure a client can cause maps to a 4xx status with a stable,
-//! documented `code`; a fault of the machine that passes by itself (a full
-//! disk) is `503 unavailable`; every other failure inside the server
-//! becomes a generic `500 internal` whose details go to the log only. The body is always
-//! `{"error": {"code": "...", "message": "..."}}`.
+//! Every failure a client can cause has a 4xx-like code, documented in
+//! `docs/protocol.md`; a fault of the machine that passes by itself (a full
+//! disk) is `unavailable`; every other failure inside the server is a
+//! generic `internal` whose details go to the log only. The domain
+//! (`tenancy`, `messaging`, `calls`, `files`) knows nothing of HTTP: how a
+//! code is answered is chosen once per transport — the HTTP status and
+//! body in `http::error`, the WebSocket error frame in `ws`.
 
-use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use utoipa::ToSchema;
 
-/// An error answered to a REST client.
+/// The stable, machine-readable error codes, as clients see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Code {
+    /// Not well-formed JSON.
+    MalformedJson,
+    /// Well-formed, but a field is missing, of the wrong type or out of bounds.
+    InvalidRequest,
+    /// A field the route does not take.
+    UnknownField,
+    /// A body not declared as `application/json`.
+    UnsupportedMediaType,
+    /// A body over the limit.
+    PayloadTooLarge,
+    /// Credentials missing, malformed, wrong or expired.
+    Unauthorized,
+    /// A wrong e-mail or code; says no more.
+    AccessDenied,
+    /// Authenticated, but not allowed.
+    Forbidden,
+    /// The user is locked by its application.
+    UserLocked,
+    /// The application was unregistered.
+    ApplicationUnregistered,
+    /// No such route or resource (that the caller can see).
+    NotFound,
+    /// The path exists, not with this method.
+    MethodNotAllowed,
+    /// A limit of `[limits]` refused the request.
+    RateLimited,
+    /// The server cannot write now (its disk is full).
+    Unavailable,
+    /// A failure inside the server.
+    Internal,
+    /// The media plane refused or did not answer.
+    MediaUnavailable,
+    /// WebSocket: a frame of an unknown `type`.
+    UnknownType,
+    /// WebSocket: a text frame over 128 KiB.
+    FrameTooLarge,
+    /// WebSocket: a binary frame.
+    UnsupportedFrame,
+    /// `add_members` on a one-to-one conversation.
+    NotAGroup,
+    /// A file to attach that is not ready, not the sender's, of another
+    /// conversation or attached already.
+    AttachmentUnavailable,
+    /// Uploaded bytes of another size than declared.
+    UploadSizeMismatch,
+    /// Uploaded bytes with another SHA-256 than declared.
+    ChecksumMismatch,
+    /// A signed file URL that was changed.
+    BadSignature,
+    /// A signed file URL that has expired.
+    UrlExpired,
+    /// The conversation's or subscriber's file quota is used up.
+    QuotaExceeded,
+    /// Completing an upload whose bytes never arrived.
+    UploadMissing,
+    /// An upload being completed by another request.
+    UploadCompleting,
+    /// A file whose upload is not complete.
+    FileNotReady,
+    /// A file attached to a message (it cannot be deleted on its own).
+    FileAttached,
+    /// Bytes sent again for a file already uploaded.
+    AlreadyUploaded,
+    /// A file over `files.max_size`.
+    FileTooLarge,
+    /// Calls: the callee is in another call.
+    Busy,
+    /// Calls: the conversation has a call already.
+    CallInProgress,
+    /// Calls: the member limit is reached.
+    CallFull,
+    /// Calls: declining a call that is not ringing for the caller.
+    NotRinging,
+    /// Calls: a request of a device that has not joined.
+    NotJoined,
+    /// Calls: a request for the other topology (peer-to-peer or SFU).
+    WrongTopology,
+    /// Calls: a second first offer while the first is answered.
+    Negotiating,
+}
+
+impl Code {
+    /// Every code, for the documentation check.
+    pub const ALL: &[Code] = &[
+        Self::MalformedJson,
+        Self::InvalidRequest,
+        Self::UnknownField,
+        Self::UnsupportedMediaType,
+        Self::PayloadTooLarge,
+        Self::Unauthorized,
+        Self::AccessDenied,
+        Self::Forbidden,
+        Self::UserLocked,
+        Self::ApplicationUnregistered,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::RateLimited,
+        Self::Unavailable,
+        Self::Internal,
+        Self::MediaUnavailable,
+        Self::UnknownType,
+        Self::FrameTooLarge,
+        Self::UnsupportedFrame,
+        Self::NotAGroup,
+        Self::AttachmentUnavailable,
+        Self::UploadSizeMismatch,
+        Self::ChecksumMismatch,
+        Self::BadSignature,
+        Self::UrlExpired,
+        Self::QuotaExceeded,
+        Self::UploadMissing,
+        Self::UploadCompleting,
+        Self::FileNotReady,
+        Self::FileAttached,
+        Self::AlreadyUploaded,
+        Self::FileTooLarge,
+        Self::Busy,
+        Self::CallInProgress,
+        Self::CallFull,
+        Self::NotRinging,
+        Self::NotJoined,
+        Self::WrongTopology,
+        Self::Negotiating,
+    ];
+
+    /// The code as clients see it (`snake_case`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MalformedJson => "malformed_json",
+            Self::InvalidRequest => "invalid_request",
+            Self::UnknownField => "unknown_field",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::Unauthorized => "unauthorized",
+            Self::AccessDenied => "access_denied",
+            Self::Forbidden => "forbidden",
+            Self::UserLocked => "user_locked",
+            Self::ApplicationUnregistered => "application_unregistered",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+            Self::MediaUnavailable => "media_unavailable",
+            Self::UnknownType => "unknown_type",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::UnsupportedFrame => "unsupported_frame",
+            Self::NotAGroup => "not_a_group",
+            Self::AttachmentUnavailable => "attachment_unavailable",
+            Self::UploadSizeMismatch => "upload_size_mismatch",
+            Self::ChecksumMismatch => "checksum_mismatch",
+            Self::BadSignature => "bad_signature",
+            Self::UrlExpired => "url_expired",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::UploadMissing => "upload_missing",
+            Self::UploadCompleting => "upload_completing",
+            Self::FileNotReady => "file_not_ready",
+            Self::FileAttached => "file_attached",
+            Self::AlreadyUploaded => "already_uploaded",
+            Self::FileTooLarge => "file_too_large",
+            Self::Busy => "busy",
+            Self::CallInProgress => "call_in_progress",
+            Self::CallFull => "call_full",
+            Self::NotRinging => "not_ringing",
+            Self::NotJoined => "not_joined",
+            Self::WrongTopology => "wrong_topology",
+            Self::Negotiating => "negotiating",
+        }
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure of a domain operation.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ApiError {
+pub enum Error {
     /// The body is not well-formed JSON.
     #[error("{0}")]
     MalformedJson(String),
@@ -55,17 +236,19 @@ pub enum ApiError {
     /// The route exists, but not for this method.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
-    /// The request does not fit the current state of a call (full, busy,
-    /// wrong topology …): a stable code of its own and a sentence.
+    /// The request does not fit the current state of a call or a file
+    /// (full, busy, wrong topology, not ready …): a code of its own and a
+    /// sentence.
     #[error("{1}")]
-    Conflict(&'static str, String),
+    Conflict(Code, String),
     /// The media plane refused or did not answer.
     #[error("{0}")]
     MediaUnavailable(String),
     /// A request refused for a reason of its own (a file too large, an
-    /// expired URL …): status, stable code, sentence.
-    #[error("{2}")]
-    Refused(StatusCode, &'static str, String),
+    /// expired URL, bytes that are not what was declared …): a code of
+    /// its own and a sentence.
+    #[error("{1}")]
+    Refused(Code, String),
     /// Too many requests: a limit of `[limits]` refused this one.
     #[error("{0}")]
     RateLimited(#[from] crate::limits::RateLimited),
@@ -78,75 +261,34 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
-/// The JSON body of every error response.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// A stable code and a readable message.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable machine-readable code; see the table in `docs/protocol.md`.
-    pub code: &'static str,
-    /// A sentence for people; may change between versions.
-    pub message: String,
-}
-
-impl ApiError {
-    /// The HTTP status.
-    #[must_use]
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::MalformedJson(_) | Self::InvalidRequest(_) | Self::UnknownField(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::AccessDenied
-            | Self::Forbidden(_)
-            | Self::UserLocked
-            | Self::ApplicationUnregistered => StatusCode::FORBIDDEN,
-            Self::NotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict(..) => StatusCode::CONFLICT,
-            Self::MediaUnavailable(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Refused(status, ..) => *status,
-            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
+impl Error {
     /// The stable error code.
     #[must_use]
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            Self::MalformedJson(_) => "malformed_json",
-            Self::InvalidRequest(_) => "invalid_request",
-            Self::UnknownField(_) => "unknown_field",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::PayloadTooLarge(_) => "payload_too_large",
-            Self::Unauthorized(_) => "unauthorized",
-            Self::AccessDenied => "access_denied",
-            Self::Forbidden(_) => "forbidden",
-            Self::UserLocked => "user_locked",
-            Self::ApplicationUnregistered => "application_unregistered",
-            Self::NotFound(_) | Self::NoRoute => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::Conflict(code, _) => code,
-            Self::MediaUnavailable(_) => "media_unavailable",
-            Self::Refused(_, code, _) => code,
-            Self::RateLimited(_) => "rate_limited",
-            Self::Unavailable(_) => "unavailable",
-            Self::Internal(_) => "internal",
+            Self::MalformedJson(_) => Code::MalformedJson,
+            Self::InvalidRequest(_) => Code::InvalidRequest,
+            Self::UnknownField(_) => Code::UnknownField,
+            Self::UnsupportedMediaType => Code::UnsupportedMediaType,
+            Self::PayloadTooLarge(_) => Code::PayloadTooLarge,
+            Self::Unauthorized(_) => Code::Unauthorized,
+            Self::AccessDenied => Code::AccessDenied,
+            Self::Forbidden(_) => Code::Forbidden,
+            Self::UserLocked => Code::UserLocked,
+            Self::ApplicationUnregistered => Code::ApplicationUnregistered,
+            Self::NotFound(_) | Self::NoRoute => Code::NotFound,
+            Self::MethodNotAllowed => Code::MethodNotAllowed,
+            Self::Conflict(code, _) | Self::Refused(code, _) => *code,
+            Self::MediaUnavailable(_) => Code::MediaUnavailable,
+            Self::RateLimited(_) => Code::RateLimited,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Internal(_) => Code::Internal,
         }
     }
 
-    /// A refusal with its own status and code.
-    pub fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self::Refused(status, code, message.into())
+    /// A refusal with its own code.
+    pub fn refused(code: Code, message: impl Into<String>) -> Self {
+        Self::Refused(code, message.into())
     }
 
     /// Wraps an internal failure.
@@ -180,38 +322,7 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        if let Self::Internal(err) = &self {
-            tracing::error!(error = ?err, "internal error answering a request");
-        }
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code(),
-                message: self.to_string(),
-            },
-        };
-        let mut response = (status, Json(body)).into_response();
-        if let Self::RateLimited(limited) = &self {
-            // Whole seconds, rounded up: never 0, which would invite an
-            // immediate retry.
-            let secs = limited.retry_after.as_millis().div_ceil(1000).max(1);
-            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"confer\", Bearer realm=\"confer\""),
-            );
-        }
-        response
-    }
-}
-
-impl From<crate::store::StoreError> for ApiError {
+impl From<crate::store::StoreError> for Error {
     fn from(err: crate::store::StoreError) -> Self {
         match err {
             crate::store::StoreError::Conflict(code, message) => Self::Conflict(code, message),
@@ -221,7 +332,7 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-impl From<crate::mail::MailError> for ApiError {
+impl From<crate::mail::MailError> for Error {
     fn from(err: crate::mail::MailError) -> Self {
         match err {
             crate::mail::MailError::Unavailable(why) => Self::unavailable(&why),
@@ -230,7 +341,7 @@ impl From<crate::mail::MailError> for ApiError {
     }
 }
 
-impl From<crate::files::storage::StorageError> for ApiError {
+impl From<crate::files::storage::StorageError> for Error {
     fn from(err: crate::files::storage::StorageError) -> Self {
         match err {
             crate::files::storage::StorageError::Io(io) => Self::io(io),

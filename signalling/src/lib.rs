@@ -26,7 +26,7 @@
 //!
 //! [`http`] handlers are thin: they extract input (with [`http::extract`]),
 //! call the domain ([`tenancy::Tenancy`]) and map the result or an
-//! [`error::ApiError`]. The domain works on the [`store::Store`] and
+//! [`error::Error`]. The domain works on the [`store::Store`] and
 //! [`mail::Mailer`] traits and a [`ids::Clock`], so tests can run it on an
 //! in-memory store and a manual clock. [`server::run`] serves the router on
 //! a listener with graceful shutdown; the `signalling` binary only parses

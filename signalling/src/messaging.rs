@@ -8,8 +8,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::bus::{Bus, Gate, GateKind};
-use crate::error::ApiError;
+use crate::bus::{Bus, Gate, GateKind, PresenceChange};
+use crate::error::{Code, Error};
 use crate::ids::{Clock, ConversationId, FileId, MessageId, UserId};
 use crate::store::files::FileState;
 use crate::store::messaging::{
@@ -206,17 +206,7 @@ pub const PRESENCE_MAX_MEMBERS: usize = 50;
 /// conversation; more frequent ones are dropped.
 pub const TYPING_INTERVAL_MS: i64 = 2_000;
 
-/// Presence of a user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Presence {
-    /// Connected and active.
-    Online,
-    /// Connected, but the client says its person is away.
-    Away,
-    /// No connection.
-    Offline,
-}
+pub use crate::bus::Presence;
 
 /// The messaging service.
 #[derive(Debug)]
@@ -225,8 +215,6 @@ pub struct Messaging {
     users: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     clock: Arc<dyn Clock>,
-    /// Connections per user and the away flag; offline when absent.
-    presence: std::sync::Mutex<std::collections::HashMap<UserId, (usize, bool)>>,
     /// Last typing notice per (user, conversation), for rate limiting.
     typing: std::sync::Mutex<std::collections::HashMap<(UserId, ConversationId), i64>>,
     /// Files, for attachments; without it a message cannot carry any.
@@ -267,7 +255,6 @@ impl Messaging {
             users,
             bus,
             clock,
-            presence: std::sync::Mutex::new(std::collections::HashMap::new()),
             typing: std::sync::Mutex::new(std::collections::HashMap::new()),
             files: None,
             file_garbage: Arc::new(tokio::sync::Notify::new()),
@@ -313,27 +300,16 @@ impl Messaging {
     ///
     /// # Errors
     /// `internal` on store failure.
-    pub async fn connection(&self, caller: &Caller, opened: bool) -> Result<(), ApiError> {
+    pub async fn connection(&self, caller: &Caller, opened: bool) -> Result<(), Error> {
         let Some(user) = caller.user_id() else {
             return Ok(());
         };
-        let (before, after) = {
-            let mut map = self
-                .presence
-                .lock()
-                .map_err(|_| ApiError::internal(anyhow::anyhow!("presence lock")))?;
-            let before = presence_of(map.get(&user));
-            let entry = map.entry(user).or_insert((0, false));
-            if opened {
-                entry.0 += 1;
-            } else {
-                entry.0 = entry.0.saturating_sub(1);
-            }
-            if entry.0 == 0 {
-                map.remove(&user);
-            }
-            (before, presence_of(map.get(&user)))
+        let change = if opened {
+            PresenceChange::Connected
+        } else {
+            PresenceChange::Disconnected
         };
+        let (before, after) = self.bus.change_presence(user, change);
         if before != after {
             self.announce_presence(caller, user, after).await?;
         }
@@ -344,21 +320,11 @@ impl Messaging {
     ///
     /// # Errors
     /// `internal` on store failure.
-    pub async fn set_away(&self, caller: &Caller, away: bool) -> Result<Presence, ApiError> {
+    pub async fn set_away(&self, caller: &Caller, away: bool) -> Result<Presence, Error> {
         let user = caller
             .user_id()
-            .ok_or_else(|| ApiError::InvalidRequest("presence is for users".to_owned()))?;
-        let (before, after) = {
-            let mut map = self
-                .presence
-                .lock()
-                .map_err(|_| ApiError::internal(anyhow::anyhow!("presence lock")))?;
-            let before = presence_of(map.get(&user));
-            if let Some(entry) = map.get_mut(&user) {
-                entry.1 = away;
-            }
-            (before, presence_of(map.get(&user)))
-        };
+            .ok_or_else(|| Error::InvalidRequest("presence is for users".to_owned()))?;
+        let (before, after) = self.bus.change_presence(user, PresenceChange::Away(away));
         if before != after {
             self.announce_presence(caller, user, after).await?;
         }
@@ -374,16 +340,12 @@ impl Messaging {
         &self,
         caller: &Caller,
         users: &[UserId],
-    ) -> Result<Vec<(UserId, Presence)>, ApiError> {
+    ) -> Result<Vec<(UserId, Presence)>, Error> {
         let known = self.contacts(caller).await?;
-        let map = self
-            .presence
-            .lock()
-            .map_err(|_| ApiError::internal(anyhow::anyhow!("presence lock")))?;
         Ok(users
             .iter()
             .filter(|u| known.contains(u))
-            .map(|u| (*u, presence_of(map.get(u))))
+            .map(|u| (*u, self.bus.presence(*u)))
             .collect())
     }
 
@@ -392,7 +354,7 @@ impl Messaging {
     ///
     /// # Errors
     /// As [`Self::readable`].
-    pub async fn typing(&self, caller: &Caller, id: ConversationId) -> Result<bool, ApiError> {
+    pub async fn typing(&self, caller: &Caller, id: ConversationId) -> Result<bool, Error> {
         let conversation = self.readable(caller, id).await?;
         let me = caller.participant();
         let now = self.clock.now().0;
@@ -400,7 +362,7 @@ impl Messaging {
             let mut map = self
                 .typing
                 .lock()
-                .map_err(|_| ApiError::internal(anyhow::anyhow!("typing lock")))?;
+                .map_err(|_| Error::internal(anyhow::anyhow!("typing lock")))?;
             if map
                 .get(&(me, id))
                 .is_some_and(|at| now - at < TYPING_INTERVAL_MS)
@@ -429,7 +391,7 @@ impl Messaging {
     /// conversations carry no presence: with hundreds of members every
     /// connect and disconnect would fan out to all of them (a reconnect
     /// storm of 1000 channel members meant 500 000 presence frames).
-    async fn contacts(&self, caller: &Caller) -> Result<BTreeSet<UserId>, ApiError> {
+    async fn contacts(&self, caller: &Caller) -> Result<BTreeSet<UserId>, Error> {
         let mut out = BTreeSet::new();
         for entry in self
             .store
@@ -461,7 +423,7 @@ impl Messaging {
         caller: &Caller,
         user: UserId,
         presence: Presence,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let payload: Arc<str> = Arc::from(
             json!({"kind": "presence", "user_id": user, "presence": presence}).to_string(),
         );
@@ -486,19 +448,19 @@ impl Messaging {
         &self,
         caller: &Caller,
         new: NewConversation,
-    ) -> Result<Conversation, ApiError> {
+    ) -> Result<Conversation, Error> {
         check_short("title", &new.title, true)?;
         if let Some(key) = &new.key {
             check_short("key", key, true)?;
         }
         if caller.user_id().is_some() {
             if new.key.is_some() {
-                return Err(ApiError::Forbidden(
+                return Err(Error::Forbidden(
                     "only the application sets conversation keys",
                 ));
             }
             if new.all_users {
-                return Err(ApiError::Forbidden(
+                return Err(Error::Forbidden(
                     "only the application creates conversations of all users",
                 ));
             }
@@ -506,14 +468,14 @@ impl Messaging {
         let mut members: BTreeSet<UserId> = new.members.iter().copied().collect();
         for m in &members {
             if self.users.user(caller.app.id, *m).await?.is_none() {
-                return Err(ApiError::InvalidRequest(format!(
+                return Err(Error::InvalidRequest(format!(
                     "members: no user {m} in this application"
                 )));
             }
         }
         members.insert(caller.participant());
         if new.is_group == Some(false) && (members.len() > 2 || new.all_users) {
-            return Err(ApiError::InvalidRequest(
+            return Err(Error::InvalidRequest(
                 "is_group: a one-to-one conversation has at most two members".to_owned(),
             ));
         }
@@ -553,11 +515,11 @@ impl Messaging {
         caller: &Caller,
         context: &str,
         title: &str,
-    ) -> Result<Conversation, ApiError> {
+    ) -> Result<Conversation, Error> {
         check_short("context", context, true)?;
         check_short("title", title, false)?;
         if !self.may_see(caller, context).await? {
-            return Err(ApiError::Forbidden(
+            return Err(Error::Forbidden(
                 "the application does not let this user see that object",
             ));
         }
@@ -593,7 +555,7 @@ impl Messaging {
     /// Makes a user who may see a contextual conversation's object one of
     /// its members (so that events reach its log), writing only when it
     /// is not one yet.
-    async fn join_context(&self, id: ConversationId, user: UserId) -> Result<(), ApiError> {
+    async fn join_context(&self, id: ConversationId, user: UserId) -> Result<(), Error> {
         if !self.store.is_member(id, user).await? {
             self.store
                 .add_members(id, &[user], self.clock.now())
@@ -608,7 +570,7 @@ impl Messaging {
     ///
     /// # Errors
     /// `internal` on store failure.
-    pub async fn shows(&self, caller: &Caller, id: ConversationId) -> Result<bool, ApiError> {
+    pub async fn shows(&self, caller: &Caller, id: ConversationId) -> Result<bool, Error> {
         if matches!(caller.who, Who::App) {
             return Ok(true);
         }
@@ -630,12 +592,12 @@ impl Messaging {
         &self,
         caller: &Caller,
         id: ConversationId,
-    ) -> Result<Conversation, ApiError> {
+    ) -> Result<Conversation, Error> {
         let conversation = self
             .store
             .conversation(caller.app.id, id)
             .await?
-            .ok_or(ApiError::NotFound("conversation"))?;
+            .ok_or(Error::NotFound("conversation"))?;
         match &caller.who {
             Who::App => Ok(conversation),
             Who::User { user, .. } => {
@@ -646,14 +608,14 @@ impl Messaging {
                         self.join_context(id, user.id).await?;
                         return Ok(conversation);
                     }
-                    return Err(ApiError::Forbidden(
+                    return Err(Error::Forbidden(
                         "the application does not let this user see that object",
                     ));
                 }
                 if conversation.all_users || self.store.is_member(id, user.id).await? {
                     return Ok(conversation);
                 }
-                Err(ApiError::Forbidden("not a member of this conversation"))
+                Err(Error::Forbidden("not a member of this conversation"))
             }
         }
     }
@@ -668,21 +630,17 @@ impl Messaging {
         &self,
         caller: &Caller,
         id: ConversationId,
-    ) -> Result<(Vec<(UserId, String, Option<Presence>)>, bool), ApiError> {
+    ) -> Result<(Vec<(UserId, String, Option<Presence>)>, bool), Error> {
         let conversation = self.readable(caller, id).await?;
         let everyone = self.audience(&conversation).await?;
         let with_presence = everyone.len() <= PRESENCE_MAX_MEMBERS;
         let truncated = everyone.len() > MAX_MEMBERS_LISTED;
         let listed: Vec<UserId> = everyone.into_iter().take(MAX_MEMBERS_LISTED).collect();
         let users = self.users.users(caller.app.id, &listed).await?;
-        let map = self
-            .presence
-            .lock()
-            .map_err(|_| ApiError::internal(anyhow::anyhow!("presence lock")))?;
         let out = users
             .into_iter()
             .map(|u| {
-                let presence = with_presence.then(|| presence_of(map.get(&u.id)));
+                let presence = with_presence.then(|| self.bus.presence(u.id));
                 (u.id, u.name, presence)
             })
             .collect();
@@ -697,7 +655,7 @@ impl Messaging {
         &self,
         caller: &Caller,
         id: ConversationId,
-    ) -> Result<Vec<UserId>, ApiError> {
+    ) -> Result<Vec<UserId>, Error> {
         let conversation = self.readable(caller, id).await?;
         self.audience(&conversation).await
     }
@@ -714,7 +672,7 @@ impl Messaging {
         id: ConversationId,
         client_id: &str,
         body: MessageBody,
-    ) -> Result<StoredMessage, ApiError> {
+    ) -> Result<StoredMessage, Error> {
         self.send_with_files(caller, id, client_id, body, &[]).await
     }
 
@@ -730,7 +688,7 @@ impl Messaging {
         client_id: &str,
         mut body: MessageBody,
         attachments: &[AttachmentRef],
-    ) -> Result<StoredMessage, ApiError> {
+    ) -> Result<StoredMessage, Error> {
         check_short("client_id", client_id, true)?;
         let conversation = self.readable(caller, id).await?;
         // A retry whose acknowledgement was lost gets the first message
@@ -750,7 +708,7 @@ impl Messaging {
         let mut notify: Vec<UserId> = match &body.recipients {
             Some(recipients) => {
                 if let Some(bad) = recipients.iter().find(|r| !members.contains(r)) {
-                    return Err(ApiError::InvalidRequest(format!(
+                    return Err(Error::InvalidRequest(format!(
                         "recipients: {bad} is not a member"
                     )));
                 }
@@ -789,16 +747,16 @@ impl Messaging {
         caller: &Caller,
         conversation: ConversationId,
         refs: &[AttachmentRef],
-    ) -> Result<Vec<Attachment>, ApiError> {
+    ) -> Result<Vec<Attachment>, Error> {
         if refs.is_empty() {
             return Ok(Vec::new());
         }
         if refs.len() > MAX_ATTACHMENTS {
-            return Err(ApiError::InvalidRequest(format!(
+            return Err(Error::InvalidRequest(format!(
                 "attachments: at most {MAX_ATTACHMENTS} files per message"
             )));
         }
-        let unavailable = |why: String| ApiError::Conflict("attachment_unavailable", why);
+        let unavailable = |why: String| Error::Conflict(Code::AttachmentUnavailable, why);
         let files = self
             .files
             .as_ref()
@@ -806,7 +764,7 @@ impl Messaging {
         let mut out: Vec<Attachment> = Vec::with_capacity(refs.len());
         for r in refs {
             if out.iter().any(|a| a.file_id == r.file_id) {
-                return Err(ApiError::InvalidRequest(format!(
+                return Err(Error::InvalidRequest(format!(
                     "attachments: file {} is listed twice",
                     r.file_id
                 )));
@@ -862,24 +820,20 @@ impl Messaging {
         id: ConversationId,
         message: MessageId,
         text: Option<String>,
-    ) -> Result<StoredMessage, ApiError> {
+    ) -> Result<StoredMessage, Error> {
         let conversation = self.readable(caller, id).await?;
         let mut stored = self
             .store
             .message(id, message)
             .await?
-            .ok_or(ApiError::NotFound("message"))?;
+            .ok_or(Error::NotFound("message"))?;
         let own = stored.author == caller.author();
         let moderating = matches!(caller.who, Who::App) && text.is_none();
         if !own && !moderating {
-            return Err(ApiError::Forbidden(
-                "only the author may change this message",
-            ));
+            return Err(Error::Forbidden("only the author may change this message"));
         }
         if stored.deleted_at.is_some() {
-            return Err(ApiError::InvalidRequest(
-                "message: already deleted".to_owned(),
-            ));
+            return Err(Error::InvalidRequest("message: already deleted".to_owned()));
         }
         let now = self.clock.now();
         let attached = stored.body.attachments.clone();
@@ -934,23 +888,23 @@ impl Messaging {
         caller: &Caller,
         id: ConversationId,
         users: &[UserId],
-    ) -> Result<Conversation, ApiError> {
+    ) -> Result<Conversation, Error> {
         let conversation = self.readable(caller, id).await?;
         if conversation.context.is_some() {
-            return Err(ApiError::InvalidRequest(
+            return Err(Error::InvalidRequest(
                 "members of a contextual conversation are whoever may see its object".to_owned(),
             ));
         }
         for u in users {
             if self.users.user(caller.app.id, *u).await?.is_none() {
-                return Err(ApiError::InvalidRequest(format!(
+                return Err(Error::InvalidRequest(format!(
                     "members: no user {u} in this application"
                 )));
             }
         }
         if !conversation.is_group {
-            return Err(ApiError::Conflict(
-                "not_a_group",
+            return Err(Error::Conflict(
+                Code::NotAGroup,
                 "a one-to-one conversation cannot get more members: create a group".to_owned(),
             ));
         }
@@ -975,13 +929,13 @@ impl Messaging {
         caller: &Caller,
         id: ConversationId,
         user: UserId,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let conversation = self.readable(caller, id).await?;
         if caller.user_id().is_some_and(|me| me != user) {
-            return Err(ApiError::Forbidden("users may only remove themselves"));
+            return Err(Error::Forbidden("users may only remove themselves"));
         }
         if !self.store.remove_member(id, user).await? {
-            return Err(ApiError::NotFound("member"));
+            return Err(Error::NotFound("member"));
         }
         self.emit(
             &[user],
@@ -1007,10 +961,10 @@ impl Messaging {
         user: UserId,
         context: &str,
         granted: bool,
-    ) -> Result<Option<ConversationId>, ApiError> {
+    ) -> Result<Option<ConversationId>, Error> {
         check_short("context", context, true)?;
         if self.users.user(app.id, user).await?.is_none() {
-            return Err(ApiError::NotFound("user"));
+            return Err(Error::NotFound("user"));
         }
         let change = self
             .store
@@ -1043,7 +997,7 @@ impl Messaging {
         Ok(Some(id))
     }
 
-    async fn may_see(&self, caller: &Caller, context: &str) -> Result<bool, ApiError> {
+    async fn may_see(&self, caller: &Caller, context: &str) -> Result<bool, Error> {
         match &caller.who {
             Who::App => Ok(true),
             Who::User { user, contexts } => Ok(contexts.iter().any(|c| c == context)
@@ -1066,15 +1020,15 @@ impl Messaging {
         id: ConversationId,
         message: MessageId,
         value: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         self.readable(caller, id).await?;
         let stored = self
             .store
             .message(id, message)
             .await?
-            .ok_or(ApiError::NotFound("message"))?;
+            .ok_or(Error::NotFound("message"))?;
         if stored.author != Author::App || !stored.body.actions.iter().any(|a| a.value == value) {
-            return Err(ApiError::InvalidRequest(
+            return Err(Error::InvalidRequest(
                 "value: the message has no such action".to_owned(),
             ));
         }
@@ -1102,7 +1056,7 @@ impl Messaging {
         after: Option<u64>,
         before: Option<u64>,
         limit: u32,
-    ) -> Result<Vec<StoredMessage>, ApiError> {
+    ) -> Result<Vec<StoredMessage>, Error> {
         check_page(limit)?;
         self.readable(caller, id).await?;
         let messages = self.store.history(id, after, before, limit).await?;
@@ -1121,11 +1075,11 @@ impl Messaging {
         caller: &Caller,
         id: ConversationId,
         seq: u64,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, Error> {
         let conversation = self.readable(caller, id).await?;
         let user = caller
             .user_id()
-            .ok_or_else(|| ApiError::InvalidRequest("read marks are for users".to_owned()))?;
+            .ok_or_else(|| Error::InvalidRequest("read marks are for users".to_owned()))?;
         let mark = self
             .store
             .mark_read(id, user, seq.min(conversation.last_seq))
@@ -1150,15 +1104,15 @@ impl Messaging {
         caller: &Caller,
         query: &str,
         limit: u32,
-    ) -> Result<Vec<StoredMessage>, ApiError> {
+    ) -> Result<Vec<StoredMessage>, Error> {
         if query.trim().is_empty() || query.chars().count() > MAX_SHORT_CHARS {
-            return Err(ApiError::InvalidRequest(format!(
+            return Err(Error::InvalidRequest(format!(
                 "query: 1 to {MAX_SHORT_CHARS} characters"
             )));
         }
         // The full-text index's query parser ends a string at U+0000.
         if query.contains('\0') {
-            return Err(ApiError::InvalidRequest(
+            return Err(Error::InvalidRequest(
                 "query: must not contain U+0000".to_owned(),
             ));
         }
@@ -1190,7 +1144,7 @@ impl Messaging {
         caller: &Caller,
         before: Option<(crate::ids::Timestamp, ConversationId)>,
         limit: u32,
-    ) -> Result<Vec<ConversationEntry>, ApiError> {
+    ) -> Result<Vec<ConversationEntry>, Error> {
         check_page(limit)?;
         Ok(self
             .store
@@ -1217,7 +1171,7 @@ impl Messaging {
         users: &[UserId],
         payload: String,
         gate: Option<Gate>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let seqs = self
             .store
             .append_events(users, &payload, self.clock.now())
@@ -1234,7 +1188,7 @@ impl Messaging {
         }
     }
 
-    async fn audience(&self, conversation: &Conversation) -> Result<Vec<UserId>, ApiError> {
+    async fn audience(&self, conversation: &Conversation) -> Result<Vec<UserId>, Error> {
         Ok(if conversation.all_users {
             self.store.app_users(conversation.app_id).await?
         } else {
@@ -1246,7 +1200,7 @@ impl Messaging {
         &self,
         conversation: &Conversation,
         members: &[UserId],
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let payload = json!({"kind": "conversation", "conversation": ConversationView::of(conversation, None)});
         self.emit(
             members,
@@ -1265,14 +1219,6 @@ fn gate(conversation: &Conversation, kind: GateKind) -> Option<Gate> {
     })
 }
 
-fn presence_of(entry: Option<&(usize, bool)>) -> Presence {
-    match entry {
-        None => Presence::Offline,
-        Some((_, true)) => Presence::Away,
-        Some(_) => Presence::Online,
-    }
-}
-
 /// Whether `caller` sees `m` (a message with recipients is for them and
 /// its author only).
 pub(crate) fn visible_to(m: &StoredMessage, caller: &Caller) -> bool {
@@ -1284,31 +1230,29 @@ pub(crate) fn visible_to(m: &StoredMessage, caller: &Caller) -> bool {
 
 /// A page size: 1 to [`MAX_PAGE`], refused (not clamped) outside, as the
 /// protocol's schemas say.
-fn check_page(limit: u32) -> Result<(), ApiError> {
+fn check_page(limit: u32) -> Result<(), Error> {
     if (1..=MAX_PAGE).contains(&limit) {
         Ok(())
     } else {
-        Err(ApiError::InvalidRequest(format!("limit: 1 to {MAX_PAGE}")))
+        Err(Error::InvalidRequest(format!("limit: 1 to {MAX_PAGE}")))
     }
 }
 
-fn check_short(field: &str, value: &str, required: bool) -> Result<(), ApiError> {
+fn check_short(field: &str, value: &str, required: bool) -> Result<(), Error> {
     if required && value.trim().is_empty() {
-        return Err(ApiError::InvalidRequest(format!(
-            "{field}: must not be empty"
-        )));
+        return Err(Error::InvalidRequest(format!("{field}: must not be empty")));
     }
     if value.chars().count() > MAX_SHORT_CHARS {
-        return Err(ApiError::InvalidRequest(format!(
+        return Err(Error::InvalidRequest(format!(
             "{field}: longer than {MAX_SHORT_CHARS} characters"
         )));
     }
     Ok(())
 }
 
-fn check_body(body: &MessageBody) -> Result<(), ApiError> {
+fn check_body(body: &MessageBody) -> Result<(), Error> {
     if body.text.len() > MAX_TEXT_BYTES {
-        return Err(ApiError::InvalidRequest(format!(
+        return Err(Error::InvalidRequest(format!(
             "text: longer than {MAX_TEXT_BYTES} bytes"
         )));
     }
@@ -1317,7 +1261,7 @@ fn check_body(body: &MessageBody) -> Result<(), ApiError> {
         && body.actions.is_empty()
         && body.attachments.is_empty()
     {
-        return Err(ApiError::InvalidRequest(
+        return Err(Error::InvalidRequest(
             "a message needs text, data, actions or attachments".to_owned(),
         ));
     }
@@ -1326,7 +1270,7 @@ fn check_body(body: &MessageBody) -> Result<(), ApiError> {
         .iter()
         .any(|a: &Action| a.value.is_empty() || a.presentation.is_empty())
     {
-        return Err(ApiError::InvalidRequest(
+        return Err(Error::InvalidRequest(
             "actions: value and presentation must not be empty".to_owned(),
         ));
     }

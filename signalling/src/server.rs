@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 use confer_sfu::{EmbeddedSfu, SfuControl};
 
-use crate::bus::InProcessBus;
+use crate::bus::{Bus, InProcessBus};
 use crate::calls::Calls;
 use crate::config::SignallingConfig;
 use crate::files::Files;
@@ -44,7 +44,7 @@ pub struct Services {
     /// Conversations and messages.
     pub messaging: Arc<Messaging>,
     /// Live event fan-out.
-    pub bus: Arc<InProcessBus>,
+    pub bus: Arc<dyn Bus>,
     /// The media plane (embedded SFU workers).
     pub sfu: Arc<dyn SfuControl>,
     /// Calls.

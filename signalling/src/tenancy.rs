@@ -3,7 +3,7 @@
 //!
 //! Plain domain logic over [`Store`], [`Mailer`] and [`Clock`]; the HTTP
 //! handlers only extract input, call a method here and map the result.
-//! Errors are [`ApiError`]s because they are what the client is told,
+//! Errors are [`Error`]s because they are what the client is told,
 //! whichever transport carries them.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::auth::{self, AuthError, StoredSecret, TokenKey, UserClaims};
 use crate::config::SignallingConfig;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::ids::{AppId, Clock, SubscriberId, Timestamp, UserId};
 use crate::mail::{self, CodeMail, Mailer};
 use crate::store::{
@@ -109,7 +109,7 @@ impl Tenancy {
     /// # Errors
     /// `invalid_request` for a malformed e-mail or name; `internal` if the
     /// mail cannot go out.
-    pub async fn request_registration(&self, email: &str, app_name: &str) -> Result<(), ApiError> {
+    pub async fn request_registration(&self, email: &str, app_name: &str) -> Result<(), Error> {
         let email = normalize_email(email)?;
         check_name("app_name", app_name)?;
         self.send_code(
@@ -132,7 +132,7 @@ impl Tenancy {
         email: &str,
         app_name: &str,
         code: &str,
-    ) -> Result<Registered, ApiError> {
+    ) -> Result<Registered, Error> {
         let email = normalize_email(email)?;
         check_name("app_name", app_name)?;
         check_code_format(code)?;
@@ -162,7 +162,7 @@ impl Tenancy {
     ///
     /// # Errors
     /// `invalid_request` for a malformed e-mail; `internal` on failure.
-    pub async fn request_sign_in(&self, email: &str) -> Result<(), ApiError> {
+    pub async fn request_sign_in(&self, email: &str) -> Result<(), Error> {
         let email = normalize_email(email)?;
         if self.store.subscriber_by_email(&email).await?.is_some() {
             self.send_code(CodePurpose::SignIn, &email, CodeMail::SignIn)
@@ -175,11 +175,7 @@ impl Tenancy {
     ///
     /// # Errors
     /// `access_denied` as for registration.
-    pub async fn confirm_sign_in(
-        &self,
-        email: &str,
-        code: &str,
-    ) -> Result<SessionIssued, ApiError> {
+    pub async fn confirm_sign_in(&self, email: &str, code: &str) -> Result<SessionIssued, Error> {
         let email = normalize_email(email)?;
         check_code_format(code)?;
         self.spend_code(CodePurpose::SignIn, &email, code).await?;
@@ -187,7 +183,7 @@ impl Tenancy {
             .store
             .subscriber_by_email(&email)
             .await?
-            .ok_or(ApiError::AccessDenied)?;
+            .ok_or(Error::AccessDenied)?;
         let token = auth::generate_opaque_token();
         let now = self.clock.now();
         let expires_at = now.plus(Duration::from_secs(
@@ -212,7 +208,7 @@ impl Tenancy {
     ///
     /// # Errors
     /// `internal` on store failure.
-    pub async fn sign_out(&self, token: &str) -> Result<(), ApiError> {
+    pub async fn sign_out(&self, token: &str) -> Result<(), Error> {
         self.store.delete_session(&auth::digest(&[token])).await?;
         Ok(())
     }
@@ -221,8 +217,8 @@ impl Tenancy {
     ///
     /// # Errors
     /// `unauthorized` for an unknown or expired session.
-    pub async fn authenticate_subscriber(&self, token: &str) -> Result<Subscriber, ApiError> {
-        const BAD: ApiError = ApiError::Unauthorized("invalid or expired subscriber session");
+    pub async fn authenticate_subscriber(&self, token: &str) -> Result<Subscriber, Error> {
+        const BAD: Error = Error::Unauthorized("invalid or expired subscriber session");
         let session = self
             .store
             .session(&auth::digest(&[token]))
@@ -246,15 +242,15 @@ impl Tenancy {
         &self,
         app_id: &str,
         secret: &str,
-    ) -> Result<Application, ApiError> {
-        const BAD: ApiError = ApiError::Unauthorized("invalid application credentials");
+    ) -> Result<Application, Error> {
+        const BAD: Error = Error::Unauthorized("invalid application credentials");
         let id: AppId = app_id.parse().map_err(|_| BAD)?;
         let app = self.store.application(id).await?.ok_or(BAD)?;
         if !self.secret_matches(&app, secret).await? {
             return Err(BAD);
         }
         if app.unregistered_at.is_some() {
-            return Err(ApiError::ApplicationUnregistered);
+            return Err(Error::ApplicationUnregistered);
         }
         Ok(app)
     }
@@ -265,7 +261,7 @@ impl Tenancy {
     /// # Errors
     /// `unauthorized` for a bad, expired or foreign token;
     /// `application_unregistered`; `user_locked`.
-    pub async fn authenticate_user(&self, token: &str) -> Result<(Application, User), ApiError> {
+    pub async fn authenticate_user(&self, token: &str) -> Result<(Application, User), Error> {
         self.authenticate_user_with_contexts(token)
             .await
             .map(|(app, user, _, _)| (app, user))
@@ -280,14 +276,14 @@ impl Tenancy {
     pub async fn authenticate_user_with_contexts(
         &self,
         token: &str,
-    ) -> Result<(Application, User, Vec<String>, Timestamp), ApiError> {
-        const BAD: ApiError = ApiError::Unauthorized("invalid user token");
+    ) -> Result<(Application, User, Vec<String>, Timestamp), Error> {
+        const BAD: Error = Error::Unauthorized("invalid user token");
         let app_id = auth::unverified_issuer(token).ok_or(BAD)?;
         let app = self.store.application(app_id).await?.ok_or(BAD)?;
         let now = self.clock.now();
         let (claims, key_until) = self.verify_user_token(&app, token, now)?;
         if app.unregistered_at.is_some() {
-            return Err(ApiError::ApplicationUnregistered);
+            return Err(Error::ApplicationUnregistered);
         }
         if claims.iss != app.id.to_string() {
             return Err(BAD);
@@ -298,7 +294,7 @@ impl Tenancy {
             .map(normalize_email)
             .transpose()
             .map_err(|_| {
-                ApiError::Unauthorized("invalid user token: email claim is not an e-mail address")
+                Error::Unauthorized("invalid user token: email claim is not an e-mail address")
             })?;
         let user = match self.store.user_by_external_id(app.id, &claims.sub).await? {
             Some(user) if user.name == claims.name && (email.is_none() || user.email == email) => {
@@ -306,7 +302,7 @@ impl Tenancy {
             }
             _ => {
                 check_user_fields(&claims.sub, &claims.name, None).map_err(|_| {
-                    ApiError::Unauthorized("invalid user token: sub or name not acceptable")
+                    Error::Unauthorized("invalid user token: sub or name not acceptable")
                 })?;
                 self.store
                     .provision_user(
@@ -321,7 +317,7 @@ impl Tenancy {
             }
         };
         if user.locked {
-            return Err(ApiError::UserLocked);
+            return Err(Error::UserLocked);
         }
         let mut until = Timestamp::from_secs(
             claims
@@ -346,14 +342,14 @@ impl Tenancy {
         name: &str,
         email: Option<&str>,
         contexts: &[String],
-    ) -> Result<TokenIssued, ApiError> {
+    ) -> Result<TokenIssued, Error> {
         check_user_fields(external_id, name, email)?;
         if contexts.len() > 1000
             || contexts
                 .iter()
                 .any(|c| c.is_empty() || c.chars().count() > 256)
         {
-            return Err(ApiError::InvalidRequest(
+            return Err(Error::InvalidRequest(
                 "contexts: at most 1000 non-empty strings of up to 256 characters".to_owned(),
             ));
         }
@@ -371,7 +367,7 @@ impl Tenancy {
             )
             .await?;
         if user.locked {
-            return Err(ApiError::UserLocked);
+            return Err(Error::UserLocked);
         }
         let expires_at = Timestamp::from_secs(now.as_secs())
             .plus(Duration::from_secs(self.config.tokens.ttl_secs));
@@ -385,7 +381,7 @@ impl Tenancy {
             exp: expires_at.as_secs(),
             ctx: contexts.to_vec(),
         };
-        let token = auth::mint_token(&app.token_key, &claims).map_err(ApiError::internal)?;
+        let token = auth::mint_token(&app.token_key, &claims).map_err(Error::internal)?;
         Ok(TokenIssued {
             token,
             user,
@@ -399,7 +395,7 @@ impl Tenancy {
     ///
     /// # Errors
     /// `internal` on store failure.
-    pub async fn demo_application(&self) -> Result<Application, ApiError> {
+    pub async fn demo_application(&self) -> Result<Application, Error> {
         const EMAIL: &str = "demo@confer.invalid";
         if let Some(owner) = self.store.subscriber_by_email(EMAIL).await?
             && let Some(app) = self
@@ -432,7 +428,7 @@ impl Tenancy {
     ///
     /// # Errors
     /// `internal` on store failure.
-    pub async fn applications(&self, actor: &Actor) -> Result<Vec<Application>, ApiError> {
+    pub async fn applications(&self, actor: &Actor) -> Result<Vec<Application>, Error> {
         match actor {
             Actor::Application(app) => Ok(vec![app.clone()]),
             Actor::Subscriber(s) => Ok(self.store.applications(Some(s.id)).await?),
@@ -443,8 +439,8 @@ impl Tenancy {
     ///
     /// # Errors
     /// `not_found` for an application of someone else, as for none at all.
-    pub async fn application(&self, actor: &Actor, id: AppId) -> Result<Application, ApiError> {
-        const NONE: ApiError = ApiError::NotFound("application");
+    pub async fn application(&self, actor: &Actor, id: AppId) -> Result<Application, Error> {
+        const NONE: Error = Error::NotFound("application");
         match actor {
             Actor::Application(app) if app.id == id => Ok(app.clone()),
             Actor::Application(_) => Err(NONE),
@@ -463,16 +459,11 @@ impl Tenancy {
     ///
     /// # Errors
     /// `not_found`, `application_unregistered`, `invalid_request`.
-    pub async fn rename(
-        &self,
-        actor: &Actor,
-        id: AppId,
-        name: &str,
-    ) -> Result<Application, ApiError> {
+    pub async fn rename(&self, actor: &Actor, id: AppId, name: &str) -> Result<Application, Error> {
         check_name("name", name)?;
         let app = self.registered(actor, id).await?;
         if !self.store.rename_application(app.id, name).await? {
-            return Err(ApiError::ApplicationUnregistered);
+            return Err(Error::ApplicationUnregistered);
         }
         Ok(Application {
             name: name.to_owned(),
@@ -486,7 +477,7 @@ impl Tenancy {
     ///
     /// # Errors
     /// `not_found`, `application_unregistered`.
-    pub async fn rotate_secret(&self, actor: &Actor, id: AppId) -> Result<Rotated, ApiError> {
+    pub async fn rotate_secret(&self, actor: &Actor, id: AppId) -> Result<Rotated, Error> {
         let app = self.registered(actor, id).await?;
         let app_secret = auth::generate_secret();
         let secret_hash = auth::secret_digest(&app_secret);
@@ -500,7 +491,7 @@ impl Tenancy {
             .rotate_secret(app.id, &secret_hash, &key, until)
             .await?
         {
-            return Err(ApiError::ApplicationUnregistered);
+            return Err(Error::ApplicationUnregistered);
         }
         tracing::info!(app_id = %app.id, "application secret rotated");
         Ok(Rotated {
@@ -515,14 +506,14 @@ impl Tenancy {
     ///
     /// # Errors
     /// `not_found`, `application_unregistered`.
-    pub async fn unregister(&self, actor: &Actor, id: AppId) -> Result<(), ApiError> {
+    pub async fn unregister(&self, actor: &Actor, id: AppId) -> Result<(), Error> {
         let app = self.registered(actor, id).await?;
         if !self
             .store
             .unregister_application(app.id, self.clock.now())
             .await?
         {
-            return Err(ApiError::ApplicationUnregistered);
+            return Err(Error::ApplicationUnregistered);
         }
         tracing::info!(app_id = %app.id, "application unregistered");
         Ok(())
@@ -532,11 +523,11 @@ impl Tenancy {
     ///
     /// # Errors
     /// `not_found`, also for a user of another application.
-    pub async fn user(&self, app: &Application, id: UserId) -> Result<User, ApiError> {
+    pub async fn user(&self, app: &Application, id: UserId) -> Result<User, Error> {
         self.store
             .user(app.id, id)
             .await?
-            .ok_or(ApiError::NotFound("user"))
+            .ok_or(Error::NotFound("user"))
     }
 
     /// A user of `app` by the application's own id.
@@ -547,11 +538,11 @@ impl Tenancy {
         &self,
         app: &Application,
         external_id: &str,
-    ) -> Result<User, ApiError> {
+    ) -> Result<User, Error> {
         self.store
             .user_by_external_id(app.id, external_id)
             .await?
-            .ok_or(ApiError::NotFound("user"))
+            .ok_or(Error::NotFound("user"))
     }
 
     /// Locks or unlocks a user of `app`.
@@ -563,20 +554,20 @@ impl Tenancy {
         app: &Application,
         id: UserId,
         locked: bool,
-    ) -> Result<User, ApiError> {
+    ) -> Result<User, Error> {
         let user = self
             .store
             .set_user_locked(app.id, id, locked)
             .await?
-            .ok_or(ApiError::NotFound("user"))?;
+            .ok_or(Error::NotFound("user"))?;
         tracing::info!(app_id = %app.id, user_id = %id, locked, "user lock changed");
         Ok(user)
     }
 
-    async fn registered(&self, actor: &Actor, id: AppId) -> Result<Application, ApiError> {
+    async fn registered(&self, actor: &Actor, id: AppId) -> Result<Application, Error> {
         let app = self.application(actor, id).await?;
         if app.unregistered_at.is_some() {
-            return Err(ApiError::ApplicationUnregistered);
+            return Err(Error::ApplicationUnregistered);
         }
         Ok(app)
     }
@@ -586,7 +577,7 @@ impl Tenancy {
         purpose: CodePurpose,
         email: &str,
         what: CodeMail<'_>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let code = auth::generate_code();
         let now = self.clock.now();
         let codes = &self.config.codes;
@@ -611,23 +602,18 @@ impl Tenancy {
         Ok(())
     }
 
-    async fn spend_code(
-        &self,
-        purpose: CodePurpose,
-        email: &str,
-        code: &str,
-    ) -> Result<(), ApiError> {
+    async fn spend_code(&self, purpose: CodePurpose, email: &str, code: &str) -> Result<(), Error> {
         let stored = self
             .store
             .spend_code_try(purpose, email, self.clock.now())
             .await?
-            .ok_or(ApiError::AccessDenied)?;
+            .ok_or(Error::AccessDenied)?;
         let given = auth::digest(&[purpose.as_str(), email, code]);
         if !auth::digests_equal(&stored, &given) {
-            return Err(ApiError::AccessDenied);
+            return Err(Error::AccessDenied);
         }
         if !self.store.mark_code_used(purpose, email).await? {
-            return Err(ApiError::AccessDenied);
+            return Err(Error::AccessDenied);
         }
         Ok(())
     }
@@ -639,7 +625,7 @@ impl Tenancy {
         app: &Application,
         token: &str,
         now: Timestamp,
-    ) -> Result<(UserClaims, Option<Timestamp>), ApiError> {
+    ) -> Result<(UserClaims, Option<Timestamp>), Error> {
         let tokens = &self.config.tokens;
         let verify = |key: &TokenKey| {
             auth::verify_token(token, key, now, tokens.max_ttl_secs, tokens.leeway_secs)
@@ -652,9 +638,9 @@ impl Tenancy {
             other => other.map(|c| (c, None)),
         };
         result.map_err(|e| match e {
-            AuthError::Expired => ApiError::Unauthorized("user token expired"),
-            AuthError::BadLifetime => ApiError::Unauthorized("user token lifetime not acceptable"),
-            _ => ApiError::Unauthorized("invalid user token"),
+            AuthError::Expired => Error::Unauthorized("user token expired"),
+            AuthError::BadLifetime => Error::Unauthorized("user token lifetime not acceptable"),
+            _ => Error::Unauthorized("invalid user token"),
         })
     }
 
@@ -662,16 +648,16 @@ impl Tenancy {
     /// constant time; an argon2 hash of an earlier version is checked (on a
     /// blocking thread, a few at a time) and, when it matches, replaced by
     /// the digest, unless the secret was rotated meanwhile.
-    async fn secret_matches(&self, app: &Application, secret: &str) -> Result<bool, ApiError> {
+    async fn secret_matches(&self, app: &Application, secret: &str) -> Result<bool, Error> {
         match StoredSecret::parse(&app.secret_hash) {
             StoredSecret::Digest(stored) => Ok(auth::secret_matches_digest(secret, stored)),
             StoredSecret::Argon2(phc) => {
-                let _slot = ARGON2_SLOTS.acquire().await.map_err(ApiError::internal)?;
+                let _slot = ARGON2_SLOTS.acquire().await.map_err(Error::internal)?;
                 let (given, phc) = (secret.to_owned(), phc.to_owned());
                 let ok =
                     tokio::task::spawn_blocking(move || auth::verify_argon2_secret(&given, &phc))
                         .await
-                        .map_err(ApiError::internal)?;
+                        .map_err(Error::internal)?;
                 if ok {
                     let upgraded = self
                         .store
@@ -692,45 +678,41 @@ impl Tenancy {
 ///
 /// # Errors
 /// `invalid_request` naming the problem.
-pub fn normalize_email(email: &str) -> Result<String, ApiError> {
+pub fn normalize_email(email: &str) -> Result<String, Error> {
     let email = email.trim();
     if email.len() > 254 {
-        return Err(ApiError::InvalidRequest(
+        return Err(Error::InvalidRequest(
             "email: longer than 254 bytes".to_owned(),
         ));
     }
     email
         .parse::<lettre::Address>()
         .map(|a| a.to_string().to_lowercase())
-        .map_err(|_| {
-            ApiError::InvalidRequest(format!("email: not a valid e-mail address: {email:?}"))
-        })
+        .map_err(|_| Error::InvalidRequest(format!("email: not a valid e-mail address: {email:?}")))
 }
 
-fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), ApiError> {
+fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), Error> {
     if value.trim().is_empty() {
-        return Err(ApiError::InvalidRequest(format!(
-            "{field}: must not be empty"
-        )));
+        return Err(Error::InvalidRequest(format!("{field}: must not be empty")));
     }
     if value.chars().count() > max_chars {
-        return Err(ApiError::InvalidRequest(format!(
+        return Err(Error::InvalidRequest(format!(
             "{field}: longer than {max_chars} characters"
         )));
     }
     if value.chars().any(char::is_control) {
-        return Err(ApiError::InvalidRequest(format!(
+        return Err(Error::InvalidRequest(format!(
             "{field}: must not contain control characters"
         )));
     }
     Ok(())
 }
 
-fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+fn check_name(field: &str, name: &str) -> Result<(), Error> {
     check_text(field, name, MAX_NAME_CHARS)
 }
 
-fn check_user_fields(external_id: &str, name: &str, email: Option<&str>) -> Result<(), ApiError> {
+fn check_user_fields(external_id: &str, name: &str, email: Option<&str>) -> Result<(), Error> {
     check_text("external_id", external_id, MAX_EXTERNAL_ID_CHARS)?;
     check_name("name", name)?;
     if let Some(email) = email {
@@ -739,13 +721,11 @@ fn check_user_fields(external_id: &str, name: &str, email: Option<&str>) -> Resu
     Ok(())
 }
 
-fn check_code_format(code: &str) -> Result<(), ApiError> {
+fn check_code_format(code: &str) -> Result<(), Error> {
     if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
         Ok(())
     } else {
-        Err(ApiError::InvalidRequest(
-            "code: must be 6 digits".to_owned(),
-        ))
+        Err(Error::InvalidRequest("code: must be 6 digits".to_owned()))
     }
 }
 

@@ -43,9 +43,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::bus::{Gate, GateKind, InProcessBus};
+use crate::bus::{Bus, Gate, GateKind};
 use crate::calls::{CallMedia, Calls, Quality};
-use crate::error::ApiError;
+use crate::error::{Code, Error};
 use crate::ids::{CallId, ConversationId, MessageId, UserId};
 use crate::limits::{FrameKind, FrameLimits};
 use crate::messaging::{
@@ -341,7 +341,7 @@ pub async fn run<S, R, E>(
     sink: S,
     mut stream: R,
     messaging: Arc<Messaging>,
-    bus: Arc<InProcessBus>,
+    bus: Arc<dyn Bus>,
     calls: Arc<Calls>,
     admitted: Admitted,
 ) -> Ended
@@ -566,7 +566,7 @@ where
                 current = None;
                 let reply = reply.unwrap_or_else(|e| {
                     tracing::error!(error = %e, "answering a request frame failed");
-                    error_frame(None, "internal", "internal error")
+                    error_frame(None, Code::Internal, "internal error")
                 });
                 if send(&mut sink, reply).await.is_err() {
                     break Ended::ClientGone;
@@ -590,7 +590,7 @@ where
                     }
                     Message::Binary(_) => Some(match context.limits.check_frame() {
                         Err(limited) => rate_limited_frame(None, &limited),
-                        Ok(()) => error_frame(None, "unsupported_frame", "frames are JSON text"),
+                        Ok(()) => error_frame(None, Code::UnsupportedFrame, "frames are JSON text"),
                     }),
                     Message::Close(_) => break Ended::ClientGone,
                     Message::Ping(_) | Message::Pong(_) => None,
@@ -807,9 +807,9 @@ async fn store_failed<S: Sink<Message> + Unpin>(sink: &mut S) -> Ended {
 }
 
 /// A client's name for its device: 1 to 256 characters.
-fn check_device_id(id: Option<&str>) -> Result<(), ApiError> {
+fn check_device_id(id: Option<&str>) -> Result<(), Error> {
     if id.is_some_and(|d| d.is_empty() || d.chars().count() > 256) {
-        return Err(ApiError::InvalidRequest(
+        return Err(Error::InvalidRequest(
             "device_id: 1 to 256 characters".to_owned(),
         ));
     }
@@ -826,7 +826,9 @@ fn event_frame(seq: u64, payload: &str) -> String {
     format!(r#"{{"type":"event","seq":{seq},"event":{payload}}}"#)
 }
 
-fn error_frame(id: Option<&str>, code: &str, message: &str) -> String {
+/// The WebSocket answer to an error: an error frame naming the request
+/// (`id`) it answers, with the code and its sentence.
+fn error_frame(id: Option<&str>, code: Code, message: &str) -> String {
     json!({"type": "error", "id": id, "code": code, "message": message}).to_string()
 }
 
@@ -848,16 +850,16 @@ fn rate_limited_frame(id: Option<&str>, limited: &crate::limits::RateLimited) ->
     json!({
         "type": "error",
         "id": id,
-        "code": "rate_limited",
+        "code": Code::RateLimited,
         "message": limited.to_string(),
         "retry_after_ms": u64::try_from(limited.retry_after.as_millis()).unwrap_or(u64::MAX).max(1),
     })
     .to_string()
 }
 
-fn api_error_frame(id: &str, err: &ApiError) -> String {
+fn api_error_frame(id: &str, err: &Error) -> String {
     // As on REST: the client gets a generic `internal`, the log the detail.
-    if let ApiError::Internal(detail) = err {
+    if let Error::Internal(detail) = err {
         tracing::error!(error = ?detail, "internal error answering a request frame");
     }
     error_frame(Some(id), err.code(), &err.to_string())
@@ -896,7 +898,7 @@ async fn handle_text(context: &Context, text: &str) -> String {
     if text.len() > MAX_FRAME_BYTES {
         return error_frame(
             frame_id(text).as_deref(),
-            "frame_too_large",
+            Code::FrameTooLarge,
             "frames are limited to 131072 bytes",
         );
     }
@@ -909,12 +911,12 @@ async fn handle_text(context: &Context, text: &str) -> String {
         .map(str::to_owned);
     let value = match value {
         Ok(v) => v,
-        Err(e) => return error_frame(None, "malformed_json", &e.to_string()),
+        Err(e) => return error_frame(None, Code::MalformedJson, &e.to_string()),
     };
     let Some(id) = id else {
         return error_frame(
             None,
-            "invalid_request",
+            Code::InvalidRequest,
             "every request needs a string \"id\"",
         );
     };
@@ -922,7 +924,7 @@ async fn handle_text(context: &Context, text: &str) -> String {
     if !KNOWN_TYPES.contains(&kind) {
         return error_frame(
             Some(&id),
-            "unknown_type",
+            Code::UnknownType,
             &format!("unknown frame type {kind:?}"),
         );
     }
@@ -931,7 +933,7 @@ async fn handle_text(context: &Context, text: &str) -> String {
     }
     let request: Request = match serde_json::from_value(value) {
         Ok(r) => r,
-        Err(e) => return error_frame(Some(&id), "invalid_request", &e.to_string()),
+        Err(e) => return error_frame(Some(&id), Code::InvalidRequest, &e.to_string()),
     };
     match answer(context, request).await {
         Ok(frame) => frame.to_string(),
@@ -939,7 +941,7 @@ async fn handle_text(context: &Context, text: &str) -> String {
     }
 }
 
-async fn answer(context: &Context, request: Request) -> Result<Value, ApiError> {
+async fn answer(context: &Context, request: Request) -> Result<Value, Error> {
     let messaging = &context.messaging;
     let caller = &context.caller;
     let calls = &context.calls;
@@ -1061,7 +1063,7 @@ async fn answer(context: &Context, request: Request) -> Result<Value, ApiError> 
         Request::List { id, limit, after } => {
             let cursor = match after {
                 Some(c) => Some(parse_cursor(&c).ok_or_else(|| {
-                    ApiError::InvalidRequest("after: not a cursor from `next`".to_owned())
+                    Error::InvalidRequest("after: not a cursor from `next`".to_owned())
                 })?),
                 None => None,
             };
@@ -1169,7 +1171,7 @@ async fn answer(context: &Context, request: Request) -> Result<Value, ApiError> 
             // Checked before the call is looked up: a malformed request is
             // refused as such, whatever the call's state.
             if !signal.is_object() {
-                return Err(ApiError::InvalidRequest(
+                return Err(Error::InvalidRequest(
                     "signal: must be a JSON object".to_owned(),
                 ));
             }
@@ -1227,7 +1229,7 @@ mod tests {
 
     use super::*;
     use crate::auth::TokenKey;
-    use crate::bus::Bus as _;
+    use crate::bus::InProcessBus;
     use crate::ids::{AppId, ManualClock, SubscriberId, Timestamp};
     use crate::store::{Application, SqliteStore, User};
 
@@ -1265,7 +1267,7 @@ mod tests {
     struct Harness {
         out: mpsc::UnboundedReceiver<Message>,
         input: mpsc::UnboundedSender<Result<Message, Infallible>>,
-        bus: Arc<InProcessBus>,
+        bus: Arc<dyn Bus>,
         user: UserId,
         session: tokio::task::JoinHandle<Ended>,
     }

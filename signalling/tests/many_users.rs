@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use common::latency::{percentile, send_tagged, spawn_readers};
 use common::{TestServer, Ws, user_token};
-use confer_signalling::bus::Bus;
 use serde_json::{Value, json};
 
 const USERS: usize = 200;

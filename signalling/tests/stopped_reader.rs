@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::latency::{END_TAG, percentile, send_tagged, spawn_readers};
 use common::{TestServer, Ws, user_token};
-use confer_signalling::bus::Bus as _;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -12,16 +12,16 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use axum::body::{Body, Bytes};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::storage::{ByteStream, Object, Part, Presentation, Storage, StorageError, Validity};
-use crate::error::ApiError;
+use crate::error::{Code, Error};
 use crate::ids::{FileId, Timestamp};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -149,11 +149,10 @@ impl LocalStorage {
         expires: i64,
         signature: &str,
         now: Timestamp,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let bad = || {
-            ApiError::refused(
-                axum::http::StatusCode::FORBIDDEN,
-                "bad_signature",
+            Error::refused(
+                Code::BadSignature,
                 "the URL's signature does not match: use the URL exactly as it was given",
             )
         };
@@ -162,9 +161,8 @@ impl LocalStorage {
             .verify_slice(&given)
             .map_err(|_| bad())?;
         if now.0 / 1000 >= expires {
-            return Err(ApiError::refused(
-                axum::http::StatusCode::FORBIDDEN,
-                "url_expired",
+            return Err(Error::refused(
+                Code::UrlExpired,
                 "this URL has expired: ask for a new one",
             ));
         }
@@ -185,8 +183,8 @@ impl LocalStorage {
         object: Object,
         size: u64,
         declared: Option<&str>,
-        body: Body,
-    ) -> Result<String, ApiError> {
+        body: ByteStream,
+    ) -> Result<String, Error> {
         let partial = self.dir.join(".partial").join(format!(
             "{}.{:016x}",
             object.file,
@@ -198,7 +196,7 @@ impl LocalStorage {
                 .place(&partial, &self.path(object))
                 .await
                 .map(|()| sha256)
-                .map_err(ApiError::io),
+                .map_err(Error::io),
             Err(e) => Err(e),
         };
         if outcome.is_err() {
@@ -212,15 +210,13 @@ impl LocalStorage {
         partial: &Path,
         size: u64,
         declared: Option<&str>,
-        body: Body,
-    ) -> Result<String, ApiError> {
-        let file = tokio::fs::File::create(partial)
-            .await
-            .map_err(ApiError::io)?;
+        body: ByteStream,
+    ) -> Result<String, Error> {
+        let file = tokio::fs::File::create(partial).await.map_err(Error::io)?;
         let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, file);
         let mut hash = Sha256::new();
         let mut received: u64 = 0;
-        let mut chunks = body.into_data_stream();
+        let mut chunks = body;
         loop {
             let next = tokio::time::timeout(STALL_TIMEOUT, chunks.next())
                 .await
@@ -243,7 +239,7 @@ impl LocalStorage {
                 )));
             }
             hash.update(&chunk);
-            out.write_all(&chunk).await.map_err(ApiError::io)?;
+            out.write_all(&chunk).await.map_err(Error::io)?;
         }
         if received < size {
             return Err(size_mismatch(format!(
@@ -254,14 +250,13 @@ impl LocalStorage {
         if let Some(declared) = declared
             && !declared.eq_ignore_ascii_case(&sha256)
         {
-            return Err(ApiError::refused(
-                axum::http::StatusCode::BAD_REQUEST,
-                "checksum_mismatch",
+            return Err(Error::refused(
+                Code::ChecksumMismatch,
                 format!("the bytes have SHA-256 {sha256}, {declared} was declared"),
             ));
         }
-        out.flush().await.map_err(ApiError::io)?;
-        out.into_inner().sync_all().await.map_err(ApiError::io)?;
+        out.flush().await.map_err(Error::io)?;
+        out.into_inner().sync_all().await.map_err(Error::io)?;
         Ok(sha256)
     }
 
@@ -292,12 +287,8 @@ impl LocalStorage {
     }
 }
 
-fn size_mismatch(message: String) -> ApiError {
-    ApiError::refused(
-        axum::http::StatusCode::BAD_REQUEST,
-        "upload_size_mismatch",
-        message,
-    )
+fn size_mismatch(message: String) -> Error {
+    Error::refused(Code::UploadSizeMismatch, message)
 }
 
 /// Lower-case hex.
@@ -435,27 +426,27 @@ mod tests {
         let now = Timestamp::from_secs(1_000);
         let sig = local.signature(Access::Put, file, 2_000);
         local.verify(Access::Put, file, 2_000, &sig, now).unwrap();
-        let code = |r: Result<(), ApiError>| r.unwrap_err().code();
+        let code = |r: Result<(), Error>| r.unwrap_err().code();
         assert_eq!(
             code(local.verify(Access::Get, file, 2_000, &sig, now)),
-            "bad_signature"
+            Code::BadSignature
         );
         assert_eq!(
             code(local.verify(Access::Put, FileId::random(), 2_000, &sig, now)),
-            "bad_signature"
+            Code::BadSignature
         );
         assert_eq!(
             code(local.verify(Access::Put, file, 3_000, &sig, now)),
-            "bad_signature"
+            Code::BadSignature
         );
         assert_eq!(
             code(local.verify(Access::Put, file, 2_000, "AAAA", now)),
-            "bad_signature"
+            Code::BadSignature
         );
         let later = Timestamp::from_secs(2_000);
         assert_eq!(
             code(local.verify(Access::Put, file, 2_000, &sig, later)),
-            "url_expired"
+            Code::UrlExpired
         );
         // The key survives a restart.
         let again = LocalStorage::open(dir.path()).unwrap();

@@ -33,8 +33,7 @@ pub mod storage;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::StatusCode;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -42,14 +41,14 @@ use tokio::sync::{Notify, Semaphore};
 use utoipa::ToSchema;
 
 use crate::config::FilesConfig;
-use crate::error::ApiError;
+use crate::error::{Code, Error};
 use crate::ids::{Clock, ConversationId, FileId, MessageId, Timestamp};
 use crate::messaging::{Caller, Messaging, Who};
 use crate::store::FileStore;
 use crate::store::files::{FileRecord, FileState};
 use crate::store::messaging::PreviewSize;
 use local::LocalStorage;
-use storage::{Object, Part, Presentation, Storage, StorageError, Validity};
+use storage::{ByteStream, Object, Part, Presentation, Storage, StorageError, Validity};
 
 /// Most bytes of a file name.
 pub const MAX_NAME_BYTES: usize = 1024;
@@ -162,6 +161,29 @@ pub struct DownloadTicket {
     pub expires_at: String,
 }
 
+/// A local-backend download, for the HTTP layer to stream.
+pub struct Download {
+    /// The file's `Content-Type`.
+    pub content_type: String,
+    /// Its `Content-Disposition`: the name, attachment or inline.
+    pub disposition: String,
+    /// The object's length in bytes.
+    pub len: u64,
+    /// The file's SHA-256 (hex), for the bytes themselves (not a preview).
+    pub sha256: Option<String>,
+    /// The bytes.
+    pub bytes: ByteStream,
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download")
+            .field("content_type", &self.content_type)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The file service.
 #[derive(Debug)]
 pub struct Files {
@@ -261,7 +283,7 @@ impl Files {
         conversation: ConversationId,
         upload: NewUpload,
         base: &str,
-    ) -> Result<UploadTicket, ApiError> {
+    ) -> Result<UploadTicket, Error> {
         check_name(&upload.name)?;
         let content_type = match upload.content_type {
             None => "application/octet-stream".to_owned(),
@@ -269,9 +291,8 @@ impl Files {
         };
         let declared = upload.sha256.as_deref().map(check_sha256).transpose()?;
         if upload.size > self.config.max_size {
-            return Err(ApiError::refused(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "file_too_large",
+            return Err(Error::refused(
+                Code::FileTooLarge,
                 format!(
                     "files may have at most {} bytes; this one has {}",
                     self.config.max_size, upload.size
@@ -302,9 +323,8 @@ impl Files {
             .await?
         {
             let used = self.store.app_usage(caller.app.id).await?;
-            return Err(ApiError::refused(
-                StatusCode::CONFLICT,
-                "quota_exceeded",
+            return Err(Error::refused(
+                Code::QuotaExceeded,
                 format!(
                     "the application keeps {used} of its {} bytes; {} more do not fit",
                     self.config.app_quota_bytes, file.size
@@ -334,10 +354,10 @@ impl Files {
     }
 
     /// A file the caller uploaded (others' are `not_found`).
-    async fn own_file(&self, caller: &Caller, id: FileId) -> Result<FileRecord, ApiError> {
+    async fn own_file(&self, caller: &Caller, id: FileId) -> Result<FileRecord, Error> {
         match self.store.file(id).await? {
             Some(f) if f.app_id == caller.app.id && f.uploader == caller.participant() => Ok(f),
-            _ => Err(ApiError::NotFound("file")),
+            _ => Err(Error::NotFound("file")),
         }
     }
 
@@ -347,15 +367,14 @@ impl Files {
     /// # Errors
     /// `upload_missing` (409), `upload_size_mismatch`, `checksum_mismatch`
     /// (400), `not_found`; `internal` when storage fails.
-    pub async fn complete(&self, caller: &Caller, id: FileId) -> Result<FileView, ApiError> {
+    pub async fn complete(&self, caller: &Caller, id: FileId) -> Result<FileView, Error> {
         let file = self.own_file(caller, id).await?;
         if file.state == FileState::Ready {
             return Ok(FileView::from(&file));
         }
         let _claim = Claim::take(&self.completing, id).ok_or_else(|| {
-            ApiError::refused(
-                StatusCode::CONFLICT,
-                "upload_completing",
+            Error::refused(
+                Code::UploadCompleting,
                 "this upload is being completed by another request: ask again in a moment",
             )
         })?;
@@ -365,21 +384,14 @@ impl Files {
         }
         let incoming = Object::new(file.app_id, file.id, Part::Incoming);
         let bytes = incoming.with(Part::Bytes);
-        match self.storage.size(incoming).await.map_err(ApiError::from)? {
+        match self.storage.size(incoming).await.map_err(Error::from)? {
             Some(size) if size == file.size => {
-                self.storage
-                    .promote(incoming)
-                    .await
-                    .map_err(ApiError::from)?;
+                self.storage.promote(incoming).await.map_err(Error::from)?;
             }
             Some(size) => {
-                self.storage
-                    .delete(incoming)
-                    .await
-                    .map_err(ApiError::from)?;
-                return Err(ApiError::refused(
-                    StatusCode::BAD_REQUEST,
-                    "upload_size_mismatch",
+                self.storage.delete(incoming).await.map_err(Error::from)?;
+                return Err(Error::refused(
+                    Code::UploadSizeMismatch,
                     format!(
                         "{size} bytes were uploaded, {} were declared; upload again",
                         file.size
@@ -388,10 +400,9 @@ impl Files {
             }
             // A completion cut short after the move finds the bytes moved.
             None => {
-                if self.storage.size(bytes).await.map_err(ApiError::from)? != Some(file.size) {
-                    return Err(ApiError::refused(
-                        StatusCode::CONFLICT,
-                        "upload_missing",
+                if self.storage.size(bytes).await.map_err(Error::from)? != Some(file.size) {
+                    return Err(Error::refused(
+                        Code::UploadMissing,
                         "no bytes have been uploaded for this file (or the upload failed): \
                          PUT them to the upload URL first",
                     ));
@@ -402,10 +413,9 @@ impl Files {
         if let Some(declared) = &file.declared_sha256
             && *declared != sha256
         {
-            self.storage.delete(bytes).await.map_err(ApiError::from)?;
-            return Err(ApiError::refused(
-                StatusCode::BAD_REQUEST,
-                "checksum_mismatch",
+            self.storage.delete(bytes).await.map_err(Error::from)?;
+            return Err(Error::refused(
+                Code::ChecksumMismatch,
                 format!("the bytes have SHA-256 {sha256}, {declared} was declared; upload again"),
             ));
         }
@@ -421,18 +431,18 @@ impl Files {
 
     /// Reads a file's bytes once: their SHA-256, and for an image small
     /// enough, its preview (stored as the file's preview object).
-    async fn examine(&self, file: &FileRecord) -> Result<(String, Option<(u32, u32)>), ApiError> {
+    async fn examine(&self, file: &FileRecord) -> Result<(String, Option<(u32, u32)>), Error> {
         let object = Object::new(file.app_id, file.id, Part::Bytes);
         let keep =
             preview::can_preview(&file.content_type) && file.size <= self.config.preview_max_bytes;
         // An image is held whole to decode it: one at a time, so that
         // completions at once cannot hold many (others only stream).
         let _permit = if keep {
-            Some(self.previews.acquire().await.map_err(ApiError::internal)?)
+            Some(self.previews.acquire().await.map_err(Error::internal)?)
         } else {
             None
         };
-        let mut stream = self.storage.read(object).await.map_err(ApiError::from)?;
+        let mut stream = self.storage.read(object).await.map_err(Error::from)?;
         let mut hash = Sha256::new();
         let mut kept = Vec::with_capacity(if keep {
             usize::try_from(file.size).unwrap_or(0)
@@ -440,7 +450,7 @@ impl Files {
             0
         });
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(ApiError::internal)?;
+            let chunk = chunk.map_err(Error::internal)?;
             hash.update(&chunk);
             if keep {
                 kept.extend_from_slice(&chunk);
@@ -452,14 +462,14 @@ impl Files {
         }
         let made = tokio::task::spawn_blocking(move || preview::make(&kept))
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(Error::internal)?;
         let Some((jpeg, width, height)) = made else {
             return Ok((sha256, None));
         };
         self.storage
             .write(object.with(Part::Preview), Bytes::from(jpeg), "image/jpeg")
             .await
-            .map_err(ApiError::from)?;
+            .map_err(Error::from)?;
         Ok((sha256, Some((width, height))))
     }
 
@@ -474,12 +484,11 @@ impl Files {
         caller: &Caller,
         id: FileId,
         base: &str,
-    ) -> Result<DownloadTicket, ApiError> {
+    ) -> Result<DownloadTicket, Error> {
         let file = self.readable_file(caller, id).await?;
         if file.state != FileState::Ready {
-            return Err(ApiError::refused(
-                StatusCode::CONFLICT,
-                "file_not_ready",
+            return Err(Error::refused(
+                Code::FileNotReady,
                 "the upload of this file is not completed yet",
             ));
         }
@@ -507,10 +516,10 @@ impl Files {
     }
 
     /// The file, if the caller may read it.
-    async fn readable_file(&self, caller: &Caller, id: FileId) -> Result<FileRecord, ApiError> {
+    async fn readable_file(&self, caller: &Caller, id: FileId) -> Result<FileRecord, Error> {
         let file = match self.store.file(id).await? {
             Some(f) if f.app_id == caller.app.id => f,
-            _ => return Err(ApiError::NotFound("file")),
+            _ => return Err(Error::NotFound("file")),
         };
         if matches!(caller.who, Who::App) {
             return Ok(file);
@@ -521,12 +530,12 @@ impl Files {
             if self.messaging.shows(caller, file.conversation_id).await? {
                 return Ok(file);
             }
-            return Err(ApiError::Forbidden(
+            return Err(Error::Forbidden(
                 "the application does not let this user see that object",
             ));
         }
         let Some(message) = file.message_id else {
-            return Err(ApiError::NotFound("file"));
+            return Err(Error::NotFound("file"));
         };
         self.messaging
             .readable(caller, file.conversation_id)
@@ -540,7 +549,7 @@ impl Files {
         if visible {
             Ok(file)
         } else {
-            Err(ApiError::NotFound("file"))
+            Err(Error::NotFound("file"))
         }
     }
 
@@ -549,19 +558,17 @@ impl Files {
     /// # Errors
     /// `not_found`; `file_attached` (409) for an attached file (delete the
     /// message instead).
-    pub async fn discard(&self, caller: &Caller, id: FileId) -> Result<(), ApiError> {
+    pub async fn discard(&self, caller: &Caller, id: FileId) -> Result<(), Error> {
         let file = self.own_file(caller, id).await?;
         if file.message_id.is_some() {
-            return Err(ApiError::refused(
-                StatusCode::CONFLICT,
-                "file_attached",
+            return Err(Error::refused(
+                Code::FileAttached,
                 "this file is attached to a message: delete the message to delete it",
             ));
         }
         if !self.store.discard_unattached(id, self.clock.now()).await? {
-            return Err(ApiError::refused(
-                StatusCode::CONFLICT,
-                "file_attached",
+            return Err(Error::refused(
+                Code::FileAttached,
                 "this file was attached to a message meanwhile",
             ));
         }
@@ -575,8 +582,8 @@ impl Files {
         self.garbage.notify_one();
     }
 
-    /// Serves a local-backend download: checks the URL, then streams the
-    /// object with the file's presentation.
+    /// A local-backend download: checks the URL, then opens the object
+    /// with the file's presentation (the HTTP layer streams it).
     ///
     /// # Errors
     /// `not_found` (also on an S3 server), `bad_signature`, `url_expired`.
@@ -586,51 +593,33 @@ impl Files {
         access: local::Access,
         expires: i64,
         signature: &str,
-    ) -> Result<axum::response::Response, ApiError> {
-        use axum::http::header;
-        let local = self.local.as_ref().ok_or(ApiError::NoRoute)?;
+    ) -> Result<Download, Error> {
+        let local = self.local.as_ref().ok_or(Error::NoRoute)?;
         local.verify(access, id, expires, signature, self.clock.now())?;
         let file = match self.store.file(id).await? {
             Some(f) if f.state == FileState::Ready => f,
-            _ => return Err(ApiError::NotFound("file")),
+            _ => return Err(Error::NotFound("file")),
         };
         let part = match access {
             local::Access::Preview => Part::Preview,
             _ => Part::Bytes,
         };
         let (content_type, disposition) = presentation(&file, part);
-        let Some((len, stream)) = local
+        let Some((len, bytes)) = local
             .open_object(Object::new(file.app_id, file.id, part))
             .await
-            .map_err(ApiError::internal)?
+            .map_err(Error::internal)?
         else {
-            return Err(ApiError::NotFound("file"));
+            return Err(Error::NotFound("file"));
         };
         metrics::counter!("files_downloads_total").increment(1);
-        let mut response = axum::response::Response::new(axum::body::Body::from_stream(stream));
-        let headers = response.headers_mut();
-        let mut set = |name: header::HeaderName, value: &str| {
-            if let Ok(v) = header::HeaderValue::from_str(value) {
-                headers.insert(name, v);
-            }
-        };
-        set(header::CONTENT_TYPE, &content_type);
-        set(header::CONTENT_LENGTH, &len.to_string());
-        set(header::CONTENT_DISPOSITION, &disposition);
-        set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-        // Opened directly, the file is a sandboxed document: no script of
-        // an uploaded HTML file runs with this server's origin.
-        set(
-            header::CONTENT_SECURITY_POLICY,
-            "sandbox; default-src 'none'",
-        );
-        set(header::CACHE_CONTROL, "private, max-age=3600");
-        if let Some(sha) = &file.sha256
-            && part == Part::Bytes
-        {
-            set(header::ETAG, &format!("\"{sha}\""));
-        }
-        Ok(response)
+        Ok(Download {
+            content_type,
+            disposition,
+            len,
+            sha256: file.sha256.filter(|_| part == Part::Bytes),
+            bytes,
+        })
     }
 
     /// Receives a local-backend upload.
@@ -645,28 +634,22 @@ impl Files {
         expires: i64,
         signature: &str,
         content_length: Option<u64>,
-        body: axum::body::Body,
-    ) -> Result<(), ApiError> {
-        let local = self.local.as_ref().ok_or(ApiError::NoRoute)?;
+        body: ByteStream,
+    ) -> Result<(), Error> {
+        let local = self.local.as_ref().ok_or(Error::NoRoute)?;
         local.verify(local::Access::Put, id, expires, signature, self.clock.now())?;
-        let file = self
-            .store
-            .file(id)
-            .await?
-            .ok_or(ApiError::NotFound("file"))?;
+        let file = self.store.file(id).await?.ok_or(Error::NotFound("file"))?;
         if file.state != FileState::Pending {
-            return Err(ApiError::refused(
-                StatusCode::CONFLICT,
-                "already_uploaded",
+            return Err(Error::refused(
+                Code::AlreadyUploaded,
                 "this file's upload is completed; it cannot be changed",
             ));
         }
         if let Some(len) = content_length
             && len != file.size
         {
-            return Err(ApiError::refused(
-                StatusCode::BAD_REQUEST,
-                "upload_size_mismatch",
+            return Err(Error::refused(
+                Code::UploadSizeMismatch,
                 format!("Content-Length is {len}, {} bytes were declared", file.size),
             ));
         }
@@ -689,7 +672,7 @@ impl Files {
     /// # Errors
     /// If the store fails; a storage failure leaves the entry for the next
     /// round.
-    pub async fn sweep(&self) -> Result<usize, ApiError> {
+    pub async fn sweep(&self) -> Result<usize, Error> {
         let now = self.clock.now();
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let abandoned = Timestamp(now.0.saturating_sub(ms(ABANDONED_AFTER)));
@@ -781,19 +764,17 @@ impl Drop for Claim<'_> {
     }
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
+fn check_name(name: &str) -> Result<(), Error> {
     if name.trim().is_empty() {
-        return Err(ApiError::InvalidRequest(
-            "name: must not be empty".to_owned(),
-        ));
+        return Err(Error::InvalidRequest("name: must not be empty".to_owned()));
     }
     if name.len() > MAX_NAME_BYTES {
-        return Err(ApiError::InvalidRequest(format!(
+        return Err(Error::InvalidRequest(format!(
             "name: longer than {MAX_NAME_BYTES} bytes"
         )));
     }
     if name.chars().any(char::is_control) {
-        return Err(ApiError::InvalidRequest(
+        return Err(Error::InvalidRequest(
             "name: must not contain control characters".to_owned(),
         ));
     }
@@ -801,7 +782,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 }
 
 /// A MIME type: `type/subtype` with optional parameters, in ASCII.
-fn check_content_type(value: &str) -> Result<String, ApiError> {
+fn check_content_type(value: &str) -> Result<String, Error> {
     let essence = value.split(';').next().unwrap_or("").trim();
     let token = |s: &str| {
         !s.is_empty()
@@ -817,17 +798,17 @@ fn check_content_type(value: &str) -> Result<String, ApiError> {
     if ok {
         Ok(value.trim().to_ascii_lowercase())
     } else {
-        Err(ApiError::InvalidRequest(format!(
+        Err(Error::InvalidRequest(format!(
             "content_type: {value:?} is not a MIME type such as image/png"
         )))
     }
 }
 
-fn check_sha256(value: &str) -> Result<String, ApiError> {
+fn check_sha256(value: &str) -> Result<String, Error> {
     if value.len() == 64 && value.chars().all(|c| c.is_ascii_hexdigit()) {
         Ok(value.to_ascii_lowercase())
     } else {
-        Err(ApiError::InvalidRequest(
+        Err(Error::InvalidRequest(
             "sha256: must be 64 hexadecimal digits".to_owned(),
         ))
     }

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::body::Bytes;
+use bytes::Bytes;
 use futures_util::TryStreamExt;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::body::Bytes;
+use bytes::Bytes;
 use futures_util::Stream;
 
 use crate::ids::{AppId, FileId, Timestamp};

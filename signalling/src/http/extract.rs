@@ -1,4 +1,4 @@
-//! Extractors that turn requests into domain input or a clear [`ApiError`].
+//! Extractors that turn requests into domain input or a clear [`Error`].
 
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -13,37 +13,37 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::ids::{AppId, Timestamp};
 use crate::messaging::{Caller, Who};
 use crate::server::{PeerAddr, Services};
 use crate::store::{Application, User};
 use crate::tenancy::Actor;
 
-/// A JSON body whose every rejection becomes a documented [`ApiError`].
+/// A JSON body whose every rejection becomes a documented [`Error`].
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<Arc<Services>> for ApiJson<T> {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request(req: Request, state: &Arc<Services>) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &Arc<Services>) -> Result<Self, Error> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(JsonRejection::JsonDataError(e)) => {
                 let text = e.body_text();
                 if text.contains("unknown field") {
-                    Err(ApiError::UnknownField(text))
+                    Err(Error::UnknownField(text))
                 } else {
-                    Err(ApiError::InvalidRequest(text))
+                    Err(Error::InvalidRequest(text))
                 }
             }
-            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::MalformedJson(e.body_text())),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
+            Err(JsonRejection::JsonSyntaxError(e)) => Err(Error::MalformedJson(e.body_text())),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(Error::UnsupportedMediaType),
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::PayloadTooLarge(state.config.http.max_body_bytes))
+                Err(Error::PayloadTooLarge(state.config.http.max_body_bytes))
             }
-            Err(e) => Err(ApiError::InvalidRequest(e.body_text())),
+            Err(e) => Err(Error::InvalidRequest(e.body_text())),
         }
     }
 }
@@ -62,8 +62,8 @@ impl Credentials {
     ///
     /// # Errors
     /// `unauthorized` for a header that is present but malformed.
-    pub fn from_parts(parts: &Parts) -> Result<Option<Self>, ApiError> {
-        const BAD: ApiError = ApiError::Unauthorized("malformed Authorization header");
+    pub fn from_parts(parts: &Parts) -> Result<Option<Self>, Error> {
+        const BAD: Error = Error::Unauthorized("malformed Authorization header");
         let Some(value) = parts.headers.get(AUTHORIZATION) else {
             return Ok(None);
         };
@@ -88,17 +88,14 @@ impl Credentials {
 pub struct AppAuth(pub Application);
 
 impl FromRequestParts<Arc<Services>> for AppAuth {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<Services>,
-    ) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Services>) -> Result<Self, Error> {
         match Credentials::from_parts(parts)? {
             Some(Credentials::Basic(id, secret)) => Ok(Self(
                 application(state, client_ip(parts), &id, &secret).await?,
             )),
-            _ => Err(ApiError::Unauthorized(
+            _ => Err(Error::Unauthorized(
                 "application credentials required (HTTP Basic app_id:app_secret)",
             )),
         }
@@ -115,18 +112,15 @@ pub struct UserAuth {
 }
 
 impl FromRequestParts<Arc<Services>> for UserAuth {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<Services>,
-    ) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Services>) -> Result<Self, Error> {
         match Credentials::from_parts(parts)? {
             Some(Credentials::Bearer(token)) => {
                 let (app, user) = state.tenancy.authenticate_user(&token).await?;
                 Ok(Self { app, user })
             }
-            _ => Err(ApiError::Unauthorized(
+            _ => Err(Error::Unauthorized(
                 "user token required (Authorization: Bearer)",
             )),
         }
@@ -138,12 +132,9 @@ impl FromRequestParts<Arc<Services>> for UserAuth {
 pub struct ActorAuth(pub Actor);
 
 impl FromRequestParts<Arc<Services>> for ActorAuth {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<Services>,
-    ) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Services>) -> Result<Self, Error> {
         match Credentials::from_parts(parts)? {
             Some(Credentials::Basic(id, secret)) => Ok(Self(Actor::Application(
                 application(state, client_ip(parts), &id, &secret).await?,
@@ -151,7 +142,7 @@ impl FromRequestParts<Arc<Services>> for ActorAuth {
             Some(Credentials::Bearer(token)) => Ok(Self(Actor::Subscriber(
                 state.tenancy.authenticate_subscriber(&token).await?,
             ))),
-            None => Err(ApiError::Unauthorized(
+            None => Err(Error::Unauthorized(
                 "credentials required: HTTP Basic app_id:app_secret or a subscriber session token",
             )),
         }
@@ -164,15 +155,12 @@ impl FromRequestParts<Arc<Services>> for ActorAuth {
 pub struct CallerAuth(pub Caller);
 
 impl FromRequestParts<Arc<Services>> for CallerAuth {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<Services>,
-    ) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Services>) -> Result<Self, Error> {
         match Credentials::from_parts(parts)? {
             Some(credentials) => Ok(Self(caller(state, credentials, client_ip(parts)).await?)),
-            None => Err(ApiError::Unauthorized(
+            None => Err(Error::Unauthorized(
                 "credentials required: a user token (Authorization: Bearer) or the \
                  application's HTTP Basic app_id:app_secret",
             )),
@@ -189,7 +177,7 @@ pub async fn caller(
     services: &Services,
     credentials: Credentials,
     ip: Option<IpAddr>,
-) -> Result<Caller, ApiError> {
+) -> Result<Caller, Error> {
     caller_until(services, credentials, ip)
         .await
         .map(|(caller, _)| caller)
@@ -204,7 +192,7 @@ pub async fn caller_until(
     services: &Services,
     credentials: Credentials,
     ip: Option<IpAddr>,
-) -> Result<(Caller, Option<Timestamp>), ApiError> {
+) -> Result<(Caller, Option<Timestamp>), Error> {
     match credentials {
         Credentials::Bearer(token) => {
             let (app, user, contexts, until) = services
@@ -235,9 +223,9 @@ pub async fn application(
     ip: Option<IpAddr>,
     id: &str,
     secret: &str,
-) -> Result<Application, ApiError> {
+) -> Result<Application, Error> {
     let result = services.tenancy.authenticate_application(id, secret).await;
-    if let Err(ApiError::Unauthorized(_)) = &result {
+    if let Err(Error::Unauthorized(_)) = &result {
         let limits = &services.limits;
         let mut refused = Ok(());
         if let Ok(app_id) = id.parse::<AppId>() {
@@ -281,12 +269,12 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 pub struct SessionToken(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for SessionToken {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
         match Credentials::from_parts(parts)? {
             Some(Credentials::Bearer(token)) => Ok(Self(token)),
-            _ => Err(ApiError::Unauthorized("subscriber session token required")),
+            _ => Err(Error::Unauthorized("subscriber session token required")),
         }
     }
 }
@@ -297,12 +285,12 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionToken {
 pub struct PathId<T>(pub T);
 
 impl<S: Send + Sync, T: FromStr + Send> FromRequestParts<S> for PathId<T> {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
         let Path(text) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map_err(|_| ApiError::NoRoute)?;
-        text.parse().map(Self).map_err(|_| ApiError::NoRoute)
+            .map_err(|_| Error::NoRoute)?;
+        text.parse().map(Self).map_err(|_| Error::NoRoute)
     }
 }

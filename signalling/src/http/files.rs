@@ -8,11 +8,13 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use super::error::ErrorBody;
 use super::extract::{ApiJson, CallerAuth, PathId};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{Code, Error};
 use crate::files::local::Access;
 use crate::files::{DownloadTicket, FileView, NewUpload, UploadTicket};
 use crate::ids::{ConversationId, FileId};
@@ -61,7 +63,7 @@ pub async fn begin_upload(
     PathId(conversation): PathId<ConversationId>,
     headers: HeaderMap,
     ApiJson(upload): ApiJson<NewUpload>,
-) -> Result<(StatusCode, Json<UploadTicket>), ApiError> {
+) -> Result<(StatusCode, Json<UploadTicket>), Error> {
     let base = base_url(&services, &headers);
     let ticket = services
         .files
@@ -87,7 +89,7 @@ pub async fn complete_upload(
     State(services): State<Arc<Services>>,
     CallerAuth(caller): CallerAuth,
     PathId(id): PathId<FileId>,
-) -> Result<Json<FileView>, ApiError> {
+) -> Result<Json<FileView>, Error> {
     Ok(Json(services.files.complete(&caller, id).await?))
 }
 
@@ -108,7 +110,7 @@ pub async fn get_file(
     CallerAuth(caller): CallerAuth,
     PathId(id): PathId<FileId>,
     headers: HeaderMap,
-) -> Result<Json<DownloadTicket>, ApiError> {
+) -> Result<Json<DownloadTicket>, Error> {
     let base = base_url(&services, &headers);
     Ok(Json(services.files.download(&caller, id, &base).await?))
 }
@@ -127,7 +129,7 @@ pub async fn discard_file(
     State(services): State<Arc<Services>>,
     CallerAuth(caller): CallerAuth,
     PathId(id): PathId<FileId>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     services.files.discard(&caller, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -144,20 +146,19 @@ pub struct Signed {
 }
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Signed {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
     /// A URL without its expiry and signature is refused like a changed one.
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
         state: &S,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Self, Error> {
         Query::<Self>::from_request_parts(parts, state)
             .await
             .map(|Query(q)| q)
             .map_err(|_| {
-                ApiError::refused(
-                    StatusCode::FORBIDDEN,
-                    "bad_signature",
+                Error::refused(
+                    Code::BadSignature,
                     "this URL lacks its expires and signature: use the URL exactly as it was given",
                 )
             })
@@ -183,14 +184,17 @@ pub async fn put_content(
     q: Signed,
     headers: HeaderMap,
     body: Body,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
+    let bytes = body
+        .into_data_stream()
+        .map(|chunk| chunk.map_err(std::io::Error::other));
     services
         .files
-        .receive_local(id, q.expires, &q.signature, length, body)
+        .receive_local(id, q.expires, &q.signature, length, Box::pin(bytes))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -208,7 +212,7 @@ pub async fn get_content(
     State(services): State<Arc<Services>>,
     PathId(id): PathId<FileId>,
     q: Signed,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     serve(&services, id, q, Access::Get).await
 }
 
@@ -225,7 +229,7 @@ pub async fn get_preview(
     State(services): State<Arc<Services>>,
     PathId(id): PathId<FileId>,
     q: Signed,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     serve(&services, id, q, Access::Preview).await
 }
 
@@ -234,9 +238,31 @@ async fn serve(
     id: FileId,
     q: Signed,
     access: Access,
-) -> Result<Response, ApiError> {
-    services
+) -> Result<Response, Error> {
+    let download = services
         .files
         .serve_local(id, access, q.expires, &q.signature)
-        .await
+        .await?;
+    let mut response = Response::new(Body::from_stream(download.bytes));
+    let headers = response.headers_mut();
+    let mut set = |name: header::HeaderName, value: &str| {
+        if let Ok(v) = header::HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    set(header::CONTENT_TYPE, &download.content_type);
+    set(header::CONTENT_LENGTH, &download.len.to_string());
+    set(header::CONTENT_DISPOSITION, &download.disposition);
+    set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    // Opened directly, the file is a sandboxed document: no script of an
+    // uploaded HTML file runs with this server's origin.
+    set(
+        header::CONTENT_SECURITY_POLICY,
+        "sandbox; default-src 'none'",
+    );
+    set(header::CACHE_CONTROL, "private, max-age=3600");
+    if let Some(sha) = &download.sha256 {
+        set(header::ETAG, &format!("\"{sha}\""));
+    }
+    Ok(response)
 }

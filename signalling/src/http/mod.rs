@@ -1,6 +1,7 @@
 //! The HTTP surface: one [`app`] router with every REST route, the
 //! operational endpoints and the generated OpenAPI document.
 
+pub mod error;
 pub mod extract;
 pub mod files;
 pub mod ops;
@@ -20,7 +21,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::server::Services;
 
 #[derive(OpenApi)]
@@ -165,8 +166,8 @@ pub fn app(services: Arc<Services>) -> Router {
         .route("/api/v1/ws", axum::routing::get(realtime::upgrade))
         .route("/", axum::routing::get(web::index))
         .route("/web/{file}", axum::routing::get(web::asset))
-        .fallback(|| async { ApiError::NoRoute })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .fallback(|| async { Error::NoRoute })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(axum::Extension(Arc::new(api)))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(track_requests))

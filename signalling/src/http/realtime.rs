@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::extract::Credentials;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::messaging::Who;
 use crate::server::Services;
 use crate::ws::Admitted;
@@ -53,7 +53,7 @@ pub async fn upgrade(
         Err(e) => e.into_response(),
         Ok(admitted) => match ws {
             Err(e) => {
-                ApiError::InvalidRequest(format!("not a WebSocket upgrade: {e}")).into_response()
+                Error::InvalidRequest(format!("not a WebSocket upgrade: {e}")).into_response()
             }
             Ok(ws) => ws
                 .protocols([PROTOCOL])
@@ -93,15 +93,15 @@ async fn prepare(
     services: &Services,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     parts: &Parts,
-) -> Result<Admitted, ApiError> {
+) -> Result<Admitted, Error> {
     services
         .limits
         .ws_attempt(super::extract::client_ip(parts))?;
-    let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let Query(query) = query.map_err(|e| Error::InvalidRequest(e.body_text()))?;
     let credentials = match Credentials::from_parts(parts)? {
         Some(credentials) => credentials,
         None => Credentials::Bearer(protocol_token(parts).or(query.token).ok_or(
-            ApiError::Unauthorized(
+            Error::Unauthorized(
                 "user token required (Authorization: Bearer, the subprotocol \
                      confer.bearer.<token>, or ?token=)",
             ),

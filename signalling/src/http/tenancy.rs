@@ -10,8 +10,9 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::error::ErrorBody;
 use super::extract::{ActorAuth, ApiJson, AppAuth, ClientIp, PathId, SessionToken, UserAuth};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::Error;
 use crate::ids::{AppId, UserId};
 use crate::server::Services;
 use crate::store::{Application, User};
@@ -285,9 +286,9 @@ async fn confirming<T, F>(
     services: &Services,
     email: &str,
     confirm: impl FnOnce() -> F,
-) -> Result<T, ApiError>
+) -> Result<T, Error>
 where
-    F: std::future::Future<Output = Result<T, ApiError>>,
+    F: std::future::Future<Output = Result<T, Error>>,
 {
     let Ok(email) = crate::tenancy::normalize_email(email) else {
         return confirm().await;
@@ -295,7 +296,7 @@ where
     let gate = &services.limits.code_confirmations_per_email;
     gate.check(&email)?;
     let result = confirm().await;
-    if let Err(ApiError::AccessDenied) = &result {
+    if let Err(Error::AccessDenied) = &result {
         gate.failed(&email);
     }
     result
@@ -324,7 +325,7 @@ pub async fn register(
     State(services): State<Arc<Services>>,
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<RegistrationRequest>,
-) -> Result<(StatusCode, Json<CodeSent>), ApiError> {
+) -> Result<(StatusCode, Json<CodeSent>), Error> {
     let email = crate::tenancy::normalize_email(&body.email).ok();
     services.limits.code_request(email.as_deref(), ip)?;
     services
@@ -347,7 +348,7 @@ pub async fn register(
 pub async fn confirm_registration(
     State(services): State<Arc<Services>>,
     ApiJson(body): ApiJson<RegistrationConfirm>,
-) -> Result<(StatusCode, Json<RegisteredView>), ApiError> {
+) -> Result<(StatusCode, Json<RegisteredView>), Error> {
     let done = confirming(&services, &body.email, || {
         services
             .tenancy
@@ -378,7 +379,7 @@ pub async fn request_sign_in(
     State(services): State<Arc<Services>>,
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<SignInRequest>,
-) -> Result<(StatusCode, Json<CodeSent>), ApiError> {
+) -> Result<(StatusCode, Json<CodeSent>), Error> {
     let email = crate::tenancy::normalize_email(&body.email).ok();
     services.limits.code_request(email.as_deref(), ip)?;
     services.tenancy.request_sign_in(&body.email).await?;
@@ -397,7 +398,7 @@ pub async fn request_sign_in(
 pub async fn confirm_sign_in(
     State(services): State<Arc<Services>>,
     ApiJson(body): ApiJson<SignInConfirm>,
-) -> Result<(StatusCode, Json<SessionView>), ApiError> {
+) -> Result<(StatusCode, Json<SessionView>), Error> {
     let session = confirming(&services, &body.email, || {
         services.tenancy.confirm_sign_in(&body.email, &body.code)
     })
@@ -423,7 +424,7 @@ pub async fn confirm_sign_in(
 pub async fn sign_out(
     State(services): State<Arc<Services>>,
     SessionToken(token): SessionToken,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     services.tenancy.authenticate_subscriber(&token).await?;
     services.tenancy.sign_out(&token).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -441,7 +442,7 @@ pub async fn sign_out(
 pub async fn list_applications(
     State(services): State<Arc<Services>>,
     ActorAuth(actor): ActorAuth,
-) -> Result<Json<ApplicationList>, ApiError> {
+) -> Result<Json<ApplicationList>, Error> {
     let apps = services.tenancy.applications(&actor).await?;
     Ok(Json(ApplicationList {
         applications: apps.iter().map(ApplicationView::from).collect(),
@@ -461,7 +462,7 @@ pub async fn get_application(
     State(services): State<Arc<Services>>,
     ActorAuth(actor): ActorAuth,
     PathId(id): PathId<AppId>,
-) -> Result<Json<ApplicationView>, ApiError> {
+) -> Result<Json<ApplicationView>, Error> {
     let app = services.tenancy.application(&actor, id).await?;
     Ok(Json(ApplicationView::from(&app)))
 }
@@ -483,7 +484,7 @@ pub async fn rename_application(
     ActorAuth(actor): ActorAuth,
     PathId(id): PathId<AppId>,
     ApiJson(body): ApiJson<RenameRequest>,
-) -> Result<Json<ApplicationView>, ApiError> {
+) -> Result<Json<ApplicationView>, Error> {
     let app = services.tenancy.rename(&actor, id, &body.name).await?;
     Ok(Json(ApplicationView::from(&app)))
 }
@@ -503,7 +504,7 @@ pub async fn unregister_application(
     State(services): State<Arc<Services>>,
     ActorAuth(actor): ActorAuth,
     PathId(id): PathId<AppId>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     services.tenancy.unregister(&actor, id).await?;
     services.end_sessions_of_app(id).await?;
     services.files.app_unregistered();
@@ -524,7 +525,7 @@ pub async fn rotate_secret(
     State(services): State<Arc<Services>>,
     ActorAuth(actor): ActorAuth,
     PathId(id): PathId<AppId>,
-) -> Result<Json<RotatedView>, ApiError> {
+) -> Result<Json<RotatedView>, Error> {
     let rotated = services.tenancy.rotate_secret(&actor, id).await?;
     // The bot's sessions were opened with the secret that just ended.
     services
@@ -552,7 +553,7 @@ pub async fn issue_token(
     State(services): State<Arc<Services>>,
     AppAuth(app): AppAuth,
     ApiJson(body): ApiJson<TokenRequest>,
-) -> Result<Json<TokenView>, ApiError> {
+) -> Result<Json<TokenView>, Error> {
     services.limits.token(app.id)?;
     let issued = services
         .tenancy
@@ -585,8 +586,8 @@ pub async fn find_user(
     State(services): State<Arc<Services>>,
     AppAuth(app): AppAuth,
     query: Result<Query<UserQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<UserView>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+) -> Result<Json<UserView>, Error> {
+    let Query(query) = query.map_err(|e| Error::InvalidRequest(e.body_text()))?;
     let user = services
         .tenancy
         .user_by_external_id(&app, &query.external_id)
@@ -607,7 +608,7 @@ pub async fn get_user(
     State(services): State<Arc<Services>>,
     AppAuth(app): AppAuth,
     PathId(id): PathId<UserId>,
-) -> Result<Json<UserView>, ApiError> {
+) -> Result<Json<UserView>, Error> {
     let user = services.tenancy.user(&app, id).await?;
     Ok(Json(UserView::from(&user)))
 }
@@ -625,7 +626,7 @@ pub async fn lock_user(
     State(services): State<Arc<Services>>,
     AppAuth(app): AppAuth,
     PathId(id): PathId<UserId>,
-) -> Result<Json<UserView>, ApiError> {
+) -> Result<Json<UserView>, Error> {
     let user = services.tenancy.set_locked(&app, id, true).await?;
     services.end_sessions_of_user(user.id).await;
     Ok(Json(UserView::from(&user)))
@@ -644,7 +645,7 @@ pub async fn unlock_user(
     State(services): State<Arc<Services>>,
     AppAuth(app): AppAuth,
     PathId(id): PathId<UserId>,
-) -> Result<Json<UserView>, ApiError> {
+) -> Result<Json<UserView>, Error> {
     let user = services.tenancy.set_locked(&app, id, false).await?;
     Ok(Json(UserView::from(&user)))
 }
@@ -679,7 +680,7 @@ pub async fn grant_context(
     State(services): State<Arc<Services>>,
     AppAuth(app): AppAuth,
     path: Result<GrantPath, PathRejection>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     let Path((user, context)) = grant_path(path)?;
     set_grant(&services, &app, &user, &context, true).await
 }
@@ -699,7 +700,7 @@ pub async fn revoke_context(
     State(services): State<Arc<Services>>,
     AppAuth(app): AppAuth,
     path: Result<GrantPath, PathRejection>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     let Path((user, context)) = grant_path(path)?;
     set_grant(&services, &app, &user, &context, false).await
 }
@@ -709,10 +710,8 @@ type GrantPath = Path<(String, String)>;
 
 /// A context that is not UTF-8 once URL-decoded (`%80`) is
 /// `invalid_request`, not the extractor's plain-text 400.
-fn grant_path(path: Result<GrantPath, PathRejection>) -> Result<GrantPath, ApiError> {
-    path.map_err(|_| {
-        ApiError::InvalidRequest("context: not valid UTF-8 once URL-decoded".to_owned())
-    })
+fn grant_path(path: Result<GrantPath, PathRejection>) -> Result<GrantPath, Error> {
+    path.map_err(|_| Error::InvalidRequest("context: not valid UTF-8 once URL-decoded".to_owned()))
 }
 
 async fn set_grant(
@@ -721,8 +720,8 @@ async fn set_grant(
     user: &str,
     context: &str,
     granted: bool,
-) -> Result<StatusCode, ApiError> {
-    let user: UserId = user.parse().map_err(|_| ApiError::NotFound("user"))?;
+) -> Result<StatusCode, Error> {
+    let user: UserId = user.parse().map_err(|_| Error::NotFound("user"))?;
     if let Some(left) = services
         .messaging
         .set_grant(app, user, context, granted)

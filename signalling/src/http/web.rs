@@ -12,8 +12,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::error::ErrorBody;
 use super::extract::ApiJson;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::Error;
 use crate::ids::UserId;
 use crate::messaging::{Caller, NewConversation, Who};
 use crate::server::{PeerAddr, Services};
@@ -82,7 +83,7 @@ pub async fn index(State(services): State<Arc<Services>>) -> Response {
 pub async fn asset(super::extract::PathId(file): super::extract::PathId<String>) -> Response {
     match ASSETS.iter().find(|(name, ..)| *name == file) {
         Some((_, content_type, body)) => page(content_type, *body, HeaderValue::from_static(CSP)),
-        None => ApiError::NoRoute.into_response(),
+        None => Error::NoRoute.into_response(),
     }
 }
 
@@ -214,9 +215,9 @@ pub async fn demo_sign_in(
     uri: Uri,
     headers: HeaderMap,
     ApiJson(body): ApiJson<DemoSignIn>,
-) -> Result<(StatusCode, Json<DemoSession>), ApiError> {
+) -> Result<(StatusCode, Json<DemoSession>), Error> {
     if !demo_offered(&services, peer, &uri, &headers) {
-        return Err(ApiError::NotFound("demo"));
+        return Err(Error::NotFound("demo"));
     }
     let name = body.name.trim();
     let app = services.tenancy.demo_application().await?;

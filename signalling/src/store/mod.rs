@@ -52,7 +52,7 @@ pub enum StoreError {
     /// The write does not fit what is stored (a file already attached
     /// …): a stable code for the client and a sentence.
     #[error("{1}")]
-    Conflict(&'static str, String),
+    Conflict(crate::error::Code, String),
 }
 
 /// Store result.

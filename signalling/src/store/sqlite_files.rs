@@ -97,7 +97,7 @@ pub(super) async fn attach(
         Ok(())
     } else {
         Err(StoreError::Conflict(
-            "attachment_unavailable",
+            crate::error::Code::AttachmentUnavailable,
             "an attached file is not ready, not yours, in another conversation or already \
              attached to a message"
                 .to_owned(),
