@@ -7,9 +7,12 @@
 //! `synchronous = FULL`, migrations embedded in the binary and applied at
 //! start.
 
+#[cfg(test)]
+mod conformance;
 pub mod files;
 pub mod messaging;
 pub mod sqlite;
+mod sqlite_error;
 mod sqlite_files;
 mod sqlite_messaging;
 mod sqlite_writer;
@@ -30,9 +33,10 @@ pub use sqlite::SqliteStore;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The database answered with an error or could not be reached.
+    /// The database answered with an error or could not be reached (the
+    /// engine's own error, for the log).
     #[error("database error: {0}")]
-    Database(sqlx::Error),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The store cannot write now: the disk is full or failed a write.
     /// The write was not carried out (its transaction rolled back) and
     /// the same write can succeed once the cause is gone.
@@ -43,9 +47,6 @@ pub enum StoreError {
     /// 2026-12-02T00:40:12Z`).
     #[error("{0}")]
     WritesRefused(String),
-    /// Applying the embedded migrations failed.
-    #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
     /// A stored row does not decode (corruption or a bug).
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -73,36 +74,11 @@ pub enum Unavailable {
     Io(i32),
 }
 
-/// SQLite's primary result codes that say the machine, not the query,
-/// failed (<https://www.sqlite.org/rescode.html>).
-const SQLITE_IOERR: i32 = 10;
-const SQLITE_FULL: i32 = 13;
 /// Linux `errno` values of a full file system or quota.
 const ENOSPC: i32 = 28;
 const EDQUOT: i32 = 122;
 
 impl Unavailable {
-    /// The unavailability an error of the database or of the operating
-    /// system stands for, if any.
-    #[must_use]
-    pub fn of_sqlx(err: &sqlx::Error) -> Option<Self> {
-        match err {
-            sqlx::Error::Database(db) => {
-                let code: i32 = db.code()?.parse().ok()?;
-                match code & 0xff {
-                    SQLITE_FULL => Some(Self::DiskFull("SQLITE_FULL")),
-                    // SQLite maps ENOSPC on a plain write to SQLITE_FULL;
-                    // on other calls (growing the shared-memory file,
-                    // truncating) it is an I/O error.
-                    SQLITE_IOERR => Some(Self::Io(code)),
-                    _ => None,
-                }
-            }
-            sqlx::Error::Io(io) => Self::of_io(io),
-            _ => None,
-        }
-    }
-
     /// `DiskFull` for an I/O error that says the disk or a quota is full.
     #[must_use]
     pub fn of_io(err: &std::io::Error) -> Option<Self> {
@@ -136,15 +112,6 @@ impl Unavailable {
             cause = e.source();
         }
         None
-    }
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(err: sqlx::Error) -> Self {
-        match Unavailable::of_sqlx(&err) {
-            Some(why) => Self::Unavailable(why),
-            None => Self::Database(err),
-        }
     }
 }
 
