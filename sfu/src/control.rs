@@ -35,20 +35,22 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use str0m::change::SdpOffer;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::SfuConfig;
 use crate::core::simulcast::Preference;
 use crate::engine::{
     self, Engine, EngineConfig, JoinError, LostReason, ParticipantStats, Role, SfuEvent,
 };
+use crate::events::{EventLog, EventStream};
 use crate::ids::{ParticipantId, RoomId};
 use crate::worker::{self, Command, Exit, Links, WorkerHealth, WorkerShared};
 
 /// How long a caller waits for a worker's answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Events kept for slow receivers before the oldest are dropped.
-const EVENT_BUFFER: usize = 4096;
+/// Events kept for readers that fell behind (or resume after a
+/// reconnect) before the oldest are dropped.
+const EVENTS_KEPT: usize = 65_536;
 
 /// Why a control request failed.
 #[derive(Debug, thiserror::Error)]
@@ -184,8 +186,13 @@ pub trait SfuControl: Send + Sync + std::fmt::Debug {
     /// Liveness and ingress counters of every worker: a few atomic loads,
     /// no round trip, never blocks (for a health endpoint).
     fn health(&self) -> SfuHealth;
-    /// Events from now on.
-    fn events(&self) -> broadcast::Receiver<SfuEvent>;
+    /// The events after number `after` (0: the oldest kept), numbered
+    /// in the whole stream and in their room, as they come; a reader
+    /// resumes from the last number it saw (see [`crate::events`]).
+    fn events(&self, after: u64) -> EventStream;
+    /// The number of the last event so far (where a reader that wants
+    /// only new events starts).
+    fn last_event(&self) -> u64;
     /// Makes worker `index` panic, as a bug would: the only way to test
     /// what happens when a worker dies. A test hook, not for production.
     ///
@@ -233,7 +240,7 @@ struct Placement {
 pub struct EmbeddedSfu {
     workers: Vec<WorkerHandle>,
     placement: Arc<Mutex<Placement>>,
-    events: broadcast::Sender<SfuEvent>,
+    events: Arc<EventLog>,
 }
 
 impl EmbeddedSfu {
@@ -252,7 +259,7 @@ impl EmbeddedSfu {
         } else {
             Vec::new()
         };
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let events = EventLog::new(EVENTS_KEPT);
         let (gone_tx, gone) = std::sync::mpsc::channel();
         let placement = Arc::new(Mutex::new(Placement {
             rooms: HashMap::new(),
@@ -384,7 +391,7 @@ impl EmbeddedSfu {
 /// Worker `index` has died: placement stops using it and forgets its
 /// rooms, and each of its participants is reported lost. Runs on the dying
 /// thread.
-fn worker_died(placement: &Mutex<Placement>, index: usize, events: &broadcast::Sender<SfuEvent>) {
+fn worker_died(placement: &Mutex<Placement>, index: usize, events: &EventLog) {
     let lost = match placement.lock() {
         Ok(mut placement) => placement.fail_worker(index),
         // Another thread panicked while holding placement: the control
@@ -392,7 +399,7 @@ fn worker_died(placement: &Mutex<Placement>, index: usize, events: &broadcast::S
         Err(_) => Vec::new(),
     };
     for (participant, room) in lost {
-        let _ = events.send(SfuEvent::ParticipantLost {
+        events.push(SfuEvent::ParticipantLost {
             room,
             participant,
             reason: LostReason::WorkerFailed,
@@ -678,8 +685,12 @@ impl SfuControl for EmbeddedSfu {
         }
     }
 
-    fn events(&self) -> broadcast::Receiver<SfuEvent> {
-        self.events.subscribe()
+    fn events(&self, after: u64) -> EventStream {
+        self.events.read_after(after)
+    }
+
+    fn last_event(&self) -> u64 {
+        self.events.last()
     }
 
     fn fail_worker_for_tests(&self, index: usize) -> Result<(), SfuError> {

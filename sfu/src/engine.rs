@@ -30,7 +30,8 @@ const TICK: Duration = Duration::from_millis(100);
 const LAYER_IDLE: Duration = Duration::from_millis(1000);
 
 /// What a participant does with media.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Sends media (WHIP).
     Publish,
@@ -54,7 +55,8 @@ pub enum JoinError {
 }
 
 /// Something signalling should know.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum SfuEvent {
     /// ICE and DTLS are up.
@@ -118,11 +120,27 @@ pub enum SfuEvent {
 }
 
 /// Why a participant was lost ([`SfuEvent::ParticipantLost`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum LostReason {
     /// Its worker thread panicked or stopped on its own.
     WorkerFailed,
+}
+
+impl SfuEvent {
+    /// The room the event is about.
+    #[must_use]
+    pub fn room(&self) -> &RoomId {
+        match self {
+            Self::Connected { room, .. }
+            | Self::Disconnected { room, .. }
+            | Self::ParticipantLost { room, .. }
+            | Self::SpeakerChanged { room, .. }
+            | Self::LayerNeeded { room, .. }
+            | Self::SlotChanged { room, .. } => room,
+        }
+    }
 }
 
 impl LostReason {

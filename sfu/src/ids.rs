@@ -3,7 +3,10 @@
 use std::fmt;
 
 /// A room: every participant in it can receive every other's tracks.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct RoomId(pub String);
 
 impl fmt::Display for RoomId {
@@ -19,7 +22,10 @@ impl From<&str> for RoomId {
 }
 
 /// One peer connection in a room, unique across the whole SFU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct ParticipantId(pub u64);
 
 impl ParticipantId {

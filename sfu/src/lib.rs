@@ -52,6 +52,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod engine;
+pub mod events;
 pub mod http;
 pub mod ids;
 pub mod serve;
@@ -59,6 +60,18 @@ pub mod serve;
 pub mod testing;
 pub mod tls;
 pub mod worker;
+
+/// What crosses the boundary between signalling and the media plane, in
+/// one place: the control trait, its errors and health, and the serde
+/// types of its events (numbered and resumable, [`events`]), roles,
+/// preferences and ids. Signalling uses nothing else of this crate.
+pub mod api {
+    pub use crate::control::{Joined, SfuControl, SfuError, SfuHealth, SfuStats};
+    pub use crate::core::simulcast::Preference;
+    pub use crate::engine::{LostReason, Role, SfuEvent};
+    pub use crate::events::{EventStream, Missed, Sequenced};
+    pub use crate::ids::{ParticipantId, RoomId};
+}
 
 pub use config::SfuConfig;
 pub use control::{EmbeddedSfu, SfuControl, SfuError, SfuHealth};

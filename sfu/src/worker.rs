@@ -14,9 +14,9 @@
 //!
 //! Queues: commands come on a bounded channel (`command_queue`); when it is
 //! full the caller gets [`crate::control::SfuError::Overloaded`] at once and
-//! nothing waits. Events go to a `tokio::sync::broadcast` channel: a slow
-//! receiver loses the oldest events and is told how many (`Lagged`), the
-//! worker never blocks. Datagrams the kernel will not take (send buffer
+//! nothing waits. Events go to the SFU's [`crate::events::EventLog`]:
+//! numbered and kept for readers that fall behind or resume; the worker
+//! never blocks. Datagrams the kernel will not take (send buffer
 //! full) are dropped, as the network would; NACK/RTX repairs video.
 //!
 //! Hostile ingress: anyone can send anything to a worker's port. Every
@@ -55,7 +55,7 @@ use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage};
 use quinn_udp::{RecvMeta, UdpSocketState};
 use str0m::change::SdpOffer;
 use str0m::net::Transmit;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 use crate::core::simulcast::Preference;
 use crate::engine::{Engine, IngressStats, JoinError, ParticipantStats, Role, SfuEvent};
@@ -181,7 +181,7 @@ pub struct Links {
     /// Where its counters and heartbeat go.
     pub shared: std::sync::Arc<WorkerShared>,
     /// Signalling's events.
-    pub events: broadcast::Sender<SfuEvent>,
+    pub events: std::sync::Arc<crate::events::EventLog>,
     /// Participants the engine removed, with this worker's index.
     pub gone: std::sync::mpsc::Sender<(usize, ParticipantId)>,
     /// This worker's index.
@@ -357,8 +357,7 @@ fn publish_events(engine: &mut Engine, links: &Links) {
             // The control plane may be gone (shutdown): nothing to tell.
             let _ = links.gone.send((links.index, *participant));
         }
-        // No receiver is not an error: nobody listens yet.
-        let _ = links.events.send(event);
+        links.events.push(event);
     }
 }
 

@@ -12,16 +12,17 @@ mod common;
 use std::time::Duration;
 
 use common::Peer;
+use confer_sfu::events::EventStream;
 use confer_sfu::http::{HttpState, app};
 use confer_sfu::{EmbeddedSfu, LostReason, Role, RoomId, SfuConfig, SfuControl, SfuEvent};
-use tokio::sync::broadcast;
 
-async fn next_lost(events: &mut broadcast::Receiver<SfuEvent>) -> SfuEvent {
+async fn next_lost(events: &mut EventStream) -> SfuEvent {
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            let e = events.recv().await.unwrap();
-            if matches!(e, SfuEvent::ParticipantLost { .. }) {
-                return e;
+            for e in events.next().await.unwrap() {
+                if matches!(e.event, SfuEvent::ParticipantLost { .. }) {
+                    return e.event;
+                }
             }
         }
     })
@@ -37,7 +38,7 @@ async fn a_dead_worker_is_noticed_and_its_room_moves() {
         ..SfuConfig::default()
     };
     let sfu = EmbeddedSfu::start(&config).unwrap();
-    let mut events = sfu.events();
+    let mut events = sfu.events(sfu.last_event());
     let room = RoomId::from("doomed");
     let mut first = Peer::new();
     let (offer, _pending) = first.offer_subscribe();

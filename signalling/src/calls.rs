@@ -25,8 +25,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use confer_sfu::core::simulcast::Preference;
-use confer_sfu::{ParticipantId, Role, RoomId, SfuControl, SfuError, SfuEvent};
+use confer_sfu::api::Preference;
+use confer_sfu::api::{ParticipantId, Role, RoomId, SfuControl, SfuError, SfuEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -1178,21 +1178,31 @@ impl Calls {
     /// Carries SFU events to the devices they concern: which participant a
     /// received slot shows (`call_slot`), the active speaker
     /// (`call_speaker`), and layers nobody needs (`call_layer`, for the
-    /// publisher to pause them). Runs until the SFU stops; events lost
-    /// because this task fell behind are logged.
+    /// publisher to pause them). Runs as long as the process: it reads
+    /// the SFU's numbered event log from the first event, so an event that
+    /// arrives while it is busy waits for it instead of being lost; only
+    /// falling more than the log's capacity behind loses events, and that
+    /// is logged and counted (`sfu_events_missed_total`).
     pub async fn pump_sfu_events(self: Arc<Self>) {
-        let mut events = self.sfu.events();
+        let mut events = self.sfu.events(0);
         loop {
-            let event = match events.recv().await {
-                Ok(e) => e,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(lost = n, "call events fell behind the SFU");
-                    continue;
+            match events.next().await {
+                Ok(batch) => {
+                    for sequenced in batch {
+                        let effects = self.translate(&sequenced.event);
+                        self.run(effects).await;
+                    }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            };
-            let effects = self.translate(&event);
-            self.run(effects).await;
+                Err(missed) => {
+                    tracing::warn!(
+                        from = missed.from,
+                        to = missed.to,
+                        "call events fell behind the SFU"
+                    );
+                    metrics::counter!("sfu_events_missed_total")
+                        .increment(missed.to - missed.from + 1);
+                }
+            }
         }
     }
 

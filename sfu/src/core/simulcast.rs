@@ -28,7 +28,7 @@ pub struct LayerView {
 }
 
 /// What a subscriber wants of a video track.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Preference {
     /// Highest frame height wanted (a thumbnail wants 180, a spotlight
     /// 720); `None` means as high as bandwidth allows.

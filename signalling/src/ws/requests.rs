@@ -11,7 +11,7 @@ use crate::ids::{CallId, ConversationId, MessageId, UserId};
 use crate::limits::FrameKind;
 use crate::messaging::{AttachmentRef, ConversationView, MessageView, NewConversation};
 use crate::store::messaging::{Action, MessageBody};
-use confer_sfu::Role;
+use confer_sfu::api::Role;
 
 use super::*;
 
