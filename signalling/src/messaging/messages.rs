@@ -1,0 +1,358 @@
+//! Messages: sending (idempotent by client id, with attachments), edits
+//! and deletes, action clicks, history, read marks and search.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::bus::GateKind;
+use crate::error::{Code, Error};
+use crate::ids::{ConversationId, MessageId, UserId};
+use crate::store::files::FileState;
+use crate::store::messaging::{
+    Attachment, Author, MessageBody, NewMessage, PreviewSize, StoredMessage,
+};
+
+use super::*;
+
+impl Messaging {
+    /// Posts a message. Retrying with the same `client_id` returns the
+    /// first message and writes nothing. The message is committed before
+    /// this returns.
+    ///
+    /// # Errors
+    /// `invalid_request`, `forbidden`, `not_found`.
+    pub async fn send(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+        client_id: &str,
+        body: MessageBody,
+    ) -> Result<StoredMessage, Error> {
+        self.send_with_files(caller, id, client_id, body, &[]).await
+    }
+
+    /// [`Self::send`] with files attached: each must be a ready file the
+    /// caller uploaded to this conversation and attached to nothing yet.
+    ///
+    /// # Errors
+    /// As [`Self::send`]; `attachment_unavailable` (409).
+    pub async fn send_with_files(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+        client_id: &str,
+        mut body: MessageBody,
+        attachments: &[AttachmentRef],
+    ) -> Result<StoredMessage, Error> {
+        check_short("client_id", client_id, true)?;
+        let conversation = self.readable(caller, id).await?;
+        // A retry whose acknowledgement was lost gets the first message
+        // before its files are checked: they are attached to it by now.
+        // (Without files the writer's own check is enough.)
+        if !attachments.is_empty()
+            && let Some(first) = self
+                .store
+                .message_by_client_id(id, caller.author(), client_id)
+                .await?
+        {
+            return Ok(first);
+        }
+        body.attachments = self.attachments(caller, id, attachments).await?;
+        check_body(&body)?;
+        let members = self.audience(&conversation).await?;
+        let mut notify: Vec<UserId> = match &body.recipients {
+            Some(recipients) => {
+                if let Some(bad) = recipients.iter().find(|r| !members.contains(r)) {
+                    return Err(Error::InvalidRequest(format!(
+                        "recipients: {bad} is not a member"
+                    )));
+                }
+                recipients.clone()
+            }
+            None => members,
+        };
+        if let Some(me) = caller.user_id()
+            && !notify.contains(&me)
+        {
+            notify.push(me);
+        }
+        let new = NewMessage {
+            conversation_id: id,
+            id: MessageId::random(),
+            author: caller.author(),
+            client_id: client_id.to_owned(),
+            body,
+        };
+        let event: crate::store::messaging::EventFn = Arc::new(|m: &StoredMessage| {
+            json!({"kind": "message", "message": MessageView::from(m)}).to_string()
+        });
+        let posted = self
+            .store
+            .post(&new, &notify, event, self.clock.now())
+            .await?;
+        if let Some(payload) = posted.event {
+            self.publish(posted.seqs, &payload, gate(&conversation, GateKind::Event));
+        }
+        Ok(posted.message)
+    }
+
+    /// What `refs` attach, as the message will show it.
+    pub(super) async fn attachments(
+        &self,
+        caller: &Caller,
+        conversation: ConversationId,
+        refs: &[AttachmentRef],
+    ) -> Result<Vec<Attachment>, Error> {
+        if refs.is_empty() {
+            return Ok(Vec::new());
+        }
+        if refs.len() > MAX_ATTACHMENTS {
+            return Err(Error::InvalidRequest(format!(
+                "attachments: at most {MAX_ATTACHMENTS} files per message"
+            )));
+        }
+        let unavailable = |why: String| Error::Conflict(Code::AttachmentUnavailable, why);
+        let files = self
+            .files
+            .as_ref()
+            .ok_or_else(|| unavailable("this server keeps no files".to_owned()))?;
+        let mut out: Vec<Attachment> = Vec::with_capacity(refs.len());
+        for r in refs {
+            if out.iter().any(|a| a.file_id == r.file_id) {
+                return Err(Error::InvalidRequest(format!(
+                    "attachments: file {} is listed twice",
+                    r.file_id
+                )));
+            }
+            let file = files
+                .file(r.file_id)
+                .await?
+                .filter(|f| f.app_id == caller.app.id && f.uploader == caller.participant())
+                .ok_or_else(|| {
+                    unavailable(format!("file {} is not one you uploaded", r.file_id))
+                })?;
+            if file.conversation_id != conversation {
+                return Err(unavailable(format!(
+                    "file {} was uploaded to another conversation",
+                    r.file_id
+                )));
+            }
+            if file.message_id.is_some() {
+                return Err(unavailable(format!(
+                    "file {} is already attached to a message",
+                    r.file_id
+                )));
+            }
+            let (FileState::Ready, Some(sha256)) = (file.state, file.sha256) else {
+                return Err(unavailable(format!(
+                    "file {} is not ready: complete its upload first",
+                    r.file_id
+                )));
+            };
+            out.push(Attachment {
+                file_id: file.id,
+                name: file.name,
+                content_type: file.content_type,
+                size: file.size,
+                sha256,
+                displayed: r.displayed,
+                preview: file
+                    .preview
+                    .map(|(width, height)| PreviewSize { width, height }),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Edits (new text) or deletes (`text` = `None`) a message. Only its
+    /// author edits; its author or the application deletes.
+    ///
+    /// # Errors
+    /// `forbidden` for someone else's message; `not_found`.
+    pub async fn change(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+        message: MessageId,
+        text: Option<String>,
+    ) -> Result<StoredMessage, Error> {
+        let conversation = self.readable(caller, id).await?;
+        let mut stored = self
+            .store
+            .message(id, message)
+            .await?
+            .ok_or(Error::NotFound("message"))?;
+        let own = stored.author == caller.author();
+        let moderating = matches!(caller.who, Who::App) && text.is_none();
+        if !own && !moderating {
+            return Err(Error::Forbidden("only the author may change this message"));
+        }
+        if stored.deleted_at.is_some() {
+            return Err(Error::InvalidRequest("message: already deleted".to_owned()));
+        }
+        let now = self.clock.now();
+        let attached = stored.body.attachments.clone();
+        let kind = match text {
+            Some(text) => {
+                let body = MessageBody {
+                    text,
+                    ..stored.body.clone()
+                };
+                check_body(&body)?;
+                stored.body = body;
+                stored.edited_at = Some(now);
+                "message_edited"
+            }
+            None => {
+                stored.body = MessageBody::deleted();
+                stored.deleted_at = Some(now);
+                "message_deleted"
+            }
+        };
+        let notify = match &stored.body.recipients {
+            Some(r) => r.clone(),
+            None => self.audience(&conversation).await?,
+        };
+        let payload = json!({"kind": kind, "message": MessageView::from(&stored)}).to_string();
+        let had_files = kind == "message_deleted" && !attached.is_empty();
+        let seqs = self
+            .store
+            .update_message(&stored, &notify, &payload, now)
+            .await?;
+        if had_files {
+            self.file_garbage.notify_one();
+        }
+        self.publish(
+            seqs,
+            &Arc::from(payload),
+            gate(&conversation, GateKind::Event),
+        );
+        Ok(stored)
+    }
+
+    /// A user clicks an action of a bot's message: the click goes to the
+    /// application's bot as an `action` event.
+    ///
+    /// # Errors
+    /// `invalid_request` when the message has no such action or was not
+    /// written by the application.
+    pub async fn click(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+        message: MessageId,
+        value: &str,
+    ) -> Result<(), Error> {
+        self.readable(caller, id).await?;
+        let stored = self
+            .store
+            .message(id, message)
+            .await?
+            .ok_or(Error::NotFound("message"))?;
+        if stored.author != Author::App || !stored.body.actions.iter().any(|a| a.value == value) {
+            return Err(Error::InvalidRequest(
+                "value: the message has no such action".to_owned(),
+            ));
+        }
+        let payload = json!({
+            "kind": "action",
+            "conversation_id": id,
+            "message_id": message,
+            "value": value,
+            "user_id": caller.user_id(),
+        })
+        .to_string();
+        self.emit(&[bot_id(caller.app.id)], payload, None).await
+    }
+
+    /// A page of history the caller may see (messages addressed to others
+    /// are left out).
+    ///
+    /// # Errors
+    /// As [`Self::readable`]; `invalid_request` for a `limit` outside 1 to
+    /// [`MAX_PAGE`].
+    pub async fn history(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+        after: Option<u64>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, Error> {
+        check_page(limit)?;
+        self.readable(caller, id).await?;
+        let messages = self.store.history(id, after, before, limit).await?;
+        Ok(messages
+            .into_iter()
+            .filter(|m| visible_to(m, caller))
+            .collect())
+    }
+
+    /// Moves the caller's read mark.
+    ///
+    /// # Errors
+    /// As [`Self::readable`]; `invalid_request` for the application.
+    pub async fn mark_read(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+        seq: u64,
+    ) -> Result<u64, Error> {
+        let conversation = self.readable(caller, id).await?;
+        let user = caller
+            .user_id()
+            .ok_or_else(|| Error::InvalidRequest("read marks are for users".to_owned()))?;
+        let mark = self
+            .store
+            .mark_read(id, user, seq.min(conversation.last_seq))
+            .await?;
+        self.emit(
+            &[user],
+            json!({"kind": "read", "conversation_id": id, "seq": mark}).to_string(),
+            gate(&conversation, GateKind::Event),
+        )
+        .await?;
+        Ok(mark)
+    }
+
+    /// Full-text search over the messages the caller may read (Cyrillic
+    /// and Latin, case-insensitive, word prefixes).
+    ///
+    /// # Errors
+    /// `invalid_request` for an empty or too long query, or a `limit`
+    /// outside 1 to [`MAX_PAGE`].
+    pub async fn search(
+        &self,
+        caller: &Caller,
+        query: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, Error> {
+        if query.trim().is_empty() || query.chars().count() > MAX_SHORT_CHARS {
+            return Err(Error::InvalidRequest(format!(
+                "query: 1 to {MAX_SHORT_CHARS} characters"
+            )));
+        }
+        // The full-text index's query parser ends a string at U+0000.
+        if query.contains('\0') {
+            return Err(Error::InvalidRequest(
+                "query: must not contain U+0000".to_owned(),
+            ));
+        }
+        check_page(limit)?;
+        let found = self
+            .store
+            .search(
+                caller.app.id,
+                caller.participant(),
+                caller.contexts(),
+                query,
+                limit,
+            )
+            .await?;
+        Ok(found
+            .into_iter()
+            .filter(|m| visible_to(m, caller))
+            .collect())
+    }
+}

@@ -1,0 +1,236 @@
+//! Conversations and messages: who may read and post where, numbering,
+//! idempotent sends, edits, read marks; every change becomes an event in
+//! the log of each user who must see it, then goes to the [`Bus`].
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::bus::{Bus, Gate, GateKind};
+use crate::error::Error;
+use crate::ids::{Clock, ConversationId, UserId};
+use crate::store::messaging::{
+    Action, Author, Conversation, MessageBody, MessageStore, StoredMessage,
+};
+use crate::store::{FileStore, Store};
+
+mod caller;
+mod conversations;
+mod messages;
+mod presence;
+mod views;
+
+pub use caller::{Caller, Who, bot_id};
+pub use views::{AttachmentRef, ConversationView, MessageView, NewConversation};
+
+/// Longest text of a message, in bytes.
+pub const MAX_TEXT_BYTES: usize = 32 * 1024;
+
+/// Longest client id, title, key or context, in characters.
+pub const MAX_SHORT_CHARS: usize = 256;
+
+/// Most messages one history page returns.
+pub const MAX_PAGE: u32 = 200;
+
+/// Most members `member_list` names.
+pub const MAX_MEMBERS_LISTED: usize = 1000;
+
+/// Conversations with more members than this carry no presence.
+pub const PRESENCE_MAX_MEMBERS: usize = 50;
+
+/// Shortest time between two typing notices of one user in one
+/// conversation; more frequent ones are dropped.
+pub const TYPING_INTERVAL_MS: i64 = 2_000;
+
+pub use crate::bus::Presence;
+
+/// The messaging service.
+#[derive(Debug)]
+pub struct Messaging {
+    store: Arc<dyn MessageStore>,
+    users: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    clock: Arc<dyn Clock>,
+    /// Last typing notice per (user, conversation), for rate limiting.
+    typing: std::sync::Mutex<std::collections::HashMap<(UserId, ConversationId), i64>>,
+    /// Files, for attachments; without it a message cannot carry any.
+    files: Option<Arc<dyn FileStore>>,
+    /// Woken when a deleted message leaves files to delete.
+    file_garbage: Arc<tokio::sync::Notify>,
+}
+
+/// Most files one message carries.
+pub const MAX_ATTACHMENTS: usize = 20;
+
+impl Messaging {
+    /// A service over these backends.
+    #[must_use]
+    pub fn new(
+        store: Arc<dyn MessageStore>,
+        users: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            users,
+            bus,
+            clock,
+            typing: std::sync::Mutex::new(std::collections::HashMap::new()),
+            files: None,
+            file_garbage: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Lets messages carry files from `files`; `garbage` is woken when a
+    /// deleted message leaves files whose bytes must go.
+    #[must_use]
+    pub fn with_files(
+        mut self,
+        files: Arc<dyn FileStore>,
+        garbage: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        self.files = Some(files);
+        self.file_garbage = garbage;
+        self
+    }
+
+    /// Whether the caller's credentials still hold as far as the store
+    /// knows: its application is registered, its secret (for the bot) not
+    /// rotated since it was checked, and (for a user) it is not locked. A
+    /// failed read says no: the client connects again.
+    pub async fn still_admitted(&self, caller: &Caller) -> bool {
+        let app = match self.users.application(caller.app.id).await {
+            Err(_) => return false,
+            Ok(Some(app)) if app.unregistered_at.is_some() => return false,
+            Ok(app) => app,
+        };
+        match &caller.who {
+            Who::User { user, .. } => match self.users.user(caller.app.id, user.id).await {
+                Ok(Some(u)) => !u.locked,
+                Ok(None) => true,
+                Err(_) => false,
+            },
+            // The key is derived from the secret: a rotation changes it.
+            Who::App => app.is_none_or(|app| app.token_key == caller.app.token_key),
+        }
+    }
+
+    /// The messaging store (sessions replay events from it).
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn MessageStore> {
+        &self.store
+    }
+
+    /// Appends one event to the logs of `users`, then tells their live
+    /// connections.
+    async fn emit(
+        &self,
+        users: &[UserId],
+        payload: String,
+        gate: Option<Gate>,
+    ) -> Result<(), Error> {
+        let seqs = self
+            .store
+            .append_events(users, &payload, self.clock.now())
+            .await?;
+        self.publish(seqs, &Arc::from(payload), gate);
+        Ok(())
+    }
+
+    /// Tells each user's live connections about its event number `seq`
+    /// (one shared payload).
+    fn publish(&self, seqs: Vec<(UserId, u64)>, payload: &Arc<str>, gate: Option<Gate>) {
+        for (user, seq) in seqs {
+            self.bus.publish_gated(user, seq, payload.clone(), gate);
+        }
+    }
+
+    async fn audience(&self, conversation: &Conversation) -> Result<Vec<UserId>, Error> {
+        Ok(if conversation.all_users {
+            self.store.app_users(conversation.app_id).await?
+        } else {
+            self.store.members(conversation.id).await?
+        })
+    }
+
+    async fn notify_conversation(
+        &self,
+        conversation: &Conversation,
+        members: &[UserId],
+    ) -> Result<(), Error> {
+        let payload = json!({"kind": "conversation", "conversation": ConversationView::of(conversation, None)});
+        self.emit(
+            members,
+            payload.to_string(),
+            gate(conversation, GateKind::Opened),
+        )
+        .await
+    }
+}
+
+/// The gate of an event of `conversation`: none unless it is contextual.
+fn gate(conversation: &Conversation, kind: GateKind) -> Option<Gate> {
+    conversation.context.as_ref().map(|_| Gate {
+        conversation: conversation.id,
+        kind,
+    })
+}
+
+/// Whether `caller` sees `m` (a message with recipients is for them and
+/// its author only).
+pub(crate) fn visible_to(m: &StoredMessage, caller: &Caller) -> bool {
+    match (&m.body.recipients, caller.user_id()) {
+        (Some(recipients), Some(me)) => recipients.contains(&me) || m.author == Author::User(me),
+        _ => true,
+    }
+}
+
+/// A page size: 1 to [`MAX_PAGE`], refused (not clamped) outside, as the
+/// protocol's schemas say.
+fn check_page(limit: u32) -> Result<(), Error> {
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(format!("limit: 1 to {MAX_PAGE}")))
+    }
+}
+
+fn check_short(field: &str, value: &str, required: bool) -> Result<(), Error> {
+    if required && value.trim().is_empty() {
+        return Err(Error::InvalidRequest(format!("{field}: must not be empty")));
+    }
+    if value.chars().count() > MAX_SHORT_CHARS {
+        return Err(Error::InvalidRequest(format!(
+            "{field}: longer than {MAX_SHORT_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_body(body: &MessageBody) -> Result<(), Error> {
+    if body.text.len() > MAX_TEXT_BYTES {
+        return Err(Error::InvalidRequest(format!(
+            "text: longer than {MAX_TEXT_BYTES} bytes"
+        )));
+    }
+    if body.text.trim().is_empty()
+        && body.data.is_none()
+        && body.actions.is_empty()
+        && body.attachments.is_empty()
+    {
+        return Err(Error::InvalidRequest(
+            "a message needs text, data, actions or attachments".to_owned(),
+        ));
+    }
+    if body
+        .actions
+        .iter()
+        .any(|a: &Action| a.value.is_empty() || a.presentation.is_empty())
+    {
+        return Err(Error::InvalidRequest(
+            "actions: value and presentation must not be empty".to_owned(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Presence (online, away, offline) and typing notices: ephemeral, through
+//! the bus only, to the people who share a conversation.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::bus::{GateKind, PresenceChange};
+use crate::error::Error;
+use crate::ids::{ConversationId, UserId};
+
+use super::*;
+
+impl Messaging {
+    /// A connection of `user` opened (`true`) or closed (`false`); tells
+    /// the people it shares conversations with when its presence changes.
+    ///
+    /// # Errors
+    /// `internal` on store failure.
+    pub async fn connection(&self, caller: &Caller, opened: bool) -> Result<(), Error> {
+        let Some(user) = caller.user_id() else {
+            return Ok(());
+        };
+        let change = if opened {
+            PresenceChange::Connected
+        } else {
+            PresenceChange::Disconnected
+        };
+        let (before, after) = self.bus.change_presence(user, change);
+        if before != after {
+            self.announce_presence(caller, user, after).await?;
+        }
+        Ok(())
+    }
+
+    /// The client says its person is away (or back).
+    ///
+    /// # Errors
+    /// `internal` on store failure.
+    pub async fn set_away(&self, caller: &Caller, away: bool) -> Result<Presence, Error> {
+        let user = caller
+            .user_id()
+            .ok_or_else(|| Error::InvalidRequest("presence is for users".to_owned()))?;
+        let (before, after) = self.bus.change_presence(user, PresenceChange::Away(away));
+        if before != after {
+            self.announce_presence(caller, user, after).await?;
+        }
+        Ok(after)
+    }
+
+    /// Presence of users who share a conversation with the caller; others
+    /// are left out.
+    ///
+    /// # Errors
+    /// `internal` on store failure.
+    pub async fn presence_of(
+        &self,
+        caller: &Caller,
+        users: &[UserId],
+    ) -> Result<Vec<(UserId, Presence)>, Error> {
+        let known = self.contacts(caller).await?;
+        Ok(users
+            .iter()
+            .filter(|u| known.contains(u))
+            .map(|u| (*u, self.bus.presence(*u)))
+            .collect())
+    }
+
+    /// A typing notice: sent to the other members now, not stored; at most
+    /// one per user and conversation every [`TYPING_INTERVAL_MS`].
+    ///
+    /// # Errors
+    /// As [`Self::readable`].
+    pub async fn typing(&self, caller: &Caller, id: ConversationId) -> Result<bool, Error> {
+        let conversation = self.readable(caller, id).await?;
+        let me = caller.participant();
+        let now = self.clock.now().0;
+        {
+            let mut map = self
+                .typing
+                .lock()
+                .map_err(|_| Error::internal(anyhow::anyhow!("typing lock")))?;
+            if map
+                .get(&(me, id))
+                .is_some_and(|at| now - at < TYPING_INTERVAL_MS)
+            {
+                return Ok(false);
+            }
+            if map.len() > 100_000 {
+                map.retain(|_, at| now - *at < TYPING_INTERVAL_MS);
+            }
+            map.insert((me, id), now);
+        }
+        let payload: Arc<str> =
+            Arc::from(json!({"kind": "typing", "conversation_id": id, "user_id": me}).to_string());
+        let gate = gate(&conversation, GateKind::Event);
+        for member in self.audience(&conversation).await? {
+            if member != me {
+                self.bus.publish_gated(member, 0, payload.clone(), gate);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The people whose presence the caller sees and who see the
+    /// caller's: members of its conversations with at most
+    /// [`PRESENCE_MAX_MEMBERS`] members. Channels and "all users"
+    /// conversations carry no presence: with hundreds of members every
+    /// connect and disconnect would fan out to all of them (a reconnect
+    /// storm of 1000 channel members meant 500 000 presence frames).
+    pub(super) async fn contacts(&self, caller: &Caller) -> Result<BTreeSet<UserId>, Error> {
+        let mut out = BTreeSet::new();
+        for entry in self
+            .store
+            .conversations_of(
+                caller.app.id,
+                caller.participant(),
+                caller.contexts(),
+                None,
+                MAX_PAGE,
+            )
+            .await?
+        {
+            if entry.conversation.all_users {
+                continue;
+            }
+            if let Some(members) = self
+                .store
+                .members_up_to(entry.conversation.id, PRESENCE_MAX_MEMBERS)
+                .await?
+            {
+                out.extend(members);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn announce_presence(
+        &self,
+        caller: &Caller,
+        user: UserId,
+        presence: Presence,
+    ) -> Result<(), Error> {
+        let payload: Arc<str> = Arc::from(
+            json!({"kind": "presence", "user_id": user, "presence": presence}).to_string(),
+        );
+        for contact in self.contacts(caller).await? {
+            if contact != user {
+                self.bus.publish(contact, 0, payload.clone());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,129 @@
+//! What clients see of conversations and messages, and what they send to
+//! create a conversation or attach a file.
+
+use serde::Serialize;
+
+use crate::ids::{ConversationId, FileId, MessageId, UserId};
+use crate::store::messaging::{Author, Conversation, MessageBody, StoredMessage};
+
+/// How a conversation is shown to clients.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConversationView {
+    /// Id.
+    pub id: ConversationId,
+    /// Title.
+    pub title: String,
+    /// Group rather than one-to-one.
+    pub is_group: bool,
+    /// Shown in lists.
+    pub displayed: bool,
+    /// Every user of the application is a member.
+    pub all_users: bool,
+    /// Application-unique key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Bound business object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// Number of its last message.
+    pub last_seq: u64,
+    /// RFC 3339 time of its last activity.
+    pub last_activity: String,
+    /// Unread messages, in a user's list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread: Option<u64>,
+}
+
+impl ConversationView {
+    /// The view of a stored conversation.
+    #[must_use]
+    pub fn of(c: &Conversation, unread: Option<u64>) -> Self {
+        Self {
+            id: c.id,
+            title: c.title.clone(),
+            is_group: c.is_group,
+            displayed: c.displayed,
+            all_users: c.all_users,
+            key: c.app_key.clone(),
+            context: c.context.clone(),
+            last_seq: c.last_seq,
+            last_activity: c.last_activity.to_rfc3339(),
+            unread,
+        }
+    }
+}
+
+/// How a message is shown to clients.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MessageView {
+    /// Id.
+    pub id: MessageId,
+    /// Conversation.
+    pub conversation_id: ConversationId,
+    /// Position in the conversation.
+    pub seq: u64,
+    /// Author.
+    pub author: Author,
+    /// The sender's idempotency key.
+    pub client_id: String,
+    /// Content.
+    #[serde(flatten)]
+    pub body: MessageBody,
+    /// RFC 3339 send time.
+    pub created_at: String,
+    /// RFC 3339 time of the last edit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<String>,
+    /// RFC 3339 time of deletion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<String>,
+}
+
+impl From<&StoredMessage> for MessageView {
+    fn from(m: &StoredMessage) -> Self {
+        Self {
+            id: m.id,
+            conversation_id: m.conversation_id,
+            seq: m.seq,
+            author: m.author,
+            client_id: m.client_id.clone(),
+            body: m.body.clone(),
+            created_at: m.created_at.to_rfc3339(),
+            edited_at: m.edited_at.map(|t| t.to_rfc3339()),
+            deleted_at: m.deleted_at.map(|t| t.to_rfc3339()),
+        }
+    }
+}
+
+/// A new conversation.
+#[derive(Debug, Clone, Default)]
+pub struct NewConversation {
+    /// Title.
+    pub title: String,
+    /// Members besides the caller.
+    pub members: Vec<UserId>,
+    /// Group flag (default: more than two people).
+    pub is_group: Option<bool>,
+    /// Displayed flag (default true).
+    pub displayed: Option<bool>,
+    /// Every user of the application is a member.
+    pub all_users: bool,
+    /// Application-unique key: a second create with it returns the first.
+    /// Only the application (its bot) sets keys.
+    pub key: Option<String>,
+}
+
+/// A file a sender attaches (`send`'s `attachments`).
+#[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentRef {
+    /// A ready file the sender uploaded to this conversation.
+    pub file_id: FileId,
+    /// Shown in the message rather than only listed (default true).
+    #[serde(default = "shown")]
+    pub displayed: bool,
+}
+
+fn shown() -> bool {
+    true
+}
