@@ -1,0 +1,112 @@
+//! What clients see of calls: media, topology, member states, quality
+//! and the views sent in events.
+
+use confer_sfu::api::Preference;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{CallId, ConversationId, UserId};
+
+/// Audio only, or audio and video.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallMedia {
+    /// Audio only.
+    Audio,
+    /// Audio and video.
+    Video,
+}
+
+/// How media flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    /// Directly between the two devices.
+    P2p,
+    /// Through the SFU.
+    Sfu,
+}
+
+/// A member's part in a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Its devices ring.
+    Ringing,
+    /// In the call on one device.
+    Joined,
+    /// Said no.
+    Declined,
+    /// In another call, or said busy.
+    Busy,
+    /// Did not answer in time.
+    Missed,
+    /// Was in the call and left it.
+    Left,
+}
+
+/// What a subscriber wants of a video slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    /// Small picture: the low layer.
+    Thumbnail,
+    /// Large picture: the highest layer the bandwidth allows.
+    Spotlight,
+    /// No video.
+    Paused,
+}
+
+impl Quality {
+    pub(super) fn preference(self) -> Preference {
+        match self {
+            Self::Thumbnail => Preference {
+                max_height: Some(180),
+                paused: false,
+            },
+            Self::Spotlight => Preference::default(),
+            Self::Paused => Preference {
+                max_height: None,
+                paused: true,
+            },
+        }
+    }
+}
+
+/// One participant as clients see it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ParticipantView {
+    /// The user.
+    pub user_id: UserId,
+    /// Its state.
+    pub state: MemberState,
+    /// Microphone on.
+    pub audio: bool,
+    /// Camera on.
+    pub video: bool,
+    /// Sharing its screen.
+    pub screen: bool,
+}
+
+/// A call as clients see it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CallView {
+    /// Id.
+    pub id: CallId,
+    /// Its conversation.
+    pub conversation_id: ConversationId,
+    /// Audio or video.
+    pub media: CallMedia,
+    /// Current topology.
+    pub topology: Topology,
+    /// Who started it.
+    pub started_by: UserId,
+    /// RFC 3339 start time.
+    pub started_at: String,
+    /// `active` or `ended`.
+    pub state: &'static str,
+    /// Why it ended: `completed`, `cancelled`, `declined`, `busy` or `missed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// Every member asked to the call.
+    pub participants: Vec<ParticipantView>,
+}
