@@ -68,3 +68,36 @@ impl Caller {
         }
     }
 }
+
+/// A user of a fresh application (unit tests).
+#[cfg(test)]
+pub(crate) fn test_user() -> Caller {
+    use crate::auth::TokenKey;
+    use crate::ids::{AppId, SubscriberId, Timestamp};
+    let app = AppId::random();
+    Caller {
+        app: crate::store::Application {
+            id: app,
+            subscriber_id: SubscriberId::random(),
+            name: "test".to_owned(),
+            secret_hash: String::new(),
+            token_key: TokenKey::derive(app, "s"),
+            prev_token_key: None,
+            prev_token_key_until: None,
+            created_at: Timestamp(0),
+            unregistered_at: None,
+        },
+        who: Who::User {
+            user: crate::store::User {
+                id: UserId::random(),
+                app_id: app,
+                external_id: "u".to_owned(),
+                name: "U".to_owned(),
+                email: None,
+                locked: false,
+                created_at: Timestamp(0),
+            },
+            contexts: Vec::new(),
+        },
+    }
+}

@@ -14,7 +14,7 @@ use crate::store::messaging::{
 };
 use crate::store::{FileStore, Store};
 
-mod caller;
+pub(crate) mod caller;
 mod conversations;
 mod messages;
 mod presence;

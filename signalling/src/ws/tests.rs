@@ -5,39 +5,13 @@ use std::convert::Infallible;
 use futures_channel::mpsc;
 
 use super::*;
-use crate::auth::TokenKey;
 use crate::bus::InProcessBus;
 use crate::ids::UserId;
-use crate::ids::{AppId, ManualClock, SubscriberId, Timestamp};
-use crate::store::{Application, SqliteStore, User};
+use crate::ids::{ManualClock, Timestamp};
+use crate::store::SqliteStore;
 
 fn caller() -> Caller {
-    let app = AppId::random();
-    Caller {
-        app: Application {
-            id: app,
-            subscriber_id: SubscriberId::random(),
-            name: "test".to_owned(),
-            secret_hash: String::new(),
-            token_key: TokenKey::derive(app, "s"),
-            prev_token_key: None,
-            prev_token_key_until: None,
-            created_at: Timestamp(0),
-            unregistered_at: None,
-        },
-        who: crate::messaging::Who::User {
-            user: User {
-                id: UserId::random(),
-                app_id: app,
-                external_id: "u".to_owned(),
-                name: "U".to_owned(),
-                email: None,
-                locked: false,
-                created_at: Timestamp(0),
-            },
-            contexts: Vec::new(),
-        },
-    }
+    crate::messaging::caller::test_user()
 }
 
 /// A session over channels standing in for the socket, on an
