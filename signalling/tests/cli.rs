@@ -68,16 +68,13 @@ async fn the_binary_serves_stops_gracefully_and_restarts_with_its_data() {
     assert!(ok && out.contains("\"ok\""), "{out}");
 
     let server = Process::start(dir.path());
-    let token: Value = client
-        .post(format!("{}/api/v1/tokens", server.base))
-        .basic_auth(&id, Some(&secret))
-        .json(&json!({"external_id": "u1", "name": "Ann"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token: Value = common::json(
+        client
+            .post(format!("{}/api/v1/tokens", server.base))
+            .basic_auth(&id, Some(&secret))
+            .json(&json!({"external_id": "u1", "name": "Ann"})),
+    )
+    .await;
     let token = token["token"].as_str().unwrap().to_owned();
     let me = || {
         client

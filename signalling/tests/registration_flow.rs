@@ -48,25 +48,19 @@ async fn register_confirm_token_me() {
     assert_eq!(again["user_id"], user_id.as_str());
 
     // Both mappings can be looked up by the application.
-    let by_ext: Value = server
-        .get("/api/v1/users?external_id=employee-42")
-        .basic_auth(&app.id, Some(&app.secret))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let by_ext: Value = common::json(
+        server
+            .get("/api/v1/users?external_id=employee-42")
+            .basic_auth(&app.id, Some(&app.secret)),
+    )
+    .await;
     assert_eq!(by_ext["user_id"], user_id.as_str());
-    let by_id: Value = server
-        .get(&format!("/api/v1/users/{user_id}"))
-        .basic_auth(&app.id, Some(&app.secret))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let by_id: Value = common::json(
+        server
+            .get(&format!("/api/v1/users/{user_id}"))
+            .basic_auth(&app.id, Some(&app.secret)),
+    )
+    .await;
     assert_eq!(by_id["external_id"], "employee-42");
     server.stop().await;
 }
@@ -91,15 +85,7 @@ async fn one_subscriber_owns_several_applications_and_unregistering_one_keeps_th
 
     // The subscriber signs in and sees both.
     let session = server.sign_in("owner@example.com").await;
-    let list: Value = server
-        .get("/api/v1/applications")
-        .bearer_auth(&session)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = common::json(server.get("/api/v1/applications").bearer_auth(&session)).await;
     assert_eq!(list["applications"].as_array().unwrap().len(), 2);
 
     // The first application unregisters itself.
@@ -139,15 +125,7 @@ async fn one_subscriber_owns_several_applications_and_unregistering_one_keeps_th
     server.token(&second, "u2", "Bob").await;
 
     // The subscriber's list shows the first as unregistered.
-    let list: Value = server
-        .get("/api/v1/applications")
-        .bearer_auth(&session)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = common::json(server.get("/api/v1/applications").bearer_auth(&session)).await;
     let statuses: Vec<_> = list["applications"]
         .as_array()
         .unwrap()

@@ -34,15 +34,7 @@ async fn everything_survives_a_restart() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // The subscriber session still works and sees the application.
-    let list: Value = server
-        .get("/api/v1/applications")
-        .bearer_auth(&session)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = common::json(server.get("/api/v1/applications").bearer_auth(&session)).await;
     assert_eq!(list["applications"][0]["app_id"], app.id.as_str());
     assert_eq!(list["applications"][0]["name"], "Persistent ERP");
     server.stop().await;

@@ -93,14 +93,7 @@ async fn codes_go_through_smtp_when_configured() {
     });
     let server = TestServer::start_with(config, default_clock()).await;
 
-    let health: Value = server
-        .get("/healthz")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = common::json(server.get("/healthz")).await;
     assert_eq!(health["components"]["mail"]["backend"], "smtp");
     assert_eq!(health["components"]["mail"]["status"], "up");
 
