@@ -387,6 +387,7 @@ where
     };
     let revocations = tokio::spawn(watch_revocations(services.clone()));
     let call_events = tokio::spawn(services.calls.clone().pump_sfu_events());
+    let call_timers = tokio::spawn(services.calls.clone().run_timers());
     let file_upkeep = tokio::spawn(services.files.clone().run_sweeper());
     let limits = services.config.http.serve_limits();
     let app = crate::http::app(services);
@@ -396,6 +397,7 @@ where
     housekeeping.abort();
     revocations.abort();
     call_events.abort();
+    call_timers.abort();
     file_upkeep.abort();
     tracing::info!("signalling stopped");
     served.context("serving HTTP")

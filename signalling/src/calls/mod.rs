@@ -61,11 +61,15 @@ pub struct Calls {
     sfu: Arc<dyn SfuControl>,
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
+    /// Told when a timer is added, so that [`Self::run_timers`] looks at
+    /// the next deadline again.
+    timers_changed: tokio::sync::Notify,
 }
 
 impl Calls {
-    /// The service; [`Self::pump_sfu_events`] must run for in-call
-    /// features (slots, speaker, dynacast) to reach clients.
+    /// The service; [`Self::run_timers`] must run for rings to expire and
+    /// lost connections to leave, and [`Self::pump_sfu_events`] for
+    /// in-call features (slots, speaker, dynacast) to reach clients.
     #[must_use]
     pub fn new(
         config: CallConfig,
@@ -81,6 +85,7 @@ impl Calls {
             sfu,
             clock,
             state: Mutex::new(State::default()),
+            timers_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -235,15 +240,13 @@ impl Calls {
             let mut effects = Vec::new();
             snapshot(&state, id, &mut effects);
             check_end(&mut state, id, &mut effects);
+            let expiry =
+                std::time::Instant::now() + Duration::from_secs(self.config.ring_timeout_secs);
+            state.timers.insert((expiry, Timer::RingExpiry(id)));
             (view, effects)
         };
+        self.timers_changed.notify_one();
         self.run(effects).await;
-        let this = self.clone();
-        let timeout = Duration::from_secs(self.config.ring_timeout_secs);
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            this.ring_expired(id).await;
-        });
         Ok(view)
     }
 
@@ -433,7 +436,7 @@ impl Calls {
     /// WebSocket) for `reconnect_grace_secs`: a `call_join` from a new
     /// connection within that time takes it back; otherwise it leaves.
     pub async fn disconnected(self: &Arc<Self>, user: UserId, device: u64) {
-        let call = {
+        {
             let Ok(mut state) = self.state.lock() else {
                 return;
             };
@@ -450,32 +453,61 @@ impl Calls {
             };
             member.device = None;
             member.lost += 1;
-            (id, member.lost)
-        };
-        let (call, generation) = call;
-        let this = self.clone();
-        let grace = Duration::from_secs(self.config.reconnect_grace_secs);
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
+            let lost = member.lost;
+            let at =
+                std::time::Instant::now() + Duration::from_secs(self.config.reconnect_grace_secs);
+            state.timers.insert((
+                at,
+                Timer::Grace {
+                    call: id,
+                    user,
+                    lost,
+                },
+            ));
+        }
+        self.timers_changed.notify_one();
+    }
+
+    /// Runs the calls' timers (ring expiry, reconnection grace) as they
+    /// fall due: the state says when the next one is due
+    /// ([`state::poll_timeout`]) and what it does ([`state::handle_timeout`]);
+    /// this only waits for it. Runs as long as the process.
+    pub async fn run_timers(self: Arc<Self>) {
+        loop {
+            // Registered before looking, so that a timer added meanwhile
+            // is not slept through.
+            let changed = self.timers_changed.notified();
+            let next = match self.state.lock() {
+                Ok(state) => poll_timeout(&state),
+                Err(_) => return,
+            };
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at.into()) => {}
+                        () = changed => continue,
+                    }
+                }
+                None => {
+                    changed.await;
+                    continue;
+                }
+            }
             let effects = {
-                let Ok(mut state) = this.state.lock() else {
+                let Ok(mut state) = self.state.lock() else {
                     return;
                 };
-                let gone = state.joined.get(&user) == Some(&call)
-                    && state
-                        .calls
-                        .get(&call)
-                        .and_then(|c| c.members.get(&user))
-                        .is_some_and(|m| m.device.is_none() && m.lost == generation);
-                if !gone {
-                    return;
-                }
                 let mut out = Vec::new();
-                depart(&mut state, call, user, &this.config, &mut out);
+                handle_timeout(
+                    &mut state,
+                    std::time::Instant::now(),
+                    &self.config,
+                    &mut out,
+                );
                 out
             };
-            this.run(effects).await;
-        });
+            self.run(effects).await;
+        }
     }
 
     /// `user` was locked or its application unregistered: it leaves its
@@ -528,31 +560,6 @@ impl Calls {
             }
             if let Some(call) = state.calls.get_mut(&id) {
                 call.members.remove(&user);
-            }
-            out
-        };
-        self.run(effects).await;
-    }
-
-    async fn ring_expired(&self, id: CallId) {
-        let effects = {
-            let Ok(mut state) = self.state.lock() else {
-                return;
-            };
-            let Some(call) = state.calls.get_mut(&id) else {
-                return;
-            };
-            let mut changed = false;
-            for m in call.members.values_mut() {
-                if m.state == MemberState::Ringing {
-                    m.state = MemberState::Missed;
-                    changed = true;
-                }
-            }
-            let mut out = Vec::new();
-            if changed {
-                snapshot(&state, id, &mut out);
-                check_end(&mut state, id, &mut out);
             }
             out
         };

@@ -190,8 +190,24 @@ pub(super) struct Ended {
     pub(super) participants: Vec<UserId>,
 }
 
+/// Something the calls must do at a moment of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Timer {
+    /// A call's ringing runs out: who still rings has missed it.
+    RingExpiry(CallId),
+    /// A member that lost its connection has not come back: it leaves,
+    /// unless it lost another connection since (`lost` counts them).
+    Grace {
+        call: CallId,
+        user: UserId,
+        lost: u64,
+    },
+}
+
 #[derive(Debug, Default)]
 pub(super) struct State {
+    /// When each timer is due, earliest first.
+    pub(super) timers: std::collections::BTreeSet<(std::time::Instant, Timer)>,
     pub(super) calls: HashMap<CallId, Call>,
     /// The call each user is joined to: a user is in one call at a time.
     pub(super) joined: HashMap<UserId, CallId>,
@@ -425,6 +441,58 @@ pub(super) fn check_end(state: &mut State, id: CallId, out: &mut Vec<Effect>) {
         Arc::from(payload),
         call.conversation_id,
     ));
+}
+
+/// When the next timer is due, if any.
+pub(super) fn poll_timeout(state: &State) -> Option<std::time::Instant> {
+    state.timers.first().map(|(at, _)| *at)
+}
+
+/// Runs every timer due at `now`.
+pub(super) fn handle_timeout(
+    state: &mut State,
+    now: std::time::Instant,
+    config: &CallConfig,
+    out: &mut Vec<Effect>,
+) {
+    while let Some(&(at, timer)) = state.timers.first() {
+        if at > now {
+            break;
+        }
+        state.timers.remove(&(at, timer));
+        match timer {
+            Timer::RingExpiry(id) => ring_expiry(state, id, out),
+            Timer::Grace { call, user, lost } => {
+                let gone = state.joined.get(&user) == Some(&call)
+                    && state
+                        .calls
+                        .get(&call)
+                        .and_then(|c| c.members.get(&user))
+                        .is_some_and(|m| m.device.is_none() && m.lost == lost);
+                if gone {
+                    depart(state, call, user, config, out);
+                }
+            }
+        }
+    }
+}
+
+/// Whoever still rings in call `id` has missed it; the call may end.
+fn ring_expiry(state: &mut State, id: CallId, out: &mut Vec<Effect>) {
+    let Some(call) = state.calls.get_mut(&id) else {
+        return;
+    };
+    let mut changed = false;
+    for m in call.members.values_mut() {
+        if m.state == MemberState::Ringing {
+            m.state = MemberState::Missed;
+            changed = true;
+        }
+    }
+    if changed {
+        snapshot(state, id, out);
+        check_end(state, id, out);
+    }
 }
 
 pub(super) fn human_duration(ms: i64) -> String {

@@ -5,6 +5,7 @@ use confer_sfu::api::Role;
 use super::turn::turn_credential;
 use super::*;
 use crate::ids::Timestamp;
+use std::time::Duration;
 
 /// The credential coturn expects, checked against Python's hmac:
 /// `base64(hmac.new(b"north-wind", b"1700086400:4b1e…", sha1))`.
@@ -218,4 +219,66 @@ fn calls_end_with_the_reason_of_their_last_change() {
     let mut out = Vec::new();
     check_end(&mut state, id, &mut out);
     assert_eq!(ended_reason(&out), Some("declined"));
+}
+
+/// Ringing runs out at its deadline, not before, in virtual time: who
+/// still rings has missed the call, which then ends as missed.
+#[test]
+fn a_ring_expires_at_its_deadline() {
+    let (mut state, id, users) =
+        call_with(&[MemberState::Joined, MemberState::Ringing], Topology::P2p);
+    let t0 = std::time::Instant::now();
+    state
+        .timers
+        .insert((t0 + Duration::from_secs(45), Timer::RingExpiry(id)));
+    assert_eq!(poll_timeout(&state), Some(t0 + Duration::from_secs(45)));
+    let config = CallConfig::default();
+    let mut out = Vec::new();
+    handle_timeout(&mut state, t0 + Duration::from_secs(44), &config, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(
+        state.calls[&id].members[&users[1]].state,
+        MemberState::Ringing
+    );
+    handle_timeout(&mut state, t0 + Duration::from_secs(45), &config, &mut out);
+    assert_eq!(ended_reason(&out), Some("missed"));
+    assert!(state.calls.is_empty());
+    assert_eq!(poll_timeout(&state), None);
+}
+
+/// A member whose connection dropped leaves when its grace runs out,
+/// unless it came back (or dropped again, which starts a new grace).
+#[test]
+fn a_lost_connection_leaves_only_when_its_grace_runs_out() {
+    let config = CallConfig::default();
+    let t0 = std::time::Instant::now();
+    let grace = t0 + Duration::from_secs(20);
+    for came_back in [false, true] {
+        let (mut state, id, users) =
+            call_with(&[MemberState::Joined, MemberState::Joined], Topology::P2p);
+        let b = users[1];
+        if let Some(m) = state.calls.get_mut(&id).and_then(|c| c.members.get_mut(&b)) {
+            m.device = None;
+            m.lost = 1;
+        }
+        state.timers.insert((
+            grace,
+            Timer::Grace {
+                call: id,
+                user: b,
+                lost: 1,
+            },
+        ));
+        if came_back && let Some(m) = state.calls.get_mut(&id).and_then(|c| c.members.get_mut(&b)) {
+            m.device = Some(9);
+        }
+        let mut out = Vec::new();
+        handle_timeout(&mut state, grace, &config, &mut out);
+        if came_back {
+            assert!(out.is_empty());
+            assert_eq!(state.calls[&id].members[&b].state, MemberState::Joined);
+        } else {
+            assert_eq!(ended_reason(&out), Some("completed"));
+        }
+    }
 }
