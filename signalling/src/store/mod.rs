@@ -14,6 +14,7 @@ pub mod messaging;
 pub mod sqlite;
 mod sqlite_error;
 mod sqlite_files;
+mod sqlite_message_writes;
 mod sqlite_messaging;
 mod sqlite_writer;
 mod write_health;

@@ -21,7 +21,7 @@ use sqlx::{ConnectOptions as _, Connection as _, SqlitePool};
 
 use super::messaging::{EventFn, NewMessage, Posted, StoredMessage};
 use super::sqlite::SqliteStore;
-use super::sqlite_messaging::{post_in, update_in};
+use super::sqlite_message_writes::{post_in, update_in};
 use super::write_health::WriteHealth;
 use super::{StoreError, StoreResult};
 use crate::ids::{Timestamp, UserId};
