@@ -44,6 +44,7 @@ pub mod ids;
 pub mod limits;
 pub mod mail;
 pub mod messaging;
+pub mod proto;
 pub mod server;
 pub mod store;
 pub mod tenancy;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{CallId, ConversationId, UserId};
 
 /// Audio only, or audio and video.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CallMedia {
     /// Audio only.
@@ -45,7 +45,7 @@ pub enum MemberState {
 }
 
 /// What a subscriber wants of a video slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Quality {
     /// Small picture: the low layer.

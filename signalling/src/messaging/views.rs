@@ -114,7 +114,7 @@ pub struct NewConversation {
 }
 
 /// A file a sender attaches (`send`'s `attachments`).
-#[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachmentRef {
     /// A ready file the sender uploaded to this conversation.

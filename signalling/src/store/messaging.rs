@@ -107,12 +107,14 @@ pub struct PreviewSize {
 
 /// An action button. Unknown fields are refused (the `send` schema has
 /// `additionalProperties: false`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Action {
     /// What the bot receives on a click.
+    #[schemars(length(min = 1))]
     pub value: String,
     /// What the user sees.
+    #[schemars(length(min = 1))]
     pub presentation: String,
 }
 

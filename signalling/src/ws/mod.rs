@@ -58,8 +58,8 @@ mod requests;
 #[cfg(test)]
 mod tests;
 
+pub use crate::proto::KNOWN_TYPES;
 use access::{Access, replay};
-pub use requests::KNOWN_TYPES;
 use requests::{error_frame, handle_text, rate_limited_frame};
 
 /// Largest accepted text frame.

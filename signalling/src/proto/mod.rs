@@ -1,0 +1,9 @@
+//! The WebSocket protocol as Rust types, in one place: the frames a client
+//! sends ([`client`]) and the JSON Schemas `docs/protocol.md` shows for
+//! them, generated from these types ([`schema`]); a test fails when the
+//! document and the types differ.
+
+pub mod client;
+pub mod schema;
+
+pub use client::{KNOWN_TYPES, Request};
