@@ -120,7 +120,9 @@ pub enum SfuEvent {
 }
 
 /// Why a participant was lost ([`SfuEvent::ParticipantLost`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum LostReason {

@@ -110,7 +110,7 @@ impl Drop for Subscription {
 }
 
 /// Presence of a user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Presence {
     /// Connected and active.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use confer_sfu::api::{ParticipantId, Role, RoomId, SfuError, SfuEvent};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::error::{Code, Error};
 use crate::ids::{CallId, UserId};
@@ -43,9 +43,12 @@ impl Calls {
             }
             call.device(to).ok_or(Error::NotFound("peer"))?
         };
-        let event = json!({"kind": "call_signal", "call_id": id, "from": me, "signal": signal});
-        self.bus
-            .publish_to(to, target, Arc::from(event.to_string()));
+        let event = Ephemeral::CallSignal {
+            call_id: id,
+            from: me,
+            signal,
+        };
+        self.bus.publish_to(to, target, Arc::from(event.render()));
         Ok(())
     }
 
@@ -323,7 +326,10 @@ impl Calls {
                             out.push(Effect::Device(
                                 u,
                                 device,
-                                json!({"kind": "call_speaker", "call_id": call_id, "user_id": speaker}),
+                                Ephemeral::CallSpeaker {
+                                    call_id,
+                                    user_id: speaker,
+                                },
                             ));
                         }
                     }
@@ -340,11 +346,15 @@ impl Calls {
                     return out;
                 };
                 if let Some(device) = state.calls.get(&call_id).and_then(|c| c.device(user)) {
-                    let rid = ["q", "h", "f"][usize::from((*layer).min(2))];
                     out.push(Effect::Device(
                         user,
                         device,
-                        json!({"kind": "call_layer", "call_id": call_id, "mid": mid, "rid": rid, "needed": needed}),
+                        Ephemeral::CallLayer {
+                            call_id,
+                            mid: mid.clone(),
+                            rid: Rid::of_layer(*layer),
+                            needed: *needed,
+                        },
                     ));
                 }
             }
@@ -382,7 +392,10 @@ impl Calls {
                         out.push(Effect::Device(
                             user,
                             device,
-                            json!({"kind": "call_media_lost", "call_id": call_id, "reason": reason.as_str()}),
+                            Ephemeral::CallMediaLost {
+                                call_id,
+                                reason: *reason,
+                            },
                         ));
                     }
                 }

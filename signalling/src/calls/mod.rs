@@ -32,13 +32,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use confer_sfu::api::{SfuControl, SfuError};
-use serde_json::{Value, json};
 
 use crate::bus::Bus;
 use crate::config::{CallConfig, IceServer};
 use crate::error::{Code, Error};
 use crate::ids::{CallId, Clock, ConversationId, UserId};
 use crate::messaging::{Caller, Messaging, Who};
+use crate::proto::Ephemeral;
+use crate::proto::server::CallRecord;
+use crate::proto::server::Rid;
 use crate::store::messaging::MessageBody;
 
 mod media;
@@ -174,7 +176,7 @@ impl Calls {
                 CallMedia::Audio => "Audio call".to_owned(),
                 CallMedia::Video => "Video call".to_owned(),
             },
-            data: Some(json!({"call": {"id": id, "event": "started", "media": media}})),
+            data: Some(CallRecord::Started { id, media }.data()),
             recipients: None,
             actions: Vec::new(),
             attachments: Vec::new(),
@@ -316,7 +318,7 @@ impl Calls {
             member.device = Some(device);
             member.device_key = device_key;
             member.ever_joined = true;
-            let replay: Vec<Value> = member
+            let replay: Vec<Ephemeral> = member
                 .slots
                 .iter()
                 .map(|(mid, (user, screen))| slot_event(id, mid, *user, *screen))
@@ -338,7 +340,7 @@ impl Calls {
                         out.push(Effect::Device(
                             me,
                             old,
-                            json!({"kind": "call_moved", "call_id": id}),
+                            Ephemeral::CallMoved { call_id: id },
                         ));
                     }
                     retopology(&mut state, id, &self.config, &mut out, Some((me, true)));
@@ -591,8 +593,7 @@ impl Calls {
                     }
                 }
                 Effect::Device(user, device, event) => {
-                    self.bus
-                        .publish_to(user, device, Arc::from(event.to_string()));
+                    self.bus.publish_to(user, device, Arc::from(event.render()));
                 }
                 Effect::SfuLeave(p) => {
                     if let Err(e) = self.sfu.leave(p).await {
@@ -621,13 +622,16 @@ impl Calls {
         let id = ended.id;
         let body = MessageBody {
             text,
-            data: Some(json!({"call": {
-                "id": id,
-                "event": "ended",
-                "reason": ended.reason,
-                "duration_ms": duration_ms,
-                "participants": ended.participants,
-            }})),
+            data: Some(
+                CallRecord::Ended {
+                    id,
+                    reason: ended.reason,
+                    duration_ms: Some(duration_ms),
+                    started_at: None,
+                    participants: ended.participants,
+                }
+                .data(),
+            ),
             recipients: None,
             actions: Vec::new(),
             attachments: Vec::new(),
@@ -662,13 +666,16 @@ impl Calls {
             if let Some(app) = users.application(app).await? {
                 let body = MessageBody {
                     text: "Call interrupted: the server restarted".to_owned(),
-                    data: Some(json!({"call": {
-                        "id": id,
-                        "event": "ended",
-                        "reason": "interrupted",
-                        "started_at": started_at.to_rfc3339(),
-                        "participants": [],
-                    }})),
+                    data: Some(
+                        CallRecord::Ended {
+                            id,
+                            reason: "interrupted",
+                            duration_ms: None,
+                            started_at: Some(started_at.to_rfc3339()),
+                            participants: Vec::new(),
+                        }
+                        .data(),
+                    ),
                     recipients: None,
                     actions: Vec::new(),
                     attachments: Vec::new(),

@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use confer_sfu::api::{ParticipantId, Role, RoomId};
-use serde_json::{Value, json};
 
 use crate::config::CallConfig;
 use crate::error::{Code, Error};
@@ -170,7 +169,7 @@ pub(super) enum Effect {
     /// call's conversation.
     Snapshot(Vec<UserId>, Arc<str>, ConversationId),
     /// An event for one device.
-    Device(UserId, u64, Value),
+    Device(UserId, u64, Ephemeral),
     /// End an SFU session.
     SfuLeave(ParticipantId),
     /// Close the call's SFU room.
@@ -224,8 +223,13 @@ pub(super) fn session_slot(m: &mut Member, role: Role) -> &mut Option<Participan
     }
 }
 
-pub(super) fn slot_event(call: CallId, mid: &str, user: Option<UserId>, screen: bool) -> Value {
-    json!({"kind": "call_slot", "call_id": call, "mid": mid, "user_id": user, "screen": screen})
+pub(super) fn slot_event(call: CallId, mid: &str, user: Option<UserId>, screen: bool) -> Ephemeral {
+    Ephemeral::CallSlot {
+        call_id: call,
+        mid: mid.to_owned(),
+        user_id: user,
+        screen,
+    }
 }
 
 /// The call `me` is joined to on `device`.
@@ -253,7 +257,10 @@ pub(super) fn joined_call<'a>(
 /// The call's state to every member.
 pub(super) fn snapshot(state: &State, id: CallId, out: &mut Vec<Effect>) {
     if let Some(call) = state.calls.get(&id) {
-        let payload = json!({"kind": "call", "call": call.view(None)}).to_string();
+        let payload = Ephemeral::Call {
+            call: call.view(None),
+        }
+        .render();
         out.push(Effect::Snapshot(
             call.members.keys().copied().collect(),
             Arc::from(payload),
@@ -362,23 +369,27 @@ pub(super) fn retopology(
         }
         m.told = Some(topology);
         let event = match (topology, pair) {
-            (Topology::Sfu, _) => {
-                json!({"kind": "call_topology", "call_id": id, "topology": "sfu"})
-            }
-            (Topology::P2p, Some((first, second))) => {
-                let peer = if *u == first { second } else { first };
-                json!({
-                    "kind": "call_topology",
-                    "call_id": id,
-                    "topology": "p2p",
-                    "peer": peer,
-                    "offerer": *u == first,
-                    "ice_servers": ice_servers_for(config, *u),
-                })
-            }
-            (Topology::P2p, None) => {
-                json!({"kind": "call_topology", "call_id": id, "topology": "p2p", "peer": null})
-            }
+            (Topology::Sfu, _) => Ephemeral::CallTopology {
+                call_id: id,
+                topology: Topology::Sfu,
+                peer: None,
+                offerer: None,
+                ice_servers: None,
+            },
+            (Topology::P2p, Some((first, second))) => Ephemeral::CallTopology {
+                call_id: id,
+                topology: Topology::P2p,
+                peer: Some(Some(if *u == first { second } else { first })),
+                offerer: Some(*u == first),
+                ice_servers: Some(ice_servers_for(config, *u)),
+            },
+            (Topology::P2p, None) => Ephemeral::CallTopology {
+                call_id: id,
+                topology: Topology::P2p,
+                peer: Some(None),
+                offerer: None,
+                ice_servers: None,
+            },
         };
         events.push(Effect::Device(*u, device, event));
     }
@@ -420,7 +431,10 @@ pub(super) fn check_end(state: &mut State, id: CallId, out: &mut Vec<Effect>) {
     }
     out.push(Effect::SfuClose(RoomId::from(id.to_string().as_str())));
     // The end is recorded in the conversation before anyone is told.
-    let payload = json!({"kind": "call", "call": call.view(Some(reason))}).to_string();
+    let payload = Ephemeral::Call {
+        call: call.view(Some(reason)),
+    }
+    .render();
     let members: Vec<UserId> = call.members.keys().copied().collect();
     let participants: Vec<UserId> = call
         .members

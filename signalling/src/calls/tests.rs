@@ -77,12 +77,12 @@ fn call_with(members: &[MemberState], topology: Topology) -> (State, CallId, Vec
     (state, id, users)
 }
 
-fn topology_told(effects: &[Effect]) -> Vec<(UserId, String)> {
+fn topology_told(effects: &[Effect]) -> Vec<(UserId, Topology)> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Device(user, _, event) if event["kind"] == "call_topology" => {
-                Some((*user, event["topology"].as_str().unwrap_or("").to_owned()))
+            Effect::Device(user, _, Ephemeral::CallTopology { topology, .. }) => {
+                Some((*user, *topology))
             }
             _ => None,
         })
@@ -107,7 +107,10 @@ fn the_third_join_moves_the_call_to_the_sfu() {
     assert_eq!(state.calls[&id].topology, Topology::Sfu);
     let told = topology_told(&out);
     assert_eq!(told.len(), 3);
-    assert!(told.iter().all(|(u, t)| users.contains(u) && t == "sfu"));
+    assert!(
+        told.iter()
+            .all(|(u, t)| users.contains(u) && *t == Topology::Sfu)
+    );
     // Told once: nothing again while nothing changes.
     let mut again = Vec::new();
     retopology(&mut state, id, &CallConfig::default(), &mut again, None);
@@ -125,7 +128,9 @@ fn two_joined_devices_pair_up_and_the_first_offers() {
     let offerer: Vec<(UserId, bool)> = out
         .iter()
         .filter_map(|e| match e {
-            Effect::Device(u, _, ev) => Some((*u, ev["offerer"].as_bool().unwrap_or(false))),
+            Effect::Device(u, _, Ephemeral::CallTopology { offerer, .. }) => {
+                Some((*u, offerer.unwrap_or(false)))
+            }
             _ => None,
         })
         .collect();

@@ -17,7 +17,7 @@ pub enum CallMedia {
 }
 
 /// How media flows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Topology {
     /// Directly between the two devices.
@@ -27,7 +27,7 @@ pub enum Topology {
 }
 
 /// A member's part in a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberState {
     /// Its devices ring.
@@ -73,7 +73,7 @@ impl Quality {
 }
 
 /// One participant as clients see it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct ParticipantView {
     /// The user.
     pub user_id: UserId,
@@ -88,7 +88,7 @@ pub struct ParticipantView {
 }
 
 /// A call as clients see it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct CallView {
     /// Id.
     pub id: CallId,
@@ -103,9 +103,11 @@ pub struct CallView {
     /// RFC 3339 start time.
     pub started_at: String,
     /// `active` or `ended`.
+    #[schemars(extend("enum" = ["active", "ended"]))]
     pub state: &'static str,
     /// Why it ended: `completed`, `cancelled`, `declined`, `busy` or `missed`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["completed", "cancelled", "declined", "busy", "missed"]))]
     pub reason: Option<&'static str>,
     /// Every member asked to the call.
     pub participants: Vec<ParticipantView>,

@@ -405,10 +405,13 @@ impl std::fmt::Debug for S3Config {
 }
 
 /// A STUN or TURN server, as a browser's `RTCIceServer`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(
+    Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct IceServer {
     /// `stun:host:port`, `turn:host:port?transport=udp`, `turns:…`.
+    #[schemars(inner(regex(pattern = "^(stun|stuns|turn|turns):")))]
     pub urls: Vec<String>,
     /// TURN user name.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,8 +3,6 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::json;
-
 use crate::bus::{Gate, GateKind};
 use crate::error::{Code, Error};
 use crate::ids::{ConversationId, UserId};
@@ -303,7 +301,10 @@ impl Messaging {
         }
         self.emit(
             &[user],
-            json!({"kind": "removed", "conversation_id": id}).to_string(),
+            Event::Removed {
+                conversation_id: id,
+            }
+            .render(),
             gate(&conversation, GateKind::Closed),
         )
         .await
@@ -339,10 +340,12 @@ impl Messaging {
         };
         if granted {
             if let Some(conversation) = self.store.conversation(app.id, id).await? {
-                let payload = json!({"kind": "conversation", "conversation": ConversationView::of(&conversation, None)});
+                let payload = Event::Conversation {
+                    conversation: ConversationView::of(&conversation, None),
+                };
                 self.emit(
                     &[user],
-                    payload.to_string(),
+                    payload.render(),
                     gate(&conversation, GateKind::Opened),
                 )
                 .await?;
@@ -351,7 +354,10 @@ impl Messaging {
         }
         self.emit(
             &[user],
-            json!({"kind": "removed", "conversation_id": id}).to_string(),
+            Event::Removed {
+                conversation_id: id,
+            }
+            .render(),
             Some(Gate {
                 conversation: id,
                 kind: GateKind::Closed,

@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
-
 use crate::bus::GateKind;
 use crate::error::{Code, Error};
 use crate::ids::{ConversationId, MessageId, UserId};
@@ -85,7 +83,10 @@ impl Messaging {
             body,
         };
         let event: crate::store::messaging::EventFn = Arc::new(|m: &StoredMessage| {
-            json!({"kind": "message", "message": MessageView::from(m)}).to_string()
+            Event::Message {
+                message: MessageView::from(m),
+            }
+            .render()
         });
         let posted = self
             .store
@@ -193,7 +194,7 @@ impl Messaging {
         }
         let now = self.clock.now();
         let attached = stored.body.attachments.clone();
-        let kind = match text {
+        let deleted = match text {
             Some(text) => {
                 let body = MessageBody {
                     text,
@@ -202,20 +203,26 @@ impl Messaging {
                 check_body(&body)?;
                 stored.body = body;
                 stored.edited_at = Some(now);
-                "message_edited"
+                false
             }
             None => {
                 stored.body = MessageBody::deleted();
                 stored.deleted_at = Some(now);
-                "message_deleted"
+                true
             }
         };
         let notify = match &stored.body.recipients {
             Some(r) => r.clone(),
             None => self.audience(&conversation).await?,
         };
-        let payload = json!({"kind": kind, "message": MessageView::from(&stored)}).to_string();
-        let had_files = kind == "message_deleted" && !attached.is_empty();
+        let message = MessageView::from(&stored);
+        let had_files = deleted && !attached.is_empty();
+        let payload = if deleted {
+            Event::MessageDeleted { message }
+        } else {
+            Event::MessageEdited { message }
+        }
+        .render();
         let seqs = self
             .store
             .update_message(&stored, &notify, &payload, now)
@@ -255,14 +262,13 @@ impl Messaging {
                 "value: the message has no such action".to_owned(),
             ));
         }
-        let payload = json!({
-            "kind": "action",
-            "conversation_id": id,
-            "message_id": message,
-            "value": value,
-            "user_id": caller.user_id(),
-        })
-        .to_string();
+        let payload = Event::Action {
+            conversation_id: id,
+            message_id: message,
+            value: value.to_owned(),
+            user_id: caller.user_id(),
+        }
+        .render();
         self.emit(&[bot_id(caller.app.id)], payload, None).await
     }
 
@@ -309,7 +315,11 @@ impl Messaging {
             .await?;
         self.emit(
             &[user],
-            json!({"kind": "read", "conversation_id": id, "seq": mark}).to_string(),
+            Event::Read {
+                conversation_id: id,
+                seq: mark,
+            }
+            .render(),
             gate(&conversation, GateKind::Event),
         )
         .await?;

@@ -4,11 +4,10 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
-
 use crate::bus::{Bus, Gate, GateKind};
 use crate::error::Error;
 use crate::ids::{Clock, ConversationId, UserId};
+use crate::proto::{Ephemeral, Event};
 use crate::store::messaging::{
     Action, Author, Conversation, MessageBody, MessageStore, StoredMessage,
 };
@@ -159,10 +158,12 @@ impl Messaging {
         conversation: &Conversation,
         members: &[UserId],
     ) -> Result<(), Error> {
-        let payload = json!({"kind": "conversation", "conversation": ConversationView::of(conversation, None)});
+        let payload = Event::Conversation {
+            conversation: ConversationView::of(conversation, None),
+        };
         self.emit(
             members,
-            payload.to_string(),
+            payload.render(),
             gate(conversation, GateKind::Opened),
         )
         .await

@@ -4,8 +4,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use serde_json::json;
-
 use crate::bus::{GateKind, PresenceChange};
 use crate::error::Error;
 use crate::ids::{ConversationId, UserId};
@@ -92,8 +90,13 @@ impl Messaging {
             }
             map.insert((me, id), now);
         }
-        let payload: Arc<str> =
-            Arc::from(json!({"kind": "typing", "conversation_id": id, "user_id": me}).to_string());
+        let payload: Arc<str> = Arc::from(
+            Ephemeral::Typing {
+                conversation_id: id,
+                user_id: me,
+            }
+            .render(),
+        );
         let gate = gate(&conversation, GateKind::Event);
         for member in self.audience(&conversation).await? {
             if member != me {
@@ -143,7 +146,11 @@ impl Messaging {
         presence: Presence,
     ) -> Result<(), Error> {
         let payload: Arc<str> = Arc::from(
-            json!({"kind": "presence", "user_id": user, "presence": presence}).to_string(),
+            Ephemeral::Presence {
+                user_id: user,
+                presence,
+            }
+            .render(),
         );
         for contact in self.contacts(caller).await? {
             if contact != user {

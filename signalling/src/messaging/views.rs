@@ -7,7 +7,7 @@ use crate::ids::{ConversationId, FileId, MessageId, UserId};
 use crate::store::messaging::{Author, Conversation, MessageBody, StoredMessage};
 
 /// How a conversation is shown to clients.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct ConversationView {
     /// Id.
     pub id: ConversationId,
@@ -54,13 +54,14 @@ impl ConversationView {
 }
 
 /// How a message is shown to clients.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct MessageView {
     /// Id.
     pub id: MessageId,
     /// Conversation.
     pub conversation_id: ConversationId,
-    /// Position in the conversation.
+    /// Position in the conversation, from 1.
+    #[schemars(range(min = 1))]
     pub seq: u64,
     /// Author.
     pub author: Author,

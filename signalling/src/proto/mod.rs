@@ -5,5 +5,7 @@
 
 pub mod client;
 pub mod schema;
+pub mod server;
 
 pub use client::{KNOWN_TYPES, Request};
+pub use server::{Ack, Ephemeral, Event, Member, ServerFrame, ephemeral_frame, event_frame};

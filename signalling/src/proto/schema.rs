@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::Value;
 
-use super::Request;
+use super::server::CallRecord;
+use super::{Request, ServerFrame};
 
 /// The schema of every client frame, by `type`.
 #[must_use]
@@ -20,6 +21,101 @@ pub fn client_frames() -> BTreeMap<String, Value> {
         .for_deserialize()
         .with(|s| s.inline_subschemas = true);
     one_per_type(SchemaGenerator::new(settings).into_root_schema_for::<Request>())
+}
+
+/// The schema of every server frame, by `type`. Every object that lists
+/// its properties is closed (`additionalProperties: false`), so that a
+/// field the document does not show fails the suite's schema checks; an
+/// optional field is left out rather than sent as `null`, so its schema
+/// does not allow `null` (a field that is sometimes `null` says so with a
+/// schema of its own, as `call_topology`'s `peer` does).
+#[must_use]
+pub fn server_frames() -> BTreeMap<String, Value> {
+    let settings = SchemaSettings::draft2020_12()
+        .for_serialize()
+        .with(|s| s.inline_subschemas = true);
+    let mut frames =
+        one_per_type(SchemaGenerator::new(settings).into_root_schema_for::<ServerFrame>());
+    frames.values_mut().for_each(close);
+    frames
+}
+
+/// The schema of `data.call` in the messages that record calls.
+#[must_use]
+pub fn call_records() -> BTreeMap<String, Value> {
+    let settings = SchemaSettings::draft2020_12()
+        .for_serialize()
+        .with(|s| s.inline_subschemas = true);
+    let mut schema = SchemaGenerator::new(settings)
+        .into_root_schema_for::<CallRecord>()
+        .to_value();
+    if let Some(object) = schema.as_object_mut() {
+        for meta in ["$schema", "title", "description"] {
+            object.remove(meta);
+        }
+    }
+    tidy(&mut schema);
+    close(&mut schema);
+    BTreeMap::from([("data.call".to_owned(), schema)])
+}
+
+fn close(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".to_owned(), Value::Bool(false));
+            }
+            // What a field is when a client leaves it out says nothing of
+            // what the server sends.
+            map.remove("default");
+            let required: Vec<String> = map
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| {
+                    r.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(Value::Object(properties)) = map.get_mut("properties") {
+                for (name, property) in properties.iter_mut() {
+                    if !required.contains(name) {
+                        never_null(property);
+                    }
+                }
+            }
+            map.values_mut().for_each(close);
+        }
+        Value::Array(items) => items.iter_mut().for_each(close),
+        _ => {}
+    }
+}
+
+/// `Option<T>`'s schema without its `null`: `T`'s.
+fn never_null(schema: &mut Value) {
+    let Value::Object(map) = schema else { return };
+    if let Some(Value::Array(types)) = map.get_mut("type") {
+        types.retain(|t| t != "null");
+        if types.len() == 1 {
+            let only = types.remove(0);
+            map.insert("type".to_owned(), only);
+        }
+    }
+    let inner = match map.get("anyOf") {
+        Some(Value::Array(any))
+            if any.len() == 2 && any[1] == serde_json::json!({"type": "null"}) =>
+        {
+            any[0].clone()
+        }
+        _ => return,
+    };
+    map.remove("anyOf");
+    if let Value::Object(inner) = inner {
+        for (k, v) in inner {
+            map.entry(k).or_insert(v);
+        }
+    }
 }
 
 /// Splits the `oneOf` of an enum tagged by `type` into one schema per tag.
@@ -45,11 +141,15 @@ fn one_per_type(root: schemars::Schema) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// Drops what only Rust knows (the integer formats, `uint64` …) and what
-/// says nothing (`"default": null`: a field left out).
+/// Drops what only Rust knows (the integer formats, `uint64` …, and the
+/// line breaks of doc comments) and what says nothing (`"default": null`:
+/// a field left out).
 fn tidy(schema: &mut Value) {
     match schema {
         Value::Object(map) => {
+            if let Some(Value::String(text)) = map.get_mut("description") {
+                *text = text.replace('\n', " ");
+            }
             if map.get("default") == Some(&Value::Null) {
                 map.remove("default");
             }
@@ -226,7 +326,10 @@ mod tests {
     #[test]
     fn the_protocol_document_shows_the_schemas_of_the_types() {
         let doc = std::fs::read_to_string(DOC).unwrap();
-        let written = write_into(&doc, "### Client frames", &client_frames()).unwrap();
+        let written = write_into(&doc, "### Client frames", &client_frames())
+            .and_then(|doc| write_into(&doc, "### Server frames", &server_frames()))
+            .and_then(|doc| write_into(&doc, "### Calls", &call_records()))
+            .unwrap();
         if std::env::var_os("CONFER_WRITE_SCHEMAS").is_some() {
             std::fs::write(DOC, &written).unwrap();
         } else {

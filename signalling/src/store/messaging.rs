@@ -35,7 +35,7 @@ pub struct Conversation {
 }
 
 /// Who wrote a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", content = "user_id", rename_all = "snake_case")]
 pub enum Author {
     /// A user.
@@ -56,7 +56,7 @@ impl Author {
 }
 
 /// The content of a message, stored as one JSON document.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct MessageBody {
     /// Text with light formatting (see docs/protocol.md).
     #[serde(default)]
@@ -77,17 +77,20 @@ pub struct MessageBody {
 
 /// A file attached to a message (1C: `Attachments.Add(stream, name, MIME,
 /// displayed)`). The bytes are fetched through `GET /api/v1/files/{id}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Attachment {
     /// The file.
     pub file_id: FileId,
     /// Its name, as uploaded.
+    #[schemars(length(min = 1))]
     pub name: String,
     /// MIME type.
+    #[schemars(length(min = 3))]
     pub content_type: String,
     /// Size in bytes.
     pub size: u64,
     /// SHA-256 of the bytes, hex.
+    #[schemars(regex(pattern = "^[0-9a-f]{64}$"))]
     pub sha256: String,
     /// Shown in the message (an image inline) rather than only listed.
     pub displayed: bool,
@@ -97,11 +100,13 @@ pub struct Attachment {
 }
 
 /// Width and height of a preview, in pixels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PreviewSize {
     /// Width.
+    #[schemars(range(min = 1, max = 320))]
     pub width: u32,
     /// Height.
+    #[schemars(range(min = 1, max = 320))]
     pub height: u32,
 }
 

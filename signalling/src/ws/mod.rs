@@ -42,9 +42,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::proto::server::ResyncReason;
+use crate::proto::{ServerFrame, ephemeral_frame, event_frame};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use serde_json::json;
 use tokio::time::Instant;
 
 use crate::bus::{Bus, Gate, GateKind};
@@ -297,8 +298,12 @@ where
             calls.push(call);
         }
     }
-    let welcome = json!({"type": "welcome", "user_id": user_id, "event_seq": head, "calls": calls});
-    if send(&mut sink, welcome.to_string()).await.is_err() {
+    let welcome = ServerFrame::Welcome {
+        user_id,
+        event_seq: head,
+        calls,
+    };
+    if send(&mut sink, welcome.render()).await.is_err() {
         return Ended::ClientGone;
     }
     let mut last = since.unwrap_or(head).min(head);
@@ -309,8 +314,11 @@ where
         Err(_) => false,
     };
     if head - last > RESUME_LIMIT || pruned {
-        let frame = json!({"type": "resync", "reason": "too_far_behind", "event_seq": head});
-        if send(&mut sink, frame.to_string()).await.is_err() {
+        let frame = ServerFrame::Resync {
+            reason: ResyncReason::TooFarBehind,
+            event_seq: head,
+        };
+        if send(&mut sink, frame.render()).await.is_err() {
             return Ended::ClientGone;
         }
         last = head;
@@ -420,7 +428,7 @@ where
                         Ok(false) => continue,
                         Err(()) => break store_failed(&mut sink).await,
                     }
-                    let frame = format!(r#"{{"type":"ephemeral","event":{}}}"#, delivery.payload);
+                    let frame = ephemeral_frame(&delivery.payload);
                     if send(&mut sink, frame).await.is_err() {
                         break Ended::ClientGone;
                     }
@@ -499,10 +507,6 @@ fn too_big(e: &(dyn std::error::Error + 'static)) -> bool {
 async fn store_failed<S: Sink<Message> + Unpin>(sink: &mut S) -> Ended {
     let _ = close_with(sink, 1011, "internal").await;
     Ended::ClientGone
-}
-
-fn event_frame(seq: u64, payload: &str) -> String {
-    format!(r#"{{"type":"event","seq":{seq},"event":{payload}}}"#)
 }
 
 async fn timed<F: std::future::Future<Output = Result<(), E>>, E>(f: F) -> Result<(), ()> {

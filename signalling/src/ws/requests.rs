@@ -3,13 +3,13 @@
 //! request's `id`.
 
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::error::{Code, Error};
 use crate::ids::ConversationId;
 use crate::limits::FrameKind;
 use crate::messaging::{ConversationView, MessageView, NewConversation};
-use crate::proto::Request;
+use crate::proto::{Ack, Member, Request, ServerFrame};
 use crate::store::messaging::MessageBody;
 use confer_sfu::api::Role;
 
@@ -34,7 +34,13 @@ pub(super) fn parse_cursor(text: &str) -> Option<(crate::ids::Timestamp, Convers
 /// The WebSocket answer to an error: an error frame naming the request
 /// (`id`) it answers, with the code and its sentence.
 pub(super) fn error_frame(id: Option<&str>, code: Code, message: &str) -> String {
-    json!({"type": "error", "id": id, "code": code, "message": message}).to_string()
+    ServerFrame::Error {
+        id: id.map(str::to_owned),
+        code,
+        message: message.to_owned(),
+        retry_after_ms: None,
+    }
+    .render()
 }
 
 /// The `id` of a request frame, read without keeping the rest.
@@ -52,14 +58,17 @@ pub(super) fn frame_id(text: &str) -> Option<String> {
 
 /// The error frame of a request refused by a frame limit.
 pub(super) fn rate_limited_frame(id: Option<&str>, limited: &crate::limits::RateLimited) -> String {
-    json!({
-        "type": "error",
-        "id": id,
-        "code": Code::RateLimited,
-        "message": limited.to_string(),
-        "retry_after_ms": u64::try_from(limited.retry_after.as_millis()).unwrap_or(u64::MAX).max(1),
-    })
-    .to_string()
+    ServerFrame::Error {
+        id: id.map(str::to_owned),
+        code: Code::RateLimited,
+        message: limited.to_string(),
+        retry_after_ms: Some(
+            u64::try_from(limited.retry_after.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        ),
+    }
+    .render()
 }
 
 pub(super) fn api_error_frame(id: &str, err: &Error) -> String {
@@ -118,12 +127,12 @@ pub(super) async fn handle_text(context: &Context, text: &str) -> String {
         Err(e) => return error_frame(Some(&id), Code::InvalidRequest, &e.to_string()),
     };
     match answer(context, request).await {
-        Ok(frame) => frame.to_string(),
+        Ok(frame) => frame.render(),
         Err(e) => api_error_frame(&id, &e),
     }
 }
 
-pub(super) async fn answer(context: &Context, request: Request) -> Result<Value, Error> {
+pub(super) async fn answer(context: &Context, request: Request) -> Result<ServerFrame, Error> {
     let messaging = &context.messaging;
     let caller = &context.caller;
     let calls = &context.calls;
@@ -149,7 +158,10 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Value,
             let m = messaging
                 .send_with_files(caller, conversation_id, &client_id, body, &attachments)
                 .await?;
-            json!({"type": "ack", "id": id, "message": MessageView::from(&m)})
+            ServerFrame::ack(Ack {
+                message: Some(MessageView::from(&m)),
+                ..Ack::of(id)
+            })
         }
         Request::CreateConversation {
             id,
@@ -173,7 +185,10 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Value,
                     },
                 )
                 .await?;
-            json!({"type": "ack", "id": id, "conversation": ConversationView::of(&c, None)})
+            ServerFrame::ack(Ack {
+                conversation: Some(ConversationView::of(&c, None)),
+                ..Ack::of(id)
+            })
         }
         Request::AddMembers {
             id,
@@ -183,7 +198,10 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Value,
             let c = messaging
                 .add_members(caller, conversation_id, &members)
                 .await?;
-            json!({"type": "ack", "id": id, "conversation": ConversationView::of(&c, None)})
+            ServerFrame::ack(Ack {
+                conversation: Some(ConversationView::of(&c, None)),
+                ..Ack::of(id)
+            })
         }
         Request::RemoveMember {
             id,
@@ -194,11 +212,14 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Value,
                 .remove_member(caller, conversation_id, user_id)
                 .await?;
             calls.member_removed(conversation_id, user_id).await;
-            json!({"type": "ack", "id": id})
+            ServerFrame::ack(Ack::of(id))
         }
         Request::OpenContext { id, context, title } => {
             let c = messaging.open_context(caller, &context, &title).await?;
-            json!({"type": "ack", "id": id, "conversation": ConversationView::of(&c, None)})
+            ServerFrame::ack(Ack {
+                conversation: Some(ConversationView::of(&c, None)),
+                ..Ack::of(id)
+            })
         }
         Request::History {
             id,
@@ -211,7 +232,11 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Value,
                 .history(caller, conversation_id, after, before, limit.unwrap_or(50))
                 .await?;
             let views: Vec<MessageView> = messages.iter().map(MessageView::from).collect();
-            json!({"type": "history", "id": id, "conversation_id": conversation_id, "messages": views})
+            ServerFrame::History {
+                id,
+                conversation_id,
+                messages: views,
+            }
         }
         Request::Read {
             id,
@@ -219,7 +244,10 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Value,
             seq,
         } => {
             let mark = messaging.mark_read(caller, conversation_id, seq).await?;
-            json!({"type": "ack", "id": id, "read_seq": mark})
+            ServerFrame::ack(Ack {
+                read_seq: Some(mark),
+                ..Ack::of(id)
+            })
         }
         Request::Edit {
             id,
@@ -230,7 +258,10 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Value,
             let m = messaging
                 .change(caller, conversation_id, message_id, Some(text))
                 .await?;
-            json!({"type": "ack", "id": id, "message": MessageView::from(&m)})
+            ServerFrame::ack(Ack {
+                message: Some(MessageView::from(&m)),
+                ..Ack::of(id)
+            })
         }
         Request::Delete {
             id,
@@ -240,7 +271,10 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Value,
             let m = messaging
                 .change(caller, conversation_id, message_id, None)
                 .await?;
-            json!({"type": "ack", "id": id, "message": MessageView::from(&m)})
+            ServerFrame::ack(Ack {
+                message: Some(MessageView::from(&m)),
+                ..Ack::of(id)
+            })
         }
         Request::List { id, limit, after } => {
             let cursor = match after {
@@ -262,7 +296,11 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Value,
                     })
                 })
                 .flatten();
-            json!({"type": "conversations", "id": id, "conversations": views, "next": next})
+            ServerFrame::Conversations {
+                id,
+                conversations: views,
+                next,
+            }
         }
         Request::Click {
             id,
@@ -273,48 +311,58 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Value,
             messaging
                 .click(caller, conversation_id, message_id, &value)
                 .await?;
-            json!({"type": "ack", "id": id})
+            ServerFrame::ack(Ack::of(id))
         }
         Request::Typing {
             id,
             conversation_id,
         } => {
             let sent = messaging.typing(caller, conversation_id).await?;
-            json!({"type": "ack", "id": id, "sent": sent})
+            ServerFrame::ack(Ack {
+                sent: Some(sent),
+                ..Ack::of(id)
+            })
         }
         Request::Presence { id, away, users } => {
             if let Some(away) = away {
                 messaging.set_away(caller, away).await?;
             }
             let known = messaging.presence_of(caller, &users).await?;
-            let map: serde_json::Map<String, Value> = known
-                .into_iter()
-                .map(|(u, p)| (u.to_string(), json!(p)))
-                .collect();
-            json!({"type": "presence", "id": id, "users": map})
+            ServerFrame::Presence {
+                id,
+                users: known.into_iter().collect(),
+            }
         }
         Request::Members {
             id,
             conversation_id,
         } => {
             let (members, truncated) = messaging.member_list(caller, conversation_id).await?;
-            let members: Vec<Value> = members
+            let members = members
                 .into_iter()
-                .map(|(user_id, name, presence)| match presence {
-                    Some(p) => json!({"user_id": user_id, "name": name, "presence": p}),
-                    None => json!({"user_id": user_id, "name": name}),
+                .map(|(user_id, name, presence)| Member {
+                    user_id,
+                    name,
+                    presence,
                 })
                 .collect();
-            json!({"type": "members", "id": id, "members": members, "truncated": truncated})
+            ServerFrame::Members {
+                id,
+                members,
+                truncated,
+            }
         }
         Request::Search { id, query, limit } => {
             let found = messaging
                 .search(caller, &query, limit.unwrap_or(50))
                 .await?;
             let views: Vec<MessageView> = found.iter().map(MessageView::from).collect();
-            json!({"type": "search", "id": id, "messages": views})
+            ServerFrame::Search {
+                id,
+                messages: views,
+            }
         }
-        Request::Ping { id } => json!({"type": "pong", "id": id}),
+        Request::Ping { id } => ServerFrame::Pong { id },
         Request::CallStart {
             id,
             conversation_id,
@@ -325,7 +373,11 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Value,
             let call = calls
                 .start(caller, device, conversation_id, media, device_id)
                 .await?;
-            json!({"type": "ack", "id": id, "call": call, "ice_servers": calls.ice_servers(caller.participant())})
+            ServerFrame::ack(Ack {
+                call: Some(call),
+                ice_servers: Some(calls.ice_servers(caller.participant())),
+                ..Ack::of(id)
+            })
         }
         Request::CallJoin {
             id,
@@ -334,15 +386,19 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Value,
         } => {
             check_device_id(device_id.as_deref())?;
             let (call, ice_servers) = calls.join(caller, device, call_id, device_id).await?;
-            json!({"type": "ack", "id": id, "call": call, "ice_servers": ice_servers})
+            ServerFrame::ack(Ack {
+                call: Some(call),
+                ice_servers: Some(ice_servers),
+                ..Ack::of(id)
+            })
         }
         Request::CallDecline { id, call_id, busy } => {
             calls.decline(caller, call_id, busy).await?;
-            json!({"type": "ack", "id": id})
+            ServerFrame::ack(Ack::of(id))
         }
         Request::CallLeave { id, call_id } => {
             calls.leave(caller, device, call_id).await?;
-            json!({"type": "ack", "id": id})
+            ServerFrame::ack(Ack::of(id))
         }
         Request::CallSignal {
             id,
@@ -358,7 +414,7 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Value,
                 ));
             }
             calls.signal(caller, device, call_id, to, signal).await?;
-            json!({"type": "ack", "id": id})
+            ServerFrame::ack(Ack::of(id))
         }
         Request::CallPublish {
             id,
@@ -369,13 +425,13 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Value,
             let sdp = calls
                 .negotiate(caller, device, call_id, Role::Publish, sdp, screen_mid)
                 .await?;
-            json!({"type": "call_answer", "id": id, "call_id": call_id, "sdp": sdp})
+            ServerFrame::CallAnswer { id, call_id, sdp }
         }
         Request::CallSubscribe { id, call_id, sdp } => {
             let sdp = calls
                 .negotiate(caller, device, call_id, Role::Subscribe, sdp, None)
                 .await?;
-            json!({"type": "call_answer", "id": id, "call_id": call_id, "sdp": sdp})
+            ServerFrame::CallAnswer { id, call_id, sdp }
         }
         Request::CallMediaState {
             id,
@@ -387,7 +443,7 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Value,
             calls
                 .set_media(caller, device, call_id, audio, video, screen)
                 .await?;
-            json!({"type": "ack", "id": id})
+            ServerFrame::ack(Ack::of(id))
         }
         Request::CallQuality {
             id,
@@ -398,7 +454,7 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Value,
             calls
                 .set_quality(caller, device, call_id, mid, quality)
                 .await?;
-            json!({"type": "ack", "id": id})
+            ServerFrame::ack(Ack::of(id))
         }
     })
 }
