@@ -16,33 +16,35 @@
 //! them); what lasts is in the conversation: a message when a call starts
 //! and one when it ends, with its duration and participants.
 //!
-//! Locking: one mutex over all calls, held only for the bookkeeping of one
-//! request, never across an await; what follows from a change (events,
-//! SFU commands, messages) is collected as [`Effect`]s and carried out
-//! after the lock is released.
+//! Shape: a sans-IO state machine (`machine`: every request, SFU event,
+//! lost connection and timer is a `handle_*` input; what follows is a
+//! queue of [`Effect`]s and the next deadline) and this async service, its
+//! driver. One mutex over the machine is held for one input, never across
+//! an await; the driver then carries the effects out (events to devices,
+//! SFU commands, the messages that record a call) and does what needs the
+//! store or the SFU between inputs.
 //!
-//! Files: this one holds the service and the life of a call (start, ring,
-//! join, decline, leave, end, recovery after a restart); `media` relays
-//! peer-to-peer signals, negotiates SFU sessions and turns SFU events into
-//! call events; `state` is the bookkeeping and its pure transitions;
-//! `view` what clients see; `turn` the ICE servers and TURN credentials.
+//! Files: this one holds the driver of a call's life (start, join,
+//! decline, leave, timers, recovery after a restart); `media` the driver
+//! of signals, SFU sessions and SFU events; `machine` the inputs;
+//! `state` the bookkeeping and the transitions the inputs share; `view`
+//! what clients see; `turn` the ICE servers and TURN credentials.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::Instant;
 
 use confer_sfu::api::{SfuControl, SfuError};
 
 use crate::bus::Bus;
 use crate::config::{CallConfig, IceServer};
-use crate::error::{Code, Error};
+use crate::error::Error;
 use crate::ids::{CallId, Clock, ConversationId, UserId};
 use crate::messaging::{Caller, Messaging, Who};
 use crate::proto::Ephemeral;
 use crate::proto::server::CallRecord;
-use crate::proto::server::Rid;
 use crate::store::messaging::MessageBody;
 
+mod machine;
 mod media;
 mod state;
 #[cfg(test)]
@@ -50,6 +52,7 @@ mod tests;
 mod turn;
 mod view;
 
+use machine::{Machine, Started};
 use state::*;
 use turn::ice_servers_for;
 pub use view::{CallMedia, CallView, MemberState, ParticipantView, Quality, Topology};
@@ -62,7 +65,7 @@ pub struct Calls {
     bus: Arc<dyn Bus>,
     sfu: Arc<dyn SfuControl>,
     clock: Arc<dyn Clock>,
-    state: Mutex<State>,
+    machine: Mutex<Machine>,
     /// Told when a timer is added, so that [`Self::run_timers`] looks at
     /// the next deadline again.
     timers_changed: tokio::sync::Notify,
@@ -80,13 +83,14 @@ impl Calls {
         sfu: Arc<dyn SfuControl>,
         clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
+        let machine = Mutex::new(Machine::new(config.clone()));
         Arc::new(Self {
             config,
             messaging,
             bus,
             sfu,
             clock,
-            state: Mutex::new(State::default()),
+            machine,
             timers_changed: tokio::sync::Notify::new(),
         })
     }
@@ -103,24 +107,37 @@ impl Calls {
         &self.sfu
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, State>, Error> {
-        self.state
+    fn lock(&self) -> Result<MutexGuard<'_, Machine>, Error> {
+        self.machine
             .lock()
             .map_err(|_| Error::internal(anyhow::anyhow!("calls lock poisoned")))
+    }
+
+    /// Gives the machine one input, then carries out what follows from it
+    /// once the lock is released (and wakes the timer task when the next
+    /// deadline moved).
+    async fn step<T>(
+        &self,
+        input: impl FnOnce(&mut Machine) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let (answer, effects, timers_moved) = {
+            let mut machine = self.lock()?;
+            let before = machine.poll_timeout();
+            let answer = input(&mut machine);
+            let effects: Vec<Effect> = std::iter::from_fn(|| machine.poll_effect()).collect();
+            (answer, effects, machine.poll_timeout() != before)
+        };
+        if timers_moved {
+            self.timers_changed.notify_one();
+        }
+        self.run(effects).await;
+        answer
     }
 
     /// Active calls `user` was asked to, for a connection that starts.
     #[must_use]
     pub fn active_for(&self, user: UserId) -> Vec<CallView> {
-        let Ok(state) = self.state.lock() else {
-            return Vec::new();
-        };
-        state
-            .calls
-            .values()
-            .filter(|c| c.members.contains_key(&user))
-            .map(|c| c.view(None))
-            .collect()
+        self.lock().map(|m| m.active_for(user)).unwrap_or_default()
     }
 
     /// Starts a call in a conversation; the caller joins it on `device`
@@ -130,7 +147,7 @@ impl Calls {
     /// `forbidden` for a non-member; `busy` when the caller is in another
     /// call; `call_in_progress` when the conversation has one.
     pub async fn start(
-        self: &Arc<Self>,
+        &self,
         caller: &Caller,
         device: u64,
         conversation_id: ConversationId,
@@ -139,36 +156,10 @@ impl Calls {
     ) -> Result<CallView, Error> {
         let me = user_of(caller)?;
         let members = self.messaging.members_of(caller, conversation_id).await?;
-        let now = self.clock.now();
+        let started_at = self.clock.now();
         let id = CallId::random();
-        {
-            // Reserve: the caller is busy and the conversation has a call
-            // from now on, while the start is recorded.
-            let mut state = self.lock()?;
-            if state.joined.contains_key(&me) {
-                return Err(Error::Conflict(
-                    Code::Busy,
-                    "you are in another call: leave it first".to_owned(),
-                ));
-            }
-            if let Some(c) = state
-                .calls
-                .values()
-                .find(|c| c.conversation_id == conversation_id && c.caller.app.id == caller.app.id)
-            {
-                return Err(Error::Conflict(
-                    Code::CallInProgress,
-                    format!("call {} is going on in this conversation: join it", c.id),
-                ));
-            }
-            if !state.starting.insert(conversation_id) {
-                return Err(Error::Conflict(
-                    Code::CallInProgress,
-                    "a call is starting in this conversation: join it".to_owned(),
-                ));
-            }
-            state.joined.insert(me, id);
-        }
+        self.step(|m| m.handle_start(caller, me, conversation_id, id))
+            .await?;
         // The start is recorded before anyone hears of the call, and the
         // call is marked open so that a restart records its end.
         let body = MessageBody {
@@ -189,67 +180,23 @@ impl Calls {
             Ok(_) => self
                 .messaging
                 .store()
-                .set_call_open(id, Some((caller.app.id, conversation_id, now)))
+                .set_call_open(id, Some((caller.app.id, conversation_id, started_at)))
                 .await
                 .map_err(Error::from),
             Err(e) => Err(e),
         };
-        let (view, effects) = {
-            let mut state = self.lock()?;
-            state.starting.remove(&conversation_id);
-            if let Err(e) = recorded {
-                state.joined.remove(&me);
-                return Err(e);
-            }
-            let mut call = Call {
-                id,
-                caller: caller.clone(),
-                conversation_id,
-                media,
-                topology: Topology::P2p,
-                started_by: me,
-                started_at: now,
-                members: BTreeMap::new(),
-                next_seq: 1,
-                pair: None,
-            };
-            for user in members.iter().copied().filter(|u| *u != me) {
-                let busy = state.joined.contains_key(&user);
-                call.members.insert(
-                    user,
-                    Member::new(
-                        if busy {
-                            MemberState::Busy
-                        } else {
-                            MemberState::Ringing
-                        },
-                        media == CallMedia::Video,
-                    ),
-                );
-            }
-            let mut starter = Member::new(MemberState::Joined, media == CallMedia::Video);
-            starter.device = Some(device);
-            starter.device_key = device_key;
-            starter.ever_joined = true;
-            if state.joined.get(&me) != Some(&id) {
-                // Locked or removed while the start was being recorded.
-                starter.state = MemberState::Left;
-                starter.device = None;
-            }
-            call.members.insert(me, starter);
-            let view = call.view(None);
-            state.calls.insert(id, call);
-            let mut effects = Vec::new();
-            snapshot(&state, id, &mut effects);
-            check_end(&mut state, id, &mut effects);
-            let expiry =
-                std::time::Instant::now() + Duration::from_secs(self.config.ring_timeout_secs);
-            state.timers.insert((expiry, Timer::RingExpiry(id)));
-            (view, effects)
+        let started = Started {
+            caller: caller.clone(),
+            id,
+            conversation_id,
+            media,
+            members,
+            device,
+            device_key,
+            started_at,
         };
-        self.timers_changed.notify_one();
-        self.run(effects).await;
-        Ok(view)
+        self.step(|m| m.handle_started(Instant::now(), started, recorded))
+            .await
     }
 
     /// Joins a call (answering its ring, or later) on `device`.
@@ -265,93 +212,12 @@ impl Calls {
         device_key: Option<String>,
     ) -> Result<(CallView, Vec<IceServer>), Error> {
         let me = user_of(caller)?;
-        let conversation = self.conversation_of(caller, id)?;
+        let conversation = self.lock()?.conversation_of(caller, id)?;
         // Membership is checked now, not when the call started.
         self.messaging.readable(caller, conversation).await?;
-        let effects;
-        let view;
-        {
-            let mut state = self.lock()?;
-            if state.joined.get(&me).is_some_and(|c| *c != id) {
-                return Err(Error::Conflict(
-                    Code::Busy,
-                    "you are in another call: leave it first".to_owned(),
-                ));
-            }
-            let limit = self.config.conference_server_based_member_limit;
-            let call = state.calls.get_mut(&id).ok_or(Error::NotFound("call"))?;
-            let mut out = Vec::new();
-            let already = call
-                .members
-                .get(&me)
-                .is_some_and(|m| m.state == MemberState::Joined);
-            if !already && call.count(MemberState::Joined) >= limit {
-                return Err(Error::Conflict(
-                    Code::CallFull,
-                    format!("the call has its limit of {limit} participants"),
-                ));
-            }
-            let seq = call.next_seq;
-            call.next_seq += 1;
-            let member = call
-                .members
-                .entry(me)
-                .or_insert_with(|| Member::new(MemberState::Ringing, false));
-            let change = if already && member.device == Some(device) {
-                // Joined on this very connection already: nothing to do.
-                DeviceChange::Same
-            } else if already && device_key.is_some() && member.device_key == device_key {
-                // The same client back on a new connection: its media
-                // sessions went on meanwhile and stay.
-                DeviceChange::Resumed
-            } else if already {
-                DeviceChange::Moved(member.device)
-            } else {
-                member.joined_seq = seq;
-                member.video = call.media == CallMedia::Video;
-                DeviceChange::Joined
-            };
-            if !matches!(change, DeviceChange::Same) {
-                member.told = None;
-            }
-            member.state = MemberState::Joined;
-            member.device = Some(device);
-            member.device_key = device_key;
-            member.ever_joined = true;
-            let replay: Vec<Ephemeral> = member
-                .slots
-                .iter()
-                .map(|(mid, (user, screen))| slot_event(id, mid, *user, *screen))
-                .collect();
-            state.joined.insert(me, id);
-            match change {
-                DeviceChange::Same => {}
-                DeviceChange::Joined => retopology(&mut state, id, &self.config, &mut out, None),
-                DeviceChange::Resumed => {
-                    retopology(&mut state, id, &self.config, &mut out, Some((me, false)));
-                    // Topology first, then what each slot shows.
-                    out.extend(replay.into_iter().map(|e| Effect::Device(me, device, e)));
-                }
-                DeviceChange::Moved(old) => {
-                    // Another device takes over: the old one's media ends
-                    // and it is told so.
-                    end_media(&mut state, id, me, &mut out);
-                    if let Some(old) = old {
-                        out.push(Effect::Device(
-                            me,
-                            old,
-                            Ephemeral::CallMoved { call_id: id },
-                        ));
-                    }
-                    retopology(&mut state, id, &self.config, &mut out, Some((me, true)));
-                }
-            }
-            snapshot(&state, id, &mut out);
-            view = state.calls.get(&id).map(|c| c.view(None));
-            effects = out;
-        }
-        self.run(effects).await;
-        let view = view.ok_or(Error::NotFound("call"))?;
+        let view = self
+            .step(|m| m.handle_join(me, device, id, device_key))
+            .await?;
         Ok((view, ice_servers_for(&self.config, me)))
     }
 
@@ -361,35 +227,7 @@ impl Calls {
     /// `not_found`; `not_ringing` when the caller's devices do not ring.
     pub async fn decline(&self, caller: &Caller, id: CallId, busy: bool) -> Result<(), Error> {
         let me = user_of(caller)?;
-        let effects = {
-            let mut state = self.lock()?;
-            let call = state
-                .calls
-                .get_mut(&id)
-                .filter(|c| c.caller.app.id == caller.app.id)
-                .ok_or(Error::NotFound("call"))?;
-            let member = call
-                .members
-                .get_mut(&me)
-                .filter(|m| m.state == MemberState::Ringing)
-                .ok_or_else(|| {
-                    Error::Conflict(
-                        Code::NotRinging,
-                        "this call is not ringing for you".to_owned(),
-                    )
-                })?;
-            member.state = if busy {
-                MemberState::Busy
-            } else {
-                MemberState::Declined
-            };
-            let mut out = Vec::new();
-            snapshot(&state, id, &mut out);
-            check_end(&mut state, id, &mut out);
-            out
-        };
-        self.run(effects).await;
-        Ok(())
+        self.step(|m| m.handle_decline(caller, me, id, busy)).await
     }
 
     /// Leaves (hangs up) a call.
@@ -398,89 +236,32 @@ impl Calls {
     /// `not_found`; `not_joined`.
     pub async fn leave(&self, caller: &Caller, device: u64, id: CallId) -> Result<(), Error> {
         let me = user_of(caller)?;
-        let effects = {
-            let mut state = self.lock()?;
-            if state
-                .calls
-                .get(&id)
-                .is_none_or(|c| c.caller.app.id != caller.app.id)
-            {
-                return Err(Error::NotFound("call"));
-            }
-            if state.joined.get(&me) != Some(&id) {
-                return Err(Error::Conflict(
-                    Code::NotJoined,
-                    "you are not in this call".to_owned(),
-                ));
-            }
-            let elsewhere = state
-                .calls
-                .get(&id)
-                .and_then(|c| c.members.get(&me))
-                .and_then(|m| m.device)
-                .is_some_and(|d| d != device);
-            if elsewhere {
-                return Err(Error::Conflict(
-                    Code::NotJoined,
-                    "the call is on another of your devices: join it here first".to_owned(),
-                ));
-            }
-            let mut out = Vec::new();
-            depart(&mut state, id, me, &self.config, &mut out);
-            out
-        };
-        self.run(effects).await;
-        Ok(())
+        self.step(|m| m.handle_leave(caller, me, device, id)).await
     }
 
     /// A connection closed. If its user was in a call on it, the call
     /// keeps its place (and its media sessions, which do not depend on the
     /// WebSocket) for `reconnect_grace_secs`: a `call_join` from a new
     /// connection within that time takes it back; otherwise it leaves.
-    pub async fn disconnected(self: &Arc<Self>, user: UserId, device: u64) {
-        {
-            let Ok(mut state) = self.state.lock() else {
-                return;
-            };
-            let Some(id) = state.joined.get(&user).copied() else {
-                return;
-            };
-            let Some(member) = state
-                .calls
-                .get_mut(&id)
-                .and_then(|c| c.members.get_mut(&user))
-                .filter(|m| m.device == Some(device))
-            else {
-                return;
-            };
-            member.device = None;
-            member.lost += 1;
-            let lost = member.lost;
-            let at =
-                std::time::Instant::now() + Duration::from_secs(self.config.reconnect_grace_secs);
-            state.timers.insert((
-                at,
-                Timer::Grace {
-                    call: id,
-                    user,
-                    lost,
-                },
-            ));
-        }
-        self.timers_changed.notify_one();
+    pub async fn disconnected(&self, user: UserId, device: u64) {
+        let _ = self
+            .step(|m| {
+                m.handle_disconnected(Instant::now(), user, device);
+                Ok(())
+            })
+            .await;
     }
 
     /// Runs the calls' timers (ring expiry, reconnection grace) as they
-    /// fall due: the state says when the next one is due
-    /// ([`state::poll_timeout`]) and what it does ([`state::handle_timeout`]);
-    /// this only waits for it. Runs as long as the process.
+    /// fall due: the machine says when the next one is due and what it
+    /// does; this only waits for it. Runs as long as the process.
     pub async fn run_timers(self: Arc<Self>) {
         loop {
             // Registered before looking, so that a timer added meanwhile
             // is not slept through.
             let changed = self.timers_changed.notified();
-            let next = match self.state.lock() {
-                Ok(state) => poll_timeout(&state),
+            let next = match self.lock() {
+                Ok(machine) => machine.poll_timeout(),
                 Err(_) => return,
             };
             match next {
@@ -495,87 +276,35 @@ impl Calls {
                     continue;
                 }
             }
-            let effects = {
-                let Ok(mut state) = self.state.lock() else {
-                    return;
-                };
-                let mut out = Vec::new();
-                handle_timeout(
-                    &mut state,
-                    std::time::Instant::now(),
-                    &self.config,
-                    &mut out,
-                );
-                out
-            };
-            self.run(effects).await;
+            let _ = self
+                .step(|m| {
+                    m.handle_timeout(Instant::now());
+                    Ok(())
+                })
+                .await;
         }
     }
 
     /// `user` was locked or its application unregistered: it leaves its
     /// call at once (no grace period), and its media sessions end.
     pub async fn revoke(&self, user: UserId) {
-        let effects = {
-            let Ok(mut state) = self.state.lock() else {
-                return;
-            };
-            let Some(id) = state.joined.get(&user).copied() else {
-                return;
-            };
-            let mut out = Vec::new();
-            depart(&mut state, id, user, &self.config, &mut out);
-            out
-        };
-        self.run(effects).await;
+        let _ = self
+            .step(|m| {
+                m.handle_revoke(user);
+                Ok(())
+            })
+            .await;
     }
 
     /// `user` is no longer a member of `conversation`: it is dropped from
     /// the conversation's call.
     pub async fn member_removed(&self, conversation: ConversationId, user: UserId) {
-        let effects = {
-            let Ok(mut state) = self.state.lock() else {
-                return;
-            };
-            let Some(id) = state
-                .calls
-                .values()
-                .find(|c| c.conversation_id == conversation)
-                .map(|c| c.id)
-            else {
-                return;
-            };
-            let mut out = Vec::new();
-            if state.joined.get(&user) == Some(&id) {
-                // Its devices see it leave, then hear no more of the call.
-                depart(&mut state, id, user, &self.config, &mut out);
-            } else if let Some(m) = state
-                .calls
-                .get_mut(&id)
-                .and_then(|c| c.members.get_mut(&user))
-            {
-                // Ringing stops.
-                if m.state == MemberState::Ringing {
-                    m.state = MemberState::Missed;
-                }
-                snapshot(&state, id, &mut out);
-                check_end(&mut state, id, &mut out);
-            }
-            if let Some(call) = state.calls.get_mut(&id) {
-                call.members.remove(&user);
-            }
-            out
-        };
-        self.run(effects).await;
-    }
-
-    fn conversation_of(&self, caller: &Caller, id: CallId) -> Result<ConversationId, Error> {
-        let state = self.lock()?;
-        state
-            .calls
-            .get(&id)
-            .filter(|c| c.caller.app.id == caller.app.id)
-            .map(|c| c.conversation_id)
-            .ok_or(Error::NotFound("call"))
+        let _ = self
+            .step(|m| {
+                m.handle_member_removed(conversation, user);
+                Ok(())
+            })
+            .await;
     }
 
     async fn run(&self, effects: Vec<Effect>) {
