@@ -77,7 +77,7 @@ pub enum SfuError {
 }
 
 /// A participant that joined.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Joined {
     /// Its id (also the WHIP/WHEP resource).
     pub participant: ParticipantId,
@@ -86,7 +86,7 @@ pub struct Joined {
 }
 
 /// Load and counters of the whole SFU.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SfuStats {
     /// Per worker: its participants' counters (empty for a worker that is
     /// dead or did not answer in time: see `answered`).
@@ -99,10 +99,14 @@ pub struct SfuStats {
 
 /// Liveness and ingress counters of every worker, read without asking
 /// them ([`SfuControl::health`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SfuHealth {
     /// Per worker, by index.
     pub workers: Vec<WorkerHealth>,
+    /// Why the SFU could not be asked, when it runs in another process
+    /// that did not answer ([`crate::remote::RemoteSfu`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
 }
 
 impl SfuHealth {
@@ -121,6 +125,9 @@ impl SfuHealth {
     /// What is wrong, in a sentence (for a health report), or `None`.
     #[must_use]
     pub fn problem(&self) -> Option<String> {
+        if let Some(why) = &self.unreachable {
+            return Some(format!("the SFU does not answer: {why}"));
+        }
         let total = self.workers.len();
         let dead = total - self.alive();
         let stalled = self.workers.iter().filter(|w| w.stalled).count();
@@ -682,6 +689,7 @@ impl SfuControl for EmbeddedSfu {
         let now = Instant::now();
         SfuHealth {
             workers: self.workers.iter().map(|w| w.shared.health(now)).collect(),
+            unreachable: None,
         }
     }
 

@@ -52,6 +52,9 @@ pub enum JoinError {
     /// No such participant (renegotiation).
     #[error("no such participant")]
     Unknown,
+    /// A standalone SFU refused the offer, for the reason it gave.
+    #[error("{0}")]
+    Remote(String),
 }
 
 /// Something signalling should know.
@@ -159,7 +162,7 @@ impl LostReason {
 ///
 /// Every datagram is counted once in `datagrams`, and once more in one of
 /// the drop counters if it was dropped.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IngressStats {
     /// Datagrams handed to the engine.
     pub datagrams: u64,
@@ -184,7 +187,7 @@ impl IngressStats {
 }
 
 /// Packet and byte counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     /// RTP packets.
     pub packets: u64,
@@ -193,18 +196,18 @@ pub struct Counters {
 }
 
 /// Counters of one published track, per simulcast layer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TrackStats {
     /// The publisher's mid of the track.
     pub mid: String,
     /// `audio` or `video`.
-    pub kind: &'static str,
+    pub kind: std::borrow::Cow<'static, str>,
     /// Received per layer (index 0 = q or the only layer).
     pub layers: [Counters; 3],
 }
 
 /// Counters of one participant.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ParticipantStats {
     /// Room.
     pub room: RoomId,
@@ -744,9 +747,9 @@ impl Engine {
                             .map(|(k, t)| TrackStats {
                                 mid: k.1.to_string(),
                                 kind: if t.kind == MediaKind::Audio {
-                                    "audio"
+                                    "audio".into()
                                 } else {
-                                    "video"
+                                    "video".into()
                                 },
                                 layers: t.layers.map(|l| l.received),
                             })

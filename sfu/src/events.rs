@@ -130,8 +130,10 @@ impl EventLog {
     #[must_use]
     pub fn read_after(self: &Arc<Self>, after: u64) -> EventStream {
         EventStream {
-            log: self.clone(),
-            after,
+            source: Source::Log {
+                log: self.clone(),
+                after,
+            },
         }
     }
 
@@ -153,36 +155,65 @@ impl EventLog {
     }
 }
 
-/// A reader of an [`EventLog`]: yields the events after the last one it
-/// yielded, waiting for new ones.
+/// A reader of an SFU's events: yields the events after the last one it
+/// yielded, waiting for new ones. It reads this process's [`EventLog`], or
+/// another [`EventSource`] (a standalone SFU's log over its control API).
 #[derive(Debug)]
 pub struct EventStream {
-    log: Arc<EventLog>,
-    after: u64,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    Log { log: Arc<EventLog>, after: u64 },
+    Other(Box<dyn EventSource>),
+}
+
+/// Where an [`EventStream`] reads events that are not in this process:
+/// the same contract as [`EventStream::next`] and
+/// [`EventStream::position`].
+#[async_trait::async_trait]
+pub trait EventSource: Send + std::fmt::Debug {
+    /// The next events (at least one), in order, or what was missed.
+    async fn next(&mut self) -> Result<Vec<Sequenced>, Missed>;
+    /// The number of the last event yielded.
+    fn position(&self) -> u64;
 }
 
 /// Events handed out per look at the log.
 const READ_BATCH: usize = 256;
 
 impl EventStream {
+    /// A stream over another source.
+    #[must_use]
+    pub fn from_source(source: Box<dyn EventSource>) -> Self {
+        Self {
+            source: Source::Other(source),
+        }
+    }
+
     /// The next events (at least one), in order; `Err` once when the log
     /// dropped events this reader had not read (it goes on after them).
     ///
     /// # Errors
     /// [`Missed`]: the events this reader will never see.
     pub async fn next(&mut self) -> Result<Vec<Sequenced>, Missed> {
+        let (log, after) = match &mut self.source {
+            Source::Log { log, after } => (log, after),
+            Source::Other(source) => return source.next().await,
+        };
         loop {
             // Register for the next push before looking, so that a push
             // between the look and the wait is not slept through.
-            let pushed = self.log.pushed.notified();
-            match self.log.after(self.after, READ_BATCH) {
+            let pushed = log.pushed.notified();
+            match log.after(*after, READ_BATCH) {
                 Err(missed) => {
-                    self.after = missed.to;
+                    *after = missed.to;
                     return Err(missed);
                 }
                 Ok(events) if !events.is_empty() => {
                     if let Some(last) = events.last() {
-                        self.after = last.seq;
+                        *after = last.seq;
                     }
                     return Ok(events);
                 }
@@ -195,7 +226,10 @@ impl EventStream {
     /// reader resumes from).
     #[must_use]
     pub fn position(&self) -> u64 {
-        self.after
+        match &self.source {
+            Source::Log { after, .. } => *after,
+            Source::Other(source) => source.position(),
+        }
     }
 }
 

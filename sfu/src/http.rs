@@ -14,7 +14,11 @@
 //! * `GET /healthz`: `200 ok` while every worker runs, `503` naming the
 //!   dead or stalled ones otherwise; answered from atomics, no round trip.
 //!
-//! With a token configured every WHIP/WHEP request needs
+//! * `POST /control`, `GET /control/events?after=N`, `GET /control/health`
+//!   and `GET /control/stats`: the control API signalling drives this SFU
+//!   with from another process ([`crate::wire`]).
+//!
+//! With a token configured every WHIP/WHEP and control request needs
 //! `Authorization: Bearer <token>` (`401` otherwise), and so does
 //! `/metrics` unless `metrics_open` is set (its labels name every room and
 //! participant, and rendering it asks every worker).
@@ -24,7 +28,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -57,6 +61,10 @@ pub fn app(state: HttpState) -> Router {
             "/whep/{room}/{participant}",
             delete(leave).patch(no_trickle),
         )
+        .route("/control", post(control))
+        .route("/control/events", get(control_events))
+        .route("/control/health", get(control_health))
+        .route("/control/stats", get(control_stats))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(state)
@@ -203,6 +211,84 @@ async fn no_trickle() -> Response {
         "trickle_not_supported",
         "the SFU is ICE-lite; its answer carries its candidate",
     )
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "a valid bearer token is required",
+    )
+}
+
+fn json(value: &impl serde::Serialize) -> Response {
+    match serde_json::to_string(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
+    }
+}
+
+async fn control(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    match serde_json::from_slice::<crate::wire::ControlCommand>(&body) {
+        Ok(command) => json(&crate::wire::execute(state.sfu.as_ref(), command).await),
+        Err(e) => error(StatusCode::BAD_REQUEST, "invalid_command", &e.to_string()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct After {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn control_events(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Query(After { after }): Query<After>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let mut stream = state.sfu.events(after);
+    let (events, missed) = match tokio::time::timeout(crate::wire::EVENTS_WAIT, stream.next()).await
+    {
+        Ok(Ok(events)) => (events, None),
+        Ok(Err(missed)) => (Vec::new(), Some(missed)),
+        Err(_) => (Vec::new(), None),
+    };
+    json(&crate::wire::EventsPage {
+        events,
+        missed,
+        last: state.sfu.last_event(),
+    })
+}
+
+async fn control_health(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    json(&state.sfu.health())
+}
+
+async fn control_stats(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    match state.sfu.stats().await {
+        Ok(stats) => json(&stats),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &e.to_string(),
+        ),
+    }
 }
 
 async fn healthz(State(state): State<HttpState>) -> Response {

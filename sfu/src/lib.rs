@@ -30,6 +30,15 @@
 //! few atomics per worker (alive, heartbeat, ingress counters) that
 //! [`control::SfuControl::health`] reads without a round trip.
 //!
+//! # Other processes
+//!
+//! The same control drives an SFU in another process: the standalone
+//! `sfu` serves it over HTTP (`/control…`, [`http`]) as serde types
+//! ([`wire`]: commands, answers, pages of numbered events a reader resumes
+//! from), and `remote::RemoteSfu` (feature `remote`) is the
+//! [`control::SfuControl`] that speaks it, so signalling drives either
+//! without knowing which.
+//!
 //! # Hostile input
 //!
 //! No datagram makes a worker panic: each is counted and either handed to
@@ -55,22 +64,28 @@ pub mod engine;
 pub mod events;
 pub mod http;
 pub mod ids;
+#[cfg(feature = "remote")]
+pub mod remote;
 pub mod serve;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
+pub mod wire;
 pub mod worker;
 
 /// What crosses the boundary between signalling and the media plane, in
 /// one place: the control trait, its errors and health, and the serde
-/// types of its events (numbered and resumable, [`events`]), roles,
-/// preferences and ids. Signalling uses nothing else of this crate.
+/// types of its commands and answers ([`wire`]), its events (numbered and
+/// resumable, [`events`]), roles, preferences and ids. Signalling's domain
+/// uses nothing else of this crate; its server only chooses the
+/// implementation (the SFU in-process, or a client of a standalone one).
 pub mod api {
     pub use crate::control::{Joined, SfuControl, SfuError, SfuHealth, SfuStats};
     pub use crate::core::simulcast::Preference;
     pub use crate::engine::{LostReason, Role, SfuEvent};
-    pub use crate::events::{EventStream, Missed, Sequenced};
+    pub use crate::events::{EventSource, EventStream, Missed, Sequenced};
     pub use crate::ids::{ParticipantId, RoomId};
+    pub use crate::wire::{ControlAnswer, ControlCommand, EventsPage};
 }
 
 pub use config::SfuConfig;

@@ -94,7 +94,7 @@ pub struct WorkerShared {
 }
 
 /// A worker's state as [`WorkerShared`] shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerHealth {
     /// The thread runs.
     pub alive: bool,

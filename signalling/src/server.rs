@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
+use confer_sfu::remote::RemoteSfu;
 use confer_sfu::{EmbeddedSfu, SfuControl};
 
 use crate::bus::{Bus, InProcessBus};
@@ -85,8 +86,20 @@ impl Services {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let storage = crate::files::open_storage(&config.files, &config.files_dir())
             .context("opening file storage")?;
-        let sfu = EmbeddedSfu::start(&config.sfu.embedded()).context("starting the SFU")?;
-        tracing::info!(udp = ?sfu.worker_addrs(), "SFU workers started");
+        let sfu: Arc<dyn SfuControl> = match config.sfu.nodes.first() {
+            Some(node) => {
+                let remote = RemoteSfu::connect(node, config.sfu.node_token.clone())
+                    .await
+                    .with_context(|| format!("connecting to the SFU at {node}"))?;
+                tracing::info!(%node, "driving a standalone SFU");
+                remote
+            }
+            None => {
+                let sfu = EmbeddedSfu::start(&config.sfu.embedded()).context("starting the SFU")?;
+                tracing::info!(udp = ?sfu.worker_addrs(), "SFU workers started");
+                sfu
+            }
+        };
         let services = Self::with_backends(
             config,
             Backends {

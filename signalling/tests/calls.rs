@@ -537,7 +537,46 @@ async fn a_two_person_call_is_peer_to_peer_and_recorded_in_the_conversation() {
 async fn a_three_person_call_goes_through_the_sfu_with_in_call_features() {
     let _serial = SERIAL.lock().await;
     let (server, _dir) = TestServer::start().await;
-    let (mut p, _app) = people(&server, &["ann", "bob", "carol"]).await;
+    three_person_sfu_call(&server).await;
+}
+
+/// The same call with the SFU in another process's place: signalling
+/// (`sfu.nodes`) drives the standalone SFU's own HTTP front (its control
+/// API, over loopback HTTP with its token), and every in-call feature
+/// still works, the SFU's events included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_person_call_goes_through_a_standalone_sfu() {
+    let _serial = SERIAL.lock().await;
+    let sfu = confer_sfu::EmbeddedSfu::start(&confer_sfu::SfuConfig {
+        workers: 1,
+        pin_workers: false,
+        ..confer_sfu::SfuConfig::default()
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let front = confer_sfu::http::app(confer_sfu::http::HttpState {
+        sfu: sfu.clone(),
+        token: Some("sfu-token".to_owned()),
+        metrics_open: false,
+    });
+    let served = tokio::spawn(async move { axum::serve(listener, front).await });
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: SignallingConfig = test_config(dir.path());
+    config.sfu.nodes = vec![base];
+    config.sfu.node_token = Some("sfu-token".to_owned());
+    let server = TestServer::start_with(config, default_clock()).await;
+    three_person_sfu_call(&server).await;
+    // Everything went through the standalone SFU, none through another.
+    assert!(confer_sfu::SfuControl::last_event(sfu.as_ref()) > 0);
+    served.abort();
+}
+
+/// Three people in a video call through the SFU: media, named slots,
+/// mute, dynacast, screen sharing, per-slot quality, the active speaker,
+/// and the end.
+async fn three_person_sfu_call(server: &TestServer) {
+    let (mut p, _app) = people(server, &["ann", "bob", "carol"]).await;
     let conv = conversation(&mut p).await;
     let call = start_call(&mut p[0].ws, &conv, "video").await;
     for i in [1, 2] {
@@ -690,7 +729,7 @@ async fn a_three_person_call_goes_through_the_sfu_with_in_call_features() {
     drop(media);
     let end = ended(&mut p[0].ws, &call).await;
     assert_eq!(end["reason"], "completed");
-    until_sfu_idle(&server).await;
+    until_sfu_idle(server).await;
     let seen = conforms(&p);
     assert_seen(
         &seen,

@@ -436,10 +436,16 @@ impl SignallingConfig {
              (lower-case scheme and host, optional port, no path or trailing slash)",
         );
         check(
-            self.sfu.nodes.is_empty(),
+            self.sfu.nodes.len() <= 1
+                && self
+                    .sfu
+                    .nodes
+                    .iter()
+                    .all(|n| n.starts_with("http://") || n.starts_with("https://")),
             "sfu.nodes",
             format!("{:?}", self.sfu.nodes),
-            "empty: remote SFU nodes are not supported in this version",
+            "empty (the SFU runs in-process) or the URL of one standalone sfu, such as \
+             \"http://10.0.0.5:8089\" (placing calls on several nodes comes with the cluster)",
         );
         if bad.is_empty() {
             Ok(())

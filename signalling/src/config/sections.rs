@@ -437,8 +437,11 @@ pub struct SfuSection {
     pub pin_workers: bool,
     /// A participant that has not connected after this many seconds is dropped.
     pub connect_timeout_secs: u64,
-    /// Remote `sfu` nodes (scale-out). Not supported yet: must be empty.
+    /// A standalone `sfu` to drive instead of running one in-process: the
+    /// URL of its HTTP front (its control API). At most one for now.
     pub nodes: Vec<String>,
+    /// The standalone `sfu`'s bearer token, if it has one.
+    pub node_token: Option<String>,
 }
 
 impl Default for SfuSection {
@@ -451,6 +454,7 @@ impl Default for SfuSection {
             pin_workers: true,
             connect_timeout_secs: sfu.connect_timeout_secs,
             nodes: Vec::new(),
+            node_token: None,
         }
     }
 }

@@ -1,0 +1,199 @@
+//! The standalone `sfu` binary speaks the control API (`/control…`), and
+//! `RemoteSfu` drives it as signalling drives the SFU in its own process:
+//! sessions joined with the caller's ids, media forwarded between real
+//! str0m peers over loopback UDP, numbered events read by long polls,
+//! counters and health, refusals with the error they stand for, and the
+//! bearer token required.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{MEDIA_DEADLINE, Peer, Streaming, Subscriber, flowing};
+use confer_sfu::api::{ParticipantId, Role, RoomId, SfuControl, SfuError, SfuEvent};
+use confer_sfu::remote::RemoteSfu;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sfu");
+const TOKEN: &str = "control-token";
+
+/// Kills the child when the test ends.
+struct Sfu(Child);
+
+impl Drop for Sfu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The binary on loopback with one worker; its HTTP base URL.
+fn spawn() -> (Sfu, String) {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("CONFER_SFU_WORKERS", "1")
+        .env("CONFER_SFU_PIN_WORKERS", "false")
+        .env("CONFER_SFU_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no http:// address in {line:?}"))
+        .to_owned();
+    (Sfu(child), base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standalone_sfu_is_driven_over_its_control_api() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let (_sfu, base) = spawn();
+    // The token is required.
+    let anonymous = reqwest::Client::new()
+        .post(format!("{base}/control"))
+        .body(r#"{"command":"create_room","room":"r"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED);
+    assert!(matches!(
+        RemoteSfu::connect(&base, Some("wrong".to_owned())).await,
+        Err(SfuError::Start(_))
+    ));
+
+    let remote = RemoteSfu::connect(&base, Some(TOKEN.to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(remote.health().alive(), 1);
+    assert!(remote.health().is_ok());
+    let mut events = remote.events(remote.last_event());
+
+    let room = RoomId::from("remote-room");
+    remote.create_room(&room).await.unwrap();
+    let mut publisher = Peer::new();
+    let (offer, pending, audio, video) = publisher.offer_publish(true);
+    let (p, s) = (ParticipantId::random(), ParticipantId::random());
+    let joined = remote
+        .join_as(&room, p, Role::Publish, offer, None)
+        .await
+        .unwrap();
+    assert_eq!(joined.participant, p);
+    publisher.accept_answer(pending, &joined.answer);
+    let mut subscriber = Peer::new();
+    let (offer, pending) = subscriber.offer_subscribe();
+    let joined = remote
+        .join_as(&room, s, Role::Subscribe, offer, None)
+        .await
+        .unwrap();
+    subscriber.accept_answer(pending, &joined.answer);
+
+    let streaming = Streaming::start(publisher, audio, video);
+    let received = tokio::task::spawn_blocking(move || {
+        let mut got = Subscriber::default();
+        subscriber.run_until(Instant::now() + MEDIA_DEADLINE, &mut got, flowing);
+        got
+    })
+    .await
+    .unwrap();
+    streaming.stop();
+    assert!(flowing(&received), "no media through the standalone SFU");
+
+    // Both sessions connected, and the subscriber's slots were filled:
+    // the events arrived numbered, in order, from the other process.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + MEDIA_DEADLINE;
+    while !(seen
+        .iter()
+        .any(|e| matches!(e, SfuEvent::Connected { participant, .. } if *participant == s))
+        && seen
+            .iter()
+            .any(|e| matches!(e, SfuEvent::SlotChanged { participant, .. } if *participant == s)))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let batch = tokio::time::timeout(left, events.next())
+            .await
+            .expect("the events arrive")
+            .unwrap();
+        for w in batch.windows(2) {
+            assert_eq!(w[1].seq, w[0].seq + 1);
+        }
+        seen.extend(batch.into_iter().map(|e| e.event));
+    }
+    assert!(remote.last_event() >= events.position());
+
+    let stats = remote.stats().await.unwrap();
+    assert_eq!(stats.workers.iter().map(Vec::len).sum::<usize>(), 2);
+    assert!(stats.workers[0].iter().any(|p| p.rx.packets > 0));
+
+    // Refusals come back as the errors they stand for.
+    let mut other = Peer::new();
+    let (offer, _) = other.offer_subscribe();
+    let duplicate = remote.join_as(&room, s, Role::Subscribe, offer, None).await;
+    assert!(matches!(duplicate, Err(SfuError::DuplicateParticipant)));
+    let garbage = remote
+        .join_as(
+            &room,
+            ParticipantId::random(),
+            Role::Publish,
+            "v=0".to_owned(),
+            None,
+        )
+        .await;
+    assert!(matches!(garbage, Err(SfuError::Join(_))), "{garbage:?}");
+    remote.leave(s).await.unwrap();
+    assert!(matches!(
+        remote.leave(s).await,
+        Err(SfuError::UnknownParticipant)
+    ));
+    remote.close_room(&room).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while remote.stats().await.unwrap().workers[0]
+        .iter()
+        .any(|x| x.participant == p)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "closing the room left its sessions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A stopped SFU is reported by health (without a round trip), and its
+/// commands fail as unavailable rather than hang.
+#[tokio::test]
+async fn an_sfu_that_stopped_is_reported_unreachable() {
+    let (sfu, base) = spawn();
+    let remote = RemoteSfu::connect(&base, Some(TOKEN.to_owned()))
+        .await
+        .unwrap();
+    drop(sfu);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while remote.health().is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "health still ok 10 s after the SFU stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        remote
+            .health()
+            .problem()
+            .unwrap()
+            .contains("does not answer")
+    );
+    let started = Instant::now();
+    let create = remote.create_room(&RoomId::from("r")).await;
+    assert!(matches!(create, Err(SfuError::Unavailable)));
+    assert!(started.elapsed() < Duration::from_secs(11));
+}
