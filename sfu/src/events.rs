@@ -58,8 +58,10 @@ pub struct EventLog {
 struct Kept {
     /// The number the next event gets.
     next: u64,
-    /// The number the next event of each room gets.
-    rooms: HashMap<RoomId, u64>,
+    /// Per room: the number its next event gets, and the stream number of
+    /// its last event. A room none of whose events is kept any more is
+    /// forgotten, so that the map holds only rooms with kept events.
+    rooms: HashMap<RoomId, (u64, u64)>,
     events: VecDeque<Sequenced>,
 }
 
@@ -84,8 +86,9 @@ impl EventLog {
     }
 
     /// Numbers `event`, keeps it (dropping the oldest past capacity) and
-    /// wakes the readers. A room's numbering ends with its last event
-    /// only when the room is closed (`forget_room`).
+    /// wakes the readers. A room's numbering is forgotten when the log no
+    /// longer keeps any of its events (a room silent for a whole log's
+    /// worth of events starts again at 1).
     pub fn push(&self, event: SfuEvent) {
         {
             // A panic while the lock was held left a consistent queue:
@@ -94,9 +97,10 @@ impl EventLog {
             let seq = kept.next;
             kept.next += 1;
             let room_seq = {
-                let next = kept.rooms.entry(event.room().clone()).or_insert(1);
+                let (next, last) = kept.rooms.entry(event.room().clone()).or_insert((1, 0));
                 let n = *next;
                 *next += 1;
+                *last = seq;
                 n
             };
             kept.events.push_back(Sequenced {
@@ -105,17 +109,20 @@ impl EventLog {
                 event,
             });
             while kept.events.len() > self.capacity {
-                kept.events.pop_front();
+                let Some(dropped) = kept.events.pop_front() else {
+                    break;
+                };
+                let room = dropped.event.room();
+                if kept
+                    .rooms
+                    .get(room)
+                    .is_some_and(|(_, last)| *last == dropped.seq)
+                {
+                    kept.rooms.remove(room);
+                }
             }
         }
         self.pushed.notify_waiters();
-    }
-
-    /// Forgets a closed room's numbering (its next event, if a room of
-    /// that id opens again, is number 1 again).
-    pub fn forget_room(&self, room: &RoomId) {
-        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        kept.rooms.remove(room);
     }
 
     /// The number of the last event pushed (0 before the first).
@@ -279,5 +286,20 @@ mod tests {
         tokio::task::yield_now().await;
         log.push(connected("a"));
         assert_eq!(waiting.await.unwrap(), 10);
+    }
+
+    /// Rooms whose events all left the log are forgotten: the log's memory
+    /// is bounded by its capacity however many rooms come and go, and a
+    /// room still in it keeps counting.
+    #[test]
+    fn rooms_without_kept_events_are_forgotten() {
+        let log = EventLog::new(8);
+        for i in 0..10_000 {
+            log.push(connected(&format!("room-{i}")));
+            log.push(connected("busy"));
+        }
+        let kept = log.kept.lock().unwrap();
+        assert!(kept.rooms.len() <= 8, "{} rooms numbered", kept.rooms.len());
+        assert_eq!(kept.rooms[&RoomId::from("busy")].0, 10_001);
     }
 }
