@@ -207,20 +207,7 @@ async fn media_through_signalling_calls_arrives_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_over_whip_whep_ramps_and_reports_capacity() {
     let _serial = SERIAL.lock().await;
-    let sfu = confer_sfu::EmbeddedSfu::start(&confer_sfu::SfuConfig {
-        workers: 1,
-        pin_workers: false,
-        ..confer_sfu::SfuConfig::default()
-    })
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = confer_sfu::http::HttpState {
-        sfu: sfu.clone(),
-        token: Some("secret".to_owned()),
-        metrics_open: false,
-    };
-    tokio::spawn(async move { axum::serve(listener, confer_sfu::http::app(state)).await });
+    let (base, _sfu, _serving) = confer_sfu::testing::serve_front("secret").await;
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report");
     let r = loadgen(

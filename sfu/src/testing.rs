@@ -1,8 +1,9 @@
 //! Test support shared by the SFU's tests and benchmarks (not used by the
 //! server itself): str0m peer behaviours — a publisher sending Opus-shaped
 //! audio and three-layer simulcast VP8-shaped video, a subscriber that
-//! checks every packet it receives — and [`MemNet`], which connects such
-//! peers to an [`Engine`] in memory, in virtual time.
+//! checks every packet it receives — [`MemNet`], which connects such
+//! peers to an [`Engine`] in memory, in virtual time, and [`serve_front`],
+//! an SFU behind its HTTP front for the tests of other crates.
 //!
 //! Every payload ends with a 16-byte trailer — magic, layer, frame, packet
 //! index, length and an FNV-1a checksum of everything between the VP8
@@ -707,4 +708,39 @@ fn drain_peer(peer: &mut MemPeer, engine: &mut Engine, busy: &mut Duration, now:
             Output::Event(e) => peer.behaviour.on_event(&mut peer.rtc, e, now),
         }
     }
+}
+
+/// An SFU of one unpinned worker behind its HTTP front (WHIP/WHEP and the
+/// control API, the router the standalone `sfu` serves) on a loopback
+/// port, requiring `token`: its base URL, the SFU, and the task serving
+/// it.
+///
+/// # Panics
+/// When the SFU cannot start or no loopback port can be bound.
+pub async fn serve_front(
+    token: &str,
+) -> (
+    String,
+    std::sync::Arc<crate::EmbeddedSfu>,
+    tokio::task::JoinHandle<()>,
+) {
+    let sfu = crate::EmbeddedSfu::start(&crate::SfuConfig {
+        workers: 1,
+        pin_workers: false,
+        ..crate::SfuConfig::default()
+    })
+    .expect("the SFU starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let base = format!("http://{}", listener.local_addr().expect("a bound address"));
+    let front = crate::http::app(crate::http::HttpState {
+        sfu: sfu.clone(),
+        token: Some(token.to_owned()),
+        metrics_open: false,
+    });
+    let serving = tokio::spawn(async move {
+        let _ = axum::serve(listener, front).await;
+    });
+    (base, sfu, serving)
 }

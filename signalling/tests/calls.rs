@@ -547,20 +547,7 @@ async fn a_three_person_call_goes_through_the_sfu_with_in_call_features() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_person_call_goes_through_a_standalone_sfu() {
     let _serial = SERIAL.lock().await;
-    let sfu = confer_sfu::EmbeddedSfu::start(&confer_sfu::SfuConfig {
-        workers: 1,
-        pin_workers: false,
-        ..confer_sfu::SfuConfig::default()
-    })
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let front = confer_sfu::http::app(confer_sfu::http::HttpState {
-        sfu: sfu.clone(),
-        token: Some("sfu-token".to_owned()),
-        metrics_open: false,
-    });
-    let served = tokio::spawn(async move { axum::serve(listener, front).await });
+    let (base, sfu, served) = confer_sfu::testing::serve_front("sfu-token").await;
     let dir = tempfile::tempdir().unwrap();
     let mut config: SignallingConfig = test_config(dir.path());
     config.sfu.nodes = vec![base];

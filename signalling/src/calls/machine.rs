@@ -52,6 +52,17 @@ pub(super) struct Started {
     pub(super) started_at: Timestamp,
 }
 
+/// The session of one role of a member's device that an SDP offer is
+/// about: the input the negotiation steps share.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Offer<'a> {
+    pub(super) caller: &'a Caller,
+    pub(super) me: UserId,
+    pub(super) device: u64,
+    pub(super) id: CallId,
+    pub(super) role: Role,
+}
+
 impl Machine {
     pub(super) fn new(config: CallConfig) -> Self {
         Self {
@@ -532,13 +543,16 @@ impl Machine {
     /// of that role, to renegotiate, and of the other role, to link to.
     pub(super) fn handle_offer(
         &mut self,
-        caller: &Caller,
-        me: UserId,
-        device: u64,
-        id: CallId,
-        role: Role,
+        offer: Offer<'_>,
         screen_mid: Option<String>,
     ) -> Result<(Option<ParticipantId>, Option<ParticipantId>), Error> {
+        let Offer {
+            caller,
+            me,
+            device,
+            id,
+            role,
+        } = offer;
         let call = joined_call(&self.state, caller, me, device, id)?;
         if call.topology != Topology::Sfu {
             return Err(Error::Conflict(
@@ -546,12 +560,7 @@ impl Machine {
                 "the call is peer-to-peer: use call_signal".to_owned(),
             ));
         }
-        let call = self
-            .state
-            .calls
-            .get_mut(&id)
-            .ok_or(Error::NotFound("call"))?;
-        let member = call.members.get_mut(&me).ok_or(Error::NotFound("call"))?;
+        let member = self.member(id, me).ok_or(Error::NotFound("call"))?;
         if role == Role::Publish && screen_mid.is_some() {
             member.screen_mid = screen_mid;
         }
@@ -563,45 +572,33 @@ impl Machine {
 
     /// The SFU does not know `session` (it ended without us hearing of
     /// it): forget it, so that a new one is opened.
-    pub(super) fn handle_session_unknown(
-        &mut self,
-        id: CallId,
-        me: UserId,
-        role: Role,
-        session: ParticipantId,
-    ) {
+    pub(super) fn handle_session_unknown(&mut self, offer: Offer<'_>, session: ParticipantId) {
         self.state.sessions.remove(&session);
         if let Some(slot) = self
-            .state
-            .calls
-            .get_mut(&id)
-            .and_then(|c| c.members.get_mut(&me))
-            .map(|m| session_slot(m, role))
+            .member(offer.id, offer.me)
+            .map(|m| session_slot(m, offer.role))
             && *slot == Some(session)
         {
             *slot = None;
         }
     }
 
-    /// A new SFU session of `role` for `me`, registered before the SFU
-    /// hears of it so that its very first events find their device.
-    #[allow(clippy::too_many_arguments)] // the session's whole identity
+    /// A new SFU session for the offer, registered before the SFU hears of
+    /// it so that its very first events find their device.
     pub(super) fn handle_session_opening(
         &mut self,
-        caller: &Caller,
-        me: UserId,
-        device: u64,
-        id: CallId,
-        role: Role,
+        offer: Offer<'_>,
         participant: ParticipantId,
     ) -> Result<(), Error> {
+        let Offer {
+            caller,
+            me,
+            device,
+            id,
+            role,
+        } = offer;
         joined_call(&self.state, caller, me, device, id)?;
-        let member = self
-            .state
-            .calls
-            .get_mut(&id)
-            .and_then(|c| c.members.get_mut(&me))
-            .ok_or(Error::NotFound("call"))?;
+        let member = self.member(id, me).ok_or(Error::NotFound("call"))?;
         let slot = session_slot(member, role);
         if slot.is_some() {
             return Err(Error::Conflict(
@@ -617,24 +614,21 @@ impl Machine {
     /// The SFU answered the session's offer (`answered`) or refused it;
     /// whether the session is kept: not when it was refused, nor when `me`
     /// left, moved or lost the call meanwhile.
-    #[allow(clippy::too_many_arguments)] // the session's whole identity
     pub(super) fn handle_session_answered(
         &mut self,
-        caller: &Caller,
-        me: UserId,
-        device: u64,
-        id: CallId,
-        role: Role,
+        offer: Offer<'_>,
         participant: ParticipantId,
         answered: bool,
     ) -> bool {
+        let Offer {
+            caller,
+            me,
+            device,
+            id,
+            role,
+        } = offer;
         let still = joined_call(&self.state, caller, me, device, id).is_ok();
-        let member = self
-            .state
-            .calls
-            .get_mut(&id)
-            .and_then(|c| c.members.get_mut(&me));
-        let kept = member.is_some_and(|m| {
+        let kept = self.member(id, me).is_some_and(|m| {
             let slot = session_slot(m, role);
             let ours = *slot == Some(participant);
             if ours && (!answered || !still) {
@@ -782,6 +776,13 @@ impl Machine {
             _ => {}
         }
         self.effects.extend(out);
+    }
+
+    fn member(&mut self, id: CallId, user: UserId) -> Option<&mut Member> {
+        self.state
+            .calls
+            .get_mut(&id)
+            .and_then(|c| c.members.get_mut(&user))
     }
 
     fn depart(&mut self, id: CallId, user: UserId) {

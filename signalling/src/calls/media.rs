@@ -48,39 +48,36 @@ impl Calls {
         sdp: String,
         screen_mid: Option<String>,
     ) -> Result<String, Error> {
-        let me = user_of(caller)?;
-        let (existing, linked) = self
-            .lock()?
-            .handle_offer(caller, me, device, id, role, screen_mid)?;
+        let offer = Offer {
+            caller,
+            me: user_of(caller)?,
+            device,
+            id,
+            role,
+        };
+        let (existing, linked) = self.lock()?.handle_offer(offer, screen_mid)?;
         if let Some(session) = existing {
             match self.sfu.renegotiate(session, sdp.clone()).await {
                 Ok(answer) => return Ok(answer),
                 // The session ended without us hearing of it (a lost
                 // event): forget it and open a new one.
                 Err(SfuError::UnknownParticipant) => {
-                    self.lock()?.handle_session_unknown(id, me, role, session);
+                    self.lock()?.handle_session_unknown(offer, session);
                 }
                 Err(e) => return Err(sfu_error(e)),
             }
         }
         let participant = ParticipantId::random();
-        self.lock()?
-            .handle_session_opening(caller, me, device, id, role, participant)?;
+        self.lock()?.handle_session_opening(offer, participant)?;
         let room = RoomId::from(id.to_string().as_str());
         let joined = self
             .sfu
             .join_as(&room, participant, role, sdp, linked)
             .await;
         // The member may have left, moved or lost the call meanwhile.
-        let kept = self.lock()?.handle_session_answered(
-            caller,
-            me,
-            device,
-            id,
-            role,
-            participant,
-            joined.is_ok(),
-        );
+        let kept = self
+            .lock()?
+            .handle_session_answered(offer, participant, joined.is_ok());
         let joined = joined.map_err(sfu_error)?;
         if !kept {
             let _ = self.sfu.leave(participant).await;

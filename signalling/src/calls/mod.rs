@@ -52,7 +52,7 @@ mod tests;
 mod turn;
 mod view;
 
-use machine::{Machine, Started};
+use machine::{Machine, Offer, Started};
 use state::*;
 use turn::ice_servers_for;
 pub use view::{CallMedia, CallView, MemberState, ParticipantView, Quality, Topology};
