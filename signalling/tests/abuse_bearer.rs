@@ -10,7 +10,7 @@
 mod common;
 
 use common::process::Process;
-use common::{TestServer, Ws, expect_error};
+use common::{TestServer, Ws, expect_refused};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -126,20 +126,21 @@ async fn a_token_in_the_websocket_subprotocol_authenticates_and_is_not_echoed() 
     assert_eq!(ws.welcome["user_id"], user_id.as_str(), "{}", ws.welcome);
 
     // A wrong token in the subprotocol is refused before the upgrade.
-    let r = server
-        .get("/api/v1/ws")
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .header(
-            "sec-websocket-protocol",
-            "confer.v1, confer.bearer.not.a.token",
-        )
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    expect_refused(
+        server
+            .get("/api/v1/ws")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header(
+                "sec-websocket-protocol",
+                "confer.v1, confer.bearer.not.a.token",
+            ),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
     server.stop().await;
 }
 

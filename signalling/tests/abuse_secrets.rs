@@ -8,7 +8,7 @@
 mod common;
 
 use argon2::password_hash::{PasswordHasher, SaltString};
-use common::{App, TestServer, expect_error};
+use common::{App, TestServer, expect_refused};
 use reqwest::StatusCode;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -96,14 +96,15 @@ async fn secrets_are_stored_as_digests_and_old_argon2_hashes_are_replaced_on_use
     let phc = store_argon2_hash(&server, &app, &app.secret).await;
     assert!(phc.starts_with("$argon2id$"), "{phc}");
     // A wrong secret fails and leaves it as it is.
-    let r = server
-        .post("/api/v1/tokens")
-        .basic_auth(&app.id, Some("not the secret"))
-        .json(&json!({"external_id": "u-1", "name": "Анна"}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    expect_refused(
+        server
+            .post("/api/v1/tokens")
+            .basic_auth(&app.id, Some("not the secret"))
+            .json(&json!({"external_id": "u-1", "name": "Анна"})),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
     assert_eq!(stored_secret(&server, &app).await, phc);
     // The right one works and replaces the hash by the digest.
     assert_eq!(

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::s3::S3Server;
-use common::{App, TestServer, Ws, expect_error, user_token};
+use common::{App, TestServer, Ws, expect_error, expect_refused, user_token};
 use confer_signalling::SignallingConfig;
 use confer_signalling::ids::{ManualClock, Timestamp};
 use reqwest::StatusCode;
@@ -669,14 +669,14 @@ async fn deleting_messages_and_applications_removes_files(kind: Kind) {
     s.bob = user_token(&s.server, &s.app, "bob", &[]).await;
 
     // A file not attached yet can be discarded by its uploader.
-    let r = s
-        .server
-        .delete(&format!("/api/v1/files/{}", kept["id"].as_str().unwrap()))
-        .bearer_auth(&s.bob.0)
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::NOT_FOUND, "not_found").await;
+    expect_refused(
+        s.server
+            .delete(&format!("/api/v1/files/{}", kept["id"].as_str().unwrap()))
+            .bearer_auth(&s.bob.0),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
     assert!(!s.objects_of(&kept["id"]).is_empty());
 
     let r = s

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{TestServer, expect_error};
+use common::{TestServer, expect_error, expect_refused};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -98,21 +98,23 @@ async fn one_subscriber_owns_several_applications_and_unregistering_one_keeps_th
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
 
     // Its credentials and its users' tokens stop working...
-    let r = server
-        .post("/api/v1/tokens")
-        .basic_auth(&first.id, Some(&first.secret))
-        .json(&json!({"external_id": "u1", "name": "Ann"}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::FORBIDDEN, "application_unregistered").await;
-    let r = server
-        .get("/api/v1/me")
-        .bearer_auth(t1["token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::FORBIDDEN, "application_unregistered").await;
+    expect_refused(
+        server
+            .post("/api/v1/tokens")
+            .basic_auth(&first.id, Some(&first.secret))
+            .json(&json!({"external_id": "u1", "name": "Ann"})),
+        StatusCode::FORBIDDEN,
+        "application_unregistered",
+    )
+    .await;
+    expect_refused(
+        server
+            .get("/api/v1/me")
+            .bearer_auth(t1["token"].as_str().unwrap()),
+        StatusCode::FORBIDDEN,
+        "application_unregistered",
+    )
+    .await;
 
     // ...while the second one works as before.
     let r = server
@@ -170,13 +172,14 @@ async fn a_subscriber_renames_rotates_and_unregisters() {
     let new_secret = rotated["app_secret"].as_str().unwrap().to_owned();
 
     // Basic with the old secret stops at once; the new one works.
-    let r = server
-        .get("/api/v1/applications")
-        .basic_auth(&app.id, Some(&app.secret))
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    expect_refused(
+        server
+            .get("/api/v1/applications")
+            .basic_auth(&app.id, Some(&app.secret)),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
     let r = server
         .get("/api/v1/applications")
         .basic_auth(&app.id, Some(&new_secret))
@@ -211,13 +214,12 @@ async fn a_subscriber_renames_rotates_and_unregisters() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = server
-        .get("/api/v1/applications")
-        .bearer_auth(&session)
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    expect_refused(
+        server.get("/api/v1/applications").bearer_auth(&session),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
     server.stop().await;
 }
 
@@ -275,21 +277,21 @@ async fn an_application_mints_its_own_tokens_and_locks_users() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap()["locked"], true);
-    let r = server
-        .get("/api/v1/me")
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::FORBIDDEN, "user_locked").await;
-    let r = server
-        .post("/api/v1/tokens")
-        .basic_auth(&app.id, Some(&app.secret))
-        .json(&json!({"external_id": "ext-7", "name": "Иван"}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::FORBIDDEN, "user_locked").await;
+    expect_refused(
+        server.get("/api/v1/me").bearer_auth(&token),
+        StatusCode::FORBIDDEN,
+        "user_locked",
+    )
+    .await;
+    expect_refused(
+        server
+            .post("/api/v1/tokens")
+            .basic_auth(&app.id, Some(&app.secret))
+            .json(&json!({"external_id": "ext-7", "name": "Иван"})),
+        StatusCode::FORBIDDEN,
+        "user_locked",
+    )
+    .await;
     let r = server
         .post(&format!("/api/v1/users/{user_id}/unlock"))
         .basic_auth(&app.id, Some(&app.secret))
@@ -307,13 +309,12 @@ async fn an_application_mints_its_own_tokens_and_locks_users() {
 
     // After exp the token is refused.
     common::advance(&server, 601);
-    let r = server
-        .get("/api/v1/me")
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    expect_refused(
+        server.get("/api/v1/me").bearer_auth(&token),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
     server.stop().await;
 }
 

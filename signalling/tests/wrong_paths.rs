@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{App, TestServer, expect_error};
+use common::{App, TestServer, expect_error, expect_refused};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -27,21 +27,23 @@ fn wrong(code: &str) -> String {
 async fn malformed_email_is_refused_and_nothing_is_mailed() {
     let (server, _dir) = TestServer::start().await;
     for email in ["", "not-an-email", "a@", "@b.c", "a b@c.d", "a@b@c.d"] {
-        let r = server
-            .post("/api/v1/registrations")
-            .json(&json!({"email": email, "app_name": "ERP"}))
-            .send()
-            .await
-            .unwrap();
-        expect_error(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+        expect_refused(
+            server
+                .post("/api/v1/registrations")
+                .json(&json!({"email": email, "app_name": "ERP"})),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
     }
-    let r = server
-        .post("/api/v1/registrations")
-        .json(&json!({"email": "a@example.com", "app_name": "  "}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+    expect_refused(
+        server
+            .post("/api/v1/registrations")
+            .json(&json!({"email": "a@example.com", "app_name": "  "})),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
     assert_eq!(server.outbox_len(), 0);
     assert_eq!(server.counts().await, (0, 0));
     server.stop().await;
@@ -172,13 +174,14 @@ async fn sign_in_for_an_unknown_address_looks_the_same_and_mails_nothing() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(server.outbox_len(), 0);
-    let r = server
-        .post("/api/v1/subscriber/sessions/confirm")
-        .json(&json!({"email": "nobody@example.com", "code": "123456"}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::FORBIDDEN, "access_denied").await;
+    expect_refused(
+        server
+            .post("/api/v1/subscriber/sessions/confirm")
+            .json(&json!({"email": "nobody@example.com", "code": "123456"})),
+        StatusCode::FORBIDDEN,
+        "access_denied",
+    )
+    .await;
     server.stop().await;
 }
 
@@ -226,14 +229,15 @@ async fn wrong_or_missing_application_credentials() {
     expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
     // A user token is not an application credential.
     let token = server.token(&app, "u1", "Ann").await;
-    let r = server
-        .post("/api/v1/tokens")
-        .bearer_auth(token["token"].as_str().unwrap())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    expect_refused(
+        server
+            .post("/api/v1/tokens")
+            .bearer_auth(token["token"].as_str().unwrap())
+            .json(&body),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
     assert!(
         server
             .services
@@ -278,13 +282,14 @@ async fn application_a_cannot_touch_application_b() {
     }
     // A's subscriber session sees nothing of B either.
     let session = server.sign_in("a@example.com").await;
-    let r = server
-        .delete(&format!("/api/v1/applications/{}", b.id))
-        .bearer_auth(&session)
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::NOT_FOUND, "not_found").await;
+    expect_refused(
+        server
+            .delete(&format!("/api/v1/applications/{}", b.id))
+            .bearer_auth(&session),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
 
     // A token signed by A that claims to be issued by B is refused.
     let a_token = server.token(&a, "ua", "A user").await;
@@ -299,13 +304,12 @@ async fn application_a_cannot_touch_application_b() {
         parts[1] = URL_SAFE_NO_PAD.encode(claims.to_string());
         parts.join(".")
     };
-    let r = server
-        .get("/api/v1/me")
-        .bearer_auth(forged)
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    expect_refused(
+        server.get("/api/v1/me").bearer_auth(forged),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
 
     // Nothing of B changed.
     let b_app = server
@@ -331,54 +335,54 @@ async fn application_a_cannot_touch_application_b() {
 #[tokio::test]
 async fn bad_bodies_get_their_codes_and_write_nothing() {
     let (server, _dir) = TestServer::start().await;
-    let r = server
-        .post("/api/v1/registrations")
-        .header("content-type", "application/json")
-        .body("{\"email\": ")
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::BAD_REQUEST, "malformed_json").await;
+    expect_refused(
+        server
+            .post("/api/v1/registrations")
+            .header("content-type", "application/json")
+            .body("{\"email\": "),
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+    )
+    .await;
 
-    let r = server
-        .post("/api/v1/registrations")
-        .json(&json!({"email": "a@example.com", "app_name": "ERP", "admin": true}))
-        .send()
-        .await
-        .unwrap();
-    let body = expect_error(r, StatusCode::BAD_REQUEST, "unknown_field").await;
+    let body = expect_refused(
+        server
+            .post("/api/v1/registrations")
+            .json(&json!({"email": "a@example.com", "app_name": "ERP", "admin": true})),
+        StatusCode::BAD_REQUEST,
+        "unknown_field",
+    )
+    .await;
     assert!(body["error"]["message"].as_str().unwrap().contains("admin"));
 
-    let r = server
-        .post("/api/v1/registrations")
-        .json(&json!({"email": "a@example.com"}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+    expect_refused(
+        server
+            .post("/api/v1/registrations")
+            .json(&json!({"email": "a@example.com"})),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
 
-    let r = server
-        .post("/api/v1/registrations")
-        .header("content-type", "text/plain")
-        .body(r#"{"email": "a@example.com", "app_name": "ERP"}"#)
-        .send()
-        .await
-        .unwrap();
-    expect_error(
-        r,
+    expect_refused(
+        server
+            .post("/api/v1/registrations")
+            .header("content-type", "text/plain")
+            .body(r#"{"email": "a@example.com", "app_name": "ERP"}"#),
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "unsupported_media_type",
     )
     .await;
 
     let huge = "я".repeat(server.services.config.http.max_body_bytes);
-    let r = server
-        .post("/api/v1/registrations")
-        .json(&json!({"email": "a@example.com", "app_name": huge}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    expect_refused(
+        server
+            .post("/api/v1/registrations")
+            .json(&json!({"email": "a@example.com", "app_name": huge})),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
 
     let r = server.get("/api/v1/nothing-here").send().await.unwrap();
     expect_error(r, StatusCode::NOT_FOUND, "not_found").await;
@@ -395,14 +399,15 @@ async fn bad_bodies_get_their_codes_and_write_nothing() {
         json!({"external_id": "x".repeat(300), "name": "Ann"}),
         json!({"external_id": "u1", "name": "Ann", "email": "nope"}),
     ] {
-        let r = server
-            .post("/api/v1/tokens")
-            .basic_auth(&app.id, Some(&app.secret))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        expect_error(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+        expect_refused(
+            server
+                .post("/api/v1/tokens")
+                .basic_auth(&app.id, Some(&app.secret))
+                .json(&body),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
     }
     let users = server
         .services
@@ -424,25 +429,23 @@ async fn bad_user_tokens() {
     tampered.pop();
     tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
     for bad in [tampered.as_str(), "not.a.jwt", "x"] {
-        let r = server
-            .get("/api/v1/me")
-            .bearer_auth(bad)
-            .send()
-            .await
-            .unwrap();
-        expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+        expect_refused(
+            server.get("/api/v1/me").bearer_auth(bad),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        )
+        .await;
     }
     let r = server.get("/api/v1/me").send().await.unwrap();
     expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
     // Expiry follows the server clock.
     common::advance(&server, server.services.config.tokens.ttl_secs + 1);
-    let r = server
-        .get("/api/v1/me")
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    expect_refused(
+        server.get("/api/v1/me").bearer_auth(&token),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
     server.stop().await;
 }
 
@@ -465,12 +468,13 @@ async fn the_demo_is_offered_on_loopback_but_not_through_a_proxy() {
     )
     .await;
     assert_eq!(proxied["enabled"], false);
-    let r = server
-        .post("/api/v1/demo/sessions")
-        .header("forwarded", "for=203.0.113.9")
-        .json(&json!({"name": "Mallory"}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(r, StatusCode::NOT_FOUND, "not_found").await;
+    expect_refused(
+        server
+            .post("/api/v1/demo/sessions")
+            .header("forwarded", "for=203.0.113.9")
+            .json(&json!({"name": "Mallory"})),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
 }

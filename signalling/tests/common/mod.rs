@@ -305,6 +305,16 @@ pub async fn json(request: RequestBuilder) -> Value {
     request.send().await.unwrap().json().await.unwrap()
 }
 
+/// Sends `request` and checks that it is refused with `status` and
+/// `code` (see [`expect_error`]); returns the error body.
+pub async fn expect_refused(
+    request: reqwest::RequestBuilder,
+    status: StatusCode,
+    code: &str,
+) -> Value {
+    expect_error(request.send().await.unwrap(), status, code).await
+}
+
 /// Asserts an error response: status, stable code, and a message.
 pub async fn expect_error(response: Response, status: StatusCode, code: &str) -> Value {
     let got = response.status();
