@@ -160,7 +160,9 @@ impl Messaging {
         }
     }
 
-    /// A conversation the caller may read.
+    /// A conversation the caller may read; a viewer of a contextual
+    /// conversation who is not a member yet is made one (a write only
+    /// then).
     ///
     /// # Errors
     /// `not_found` outside the caller's application; `forbidden` when the
@@ -170,27 +172,43 @@ impl Messaging {
         caller: &Caller,
         id: ConversationId,
     ) -> Result<Conversation, Error> {
+        let (conversation, joins) = self.reachable(caller, id).await?;
+        if let Some(user) = joins {
+            self.join_context(id, user).await?;
+        }
+        Ok(conversation)
+    }
+
+    /// As [`Self::readable`] without the write: the conversation, and the
+    /// user to make a member of it (a viewer of a contextual conversation
+    /// who is not one yet), for a caller that writes anyway and makes the
+    /// membership part of its own transaction.
+    pub(super) async fn reachable(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+    ) -> Result<(Conversation, Option<UserId>), Error> {
         let conversation = self
             .store
             .conversation(caller.app.id, id)
             .await?
             .ok_or(Error::NotFound("conversation"))?;
         match &caller.who {
-            Who::App => Ok(conversation),
+            Who::App => Ok((conversation, None)),
             Who::User { user, .. } => {
                 // A contextual conversation is open to whoever may see its
                 // object, now: a withdrawn grant closes it at once.
                 if let Some(context) = &conversation.context {
                     if self.may_see(caller, context).await? {
-                        self.join_context(id, user.id).await?;
-                        return Ok(conversation);
+                        let joins = !self.store.is_member(id, user.id).await?;
+                        return Ok((conversation, joins.then_some(user.id)));
                     }
                     return Err(Error::Forbidden(
                         "the application does not let this user see that object",
                     ));
                 }
                 if conversation.all_users || self.store.is_member(id, user.id).await? {
-                    return Ok(conversation);
+                    return Ok((conversation, None));
                 }
                 Err(Error::Forbidden("not a member of this conversation"))
             }

@@ -44,7 +44,9 @@ impl Messaging {
         attachments: &[AttachmentRef],
     ) -> Result<StoredMessage, Error> {
         check_short("client_id", client_id, true)?;
-        let conversation = self.readable(caller, id).await?;
+        // A first post to a contextual conversation makes its author a
+        // member in the message's own transaction.
+        let (conversation, joins) = self.reachable(caller, id).await?;
         // A retry whose acknowledgement was lost gets the first message
         // before its files are checked: they are attached to it by now.
         // (Without files the writer's own check is enough.)
@@ -81,6 +83,7 @@ impl Messaging {
             author: caller.author(),
             client_id: client_id.to_owned(),
             body,
+            joins,
         };
         let event: crate::store::messaging::EventFn = Arc::new(|m: &StoredMessage| {
             Event::Message {

@@ -42,6 +42,7 @@ macro_rules! conformance {
                 a_retried_post_returns_the_first_message,
                 history_pages_from_either_end,
                 each_users_events_are_numbered_without_gaps,
+                a_post_makes_its_author_a_member_in_its_transaction,
             );
         }
     };
@@ -345,6 +346,7 @@ pub(super) async fn grants_claims_and_unread_counts(store: Arc<dyn Backend>) {
             author: Author::App,
             client_id: format!("c{i}"),
             body: body("plan", recipients),
+            joins: None,
         };
         store.post(&message, &[], event.clone(), now).await.unwrap();
     }
@@ -452,6 +454,7 @@ pub(super) fn message(i: usize, conversation_id: ConversationId, text: String) -
             actions: Vec::new(),
             attachments: Vec::new(),
         },
+        joins: None,
     }
 }
 
@@ -605,4 +608,37 @@ pub(super) async fn each_users_events_are_numbered_without_gaps(store: Arc<dyn B
             .map(|m| m.body.text),
         Some("edited".to_owned())
     );
+}
+
+/// A post that names a user to join makes it a member in the message's
+/// own transaction: a member after the post, once, also when retried; a
+/// post refused (here: a bad conversation) leaves it a non-member.
+pub(super) async fn a_post_makes_its_author_a_member_in_its_transaction(store: Arc<dyn Backend>) {
+    let conversation = group_of_the_app(&*store).await;
+    let viewer = UserId::random();
+    assert!(!store.is_member(conversation.id, viewer).await.unwrap());
+    let mut m = message(1, conversation.id, "first".to_owned());
+    m.joins = Some(viewer);
+    store
+        .post(&m, &[viewer], seq_event(), Timestamp(3))
+        .await
+        .unwrap();
+    assert!(store.is_member(conversation.id, viewer).await.unwrap());
+    assert_eq!(store.members(conversation.id).await.unwrap(), [viewer]);
+    store
+        .post(&m, &[viewer], seq_event(), Timestamp(4))
+        .await
+        .unwrap();
+    assert_eq!(store.members(conversation.id).await.unwrap(), [viewer]);
+
+    let other = UserId::random();
+    let mut lost = message(2, ConversationId::random(), "nowhere".to_owned());
+    lost.joins = Some(other);
+    assert!(
+        store
+            .post(&lost, &[other], seq_event(), Timestamp(5))
+            .await
+            .is_err()
+    );
+    assert!(!store.is_member(lost.conversation_id, other).await.unwrap());
 }

@@ -175,6 +175,10 @@ pub struct NewMessage {
     pub client_id: String,
     /// Content.
     pub body: MessageBody,
+    /// A user to make a member of the conversation in the message's own
+    /// transaction: the author viewing a contextual conversation it is
+    /// not a member of yet (so that its first post costs one commit).
+    pub joins: Option<UserId>,
 }
 
 /// One event of a user's log.

@@ -123,6 +123,17 @@ pub(super) async fn post_in(
             seqs: Vec::new(),
         });
     }
+    if let Some(user) = m.joins {
+        sqlx::query(
+            "INSERT INTO conversation_members (conversation_id, user_id, joined_at) VALUES (?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(m.conversation_id.to_string())
+        .bind(user.to_string())
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await?;
+    }
     let row = sqlx::query(
         "UPDATE conversations SET last_seq = last_seq + 1, last_activity = ? WHERE id = ? RETURNING last_seq",
     )
