@@ -85,16 +85,11 @@ impl Messaging {
             body,
             joins,
         };
-        let event: crate::store::messaging::EventFn = Arc::new(|m: &StoredMessage| {
-            Event::Message {
-                message: MessageView::from(m),
-            }
-            .render()
-        });
-        let posted = self
-            .store
-            .post(&new, &notify, event, self.clock.now())
-            .await?;
+        // The event is rendered here, once; the writer only puts the
+        // message's number into it.
+        let now = self.clock.now();
+        let event = Event::message_before_numbering(&new, now);
+        let posted = self.store.post(&new, &notify, event, now).await?;
         if let Some(payload) = posted.event {
             self.publish(posted.seqs, &payload, gate(&conversation, GateKind::Event));
         }

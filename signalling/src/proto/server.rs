@@ -425,7 +425,44 @@ pub fn ephemeral_frame(rendered: &str) -> String {
     format!(r#"{{"type":"ephemeral","event":{rendered}}}"#)
 }
 
+/// The number a message event is rendered with before the message has
+/// its own: never a real one, and the first `"seq":` of the text (the
+/// message's number comes before its `data`, the only place where an
+/// application's own JSON could say `"seq"` unquoted).
+const UNNUMBERED: u64 = u64::MAX;
+
 impl Event {
+    /// The `message` event of a message about to be stored at `now`,
+    /// rendered once with its number left open: the writer puts in the
+    /// number the message gets.
+    #[must_use]
+    pub fn message_before_numbering(
+        new: &crate::store::messaging::NewMessage,
+        now: crate::ids::Timestamp,
+    ) -> crate::store::messaging::PendingEvent {
+        let stored = crate::store::messaging::StoredMessage {
+            conversation_id: new.conversation_id,
+            seq: UNNUMBERED,
+            id: new.id,
+            author: new.author,
+            client_id: new.client_id.clone(),
+            body: new.body.clone(),
+            created_at: now,
+            edited_at: None,
+            deleted_at: None,
+        };
+        let text = Self::Message {
+            message: MessageView::from(&stored),
+        }
+        .render();
+        let key = format!("\"seq\":{UNNUMBERED}");
+        let at = text.find(&key).expect("a message event has a seq") + "\"seq\":".len();
+        crate::store::messaging::PendingEvent {
+            before_seq: text[..at].to_owned(),
+            after_seq: text[at + UNNUMBERED.to_string().len()..].to_owned(),
+        }
+    }
+
     /// Its wire form, as kept in the log and written into `event` frames.
     #[must_use]
     pub fn render(&self) -> String {
@@ -458,6 +495,44 @@ impl ServerFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message event rendered before numbering, once numbered, is the
+    /// event rendered with the number, whatever the message's text and
+    /// data say about `seq`.
+    #[test]
+    fn a_message_event_is_numbered_without_being_rendered_again() {
+        use crate::store::messaging::{Author, MessageBody, NewMessage, StoredMessage};
+        let new = NewMessage {
+            conversation_id: ConversationId::random(),
+            id: MessageId::random(),
+            author: Author::App,
+            client_id: "c".to_owned(),
+            body: MessageBody {
+                text: format!("\"seq\":{UNNUMBERED} seq"),
+                data: Some(serde_json::json!({"seq": UNNUMBERED, "n": {"seq": 1}})),
+                ..MessageBody::default()
+            },
+            joins: None,
+        };
+        let now = crate::ids::Timestamp(1_700_000_000_000);
+        let pending = Event::message_before_numbering(&new, now);
+        let stored = StoredMessage {
+            conversation_id: new.conversation_id,
+            seq: 42,
+            id: new.id,
+            author: new.author,
+            client_id: new.client_id.clone(),
+            body: new.body.clone(),
+            created_at: now,
+            edited_at: None,
+            deleted_at: None,
+        };
+        let direct = Event::Message {
+            message: MessageView::from(&stored),
+        }
+        .render();
+        assert_eq!(pending.with_seq(42), direct);
+    }
 
     #[test]
     fn frames_around_rendered_events_are_the_typed_frames() {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::files::{FileRecord, FileState, FileStore};
 use super::messaging::{
-    Author, Conversation, EventFn, GrantChange, MessageBody, MessageStore, NewMessage, Posted,
+    Author, Conversation, GrantChange, MessageBody, MessageStore, NewMessage, PendingEvent, Posted,
     StoredMessage,
 };
 use super::sqlite_files::UPLOAD_GRACE_MS;
@@ -338,7 +338,7 @@ pub(super) async fn grants_claims_and_unread_counts(store: Arc<dyn Backend>) {
         recipients,
         ..MessageBody::default()
     };
-    let event: EventFn = Arc::new(|m: &StoredMessage| format!("{{\"seq\":{}}}", m.seq));
+    let event = seq_event();
     for (i, recipients) in [None, Some(vec![bob])].into_iter().enumerate() {
         let message = NewMessage {
             conversation_id: conversation.id,
@@ -404,7 +404,7 @@ pub(super) async fn grants_claims_and_unread_counts(store: Arc<dyn Backend>) {
 pub(super) async fn a_bad_message_fails_alone_in_a_group_commit(store: Arc<dyn Backend>) {
     let conversation = group_of_the_app(&*store).await;
     let now = Timestamp(2);
-    let event: EventFn = Arc::new(|m: &StoredMessage| format!("{{\"seq\":{}}}", m.seq));
+    let event = seq_event();
     let posts = (0..40).map(|i| {
         let store = store.clone();
         let event = event.clone();
@@ -493,8 +493,12 @@ pub(super) async fn group_of_the_app(store: &dyn Backend) -> Conversation {
     conversation
 }
 
-fn seq_event() -> EventFn {
-    Arc::new(|m: &StoredMessage| format!("{{\"seq\":{}}}", m.seq))
+/// An event that is only the message's number: `{"seq":N}`.
+pub(super) fn seq_event() -> PendingEvent {
+    PendingEvent {
+        before_seq: "{\"seq\":".to_owned(),
+        after_seq: "}".to_owned(),
+    }
 }
 
 /// A post retried with its client id finds the first message and writes

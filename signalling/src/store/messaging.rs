@@ -146,9 +146,25 @@ pub struct StoredMessage {
     pub deleted_at: Option<Timestamp>,
 }
 
-/// Builds the event payload of a stored message (its number is known only
-/// inside the transaction that stores it).
-pub type EventFn = std::sync::Arc<dyn Fn(&StoredMessage) -> String + Send + Sync>;
+/// The event of a new message, rendered by the domain before the message
+/// has its number (which only the transaction that stores it gives): the
+/// text before the number and the text after it. The writer joins them
+/// around the number and renders nothing itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingEvent {
+    /// The event's text up to the message's number.
+    pub before_seq: String,
+    /// The event's text after the message's number.
+    pub after_seq: String,
+}
+
+impl PendingEvent {
+    /// The event's text once the message is number `seq`.
+    #[must_use]
+    pub fn with_seq(&self, seq: u64) -> String {
+        format!("{}{seq}{}", self.before_seq, self.after_seq)
+    }
+}
 
 /// What [`MessageStore::post`] did.
 #[derive(Debug, Clone)]
@@ -267,7 +283,7 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
         &self,
         message: &NewMessage,
         notify: &[UserId],
-        event: EventFn,
+        event: PendingEvent,
         now: Timestamp,
     ) -> StoreResult<Posted>;
 

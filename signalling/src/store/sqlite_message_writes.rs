@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::messaging::{Author, EventFn, NewMessage, Posted, StoredMessage};
+use super::messaging::{Author, NewMessage, PendingEvent, Posted, StoredMessage};
 use super::sqlite_messaging::{MESSAGE_COLUMNS, message_from, parse, seq, to_i64};
 use super::{StoreError, StoreResult};
 use crate::ids::{ConversationId, Timestamp, UserId};
@@ -112,7 +112,7 @@ pub(super) async fn post_in(
     tx: &mut sqlx::SqliteConnection,
     m: &NewMessage,
     notify: &[UserId],
-    event: &EventFn,
+    event: &PendingEvent,
     now: Timestamp,
 ) -> StoreResult<Posted> {
     if let Some(message) = by_client_id(&mut *tx, m.conversation_id, m.author, &m.client_id).await?
@@ -171,7 +171,7 @@ pub(super) async fn post_in(
         edited_at: None,
         deleted_at: None,
     };
-    let payload = event(&stored);
+    let payload = event.with_seq(n);
     let seqs = append(tx, notify, &payload, now).await?;
     Ok(Posted {
         message: stored,

@@ -5,8 +5,8 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::messaging::{
-    Author, Conversation, ConversationEntry, EventFn, EventRecord, GrantChange, MessageBody,
-    MessageStore, NewMessage, Posted, StoredMessage,
+    Author, Conversation, ConversationEntry, EventRecord, GrantChange, MessageBody, MessageStore,
+    NewMessage, PendingEvent, Posted, StoredMessage,
 };
 use super::sqlite::SqliteStore;
 use super::sqlite_message_writes::{append, by_client_id};
@@ -283,7 +283,7 @@ impl MessageStore for SqliteStore {
         &self,
         m: &NewMessage,
         notify: &[UserId],
-        event: EventFn,
+        event: PendingEvent,
         now: Timestamp,
     ) -> StoreResult<Posted> {
         let write = Write::Post {
@@ -689,7 +689,7 @@ mod tests {
 
     use super::*;
     use crate::store::SqliteStore;
-    use crate::store::conformance::{group_of_the_app, message};
+    use crate::store::conformance::{group_of_the_app, message, seq_event};
 
     /// Under a steady stream of commits the WAL file starts over instead
     /// of growing with everything ever written (it reached 11 GB for
@@ -700,7 +700,7 @@ mod tests {
         let path = dir.path().join("confer.db");
         let store = SqliteStore::open(&path).await.unwrap();
         let conversation = group_of_the_app(&store).await;
-        let event: EventFn = Arc::new(|m: &StoredMessage| format!("{{\"seq\":{}}}", m.seq));
+        let event = seq_event();
         let wal = dir.path().join("confer.db-wal");
         let largest = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let watching = {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{ConnectOptions as _, Connection as _, SqlitePool};
 
-use super::messaging::{EventFn, NewMessage, Posted, StoredMessage};
+use super::messaging::{NewMessage, PendingEvent, Posted, StoredMessage};
 use super::sqlite::SqliteStore;
 use super::sqlite_message_writes::{post_in, update_in};
 use super::write_health::WriteHealth;
@@ -29,7 +29,10 @@ use crate::ids::{Timestamp, UserId};
 /// A write the group-commit writer makes.
 pub(super) enum Write {
     /// A new message.
-    Post { message: NewMessage, event: EventFn },
+    Post {
+        message: NewMessage,
+        event: PendingEvent,
+    },
     /// A stored message, edited or deleted.
     Update {
         message: StoredMessage,
