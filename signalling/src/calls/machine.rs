@@ -72,6 +72,12 @@ impl Machine {
         }
     }
 
+    /// The wall-clock time of the inputs that follow (TURN credentials
+    /// handed out with a new topology expire relative to it).
+    pub(super) fn set_wall_clock(&mut self, now: Timestamp) {
+        self.state.wall = now;
+    }
+
     /// The next thing to do, in order.
     pub(super) fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()

@@ -98,7 +98,7 @@ impl Calls {
     /// The STUN/TURN servers `user` uses for peer-to-peer media.
     #[must_use]
     pub fn ice_servers(&self, user: UserId) -> Vec<IceServer> {
-        ice_servers_for(&self.config, user)
+        ice_servers_for(&self.config, user, self.clock.now())
     }
 
     /// The SFU the calls use.
@@ -122,6 +122,7 @@ impl Calls {
     ) -> Result<T, Error> {
         let (answer, effects, timers_moved) = {
             let mut machine = self.lock()?;
+            machine.set_wall_clock(self.clock.now());
             let before = machine.poll_timeout();
             let answer = input(&mut machine);
             let effects: Vec<Effect> = std::iter::from_fn(|| machine.poll_effect()).collect();
@@ -218,7 +219,7 @@ impl Calls {
         let view = self
             .step(|m| m.handle_join(me, device, id, device_key))
             .await?;
-        Ok((view, ice_servers_for(&self.config, me)))
+        Ok((view, ice_servers_for(&self.config, me, self.clock.now())))
     }
 
     /// Declines a ringing call, or says busy.

@@ -205,6 +205,9 @@ pub(super) enum Timer {
 
 #[derive(Debug, Default)]
 pub(super) struct State {
+    /// The wall-clock time of the input being handled (for the expiry of
+    /// TURN credentials); the driver sets it with each input.
+    pub(super) wall: Timestamp,
     /// When each timer is due, earliest first.
     pub(super) timers: std::collections::BTreeSet<(std::time::Instant, Timer)>,
     pub(super) calls: HashMap<CallId, Call>,
@@ -326,6 +329,7 @@ pub(super) fn retopology(
     out: &mut Vec<Effect>,
     rejoined: Option<(UserId, bool)>,
 ) {
+    let wall = state.wall;
     let Some(call) = state.calls.get_mut(&id) else {
         return;
     };
@@ -381,7 +385,7 @@ pub(super) fn retopology(
                 topology: Topology::P2p,
                 peer: Some(Some(if *u == first { second } else { first })),
                 offerer: Some(*u == first),
-                ice_servers: Some(ice_servers_for(config, *u)),
+                ice_servers: Some(ice_servers_for(config, *u, wall)),
             },
             (Topology::P2p, None) => Ephemeral::CallTopology {
                 call_id: id,

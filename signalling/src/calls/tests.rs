@@ -33,7 +33,11 @@ fn turn_credentials_follow_coturns_rest_scheme() {
         }),
         ..CallConfig::default()
     };
-    let servers = ice_servers_for(&config, user);
+    let servers = ice_servers_for(
+        &config,
+        user,
+        Timestamp::from_system(std::time::SystemTime::now()),
+    );
     assert_eq!(servers.len(), 1);
     let name = servers[0].username.clone().unwrap_or_default();
     let expiry: u64 = name.split(':').next().unwrap_or("0").parse().unwrap_or(0);

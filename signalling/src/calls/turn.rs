@@ -2,17 +2,16 @@
 //! scheme (a name that ends, and an HMAC of it).
 
 use crate::config::{CallConfig, IceServer};
-use crate::ids::UserId;
+use crate::ids::{Timestamp, UserId};
 
 /// The configured ICE servers, and the TURN server with a credential of
-/// `user`'s own that expires `turn.ttl_secs` from now (coturn's REST API
-/// scheme; checked by the TURN server against its real clock).
-pub(super) fn ice_servers_for(config: &CallConfig, user: UserId) -> Vec<IceServer> {
+/// `user`'s own that expires `turn.ttl_secs` after `now` (coturn's REST
+/// API scheme; checked by the TURN server against its real clock, so
+/// `now` is the server's wall clock, given by the caller).
+pub(super) fn ice_servers_for(config: &CallConfig, user: UserId, now: Timestamp) -> Vec<IceServer> {
     let mut servers = config.ice_servers.clone();
     if let Some(turn) = &config.turn {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = u64::try_from(now.0 / 1000).unwrap_or(0);
         let (username, credential) = turn_credential(&turn.secret, now + turn.ttl_secs, user);
         servers.push(IceServer {
             urls: turn.urls.clone(),
