@@ -26,7 +26,8 @@
 //!
 //! Files: this one holds the driver of a call's life (start, join,
 //! decline, leave, timers, recovery after a restart); `media` the driver
-//! of signals, SFU sessions and SFU events; `machine` the inputs;
+//! of signals, SFU sessions and SFU events; `machine` the inputs (those
+//! about media sessions and SFU events in `sessions`);
 //! `state` the bookkeeping and the transitions the inputs share; `view`
 //! what clients see; `turn` the ICE servers and TURN credentials.
 
@@ -46,6 +47,7 @@ use crate::store::messaging::MessageBody;
 
 mod machine;
 mod media;
+mod sessions;
 mod state;
 #[cfg(test)]
 mod tests;
