@@ -407,7 +407,12 @@ async fn presence_stays_out_of_conversations_of_more_than_50_members() {
     )
     .await;
     let _bob = Ws::connect(&server, &t2, None).await;
-    let online = ann.ephemeral().await;
+    // Bob's first connection may be noticed closed only now, once he
+    // shares the group with Ann: she may hear him go offline first.
+    let mut online = ann.ephemeral().await;
+    if online["event"] == json!({"kind": "presence", "user_id": u2, "presence": "offline"}) {
+        online = ann.ephemeral().await;
+    }
     assert_eq!(
         online["event"],
         json!({"kind": "presence", "user_id": u2, "presence": "online"})
