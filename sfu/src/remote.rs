@@ -290,6 +290,18 @@ impl EventSource for RemoteEvents {
                 .get::<EventsPage>(&path, EVENTS_WAIT + COMMAND_TIMEOUT)
                 .await
             {
+                Ok(page) if page.last < self.after => {
+                    // The SFU numbers from 1 again: it restarted (and its
+                    // sessions went with it). Follow its new log from the
+                    // start.
+                    tracing::warn!(
+                        was = self.after,
+                        now = page.last,
+                        "the SFU's event log started over"
+                    );
+                    self.after = 0;
+                    self.last.store(page.last, Ordering::Relaxed);
+                }
                 Ok(page) => {
                     self.last.fetch_max(page.last, Ordering::Relaxed);
                     if let Some(missed) = page.missed {
