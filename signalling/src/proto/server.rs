@@ -440,17 +440,7 @@ impl Event {
         new: &crate::store::messaging::NewMessage,
         now: crate::ids::Timestamp,
     ) -> crate::store::messaging::PendingEvent {
-        let stored = crate::store::messaging::StoredMessage {
-            conversation_id: new.conversation_id,
-            seq: UNNUMBERED,
-            id: new.id,
-            author: new.author,
-            client_id: new.client_id.clone(),
-            body: new.body.clone(),
-            created_at: now,
-            edited_at: None,
-            deleted_at: None,
-        };
+        let stored = new.stored(UNNUMBERED, now);
         let text = Self::Message {
             message: MessageView::from(&stored),
         }
@@ -501,7 +491,7 @@ mod tests {
     /// data say about `seq`.
     #[test]
     fn a_message_event_is_numbered_without_being_rendered_again() {
-        use crate::store::messaging::{Author, MessageBody, NewMessage, StoredMessage};
+        use crate::store::messaging::{Author, MessageBody, NewMessage};
         let new = NewMessage {
             conversation_id: ConversationId::random(),
             id: MessageId::random(),
@@ -516,17 +506,7 @@ mod tests {
         };
         let now = crate::ids::Timestamp(1_700_000_000_000);
         let pending = Event::message_before_numbering(&new, now);
-        let stored = StoredMessage {
-            conversation_id: new.conversation_id,
-            seq: 42,
-            id: new.id,
-            author: new.author,
-            client_id: new.client_id.clone(),
-            body: new.body.clone(),
-            created_at: now,
-            edited_at: None,
-            deleted_at: None,
-        };
+        let stored = new.stored(42, now);
         let direct = Event::Message {
             message: MessageView::from(&stored),
         }

@@ -197,6 +197,24 @@ pub struct NewMessage {
     pub joins: Option<UserId>,
 }
 
+impl NewMessage {
+    /// The message as stored with number `seq` at `now`.
+    #[must_use]
+    pub fn stored(&self, seq: u64, now: Timestamp) -> StoredMessage {
+        StoredMessage {
+            conversation_id: self.conversation_id,
+            seq,
+            id: self.id,
+            author: self.author,
+            client_id: self.client_id.clone(),
+            body: self.body.clone(),
+            created_at: now,
+            edited_at: None,
+            deleted_at: None,
+        }
+    }
+}
+
 /// One event of a user's log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventRecord {

@@ -160,17 +160,7 @@ pub(super) async fn post_in(
         super::sqlite_files::attach(tx, &ids, m.id, m.conversation_id, m.author).await?;
     }
     index_text(tx, m.conversation_id, n, &m.body.text).await?;
-    let stored = StoredMessage {
-        conversation_id: m.conversation_id,
-        seq: n,
-        id: m.id,
-        author: m.author,
-        client_id: m.client_id.clone(),
-        body: m.body.clone(),
-        created_at: now,
-        edited_at: None,
-        deleted_at: None,
-    };
+    let stored = m.stored(n, now);
     let payload = event.with_seq(n);
     let seqs = append(tx, notify, &payload, now).await?;
     Ok(Posted {
