@@ -399,6 +399,7 @@ where
         })
     };
     let revocations = tokio::spawn(watch_revocations(services.clone()));
+    let stalls = tokio::spawn(watch_stalls());
     let call_events = tokio::spawn(services.calls.clone().pump_sfu_events());
     let call_timers = tokio::spawn(services.calls.clone().run_timers());
     let file_upkeep = tokio::spawn(services.files.clone().run_sweeper());
@@ -409,11 +410,30 @@ where
     pruning.abort();
     housekeeping.abort();
     revocations.abort();
+    stalls.abort();
     call_events.abort();
     call_timers.abort();
     file_upkeep.abort();
     tracing::info!("signalling stopped");
     served.context("serving HTTP")
+}
+
+/// How often [`watch_stalls`] looks.
+const STALL_TICK: Duration = Duration::from_millis(10);
+
+/// Measures how late the runtime runs a task that asked to wake up every
+/// [`STALL_TICK`]: a request thread busy for long (a slow poll, blocking
+/// work on a thread that delivers) shows as lateness. Recorded in the
+/// `runtime_stall_seconds` histogram of `/metrics`.
+async fn watch_stalls() {
+    let mut expected = tokio::time::Instant::now() + STALL_TICK;
+    loop {
+        tokio::time::sleep_until(expected).await;
+        let now = tokio::time::Instant::now();
+        metrics::histogram!("runtime_stall_seconds")
+            .record(now.saturating_duration_since(expected).as_secs_f64());
+        expected = now + STALL_TICK;
+    }
 }
 
 /// The TCP peer of a connection, in each request's extensions as

@@ -563,6 +563,65 @@ async fn members_join_and_leave_and_the_list_pages() {
     server.stop().await;
 }
 
+/// The send path keeps who is in a conversation in memory: every change
+/// of membership made after a send must show in the next one.
+#[tokio::test]
+async fn sends_follow_membership_changes_made_after_earlier_sends() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("rosters@example.com", "ERP").await;
+    let (t1, _) = user_token(&server, &app, "ann", &[]).await;
+    let (t2, u2) = user_token(&server, &app, "bob", &[]).await;
+    let (t3, u3) = user_token(&server, &app, "carl", &[]).await;
+    let mut ann = Ws::connect(&server, &t1, None).await;
+    let mut bob = Ws::connect(&server, &t2, None).await;
+    let mut carl = Ws::connect(&server, &t3, None).await;
+    let conv = ann
+        .request(json!({"type": "create_conversation", "title": "team", "members": [u2], "is_group": true}))
+        .await["conversation"]["id"]
+        .clone();
+    assert_eq!(bob.event().await["event"]["kind"], "conversation");
+    let send =
+        |n: &str| json!({"type": "send", "conversation_id": conv, "client_id": n, "text": n});
+
+    // Ann's first send; Carl is no member yet and may not post.
+    assert_eq!(ann.request(send("1")).await["type"], "ack");
+    assert_eq!(bob.event().await["event"]["message"]["text"], "1");
+    assert_eq!(carl.request(send("c1")).await["code"], "forbidden");
+
+    // Added: Carl posts, and gets Ann's next message.
+    let added = bob
+        .request(json!({"type": "add_members", "conversation_id": conv, "members": [u3]}))
+        .await;
+    assert_eq!(added["type"], "ack", "{added}");
+    assert_eq!(carl.event().await["event"]["kind"], "conversation");
+    assert_eq!(carl.request(send("c2")).await["type"], "ack");
+    assert_eq!(ann.request(send("2")).await["type"], "ack");
+    assert_eq!(carl.event().await["event"]["message"]["text"], "c2");
+    assert_eq!(carl.event().await["event"]["message"]["text"], "2");
+
+    // Bob leaves: he may not post, and Ann's next message is not his.
+    let left = bob
+        .request(json!({"type": "remove_member", "conversation_id": conv, "user_id": u2}))
+        .await;
+    assert_eq!(left["type"], "ack", "{left}");
+    assert_eq!(bob.request(send("b1")).await["code"], "forbidden");
+    assert_eq!(ann.request(send("3")).await["type"], "ack");
+    assert_eq!(carl.event().await["event"]["message"]["text"], "3");
+    // Bob's log, in order: his removal, then the next conversation Ann
+    // opens with him, and no message 3 between them.
+    assert_eq!(bob.event().await["event"]["message"]["text"], "c2");
+    assert_eq!(bob.event().await["event"]["message"]["text"], "2");
+    assert_eq!(bob.event().await["event"]["kind"], "removed");
+    ann.request(json!({"type": "create_conversation", "title": "after", "members": [u2]}))
+        .await;
+    let next = bob.event().await;
+    assert_eq!(
+        next["event"]["kind"], "conversation",
+        "Bob left before 3: {next}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn nothing_crosses_applications() {
     let (server, _dir) = TestServer::start().await;

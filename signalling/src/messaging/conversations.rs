@@ -137,6 +137,7 @@ impl Messaging {
             self.store
                 .add_members(id, &[user], self.clock.now())
                 .await?;
+            self.rosters.changed(id);
         }
         Ok(())
     }
@@ -193,26 +194,58 @@ impl Messaging {
             .conversation(caller.app.id, id)
             .await?
             .ok_or(Error::NotFound("conversation"))?;
-        match &caller.who {
-            Who::App => Ok((conversation, None)),
-            Who::User { user, .. } => {
-                // A contextual conversation is open to whoever may see its
-                // object, now: a withdrawn grant closes it at once.
-                if let Some(context) = &conversation.context {
-                    if self.may_see(caller, context).await? {
-                        let joins = !self.store.is_member(id, user.id).await?;
-                        return Ok((conversation, joins.then_some(user.id)));
-                    }
-                    return Err(Error::Forbidden(
-                        "the application does not let this user see that object",
-                    ));
-                }
-                if conversation.all_users || self.store.is_member(id, user.id).await? {
-                    return Ok((conversation, None));
-                }
-                Err(Error::Forbidden("not a member of this conversation"))
+        let member = match caller.user_id() {
+            Some(user) if !conversation.all_users => self.store.is_member(id, user).await?,
+            _ => false,
+        };
+        let joins = self.admits(caller, &conversation, member).await?;
+        Ok((conversation, joins))
+    }
+
+    /// As [`Self::reachable`], from the conversation's roster in memory
+    /// (the send path): its `last_seq` and `last_activity` are not
+    /// current.
+    pub(super) async fn postable(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+    ) -> Result<(Arc<Roster>, Option<UserId>), Error> {
+        let roster = self
+            .rosters
+            .get(&*self.store, caller.app.id, id)
+            .await?
+            .ok_or(Error::NotFound("conversation"))?;
+        let member = caller.user_id().is_some_and(|user| roster.has(user));
+        let joins = self.admits(caller, &roster.conversation, member).await?;
+        Ok((roster, joins))
+    }
+
+    /// Whether `caller` may use `conversation` (`member`: whether it is
+    /// one): `Some(user)` when the caller must become a member to (a
+    /// viewer of a contextual conversation who is not one yet).
+    async fn admits(
+        &self,
+        caller: &Caller,
+        conversation: &Conversation,
+        member: bool,
+    ) -> Result<Option<UserId>, Error> {
+        let Who::User { user, .. } = &caller.who else {
+            return Ok(None);
+        };
+        // A contextual conversation is open to whoever may see its
+        // object, now: a withdrawn grant closes it at once.
+        if let Some(context) = &conversation.context {
+            if self.may_see(caller, context).await? {
+                return Ok((!member).then_some(user.id));
             }
+            return Err(Error::Forbidden(
+                "the application does not let this user see that object",
+            ));
         }
+        if conversation.all_users || member {
+            return Ok(None);
+        }
+        Err(Error::Forbidden("not a member of this conversation"))
     }
 
     /// Who is in a conversation the caller may read, with names and
@@ -295,6 +328,7 @@ impl Messaging {
             .copied()
             .collect();
         self.store.add_members(id, &new, self.clock.now()).await?;
+        self.rosters.changed(id);
         self.notify_conversation(&conversation, &new).await?;
         Ok(conversation)
     }
@@ -317,6 +351,7 @@ impl Messaging {
         if !self.store.remove_member(id, user).await? {
             return Err(Error::NotFound("member"));
         }
+        self.rosters.changed(id);
         self.emit(
             &[user],
             Event::Removed {
@@ -356,6 +391,7 @@ impl Messaging {
         let Some(id) = change.conversation.filter(|_| change.changed) else {
             return Ok(None);
         };
+        self.rosters.changed(id);
         if granted {
             if let Some(conversation) = self.store.conversation(app.id, id).await? {
                 let payload = Event::Conversation {

@@ -46,7 +46,8 @@ impl Messaging {
         check_short("client_id", client_id, true)?;
         // A first post to a contextual conversation makes its author a
         // member in the message's own transaction.
-        let (conversation, joins) = self.reachable(caller, id).await?;
+        let (roster, joins) = self.postable(caller, id).await?;
+        let conversation = &roster.conversation;
         // A retry whose acknowledgement was lost gets the first message
         // before its files are checked: they are attached to it by now.
         // (Without files the writer's own check is enough.)
@@ -60,7 +61,11 @@ impl Messaging {
         }
         body.attachments = self.attachments(caller, id, attachments).await?;
         check_body(&body)?;
-        let members = self.audience(&conversation).await?;
+        let members = if conversation.all_users {
+            self.audience(conversation).await?
+        } else {
+            roster.members.clone()
+        };
         let mut notify: Vec<UserId> = match &body.recipients {
             Some(recipients) => {
                 if let Some(bad) = recipients.iter().find(|r| !members.contains(r)) {
@@ -90,8 +95,11 @@ impl Messaging {
         let now = self.clock.now();
         let event = Event::message_before_numbering(&new, now);
         let posted = self.store.post(&new, &notify, event, now).await?;
+        if joins.is_some() {
+            self.rosters.changed(id);
+        }
         if let Some(payload) = posted.event {
-            self.publish(posted.seqs, &payload, gate(&conversation, GateKind::Event));
+            self.publish(posted.seqs, &payload, gate(conversation, GateKind::Event));
         }
         Ok(posted.message)
     }

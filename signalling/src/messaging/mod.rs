@@ -17,9 +17,11 @@ pub(crate) mod caller;
 mod conversations;
 mod messages;
 mod presence;
+mod rosters;
 mod views;
 
 pub use caller::{Caller, Who, bot_id};
+pub use rosters::{ROSTERS_MAX, Roster, Rosters};
 pub use views::{AttachmentRef, ConversationView, MessageView, NewConversation};
 
 /// Longest text of a message, in bytes.
@@ -56,6 +58,8 @@ pub struct Messaging {
     files: Option<Arc<dyn FileStore>>,
     /// Woken when a deleted message leaves files to delete.
     file_garbage: Arc<tokio::sync::Notify>,
+    /// Who is in which conversation, for the send path.
+    rosters: Rosters,
 }
 
 /// Most files one message carries.
@@ -78,6 +82,7 @@ impl Messaging {
             typing: std::sync::Mutex::new(std::collections::HashMap::new()),
             files: None,
             file_garbage: Arc::new(tokio::sync::Notify::new()),
+            rosters: Rosters::default(),
         }
     }
 

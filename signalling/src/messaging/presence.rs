@@ -128,12 +128,14 @@ impl Messaging {
             if entry.conversation.all_users {
                 continue;
             }
-            if let Some(members) = self
-                .store
-                .members_up_to(entry.conversation.id, PRESENCE_MAX_MEMBERS)
+            // From memory: the rosters the send path keeps.
+            if let Some(roster) = self
+                .rosters
+                .get(&*self.store, caller.app.id, entry.conversation.id)
                 .await?
+                && roster.members.len() <= PRESENCE_MAX_MEMBERS
             {
-                out.extend(members);
+                out.extend(roster.members.iter().copied());
             }
         }
         Ok(out)

@@ -1,10 +1,9 @@
 //! The store conformance suite: what every store must do, whatever its
 //! engine. Each test is a function over a [`Backend`] (the three store
 //! traits together); [`conformance!`] runs all of them against one
-//! implementation. Today they run against SQLite twice — in memory (its
-//! message writer borrows pooled connections) and on a file (the writer
-//! keeps a connection of its own); the PostgreSQL store will be added the
-//! same way (issue 16).
+//! implementation. Today they run against SQLite twice — a throwaway
+//! database committed without fsync, and a durable file; the PostgreSQL
+//! store will be added the same way (issue 16).
 
 #![allow(clippy::unwrap_used)]
 

@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlitePool};
 
-use super::sqlite_writer::WriterConnection;
+use super::sqlite_writer::{Durability, WriterConnection};
 use super::write_health::WriteHealth;
 use super::{
     Application, CodePurpose, NewApplication, PendingCode, Store, StoreError, StoreResult,
@@ -33,6 +33,8 @@ pub struct SqliteStore {
     poster: tokio::sync::mpsc::Sender<super::sqlite_writer::PostJob>,
     /// Whether writes go through, as the last ones found.
     writes: Arc<WriteHealth>,
+    /// The directory of a throwaway database, deleted with the last handle.
+    _scratch: Option<Arc<tempfile::TempDir>>,
 }
 
 impl SqliteStore {
@@ -41,15 +43,28 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError`] if the file cannot be opened or migrated.
     pub async fn open(path: &Path) -> StoreResult<Self> {
+        Self::open_with(path, Durability::Full, None).await
+    }
+
+    /// Opens the database at `path` with commits made `durability`;
+    /// `scratch` is the directory to delete with the last handle.
+    async fn open_with(
+        path: &Path,
+        durability: Durability,
+        scratch: Option<tempfile::TempDir>,
+    ) -> StoreResult<Self> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a commit is on disk before it is acknowledged, also
             // across a power cut; the cost is one fsync per transaction.
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(match durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Off => SqliteSynchronous::Off,
+            })
             // No checkpoint inside a commit (one took 265 ms and held up
-            // every message behind it): the writer thread runs passive
+            // every message behind it): the writer runs passive
             // checkpoints in the background instead.
             .pragma("wal_autocheckpoint", "0")
             .foreign_keys(true)
@@ -57,20 +72,16 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .after_release(|conn, _| Box::pin(super::sqlite_writer::consistent(conn)))
-            .connect_with(options.clone())
+            .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        let writer = WriterConnection::own(options).await?;
-        Self::with_writer(pool, writer)
-    }
-
-    /// Starts the message writer (see [`super::sqlite_writer`]).
-    fn with_writer(pool: SqlitePool, writer: WriterConnection) -> StoreResult<Self> {
-        let (poster, writes) = super::sqlite_writer::start(pool.clone(), writer)?;
+        let writer = WriterConnection::open(path, durability)?;
+        let (poster, writes) = super::sqlite_writer::start(writer)?;
         Ok(Self {
             pool,
             poster,
             writes,
+            _scratch: scratch.map(Arc::new),
         })
     }
 
@@ -79,19 +90,20 @@ impl SqliteStore {
         &self.poster
     }
 
-    /// An in-memory database (tests and benchmarks).
+    /// A throwaway database (tests and benchmarks): a file in a temporary
+    /// directory that goes with the last handle, committed without
+    /// fsync. (Not SQLite's `:memory:`, where every connection is a
+    /// database of its own: the writer has its own connection.)
     ///
     /// # Errors
     /// [`StoreError`] if SQLite cannot start.
     pub async fn in_memory() -> StoreResult<Self> {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
-        // One connection: every connection to `:memory:` is its own database.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Self::with_writer(pool.clone(), WriterConnection::Pooled(pool))
+        let dir = tempfile::Builder::new()
+            .prefix("confer-store-")
+            .tempdir()
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let path = dir.path().join("confer.db");
+        Self::open_with(&path, Durability::Off, Some(dir)).await
     }
 
     /// The connection pool (for the other store traits in this module).

@@ -1,7 +1,7 @@
 //! What the SQLite store's engine errors mean to the rest of Confer: a
 //! full or failing disk is [`Unavailable`] (it passes by itself), anything
 //! else a [`StoreError::Backend`] for the log. Nothing outside the SQLite
-//! store sees an sqlx type.
+//! store sees an sqlx or rusqlite type.
 
 use super::{StoreError, Unavailable};
 
@@ -37,6 +37,23 @@ impl From<sqlx::Error> for StoreError {
             Some(why) => Self::Unavailable(why),
             None => Self::Backend(Box::new(err)),
         }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(e, _) = &err {
+            match e.code {
+                rusqlite::ErrorCode::DiskFull => {
+                    return Self::Unavailable(Unavailable::DiskFull("SQLITE_FULL"));
+                }
+                rusqlite::ErrorCode::SystemIoFailure => {
+                    return Self::Unavailable(Unavailable::Io(e.extended_code));
+                }
+                _ => {}
+            }
+        }
+        Self::Backend(Box::new(err))
     }
 }
 

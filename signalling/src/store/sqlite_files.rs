@@ -63,13 +63,13 @@ fn file_from(row: &SqliteRow) -> StoreResult<FileRecord> {
     })
 }
 
-/// Binds the files `ids` to message `message`, inside the transaction that
-/// stores it. Each must be ready, uploaded by `author` to
-/// `conversation`, and attached to nothing yet; otherwise nothing is bound
-/// and the message fails with `attachment_unavailable`. (The bot uploads
-/// as its participant id, which is its application's id.)
-pub(super) async fn attach(
-    tx: &mut sqlx::SqliteConnection,
+/// Binds the files `ids` to message `message`, inside the writer's
+/// transaction that stores it. Each must be ready, uploaded by `author`
+/// to `conversation`, and attached to nothing yet; otherwise nothing is
+/// bound and the message fails with `attachment_unavailable`. (The bot
+/// uploads as its participant id, which is its application's id.)
+pub(super) fn attach(
+    tx: &rusqlite::Connection,
     ids: &[FileId],
     message: MessageId,
     conversation: ConversationId,
@@ -80,20 +80,19 @@ pub(super) async fn attach(
     }
     let list = serde_json::to_string(&ids.iter().map(ToString::to_string).collect::<Vec<_>>())
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let bound = sqlx::query(
-        "UPDATE files SET message_id = ? WHERE id IN (SELECT value FROM json_each(?)) \
-         AND conversation_id = ? AND uploader = CASE WHEN ? = 'app' THEN app_id ELSE ? END \
-         AND state = 'ready' AND message_id IS NULL",
-    )
-    .bind(message.to_string())
-    .bind(list)
-    .bind(conversation.to_string())
-    .bind(author.key())
-    .bind(author.key())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if bound == ids.len() as u64 {
+    let bound = tx
+        .prepare_cached(
+            "UPDATE files SET message_id = ?1 WHERE id IN (SELECT value FROM json_each(?2)) \
+             AND conversation_id = ?3 AND uploader = CASE WHEN ?4 = 'app' THEN app_id ELSE ?4 END \
+             AND state = 'ready' AND message_id IS NULL",
+        )?
+        .execute(rusqlite::params![
+            message.to_string(),
+            list,
+            conversation.to_string(),
+            author.key()
+        ])?;
+    if bound == ids.len() {
         Ok(())
     } else {
         Err(StoreError::Conflict(
@@ -105,14 +104,20 @@ pub(super) async fn attach(
     }
 }
 
-/// Forgets the files of a deleted message, inside the transaction that
-/// deletes it: their objects go to the garbage list.
-pub(super) async fn discard_message_files(
-    tx: &mut sqlx::SqliteConnection,
+/// Forgets the files of a deleted message, inside the writer's
+/// transaction that deletes it: their objects go to the garbage list.
+pub(super) fn discard_message_files(
+    tx: &rusqlite::Connection,
     message: MessageId,
     now: Timestamp,
-) -> StoreResult<u64> {
-    discard_where(tx, "message_id = ?", &message.to_string(), now).await
+) -> StoreResult<()> {
+    let [garbage, delete] = discarding("message_id = ?");
+    let message = message.to_string();
+    tx.prepare_cached(&garbage)?
+        .execute(rusqlite::params![now.0, message])?;
+    tx.prepare_cached(&delete)?
+        .execute(rusqlite::params![message])?;
+    Ok(())
 }
 
 /// How long after its URL expired an upload may still land (a request that
@@ -127,19 +132,30 @@ pub(super) async fn discard_where(
     value: &str,
     now: Timestamp,
 ) -> StoreResult<u64> {
-    sqlx::query(&format!(
-        "INSERT OR IGNORE INTO file_garbage (id, app_id, not_before, upload_until) \
-         SELECT id, app_id, ?, upload_expires_at + {UPLOAD_GRACE_MS} FROM files WHERE {condition}"
-    ))
-    .bind(now.0)
-    .bind(value)
-    .execute(&mut *tx)
-    .await?;
-    Ok(sqlx::query(&format!("DELETE FROM files WHERE {condition}"))
+    let [garbage, delete] = discarding(condition);
+    sqlx::query(&garbage)
+        .bind(now.0)
+        .bind(value)
+        .execute(&mut *tx)
+        .await?;
+    Ok(sqlx::query(&delete)
         .bind(value)
         .execute(&mut *tx)
         .await?
         .rows_affected())
+}
+
+/// The two statements that move the files matching `condition` to the
+/// garbage list: the first binds the time, then the condition's value;
+/// the second only the condition's value.
+fn discarding(condition: &str) -> [String; 2] {
+    [
+        format!(
+            "INSERT OR IGNORE INTO file_garbage (id, app_id, not_before, upload_until) \
+             SELECT id, app_id, ?, upload_expires_at + {UPLOAD_GRACE_MS} FROM files WHERE {condition}"
+        ),
+        format!("DELETE FROM files WHERE {condition}"),
+    ]
 }
 
 #[async_trait]

@@ -1,46 +1,38 @@
-//! What one message write does inside the writer's transaction: the
-//! duplicate check by client id, numbering and storing the message, its
-//! row of the search index, and one event in the log of each user it
-//! notifies. Shared by new messages, edits and deletes.
+//! What one write of the message writer does inside its transaction: the
+//! duplicate check by client id, numbering and storing a message, its row
+//! of the search index, and one event in the log of each user it
+//! notifies. Shared by new messages, edits, deletes and other events.
+//!
+//! These run on the writer's own SQLite connection, synchronously, with
+//! every statement prepared once and kept in the connection's cache: a
+//! message costs a handful of B-tree writes and no thread hop.
 
 use std::sync::Arc;
 
-use super::messaging::{Author, NewMessage, PendingEvent, Posted, StoredMessage};
-use super::sqlite_messaging::{MESSAGE_COLUMNS, message_from, parse, seq, to_i64};
-use super::{StoreError, StoreResult};
-use crate::ids::{ConversationId, Timestamp, UserId};
+use rusqlite::{OptionalExtension as _, params};
 
-/// Adds a message's text to the full-text index and records the index
-/// row in the message, so that an edit or a deletion finds it by id.
-async fn index_text(
-    tx: &mut sqlx::SqliteConnection,
-    conversation: ConversationId,
-    seq: u64,
-    text: &str,
-) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO message_search (rowid, text, conversation_id, seq) VALUES (NULL, ?, ?, ?)",
-    )
-    .bind(text)
-    .bind(conversation.to_string())
-    .bind(to_i64(seq))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE messages SET search_rowid = last_insert_rowid() \
-         WHERE conversation_id = ? AND seq = ?",
-    )
-    .bind(conversation.to_string())
-    .bind(to_i64(seq))
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+use super::messaging::{Author, NewMessage, PendingEvent, Posted, StoredMessage};
+use super::sqlite_messaging::{MESSAGE_COLUMNS, MessageColumns, to_i64};
+use super::{StoreError, StoreResult};
+use crate::ids::{Timestamp, UserId};
+
+/// The writer's connection, inside its transaction.
+type Tx = rusqlite::Connection;
+
+/// Adds a message's text to the full-text index; returns the index row,
+/// which the message keeps so that an edit or a deletion finds it by id.
+fn index_text(tx: &Tx, conversation: &str, seq: i64, text: &str) -> StoreResult<i64> {
+    tx.prepare_cached(
+        "INSERT INTO message_search (rowid, text, conversation_id, seq) VALUES (NULL, ?1, ?2, ?3)",
+    )?
+    .execute(params![text, conversation, seq])?;
+    Ok(tx.last_insert_rowid())
 }
 
-/// Appends `payload` to each user's log inside `tx`: two statements
-/// whatever the number of users (the ids travel as one JSON array).
-pub(super) async fn append(
-    tx: &mut sqlx::SqliteConnection,
+/// Appends `payload` to each user's log: two statements whatever the
+/// number of users (the ids travel as one JSON array).
+pub(super) fn append(
+    tx: &Tx,
     users: &[UserId],
     payload: &str,
     now: Timestamp,
@@ -59,64 +51,74 @@ pub(super) async fn append(
     let ids = serde_json::to_string(&unique).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     // `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the
     // INSERT, not to a join in the SELECT.
-    let rows = sqlx::query(
-        "INSERT INTO user_event_heads (user_id, last_seq) SELECT value, 1 FROM json_each(?) WHERE true \
+    let mut heads = tx.prepare_cached(
+        "INSERT INTO user_event_heads (user_id, last_seq) SELECT value, 1 FROM json_each(?1) WHERE true \
          ON CONFLICT (user_id) DO UPDATE SET last_seq = user_event_heads.last_seq + 1 \
          RETURNING user_id, last_seq",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    let mut pairs = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let user: UserId = parse(row, "user_id")?;
-        let n = seq(row, "last_seq")?;
-        pairs.push((user.to_string(), to_i64(n)));
-        out.push((user, n));
+    )?;
+    let rows = heads.query_map(params![ids], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+    })?;
+    let mut out = Vec::with_capacity(unique.len());
+    let mut pairs = Vec::with_capacity(unique.len());
+    for row in rows {
+        let (user, n) = row?;
+        let id: UserId = user
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("user_id: {user:?}")))?;
+        let seq = u64::try_from(n).map_err(|_| StoreError::Corrupt("last_seq negative".into()))?;
+        out.push((id, seq));
+        pairs.push((user, n));
     }
     let pairs = serde_json::to_string(&pairs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    sqlx::query(
+    tx.prepare_cached(
         "INSERT INTO user_events (user_id, seq, payload, created_at) \
-         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?, ? FROM json_each(?)",
-    )
-    .bind(payload)
-    .bind(now.0)
-    .bind(pairs)
-    .execute(&mut *tx)
-    .await?;
+         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?1, ?2 FROM json_each(?3)",
+    )?
+    .execute(params![payload, now.0, pairs])?;
     Ok(out)
 }
 
 /// The message `author` sent with `client_id` in `conversation`.
-pub(super) async fn by_client_id(
-    db: impl sqlx::SqliteExecutor<'_>,
-    conversation: ConversationId,
+fn by_client_id(
+    tx: &Tx,
+    conversation: &str,
     author: Author,
     client_id: &str,
 ) -> StoreResult<Option<StoredMessage>> {
-    sqlx::query(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND author = ? AND client_id = ?"
-    ))
-    .bind(conversation.to_string())
-    .bind(author.key())
-    .bind(client_id)
-    .fetch_optional(db)
-    .await?
-    .as_ref()
-    .map(message_from)
+    tx.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages \
+         WHERE conversation_id = ?1 AND author = ?2 AND client_id = ?3"
+    ))?
+    .query_row(params![conversation, author.key(), client_id], |row| {
+        Ok(MessageColumns {
+            conversation_id: row.get(0)?,
+            seq: row.get(1)?,
+            id: row.get(2)?,
+            author: row.get(3)?,
+            client_id: row.get(4)?,
+            body: row.get(5)?,
+            created_at: row.get(6)?,
+            edited_at: row.get(7)?,
+            deleted_at: row.get(8)?,
+        })
+    })
+    .optional()?
+    .map(MessageColumns::decode)
     .transpose()
 }
 
-pub(super) async fn post_in(
-    tx: &mut sqlx::SqliteConnection,
+/// Stores a new message (or finds the one stored before with its client
+/// id) and appends its event to each of `notify`'s logs.
+pub(super) fn post_in(
+    tx: &Tx,
     m: &NewMessage,
     notify: &[UserId],
     event: &PendingEvent,
     now: Timestamp,
 ) -> StoreResult<Posted> {
-    if let Some(message) = by_client_id(&mut *tx, m.conversation_id, m.author, &m.client_id).await?
-    {
+    let conversation = m.conversation_id.to_string();
+    if let Some(message) = by_client_id(tx, &conversation, m.author, &m.client_id)? {
         return Ok(Posted {
             message,
             event: None,
@@ -124,45 +126,42 @@ pub(super) async fn post_in(
         });
     }
     if let Some(user) = m.joins {
-        sqlx::query(
-            "INSERT INTO conversation_members (conversation_id, user_id, joined_at) VALUES (?, ?, ?) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(m.conversation_id.to_string())
-        .bind(user.to_string())
-        .bind(now.0)
-        .execute(&mut *tx)
-        .await?;
+        tx.prepare_cached(
+            "INSERT INTO conversation_members (conversation_id, user_id, joined_at) \
+             VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![conversation, user.to_string(), now.0])?;
     }
-    let row = sqlx::query(
-        "UPDATE conversations SET last_seq = last_seq + 1, last_activity = ? WHERE id = ? RETURNING last_seq",
-    )
-    .bind(now.0)
-    .bind(m.conversation_id.to_string())
-    .fetch_one(&mut *tx)
-    .await?;
-    let n = seq(&row, "last_seq")?;
+    let n: i64 = tx
+        .prepare_cached(
+            "UPDATE conversations SET last_seq = last_seq + 1, last_activity = ?1 \
+             WHERE id = ?2 RETURNING last_seq",
+        )?
+        .query_row(params![now.0, conversation], |row| row.get(0))?;
+    let seq = u64::try_from(n).map_err(|_| StoreError::Corrupt("last_seq negative".into()))?;
     let body = serde_json::to_string(&m.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    sqlx::query(&format!(
-        "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)"
-    ))
-    .bind(m.conversation_id.to_string())
-    .bind(to_i64(n))
-    .bind(m.id.to_string())
-    .bind(m.author.key())
-    .bind(&m.client_id)
-    .bind(body)
-    .bind(now.0)
-    .execute(&mut *tx)
-    .await?;
+    let search_row = index_text(tx, &conversation, n, &m.body.text)?;
+    tx.prepare_cached(&format!(
+        "INSERT INTO messages ({MESSAGE_COLUMNS}, search_rowid) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, ?8)"
+    ))?
+    .execute(params![
+        conversation,
+        n,
+        m.id.to_string(),
+        m.author.key(),
+        m.client_id,
+        body,
+        now.0,
+        search_row
+    ])?;
     if !m.body.attachments.is_empty() {
         let ids: Vec<_> = m.body.attachments.iter().map(|a| a.file_id).collect();
-        super::sqlite_files::attach(tx, &ids, m.id, m.conversation_id, m.author).await?;
+        super::sqlite_files::attach(tx, &ids, m.id, m.conversation_id, m.author)?;
     }
-    index_text(tx, m.conversation_id, n, &m.body.text).await?;
-    let stored = m.stored(n, now);
-    let payload = event.with_seq(n);
-    let seqs = append(tx, notify, &payload, now).await?;
+    let stored = m.stored(seq, now);
+    let payload = event.with_seq(seq);
+    let seqs = append(tx, notify, &payload, now)?;
     Ok(Posted {
         message: stored,
         event: Some(Arc::from(payload)),
@@ -170,38 +169,43 @@ pub(super) async fn post_in(
     })
 }
 
-/// Changes a stored message (an edit or a delete) inside `tx`: its row,
-/// its row of the search index, its files when deleted, and the event in
-/// each of `notify`'s logs.
-pub(super) async fn update_in(
-    tx: &mut sqlx::SqliteConnection,
+/// Changes a stored message (an edit or a delete): its row, its row of
+/// the search index, its files when deleted, and the event in each of
+/// `notify`'s logs.
+pub(super) fn update_in(
+    tx: &Tx,
     m: &StoredMessage,
     notify: &[UserId],
     event: &str,
     now: Timestamp,
 ) -> StoreResult<Vec<(UserId, u64)>> {
+    let conversation = m.conversation_id.to_string();
+    let seq = to_i64(m.seq);
     let body = serde_json::to_string(&m.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    sqlx::query("UPDATE messages SET body = ?, edited_at = ?, deleted_at = ? WHERE conversation_id = ? AND id = ?")
-        .bind(body)
-        .bind(m.edited_at.map(|t| t.0))
-        .bind(m.deleted_at.map(|t| t.0))
-        .bind(m.conversation_id.to_string())
-        .bind(m.id.to_string())
-        .execute(&mut *tx)
-        .await?;
     // The message's own row of the index, by its id (no scan).
-    sqlx::query(
+    tx.prepare_cached(
         "DELETE FROM message_search WHERE rowid = \
-         (SELECT search_rowid FROM messages WHERE conversation_id = ? AND seq = ?)",
-    )
-    .bind(m.conversation_id.to_string())
-    .bind(to_i64(m.seq))
-    .execute(&mut *tx)
-    .await?;
-    if m.deleted_at.is_none() {
-        index_text(tx, m.conversation_id, m.seq, &m.body.text).await?;
-    } else {
-        super::sqlite_files::discard_message_files(tx, m.id, now).await?;
-    }
-    append(tx, notify, event, now).await
+         (SELECT search_rowid FROM messages WHERE conversation_id = ?1 AND seq = ?2)",
+    )?
+    .execute(params![conversation, seq])?;
+    let search_row = match m.deleted_at {
+        None => Some(index_text(tx, &conversation, seq, &m.body.text)?),
+        Some(_) => {
+            super::sqlite_files::discard_message_files(tx, m.id, now)?;
+            None
+        }
+    };
+    tx.prepare_cached(
+        "UPDATE messages SET body = ?1, edited_at = ?2, deleted_at = ?3, search_rowid = ?4 \
+         WHERE conversation_id = ?5 AND id = ?6",
+    )?
+    .execute(params![
+        body,
+        m.edited_at.map(|t| t.0),
+        m.deleted_at.map(|t| t.0),
+        search_row,
+        conversation,
+        m.id.to_string()
+    ])?;
+    append(tx, notify, event, now)
 }

@@ -9,7 +9,6 @@ use super::messaging::{
     NewMessage, PendingEvent, Posted, StoredMessage,
 };
 use super::sqlite::SqliteStore;
-use super::sqlite_message_writes::{append, by_client_id};
 use super::sqlite_writer::{Write, Written};
 use super::{StoreError, StoreResult};
 use crate::ids::{AppId, CallId, ConversationId, MessageId, Timestamp, UserId};
@@ -47,28 +46,64 @@ fn conversation_from(row: &SqliteRow) -> StoreResult<Conversation> {
 }
 
 pub(super) fn message_from(row: &SqliteRow) -> StoreResult<StoredMessage> {
-    let author: String = row.try_get("author")?;
-    let author = if author == "app" {
-        Author::App
-    } else {
-        Author::User(
-            author
-                .parse()
-                .map_err(|_| StoreError::Corrupt(format!("author {author:?}")))?,
-        )
-    };
-    let body: String = row.try_get("body")?;
-    Ok(StoredMessage {
-        conversation_id: parse(row, "conversation_id")?,
-        seq: seq(row, "seq")?,
-        id: parse(row, "id")?,
-        author,
+    MessageColumns {
+        conversation_id: row.try_get("conversation_id")?,
+        seq: row.try_get("seq")?,
+        id: row.try_get("id")?,
+        author: row.try_get("author")?,
         client_id: row.try_get("client_id")?,
-        body: serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("body: {e}")))?,
-        created_at: Timestamp(row.try_get("created_at")?),
-        edited_at: row.try_get::<Option<i64>, _>("edited_at")?.map(Timestamp),
-        deleted_at: row.try_get::<Option<i64>, _>("deleted_at")?.map(Timestamp),
-    })
+        body: row.try_get("body")?,
+        created_at: row.try_get("created_at")?,
+        edited_at: row.try_get("edited_at")?,
+        deleted_at: row.try_get("deleted_at")?,
+    }
+    .decode()
+}
+
+/// A message's columns ([`MESSAGE_COLUMNS`]) as SQLite stores them, read
+/// by either driver (the pool's or the writer's).
+pub(super) struct MessageColumns {
+    pub conversation_id: String,
+    pub seq: i64,
+    pub id: String,
+    pub author: String,
+    pub client_id: String,
+    pub body: String,
+    pub created_at: i64,
+    pub edited_at: Option<i64>,
+    pub deleted_at: Option<i64>,
+}
+
+impl MessageColumns {
+    /// The message these columns hold.
+    pub(super) fn decode(self) -> StoreResult<StoredMessage> {
+        let corrupt = |column: &str, text: &str| StoreError::Corrupt(format!("{column}: {text:?}"));
+        let author = if self.author == "app" {
+            Author::App
+        } else {
+            Author::User(
+                self.author
+                    .parse()
+                    .map_err(|_| corrupt("author", &self.author))?,
+            )
+        };
+        Ok(StoredMessage {
+            conversation_id: self
+                .conversation_id
+                .parse()
+                .map_err(|_| corrupt("conversation_id", &self.conversation_id))?,
+            seq: u64::try_from(self.seq)
+                .map_err(|_| StoreError::Corrupt("seq negative".to_owned()))?,
+            id: self.id.parse().map_err(|_| corrupt("id", &self.id))?,
+            author,
+            client_id: self.client_id,
+            body: serde_json::from_str(&self.body)
+                .map_err(|e| StoreError::Corrupt(format!("body: {e}")))?,
+            created_at: Timestamp(self.created_at),
+            edited_at: self.edited_at.map(Timestamp),
+            deleted_at: self.deleted_at.map(Timestamp),
+        })
+    }
 }
 
 /// The condition that lets a participant see a conversation `c` as far as
@@ -93,6 +128,24 @@ fn vouched_binds(contexts: Option<&[String]>) -> StoreResult<(bool, String)> {
 
 pub(super) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Hands `write` (not a new message) to the writer; returns each
+    /// notified user's event number.
+    async fn write_events(
+        &self,
+        write: Write,
+        notify: &[UserId],
+        now: Timestamp,
+    ) -> StoreResult<Vec<(UserId, u64)>> {
+        match self.write(write, notify, now).await? {
+            Written::Appended(seqs) => Ok(seqs),
+            Written::Posted(_) => Err(StoreError::Corrupt(
+                "the message writer answered an event with a post".to_owned(),
+            )),
+        }
+    }
 }
 
 #[async_trait]
@@ -276,7 +329,18 @@ impl MessageStore for SqliteStore {
         author: Author,
         client_id: &str,
     ) -> StoreResult<Option<StoredMessage>> {
-        by_client_id(self.pool(), conversation, author, client_id).await
+        sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE conversation_id = ? AND author = ? AND client_id = ?"
+        ))
+        .bind(conversation.to_string())
+        .bind(author.key())
+        .bind(client_id)
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(message_from)
+        .transpose()
     }
 
     async fn post(
@@ -292,7 +356,7 @@ impl MessageStore for SqliteStore {
         };
         match self.write(write, notify, now).await? {
             Written::Posted(posted) => Ok(*posted),
-            Written::Updated(_) => Err(StoreError::Corrupt(
+            Written::Appended(_) => Err(StoreError::Corrupt(
                 "the message writer answered a post with an update".to_owned(),
             )),
         }
@@ -326,12 +390,7 @@ impl MessageStore for SqliteStore {
             message: m.clone(),
             event: event.to_owned(),
         };
-        match self.write(write, notify, now).await? {
-            Written::Updated(seqs) => Ok(seqs),
-            Written::Posted(_) => Err(StoreError::Corrupt(
-                "the message writer answered an update with a post".to_owned(),
-            )),
-        }
+        self.write_events(write, notify, now).await
     }
 
     async fn history(
@@ -452,10 +511,10 @@ impl MessageStore for SqliteStore {
         payload: &str,
         now: Timestamp,
     ) -> StoreResult<Vec<(UserId, u64)>> {
-        let mut tx = self.write_tx().await?;
-        let out = append(&mut tx, users, payload, now).await?;
-        tx.commit().await?;
-        Ok(out)
+        let write = Write::Append {
+            event: payload.to_owned(),
+        };
+        self.write_events(write, users, now).await
     }
 
     async fn events_after(

@@ -1,27 +1,33 @@
-//! The message writer of the SQLite store: one thread, one connection of
-//! its own, group commits, and the upkeep of the WAL.
+//! The message writer of the SQLite store: one thread, one synchronous
+//! connection of its own, group commits, and the upkeep of the WAL.
 //!
-//! Every new message, edit and delete is a [`Write`] handed to the writer
-//! ([`SqliteStore::write`]); the writer stores whatever is waiting in one
-//! transaction with one fsync ([`group_commit`]) and only then answers
-//! each. Reads and the rarer writes (conversations, members, files) use
-//! the store's connection pool. The writer does not: it keeps a
-//! connection of its own ([`WriterConnection`]), so a commit never
-//! queues behind requests for a pooled connection, and a pool that has
-//! run dry (every connection held by slow requests) cannot hold back
+//! Every new message, edit, delete and other event is a [`Write`] handed
+//! to the writer ([`SqliteStore::write`]); the writer stores whatever is
+//! waiting in one transaction with one fsync ([`group_commit`]) and only
+//! then answers each. Reads and the rarer writes (conversations, members,
+//! files) use the store's connection pool.
+//!
+//! The writer does not go through the pool's driver (sqlx), whose SQLite
+//! connections each run on a thread of their own: every statement would
+//! be a round trip between two threads, eight of them per message. It
+//! owns a plain SQLite connection ([`WriterConnection`], `rusqlite`) on
+//! its own thread, with every statement prepared once and cached: a batch
+//! is a loop of B-tree writes and one fsync, and the only thread hops
+//! left are the job's arrival and its answer. Because it keeps a
+//! connection of its own, a commit never queues behind requests for a
+//! pooled connection, and a pool that has run dry cannot hold back
 //! acknowledgements.
 
-use std::cell::Cell;
-use std::rc::Rc;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{ConnectOptions as _, Connection as _, SqlitePool};
+use rusqlite::{Connection, TransactionBehavior};
 
 use super::messaging::{NewMessage, PendingEvent, Posted, StoredMessage};
 use super::sqlite::SqliteStore;
-use super::sqlite_message_writes::{post_in, update_in};
+use super::sqlite_message_writes::{append, post_in, update_in};
 use super::write_health::WriteHealth;
 use super::{StoreError, StoreResult};
 use crate::ids::{Timestamp, UserId};
@@ -38,6 +44,8 @@ pub(super) enum Write {
         message: StoredMessage,
         event: String,
     },
+    /// An event that changes no message (a conversation's, a click's…).
+    Append { event: String },
 }
 
 /// What a [`Write`] did.
@@ -46,7 +54,7 @@ pub(super) enum Written {
     /// The message, stored (or the one stored before with its `client_id`).
     Posted(Box<Posted>),
     /// The event's number in each notified user's log.
-    Updated(Vec<(UserId, u64)>),
+    Appended(Vec<(UserId, u64)>),
 }
 
 /// A write waiting for the group commit.
@@ -60,8 +68,9 @@ pub(super) struct PostJob {
 impl std::fmt::Debug for PostJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let id = match &self.write {
-            Write::Post { message, .. } => message.id,
-            Write::Update { message, .. } => message.id,
+            Write::Post { message, .. } => Some(message.id),
+            Write::Update { message, .. } => Some(message.id),
+            Write::Append { .. } => None,
         };
         f.debug_struct("PostJob")
             .field("message", &id)
@@ -76,150 +85,189 @@ const POST_QUEUE: usize = 1024;
 const GROUP_COMMIT_MAX: usize = 128;
 
 /// How often the WAL is copied back into the database file.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// WAL frames (pages) past which the writer restarts the WAL.
 pub(super) const WAL_RESTART_FRAMES: i64 = 4096;
 
-/// The writer's connection.
-pub(super) enum WriterConnection {
-    /// A connection of its own (a database file). It is reopened when a
-    /// failed write leaves it unusable (see [`consistent`]).
-    Own {
-        options: Box<SqliteConnectOptions>,
-        conn: Option<SqliteConnection>,
-    },
-    /// One of the pool's for each commit: an in-memory database, where
-    /// every connection is a database of its own.
-    Pooled(SqlitePool),
+/// How long a connection of the writer waits for the write lock that a
+/// pooled connection holds (a conversation created, members added).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Statements a writer connection keeps prepared.
+const STATEMENT_CACHE: usize = 64;
+
+/// How commits reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Durability {
+    /// `synchronous = FULL`: a commit is on disk before it is
+    /// acknowledged, also across a power cut.
+    Full,
+    /// `synchronous = OFF`: for throwaway databases (tests, benchmarks).
+    Off,
+}
+
+/// The writer's connection: opened on the database file with the
+/// writer's settings, and opened again when a failed write leaves it
+/// inside a transaction it cannot end (a full disk).
+pub(super) struct WriterConnection {
+    path: PathBuf,
+    durability: Durability,
+    conn: Option<Connection>,
 }
 
 impl WriterConnection {
-    /// A connection of its own, opened with `options`.
-    pub(super) async fn own(options: SqliteConnectOptions) -> StoreResult<Self> {
-        let conn = options.connect().await?;
-        Ok(Self::Own {
-            options: Box::new(options),
-            conn: Some(conn),
-        })
+    /// A connection to the database file at `path`.
+    pub(super) fn open(path: &Path, durability: Durability) -> StoreResult<Self> {
+        let mut this = Self {
+            path: path.to_owned(),
+            durability,
+            conn: None,
+        };
+        this.connection()?;
+        Ok(this)
+    }
+
+    /// The open connection, opened if needed.
+    fn connection(&mut self) -> StoreResult<&mut Connection> {
+        if self.conn.is_none() {
+            self.conn = Some(connect(&self.path, self.durability)?);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Corrupt("no writer connection".to_owned()))
     }
 
     /// Stores `jobs` in one transaction with one commit; any failure rolls
     /// back all of them.
-    async fn commit(&mut self, jobs: &[PostJob]) -> StoreResult<Vec<Written>> {
-        match self {
-            Self::Pooled(pool) => commit_batch(&mut *pool.acquire().await?, jobs).await,
-            Self::Own { options, conn } => {
-                let c = match conn {
-                    Some(c) => c,
-                    None => conn.insert(options.connect().await?),
-                };
-                let result = commit_batch(c, jobs).await;
-                if result.is_err()
-                    && !matches!(consistent(c).await, Ok(true))
-                    && let Some(c) = conn.take()
-                {
-                    let _ = c.close_hard().await;
-                }
-                result
-            }
+    fn commit(&mut self, jobs: &[PostJob]) -> StoreResult<Vec<Written>> {
+        let conn = self.connection()?;
+        let result = commit_batch(conn, jobs);
+        if result.is_err() && !conn.is_autocommit() {
+            // The transaction could not be rolled back (SQLite refuses
+            // to after some I/O errors): start again on a fresh
+            // connection rather than refuse every later BEGIN.
+            tracing::debug!("reopening the writer's connection after a failed rollback");
+            metrics::counter!("store_connections_discarded_total").increment(1);
+            self.conn = None;
         }
+        result
     }
 
     /// Runs `PRAGMA wal_checkpoint(mode)`; returns the frames in the WAL.
-    async fn checkpoint(&mut self, mode: &str) -> StoreResult<i64> {
-        match self {
-            Self::Pooled(pool) => Ok(checkpoint(&mut *pool.acquire().await?, mode).await?),
-            Self::Own { options, conn } => {
-                let c = match conn {
-                    Some(c) => c,
-                    None => conn.insert(options.connect().await?),
-                };
-                Ok(checkpoint(c, mode).await?)
-            }
-        }
+    fn checkpoint(&mut self, mode: &str) -> StoreResult<i64> {
+        checkpoint(self.connection()?, mode)
     }
 }
 
+/// A connection to `path` with the writer's settings. (The pool's
+/// connections get the same ones from the store's options; these are set
+/// per connection.)
+fn connect(path: &Path, durability: Durability) -> StoreResult<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Off => "OFF",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    // No checkpoint inside a commit: see [`checkpoints`].
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(conn)
+}
+
 /// Stores `jobs` in one transaction on `conn`.
-async fn commit_batch(conn: &mut SqliteConnection, jobs: &[PostJob]) -> StoreResult<Vec<Written>> {
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+fn commit_batch(conn: &mut Connection, jobs: &[PostJob]) -> StoreResult<Vec<Written>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut written = Vec::with_capacity(jobs.len());
     for job in jobs {
         written.push(match &job.write {
-            Write::Post { message, event } => Written::Posted(Box::new(
-                post_in(&mut tx, message, &job.notify, event, job.now).await?,
-            )),
+            Write::Post { message, event } => Written::Posted(Box::new(post_in(
+                &tx,
+                message,
+                &job.notify,
+                event,
+                job.now,
+            )?)),
             Write::Update { message, event } => {
-                Written::Updated(update_in(&mut tx, message, &job.notify, event, job.now).await?)
+                Written::Appended(update_in(&tx, message, &job.notify, event, job.now)?)
             }
+            Write::Append { event } => Written::Appended(append(&tx, &job.notify, event, job.now)?),
         });
     }
     let committing = std::time::Instant::now();
-    tx.commit().await?;
+    tx.commit()?;
     metrics::histogram!("store_group_commit_seconds").record(committing.elapsed().as_secs_f64());
     Ok(written)
 }
 
-/// Starts the message writer on a thread of its own (with its own small
-/// runtime): commits never wait for a busy request thread, and the writer
-/// ends when the last store handle (the last sender) is dropped. Returns
-/// the writer's queue and what its commits find of the disk.
+/// Starts the message writer on a thread of its own and the WAL
+/// checkpoints on another: commits never wait for a busy request thread,
+/// and neither thread ever runs on the ones that deliver. The writer ends
+/// when the last store handle (the last sender) is dropped, and the
+/// checkpoints with it. Returns the writer's queue and what its commits
+/// find of the disk.
 pub(super) fn start(
-    pool: SqlitePool,
     connection: WriterConnection,
 ) -> StoreResult<(tokio::sync::mpsc::Sender<PostJob>, Arc<WriteHealth>)> {
     let (poster, jobs) = tokio::sync::mpsc::channel(POST_QUEUE);
     let writes = Arc::new(WriteHealth::default());
     let writer_writes = writes.clone();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StoreError::Corrupt(format!("starting the message writer: {e}")))?;
+    let wal_frames = Arc::new(AtomicI64::new(0));
+    let checkpointer = Checkpointer {
+        path: connection.path.clone(),
+        durability: connection.durability,
+        wal_frames: wal_frames.clone(),
+    };
+    let failed =
+        |e: std::io::Error| StoreError::Corrupt(format!("starting the message writer: {e}"));
+    let (writer_alive, checkpoints_stop) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("store-checkpoint".to_owned())
+        .spawn(move || checkpointer.run(&checkpoints_stop))
+        .map_err(failed)?;
     std::thread::Builder::new()
         .name("store-writer".to_owned())
         .spawn(move || {
-            runtime.block_on(async move {
-                let wal_frames = Rc::new(Cell::new(0));
-                tokio::select! {
-                    () = group_commit(connection, jobs, writer_writes, wal_frames.clone()) => {}
-                    () = checkpoints(pool, wal_frames) => {}
-                }
-            });
+            group_commit(connection, jobs, &writer_writes, &wal_frames);
+            drop(writer_alive);
         })
-        .map_err(|e| StoreError::Corrupt(format!("starting the message writer: {e}")))?;
+        .map_err(failed)?;
     Ok((poster, writes))
 }
 
 /// The message writer: takes every write waiting (up to
-/// [`GROUP_COMMIT_MAX`]: new messages, edits and deletes) and stores them
-/// in one transaction with one fsync; only then does each writer get its
-/// answer. Edits and deletes share the commits of new messages rather
-/// than taking the database's write lock for a transaction and an fsync
-/// each: an application editing in a loop then adds statements to the
-/// next commit instead of queueing every other application's messages
-/// behind its own commits. If the batch fails, its writes are made again
-/// one transaction each, so that a bad one fails alone. (Savepoints per
-/// write cost two of the eight statements of every message; this costs
-/// nothing when nothing fails.) Under load, writes that arrive during a
-/// commit share the next one. A batch the disk refuses (full) is refused
-/// as a whole, without retries: no write spoiled it, and each alone would
-/// be refused the same way; the writer goes on with the next batch, which
-/// succeeds once space returns. Every outcome is reported to `writes`. It
-/// runs on its own thread ([`start`]), so its future need not be `Send`.
+/// [`GROUP_COMMIT_MAX`]: new messages, edits, deletes and other events)
+/// and stores them in one transaction with one fsync; only then does each
+/// writer get its answer. Edits and deletes share the commits of new
+/// messages rather than taking the database's write lock for a
+/// transaction and an fsync each: an application editing in a loop then
+/// adds statements to the next commit instead of queueing every other
+/// application's messages behind its own commits. If the batch fails, its
+/// writes are made again one transaction each, so that a bad one fails
+/// alone. (Savepoints per write would cost two statements of every
+/// message; this costs nothing when nothing fails.) Under load, writes
+/// that arrive during a commit share the next one. A batch the disk
+/// refuses (full) is refused as a whole, without retries: no write
+/// spoiled it, and each alone would be refused the same way; the writer
+/// goes on with the next batch, which succeeds once space returns. Every
+/// outcome is reported to `writes`. It runs on its own thread ([`start`])
+/// and blocks it.
 ///
 /// Between two commits it restarts the WAL when the last checkpoint found
 /// it longer than [`WAL_RESTART_FRAMES`] (`wal_frames`).
-async fn group_commit(
+fn group_commit(
     mut connection: WriterConnection,
     mut jobs: tokio::sync::mpsc::Receiver<PostJob>,
-    writes: Arc<WriteHealth>,
-    wal_frames: Rc<Cell<i64>>,
+    writes: &WriteHealth,
+    wal_frames: &AtomicI64,
 ) {
-    while let Some(first) = jobs.recv().await {
-        if wal_frames.get() > WAL_RESTART_FRAMES {
-            wal_frames.set(0);
-            restart_wal(&mut connection).await;
+    while let Some(first) = jobs.blocking_recv() {
+        if wal_frames.load(Ordering::Relaxed) > WAL_RESTART_FRAMES {
+            wal_frames.store(0, Ordering::Relaxed);
+            restart_wal(&mut connection);
         }
         let mut batch = vec![first];
         while batch.len() < GROUP_COMMIT_MAX {
@@ -229,7 +277,7 @@ async fn group_commit(
             }
         }
         metrics::histogram!("store_group_commit_size").record(batch.len() as f64);
-        match connection.commit(&batch).await {
+        match connection.commit(&batch) {
             Ok(written) => {
                 writes.succeeded();
                 for (job, result) in batch.into_iter().zip(written) {
@@ -255,7 +303,6 @@ async fn group_commit(
                 for job in batch {
                     let result = connection
                         .commit(std::slice::from_ref(&job))
-                        .await
                         .map(|mut w| w.remove(0));
                     writes.note(&result);
                     let _ = job.reply.send(result);
@@ -288,41 +335,50 @@ impl SqliteStore {
     }
 }
 
-/// Passive checkpoints: they copy what no reader still needs from the WAL
-/// into the database without taking the write lock, so commits go on
-/// meanwhile. (In-memory databases have no WAL; the pragma is a no-op.)
-/// They run on a pooled connection, beside the writer's commits. Each
-/// leaves the number of frames in the WAL in `wal_frames` for the writer,
-/// which restarts the WAL when it is long ([`restart_wal`]). On a full
-/// disk they fail every time (the database file cannot grow): that is
-/// logged when it starts and when it ends, not twice a second.
-async fn checkpoints(pool: SqlitePool, wal_frames: Rc<Cell<i64>>) {
-    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
-    let mut failing = false;
-    loop {
-        tick.tick().await;
-        if pool.is_closed() {
-            return;
-        }
-        let started = std::time::Instant::now();
-        let frames = match pool.acquire().await {
-            Ok(mut conn) => checkpoint(&mut conn, "PASSIVE").await,
-            Err(e) => Err(e),
-        };
-        match frames {
-            Ok(frames) if failing => {
-                tracing::info!("WAL checkpoints succeed again");
-                failing = false;
-                wal_frames.set(frames);
+/// The background checkpoints: a thread with a connection of its own.
+struct Checkpointer {
+    path: PathBuf,
+    durability: Durability,
+    /// The frames in the WAL, as the last checkpoint found them.
+    wal_frames: Arc<AtomicI64>,
+}
+
+impl Checkpointer {
+    /// Passive checkpoints every [`CHECKPOINT_INTERVAL`] until the writer
+    /// ends (`writer` disconnects): they copy what no reader still needs
+    /// from the WAL into the database without taking the write lock, so
+    /// commits go on meanwhile. Each leaves the number of frames in the
+    /// WAL for the writer, which restarts the WAL when it is long
+    /// ([`restart_wal`]). On a full disk they fail every time (the
+    /// database file cannot grow): that is logged when it starts and when
+    /// it ends, not at every turn.
+    fn run(self, writer: &std::sync::mpsc::Receiver<()>) {
+        let mut conn: Option<Connection> = None;
+        let mut failing = false;
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            writer.recv_timeout(CHECKPOINT_INTERVAL)
+        {
+            let started = std::time::Instant::now();
+            let frames = match conn.as_mut() {
+                Some(c) => checkpoint(c, "PASSIVE"),
+                None => connect(&self.path, self.durability)
+                    .and_then(|c| checkpoint(conn.insert(c), "PASSIVE")),
+            };
+            match frames {
+                Ok(frames) if failing => {
+                    tracing::info!("WAL checkpoints succeed again");
+                    failing = false;
+                    self.wal_frames.store(frames, Ordering::Relaxed);
+                }
+                Ok(frames) => self.wal_frames.store(frames, Ordering::Relaxed),
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "WAL checkpoints fail (logged again once they succeed)");
+                    failing = true;
+                }
+                Err(_) => {}
             }
-            Ok(frames) => wal_frames.set(frames),
-            Err(e) if !failing => {
-                tracing::warn!(error = %e, "WAL checkpoints fail (logged again once they succeed)");
-                failing = true;
-            }
-            Err(_) => {}
+            metrics::histogram!("store_checkpoint_seconds").record(started.elapsed().as_secs_f64());
         }
-        metrics::histogram!("store_checkpoint_seconds").record(started.elapsed().as_secs_f64());
     }
 }
 
@@ -342,9 +398,9 @@ async fn checkpoints(pool: SqlitePool, wal_frames: Rc<Cell<i64>>) {
 /// busy timeout) while it holds back other writers; a passive one never
 /// waits — if a reader still needs old frames, it copies what it can and
 /// the next turn tries again.
-async fn restart_wal(connection: &mut WriterConnection) {
+fn restart_wal(connection: &mut WriterConnection) {
     let started = std::time::Instant::now();
-    match connection.checkpoint("PASSIVE").await {
+    match connection.checkpoint("PASSIVE") {
         Ok(_) => metrics::counter!("store_wal_restarts_total").increment(1),
         Err(e) => tracing::warn!(error = %e, "WAL checkpoint by the writer failed"),
     }
@@ -353,25 +409,25 @@ async fn restart_wal(connection: &mut WriterConnection) {
 
 /// Runs `PRAGMA wal_checkpoint(mode)` on `conn`; returns the frames in the
 /// WAL.
-async fn checkpoint(conn: &mut SqliteConnection, mode: &str) -> Result<i64, sqlx::Error> {
-    let (_busy, frames, _copied): (i64, i64, i64) =
-        sqlx::query_as(&format!("PRAGMA wal_checkpoint({mode})"))
-            .fetch_one(conn)
-            .await?;
-    Ok(frames)
+fn checkpoint(conn: &Connection, mode: &str) -> StoreResult<i64> {
+    Ok(
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+            row.get::<_, i64>(1)
+        })?,
+    )
 }
 
-/// Whether a connection may be used again after a failed write: false
-/// when sqlx still counts a transaction open on it. That happens when a
-/// write fails with `SQLITE_FULL` or `SQLITE_IOERR`: SQLite rolls the
-/// transaction back by itself, so the `ROLLBACK` sqlx issues when the
+/// Whether a pooled connection may be used again after a failed write:
+/// false when sqlx still counts a transaction open on it. That happens
+/// when a write fails with `SQLITE_FULL` or `SQLITE_IOERR`: SQLite rolls
+/// the transaction back by itself, so the `ROLLBACK` sqlx issues when the
 /// transaction is dropped fails, and sqlx, which only counts a rollback
 /// that succeeded, would refuse every later `BEGIN` on that connection
 /// (`InvalidSavePointStatement`) for good. Such a connection is closed
-/// and a fresh one opened (by the pool for its connections, which run
-/// this when they are released; by the writer for its own): the store
-/// recovers by itself once space returns.
-pub(super) async fn consistent(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+/// and the pool opens a fresh one (it runs this when a connection is
+/// released): the store recovers by itself once space returns.
+pub(super) async fn consistent(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection as _;
     use sqlx::TransactionManager as _;
     use sqlx::sqlite::SqliteTransactionManager as Manager;
     if Manager::get_transaction_depth(conn) == 0 {
