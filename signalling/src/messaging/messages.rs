@@ -1,8 +1,6 @@
 //! Messages: sending (idempotent by client id, with attachments), edits
 //! and deletes, action clicks, history, read marks and search.
 
-use std::sync::Arc;
-
 use crate::bus::GateKind;
 use crate::error::{Code, Error};
 use crate::ids::{ConversationId, MessageId, UserId};
@@ -94,12 +92,13 @@ impl Messaging {
         // message's number into it.
         let now = self.clock.now();
         let event = Event::message_before_numbering(&new, now);
-        let posted = self.store.post(&new, &notify, event, now).await?;
+        let deliver = self.deliver(gate(conversation, GateKind::Event));
+        let posted = self
+            .store
+            .post_then(&new, &notify, event, now, deliver)
+            .await?;
         if joins.is_some() {
             self.rosters.changed(id);
-        }
-        if let Some(payload) = posted.event {
-            self.publish(posted.seqs, &payload, gate(conversation, GateKind::Event));
         }
         Ok(posted.message)
     }
@@ -229,18 +228,13 @@ impl Messaging {
             Event::MessageEdited { message }
         }
         .render();
-        let seqs = self
-            .store
-            .update_message(&stored, &notify, &payload, now)
+        let deliver = self.deliver(gate(&conversation, GateKind::Event));
+        self.store
+            .update_message_then(&stored, &notify, &payload, now, deliver)
             .await?;
         if had_files {
             self.file_garbage.notify_one();
         }
-        self.publish(
-            seqs,
-            &Arc::from(payload),
-            gate(&conversation, GateKind::Event),
-        );
         Ok(stored)
     }
 

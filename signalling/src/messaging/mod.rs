@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::ids::{Clock, ConversationId, UserId};
 use crate::proto::{Ephemeral, Event};
 use crate::store::messaging::{
-    Action, Author, Conversation, MessageBody, MessageStore, StoredMessage,
+    Action, Author, Conversation, MessageBody, MessageStore, OnCommit, StoredMessage,
 };
 use crate::store::{FileStore, Store};
 
@@ -134,20 +134,22 @@ impl Messaging {
         payload: String,
         gate: Option<Gate>,
     ) -> Result<(), Error> {
-        let seqs = self
-            .store
-            .append_events(users, &payload, self.clock.now())
+        self.store
+            .append_events_then(users, &payload, self.clock.now(), self.deliver(gate))
             .await?;
-        self.publish(seqs, &Arc::from(payload), gate);
         Ok(())
     }
 
-    /// Tells each user's live connections about its event number `seq`
-    /// (one shared payload).
-    fn publish(&self, seqs: Vec<(UserId, u64)>, payload: &Arc<str>, gate: Option<Gate>) {
-        for (user, seq) in seqs {
-            self.bus.publish_gated(user, seq, payload.clone(), gate);
-        }
+    /// What tells each notified user's live connections about its event
+    /// number (one shared payload), run by the store once the event is
+    /// committed, in commit order.
+    fn deliver(&self, gate: Option<Gate>) -> OnCommit {
+        let bus = self.bus.clone();
+        Box::new(move |seqs, payload| {
+            for (user, seq) in seqs {
+                bus.publish_gated(*user, *seq, payload.clone(), gate);
+            }
+        })
     }
 
     async fn audience(&self, conversation: &Conversation) -> Result<Vec<UserId>, Error> {

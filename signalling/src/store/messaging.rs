@@ -242,6 +242,15 @@ pub struct GrantChange {
     pub changed: bool,
 }
 
+/// What to do with a write's event once it is committed: given each
+/// notified user's event number and the event, it tells their live
+/// connections. The store calls it after the commit and before the next
+/// write's, so each user's event numbers reach it in order (a session
+/// that saw 12 before 11 would have to read the store to fill the gap),
+/// and it runs even when the caller stopped waiting for its answer. It
+/// must not block.
+pub type OnCommit = Box<dyn FnOnce(&[(UserId, u64)], &std::sync::Arc<str>) + Send>;
+
 /// Persistence of messaging.
 #[async_trait]
 pub trait MessageStore: Send + Sync + std::fmt::Debug {
@@ -303,6 +312,20 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
         notify: &[UserId],
         event: PendingEvent,
         now: Timestamp,
+    ) -> StoreResult<Posted> {
+        self.post_then(message, notify, event, now, Box::new(|_, _| {}))
+            .await
+    }
+
+    /// [`Self::post`], then `then` with the event once it is committed
+    /// (not for a retry that wrote nothing).
+    async fn post_then(
+        &self,
+        message: &NewMessage,
+        notify: &[UserId],
+        event: PendingEvent,
+        now: Timestamp,
+        then: OnCommit,
     ) -> StoreResult<Posted>;
 
     /// A message by id within a conversation.
@@ -329,6 +352,20 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
         notify: &[UserId],
         event: &str,
         now: Timestamp,
+    ) -> StoreResult<Vec<(UserId, u64)>> {
+        self.update_message_then(message, notify, event, now, Box::new(|_, _| {}))
+            .await
+    }
+
+    /// [`Self::update_message`], then `then` with the event once it is
+    /// committed.
+    async fn update_message_then(
+        &self,
+        message: &StoredMessage,
+        notify: &[UserId],
+        event: &str,
+        now: Timestamp,
+        then: OnCommit,
     ) -> StoreResult<Vec<(UserId, u64)>>;
 
     /// Messages with `after < seq < before`, oldest first, at most `limit`:
@@ -371,6 +408,19 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
         users: &[UserId],
         payload: &str,
         now: Timestamp,
+    ) -> StoreResult<Vec<(UserId, u64)>> {
+        self.append_events_then(users, payload, now, Box::new(|_, _| {}))
+            .await
+    }
+
+    /// [`Self::append_events`], then `then` with the event once it is
+    /// committed.
+    async fn append_events_then(
+        &self,
+        users: &[UserId],
+        payload: &str,
+        now: Timestamp,
+        then: OnCommit,
     ) -> StoreResult<Vec<(UserId, u64)>>;
 
     /// A user's events after `seq`, oldest first, at most `limit`.

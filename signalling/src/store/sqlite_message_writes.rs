@@ -29,8 +29,9 @@ fn index_text(tx: &Tx, conversation: &str, seq: i64, text: &str) -> StoreResult<
     Ok(tx.last_insert_rowid())
 }
 
-/// Appends `payload` to each user's log: two statements whatever the
-/// number of users (the ids travel as one JSON array).
+/// Appends `payload` to each user's log: three statements whatever the
+/// number of users (the ids travel as one JSON array), and the payload
+/// stored once.
 pub(super) fn append(
     tx: &Tx,
     users: &[UserId],
@@ -71,11 +72,16 @@ pub(super) fn append(
         pairs.push((user, n));
     }
     let pairs = serde_json::to_string(&pairs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    // The payload once, whatever the number of users: each user's row
+    // points at it.
+    tx.prepare_cached("INSERT INTO event_payloads (payload, created_at) VALUES (?1, ?2)")?
+        .execute(params![payload, now.0])?;
+    let payload_id = tx.last_insert_rowid();
     tx.prepare_cached(
-        "INSERT INTO user_events (user_id, seq, payload, created_at) \
+        "INSERT INTO user_events (user_id, seq, payload_id, created_at) \
          SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?1, ?2 FROM json_each(?3)",
     )?
-    .execute(params![payload, now.0, pairs])?;
+    .execute(params![payload_id, now.0, pairs])?;
     Ok(out)
 }
 

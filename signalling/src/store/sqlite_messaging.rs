@@ -1,12 +1,14 @@
 //! [`MessageStore`] on SQLite.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::messaging::{
     Author, Conversation, ConversationEntry, EventRecord, GrantChange, MessageBody, MessageStore,
-    NewMessage, PendingEvent, Posted, StoredMessage,
+    NewMessage, OnCommit, PendingEvent, Posted, StoredMessage,
 };
 use super::sqlite::SqliteStore;
 use super::sqlite_writer::{Write, Written};
@@ -138,8 +140,9 @@ impl SqliteStore {
         write: Write,
         notify: &[UserId],
         now: Timestamp,
+        then: OnCommit,
     ) -> StoreResult<Vec<(UserId, u64)>> {
-        match self.write(write, notify, now).await? {
+        match self.write(write, notify, now, then).await? {
             Written::Appended(seqs) => Ok(seqs),
             Written::Posted(_) => Err(StoreError::Corrupt(
                 "the message writer answered an event with a post".to_owned(),
@@ -343,18 +346,19 @@ impl MessageStore for SqliteStore {
         .transpose()
     }
 
-    async fn post(
+    async fn post_then(
         &self,
         m: &NewMessage,
         notify: &[UserId],
         event: PendingEvent,
         now: Timestamp,
+        then: OnCommit,
     ) -> StoreResult<Posted> {
         let write = Write::Post {
             message: m.clone(),
             event,
         };
-        match self.write(write, notify, now).await? {
+        match self.write(write, notify, now, then).await? {
             Written::Posted(posted) => Ok(*posted),
             Written::Appended(_) => Err(StoreError::Corrupt(
                 "the message writer answered a post with an update".to_owned(),
@@ -379,18 +383,19 @@ impl MessageStore for SqliteStore {
         .transpose()
     }
 
-    async fn update_message(
+    async fn update_message_then(
         &self,
         m: &StoredMessage,
         notify: &[UserId],
         event: &str,
         now: Timestamp,
+        then: OnCommit,
     ) -> StoreResult<Vec<(UserId, u64)>> {
         let write = Write::Update {
             message: m.clone(),
-            event: event.to_owned(),
+            event: Arc::from(event),
         };
-        self.write_events(write, notify, now).await
+        self.write_events(write, notify, now, then).await
     }
 
     async fn history(
@@ -505,16 +510,17 @@ impl MessageStore for SqliteStore {
             .collect()
     }
 
-    async fn append_events(
+    async fn append_events_then(
         &self,
         users: &[UserId],
         payload: &str,
         now: Timestamp,
+        then: OnCommit,
     ) -> StoreResult<Vec<(UserId, u64)>> {
         let write = Write::Append {
-            event: payload.to_owned(),
+            event: Arc::from(payload),
         };
-        self.write_events(write, users, now).await
+        self.write_events(write, users, now, then).await
     }
 
     async fn events_after(
@@ -523,27 +529,38 @@ impl MessageStore for SqliteStore {
         after: u64,
         limit: u32,
     ) -> StoreResult<Vec<EventRecord>> {
-        sqlx::query("SELECT seq, payload FROM user_events WHERE user_id = ? AND seq > ? ORDER BY seq LIMIT ?")
-            .bind(user.to_string())
-            .bind(to_i64(after))
-            .bind(i64::from(limit))
-            .fetch_all(self.pool())
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(EventRecord {
-                    seq: seq(r, "seq")?,
-                    payload: r.try_get("payload")?,
-                })
+        sqlx::query(
+            "SELECT e.seq, COALESCE(e.payload, p.payload) AS payload FROM user_events e \
+             LEFT JOIN event_payloads p ON p.id = e.payload_id \
+             WHERE e.user_id = ? AND e.seq > ? ORDER BY e.seq LIMIT ?",
+        )
+        .bind(user.to_string())
+        .bind(to_i64(after))
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(EventRecord {
+                seq: seq(r, "seq")?,
+                payload: r.try_get("payload")?,
             })
-            .collect()
+        })
+        .collect()
     }
 
     async fn prune_events(&self, before: Timestamp) -> StoreResult<u64> {
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query("DELETE FROM user_events WHERE created_at < ?")
             .bind(before.0)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
+        // Every row pointing at a payload has its age: none is left.
+        sqlx::query("DELETE FROM event_payloads WHERE created_at < ?")
+            .bind(before.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 
@@ -749,6 +766,55 @@ mod tests {
     use super::*;
     use crate::store::SqliteStore;
     use crate::store::conformance::{group_of_the_app, message, seq_event};
+
+    /// An event's payload is stored once for all the users it notifies;
+    /// rows written before that (payload inline) still read back, and
+    /// pruning by age removes shared payloads with their rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shared_and_inline_payloads_read_back_and_are_pruned() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        let (ann, bob) = (UserId::random(), UserId::random());
+        sqlx::query(
+            "INSERT INTO user_events (user_id, seq, payload, created_at) VALUES (?, 1, 'old', 1)",
+        )
+        .bind(ann.to_string())
+        .execute(store.pool())
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO user_event_heads (user_id, last_seq) VALUES (?, 1)")
+            .bind(ann.to_string())
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let seqs = store
+            .append_events(&[ann, bob], "{\"kind\":\"new\"}", Timestamp(5))
+            .await
+            .unwrap();
+        assert_eq!(seqs, vec![(ann, 2), (bob, 1)]);
+        let shared: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM event_payloads")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(shared, 1, "one payload for both users");
+        let payloads = |events: Vec<EventRecord>| -> Vec<(u64, String)> {
+            events.into_iter().map(|e| (e.seq, e.payload)).collect()
+        };
+        assert_eq!(
+            payloads(store.events_after(ann, 0, 10).await.unwrap()),
+            vec![(1, "old".to_owned()), (2, "{\"kind\":\"new\"}".to_owned())]
+        );
+        assert_eq!(store.prune_events(Timestamp(3)).await.unwrap(), 1);
+        assert_eq!(
+            payloads(store.events_after(ann, 0, 10).await.unwrap()),
+            vec![(2, "{\"kind\":\"new\"}".to_owned())]
+        );
+        assert_eq!(store.prune_events(Timestamp(6)).await.unwrap(), 2);
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM event_payloads")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+    }
 
     /// Under a steady stream of commits the WAL file starts over instead
     /// of growing with everything ever written (it reached 11 GB for

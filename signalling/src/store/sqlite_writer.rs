@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::messaging::{NewMessage, PendingEvent, Posted, StoredMessage};
+use super::messaging::{NewMessage, OnCommit, PendingEvent, Posted, StoredMessage};
 use super::sqlite::SqliteStore;
 use super::sqlite_message_writes::{append, post_in, update_in};
 use super::write_health::WriteHealth;
@@ -42,10 +42,10 @@ pub(super) enum Write {
     /// A stored message, edited or deleted.
     Update {
         message: StoredMessage,
-        event: String,
+        event: Arc<str>,
     },
     /// An event that changes no message (a conversation's, a click's…).
-    Append { event: String },
+    Append { event: Arc<str> },
 }
 
 /// What a [`Write`] did.
@@ -62,7 +62,31 @@ pub(super) struct PostJob {
     write: Write,
     notify: Vec<UserId>,
     now: Timestamp,
+    /// Run once the write is committed, in commit order.
+    then: Option<OnCommit>,
     reply: tokio::sync::oneshot::Sender<StoreResult<Written>>,
+}
+
+impl PostJob {
+    /// Answers the writer with `result`; a committed write's event goes
+    /// to its [`OnCommit`] first.
+    fn answer(mut self, result: StoreResult<Written>) {
+        if let (Ok(written), Some(then)) = (&result, self.then.take()) {
+            match (written, &self.write) {
+                (Written::Posted(posted), _) => {
+                    if let Some(event) = &posted.event {
+                        then(&posted.seqs, event);
+                    }
+                }
+                (
+                    Written::Appended(seqs),
+                    Write::Update { event, .. } | Write::Append { event },
+                ) => then(seqs, event),
+                (Written::Appended(_), Write::Post { .. }) => {}
+            }
+        }
+        let _ = self.reply.send(result);
+    }
 }
 
 impl std::fmt::Debug for PostJob {
@@ -281,20 +305,20 @@ fn group_commit(
             Ok(written) => {
                 writes.succeeded();
                 for (job, result) in batch.into_iter().zip(written) {
-                    let _ = job.reply.send(Ok(result));
+                    job.answer(Ok(result));
                 }
             }
             Err(StoreError::Unavailable(why)) => {
                 writes.refused(&why);
                 for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Unavailable(why.clone())));
+                    job.answer(Err(StoreError::Unavailable(why.clone())));
                 }
             }
             // Alone in its batch: its own error, so that a conflict keeps
             // its code (as it does when a batch is retried one by one).
             Err(e) if batch.len() == 1 => {
                 if let Some(job) = batch.pop() {
-                    let _ = job.reply.send(Err(e));
+                    job.answer(Err(e));
                 }
             }
             // One write spoiled the batch: each on its own, so that it
@@ -305,7 +329,7 @@ fn group_commit(
                         .commit(std::slice::from_ref(&job))
                         .map(|mut w| w.remove(0));
                     writes.note(&result);
-                    let _ = job.reply.send(result);
+                    job.answer(result);
                 }
             }
         }
@@ -319,6 +343,7 @@ impl SqliteStore {
         write: Write,
         notify: &[UserId],
         now: Timestamp,
+        then: OnCommit,
     ) -> StoreResult<Written> {
         let stopped = || StoreError::Corrupt("the message writer has stopped".to_owned());
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -327,6 +352,7 @@ impl SqliteStore {
                 write,
                 notify: notify.to_vec(),
                 now,
+                then: Some(then),
                 reply,
             })
             .await

@@ -437,8 +437,13 @@ where
                 if delivery.seq <= last {
                     continue;
                 }
-                if delivery.seq > last + 1 && replay(&mut sink, context, &mut access, &mut last, delivery.seq).await.is_err() {
-                    break Ended::ClientGone;
+                if delivery.seq > last + 1 {
+                    // Events this session has not seen (published out of
+                    // order, or before it subscribed): from the store.
+                    metrics::counter!("ws_gap_replays_total").increment(1);
+                    if replay(&mut sink, context, &mut access, &mut last, delivery.seq).await.is_err() {
+                        break Ended::ClientGone;
+                    }
                 }
                 match access.shows(context, delivery.gate).await {
                     Ok(true) => {
