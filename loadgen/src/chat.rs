@@ -140,6 +140,16 @@ pub fn plan(n: usize, mix: Mix) -> Vec<usize> {
     sizes
 }
 
+/// The kind of a conversation of `size` members in [`plan`] (the odd user
+/// out makes one a member larger).
+fn kind_of(size: usize) -> &'static str {
+    match size {
+        0..=3 => "direct",
+        4..=11 => "group",
+        _ => "channel",
+    }
+}
+
 /// The chat part of `report.json`.
 #[derive(Debug, Serialize)]
 pub struct ChatReport {
@@ -179,6 +189,10 @@ pub struct ChatReport {
     pub deliveries_per_sec: f64,
     /// Delivery latency.
     pub latency_ms: Percentiles,
+    /// Delivery latency by the kind of conversation delivered in
+    /// (`direct`, `group`, `channel`): whether large conversations slow
+    /// small ones.
+    pub latency_by_kind_ms: std::collections::BTreeMap<&'static str, Percentiles>,
     /// The server process, if `--server-pid` was given.
     pub server: Option<ServerReport>,
     /// The reconnect storm, if asked for.
@@ -399,10 +413,16 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
         });
     }
     let mut latency = histogram();
+    let mut by_kind: std::collections::BTreeMap<&'static str, Histogram<u64>> = Default::default();
     let (mut delivered, mut duplicated, mut acked, mut errors, mut expected) = (0, 0, 0, 0, 0);
     for (i, t) in tallies.iter().enumerate() {
         let Some(t) = t else { continue };
         let _ = latency.add(&t.latency);
+        // Each user is in one conversation: all it receives comes from there.
+        let _ = by_kind
+            .entry(kind_of(members[users[i].conversation].len()))
+            .or_insert_with(histogram)
+            .add(&t.latency);
         delivered += t.delivered;
         duplicated += t.duplicated;
         acked += t.acked;
@@ -457,6 +477,10 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
         duplicated,
         deliveries_per_sec: delivered as f64 / send_secs.max(1e-9),
         latency_ms: Percentiles::of(&latency),
+        latency_by_kind_ms: by_kind
+            .iter()
+            .map(|(kind, h)| (*kind, Percentiles::of(h)))
+            .collect(),
         server: args.common.server_pid.map(|_| ServerReport {
             usage: ServerUse::of(&samples),
             rss_before_kib: rss_before,

@@ -101,6 +101,12 @@ async fn chat_delivers_everything_once_and_survives_a_reconnect_storm() {
     assert_eq!(r["lost"], 0, "{r}");
     assert_eq!(r["duplicated"], 0, "{r}");
     assert!(r["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    // 60 users make one-to-one conversations and groups, no channel; each
+    // delivery is counted under the kind it was delivered in.
+    let kinds = r["latency_by_kind_ms"].as_object().unwrap();
+    assert_eq!(kinds.keys().collect::<Vec<_>>(), ["direct", "group"], "{r}");
+    let counted: u64 = kinds.values().map(|k| k["count"].as_u64().unwrap()).sum();
+    assert_eq!(counted, r["latency_ms"]["count"].as_u64().unwrap(), "{r}");
     let storm = &r["reconnect_storm"];
     assert_eq!(storm["caught_up"], 60, "{r}");
     assert_eq!(storm["lost"], 0, "{r}");

@@ -363,6 +363,41 @@ async fn typing_and_presence_reach_the_people_who_share_a_conversation() {
     server.stop().await;
 }
 
+/// Presence contacts are kept in memory once computed (on a connect): a
+/// conversation made afterwards must count at the next change.
+#[tokio::test]
+async fn presence_follows_conversations_made_after_a_connect() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("contacts@example.com", "ERP").await;
+    let (t1, _u1) = user_token(&server, &app, "ann", &[]).await;
+    let (t2, u2) = user_token(&server, &app, "bob", &[]).await;
+    let (t3, u3) = user_token(&server, &app, "carl", &[]).await;
+    let mut ann = Ws::connect(&server, &t1, None).await;
+    ann.request(json!({"type": "create_conversation", "title": "t", "members": [u2]}))
+        .await;
+    // Bob's contacts, computed as he connects: Ann only.
+    let bob = Ws::connect(&server, &t2, None).await;
+    assert_eq!(ann.ephemeral().await["event"]["presence"], "online");
+    let mut carl = Ws::connect(&server, &t3, None).await;
+    let q = carl
+        .request(json!({"type": "presence", "users": [u2]}))
+        .await;
+    assert_eq!(q["users"], json!({}), "nothing shared yet");
+    // Now Carl shares a group with Bob: he sees Bob leave.
+    ann.request(json!({"type": "create_conversation", "title": "u", "members": [u2, u3]}))
+        .await;
+    let q = carl
+        .request(json!({"type": "presence", "users": [u2]}))
+        .await;
+    assert_eq!(q["users"], json!({u2.clone(): "online"}));
+    drop(bob);
+    assert_eq!(
+        carl.ephemeral_of("presence").await["event"],
+        json!({"kind": "presence", "user_id": u2, "presence": "offline"})
+    );
+    server.stop().await;
+}
+
 /// A conversation of more than 50 members carries no presence: Ann, who
 /// shares only such a channel with Bob, neither hears him come online nor
 /// can ask for his presence; in a small group she does both.

@@ -76,6 +76,7 @@ impl Messaging {
             .create_conversation(&conversation, &members)
             .await?;
         if created {
+            self.rosters.changed(conversation.id);
             self.notify_conversation(&conversation, &members).await?;
         }
         Ok(conversation)
@@ -123,6 +124,10 @@ impl Messaging {
             .store
             .create_conversation(&conversation, &members)
             .await?;
+        if created {
+            // Granted users became members with it.
+            self.rosters.changed(conversation.id);
+        }
         if !created && let Some(user) = caller.user_id() {
             self.join_context(conversation.id, user).await?;
         }

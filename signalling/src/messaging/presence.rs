@@ -10,6 +10,15 @@ use crate::ids::{ConversationId, UserId};
 
 use super::*;
 
+/// A digest of the contexts a token lists (`None`: the bot, which sees
+/// every object).
+fn digest(contexts: Option<&[String]>) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    contexts.hash(&mut hasher);
+    hasher.finish()
+}
+
 impl Messaging {
     /// A connection of `user` opened (`true`) or closed (`false`); tells
     /// the people it shares conversations with when its presence changes.
@@ -112,7 +121,12 @@ impl Messaging {
     /// conversations carry no presence: with hundreds of members every
     /// connect and disconnect would fan out to all of them (a reconnect
     /// storm of 1000 channel members meant 500 000 presence frames).
-    pub(super) async fn contacts(&self, caller: &Caller) -> Result<BTreeSet<UserId>, Error> {
+    pub(super) async fn contacts(&self, caller: &Caller) -> Result<Arc<BTreeSet<UserId>>, Error> {
+        let key = (caller.participant(), digest(caller.contexts()));
+        let generation = match self.rosters.contacts(key) {
+            Ok(contacts) => return Ok(contacts),
+            Err(generation) => generation,
+        };
         let mut out = BTreeSet::new();
         for entry in self
             .store
@@ -138,6 +152,8 @@ impl Messaging {
                 out.extend(roster.members.iter().copied());
             }
         }
+        let out = Arc::new(out);
+        self.rosters.keep_contacts(key, generation, out.clone());
         Ok(out)
     }
 
@@ -154,9 +170,9 @@ impl Messaging {
             }
             .render(),
         );
-        for contact in self.contacts(caller).await? {
-            if contact != user {
-                self.bus.publish(contact, 0, payload.clone());
+        for contact in self.contacts(caller).await?.iter() {
+            if *contact != user {
+                self.bus.publish(*contact, 0, payload.clone());
             }
         }
         Ok(())

@@ -16,13 +16,20 @@
 //! all users) never changes once a conversation exists; the message
 //! numbers it does not hold.
 //!
-//! Bounded: at most [`ROSTERS_MAX`] conversations; when full, an entry
-//! is dropped at random to make room (it is loaded again when needed).
+//! Each user's presence contacts (the members of its conversations of at
+//! most [`super::PRESENCE_MAX_MEMBERS`]) are kept here too, computed on
+//! its first connect or disconnect: every change of membership anywhere
+//! drops all of them (changes are rare next to connects, and a user's
+//! contacts depend on conversations it may not have posted in).
+//!
+//! Bounded: at most [`ROSTERS_MAX`] conversations and as many users'
+//! contacts; when full, an entry is dropped at random to make room (it is
+//! loaded again when needed).
 //! With several signalling nodes each keeps its own copy, and changes
 //! made on another node must reach it as invalidations over the bus (not
 //! built: one node today).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crate::ids::{AppId, ConversationId, UserId};
@@ -61,8 +68,23 @@ pub struct Rosters {
 #[derive(Debug, Default)]
 struct Inner {
     rosters: HashMap<ConversationId, Arc<Roster>>,
+    /// Presence contacts by user and the contexts its token lists.
+    contacts: HashMap<ContactsKey, Arc<BTreeSet<UserId>>>,
     /// Bumped by every change: a load that began before it is stale.
     generation: u64,
+}
+
+/// Whose contacts: a participant, and a digest of the contexts its token
+/// lists (contextual conversations count when the token shows them).
+pub type ContactsKey = (UserId, u64);
+
+/// Drops one entry of `map` when it holds [`ROSTERS_MAX`].
+fn make_room<K: Copy + Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.len() >= ROSTERS_MAX
+        && let Some(victim) = map.keys().next().copied()
+    {
+        map.remove(&victim);
+    }
 }
 
 impl Rosters {
@@ -103,11 +125,7 @@ impl Rosters {
         });
         let mut inner = self.lock();
         if inner.generation == generation {
-            if inner.rosters.len() >= ROSTERS_MAX
-                && let Some(victim) = inner.rosters.keys().next().copied()
-            {
-                inner.rosters.remove(&victim);
-            }
+            make_room(&mut inner.rosters);
             inner.rosters.insert(id, roster.clone());
         }
         Ok(Some(roster))
@@ -119,6 +137,32 @@ impl Rosters {
         let mut inner = self.lock();
         inner.generation += 1;
         inner.rosters.remove(&id);
+        inner.contacts.clear();
+    }
+
+    /// `key`'s contacts if they are in memory; otherwise the generation
+    /// to hand [`Self::keep_contacts`] with them once computed.
+    ///
+    /// # Errors
+    /// The generation, when they are not in memory.
+    pub fn contacts(&self, key: ContactsKey) -> Result<Arc<BTreeSet<UserId>>, u64> {
+        let inner = self.lock();
+        inner.contacts.get(&key).cloned().ok_or(inner.generation)
+    }
+
+    /// Keeps `key`'s contacts, computed since `generation`, unless
+    /// membership changed meanwhile.
+    pub fn keep_contacts(
+        &self,
+        key: ContactsKey,
+        generation: u64,
+        contacts: Arc<BTreeSet<UserId>>,
+    ) {
+        let mut inner = self.lock();
+        if inner.generation == generation {
+            make_room(&mut inner.contacts);
+            inner.contacts.insert(key, contacts);
+        }
     }
 
     /// How many rosters are in memory.
