@@ -42,6 +42,7 @@ macro_rules! conformance {
                 history_pages_from_either_end,
                 each_users_events_are_numbered_without_gaps,
                 a_post_makes_its_author_a_member_in_its_transaction,
+                search_finds_what_was_acknowledged_edited_text_and_no_deleted_message,
             );
         }
     };
@@ -498,6 +499,65 @@ pub(super) fn seq_event() -> PendingEvent {
         before_seq: "{\"seq\":".to_owned(),
         after_seq: "}".to_owned(),
     }
+}
+
+/// A search finds every message acknowledged before it, by its current
+/// text: an edit's new words and not its old ones, nothing of a deleted
+/// message (the SQLite store indexes in batches, apart from the commits).
+pub(super) async fn search_finds_what_was_acknowledged_edited_text_and_no_deleted_message(
+    store: Arc<dyn Backend>,
+) {
+    let conversation = group_of_the_app(&*store).await;
+    let user = UserId::random();
+    store
+        .add_members(conversation.id, &[user], Timestamp(2))
+        .await
+        .unwrap();
+    let found = |query: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .search(conversation.app_id, user, Some(&[]), query, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.body.text)
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut posted = Vec::new();
+    for (i, text) in ["alpha one", "beta two", "alpha three"]
+        .into_iter()
+        .enumerate()
+    {
+        let m = message(i, conversation.id, text.to_owned());
+        posted.push(
+            store
+                .post(&m, &[user], seq_event(), Timestamp(3))
+                .await
+                .unwrap()
+                .message,
+        );
+    }
+    assert_eq!(found("alpha").await.len(), 2);
+    let mut edited = posted[0].clone();
+    edited.body.text = "gamma one".to_owned();
+    edited.edited_at = Some(Timestamp(4));
+    store
+        .update_message(&edited, &[user], "{}", Timestamp(4))
+        .await
+        .unwrap();
+    let mut deleted = posted[1].clone();
+    deleted.body.text = String::new();
+    deleted.deleted_at = Some(Timestamp(5));
+    store
+        .update_message(&deleted, &[user], "{}", Timestamp(5))
+        .await
+        .unwrap();
+    assert_eq!(found("alpha").await, ["alpha three"]);
+    assert_eq!(found("gamma").await, ["gamma one"]);
+    assert!(found("beta").await.is_empty());
+    assert_eq!(found("one").await, ["gamma one"]);
 }
 
 /// A post retried with its client id finds the first message and writes

@@ -1,7 +1,8 @@
 //! What one write of the message writer does inside its transaction: the
-//! duplicate check by client id, numbering and storing a message, its row
-//! of the search index, and one event in the log of each user it
-//! notifies. Shared by new messages, edits, deletes and other events.
+//! duplicate check by client id, numbering and storing a message, and one
+//! event in the log of each user it notifies. Shared by new messages,
+//! edits, deletes and other events. The full-text index is written apart,
+//! in batches ([`index_pending`]).
 //!
 //! These run on the writer's own SQLite connection, synchronously, with
 //! every statement prepared once and kept in the connection's cache: a
@@ -27,6 +28,31 @@ fn index_text(tx: &Tx, conversation: &str, seq: i64, text: &str) -> StoreResult<
     )?
     .execute(params![text, conversation, seq])?;
     Ok(tx.last_insert_rowid())
+}
+
+/// Adds up to `limit` messages that have no row in the full-text index
+/// yet (new or edited since the last call) to it; returns how many. The
+/// writer runs this between commits, in a transaction of its own: one
+/// batch of the index's work for many messages instead of a little in
+/// every commit (FTS5 writes a segment per transaction).
+pub(super) fn index_pending(tx: &Tx, limit: usize) -> StoreResult<usize> {
+    let pending: Vec<(String, i64, String)> = tx
+        .prepare_cached(
+            "SELECT conversation_id, seq, COALESCE(json_extract(body, '$.text'), '') FROM messages \
+             WHERE search_rowid IS NULL AND deleted_at IS NULL LIMIT ?1",
+        )?
+        .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (conversation, seq, text) in &pending {
+        let row = index_text(tx, conversation, *seq, text)?;
+        tx.prepare_cached(
+            "UPDATE messages SET search_rowid = ?1 WHERE conversation_id = ?2 AND seq = ?3",
+        )?
+        .execute(params![row, conversation, seq])?;
+    }
+    Ok(pending.len())
 }
 
 /// Appends `payload` to each user's log: three statements whatever the
@@ -146,10 +172,9 @@ pub(super) fn post_in(
         .query_row(params![now.0, conversation], |row| row.get(0))?;
     let seq = u64::try_from(n).map_err(|_| StoreError::Corrupt("last_seq negative".into()))?;
     let body = serde_json::to_string(&m.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let search_row = index_text(tx, &conversation, n, &m.body.text)?;
+    // Not indexed yet (`search_rowid` NULL): see [`index_pending`].
     tx.prepare_cached(&format!(
-        "INSERT INTO messages ({MESSAGE_COLUMNS}, search_rowid) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, ?8)"
+        "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL)"
     ))?
     .execute(params![
         conversation,
@@ -158,8 +183,7 @@ pub(super) fn post_in(
         m.author.key(),
         m.client_id,
         body,
-        now.0,
-        search_row
+        now.0
     ])?;
     if !m.body.attachments.is_empty() {
         let ids: Vec<_> = m.body.attachments.iter().map(|a| a.file_id).collect();
@@ -194,22 +218,18 @@ pub(super) fn update_in(
          (SELECT search_rowid FROM messages WHERE conversation_id = ?1 AND seq = ?2)",
     )?
     .execute(params![conversation, seq])?;
-    let search_row = match m.deleted_at {
-        None => Some(index_text(tx, &conversation, seq, &m.body.text)?),
-        Some(_) => {
-            super::sqlite_files::discard_message_files(tx, m.id, now)?;
-            None
-        }
-    };
+    if m.deleted_at.is_some() {
+        super::sqlite_files::discard_message_files(tx, m.id, now)?;
+    }
+    // An edited message is indexed again with the others waiting.
     tx.prepare_cached(
-        "UPDATE messages SET body = ?1, edited_at = ?2, deleted_at = ?3, search_rowid = ?4 \
-         WHERE conversation_id = ?5 AND id = ?6",
+        "UPDATE messages SET body = ?1, edited_at = ?2, deleted_at = ?3, search_rowid = NULL \
+         WHERE conversation_id = ?4 AND id = ?5",
     )?
     .execute(params![
         body,
         m.edited_at.map(|t| t.0),
         m.deleted_at.map(|t| t.0),
-        search_row,
         conversation,
         m.id.to_string()
     ])?;

@@ -590,6 +590,10 @@ impl MessageStore for SqliteStore {
         query: &str,
         limit: u32,
     ) -> StoreResult<Vec<StoredMessage>> {
+        // Every message acknowledged so far into the index first: the
+        // writer indexes in batches, off the send path.
+        self.write_events(Write::Index, &[], Timestamp(0), Box::new(|_, _| {}))
+            .await?;
         // Every word quoted (no query syntax from users), as a prefix.
         let terms: Vec<String> = query
             .split_whitespace()

@@ -27,7 +27,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use super::messaging::{NewMessage, OnCommit, PendingEvent, Posted, StoredMessage};
 use super::sqlite::SqliteStore;
-use super::sqlite_message_writes::{append, post_in, update_in};
+use super::sqlite_message_writes::{append, index_pending, post_in, update_in};
 use super::write_health::WriteHealth;
 use super::{StoreError, StoreResult};
 use crate::ids::{Timestamp, UserId};
@@ -46,6 +46,9 @@ pub(super) enum Write {
     },
     /// An event that changes no message (a conversation's, a click's…).
     Append { event: Arc<str> },
+    /// Every message committed so far into the full-text index (before a
+    /// search).
+    Index,
 }
 
 /// What a [`Write`] did.
@@ -82,7 +85,7 @@ impl PostJob {
                     Written::Appended(seqs),
                     Write::Update { event, .. } | Write::Append { event },
                 ) => then(seqs, event),
-                (Written::Appended(_), Write::Post { .. }) => {}
+                (Written::Appended(_), Write::Post { .. } | Write::Index) => {}
             }
         }
         let _ = self.reply.send(result);
@@ -94,7 +97,7 @@ impl std::fmt::Debug for PostJob {
         let id = match &self.write {
             Write::Post { message, .. } => Some(message.id),
             Write::Update { message, .. } => Some(message.id),
-            Write::Append { .. } => None,
+            Write::Append { .. } | Write::Index => None,
         };
         f.debug_struct("PostJob")
             .field("message", &id)
@@ -113,6 +116,14 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// WAL frames (pages) past which the writer restarts the WAL.
 pub(super) const WAL_RESTART_FRAMES: i64 = 4096;
+
+/// Most messages added to the full-text index in one of the writer's
+/// index transactions.
+const INDEX_BATCH: usize = 2000;
+
+/// Under a steady stream of writes, how often the writer stops to index
+/// (it also indexes whenever its queue is empty).
+const INDEX_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long a connection of the writer waits for the write lock that a
 /// pooled connection holds (a conversation created, members added).
@@ -178,6 +189,38 @@ impl WriterConnection {
         result
     }
 
+    /// Adds up to [`INDEX_BATCH`] messages waiting for the full-text index
+    /// to it, in a transaction of its own; returns how many.
+    fn index(&mut self) -> StoreResult<usize> {
+        let durability = self.durability;
+        let conn = self.connection()?;
+        let started = std::time::Instant::now();
+        let result = (|| {
+            // No fsync of its own: the index is rebuilt from the messages
+            // (what a crash loses is found unindexed again), and the next
+            // message commit's fsync covers these WAL frames too. NORMAL,
+            // not OFF: in WAL mode it never risks the database.
+            if durability == Durability::Full {
+                conn.pragma_update(None, "synchronous", "NORMAL")?;
+            }
+            let indexed = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let n = index_pending(&tx, INDEX_BATCH)?;
+                tx.commit()?;
+                Ok::<_, StoreError>(n)
+            })();
+            if durability == Durability::Full {
+                conn.pragma_update(None, "synchronous", "FULL")?;
+            }
+            indexed
+        })();
+        if result.is_err() && !conn.is_autocommit() {
+            self.conn = None;
+        }
+        metrics::histogram!("store_index_seconds").record(started.elapsed().as_secs_f64());
+        result
+    }
+
     /// Runs `PRAGMA wal_checkpoint(mode)`; returns the frames in the WAL.
     fn checkpoint(&mut self, mode: &str) -> StoreResult<i64> {
         checkpoint(self.connection()?, mode)
@@ -219,6 +262,10 @@ fn commit_batch(conn: &mut Connection, jobs: &[PostJob]) -> StoreResult<Vec<Writ
                 Written::Appended(update_in(&tx, message, &job.notify, event, job.now)?)
             }
             Write::Append { event } => Written::Appended(append(&tx, &job.notify, event, job.now)?),
+            Write::Index => {
+                while index_pending(&tx, INDEX_BATCH)? == INDEX_BATCH {}
+                Written::Appended(Vec::new())
+            }
         });
     }
     let committing = std::time::Instant::now();
@@ -280,6 +327,14 @@ pub(super) fn start(
 /// outcome is reported to `writes`. It runs on its own thread ([`start`])
 /// and blocks it.
 ///
+/// Between two commits it adds the messages committed since the last time
+/// to the full-text index, in a transaction of its own: whenever its
+/// queue is empty, and at least every [`INDEX_INTERVAL`] under a steady
+/// stream (FTS5 writes a segment per transaction, so a batch of many
+/// messages costs far less than a little in every commit). A search
+/// first has the writer index everything committed ([`Write::Index`]), so
+/// it finds every message acknowledged before it.
+///
 /// Between two commits it restarts the WAL when the last checkpoint found
 /// it longer than [`WAL_RESTART_FRAMES`] (`wal_frames`).
 fn group_commit(
@@ -288,7 +343,28 @@ fn group_commit(
     writes: &WriteHealth,
     wal_frames: &AtomicI64,
 ) {
-    while let Some(first) = jobs.blocking_recv() {
+    // Messages waiting for the full-text index may be left from before a
+    // restart: look once.
+    let mut unindexed = 1usize;
+    let mut indexed_at = std::time::Instant::now();
+    loop {
+        // Index when the queue is empty (the writer is idle) or, under a
+        // steady stream, every INDEX_INTERVAL.
+        if unindexed > 0 && (jobs.is_empty() || indexed_at.elapsed() >= INDEX_INTERVAL) {
+            indexed_at = std::time::Instant::now();
+            match connection.index() {
+                Ok(n) if n < INDEX_BATCH => unindexed = 0,
+                Ok(_) => {}
+                // As a commit would (a full disk): counted, tried again.
+                Err(e) => {
+                    metrics::counter!("store_index_failures_total").increment(1);
+                    tracing::debug!(error = %e, "indexing messages for search failed");
+                }
+            }
+        }
+        let Some(first) = jobs.blocking_recv() else {
+            break;
+        };
         if wal_frames.load(Ordering::Relaxed) > WAL_RESTART_FRAMES {
             wal_frames.store(0, Ordering::Relaxed);
             restart_wal(&mut connection);
@@ -301,6 +377,10 @@ fn group_commit(
             }
         }
         metrics::histogram!("store_group_commit_size").record(batch.len() as f64);
+        unindexed += batch
+            .iter()
+            .filter(|job| matches!(job.write, Write::Post { .. } | Write::Update { .. }))
+            .count();
         match connection.commit(&batch) {
             Ok(written) => {
                 writes.succeeded();
