@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestServer, Ws, default_clock, user_token};
+use common::{App, TestServer, Ws, default_clock, user_token};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -537,20 +537,27 @@ async fn search_finds_russian_and_english_words_only_where_the_user_may_read() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn members_join_and_leave_and_the_list_pages() {
-    let (server, _dir) = TestServer::start().await;
-    let app = server.register("members@example.com", "ERP").await;
-    let (t1, _) = user_token(&server, &app, "ann", &[]).await;
-    let (t2, u2) = user_token(&server, &app, "bob", &[]).await;
-    let (t3, u3) = user_token(&server, &app, "carl", &[]).await;
-    let mut ann = Ws::connect(&server, &t1, None).await;
-    let mut bob = Ws::connect(&server, &t2, None).await;
-    let mut carl = Ws::connect(&server, &t3, None).await;
+/// Ann, Bob and Carl of `app`, connected, their ids, and the group Ann
+/// made with Bob ("team").
+async fn team(server: &TestServer, app: &App) -> ([Ws; 3], [String; 3], Value) {
+    let (t1, u1) = user_token(server, app, "ann", &[]).await;
+    let (t2, u2) = user_token(server, app, "bob", &[]).await;
+    let (t3, u3) = user_token(server, app, "carl", &[]).await;
+    let mut ann = Ws::connect(server, &t1, None).await;
+    let bob = Ws::connect(server, &t2, None).await;
+    let carl = Ws::connect(server, &t3, None).await;
     let conv = ann
         .request(json!({"type": "create_conversation", "title": "team", "members": [u2], "is_group": true}))
         .await["conversation"]["id"]
         .clone();
+    ([ann, bob, carl], [u1, u2, u3], conv)
+}
+
+#[tokio::test]
+async fn members_join_and_leave_and_the_list_pages() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("members@example.com", "ERP").await;
+    let ([mut ann, mut bob, mut carl], [_, u2, u3], conv) = team(&server, &app).await;
 
     let added = bob
         .request(json!({"type": "add_members", "conversation_id": conv, "members": [u3]}))
@@ -604,16 +611,7 @@ async fn members_join_and_leave_and_the_list_pages() {
 async fn sends_follow_membership_changes_made_after_earlier_sends() {
     let (server, _dir) = TestServer::start().await;
     let app = server.register("rosters@example.com", "ERP").await;
-    let (t1, _) = user_token(&server, &app, "ann", &[]).await;
-    let (t2, u2) = user_token(&server, &app, "bob", &[]).await;
-    let (t3, u3) = user_token(&server, &app, "carl", &[]).await;
-    let mut ann = Ws::connect(&server, &t1, None).await;
-    let mut bob = Ws::connect(&server, &t2, None).await;
-    let mut carl = Ws::connect(&server, &t3, None).await;
-    let conv = ann
-        .request(json!({"type": "create_conversation", "title": "team", "members": [u2], "is_group": true}))
-        .await["conversation"]["id"]
-        .clone();
+    let ([mut ann, mut bob, mut carl], [_, u2, u3], conv) = team(&server, &app).await;
     assert_eq!(bob.event().await["event"]["kind"], "conversation");
     let send =
         |n: &str| json!({"type": "send", "conversation_id": conv, "client_id": n, "text": n});
