@@ -363,6 +363,38 @@ async fn typing_and_presence_reach_the_people_who_share_a_conversation() {
     server.stop().await;
 }
 
+/// A user who reconnects within the offline grace (a reload, a network
+/// change) shows its contacts no offline-online flap; one who stays away
+/// is told offline after it.
+#[tokio::test]
+async fn a_quick_reconnect_shows_contacts_no_flap() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("flap@example.com", "ERP").await;
+    let (t1, _u1) = user_token(&server, &app, "ann", &[]).await;
+    let (t2, u2) = user_token(&server, &app, "bob", &[]).await;
+    let mut ann = Ws::connect(&server, &t1, None).await;
+    ann.request(json!({"type": "create_conversation", "title": "t", "members": [u2]}))
+        .await;
+    let bob = Ws::connect(&server, &t2, None).await;
+    assert_eq!(ann.ephemeral().await["event"]["presence"], "online");
+    drop(bob);
+    let mut bob = Ws::connect(&server, &t2, None).await;
+    // Longer than the grace: had Ann been told "offline", it is here now.
+    tokio::time::sleep(confer_signalling::messaging::OFFLINE_GRACE * 2).await;
+    bob.request(json!({"type": "presence", "away": true})).await;
+    assert_eq!(
+        ann.ephemeral().await["event"],
+        json!({"kind": "presence", "user_id": u2, "presence": "away"}),
+        "nothing between online and away"
+    );
+    drop(bob);
+    assert_eq!(
+        ann.ephemeral().await["event"],
+        json!({"kind": "presence", "user_id": u2, "presence": "offline"})
+    );
+    server.stop().await;
+}
+
 /// Presence contacts are kept in memory once computed (on a connect): a
 /// conversation made afterwards must count at the next change.
 #[tokio::test]

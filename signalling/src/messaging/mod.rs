@@ -36,6 +36,15 @@ pub const MAX_PAGE: u32 = 200;
 /// Most members `member_list` names.
 pub const MAX_MEMBERS_LISTED: usize = 1000;
 
+/// How long a user whose last connection closed still shows as it was to
+/// its contacts before they are told it is offline.
+pub const OFFLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A user not yet told offline: the [`Messaging::disconnected`] call's
+/// token, the presence its contacts last saw, and the rosters' generation
+/// then (who its contacts were).
+type GoingOffline = (u64, Presence, u64);
+
 /// Conversations with more members than this carry no presence.
 pub const PRESENCE_MAX_MEMBERS: usize = 50;
 
@@ -60,6 +69,10 @@ pub struct Messaging {
     file_garbage: Arc<tokio::sync::Notify>,
     /// Who is in which conversation, for the send path.
     rosters: Rosters,
+    /// Users whose last connection closed, not yet told offline.
+    going_offline: std::sync::Mutex<std::collections::HashMap<UserId, GoingOffline>>,
+    /// Tokens of [`Self::going_offline`].
+    offline_tokens: std::sync::atomic::AtomicU64,
 }
 
 /// Most files one message carries.
@@ -83,6 +96,8 @@ impl Messaging {
             files: None,
             file_garbage: Arc::new(tokio::sync::Notify::new()),
             rosters: Rosters::default(),
+            going_offline: std::sync::Mutex::default(),
+            offline_tokens: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -22,6 +22,9 @@ fn digest(contexts: Option<&[String]>) -> u64 {
 impl Messaging {
     /// A connection of `user` opened (`true`) or closed (`false`); tells
     /// the people it shares conversations with when its presence changes.
+    /// A close that leaves the user offline is told at once here; the
+    /// WebSocket sessions use [`Self::disconnected`], which waits
+    /// [`OFFLINE_GRACE`] first.
     ///
     /// # Errors
     /// `internal` on store failure.
@@ -35,10 +38,70 @@ impl Messaging {
             PresenceChange::Disconnected
         };
         let (before, after) = self.bus.change_presence(user, change);
-        if before != after {
+        if before == after {
+            return Ok(());
+        }
+        // Back within the grace: the contacts still see what they saw
+        // before the user left, and are told only if that differs (or if
+        // who they are may have changed meanwhile).
+        let unchanged =
+            self.lock_going_offline()
+                .remove(&user)
+                .is_some_and(|(_, seen, generation)| {
+                    seen == after && generation == self.rosters.generation()
+                });
+        if !unchanged {
             self.announce_presence(caller, user, after).await?;
         }
         Ok(())
+    }
+
+    /// A WebSocket session of `caller` ended. When that leaves its user
+    /// offline, its contacts are told only after [`OFFLINE_GRACE`], and
+    /// not at all if a connection of the user opened meanwhile: a page
+    /// reload, a network change or a reconnect storm shows them no
+    /// offline-online flap, and costs no presence fan-out.
+    pub async fn disconnected(self: &Arc<Self>, caller: &Caller) {
+        let Some(user) = caller.user_id() else {
+            return;
+        };
+        let (before, after) = self.bus.change_presence(user, PresenceChange::Disconnected);
+        if before == after {
+            return;
+        }
+        let token = self
+            .offline_tokens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let generation = self.rosters.generation();
+        self.lock_going_offline()
+            .insert(user, (token, before, generation));
+        let this = self.clone();
+        let caller = caller.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(OFFLINE_GRACE).await;
+            let due = {
+                let mut going = this.lock_going_offline();
+                match going.get(&user) {
+                    Some((t, _, _)) if *t == token => going.remove(&user).is_some(),
+                    _ => false,
+                }
+            };
+            if due
+                && let Err(e) = this
+                    .announce_presence(&caller, user, Presence::Offline)
+                    .await
+            {
+                tracing::debug!(error = %e, "announcing a user offline failed");
+            }
+        });
+    }
+
+    fn lock_going_offline(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<UserId, GoingOffline>> {
+        self.going_offline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The client says its person is away (or back).

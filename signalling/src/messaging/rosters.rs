@@ -165,6 +165,13 @@ impl Rosters {
         }
     }
 
+    /// The number of membership changes so far (a change of anyone's
+    /// contacts shows as a new number).
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
     /// How many rosters are in memory.
     #[must_use]
     pub fn len(&self) -> usize {

@@ -185,7 +185,7 @@ where
     }
     drop(subscription);
     context.calls.disconnected(user_id, device).await;
-    let _ = context.messaging.connection(&context.caller, false).await;
+    context.messaging.disconnected(&context.caller).await;
     if ended == Ended::Stalled {
         // The close frame goes behind what the socket still holds: a
         // client that reads again within the wait gets it.
