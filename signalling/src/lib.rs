@@ -12,7 +12,9 @@
 //!   from `POST /api/v1/tokens`.
 //! * **Conversations** hold members and totally ordered **messages**; every
 //!   change becomes an event in each recipient's log, replayed to a client
-//!   that resumes ([`messaging`], [`ws`]).
+//!   that resumes ([`messaging`], [`ws`]). Who is in a conversation is
+//!   kept in memory for the send path and presence
+//!   ([`messaging::Rosters`]); the store stays the authority.
 //! * A **call** belongs to a conversation: two people talk peer-to-peer
 //!   with signalling relaying their SDP and candidates; from a threshold of
 //!   participants the call goes through the SFU that runs in this process

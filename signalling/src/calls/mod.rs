@@ -18,7 +18,7 @@
 //!
 //! Shape: a sans-IO state machine (`machine`: every request, SFU event,
 //! lost connection and timer is a `handle_*` input; what follows is a
-//! queue of [`Effect`]s and the next deadline) and this async service, its
+//! queue of `Effect`s and the next deadline) and this async service, its
 //! driver. One mutex over the machine is held for one input, never across
 //! an await; the driver then carries the effects out (events to devices,
 //! SFU commands, the messages that record a call) and does what needs the

@@ -194,7 +194,7 @@ pub fn app(services: Arc<Services>) -> Router {
 const LOGGED_QUERY_PARAMETERS: &[&str] = &["since", "expires", "external_id"];
 
 /// The request's path and query as logged: query values other than
-/// [`LOGGED_QUERY_PARAMETERS`] are redacted, so that no bearer secret
+/// `LOGGED_QUERY_PARAMETERS` are redacted, so that no bearer secret
 /// reaches the log.
 #[must_use]
 pub fn redacted_uri(uri: &axum::http::Uri) -> String {

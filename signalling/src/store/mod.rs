@@ -5,7 +5,10 @@
 //! (ids as UUID text, times as BIGINT milliseconds). [`sqlite::SqliteStore`]
 //! is the embedded default: one file in the data directory, WAL mode,
 //! `synchronous = FULL`, migrations embedded in the binary and applied at
-//! start.
+//! start. Its reads and rarer writes use a pool (sqlx); messages and every
+//! event go through one group-commit writer on a synchronous connection of
+//! its own, which hands each committed event to the caller's
+//! [`messaging::OnCommit`] in commit order (`sqlite_writer`).
 
 #[cfg(test)]
 mod conformance;
