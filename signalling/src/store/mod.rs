@@ -19,6 +19,8 @@ mod sqlite_error;
 mod sqlite_files;
 mod sqlite_message_writes;
 mod sqlite_messaging;
+#[cfg(test)]
+mod sqlite_tests;
 mod sqlite_writer;
 mod write_health;
 
