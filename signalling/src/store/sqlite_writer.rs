@@ -214,7 +214,10 @@ impl WriterConnection {
             }
             indexed
         })();
-        if result.is_err() && !conn.is_autocommit() {
+        // A connection left inside a transaction, or one whose commits
+        // might no longer be `FULL` (the pragma failed), is not used
+        // again: the next one is opened with the writer's settings.
+        if result.is_err() {
             self.conn = None;
         }
         metrics::histogram!("store_index_seconds").record(started.elapsed().as_secs_f64());
