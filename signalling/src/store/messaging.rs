@@ -292,13 +292,6 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     /// Members of a conversation.
     async fn members(&self, id: ConversationId) -> StoreResult<Vec<UserId>>;
 
-    /// The members of a conversation if there are at most `limit`.
-    async fn members_up_to(
-        &self,
-        id: ConversationId,
-        limit: usize,
-    ) -> StoreResult<Option<Vec<UserId>>>;
-
     /// Whether `user` is an explicit member.
     async fn is_member(&self, id: ConversationId, user: UserId) -> StoreResult<bool>;
 

@@ -294,27 +294,6 @@ impl MessageStore for SqliteStore {
             .collect()
     }
 
-    async fn members_up_to(
-        &self,
-        id: ConversationId,
-        limit: usize,
-    ) -> StoreResult<Option<Vec<UserId>>> {
-        let rows = sqlx::query(
-            "SELECT user_id FROM conversation_members WHERE conversation_id = ? LIMIT ?",
-        )
-        .bind(id.to_string())
-        .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
-        .fetch_all(self.pool())
-        .await?;
-        if rows.len() > limit {
-            return Ok(None);
-        }
-        rows.iter()
-            .map(|r| parse(r, "user_id"))
-            .collect::<StoreResult<_>>()
-            .map(Some)
-    }
-
     async fn is_member(&self, id: ConversationId, user: UserId) -> StoreResult<bool> {
         Ok(sqlx::query(
             "SELECT 1 FROM conversation_members WHERE conversation_id = ? AND user_id = ?",
