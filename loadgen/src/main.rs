@@ -20,6 +20,7 @@ mod janus;
 mod measure;
 mod media;
 mod peer;
+mod plan;
 mod report;
 
 use clap::{Parser, Subcommand};
