@@ -46,6 +46,30 @@ CREATE FUNCTION confer_search_vector(body TEXT) RETURNS tsvector
             || to_tsvector('pg_catalog.simple'::regconfig, COALESCE(body::jsonb ->> 'text', ''))
     $$;
 
+-- What a search asks for: every word, as a prefix, stemmed (`russian`) or
+-- as written (`simple`). Each word is quoted as a tsquery literal, so no
+-- input is query syntax (the store also keeps only letters and digits).
+-- NULL for no words.
+CREATE FUNCTION confer_search_query(words TEXT[]) RETURNS tsquery
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    DECLARE
+        found tsquery;
+        word TEXT;
+        quoted TEXT;
+        term tsquery;
+    BEGIN
+        FOREACH word IN ARRAY words LOOP
+            CONTINUE WHEN word IS NULL OR btrim(word) = '';
+            quoted := '''' || replace(replace(word, '\', '\\'), '''', '''''') || ''':*';
+            term := to_tsquery('pg_catalog.russian'::regconfig, quoted)
+                || to_tsquery('pg_catalog.simple'::regconfig, quoted);
+            found := CASE WHEN found IS NULL THEN term ELSE found && term END;
+        END LOOP;
+        RETURN found;
+    END
+    $$;
+
 -- author is a user id, or "app" for the application's bot; body is the
 -- message's JSON document. `search` follows every edit by itself; a
 -- deleted message's body is empty.

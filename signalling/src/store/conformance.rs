@@ -1,9 +1,9 @@
 //! The store conformance suite: what every store must do, whatever its
 //! engine. Each test is a function over a [`Backend`] (the three store
 //! traits together); [`conformance!`] runs all of them against one
-//! implementation. Today they run against SQLite twice — a throwaway
-//! database committed without fsync, and a durable file; the PostgreSQL
-//! store will be added the same way (issue 16).
+//! implementation. They run against SQLite twice — a throwaway database
+//! committed without fsync, and a durable file — and against PostgreSQL,
+//! a fresh database per test on the server `CONFER_TEST_POSTGRES` names.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,8 +14,9 @@ use super::messaging::{
     Author, Conversation, GrantChange, MessageBody, MessageStore, NewMessage, PendingEvent, Posted,
     StoredMessage,
 };
+use super::pg::ThrowawayDatabase;
 use super::sqlite_files::UPLOAD_GRACE_MS;
-use super::{CodePurpose, NewApplication, PendingCode, SqliteStore, Store};
+use super::{CodePurpose, NewApplication, PendingCode, PgStore, SqliteStore, Store};
 use crate::auth::TokenKey;
 use crate::ids::{AppId, ConversationId, FileId, MessageId, SubscriberId, Timestamp, UserId};
 
@@ -69,8 +70,23 @@ async fn sqlite_file() -> (Arc<dyn Backend>, tempfile::TempDir) {
     (Arc::new(store), dir)
 }
 
+/// The PostgreSQL server the tests use: a base URL without a database
+/// name, from `CONFER_TEST_POSTGRES`.
+pub(super) fn postgres_base() -> String {
+    std::env::var("CONFER_TEST_POSTGRES")
+        .expect("set CONFER_TEST_POSTGRES to a PostgreSQL base URL (scripts/test.sh starts one)")
+}
+
+/// A store on a database of its own, dropped after the test.
+pub(super) async fn postgres() -> (Arc<dyn Backend>, ThrowawayDatabase) {
+    let database = ThrowawayDatabase::create(&postgres_base()).await.unwrap();
+    let store = PgStore::connect(database.url()).await.unwrap();
+    (Arc::new(store), database)
+}
+
 conformance!(sqlite_in_memory, sqlite_in_memory());
 conformance!(sqlite_file, sqlite_file());
+conformance!(postgres, postgres());
 
 pub(super) fn new_app(name: &str) -> NewApplication {
     let id = AppId::random();

@@ -14,6 +14,14 @@
 mod conformance;
 pub mod files;
 pub mod messaging;
+pub mod pg;
+mod pg_error;
+mod pg_files;
+mod pg_message_writes;
+mod pg_messaging;
+#[cfg(test)]
+mod pg_tests;
+mod pg_writer;
 pub mod sqlite;
 mod sqlite_error;
 mod sqlite_files;
@@ -31,6 +39,7 @@ use crate::ids::{AppId, SubscriberId, Timestamp, UserId};
 
 pub use files::FileStore;
 pub use messaging::MessageStore;
+pub use pg::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A store failure: never the client's fault. [`StoreError::Unavailable`]
