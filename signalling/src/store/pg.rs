@@ -58,6 +58,11 @@ const POOL_CONNECTIONS: u32 = 16;
 /// connecting included.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How the pool's connections and the writer's show in
+/// `pg_stat_activity`.
+const POOL_NAME: &str = "confer-signalling";
+const WRITER_NAME: &str = "confer-signalling-writer";
+
 /// PostgreSQL-backed [`Store`], [`super::MessageStore`] and
 /// [`super::FileStore`].
 #[derive(Debug, Clone)]
@@ -82,7 +87,8 @@ impl PgStore {
             .pg()?
             // Notices (a search query of stop words only, `IF NOT EXISTS`)
             // are not for the log.
-            .options([("client_min_messages", "warning")]);
+            .options([("client_min_messages", "warning")])
+            .application_name(POOL_NAME);
         let pool = PgPoolOptions::new()
             .max_connections(POOL_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -93,7 +99,7 @@ impl PgStore {
         // `pg_advisory_lock` while it reads and applies migrations.
         sqlx::migrate!("./migrations_postgres").run(&pool).await?;
         let writes = Arc::new(WriteHealth::default());
-        let writer = Writer::start(options, writes.clone());
+        let writer = Writer::start(options.application_name(WRITER_NAME), writes.clone());
         Ok(Self {
             pool,
             writer,

@@ -37,17 +37,38 @@ pub(super) fn store_error(err: sqlx::Error) -> StoreError {
 
 /// Whether a failed transaction may succeed when made again as it was:
 /// the server broke a deadlock or a serialization conflict by failing it,
-/// or the connection was lost (the transaction then rolled back).
+/// or the connection was lost or ended by the server (the transaction
+/// then rolled back).
 #[must_use]
 pub(super) fn retryable(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some(DEADLOCK | SERIALIZATION)),
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            matches!(code.as_ref(), DEADLOCK | SERIALIZATION)
+                // Connection exceptions; the server shutting down or
+                // ending the session (57P01..57P05).
+                || code.starts_with("08")
+                || code.starts_with("57P")
+        }),
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// Whether the connection that met `err` is still fit to use: the server
+/// failed the transaction (a deadlock, a constraint) and said so, and
+/// ended nothing else. After a lost or ended session, or an error of
+/// the client's, it is not.
+#[must_use]
+pub(super) fn connection_usable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| !code.starts_with("08") && !code.starts_with("57P")),
         _ => false,
     }
 }

@@ -284,3 +284,98 @@ async fn on_commit_runs_after_the_commit_in_order() {
     let store: Arc<PgStore> = Arc::new(store);
     assert_eq!(store.event_head(user).await.unwrap(), 30);
 }
+
+/// A user's events commit in the order of their numbers, also when two
+/// nodes write them: a reader that asks for "events after the last one I
+/// have" again and again never finds a gap (a number that would commit
+/// later than a higher one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_never_sees_a_gap_while_two_nodes_write() {
+    let (a, database) = store().await;
+    let b = PgStore::connect(database.url()).await.unwrap();
+    let user = UserId::random();
+    let others: Vec<UserId> = (0..3).map(|_| UserId::random()).collect();
+    let per_node = 150u64;
+    let writers = [a.clone(), b.clone()].map(|store| {
+        let others = others.clone();
+        tokio::spawn(async move {
+            let mut pending = Vec::new();
+            for i in 0..per_node {
+                let store = store.clone();
+                let notify = [others[usize::try_from(i % 3).unwrap()], user];
+                pending.push(tokio::spawn(async move {
+                    store
+                        .append_events(&notify, "{}", Timestamp(1))
+                        .await
+                        .unwrap()
+                }));
+                if pending.len() == 20 {
+                    for p in pending.drain(..) {
+                        p.await.unwrap();
+                    }
+                }
+            }
+            for p in pending {
+                p.await.unwrap();
+            }
+        })
+    });
+    let mut last = 0;
+    while last < 2 * per_node {
+        for event in a.events_after(user, last, 1000).await.unwrap() {
+            assert_eq!(event.seq, last + 1, "a gap after {last}");
+            last = event.seq;
+        }
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    a.close().await;
+    b.close().await;
+}
+
+/// A batch the server fails as a whole (here a deadlock it reports
+/// once) is made again, and its writes succeed; so is one whose
+/// connection was cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_made_again_after_a_deadlock_or_a_lost_connection() {
+    let (store, _database) = store().await;
+    let user = UserId::random();
+    // A sequence is not rolled back: the trigger fails the first try only.
+    for statement in [
+        "CREATE SEQUENCE tries",
+        "CREATE FUNCTION deadlock_once() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN IF nextval('tries') = 1 THEN \
+         RAISE EXCEPTION 'once' USING ERRCODE = 'deadlock_detected'; END IF; \
+         RETURN NEW; END $$",
+        "CREATE TRIGGER deadlock_once BEFORE INSERT ON event_payloads \
+         FOR EACH ROW EXECUTE FUNCTION deadlock_once()",
+    ] {
+        sqlx::query(statement).execute(store.pool()).await.unwrap();
+    }
+    let seqs = store
+        .append_events(&[user], "{}", Timestamp(1))
+        .await
+        .unwrap();
+    assert_eq!(seqs, [(user, 1)]);
+    let tries: i64 = sqlx::query_scalar("SELECT last_value FROM tries")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(tries, 2);
+
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'confer-signalling-writer'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(cut, [true]);
+    let seqs = store
+        .append_events(&[user], "{}", Timestamp(2))
+        .await
+        .unwrap();
+    assert_eq!(seqs, [(user, 2)]);
+    assert_eq!(store.event_head(user).await.unwrap(), 2);
+}

@@ -29,7 +29,7 @@ use sqlx::{Acquire as _, Connection as _, PgConnection};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::messaging::{NewMessage, OnCommit, PendingEvent, Posted, StoredMessage};
-use super::pg_error::{PgResult as _, retryable};
+use super::pg_error::{PgResult as _, connection_usable, retryable};
 use super::pg_message_writes::{
     LockSet, Numbers, Taken, append, lock, post_in, store_numbers, update_in,
 };
@@ -261,12 +261,12 @@ async fn commit_with_retries(
             Err(Failure::Retry(e)) if attempt < ATTEMPTS => {
                 metrics::counter!("store_batch_retries_total").increment(1);
                 tracing::debug!(error = %e, attempt, "the writer's batch failed; trying again");
-                // The server's own refusal leaves the connection usable
-                // (the transaction rolls back); any other failure leaves
-                // it in a state not worth finding out.
-                let refused_by_server = matches!(&e, StoreError::Backend(inner)
-                    if matches!(inner.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::Database(_))));
-                if !refused_by_server {
+                // A deadlock leaves the connection usable (the
+                // transaction rolls back); any other failure leaves it
+                // in a state not worth finding out.
+                let usable = matches!(&e, StoreError::Backend(inner)
+                    if inner.downcast_ref::<sqlx::Error>().is_some_and(connection_usable));
+                if !usable {
                     *conn = None;
                 }
                 tokio::time::sleep(backoff).await;
