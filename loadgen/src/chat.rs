@@ -32,7 +32,9 @@ use crate::report;
 /// Arguments of `loadgen chat`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChatArgs {
-    /// Base URL of the signalling server, e.g. http://127.0.0.1:8080.
+    /// Base URL of the signalling server, e.g. http://127.0.0.1:8080; for
+    /// a cluster, its nodes separated by commas: user `i` connects to node
+    /// `i mod n`, and after `--reconnect-storm` to the next node.
     #[arg(long)]
     pub target: String,
     /// Users to provision and connect.
@@ -184,10 +186,22 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
     if args.users < 2 {
         bail!("--users: at least 2");
     }
-    let base = args.target.trim_end_matches('/').to_owned();
-    let ws_base = base
-        .replacen("http://", "ws://", 1)
-        .replacen("https://", "wss://", 1);
+    let bases: Vec<String> = args
+        .target
+        .split(',')
+        .map(|t| t.trim().trim_end_matches('/').to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let Some(base) = bases.first().cloned() else {
+        bail!("--target: give at least one URL");
+    };
+    let ws_bases: Vec<String> = bases
+        .iter()
+        .map(|b| {
+            b.replacen("http://", "ws://", 1)
+                .replacen("https://", "wss://", 1)
+        })
+        .collect();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;
@@ -247,7 +261,8 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
     let connecting = bar(&multi, args.common.quiet, users.len() as u64, "connect");
     let shared: Vec<Arc<Shared>> = users.iter().map(|_| Arc::default()).collect();
     let (conns, connect_times) = connect_all(
-        &ws_base,
+        &ws_bases,
+        0,
         &users,
         &shared,
         epoch,
@@ -353,7 +368,7 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
     let storm_report = if storm {
         Some(
             reconnect_storm(
-                &ws_base,
+                &ws_bases,
                 &apps,
                 &users,
                 &shared,
@@ -377,7 +392,7 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
     let report = ChatReport {
         mode: "chat",
         command,
-        target: base,
+        target: bases.join(","),
         users: args.users,
         connected,
         conversations: census.into_iter().collect(),
@@ -551,8 +566,12 @@ async fn read_code(outbox: &std::path::Path, email: &str) -> anyhow::Result<Stri
     }
 }
 
+/// Connects every user, user `i` to node `(i + shift) mod n` of
+/// `ws_bases`.
+#[allow(clippy::too_many_arguments)]
 async fn connect_all(
-    ws_base: &str,
+    ws_bases: &[String],
+    shift: usize,
     users: &[User],
     shared: &[Arc<Shared>],
     epoch: Instant,
@@ -571,6 +590,7 @@ async fn connect_all(
         let due = started + interval * u32::try_from(i).unwrap_or(u32::MAX);
         tokio::time::sleep_until(due.into()).await;
         let since = shared[i].last_seq.load(Ordering::Relaxed);
+        let ws_base = &ws_bases[(i + shift) % ws_bases.len()];
         let mut url = format!("{ws_base}/api/v1/ws?token={}", u.token);
         if caught.is_some() {
             url.push_str(&format!("&since={since}"));
@@ -638,7 +658,7 @@ async fn create_conversations(
 
 #[allow(clippy::too_many_arguments)]
 async fn reconnect_storm(
-    ws_base: &str,
+    ws_bases: &[String],
     apps: &[App],
     users: &[User],
     shared: &[Arc<Shared>],
@@ -650,7 +670,7 @@ async fn reconnect_storm(
     // While everyone is away, each application's bot posts one marker
     // message into each of its conversations.
     for (a, app) in apps.iter().enumerate() {
-        let url = format!("{ws_base}/api/v1/ws");
+        let url = format!("{}/api/v1/ws", ws_bases[0]);
         let mut request =
             tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)?;
         use base64::Engine;
@@ -679,8 +699,10 @@ async fn reconnect_storm(
     let caught: CaughtUp = Arc::new(tokio::sync::Notify::new());
     let progress = bar(multi, quiet, users.len() as u64, "storm");
     let started = Instant::now();
+    // Against a cluster, each user comes back on another node.
     let (conns, _) = connect_all(
-        ws_base,
+        ws_bases,
+        1,
         users,
         shared,
         epoch,

@@ -72,17 +72,23 @@ pub async fn check(services: &Services) -> HealthReport {
         Some(problem) => Err(problem),
     };
     let mut components = BTreeMap::new();
-    components.insert("store", component("sqlite", store));
+    let engine = if services.config.store.is_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    components.insert("store", component(engine, store));
     components.insert("mail", component(services.mailer.kind(), mail));
     // Every worker must be alive and turning its loop.
     components.insert("sfu", component("embedded", Ok(sfu)));
     components.insert("files", component(services.files.storage().kind(), files));
-    // The in-process bus has no failure mode of its own; a NATS bus will
-    // report its connection here.
-    components.insert(
-        "bus",
-        component::<std::convert::Infallible>("in-process", Ok(Ok(()))),
-    );
+    // The in-process bus has no failure mode of its own; NATS reports its
+    // connection (no round trip).
+    let bus = match services.bus.problem() {
+        None => Ok(()),
+        Some(problem) => Err(problem),
+    };
+    components.insert("bus", component(services.bus.kind(), Ok(bus)));
     let all_up = components.values().all(|c| c.status == "up");
     HealthReport {
         status: if all_up { "ok" } else { "degraded" },

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use confer_sfu::tls::{Certificates, TlsListener};
 use confer_signalling::config::{ConfigError, LogFormat, SignallingConfig};
 use confer_signalling::ids::{AppId, SystemClock, UserId};
-use confer_signalling::store::{SqliteStore, Store};
+use confer_signalling::store::Store;
 use confer_signalling::{Services, health, http, run};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -281,15 +281,16 @@ async fn admin(args: &ConfigArgs, action: AdminAction) -> anyhow::Result<()> {
         }
         AdminAction::Outbox => list_outbox(&config.outbox_dir())?,
         other => {
-            let store = SqliteStore::open(&config.database_path()).await?;
-            admin_store(&store, other).await?;
-            store.close().await;
+            let opened = confer_signalling::server::open_store(&config).await?;
+            let result = admin_store(opened.store.as_ref(), other).await;
+            opened.close().await;
+            result?;
         }
     }
     Ok(())
 }
 
-async fn admin_store(store: &SqliteStore, action: AdminAction) -> anyhow::Result<()> {
+async fn admin_store(store: &dyn Store, action: AdminAction) -> anyhow::Result<()> {
     match action {
         AdminAction::Subscribers => {
             println!("{:<36}  {:<20}  email", "subscriber_id", "created_at");
@@ -336,7 +337,7 @@ async fn admin_store(store: &SqliteStore, action: AdminAction) -> anyhow::Result
     Ok(())
 }
 
-async fn set_locked(store: &SqliteStore, user: &UserRef, locked: bool) -> anyhow::Result<()> {
+async fn set_locked(store: &dyn Store, user: &UserRef, locked: bool) -> anyhow::Result<()> {
     let id = match (&user.user, &user.external_id) {
         (Some(id), _) => *id,
         (None, Some(ext)) => {

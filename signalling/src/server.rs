@@ -22,7 +22,7 @@ use crate::ids::{AppId, Clock, Timestamp, UserId};
 use crate::mail::{self, Mailer};
 use crate::messaging::Messaging;
 use crate::store::{FileStore, MessageStore};
-use crate::store::{SqliteStore, Store};
+use crate::store::{PgStore, SqliteStore, Store};
 use crate::tenancy::Tenancy;
 
 /// Undelivered events a WebSocket connection may hold before the bus drops
@@ -61,9 +61,10 @@ pub struct Services {
 }
 
 impl Services {
-    /// Opens the backends `config` asks for: the SQLite store in the data
-    /// directory (migrated), SMTP or the outbox, and starts the embedded
-    /// SFU workers; records the end of calls a previous process left open.
+    /// Opens the backends `config` asks for: the store (SQLite in the data
+    /// directory, or PostgreSQL; migrated), the bus (in-process or NATS),
+    /// SMTP or the outbox, and starts the embedded SFU workers; records the
+    /// end of calls a previous process left open.
     ///
     /// # Errors
     /// If the configuration is invalid or a backend cannot be opened.
@@ -74,11 +75,8 @@ impl Services {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        let sqlite = Arc::new(
-            SqliteStore::open(&config.database_path())
-                .await
-                .with_context(|| format!("opening {}", config.database_path().display()))?,
-        );
+        let store = open_store(&config).await?;
+        let bus = open_bus(&config).await?;
         let mailer =
             mail::from_config(&config.mail, &config.outbox_dir()).context("setting up mail")?;
         // reqwest (the S3 backend) speaks TLS through rustls, which needs
@@ -86,6 +84,12 @@ impl Services {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let storage = crate::files::open_storage(&config.files, &config.files_dir())
             .context("opening file storage")?;
+        if config.bus.url.is_some() && config.files.s3.is_none() {
+            anyhow::bail!(
+                "several nodes (bus.url is set) cannot share files kept in each node's \
+                 data directory: configure S3 ([files.s3], see docs/operations.md)"
+            );
+        }
         let sfu: Arc<dyn SfuControl> = match config.sfu.nodes.first() {
             Some(node) => {
                 let remote = RemoteSfu::connect(node, config.sfu.node_token.clone())
@@ -103,9 +107,10 @@ impl Services {
         let services = Self::with_backends(
             config,
             Backends {
-                store: sqlite.clone(),
-                messages: sqlite.clone(),
-                files: sqlite,
+                store: store.store,
+                messages: store.messages,
+                files: store.files,
+                bus,
                 storage,
                 mailer,
                 sfu,
@@ -136,6 +141,7 @@ impl Services {
             store,
             messages,
             files,
+            bus,
             storage,
             mailer,
             sfu,
@@ -143,7 +149,6 @@ impl Services {
         let config = Arc::new(config);
         let limits = Arc::new(crate::limits::Limits::new(&config.limits));
         let tenancy = Tenancy::new(store.clone(), mailer.clone(), clock.clone(), config.clone());
-        let bus = InProcessBus::new(CONNECTION_QUEUE);
         let file_garbage = Arc::new(tokio::sync::Notify::new());
         let messaging = Arc::new(
             Messaging::new(messages, store.clone(), bus.clone(), clock.clone())
@@ -191,12 +196,91 @@ pub struct Backends {
     pub messages: Arc<dyn MessageStore>,
     /// File records.
     pub files: Arc<dyn FileStore>,
+    /// Live event fan-out between connections (and nodes).
+    pub bus: Arc<dyn Bus>,
     /// File bytes.
     pub storage: crate::files::Backend,
     /// Outgoing mail.
     pub mailer: Arc<dyn Mailer>,
     /// The media plane.
     pub sfu: Arc<dyn SfuControl>,
+}
+
+/// An opened store: each of its faces, and the engine, to close it.
+#[derive(Debug)]
+pub struct OpenedStore {
+    /// Tenancy persistence.
+    pub store: Arc<dyn Store>,
+    /// Messaging persistence.
+    pub messages: Arc<dyn MessageStore>,
+    /// File records.
+    pub files: Arc<dyn FileStore>,
+    engine: Engine,
+}
+
+#[derive(Debug)]
+enum Engine {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PgStore>),
+}
+
+impl OpenedStore {
+    /// Finishes pending writes and closes the connections.
+    pub async fn close(&self) {
+        match &self.engine {
+            Engine::Sqlite(s) => s.close().await,
+            Engine::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+/// Opens (and migrates) the store `config` names: PostgreSQL at
+/// `store.url`, else SQLite in the data directory.
+///
+/// # Errors
+/// If the database cannot be reached, opened or migrated.
+pub async fn open_store(config: &SignallingConfig) -> anyhow::Result<OpenedStore> {
+    match &config.store.url {
+        Some(url) => {
+            let pg = Arc::new(PgStore::connect(url).await.with_context(|| {
+                format!(
+                    "opening the PostgreSQL store at {}",
+                    crate::config::redact_url(url)
+                )
+            })?);
+            Ok(OpenedStore {
+                store: pg.clone(),
+                messages: pg.clone(),
+                files: pg.clone(),
+                engine: Engine::Postgres(pg),
+            })
+        }
+        None => {
+            let path = config.database_path();
+            let sqlite = Arc::new(
+                SqliteStore::open(&path)
+                    .await
+                    .with_context(|| format!("opening {}", path.display()))?,
+            );
+            Ok(OpenedStore {
+                store: sqlite.clone(),
+                messages: sqlite.clone(),
+                files: sqlite.clone(),
+                engine: Engine::Sqlite(sqlite),
+            })
+        }
+    }
+}
+
+/// The bus `config` names: NATS at `bus.url`, else in-process.
+///
+/// # Errors
+/// If no NATS server answers.
+pub async fn open_bus(config: &SignallingConfig) -> anyhow::Result<Arc<dyn Bus>> {
+    Ok(match &config.bus.url {
+        Some(url) => crate::bus::NatsBus::connect(url, CONNECTION_QUEUE).await?,
+        None => InProcessBus::new(CONNECTION_QUEUE),
+    })
 }
 
 impl Services {

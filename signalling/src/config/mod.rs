@@ -31,6 +31,10 @@ pub struct SignallingConfig {
     pub listen: SocketAddr,
     /// Directory for the SQLite database, the mail outbox and local files.
     pub data_dir: PathBuf,
+    /// The store: SQLite in `data_dir`, or PostgreSQL.
+    pub store: StoreSection,
+    /// The bus between nodes: in-process, or NATS.
+    pub bus: BusSection,
     /// HTTPS and WSS on `listen` from this certificate and key; plain
     /// HTTP (for a reverse proxy that terminates TLS) when absent.
     pub tls: Option<TlsConfig>,
@@ -67,6 +71,8 @@ impl Default for SignallingConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
+            store: StoreSection::default(),
+            bus: BusSection::default(),
             tls: None,
             log: LogConfig::default(),
             http: HttpConfig::default(),
@@ -121,6 +127,21 @@ pub enum ConfigError {
     Tls(#[from] TlsError),
 }
 
+/// A database URL with its password hidden, for messages and logs.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 fn list(items: &[InvalidSetting]) -> String {
     items
         .iter()
@@ -151,6 +172,26 @@ impl SignallingConfig {
             format!("{:?}", self.data_dir),
             "a non-empty path",
         );
+        if let Some(url) = &self.store.url {
+            check(
+                url.starts_with("postgres://") || url.starts_with("postgresql://"),
+                "store.url",
+                redact_url(url),
+                "unset (SQLite in data_dir) or postgres://user:password@host:port/database",
+            );
+        }
+        if let Some(url) = &self.bus.url {
+            check(
+                !url.trim().is_empty()
+                    && url.split(',').all(|u| {
+                        let u = u.trim();
+                        u.starts_with("nats://") || u.starts_with("tls://")
+                    }),
+                "bus.url",
+                format!("{url:?}"),
+                "unset (in-process) or nats://host:port, several separated by commas",
+            );
+        }
         if let Some(tls) = &self.tls {
             check(
                 !tls.cert.as_os_str().is_empty(),

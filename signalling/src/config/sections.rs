@@ -17,6 +17,32 @@ pub struct DemoConfig {
     pub enabled: Option<bool>,
 }
 
+/// Where the server keeps its data.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// Unset: SQLite in `data_dir` (one node). `postgres://user:password@host:port/db`:
+    /// PostgreSQL (15 or later), which every node of a cluster shares.
+    pub url: Option<String>,
+}
+
+impl StoreSection {
+    /// Whether the store is PostgreSQL.
+    #[must_use]
+    pub fn is_postgres(&self) -> bool {
+        self.url.is_some()
+    }
+}
+
+/// How the nodes of a cluster reach each other's connections.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusSection {
+    /// Unset: in-process (one node). `nats://host:port`, several
+    /// comma-separated allowed: NATS, shared by every node of a cluster.
+    pub url: Option<String>,
+}
+
 /// The web client served at `/`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(default, deny_unknown_fields)]

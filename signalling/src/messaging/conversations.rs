@@ -76,7 +76,7 @@ impl Messaging {
             .create_conversation(&conversation, &members)
             .await?;
         if created {
-            self.rosters.changed(conversation.id);
+            self.membership_changed(conversation.id);
             self.notify_conversation(&conversation, &members).await?;
         }
         Ok(conversation)
@@ -126,7 +126,7 @@ impl Messaging {
             .await?;
         if created {
             // Granted users became members with it.
-            self.rosters.changed(conversation.id);
+            self.membership_changed(conversation.id);
         }
         if !created && let Some(user) = caller.user_id() {
             self.join_context(conversation.id, user).await?;
@@ -142,7 +142,7 @@ impl Messaging {
             self.store
                 .add_members(id, &[user], self.clock.now())
                 .await?;
-            self.rosters.changed(id);
+            self.membership_changed(id);
         }
         Ok(())
     }
@@ -333,7 +333,7 @@ impl Messaging {
             .copied()
             .collect();
         self.store.add_members(id, &new, self.clock.now()).await?;
-        self.rosters.changed(id);
+        self.membership_changed(id);
         self.notify_conversation(&conversation, &new).await?;
         Ok(conversation)
     }
@@ -356,7 +356,7 @@ impl Messaging {
         if !self.store.remove_member(id, user).await? {
             return Err(Error::NotFound("member"));
         }
-        self.rosters.changed(id);
+        self.membership_changed(id);
         self.emit(
             &[user],
             Event::Removed {
@@ -396,7 +396,7 @@ impl Messaging {
         let Some(id) = change.conversation.filter(|_| change.changed) else {
             return Ok(None);
         };
-        self.rosters.changed(id);
+        self.membership_changed(id);
         if granted {
             if let Some(conversation) = self.store.conversation(app.id, id).await? {
                 let payload = Event::Conversation {

@@ -98,7 +98,7 @@ impl Messaging {
             .post_then(&new, &notify, event, now, deliver)
             .await?;
         if joins.is_some() {
-            self.rosters.changed(id);
+            self.membership_changed(id);
         }
         Ok(posted.message)
     }

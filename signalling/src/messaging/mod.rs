@@ -67,8 +67,9 @@ pub struct Messaging {
     files: Option<Arc<dyn FileStore>>,
     /// Woken when a deleted message leaves files to delete.
     file_garbage: Arc<tokio::sync::Notify>,
-    /// Who is in which conversation, for the send path.
-    rosters: Rosters,
+    /// Who is in which conversation, for the send path (also dropped when
+    /// another node of a cluster announces a change).
+    rosters: Arc<Rosters>,
     /// Users whose last connection closed, not yet told offline.
     going_offline: std::sync::Mutex<std::collections::HashMap<UserId, GoingOffline>>,
     /// Tokens of [`Self::going_offline`].
@@ -87,6 +88,9 @@ impl Messaging {
         bus: Arc<dyn Bus>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let rosters = Arc::new(Rosters::default());
+        let dropped = rosters.clone();
+        bus.on_membership_change(Arc::new(move |id| dropped.changed(id)));
         Self {
             store,
             users,
@@ -95,10 +99,17 @@ impl Messaging {
             typing: std::sync::Mutex::new(std::collections::HashMap::new()),
             files: None,
             file_garbage: Arc::new(tokio::sync::Notify::new()),
-            rosters: Rosters::default(),
+            rosters,
             going_offline: std::sync::Mutex::default(),
             offline_tokens: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// A conversation's membership changed: what this node caches of it
+    /// goes, and the other nodes of a cluster are told.
+    fn membership_changed(&self, id: ConversationId) {
+        self.rosters.changed(id);
+        self.bus.membership_changed(id);
     }
 
     /// Lets messages carry files from `files`; `garbage` is woken when a

@@ -422,6 +422,13 @@ where
                     let _ = close_with(sink, code, reason).await;
                     break Ended::Revoked;
                 }
+                if delivery.catch_up {
+                    // The cluster's bus may have lost events: the log has them.
+                    if replay(&mut sink, context, &mut access, &mut last, u64::MAX).await.is_err() {
+                        break Ended::ClientGone;
+                    }
+                    continue;
+                }
                 if delivery.seq == 0 {
                     match access.shows(context, delivery.gate).await {
                         Ok(true) => {}

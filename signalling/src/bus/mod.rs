@@ -3,8 +3,9 @@
 //! The store's per-user event log is the truth; the bus only tells live
 //! connections about events as they are committed, so that they need not
 //! poll. Anything a connection misses it reads back from the log when it
-//! resumes. [`InProcessBus`] serves one node; a NATS bus will implement the
-//! same trait for several.
+//! resumes. [`InProcessBus`] serves one node; [`NatsBus`] (`nats.rs`)
+//! serves the nodes of a cluster, each delivering to its own connections
+//! through an [`InProcessBus`] of its own.
 //!
 //! Full-queue policy: every connection has a bounded queue. When a
 //! publication finds it full, the bus drops that connection's sender; the
@@ -20,6 +21,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::ids::{ConversationId, UserId};
+
+mod nats;
+
+pub use nats::NatsBus;
 
 /// Marks an event of a contextual conversation (one bound to a business
 /// object): a session shows it only while its caller may see that object
@@ -58,6 +63,24 @@ pub struct Delivery {
     pub close: Option<(u16, &'static str)>,
     /// Set for events of contextual conversations; see [`Gate`].
     pub gate: Option<Gate>,
+    /// Events may have been missed (the cluster's bus lost messages or
+    /// its connection): the session reads its log from the store up to
+    /// the head. Carries no event of its own.
+    pub catch_up: bool,
+}
+
+impl Delivery {
+    /// An event (or an ephemeral one, `seq` 0) for a connection.
+    #[must_use]
+    pub fn event(seq: u64, payload: Arc<str>, gate: Option<Gate>) -> Self {
+        Self {
+            seq,
+            payload,
+            close: None,
+            gate,
+            catch_up: false,
+        }
+    }
 }
 
 /// A live connection's subscription; dropping it unsubscribes.
@@ -135,8 +158,8 @@ pub enum PresenceChange {
 /// Where live connections meet: committed events go out to them, and the
 /// presence they make is kept. Everything a session or a service needs of
 /// other connections goes through this trait (held as `Arc<dyn Bus>`):
-/// [`InProcessBus`] serves one node; a NATS bus will implement it for
-/// several (see `docs/architecture.md`, "Node-local state").
+/// [`InProcessBus`] serves one node, [`NatsBus`] several (see
+/// `docs/architecture.md`, "Node-local state").
 pub trait Bus: Send + Sync + std::fmt::Debug {
     /// Subscribes a new connection of `user`; dropping the subscription
     /// unsubscribes it.
@@ -161,7 +184,23 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn change_presence(&self, user: UserId, change: PresenceChange) -> (Presence, Presence);
     /// `user`'s presence.
     fn presence(&self, user: UserId) -> Presence;
+    /// Tells the other nodes that a conversation's membership changed, so
+    /// that they drop what they cache of it (nothing on one node).
+    fn membership_changed(&self, _conversation: ConversationId) {}
+    /// Runs `hook` for every membership change another node announces.
+    fn on_membership_change(&self, _hook: MembershipHook) {}
+    /// Why the bus cannot reach the other nodes now, if it cannot.
+    fn problem(&self) -> Option<String> {
+        None
+    }
+    /// Which implementation, for `/healthz`: `in-process` or `nats`.
+    fn kind(&self) -> &'static str {
+        "in-process"
+    }
 }
+
+/// What a node does when another announces a membership change.
+pub type MembershipHook = Arc<dyn Fn(ConversationId) + Send + Sync>;
 
 /// A live connection: its id and the sending side of its queue.
 type Connection = (u64, mpsc::Sender<Delivery>);
@@ -186,14 +225,53 @@ impl InProcessBus {
     /// A bus whose connections each hold up to `queue` undelivered events.
     #[must_use]
     pub fn new(queue: usize) -> Arc<Self> {
+        Self::numbering_from(queue, 1)
+    }
+
+    /// [`Self::new`] whose connection ids start at `first` (a node of a
+    /// cluster gives its own a range no other node uses).
+    #[must_use]
+    pub fn numbering_from(queue: usize, first: u64) -> Arc<Self> {
         Arc::new(Self {
             inner: Arc::new(Inner {
                 queue: queue.max(1),
-                next_id: AtomicU64::new(1),
+                next_id: AtomicU64::new(first),
                 connections: Mutex::new(HashMap::new()),
                 presence: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Every user with a connection here, with the presence they make here.
+    #[must_use]
+    pub fn local_presences(&self) -> Vec<(UserId, Presence)> {
+        let map = self
+            .inner
+            .presence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter()
+            .map(|(user, entry)| (*user, presence_of(Some(entry))))
+            .collect()
+    }
+
+    /// Asks every connection to read its log from the store up to the
+    /// head (events may have been missed); a full queue ends the
+    /// connection, as in [`Bus::publish`].
+    pub fn catch_up_all(&self) {
+        let Ok(mut map) = self.inner.connections.lock() else {
+            return;
+        };
+        map.retain(|_, list| {
+            list.retain(|(_, tx)| {
+                tx.try_send(Delivery {
+                    catch_up: true,
+                    ..Delivery::event(0, Arc::from(""), None)
+                })
+                .is_ok()
+            });
+            !list.is_empty()
+        });
     }
 }
 
@@ -239,13 +317,8 @@ impl Bus for InProcessBus {
         };
         // A full or closed queue loses its sender: that connection ends.
         list.retain(|(_, tx)| {
-            tx.try_send(Delivery {
-                seq,
-                payload: payload.clone(),
-                close: None,
-                gate,
-            })
-            .is_ok()
+            tx.try_send(Delivery::event(seq, payload.clone(), gate))
+                .is_ok()
         });
         if list.is_empty() {
             map.remove(&user);
@@ -262,12 +335,7 @@ impl Bus for InProcessBus {
         list.retain(|(id, tx)| {
             *id != connection
                 || tx
-                    .try_send(Delivery {
-                        seq: 0,
-                        payload: payload.clone(),
-                        close: None,
-                        gate: None,
-                    })
+                    .try_send(Delivery::event(0, payload.clone(), None))
                     .is_ok()
         });
         if list.is_empty() {
@@ -282,10 +350,8 @@ impl Bus for InProcessBus {
         for (_, tx) in map.remove(&user).unwrap_or_default() {
             // A full queue ends the connection all the same (as slow).
             let _ = tx.try_send(Delivery {
-                seq: 0,
-                payload: Arc::from(""),
                 close: Some((code, reason)),
-                gate: None,
+                ..Delivery::event(0, Arc::from(""), None)
             });
         }
     }

@@ -1,0 +1,533 @@
+//! Several signalling nodes on one PostgreSQL database and one NATS server
+//! (real ones, started by `scripts/test.sh` and by these tests), with files
+//! on S3: users connected to different nodes chat, search, see each
+//! other's presence and typing, and lose nothing when a node is killed
+//! with SIGKILL or NATS restarts.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::cluster::Shared;
+use common::process::Process;
+use common::{TestServer, Ws, default_clock, test_config, user_token};
+use confer_signalling::ids::ManualClock;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A node in this process, on the cluster's store and bus.
+async fn node(shared: &Shared, clock: &Arc<ManualClock>) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = shared.node_config(test_config(dir.path()));
+    (TestServer::start_with(config, clock.clone()).await, dir)
+}
+
+/// The next ephemeral `presence` event about `user`.
+async fn presence_of(ws: &mut Ws, user: &str) -> String {
+    loop {
+        let e = ws.ephemeral_of("presence").await;
+        if e["event"]["user_id"] == user {
+            return e["event"]["presence"].as_str().unwrap().to_owned();
+        }
+    }
+}
+
+/// The next `message` event.
+async fn next_message(ws: &mut Ws) -> Value {
+    loop {
+        let e = ws.event().await;
+        if e["event"]["kind"] == "message" {
+            return e;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_three_nodes_chat_search_and_see_each_other() {
+    let shared = Shared::start().await;
+    let clock = default_clock();
+    let (a, _da) = node(&shared, &clock).await;
+    let (b, _db) = node(&shared, &clock).await;
+    let (c, _dc) = node(&shared, &clock).await;
+    for n in [&a, &b, &c] {
+        let health: Value = n
+            .get("/healthz")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["components"]["bus"]["backend"], "nats", "{health}");
+        assert_eq!(
+            health["components"]["store"]["backend"], "postgres",
+            "{health}"
+        );
+        assert_eq!(health["status"], "ok", "{health}");
+    }
+    // Any node serves any application: registered on a, tokens from b and c.
+    let app = a.register("cluster@example.com", "ERP").await;
+    let (t1, _u1) = user_token(&a, &app, "ann", &[]).await;
+    let (t2, u2) = user_token(&b, &app, "bob", &[]).await;
+    let (t3, u3) = user_token(&c, &app, "cat", &[]).await;
+
+    let mut ann = Ws::connect(&a, &t1, None).await;
+    let conv = ann
+        .request(json!({"type": "create_conversation", "title": "Cluster", "members": [u2, u3]}))
+        .await["conversation"]["id"]
+        .clone();
+    let mut bob = Ws::connect(&b, &t2, None).await;
+    assert_eq!(
+        presence_of(&mut ann, &u2).await,
+        "online",
+        "bob on b, seen from a"
+    );
+    let mut cat = Ws::connect(&c, &t3, None).await;
+    assert_eq!(
+        presence_of(&mut ann, &u3).await,
+        "online",
+        "cat on c, seen from a"
+    );
+    let asked = ann
+        .request(json!({"type": "presence", "users": [u2, u3]}))
+        .await;
+    assert_eq!(
+        asked["users"],
+        json!({u2.clone(): "online", u3.clone(): "online"})
+    );
+
+    // A message sent on b reaches a and c, in everyone's log.
+    let ack = bob
+        .request(
+            json!({"type": "send", "conversation_id": conv, "client_id": "b1",
+            "text": "Договоры подписаны, отгрузка завтра"}),
+        )
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let id = ack["message"]["id"].clone();
+    for ws in [&mut ann, &mut cat] {
+        let e = next_message(ws).await;
+        assert_eq!(e["event"]["message"]["id"], id, "{e}");
+    }
+    // And back: a message from a reaches b.
+    ann.request(
+        json!({"type": "send", "conversation_id": conv, "client_id": "a1", "text": "Thanks"}),
+    )
+    .await;
+    assert_eq!(
+        next_message(&mut bob).await["event"]["message"]["text"],
+        "Thanks"
+    );
+
+    // Typing on c reaches a.
+    let typing = cat
+        .request(json!({"type": "typing", "conversation_id": conv}))
+        .await;
+    assert_eq!(typing["sent"], true);
+    let t = ann.ephemeral_of("typing").await;
+    assert_eq!(t["event"]["user_id"], u3.as_str());
+
+    // Search on c finds what was sent on b (Russian stemming: "договор").
+    let found = cat
+        .request(json!({"type": "search", "query": "договор"}))
+        .await;
+    let hits = found["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{found}"));
+    assert!(hits.iter().any(|m| m["id"] == id), "{found}");
+
+    // Locking a user on a closes its session on c.
+    let r = a
+        .post(&format!("/api/v1/users/{u3}/lock"))
+        .basic_auth(&app.id, Some(&app.secret))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let closed = loop {
+        let f = cat.frame().await;
+        if f["type"] == "closed" {
+            break f;
+        }
+    };
+    assert!(
+        closed["close"].as_str().unwrap().contains("4003"),
+        "{closed}"
+    );
+
+    // Bob leaves b: a hears it once the offline grace has passed.
+    drop(bob);
+    assert_eq!(presence_of(&mut ann, &u2).await, "offline");
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}
+
+/// A WebSocket of a user who moves between nodes.
+struct Client {
+    token: String,
+    stream: Option<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    >,
+    /// The last event number seen.
+    last: u64,
+    /// Event number → message id of every `message` event seen.
+    messages: BTreeMap<u64, String>,
+}
+
+impl Client {
+    async fn connect(token: &str, base: &str) -> Self {
+        let mut client = Self {
+            token: token.to_owned(),
+            stream: None,
+            last: 0,
+            messages: BTreeMap::new(),
+        };
+        client.reconnect(base).await.unwrap();
+        client
+    }
+
+    /// Connects to `base`, resuming after the last event seen.
+    async fn reconnect(&mut self, base: &str) -> Result<(), String> {
+        let url = format!(
+            "{}/api/v1/ws?token={}&since={}",
+            base.replace("http://", "ws://"),
+            self.token,
+            self.last
+        );
+        let (mut stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let welcome = read(&mut stream).await?;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        self.stream = Some(stream);
+        Ok(())
+    }
+
+    /// The next frame, or why there is none (the node died).
+    async fn frame(&mut self) -> Result<Value, String> {
+        let stream = self.stream.as_mut().ok_or("not connected")?;
+        let frame = read(stream).await;
+        if let Ok(f) = &frame
+            && f["type"] == "event"
+        {
+            let seq = f["seq"].as_u64().unwrap();
+            assert!(seq > self.last, "event {seq} after {}: a repeat", self.last);
+            assert_eq!(seq, self.last + 1, "a gap after event {}", self.last);
+            self.last = seq;
+            if f["event"]["kind"] == "message" {
+                let id = f["event"]["message"]["id"].as_str().unwrap().to_owned();
+                self.messages.insert(seq, id);
+            }
+        }
+        if frame.is_err() {
+            self.stream = None;
+        }
+        frame
+    }
+
+    async fn send(&mut self, frame: &Value) -> Result<(), String> {
+        let stream = self.stream.as_mut().ok_or("not connected")?;
+        let sent = stream
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .map_err(|e| e.to_string());
+        if sent.is_err() {
+            self.stream = None;
+        }
+        sent
+    }
+}
+
+async fn read(
+    stream: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Result<Value, String> {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .map_err(|_| "no frame within 10 s".to_owned())?;
+        match next {
+            None => return Err("closed".to_owned()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
+            Some(Ok(Message::Close(c))) => return Err(format!("closed: {c:?}")),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Sends `count` messages one after another from `client`, each retried
+/// with its `client_id` on the next node of `bases` when its node dies;
+/// returns the acknowledged message ids and the longest time a reconnect
+/// took.
+async fn send_through(
+    client: &mut Client,
+    bases: &[String],
+    name: &str,
+    conv: &str,
+    count: usize,
+    pause: Duration,
+) -> (BTreeSet<String>, Duration) {
+    let mut acked = BTreeSet::new();
+    let mut node = 0;
+    let mut worst = Duration::ZERO;
+    for i in 0..count {
+        let frame = json!({"type": "send", "id": format!("{name}-{i}"), "conversation_id": conv,
+            "client_id": format!("{name}-{i}"), "text": format!("{name} {i}")});
+        loop {
+            let answered = async {
+                client.send(&frame).await?;
+                loop {
+                    let f = client.frame().await?;
+                    if f["id"] == frame["id"] {
+                        return Ok::<Value, String>(f);
+                    }
+                }
+            }
+            .await;
+            match answered {
+                Ok(ack) => {
+                    assert_eq!(ack["type"], "ack", "{ack}");
+                    acked.insert(ack["message"]["id"].as_str().unwrap().to_owned());
+                    break;
+                }
+                Err(_) => {
+                    let lost = Instant::now();
+                    node = (node + 1) % bases.len();
+                    while client.reconnect(&bases[node]).await.is_err() {
+                        node = (node + 1) % bases.len();
+                        assert!(
+                            lost.elapsed() < Duration::from_secs(5),
+                            "no node took the user back"
+                        );
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    worst = worst.max(lost.elapsed());
+                }
+            }
+        }
+        tokio::time::sleep(pause).await;
+    }
+    (acked, worst)
+}
+
+/// Reads events until every id of `expected` has arrived, moving to the
+/// next node of `bases` when its node dies; the longest reconnect.
+async fn receive_all(
+    client: &mut Client,
+    bases: &[String],
+    expected: &BTreeSet<String>,
+) -> Duration {
+    let mut node = 0;
+    let mut worst = Duration::ZERO;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: BTreeSet<&String> = client.messages.values().collect();
+        if expected.iter().all(|id| seen.contains(id)) {
+            return worst;
+        }
+        assert!(Instant::now() < deadline, "messages missing after 30 s");
+        if client.frame().await.is_err() {
+            let lost = Instant::now();
+            node = (node + 1) % bases.len();
+            while client.reconnect(&bases[node]).await.is_err() {
+                node = (node + 1) % bases.len();
+                assert!(
+                    lost.elapsed() < Duration::from_secs(5),
+                    "no node took the user back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            worst = worst.max(lost.elapsed());
+        }
+    }
+}
+
+/// Three `signalling` processes; one is killed with SIGKILL while two
+/// users send: its users reconnect to another node within 5 s, every
+/// acknowledged message is stored once, and every receiver gets each once,
+/// with event numbers that neither skip nor repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_stream_costs_nobody_a_message() {
+    let shared = Shared::start().await;
+    let env = shared.node_env();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
+    let mut nodes: Vec<Option<Process>> = dirs
+        .iter()
+        .map(|d| Some(Process::start_with_env(d.path(), &env)))
+        .collect();
+    let bases: Vec<String> = nodes
+        .iter()
+        .map(|n| n.as_ref().unwrap().base.clone())
+        .collect();
+    let first = nodes[0].as_ref().unwrap();
+    let app = first
+        .register(dirs[0].path(), "kill@example.com", "ERP")
+        .await;
+    let http = reqwest::Client::new();
+    let mut tokens = Vec::new();
+    for name in ["s0", "s2", "r1", "r2"] {
+        let body: Value = http
+            .post(format!("{}/api/v1/tokens", bases[0]))
+            .basic_auth(&app.id, Some(&app.secret))
+            .json(&json!({"external_id": name, "name": name}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tokens.push((
+            body["token"].as_str().unwrap().to_owned(),
+            body["user_id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let mut s0 = Client::connect(&tokens[0].0, &bases[0]).await;
+    let created = {
+        let frame = json!({"type": "create_conversation", "id": "c", "title": "Kill",
+            "members": [tokens[1].1, tokens[2].1, tokens[3].1]});
+        s0.send(&frame).await.unwrap();
+        loop {
+            let f = s0.frame().await.unwrap();
+            if f["id"] == "c" {
+                break f;
+            }
+        }
+    };
+    let conv = created["conversation"]["id"].as_str().unwrap().to_owned();
+    // s2 and r2 on node 2 (to be killed), r1 on node 1.
+    let mut s2 = Client::connect(&tokens[1].0, &bases[2]).await;
+    let mut r1 = Client::connect(&tokens[2].0, &bases[1]).await;
+    let mut r2 = Client::connect(&tokens[3].0, &bases[2]).await;
+
+    const SENDS: usize = 60;
+    let pause = Duration::from_millis(40);
+    let order_s0 = vec![bases[0].clone(), bases[1].clone()];
+    let order_s2 = vec![bases[2].clone(), bases[0].clone(), bases[1].clone()];
+    let sender0 = {
+        let conv = conv.clone();
+        let order = order_s0.clone();
+        tokio::spawn(async move {
+            let out = send_through(&mut s0, &order, "s0", &conv, SENDS, pause).await;
+            (out, s0)
+        })
+    };
+    let sender2 = {
+        let conv = conv.clone();
+        let order = order_s2.clone();
+        tokio::spawn(async move {
+            let out = send_through(&mut s2, &order, "s2", &conv, SENDS, pause).await;
+            (out, s2)
+        })
+    };
+    // Kill node 2 while both send.
+    tokio::time::sleep(pause * (SENDS as u32) / 3).await;
+    let mut victim = nodes[2].take().unwrap();
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    let ((acked0, _), _s0) = sender0.await.unwrap();
+    let ((acked2, moved2), _s2) = sender2.await.unwrap();
+    assert!(
+        moved2 < Duration::from_secs(5),
+        "the sender moved in {moved2:?}"
+    );
+    let mut expected = acked0.clone();
+    expected.extend(acked2.iter().cloned());
+    assert_eq!(expected.len(), 2 * SENDS, "every send acknowledged once");
+
+    let moved_r2 = receive_all(&mut r2, &order_s2, &expected).await;
+    assert!(
+        moved_r2 < Duration::from_secs(5),
+        "the receiver moved in {moved_r2:?}"
+    );
+    receive_all(&mut r1, &[bases[1].clone()], &expected).await;
+
+    // The history holds each message once, numbered without a gap, and
+    // each receiver's log holds exactly one event per message.
+    let mut reader = Client::connect(&tokens[2].0, &bases[0]).await;
+    reader
+        .send(&json!({"type": "history", "id": "h", "conversation_id": conv, "after": 0, "limit": 500}))
+        .await
+        .unwrap();
+    let history = loop {
+        let f = reader.frame().await.unwrap();
+        if f["id"] == "h" {
+            break f;
+        }
+    };
+    let messages = history["messages"].as_array().unwrap();
+    let ids: Vec<&str> = messages.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), expected.len(), "stored once each");
+    for (i, m) in messages.iter().enumerate() {
+        assert_eq!(m["seq"].as_u64(), Some(i as u64 + 1));
+    }
+    for r in [&r1, &r2] {
+        let got: Vec<&String> = r.messages.values().collect();
+        assert_eq!(got.len(), expected.len(), "one event per message");
+        assert_eq!(
+            got.iter().copied().cloned().collect::<BTreeSet<_>>(),
+            expected
+        );
+    }
+}
+
+/// NATS killed and started again while a user sends: the receiver on
+/// another node gets every message (the bus asks the sessions to read the
+/// store when it is back), and `/healthz` says the bus was down meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarted_mid_run_loses_nothing() {
+    let mut shared = Shared::start().await;
+    let clock = default_clock();
+    let (a, _da) = node(&shared, &clock).await;
+    let (b, _db) = node(&shared, &clock).await;
+    let app = a.register("nats@example.com", "ERP").await;
+    let (t1, _u1) = user_token(&a, &app, "ann", &[]).await;
+    let (t2, u2) = user_token(&a, &app, "bob", &[]).await;
+    let mut ann = Ws::connect(&a, &t1, None).await;
+    let conv = ann
+        .request(json!({"type": "create_conversation", "title": "t", "members": [u2]}))
+        .await["conversation"]["id"]
+        .clone();
+    let mut bob = Client::connect(&t2, &b.base).await;
+    let mut expected = BTreeSet::new();
+    let send = async |ann: &mut Ws, i: usize| {
+        let ack = ann
+            .request(json!({"type": "send", "conversation_id": conv, "client_id": format!("m{i}"), "text": format!("m{i}")}))
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        ack["message"]["id"].as_str().unwrap().to_owned()
+    };
+    for i in 0..10 {
+        expected.insert(send(&mut ann, i).await);
+    }
+    shared.nats.kill();
+    // Sent while the bus is down: stored, told to nobody on b yet.
+    for i in 10..20 {
+        expected.insert(send(&mut ann, i).await);
+    }
+    let health: Value = common::healthz_after_a_failure(&b)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["components"]["bus"]["status"], "down", "{health}");
+    shared.nats.start_again();
+    for i in 20..30 {
+        expected.insert(send(&mut ann, i).await);
+    }
+    receive_all(&mut bob, &[b.base.clone()], &expected).await;
+    assert_eq!(bob.messages.len(), 30);
+    a.stop().await;
+    b.stop().await;
+}
