@@ -14,6 +14,8 @@ const DISK_FULL: &str = "53100";
 const DEADLOCK: &str = "40P01";
 /// SQLSTATE of a serialization failure.
 const SERIALIZATION: &str = "40001";
+/// SQLSTATE of a lock not taken within `lock_timeout` (if one is set).
+const LOCK_TIMEOUT: &str = "55P03";
 
 /// The unavailability a PostgreSQL error stands for, if any.
 #[must_use]
@@ -36,14 +38,15 @@ pub(super) fn store_error(err: sqlx::Error) -> StoreError {
 }
 
 /// Whether a failed transaction may succeed when made again as it was:
-/// the server broke a deadlock or a serialization conflict by failing it,
+/// the server broke a deadlock or a serialization conflict by failing it
+/// (or gave up waiting for a lock),
 /// or the connection was lost or ended by the server (the transaction
 /// then rolled back).
 #[must_use]
 pub(super) fn retryable(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            matches!(code.as_ref(), DEADLOCK | SERIALIZATION)
+            matches!(code.as_ref(), DEADLOCK | SERIALIZATION | LOCK_TIMEOUT)
                 // Connection exceptions; the server shutting down or
                 // ending the session (57P01..57P05).
                 || code.starts_with("08")

@@ -250,7 +250,7 @@ async fn commit_with_retries(
             Ok(c) => commit_batch(c, &batch).await,
             Err(e) => Err(Failure::Retry(e)),
         };
-        match result {
+        let failure = match result {
             Ok(outcomes) => {
                 writes.succeeded();
                 for ((request, reply), outcome) in batch.iter().zip(replies).zip(outcomes) {
@@ -258,22 +258,27 @@ async fn commit_with_retries(
                 }
                 return;
             }
-            Err(Failure::Retry(e)) if attempt < ATTEMPTS => {
+            Err(failure) => failure,
+        };
+        // A refusal of the server's (a deadlock, a full disk) leaves the
+        // connection usable: the transaction rolls back. After any other
+        // failure its state is not worth finding out.
+        let (Failure::Retry(e) | Failure::Final(e)) = &failure;
+        let usable = matches!(e, StoreError::Unavailable(_))
+            || matches!(e, StoreError::Backend(inner)
+                if inner.downcast_ref::<sqlx::Error>().is_some_and(connection_usable));
+        if !usable {
+            *conn = None;
+        }
+        match failure {
+            Failure::Retry(e) if attempt < ATTEMPTS => {
                 metrics::counter!("store_batch_retries_total").increment(1);
                 tracing::debug!(error = %e, attempt, "the writer's batch failed; trying again");
-                // A deadlock leaves the connection usable (the
-                // transaction rolls back); any other failure leaves it
-                // in a state not worth finding out.
-                let usable = matches!(&e, StoreError::Backend(inner)
-                    if inner.downcast_ref::<sqlx::Error>().is_some_and(connection_usable));
-                if !usable {
-                    *conn = None;
-                }
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
                 attempt += 1;
             }
-            Err(Failure::Retry(e) | Failure::Final(e)) => break e,
+            Failure::Retry(e) | Failure::Final(e) => break e,
         }
     };
     match &error {
