@@ -120,10 +120,8 @@ async fn users_on_three_nodes_chat_search_and_see_each_other() {
         json!({"type": "send", "conversation_id": conv, "client_id": "a1", "text": "Thanks"}),
     )
     .await;
-    assert_eq!(
-        next_message(&mut bob).await["event"]["message"]["text"],
-        "Thanks"
-    );
+    // (Bob's log has his own message first.)
+    while next_message(&mut bob).await["event"]["message"]["text"] != "Thanks" {}
 
     // Typing on c reaches a.
     let typing = cat
@@ -439,8 +437,8 @@ async fn a_node_killed_mid_stream_costs_nobody_a_message() {
     let ((acked0, _), _s0) = sender0.await.unwrap();
     let ((acked2, moved2), _s2) = sender2.await.unwrap();
     assert!(
-        moved2 < Duration::from_secs(5),
-        "the sender moved in {moved2:?}"
+        moved2 > Duration::ZERO && moved2 < Duration::from_secs(5),
+        "the sender on the killed node moved in {moved2:?}"
     );
     let mut expected = acked0.clone();
     expected.extend(acked2.iter().cloned());
@@ -448,16 +446,17 @@ async fn a_node_killed_mid_stream_costs_nobody_a_message() {
 
     let moved_r2 = receive_all(&mut r2, &order_s2, &expected).await;
     assert!(
-        moved_r2 < Duration::from_secs(5),
-        "the receiver moved in {moved_r2:?}"
+        moved_r2 > Duration::ZERO && moved_r2 < Duration::from_secs(5),
+        "the receiver on the killed node moved in {moved_r2:?}"
     );
-    receive_all(&mut r1, &[bases[1].clone()], &expected).await;
+    eprintln!("moved after the kill: sender in {moved2:?}, receiver in {moved_r2:?}");
+    receive_all(&mut r1, std::slice::from_ref(&bases[1]), &expected).await;
 
     // The history holds each message once, numbered without a gap, and
     // each receiver's log holds exactly one event per message.
     let mut reader = Client::connect(&tokens[2].0, &bases[0]).await;
     reader
-        .send(&json!({"type": "history", "id": "h", "conversation_id": conv, "after": 0, "limit": 500}))
+        .send(&json!({"type": "history", "id": "h", "conversation_id": conv, "after": 0, "limit": 200}))
         .await
         .unwrap();
     let history = loop {
@@ -466,7 +465,9 @@ async fn a_node_killed_mid_stream_costs_nobody_a_message() {
             break f;
         }
     };
-    let messages = history["messages"].as_array().unwrap();
+    let messages = history["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{history}"));
     let ids: Vec<&str> = messages.iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), expected.len(), "stored once each");
     for (i, m) in messages.iter().enumerate() {
@@ -523,11 +524,33 @@ async fn nats_restarted_mid_run_loses_nothing() {
         .unwrap();
     assert_eq!(health["components"]["bus"]["status"], "down", "{health}");
     shared.nats.start_again();
+    // Nothing is sent after the restart: what was sent while NATS was
+    // down reaches Bob only because his node asks its sessions to read
+    // the store once it is connected again.
+    receive_all(&mut bob, std::slice::from_ref(&b.base), &expected).await;
+    assert_eq!(bob.messages.len(), 20);
     for i in 20..30 {
         expected.insert(send(&mut ann, i).await);
     }
-    receive_all(&mut bob, &[b.base.clone()], &expected).await;
+    receive_all(&mut bob, std::slice::from_ref(&b.base), &expected).await;
     assert_eq!(bob.messages.len(), 30);
+    // Health is checked again once its last report is 5 s old.
+    let mut health = Value::Null;
+    for _ in 0..80 {
+        health = b
+            .get("/healthz")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if health["status"] == "ok" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(health["components"]["bus"]["status"], "up", "{health}");
     a.stop().await;
     b.stop().await;
 }
