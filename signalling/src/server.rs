@@ -486,6 +486,7 @@ where
     let stalls = tokio::spawn(watch_stalls());
     let call_events = tokio::spawn(services.calls.clone().pump_sfu_events());
     let call_timers = tokio::spawn(services.calls.clone().run_timers());
+    let call_orphans = tokio::spawn(services.calls.clone().sweep_orphans());
     let file_upkeep = tokio::spawn(services.files.clone().run_sweeper());
     let limits = services.config.http.serve_limits();
     let app = crate::http::app(services);
@@ -497,6 +498,7 @@ where
     stalls.abort();
     call_events.abort();
     call_timers.abort();
+    call_orphans.abort();
     file_upkeep.abort();
     tracing::info!("signalling stopped");
     served.context("serving HTTP")

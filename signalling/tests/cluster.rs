@@ -554,3 +554,183 @@ async fn nats_restarted_mid_run_loses_nothing() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Media tests run one at a time: real-time peers are CPU-bound on a
+/// small machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A call started on node a: Bob joins from node b and the two negotiate
+/// peer-to-peer media through `call_signal` relayed across the nodes;
+/// Carol joins from node c, the call moves to the SFU (node a's, where the
+/// call lives), and everyone's media flows through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_spans_three_nodes_peer_to_peer_then_through_the_sfu() {
+    use common::calls::{Person, conversation, p2p, sfu_sessions, start_call, until_media};
+    let _serial = SERIAL.lock().await;
+    let shared = Shared::start().await;
+    let clock = default_clock();
+    let (a, _da) = node(&shared, &clock).await;
+    let (b, _db) = node(&shared, &clock).await;
+    let (c, _dc) = node(&shared, &clock).await;
+    let app = a.register("calls@example.com", "ERP").await;
+    let mut p = Vec::new();
+    for (i, (server, name)) in [(&a, "ann"), (&b, "bob"), (&c, "carol")]
+        .into_iter()
+        .enumerate()
+    {
+        let (token, user) = user_token(server, &app, name, &[]).await;
+        p.push(Person {
+            ws: Ws::connect(server, &token, None).await,
+            user,
+            token,
+            tag: u8::try_from(i + 1).unwrap(),
+        });
+    }
+    let conv = conversation(&mut p).await;
+    let call = start_call(&mut p[0].ws, &conv, "video").await;
+    // Bob, on b, rings and joins a call that lives on a.
+    let ring = p[1].ws.ephemeral_of("call").await;
+    assert_eq!(ring["event"]["call"]["id"], call, "{ring}");
+    let join = p[1]
+        .ws
+        .request(json!({"type": "call_join", "call_id": call}))
+        .await;
+    assert_eq!(join["type"], "ack", "{join}");
+    assert!(join["ice_servers"].is_array(), "{join}");
+    for i in [0, 1] {
+        assert_eq!(
+            p[i].ws.ephemeral_of("call_topology").await["event"]["topology"],
+            "p2p"
+        );
+    }
+    let (head, tail) = p.split_at_mut(1);
+    let (pa, pb) = p2p(&call, &mut head[0], &mut tail[0]).await;
+    until_media(&pa, &[2], 30).await;
+    until_media(&pb, &[1], 30).await;
+
+    // Carol, on c, joins: the call moves to the SFU.
+    let join = p[2]
+        .ws
+        .request(json!({"type": "call_join", "call_id": call}))
+        .await;
+    assert_eq!(join["type"], "ack", "{join}");
+    let mut media = Vec::new();
+    for person in &mut p {
+        let t = person.ws.ephemeral_of("call_topology").await;
+        assert_eq!(t["event"]["topology"], "sfu", "{t}");
+        media.push(sfu_sessions(&call, person, 2).await);
+    }
+    for (i, m) in media.iter().enumerate() {
+        let others: Vec<u8> = (1..=3).filter(|t| usize::from(*t) != i + 1).collect();
+        until_media(&m.subscribe, &others, 5).await;
+        assert_eq!(m.subscribe.corrupt(), 0);
+    }
+    drop((pa, pb));
+    // Every session is on a's SFU; b's and c's have none.
+    for (server, sessions) in [(&a, 6), (&b, 0), (&c, 0)] {
+        let stats = server.services.sfu.stats().await.unwrap();
+        let open: usize = stats.workers.iter().map(Vec::len).sum();
+        assert_eq!(open, sessions, "{}", server.base);
+    }
+    // Carol hangs up from c; then Bob from b.
+    for i in [2, 1] {
+        let left = p[i]
+            .ws
+            .request(json!({"type": "call_leave", "call_id": call}))
+            .await;
+        assert_eq!(left["type"], "ack", "{left}");
+    }
+    drop(media);
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}
+
+/// The node that holds a call is killed: the call ends, recorded in its
+/// conversation as `interrupted` by a node that is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_node_dies_ends_as_interrupted() {
+    let shared = Shared::start().await;
+    let env = shared.node_env();
+    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut owner = Process::start_with_env(dirs[0].path(), &env);
+    let other = Process::start_with_env(dirs[1].path(), &env);
+    let app = owner
+        .register(dirs[0].path(), "orphan@example.com", "ERP")
+        .await;
+    let http = reqwest::Client::new();
+    let mut people = Vec::new();
+    for name in ["ann", "bob"] {
+        let body: Value = http
+            .post(format!("{}/api/v1/tokens", other.base))
+            .basic_auth(&app.id, Some(&app.secret))
+            .json(&json!({"external_id": name, "name": name}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        people.push((
+            body["token"].as_str().unwrap().to_owned(),
+            body["user_id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let ws_of = |base: &str, token: &str| {
+        format!(
+            "{}/api/v1/ws?token={token}",
+            base.replace("http://", "ws://")
+        )
+    };
+    let mut ann = Ws::connect_via(ws_of(&owner.base, &people[0].0), None).await;
+    let mut bob = Ws::connect_via(ws_of(&other.base, &people[1].0), None).await;
+    let conv = ann
+        .request(json!({"type": "create_conversation", "title": "t", "members": [people[1].1]}))
+        .await["conversation"]["id"]
+        .clone();
+    let started = ann
+        .request(json!({"type": "call_start", "conversation_id": conv, "media": "audio"}))
+        .await;
+    let call = started["call"]["id"].clone();
+    let join = bob
+        .request(json!({"type": "call_join", "call_id": call}))
+        .await;
+    assert_eq!(join["type"], "ack", "{join}");
+
+    owner.child.kill().unwrap();
+    owner.child.wait().unwrap();
+    let killed = Instant::now();
+    // Within the node timeout (7 s) and a sweep (2 s), and some margin.
+    let end = loop {
+        let e = next_message(&mut bob).await;
+        if e["event"]["message"]["data"]["call"]["event"] == "ended" {
+            break e;
+        }
+    };
+    let took = killed.elapsed();
+    let data = &end["event"]["message"]["data"]["call"];
+    assert_eq!(data["id"], call, "{end}");
+    assert_eq!(data["reason"], "interrupted", "{end}");
+    assert!(
+        took < Duration::from_secs(15),
+        "recorded {took:?} after the kill"
+    );
+    eprintln!("the call of the killed node was recorded interrupted {took:?} after the kill");
+    // Once: the history has one end record for the call.
+    let history = bob
+        .request(json!({"type": "history", "conversation_id": conv}))
+        .await;
+    let ends = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["data"]["call"]["event"] == "ended")
+        .count();
+    assert_eq!(ends, 1, "{history}");
+    // The call is gone: joining it again says so.
+    let again = bob
+        .request(json!({"type": "call_join", "call_id": call}))
+        .await;
+    assert_eq!(again["type"], "error", "{again}");
+}

@@ -24,7 +24,7 @@ use crate::ids::{ConversationId, UserId};
 
 mod nats;
 
-pub use nats::NatsBus;
+pub use nats::{HEARTBEAT, NODE_TIMEOUT, NatsBus};
 
 /// Marks an event of a contextual conversation (one bound to a business
 /// object): a session shows it only while its caller may see that object
@@ -197,10 +197,56 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> &'static str {
         "in-process"
     }
+    /// This node's id in its cluster; 0 for a node on its own.
+    fn node(&self) -> u64 {
+        0
+    }
+    /// The nodes heard from lately, this one included.
+    fn live_nodes(&self) -> Vec<u64> {
+        vec![self.node()]
+    }
+    /// Asks node `node` (its [`NodeHandlers::request`]) and waits for the
+    /// answer; an error when it does not answer.
+    fn request(&self, node: u64, body: bytes::Bytes) -> NodeAnswer {
+        let _ = (node, body);
+        Box::pin(async { Err("no other node".to_owned()) })
+    }
+    /// Tells every other node (its [`NodeHandlers::notice`]); at most once.
+    fn notify_nodes(&self, _body: bytes::Bytes) {}
+    /// What this node does with requests and notices from the others.
+    fn on_node_message(&self, _handlers: NodeHandlers) {}
 }
 
 /// What a node does when another announces a membership change.
 pub type MembershipHook = Arc<dyn Fn(ConversationId) + Send + Sync>;
+
+/// The answer of another node to [`Bus::request`].
+pub type NodeAnswer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<bytes::Bytes, String>> + Send>>;
+
+/// Answers another node's request.
+pub type RequestHandler = Arc<
+    dyn Fn(
+            bytes::Bytes,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bytes::Bytes> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What a node does with the messages other nodes address to it.
+#[derive(Clone)]
+pub struct NodeHandlers {
+    /// Answers a request.
+    pub request: RequestHandler,
+    /// Takes a notice.
+    pub notice: Arc<dyn Fn(bytes::Bytes) + Send + Sync>,
+}
+
+impl std::fmt::Debug for NodeHandlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeHandlers")
+    }
+}
 
 /// A live connection: its id and the sending side of its queue.
 type Connection = (u64, mpsc::Sender<Delivery>);

@@ -22,6 +22,11 @@
 //! - `roster`: a conversation's membership changed (caches drop it).
 //! - `catchup`: a node may have missed or failed to send events: every
 //!   node's sessions read their logs.
+//! - `nodes`: a notice for every node's [`NodeHandlers::notice`] (calls).
+//!
+//! Requests to one node (a call's owner) go to `confer-rpc.<node>`, outside
+//! the `confer.>` wildcard, with NATS's request-reply: a node that is gone
+//! answers "no responders" at once.
 //!
 //! Connections do not receive their own node's messages (`no_echo`): a
 //! node delivers locally first, then publishes.
@@ -36,7 +41,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{
-    Bus, Gate, GateKind, InProcessBus, MembershipHook, Presence, PresenceChange, Subscription,
+    Bus, Gate, GateKind, InProcessBus, MembershipHook, NodeAnswer, NodeHandlers, Presence,
+    PresenceChange, Subscription,
 };
 use crate::ids::{ConversationId, UserId};
 
@@ -65,6 +71,7 @@ struct Shared {
     /// Presence other nodes made, per node.
     remote: Mutex<HashMap<u64, NodeView>>,
     membership: Mutex<Option<MembershipHook>>,
+    handlers: Mutex<Option<NodeHandlers>>,
     /// A catch-up is owed to the cluster (a message could not be sent).
     owes_catch_up: AtomicBool,
     dropped: AtomicU64,
@@ -117,6 +124,7 @@ impl NatsBus {
             .name(format!("confer-signalling-{node}"))
             .no_echo()
             .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(5)))
             .max_reconnects(None)
             .event_callback(move |event| {
                 let tx = events_tx.clone();
@@ -131,6 +139,10 @@ impl NatsBus {
             .subscribe(format!("{PREFIX}.>"))
             .await
             .map_err(|e| anyhow::anyhow!("subscribing on NATS: {e}"))?;
+        let requests = client
+            .subscribe(format!("confer-rpc.{node}"))
+            .await
+            .map_err(|e| anyhow::anyhow!("subscribing on NATS: {e}"))?;
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         let shared = Arc::new(Shared {
             node,
@@ -139,11 +151,13 @@ impl NatsBus {
             outbox,
             remote: Mutex::new(HashMap::new()),
             membership: Mutex::new(None),
+            handlers: Mutex::new(None),
             owes_catch_up: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
         });
         tokio::spawn(send(client, outbox_rx));
         tokio::spawn(receive(shared.clone(), subscriber));
+        tokio::spawn(answer(shared.clone(), requests));
         tokio::spawn(beat(shared.clone()));
         tokio::spawn(follow_connection(shared.clone(), events_rx));
         shared.send("presence.sync", node.to_string());
@@ -265,6 +279,11 @@ impl Shared {
                 }
             }
             "catchup" => self.catch_up(false),
+            "nodes" => {
+                if let Some(handlers) = self.handlers() {
+                    (handlers.notice)(Bytes::copy_from_slice(body.as_bytes()));
+                }
+            }
             _ => {}
         }
     }
@@ -340,6 +359,13 @@ impl Shared {
                 view.users.insert(user, presence);
             }
         }
+    }
+
+    fn handlers(&self) -> Option<NodeHandlers> {
+        self.handlers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Forgets nodes not heard for [`NODE_TIMEOUT`].
@@ -468,6 +494,23 @@ async fn receive(shared: Arc<Shared>, mut subscriber: async_nats::Subscriber) {
     tracing::error!("bus: the NATS subscription ended");
 }
 
+/// Answers the requests other nodes address to this one, each in a task
+/// of its own.
+async fn answer(shared: Arc<Shared>, mut requests: async_nats::Subscriber) {
+    while let Some(message) = requests.next().await {
+        let (Some(reply), Some(handlers)) = (message.reply, shared.handlers()) else {
+            continue;
+        };
+        let client = shared.client.clone();
+        tokio::spawn(async move {
+            let answer = (handlers.request)(message.payload).await;
+            if let Err(e) = client.publish(reply, answer).await {
+                tracing::debug!(error = %e, "bus: an answer did not go to NATS");
+            }
+        });
+    }
+}
+
 /// Beats, forgets silent nodes, and pays owed catch-ups.
 async fn beat(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(HEARTBEAT);
@@ -571,6 +614,44 @@ impl Bus for NatsBus {
 
     fn kind(&self) -> &'static str {
         "nats"
+    }
+
+    fn node(&self) -> u64 {
+        self.shared.node
+    }
+
+    fn live_nodes(&self) -> Vec<u64> {
+        let remote = self
+            .shared
+            .remote
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::iter::once(self.shared.node)
+            .chain(remote.keys().copied())
+            .collect()
+    }
+
+    fn request(&self, node: u64, body: Bytes) -> NodeAnswer {
+        let client = self.shared.client.clone();
+        Box::pin(async move {
+            client
+                .request(format!("confer-rpc.{node}"), body)
+                .await
+                .map(|m| m.payload)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn notify_nodes(&self, body: Bytes) {
+        self.shared.send("nodes", body);
+    }
+
+    fn on_node_message(&self, handlers: NodeHandlers) {
+        *self
+            .shared
+            .handlers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handlers);
     }
 }
 

@@ -29,6 +29,12 @@ impl Calls {
         signal: Value,
     ) -> Result<(), Error> {
         let me = user_of(caller)?;
+        if let Some(node) = self.remote_owner(id) {
+            return self
+                .forward(node, caller, device, id, cluster::Op::Signal { to, signal })
+                .await
+                .map(drop);
+        }
         self.step(|m| m.handle_signal(caller, me, device, id, to, signal))
             .await
     }
@@ -48,6 +54,17 @@ impl Calls {
         sdp: String,
         screen_mid: Option<String>,
     ) -> Result<String, Error> {
+        if let Some(node) = self.remote_owner(id) {
+            let op = cluster::Op::Negotiate {
+                publish: role == Role::Publish,
+                sdp,
+                screen_mid,
+            };
+            return match self.forward(node, caller, device, id, op).await? {
+                cluster::Answer::Sdp { sdp } => Ok(sdp),
+                other => Err(unexpected(&other)),
+            };
+        }
         let offer = Offer {
             caller,
             me: user_of(caller)?,
@@ -103,6 +120,14 @@ impl Calls {
         screen: Option<bool>,
     ) -> Result<(), Error> {
         let me = user_of(caller)?;
+        if let Some(node) = self.remote_owner(id) {
+            let op = cluster::Op::Media {
+                audio,
+                video,
+                screen,
+            };
+            return self.forward(node, caller, device, id, op).await.map(drop);
+        }
         self.step(|m| m.handle_media(caller, me, device, id, audio, video, screen))
             .await
     }
@@ -121,6 +146,18 @@ impl Calls {
         quality: Quality,
     ) -> Result<(), Error> {
         let me = user_of(caller)?;
+        if let Some(node) = self.remote_owner(id) {
+            return self
+                .forward(
+                    node,
+                    caller,
+                    device,
+                    id,
+                    cluster::Op::Quality { mid, quality },
+                )
+                .await
+                .map(drop);
+        }
         let session = self.lock()?.subscribe_session(caller, me, device, id)?;
         let preference = quality.preference();
         match mid {

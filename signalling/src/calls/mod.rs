@@ -45,6 +45,7 @@ use crate::proto::Ephemeral;
 use crate::proto::server::CallRecord;
 use crate::store::messaging::MessageBody;
 
+mod cluster;
 mod machine;
 mod media;
 mod sessions;
@@ -86,7 +87,7 @@ impl Calls {
         clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
         let machine = Mutex::new(Machine::new(config.clone()));
-        Arc::new(Self {
+        let calls = Arc::new(Self {
             config,
             messaging,
             bus,
@@ -94,7 +95,9 @@ impl Calls {
             clock,
             machine,
             timers_changed: tokio::sync::Notify::new(),
-        })
+        });
+        calls.listen_to_nodes();
+        calls
     }
 
     /// The STUN/TURN servers `user` uses for peer-to-peer media.
@@ -160,7 +163,7 @@ impl Calls {
         let me = user_of(caller)?;
         let members = self.messaging.members_of(caller, conversation_id).await?;
         let started_at = self.clock.now();
-        let id = CallId::random();
+        let id = self.new_call_id();
         self.step(|m| m.handle_start(caller, me, conversation_id, id))
             .await?;
         // The start is recorded before anyone hears of the call, and the
@@ -215,6 +218,21 @@ impl Calls {
         device_key: Option<String>,
     ) -> Result<(CallView, Vec<IceServer>), Error> {
         let me = user_of(caller)?;
+        if let Some(node) = self.remote_owner(id) {
+            return match self
+                .forward(
+                    node,
+                    caller,
+                    device,
+                    id,
+                    cluster::Op::Join { key: device_key },
+                )
+                .await?
+            {
+                cluster::Answer::Joined { call, ice_servers } => Ok((call, ice_servers)),
+                other => Err(unexpected(&other)),
+            };
+        }
         let conversation = self.lock()?.conversation_of(caller, id)?;
         // Membership is checked now, not when the call started.
         self.messaging.readable(caller, conversation).await?;
@@ -230,6 +248,12 @@ impl Calls {
     /// `not_found`; `not_ringing` when the caller's devices do not ring.
     pub async fn decline(&self, caller: &Caller, id: CallId, busy: bool) -> Result<(), Error> {
         let me = user_of(caller)?;
+        if let Some(node) = self.remote_owner(id) {
+            return self
+                .forward(node, caller, 0, id, cluster::Op::Decline { busy })
+                .await
+                .map(drop);
+        }
         self.step(|m| m.handle_decline(caller, me, id, busy)).await
     }
 
@@ -239,6 +263,12 @@ impl Calls {
     /// `not_found`; `not_joined`.
     pub async fn leave(&self, caller: &Caller, device: u64, id: CallId) -> Result<(), Error> {
         let me = user_of(caller)?;
+        if let Some(node) = self.remote_owner(id) {
+            return self
+                .forward(node, caller, device, id, cluster::Op::Leave)
+                .await
+                .map(drop);
+        }
         self.step(|m| m.handle_leave(caller, me, device, id)).await
     }
 
@@ -247,6 +277,12 @@ impl Calls {
     /// WebSocket) for `reconnect_grace_secs`: a `call_join` from a new
     /// connection within that time takes it back; otherwise it leaves.
     pub async fn disconnected(&self, user: UserId, device: u64) {
+        // On a cluster the call may be another node's.
+        self.tell_nodes_disconnected(user, device);
+        self.disconnected_here(user, device).await;
+    }
+
+    async fn disconnected_here(&self, user: UserId, device: u64) {
         let _ = self
             .step(|m| {
                 m.handle_disconnected(Instant::now(), user, device);
@@ -291,6 +327,11 @@ impl Calls {
     /// `user` was locked or its application unregistered: it leaves its
     /// call at once (no grace period), and its media sessions end.
     pub async fn revoke(&self, user: UserId) {
+        self.tell_nodes_revoked(user);
+        self.revoke_here(user).await;
+    }
+
+    async fn revoke_here(&self, user: UserId) {
         let _ = self
             .step(|m| {
                 m.handle_revoke(user);
@@ -302,6 +343,11 @@ impl Calls {
     /// `user` is no longer a member of `conversation`: it is dropped from
     /// the conversation's call.
     pub async fn member_removed(&self, conversation: ConversationId, user: UserId) {
+        self.tell_nodes_removed(conversation, user);
+        self.member_removed_here(conversation, user).await;
+    }
+
+    async fn member_removed_here(&self, conversation: ConversationId, user: UserId) {
         let _ = self
             .step(|m| {
                 m.handle_member_removed(conversation, user);
@@ -387,17 +433,39 @@ impl Calls {
 
     /// Records the end of every call a previous process left open (it
     /// stopped or crashed during them): an end message with reason
-    /// `interrupted`. Run once at start, before serving.
+    /// `interrupted`. Run once at start, before serving. On a cluster it
+    /// does nothing: the calls of a node that is gone are found by
+    /// [`Self::sweep_orphans`], and the open calls of other nodes go on.
     ///
     /// # Errors
     /// On store failure.
-    pub async fn recover(&self, users: &dyn crate::store::Store) -> Result<usize, Error> {
+    pub async fn recover(&self, _users: &dyn crate::store::Store) -> Result<usize, Error> {
+        if self.clustered() {
+            return Ok(0);
+        }
         let open = self.messaging.store().open_calls().await?;
         let count = open.len();
         for (id, app, conversation, started_at) in open {
-            if let Some(app) = users.application(app).await? {
+            self.record_interrupted(id, app, conversation, started_at, "the server restarted")
+                .await?;
+        }
+        Ok(count)
+    }
+
+    /// Records a call's end as `interrupted` (its state was lost with its
+    /// process) and closes it in the store.
+    async fn record_interrupted(
+        &self,
+        id: CallId,
+        app: crate::ids::AppId,
+        conversation: ConversationId,
+        started_at: crate::ids::Timestamp,
+        why: &str,
+    ) -> Result<(), Error> {
+        {
+            if let Some(app) = self.messaging.users().application(app).await? {
                 let body = MessageBody {
-                    text: "Call interrupted: the server restarted".to_owned(),
+                    text: format!("Call interrupted: {why}"),
                     data: Some(
                         CallRecord::Ended {
                             id,
@@ -422,10 +490,15 @@ impl Calls {
                     tracing::warn!(call = %id, error = %e, "recording an interrupted call failed");
                 }
             }
-            self.messaging.store().set_call_open(id, None).await?;
         }
-        Ok(count)
+        self.messaging.store().set_call_open(id, None).await?;
+        Ok(())
     }
+}
+
+/// A forwarded request answered with the wrong kind of answer (a bug).
+fn unexpected(answer: &cluster::Answer) -> Error {
+    Error::internal(anyhow::anyhow!("the call's node answered {answer:?}"))
 }
 
 fn user_of(caller: &Caller) -> Result<UserId, Error> {

@@ -17,7 +17,7 @@ pub enum CallMedia {
 }
 
 /// How media flows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Topology {
     /// Directly between the two devices.
@@ -27,7 +27,7 @@ pub enum Topology {
 }
 
 /// A member's part in a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberState {
     /// Its devices ring.
@@ -45,7 +45,7 @@ pub enum MemberState {
 }
 
 /// What a subscriber wants of a video slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Quality {
     /// Small picture: the low layer.
@@ -73,7 +73,7 @@ impl Quality {
 }
 
 /// One participant as clients see it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct ParticipantView {
     /// The user.
     pub user_id: UserId,
@@ -88,6 +88,7 @@ pub struct ParticipantView {
 }
 
 /// A call as clients see it.
+// Read back from JSON too, when another node of a cluster answers for it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct CallView {
     /// Id.
@@ -111,4 +112,55 @@ pub struct CallView {
     pub reason: Option<&'static str>,
     /// Every member asked to the call.
     pub participants: Vec<ParticipantView>,
+}
+
+/// The call states, as their `'static` names.
+const STATES: [&str; 2] = ["active", "ended"];
+/// The reasons a call ends, as their `'static` names.
+const REASONS: [&str; 6] = [
+    "completed",
+    "cancelled",
+    "declined",
+    "busy",
+    "missed",
+    "interrupted",
+];
+
+fn one_of<E: serde::de::Error>(name: &str, names: &[&'static str]) -> Result<&'static str, E> {
+    names
+        .iter()
+        .find(|n| **n == name)
+        .copied()
+        .ok_or_else(|| E::custom(format!("unknown value {name:?}")))
+}
+
+impl<'de> Deserialize<'de> for CallView {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// The same fields, owned.
+        #[derive(Deserialize)]
+        struct Wire {
+            id: CallId,
+            conversation_id: ConversationId,
+            media: CallMedia,
+            topology: Topology,
+            started_by: UserId,
+            started_at: String,
+            state: String,
+            #[serde(default)]
+            reason: Option<String>,
+            participants: Vec<ParticipantView>,
+        }
+        let w = Wire::deserialize(d)?;
+        Ok(Self {
+            id: w.id,
+            conversation_id: w.conversation_id,
+            media: w.media,
+            topology: w.topology,
+            started_by: w.started_by,
+            started_at: w.started_at,
+            state: one_of(&w.state, &STATES)?,
+            reason: w.reason.map(|r| one_of(&r, &REASONS)).transpose()?,
+            participants: w.participants,
+        })
+    }
 }

@@ -146,6 +146,12 @@ impl Messaging {
         }
     }
 
+    /// The tenancy store (applications and users).
+    #[must_use]
+    pub fn users(&self) -> &Arc<dyn Store> {
+        &self.users
+    }
+
     /// The messaging store (sessions replay events from it).
     #[must_use]
     pub fn store(&self) -> &Arc<dyn MessageStore> {

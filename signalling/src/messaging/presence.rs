@@ -86,7 +86,9 @@ impl Messaging {
                     _ => false,
                 }
             };
+            // On a cluster the user may have come back on another node.
             if due
+                && this.bus.presence(user) == Presence::Offline
                 && let Err(e) = this
                     .announce_presence(&caller, user, Presence::Offline)
                     .await

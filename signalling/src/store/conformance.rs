@@ -3,7 +3,7 @@
 //! traits together); [`conformance!`] runs all of them against one
 //! implementation. They run against SQLite twice — a throwaway database
 //! committed without fsync, and a durable file — and against PostgreSQL,
-//! a fresh database per test on the server `CONFER_TEST_POSTGRES` names.
+//! a fresh database per test on the server `TEST_POSTGRES` names.
 
 #![allow(clippy::unwrap_used)]
 
@@ -71,10 +71,10 @@ async fn sqlite_file() -> (Arc<dyn Backend>, tempfile::TempDir) {
 }
 
 /// The PostgreSQL server the tests use: a base URL without a database
-/// name, from `CONFER_TEST_POSTGRES`.
+/// name, from `TEST_POSTGRES`.
 pub(super) fn postgres_base() -> String {
-    std::env::var("CONFER_TEST_POSTGRES")
-        .expect("set CONFER_TEST_POSTGRES to a PostgreSQL base URL (scripts/test.sh starts one)")
+    std::env::var("TEST_POSTGRES")
+        .expect("set TEST_POSTGRES to a PostgreSQL base URL (scripts/test.sh starts one)")
 }
 
 /// A store on a database of its own, dropped after the test.

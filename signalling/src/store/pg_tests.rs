@@ -2,7 +2,7 @@
 //! suite that every store passes: migrations raced by nodes starting at
 //! once, event numbers shared by two nodes, the search configuration, and
 //! what PostgreSQL's errors become. They need the server that
-//! `CONFER_TEST_POSTGRES` names, as the suite does.
+//! `TEST_POSTGRES` names, as the suite does.
 
 #![allow(clippy::unwrap_used)]
 

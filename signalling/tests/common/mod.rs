@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod calls;
 pub mod cluster;
 pub mod fuzz;
 pub mod latency;
