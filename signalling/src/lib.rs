@@ -24,6 +24,14 @@
 //!   (size, SHA-256), previewed if they are images, and attached to
 //!   messages ([`files`]).
 //!
+//! * **A cluster**: several processes share one PostgreSQL store
+//!   ([`store::PgStore`]) and meet on NATS ([`bus::NatsBus`]), which
+//!   carries each committed event to the node holding the user's
+//!   connections, presence, and the invalidations of cached rosters; the
+//!   store stays the truth, and a session that may have missed something
+//!   reads it. A call lives on the node where it started and requests
+//!   about it are forwarded there ([`calls`]).
+//!
 //! # Layers
 //!
 //! [`http`] handlers are thin: they extract input (with [`http::extract`]),

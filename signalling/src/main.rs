@@ -264,6 +264,11 @@ async fn admin(args: &ConfigArgs, action: AdminAction) -> anyhow::Result<()> {
         AdminAction::CheckConfig => {
             load_certificates(&config)?;
             let mut shown = config.clone();
+            shown.store.url = shown
+                .store
+                .url
+                .as_deref()
+                .map(confer_signalling::config::redact_url);
             if let Some(smtp) = &mut shown.mail.smtp
                 && smtp.password.is_some()
             {

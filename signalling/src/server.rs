@@ -84,12 +84,7 @@ impl Services {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let storage = crate::files::open_storage(&config.files, &config.files_dir())
             .context("opening file storage")?;
-        if config.bus.url.is_some() && config.files.s3.is_none() {
-            anyhow::bail!(
-                "several nodes (bus.url is set) cannot share files kept in each node's \
-                 data directory: configure S3 ([files.s3], see docs/operations.md)"
-            );
-        }
+
         let sfu: Arc<dyn SfuControl> = match config.sfu.nodes.first() {
             Some(node) => {
                 let remote = RemoteSfu::connect(node, config.sfu.node_token.clone())

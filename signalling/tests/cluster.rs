@@ -734,3 +734,47 @@ async fn a_call_whose_node_dies_ends_as_interrupted() {
         .await;
     assert_eq!(again["type"], "error", "{again}");
 }
+
+/// `signalling admin` works on the shared PostgreSQL store: it lists the
+/// subscribers, and a user it locks loses its session on a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_command_works_on_the_shared_store() {
+    let shared = Shared::start().await;
+    let clock = default_clock();
+    let (a, _da) = node(&shared, &clock).await;
+    let app = a.register("admin@example.com", "ERP").await;
+    let (token, user) = user_token(&a, &app, "ann", &[]).await;
+    let mut ann = Ws::connect(&a, &token, None).await;
+    let admin = |args: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_signalling"))
+            .arg("admin")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .env_remove("CONFER_CONFIG")
+            .env("CONFER_STORE__URL", &shared.database)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(admin(&["subscribers"]).contains("admin@example.com"));
+    admin(&["lock-user", "--app", &app.id, "--user", &user]);
+    // The node reads locked users from the store every 2 s.
+    let closed = loop {
+        let f = ann.frame().await;
+        if f["type"] == "closed" {
+            break f;
+        }
+    };
+    assert!(
+        closed["close"].as_str().unwrap().contains("4003"),
+        "{closed}"
+    );
+    a.stop().await;
+}

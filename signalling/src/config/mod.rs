@@ -192,6 +192,13 @@ impl SignallingConfig {
                 "unset (in-process) or nats://host:port, several separated by commas",
             );
         }
+        check(
+            self.bus.url.is_none() || self.files.s3.is_some(),
+            "files.s3",
+            "unset".to_owned(),
+            "set when bus.url is: the nodes of a cluster cannot share files kept in each \
+             node's data directory, configure S3 ([files.s3], see docs/operations.md)",
+        );
         if let Some(tls) = &self.tls {
             check(
                 !tls.cert.as_os_str().is_empty(),
@@ -569,6 +576,33 @@ mod tests {
         ] {
             assert!(!WebConfig::is_origin(bad), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn a_cluster_needs_files_on_s3() {
+        let mut config = SignallingConfig::default();
+        config.bus.url = Some("nats://127.0.0.1:4222".to_owned());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("files.s3") && err.contains("configure S3"),
+            "{err}"
+        );
+        config.bus.url = Some("http://nats:4222".to_owned());
+        config.store.url = Some("mysql://x".to_owned());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("bus.url") && err.contains("store.url"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn database_passwords_are_not_shown() {
+        assert_eq!(
+            redact_url("postgres://confer:s3cret@db:5432/confer"),
+            "postgres://confer:***@db:5432/confer"
+        );
+        assert_eq!(redact_url("postgres://db/confer"), "postgres://db/confer");
     }
 
     #[test]

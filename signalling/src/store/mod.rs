@@ -1,8 +1,12 @@
 //! Persistence behind one trait.
 //!
-//! [`Store`] is what the domain needs, in domain types; it says nothing of
-//! SQLite so that a PostgreSQL implementation can follow with the same SQL
-//! (ids as UUID text, times as BIGINT milliseconds). [`sqlite::SqliteStore`]
+//! [`Store`] is what the domain needs, in domain types, with two
+//! implementations that pass the same conformance suite: SQLite and
+//! PostgreSQL (ids as UUID text, times as BIGINT milliseconds in both).
+//! [`pg::PgStore`] serves a cluster: its own migrations, a group-commit
+//! writer task per node that numbers each user's events under a lock on
+//! the user's head row, so that they commit in order across nodes (`pg`
+//! module docs). [`sqlite::SqliteStore`]
 //! is the embedded default: one file in the data directory, WAL mode,
 //! `synchronous = FULL`, migrations embedded in the binary and applied at
 //! start. Its reads and rarer writes use a pool (sqlx); messages and every
