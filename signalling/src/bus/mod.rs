@@ -90,9 +90,6 @@ pub struct Subscription {
     id: u64,
     /// Takes the connection off the bus (run once, when dropped).
     leave: Option<Box<dyn FnOnce() + Send + Sync>>,
-    /// Turns true once events published anywhere reach this subscription
-    /// (on a cluster, once NATS has the node's interest in the user).
-    ready: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Subscription {
@@ -108,24 +105,6 @@ impl Subscription {
             rx,
             id,
             leave: Some(Box::new(leave)),
-            ready: None,
-        }
-    }
-
-    /// The subscription, ready once `ready` turns true.
-    #[must_use]
-    pub fn ready_when(mut self, ready: tokio::sync::watch::Receiver<bool>) -> Self {
-        self.ready = Some(ready);
-        self
-    }
-
-    /// Waits (up to [`READY_WAIT`]) until events published on any node
-    /// reach this subscription: a session reads the store after this, so
-    /// that nothing committed meanwhile falls between the two. Past the
-    /// wait (NATS unreachable) the catch-up after a reconnect covers it.
-    pub async fn ready(&mut self) {
-        if let Some(ready) = &mut self.ready {
-            let _ = tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r)).await;
         }
     }
 
@@ -268,9 +247,6 @@ impl std::fmt::Debug for NodeHandlers {
         f.write_str("NodeHandlers")
     }
 }
-
-/// The longest [`Subscription::ready`] waits.
-pub const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A live connection: its id and the sending side of its queue.
 type Connection = (u64, mpsc::Sender<Delivery>);

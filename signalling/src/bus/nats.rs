@@ -8,16 +8,11 @@
 //! was full) every node asks all its sessions to read their logs up to
 //! the head ([`super::Delivery::catch_up`]).
 //!
-//! Subjects:
-//! - `confer-u.<user>`: an event, an ephemeral event for one connection,
-//!   or the order to close a user's connections. A node subscribes to the
-//!   subject of each user it has a connection of (its interest), from the
-//!   user's first connection to its last, so it receives only what its
-//!   own connections need. A new connection waits until NATS has the
-//!   interest ([`super::Subscription::ready`]) before its session reads
-//!   the store, so that nothing committed meanwhile is missed.
-//!
-//! and, under `confer.`:
+//! Subjects (`confer.` then):
+//! - `u.<user>`: an event, an ephemeral event for one connection, or the
+//!   order to close a user's connections. Every node subscribes to `u.*`
+//!   and keeps what is for its own connections, so each node receives the
+//!   whole cluster's fan-out (see `docs/architecture.md`).
 //! - `presence`: a node's presence of one user changed; `presence.sync`
 //!   asks every node for all of its presence, sent back on
 //!   `presence.full` (a reset, then the users). A user is online when it
@@ -75,8 +70,6 @@ struct Shared {
     outbox: mpsc::Sender<(String, Bytes)>,
     /// Presence other nodes made, per node.
     remote: Mutex<HashMap<u64, NodeView>>,
-    /// Users this node has connections of, and its subscription to each.
-    interest: Mutex<HashMap<UserId, Interest>>,
     membership: Mutex<Option<MembershipHook>>,
     handlers: Mutex<Option<NodeHandlers>>,
     /// A catch-up is owed to the cluster (a message could not be sent).
@@ -90,17 +83,6 @@ impl std::fmt::Debug for Shared {
             .field("node", &self.node)
             .finish_non_exhaustive()
     }
-}
-
-/// This node's subscription to one user's subject.
-#[derive(Debug)]
-struct Interest {
-    /// Connections of the user here.
-    connections: usize,
-    /// The task that receives the subject's messages.
-    task: tokio::task::JoinHandle<()>,
-    /// True once NATS has the subscription.
-    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What this node knows of another.
@@ -168,7 +150,6 @@ impl NatsBus {
             client: client.clone(),
             outbox,
             remote: Mutex::new(HashMap::new()),
-            interest: Mutex::new(HashMap::new()),
             membership: Mutex::new(None),
             handlers: Mutex::new(None),
             owes_catch_up: AtomicBool::new(false),
@@ -192,13 +173,9 @@ impl NatsBus {
 }
 
 impl Shared {
-    /// Queues a message for `confer.<subject>`; never waits.
-    fn send(&self, subject: &str, body: impl Into<Bytes>) {
-        self.send_to(format!("{PREFIX}.{subject}"), body);
-    }
-
     /// Queues a message for NATS; never waits.
-    fn send_to(&self, subject: String, body: impl Into<Bytes>) {
+    fn send(&self, subject: &str, body: impl Into<Bytes>) {
+        let subject = format!("{PREFIX}.{subject}");
         if self.outbox.try_send((subject, body.into())).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("bus_dropped_total").increment(1);
@@ -211,7 +188,7 @@ impl Shared {
         let mut body = head.encode();
         body.push('\n');
         body.push_str(payload);
-        self.send_to(format!("{PREFIX}-u.{user}"), body);
+        self.send(&format!("u.{user}"), body);
     }
 
     /// Presence of `user` as the other nodes make it.
@@ -270,6 +247,12 @@ impl Shared {
         let Ok(body) = std::str::from_utf8(body) else {
             return;
         };
+        if let Some(user) = rest.strip_prefix("u.") {
+            if let Ok(user) = user.parse::<UserId>() {
+                self.handle_user(user, body);
+            }
+            return;
+        }
         match rest {
             "presence" => self.handle_presence(body),
             "presence.full" => self.handle_snapshot(body),
@@ -303,47 +286,6 @@ impl Shared {
             }
             _ => {}
         }
-    }
-
-    /// One more connection of `user` here: subscribes to its subject on
-    /// the first; the answer turns true once NATS has the subscription.
-    fn interest_in(self: &Arc<Self>, user: UserId) -> tokio::sync::watch::Receiver<bool> {
-        let mut interest = self
-            .interest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(known) = interest.get_mut(&user) {
-            known.connections += 1;
-            return known.ready.clone();
-        }
-        let (tx, ready) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(follow_user(self.clone(), user, tx));
-        interest.insert(
-            user,
-            Interest {
-                connections: 1,
-                task,
-                ready: ready.clone(),
-            },
-        );
-        metrics::gauge!("bus_user_subscriptions").set(interest.len() as f64);
-        ready
-    }
-
-    /// One connection of `user` fewer here: unsubscribes after the last.
-    fn lose_interest(&self, user: UserId) {
-        let mut interest = self
-            .interest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(known) = interest.get_mut(&user) {
-            known.connections = known.connections.saturating_sub(1);
-            if known.connections == 0 {
-                known.task.abort();
-                interest.remove(&user);
-            }
-        }
-        metrics::gauge!("bus_user_subscriptions").set(interest.len() as f64);
     }
 
     fn handle_user(&self, user: UserId, body: &str) {
@@ -544,27 +486,6 @@ async fn send(client: async_nats::Client, mut outbox: mpsc::Receiver<(String, By
     }
 }
 
-/// Receives what is published for `user` (dropping the subscription, when
-/// the task is aborted, unsubscribes).
-async fn follow_user(shared: Arc<Shared>, user: UserId, ready: tokio::sync::watch::Sender<bool>) {
-    let subscribed = shared.client.subscribe(format!("{PREFIX}-u.{user}")).await;
-    // The server has the subscription once it answered a ping sent after.
-    let flushed = shared.client.flush().await;
-    let _ = ready.send(true);
-    let Ok(mut subscriber) = subscribed else {
-        tracing::warn!(%user, "bus: subscribing to a user's events failed");
-        return;
-    };
-    if let Err(e) = flushed {
-        tracing::debug!(%user, error = %e, "bus: flushing a subscription failed");
-    }
-    while let Some(message) = subscriber.next().await {
-        if let Ok(body) = std::str::from_utf8(&message.payload) {
-            shared.handle_user(user, body);
-        }
-    }
-}
-
 /// Hands every message of the cluster to [`Shared::handle`].
 async fn receive(shared: Arc<Shared>, mut subscriber: async_nats::Subscriber) {
     while let Some(message) = subscriber.next().await {
@@ -629,18 +550,7 @@ async fn follow_connection(shared: Arc<Shared>, mut events: mpsc::Receiver<async
 
 impl Bus for NatsBus {
     fn subscribe(&self, user: UserId) -> Subscription {
-        let mut local = self.shared.local.subscribe(user);
-        let id = local.id();
-        // The local subscription's queue becomes this one's; the local one
-        // is kept to be dropped (leaving the local bus) with it.
-        let rx = std::mem::replace(&mut local.rx, mpsc::channel(1).1);
-        let ready = self.shared.interest_in(user);
-        let shared = self.shared.clone();
-        Subscription::new(rx, id, move || {
-            drop(local);
-            shared.lose_interest(user);
-        })
-        .ready_when(ready)
+        self.shared.local.subscribe(user)
     }
 
     fn publish_gated(&self, user: UserId, seq: u64, payload: Arc<str>, gate: Option<Gate>) {

@@ -159,7 +159,6 @@ where
     let mut sink = Watched::new(sink);
     let user_id = caller.participant();
     let mut subscription = bus.subscribe(user_id);
-    subscription.ready().await;
     let device = subscription.id();
     // A lock or unregistration that landed between the credentials check
     // and the subscription closed nobody: look again now that closes reach
