@@ -778,3 +778,48 @@ async fn the_admin_command_works_on_the_shared_store() {
     );
     a.stop().await;
 }
+
+/// Who is in a conversation is cached per node for the send path: a
+/// member added on one node receives the next message sent on another
+/// (the change travels on NATS and drops the other node's cached roster;
+/// without it, this test waits in vain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_on_one_node_reach_the_others_caches() {
+    let shared = Shared::start().await;
+    let clock = default_clock();
+    let (a, _da) = node(&shared, &clock).await;
+    let (b, _db) = node(&shared, &clock).await;
+    let app = a.register("rosters@example.com", "ERP").await;
+    let (t1, _u1) = user_token(&a, &app, "ann", &[]).await;
+    let (t2, u2) = user_token(&a, &app, "bob", &[]).await;
+    let (t3, u3) = user_token(&a, &app, "cat", &[]).await;
+    let mut ann = Ws::connect(&a, &t1, None).await;
+    let conv = ann
+        .request(
+            json!({"type": "create_conversation", "title": "g", "is_group": true, "members": [u2]}),
+        )
+        .await["conversation"]["id"]
+        .clone();
+    let mut bob = Ws::connect(&b, &t2, None).await;
+    let mut cat = Ws::connect(&b, &t3, None).await;
+    // Bob's first send loads the conversation's roster on b.
+    let ack = bob
+        .request(json!({"type": "send", "conversation_id": conv, "client_id": "1", "text": "one"}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    // Ann adds Cat on a; Bob's next send on b reaches her.
+    let added = ann
+        .request(json!({"type": "add_members", "conversation_id": conv, "members": [u3]}))
+        .await;
+    assert_eq!(added["type"], "ack", "{added}");
+    // The change reaches b over NATS within a moment of the ack.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bob.request(json!({"type": "send", "conversation_id": conv, "client_id": "2", "text": "two"}))
+        .await;
+    assert_eq!(
+        next_message(&mut cat).await["event"]["message"]["text"],
+        "two"
+    );
+    a.stop().await;
+    b.stop().await;
+}
