@@ -591,6 +591,14 @@ async fn a_call_spans_three_nodes_peer_to_peer_then_through_the_sfu() {
     // Bob, on b, rings and joins a call that lives on a.
     let ring = p[1].ws.ephemeral_of("call").await;
     assert_eq!(ring["event"]["call"]["id"], call, "{ring}");
+    // A device Carol opens on c while it rings is told of the call in its
+    // `welcome`, as a's machine sees it.
+    let late = Ws::connect(&c, &p[2].token, None).await;
+    let calls = late.welcome["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{}", late.welcome);
+    assert_eq!(calls[0]["id"], call);
+    assert_eq!(calls[0]["state"], "active");
+    drop(late);
     let join = p[1]
         .ws
         .request(json!({"type": "call_join", "call_id": call}))

@@ -94,6 +94,8 @@ pub(super) enum Op {
         mid: Option<String>,
         quality: Quality,
     },
+    /// The call as the asking user sees it (for its `welcome`).
+    View,
 }
 
 /// The owner's answer.
@@ -106,6 +108,9 @@ pub(super) enum Answer {
     },
     Sdp {
         sdp: String,
+    },
+    View {
+        call: Option<CallView>,
     },
     Done,
     Failed {
@@ -128,6 +133,13 @@ enum Notice {
     MemberRemoved {
         conversation: ConversationId,
         user: UserId,
+    },
+    CallOpened {
+        call: CallId,
+        asked: Vec<UserId>,
+    },
+    CallClosed {
+        call: CallId,
     },
 }
 
@@ -240,6 +252,8 @@ impl Calls {
                         Notice::MemberRemoved { conversation, user } => {
                             calls.member_removed_here(conversation, user).await;
                         }
+                        Notice::CallOpened { call, asked } => calls.remote_opened(call, asked),
+                        Notice::CallClosed { call } => calls.remote_closed(call),
                     }
                 });
             }),
@@ -259,6 +273,62 @@ impl Calls {
     /// Tells the other nodes of a removal from a conversation.
     pub(super) fn tell_nodes_removed(&self, conversation: ConversationId, user: UserId) {
         self.tell_nodes(&Notice::MemberRemoved { conversation, user });
+    }
+
+    /// Tells the other nodes of a call this node holds now.
+    pub(super) fn tell_nodes_opened(&self, call: CallId, asked: Vec<UserId>) {
+        self.tell_nodes(&Notice::CallOpened { call, asked });
+    }
+
+    /// Tells the other nodes that a call this node held ended.
+    pub(super) fn tell_nodes_closed(&self, call: CallId) {
+        self.tell_nodes(&Notice::CallClosed { call });
+    }
+
+    fn remote_calls(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<CallId, Vec<UserId>>> {
+        self.remote_calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn remote_opened(&self, call: CallId, asked: Vec<UserId>) {
+        if self.remote_owner(call).is_some() {
+            self.remote_calls().insert(call, asked);
+        }
+    }
+
+    fn remote_closed(&self, call: CallId) {
+        self.remote_calls().remove(&call);
+    }
+
+    /// The calls `caller` was asked to, on this node and (on a cluster) on
+    /// the others, each as its owner sees it now.
+    pub async fn active_anywhere(&self, caller: &Caller) -> Vec<CallView> {
+        let Who::User { user, .. } = &caller.who else {
+            return Vec::new();
+        };
+        let user = user.id;
+        let mut calls = self.active_for(user);
+        let remote: Vec<CallId> = self
+            .remote_calls()
+            .iter()
+            .filter(|(_, asked)| asked.contains(&user))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in remote {
+            let Some(node) = self.remote_owner(id) else {
+                continue;
+            };
+            match self.forward(node, caller, 0, id, Op::View).await {
+                Ok(Answer::View { call: Some(call) }) => calls.push(call),
+                Ok(_) => {}
+                // Its node is gone: so is the call.
+                Err(_) => self.remote_closed(id),
+            }
+        }
+        calls
     }
 
     fn tell_nodes(&self, notice: &Notice) {
@@ -354,6 +424,12 @@ impl Calls {
                 self.set_quality(&caller, device, id, mid, quality).await?;
                 Answer::Done
             }
+            Op::View => Answer::View {
+                call: self
+                    .active_for(caller.participant())
+                    .into_iter()
+                    .find(|c| c.id == id),
+            },
         })
     }
 
@@ -376,6 +452,8 @@ impl Calls {
                 }
             };
             let live = self.bus.live_nodes();
+            self.remote_calls()
+                .retain(|id, _| live.contains(&owner_of(*id)));
             for (id, app, conversation, started_at) in open {
                 let owner = owner_of(id);
                 if live.contains(&owner) {

@@ -72,6 +72,9 @@ pub struct Calls {
     /// Told when a timer is added, so that [`Self::run_timers`] looks at
     /// the next deadline again.
     timers_changed: tokio::sync::Notify,
+    /// On a cluster: the calls other nodes hold, with the users asked to
+    /// each (for the `calls` of a `welcome` on this node).
+    remote_calls: Mutex<std::collections::HashMap<CallId, Vec<UserId>>>,
 }
 
 impl Calls {
@@ -95,6 +98,7 @@ impl Calls {
             clock,
             machine,
             timers_changed: tokio::sync::Notify::new(),
+            remote_calls: Mutex::default(),
         });
         calls.listen_to_nodes();
         calls
@@ -191,6 +195,7 @@ impl Calls {
                 .map_err(Error::from),
             Err(e) => Err(e),
         };
+        let asked = members.clone();
         let started = Started {
             caller: caller.clone(),
             id,
@@ -201,8 +206,11 @@ impl Calls {
             device_key,
             started_at,
         };
-        self.step(|m| m.handle_started(Instant::now(), started, recorded))
-            .await
+        let view = self
+            .step(|m| m.handle_started(Instant::now(), started, recorded))
+            .await?;
+        self.tell_nodes_opened(id, asked);
+        Ok(view)
     }
 
     /// Joins a call (answering its ring, or later) on `device`.
@@ -389,6 +397,7 @@ impl Calls {
     }
 
     async fn record_end(&self, ended: Ended) {
+        self.tell_nodes_closed(ended.id);
         let duration_ms = (self.clock.now().0 - ended.started_at.0).max(0);
         let text = match ended.reason {
             "completed" => format!("Call ended, {}", human_duration(duration_ms)),

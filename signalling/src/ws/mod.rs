@@ -289,7 +289,7 @@ where
     let head = store.event_head(user_id).await.unwrap_or(0);
     let mut access = Access::default();
     let mut calls = Vec::new();
-    for call in context.calls.active_for(user_id) {
+    for call in context.calls.active_anywhere(&context.caller).await {
         let gate = Gate {
             conversation: call.conversation_id,
             kind: GateKind::Event,
