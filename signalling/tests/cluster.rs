@@ -210,6 +210,22 @@ impl Client {
         Ok(())
     }
 
+    /// Its node died: connects to the next node of `bases` that answers
+    /// (5 s at most), resuming; how long that took.
+    async fn move_on(&mut self, bases: &[String], node: &mut usize) -> Duration {
+        let lost = Instant::now();
+        *node = (*node + 1) % bases.len();
+        while self.reconnect(&bases[*node]).await.is_err() {
+            *node = (*node + 1) % bases.len();
+            assert!(
+                lost.elapsed() < Duration::from_secs(5),
+                "no node took the user back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        lost.elapsed()
+    }
+
     /// The next frame, or why there is none (the node died).
     async fn frame(&mut self) -> Result<Value, String> {
         let stream = self.stream.as_mut().ok_or("not connected")?;
@@ -299,19 +315,7 @@ async fn send_through(
                     acked.insert(ack["message"]["id"].as_str().unwrap().to_owned());
                     break;
                 }
-                Err(_) => {
-                    let lost = Instant::now();
-                    node = (node + 1) % bases.len();
-                    while client.reconnect(&bases[node]).await.is_err() {
-                        node = (node + 1) % bases.len();
-                        assert!(
-                            lost.elapsed() < Duration::from_secs(5),
-                            "no node took the user back"
-                        );
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    worst = worst.max(lost.elapsed());
-                }
+                Err(_) => worst = worst.max(client.move_on(bases, &mut node).await),
             }
         }
         tokio::time::sleep(pause).await;
@@ -336,17 +340,7 @@ async fn receive_all(
         }
         assert!(Instant::now() < deadline, "messages missing after 30 s");
         if client.frame().await.is_err() {
-            let lost = Instant::now();
-            node = (node + 1) % bases.len();
-            while client.reconnect(&bases[node]).await.is_err() {
-                node = (node + 1) % bases.len();
-                assert!(
-                    lost.elapsed() < Duration::from_secs(5),
-                    "no node took the user back"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            worst = worst.max(lost.elapsed());
+            worst = worst.max(client.move_on(bases, &mut node).await);
         }
     }
 }
