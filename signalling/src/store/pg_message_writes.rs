@@ -242,12 +242,23 @@ pub(super) async fn post_in(
     let n = last + 1;
     let seq = u64::try_from(n).map_err(|_| StoreError::Corrupt("last_seq negative".into()))?;
     let body = serde_json::to_string(&m.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    // A retry (same author and client id) conflicts and inserts nothing;
-    // the batch holds the conversation's lock, so no other node's copy
-    // is in flight.
+    // The message, its event payload and each recipient's log row in one
+    // statement (one round trip). A retry (same author and client id)
+    // conflicts and inserts nothing, so neither do the others; the batch
+    // holds the conversation's lock, so no other node's copy is in flight.
+    let seqs = numbers.number(notify, taken)?;
+    let payload = event.with_seq(seq);
+    let users: Vec<String> = seqs.iter().map(|(u, _)| u.to_string()).collect();
+    let user_seqs: Vec<i64> = seqs.iter().map(|(_, n)| to_i64(*n)).collect();
     let inserted = sqlx::query(&format!(
-        "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL) \
-         ON CONFLICT (conversation_id, author, client_id) DO NOTHING RETURNING seq"
+        "WITH m AS (INSERT INTO messages ({MESSAGE_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL) \
+             ON CONFLICT (conversation_id, author, client_id) DO NOTHING RETURNING seq), \
+         p AS (INSERT INTO event_payloads (payload, created_at) \
+             SELECT $8, $7 FROM m WHERE cardinality($9::text[]) > 0 RETURNING id), \
+         e AS (INSERT INTO user_events (user_id, seq, payload_id, created_at) \
+             SELECT v.user_id, v.seq, p.id, $7 FROM p, unnest($9::text[], $10::bigint[]) AS v(user_id, seq)) \
+         SELECT seq FROM m"
     ))
     .bind(&conversation)
     .bind(n)
@@ -256,10 +267,15 @@ pub(super) async fn post_in(
     .bind(&m.client_id)
     .bind(body)
     .bind(now.0)
+    .bind(&payload)
+    .bind(users)
+    .bind(user_seqs)
     .fetch_optional(&mut *tx)
     .await
     .pg()?;
     if inserted.is_none() {
+        // Nothing was written: the numbers are not taken.
+        taken.heads.clear();
         let first = sqlx::query(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages \
              WHERE conversation_id = $1 AND author = $2 AND client_id = $3"
@@ -293,8 +309,6 @@ pub(super) async fn post_in(
         let ids: Vec<_> = m.body.attachments.iter().map(|a| a.file_id).collect();
         super::pg_files::attach(tx, &ids, m.id, m.conversation_id, m.author).await?;
     }
-    let payload = event.with_seq(seq);
-    let seqs = append(tx, numbers, taken, notify, &payload, now).await?;
     Ok(Posted {
         message: m.stored(seq, now),
         event: Some(Arc::from(payload)),
