@@ -5,9 +5,10 @@
 //! (codes, applications, users, conversations, members, files) use a
 //! connection pool; every new message, edit, delete and other event goes
 //! to one group-commit writer per store, a task with a connection of its
-//! own that commits whatever is queued in one transaction, each write
-//! inside a savepoint, and runs each write's `OnCommit` after the commit,
-//! in commit order (`pg_writer`).
+//! own that commits whatever is queued in one transaction (a write that
+//! fails makes it start again with a savepoint per write, so that the bad
+//! one fails alone), and runs each write's `OnCommit` after the commit, in
+//! commit order (`pg_writer`).
 //!
 //! Several nodes write the same users' event logs at once. A user's event
 //! numbers come from its row in `user_event_heads`, which a writer locks

@@ -1,6 +1,7 @@
 //! What the PostgreSQL writer's transaction does: lock what the batch
-//! numbers from, then each write (a new message, an edit or delete, an
-//! event) inside a savepoint, then store the new numbers.
+//! numbers from, then each write (a new message — with its event and log
+//! rows in one statement —, an edit or delete, an event), then store the
+//! new numbers.
 //!
 //! Locks come first, for the whole batch and in one order — the
 //! conversations it posts to, the messages it changes, the users it
@@ -11,8 +12,8 @@
 //! it, so a user's events commit in the order of their numbers.
 //!
 //! While the batch holds the locks the numbers are counted here
-//! ([`Numbers`]); a write that fails gives its numbers back with its
-//! savepoint, and the heads and conversations are written once, at the
+//! ([`Numbers`]); a write that fails gives its numbers back (with its
+//! savepoint, or with the whole batch's rollback), and the heads and conversations are written once, at the
 //! end of the batch.
 
 use std::collections::{BTreeSet, HashMap, HashSet};

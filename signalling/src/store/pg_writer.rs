@@ -4,9 +4,12 @@
 //! Every new message, edit, delete and other event is a [`Write`] queued
 //! to the writer ([`Writer::write`]). The writer takes whatever is queued
 //! (up to [`GROUP_COMMIT_MAX`]) and stores it in one transaction: the
-//! batch's locks first, then each write inside a savepoint, so that a
-//! write that fails (its conversation gone, a file already attached)
-//! fails alone and the others commit (`pg_message_writes`). Only after
+//! batch's locks first, then each write (`pg_message_writes`). When a
+//! write fails (its conversation gone, a file already attached) the
+//! transaction rolls back and the batch is made again with each write
+//! inside a savepoint, so that the bad one fails alone and the others
+//! commit; savepoints cost two round trips per write, so they are only
+//! paid for a batch that needs them. Only after
 //! the commit does each caller get its answer, and each write's
 //! [`OnCommit`] runs, in commit order.
 //!
