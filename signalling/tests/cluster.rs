@@ -167,6 +167,29 @@ async fn users_on_three_nodes_chat_search_and_see_each_other() {
     c.stop().await;
 }
 
+/// A token and user id for each of `names`, from the node at `base`.
+async fn tokens_from(base: &str, app: &common::App, names: &[&str]) -> Vec<(String, String)> {
+    let http = reqwest::Client::new();
+    let mut tokens = Vec::new();
+    for name in names {
+        let body: Value = http
+            .post(format!("{base}/api/v1/tokens"))
+            .basic_auth(&app.id, Some(&app.secret))
+            .json(&json!({"external_id": name, "name": name}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tokens.push((
+            body["token"].as_str().unwrap().to_owned(),
+            body["user_id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    tokens
+}
+
 /// A WebSocket of a user who moves between nodes.
 struct Client {
     token: String,
@@ -367,24 +390,7 @@ async fn a_node_killed_mid_stream_costs_nobody_a_message() {
     let app = first
         .register(dirs[0].path(), "kill@example.com", "ERP")
         .await;
-    let http = reqwest::Client::new();
-    let mut tokens = Vec::new();
-    for name in ["s0", "s2", "r1", "r2"] {
-        let body: Value = http
-            .post(format!("{}/api/v1/tokens", bases[0]))
-            .basic_auth(&app.id, Some(&app.secret))
-            .json(&json!({"external_id": name, "name": name}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        tokens.push((
-            body["token"].as_str().unwrap().to_owned(),
-            body["user_id"].as_str().unwrap().to_owned(),
-        ));
-    }
+    let tokens = tokens_from(&bases[0], &app, &["s0", "s2", "r1", "r2"]).await;
     let mut s0 = Client::connect(&tokens[0].0, &bases[0]).await;
     let created = {
         let frame = json!({"type": "create_conversation", "id": "c", "title": "Kill",
@@ -661,24 +667,7 @@ async fn a_call_whose_node_dies_ends_as_interrupted() {
     let app = owner
         .register(dirs[0].path(), "orphan@example.com", "ERP")
         .await;
-    let http = reqwest::Client::new();
-    let mut people = Vec::new();
-    for name in ["ann", "bob"] {
-        let body: Value = http
-            .post(format!("{}/api/v1/tokens", other.base))
-            .basic_auth(&app.id, Some(&app.secret))
-            .json(&json!({"external_id": name, "name": name}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        people.push((
-            body["token"].as_str().unwrap().to_owned(),
-            body["user_id"].as_str().unwrap().to_owned(),
-        ));
-    }
+    let people = tokens_from(&other.base, &app, &["ann", "bob"]).await;
     let ws_of = |base: &str, token: &str| {
         format!(
             "{}/api/v1/ws?token={token}",

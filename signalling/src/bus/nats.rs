@@ -259,6 +259,16 @@ impl Shared {
             "presence.sync" => self.send_snapshot(),
             "node" => {
                 if let Ok(node) = body.trim().parse::<u64>() {
+                    if node == self.node {
+                        // Two nodes drew the same id (one chance in about
+                        // a million for two): they would take each
+                        // other's presence and calls for their own.
+                        tracing::error!(
+                            node,
+                            "bus: another node has this node's id; restart one of them"
+                        );
+                        metrics::counter!("bus_node_id_clashes_total").increment(1);
+                    }
                     let mut remote = self
                         .remote
                         .lock()
