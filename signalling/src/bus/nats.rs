@@ -32,7 +32,7 @@
 //! node delivers locally first, then publishes.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,7 +74,6 @@ struct Shared {
     handlers: Mutex<Option<NodeHandlers>>,
     /// A catch-up is owed to the cluster (a message could not be sent).
     owes_catch_up: AtomicBool,
-    dropped: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -153,7 +152,6 @@ impl NatsBus {
             membership: Mutex::new(None),
             handlers: Mutex::new(None),
             owes_catch_up: AtomicBool::new(false),
-            dropped: AtomicU64::new(0),
         });
         tokio::spawn(send(client, outbox_rx));
         tokio::spawn(receive(shared.clone(), subscriber));
@@ -164,12 +162,6 @@ impl NatsBus {
         tracing::info!(node, %urls, "bus: connected to NATS");
         Ok(Arc::new(Self { shared }))
     }
-
-    /// This node's id on the bus.
-    #[must_use]
-    pub fn node(&self) -> u64 {
-        self.shared.node
-    }
 }
 
 impl Shared {
@@ -177,7 +169,6 @@ impl Shared {
     fn send(&self, subject: &str, body: impl Into<Bytes>) {
         let subject = format!("{PREFIX}.{subject}");
         if self.outbox.try_send((subject, body.into())).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("bus_dropped_total").increment(1);
             self.owes_catch_up.store(true, Ordering::Relaxed);
         }
