@@ -54,7 +54,7 @@ struct ConfigArgs {
     data_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum AdminAction {
     /// Check the configuration and print the values in effect.
     CheckConfig,
@@ -76,7 +76,7 @@ enum AdminAction {
     Outbox,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct UserRef {
     /// Application id.
     #[arg(long)]
@@ -286,10 +286,26 @@ async fn admin(args: &ConfigArgs, action: AdminAction) -> anyhow::Result<()> {
         }
         AdminAction::Outbox => list_outbox(&config.outbox_dir())?,
         other => {
-            let opened = confer_signalling::server::open_store(&config).await?;
-            let result = admin_store(opened.store.as_ref(), other).await;
-            opened.close().await;
-            result?;
+            // A running server may hold SQLite's write lock at the moment
+            // this process opens the database or writes (SQLITE_BUSY comes
+            // back at once when waiting could deadlock): try again.
+            let mut attempt = 1;
+            loop {
+                let result = async {
+                    let opened = confer_signalling::server::open_store(&config).await?;
+                    let result = admin_store(opened.store.as_ref(), other.clone()).await;
+                    opened.close().await;
+                    result
+                }
+                .await;
+                match result {
+                    Err(e) if attempt < 5 && format!("{e:#}").contains("database is locked") => {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    other => break other?,
+                }
+            }
         }
     }
     Ok(())
