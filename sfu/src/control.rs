@@ -107,6 +107,10 @@ pub struct SfuHealth {
     /// that did not answer ([`crate::remote::RemoteSfu`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreachable: Option<String>,
+    /// CPU time the SFU's process has used so far (user and system), in
+    /// milliseconds: a reader that asks twice has its CPU load.
+    #[serde(default)]
+    pub cpu_ms: u64,
 }
 
 impl SfuHealth {
@@ -138,6 +142,29 @@ impl SfuHealth {
             (d, s) => Some(format!("{d} of {total} SFU workers dead, {s} stalled")),
         }
     }
+}
+
+/// One node of a media cluster as its client sees it
+/// ([`crate::nodes::SfuNodes`]), for `/metrics`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NodeReport {
+    /// The URL of its control API.
+    pub url: String,
+    /// It answers (and has a live worker).
+    pub up: bool,
+    /// Configured to take no new room.
+    pub draining: bool,
+    /// Sessions on it (the larger of what it reported and what this client
+    /// placed there).
+    pub participants: u64,
+    /// Rooms this client placed on it.
+    pub rooms: u64,
+    /// Datagrams it received per second.
+    pub packets_per_second: f64,
+    /// CPU it used, as a share of its workers' cores (1.0 = all busy).
+    pub cpu: f64,
+    /// 1 − its load (see [`crate::nodes`]); 0 when down.
+    pub headroom: f64,
 }
 
 /// The one interface through which the SFU is driven.
@@ -200,6 +227,10 @@ pub trait SfuControl: Send + Sync + std::fmt::Debug {
     /// The number of the last event so far (where a reader that wants
     /// only new events starts).
     fn last_event(&self) -> u64;
+    /// The nodes of a media cluster and their load (empty for one SFU).
+    fn nodes(&self) -> Vec<NodeReport> {
+        Vec::new()
+    }
     /// Makes worker `index` panic, as a bug would: the only way to test
     /// what happens when a worker dies. A test hook, not for production.
     ///
@@ -412,6 +443,18 @@ fn worker_died(placement: &Mutex<Placement>, index: usize, events: &EventLog) {
             reason: LostReason::WorkerFailed,
         });
     }
+}
+
+/// The CPU time this process has used (user and system), in ms.
+fn process_cpu_ms() -> u64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0, |u| {
+        let ms = |t: nix::sys::time::TimeVal| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
+                + u64::try_from(t.tv_usec()).unwrap_or(0) / 1000
+        };
+        ms(u.user_time()) + ms(u.system_time())
+    })
 }
 
 impl Drop for EmbeddedSfu {
@@ -690,6 +733,7 @@ impl SfuControl for EmbeddedSfu {
         SfuHealth {
             workers: self.workers.iter().map(|w| w.shared.health(now)).collect(),
             unreachable: None,
+            cpu_ms: process_cpu_ms(),
         }
     }
 

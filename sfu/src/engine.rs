@@ -131,6 +131,9 @@ pub enum SfuEvent {
 pub enum LostReason {
     /// Its worker thread panicked or stopped on its own.
     WorkerFailed,
+    /// The SFU node carrying it stopped answering (a media cluster's
+    /// node that died or was cut off: [`crate::nodes`]).
+    NodeFailed,
 }
 
 impl SfuEvent {
@@ -149,11 +152,12 @@ impl SfuEvent {
 }
 
 impl LostReason {
-    /// A stable name (`worker_failed`), for logs and clients.
+    /// A stable name (`worker_failed`, `node_failed`), for logs and clients.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::WorkerFailed => "worker_failed",
+            Self::NodeFailed => "node_failed",
         }
     }
 }

@@ -470,6 +470,66 @@ pub fn write_worker_health(out: &mut String, health: &crate::control::SfuHealth)
     }
 }
 
+/// Writes the nodes of a media cluster (`sfu_node_*` gauges, one series
+/// per node): up, draining, sessions, rooms placed, datagrams per second,
+/// CPU share and headroom. Nothing for a single SFU.
+pub fn write_node_reports(out: &mut String, nodes: &[crate::control::NodeReport]) {
+    if nodes.is_empty() {
+        return;
+    }
+    type Gauge = fn(&crate::control::NodeReport) -> f64;
+    let gauges: [(&str, &str, Gauge); 7] = [
+        ("sfu_node_up", "1 while the SFU node answers", |n| {
+            f64::from(u8::from(n.up))
+        }),
+        (
+            "sfu_node_draining",
+            "1 for a node configured to take no new room",
+            |n| f64::from(u8::from(n.draining)),
+        ),
+        ("sfu_node_participants", "sessions on the node", |n| {
+            #[allow(clippy::cast_precision_loss)]
+            let p = n.participants as f64;
+            p
+        }),
+        (
+            "sfu_node_rooms",
+            "rooms this signalling node placed on it",
+            |n| {
+                #[allow(clippy::cast_precision_loss)]
+                let r = n.rooms as f64;
+                r
+            },
+        ),
+        (
+            "sfu_node_packets_per_second",
+            "datagrams the node received per second",
+            |n| n.packets_per_second,
+        ),
+        (
+            "sfu_node_cpu_ratio",
+            "CPU the node used, as a share of its workers' cores",
+            |n| n.cpu,
+        ),
+        (
+            "sfu_node_headroom_ratio",
+            "1 - load: new rooms go to the node with the most (0: full or down)",
+            |n| n.headroom,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for node in nodes {
+            let _ = writeln!(
+                out,
+                "{name}{{node=\"{}\"}} {}",
+                escape(&node.url),
+                value(node)
+            );
+        }
+    }
+}
+
 /// `room="…",participant="…"`.
 fn labels(p: &ParticipantStats) -> String {
     format!(

@@ -37,7 +37,10 @@
 //! ([`wire`]: commands, answers, pages of numbered events a reader resumes
 //! from), and `remote::RemoteSfu` (feature `remote`) is the
 //! [`control::SfuControl`] that speaks it, so signalling drives either
-//! without knowing which.
+//! without knowing which. Several such SFUs make a media cluster:
+//! [`nodes::SfuNodes`] places each room on the node with the most
+//! headroom, notices a node that died and reports its sessions lost, and
+//! is itself one more [`control::SfuControl`].
 //!
 //! # Hostile input
 //!
@@ -64,6 +67,7 @@ pub mod engine;
 pub mod events;
 pub mod http;
 pub mod ids;
+pub mod nodes;
 #[cfg(feature = "remote")]
 pub mod remote;
 pub mod serve;
@@ -80,7 +84,7 @@ pub mod worker;
 /// uses nothing else of this crate; its server only chooses the
 /// implementation (the SFU in-process, or a client of a standalone one).
 pub mod api {
-    pub use crate::control::{Joined, SfuControl, SfuError, SfuHealth, SfuStats};
+    pub use crate::control::{Joined, NodeReport, SfuControl, SfuError, SfuHealth, SfuStats};
     pub use crate::core::simulcast::Preference;
     pub use crate::engine::{LostReason, Role, SfuEvent};
     pub use crate::events::{EventSource, EventStream, Missed, Sequenced};

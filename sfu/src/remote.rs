@@ -26,8 +26,11 @@ use crate::wire::{ControlAnswer, ControlCommand, EVENTS_WAIT, EventsPage};
 /// How long a command may take, the SFU's answer included.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How often health is asked for.
-const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// How often health is asked for (a media cluster notices a dead node
+/// from it: [`crate::nodes`]).
+pub const HEALTH_EVERY: Duration = Duration::from_millis(500);
+/// How long a health request may take.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A standalone SFU, driven over HTTP.
 #[derive(Debug)]
@@ -114,27 +117,84 @@ impl RemoteSfu {
     /// `http://10.0.0.5:8089`), with its bearer token if it has one.
     ///
     /// # Errors
-    /// [`SfuError::Start`] when it does not answer its health route.
+    /// [`SfuError::Start`] when it does not answer its health route, or
+    /// refuses the token.
     pub async fn connect(base: &str, token: Option<String>) -> Result<Arc<Self>, SfuError> {
+        let remote = Self::open(base, token);
+        match remote.check().await {
+            Ok(()) => Ok(remote),
+            Err(Check::Refused(why) | Check::Unreachable(why)) => Err(SfuError::Start(why)),
+        }
+    }
+
+    /// A client of the SFU at `base` that does not ask it anything yet:
+    /// its health says "unreachable" until the first answer (polled in
+    /// the background, every [`HEALTH_EVERY`]).
+    #[must_use]
+    pub fn open(base: &str, token: Option<String>) -> Arc<Self> {
         let link = Link {
             base: base.trim_end_matches('/').to_owned(),
             token,
             client: reqwest::Client::new(),
         };
-        let first: SfuHealth = link
-            .get("/control/health", COMMAND_TIMEOUT)
-            .await
-            .map_err(|e| SfuError::Start(format!("the SFU at {base} does not answer: {e}")))?;
-        let health = Arc::new(Mutex::new(first));
+        let health = Arc::new(Mutex::new(SfuHealth {
+            unreachable: Some("not asked yet".to_owned()),
+            ..SfuHealth::default()
+        }));
         let last = Arc::new(AtomicU64::new(0));
         let poller = tokio::spawn(poll_health(link.clone(), health.clone()));
-        Ok(Arc::new(Self {
+        Arc::new(Self {
             link,
             health,
             last,
             poller,
-        }))
+        })
     }
+
+    /// Asks the SFU for its health once, now (and keeps the answer).
+    ///
+    /// # Errors
+    /// [`Check::Refused`] when it refuses the token (or answers with
+    /// another error status), [`Check::Unreachable`] when it does not
+    /// answer.
+    pub async fn check(&self) -> Result<(), Check> {
+        let base = &self.link.base;
+        let response = self
+            .link
+            .request(reqwest::Method::GET, "/control/health")
+            .timeout(COMMAND_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| Check::Unreachable(format!("the SFU at {base} does not answer: {e}")))?;
+        if !response.status().is_success() {
+            return Err(Check::Refused(format!(
+                "the SFU at {base} answered {} (is its token right?)",
+                response.status()
+            )));
+        }
+        let now: SfuHealth = response.json().await.map_err(|e| {
+            Check::Unreachable(format!("the SFU at {base} answered no health: {e}"))
+        })?;
+        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = now;
+        Ok(())
+    }
+
+    /// The URL of its HTTP front.
+    #[must_use]
+    pub fn base(&self) -> &str {
+        &self.link.base
+    }
+}
+
+/// Why [`RemoteSfu::check`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Check {
+    /// It answered, with an error status (a wrong token, most likely).
+    #[error("{0}")]
+    Refused(String),
+    /// It did not answer.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 impl Drop for RemoteSfu {
@@ -147,7 +207,10 @@ impl Drop for RemoteSfu {
 async fn poll_health(link: Link, health: Arc<Mutex<SfuHealth>>) {
     loop {
         tokio::time::sleep(HEALTH_EVERY).await;
-        let now = match link.get::<SfuHealth>("/control/health", HEALTH_EVERY).await {
+        let now = match link
+            .get::<SfuHealth>("/control/health", HEALTH_TIMEOUT)
+            .await
+        {
             Ok(now) => now,
             Err(why) => SfuHealth {
                 unreachable: Some(why),

@@ -9,48 +9,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{MEDIA_DEADLINE, Peer, Streaming, Subscriber, flowing};
+use common::{MEDIA_DEADLINE, Peer, Standalone, Streaming, Subscriber, flowing};
 use confer_sfu::api::{ParticipantId, Role, RoomId, SfuControl, SfuError, SfuEvent};
 use confer_sfu::remote::RemoteSfu;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sfu");
 const TOKEN: &str = "control-token";
 
-/// Kills the child when the test ends.
-struct Sfu(Child);
-
-impl Drop for Sfu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The binary on loopback with one worker; its HTTP base URL.
-fn spawn() -> (Sfu, String) {
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("CONFER_SFU_WORKERS", "1")
-        .env("CONFER_SFU_PIN_WORKERS", "false")
-        .env("CONFER_SFU_TOKEN", TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no http:// address in {line:?}"))
-        .to_owned();
-    (Sfu(child), base)
+fn spawn() -> (Standalone, String) {
+    Standalone::spawn(TOKEN)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,8 +79,14 @@ pub async fn check(services: &Services) -> HealthReport {
     };
     components.insert("store", component(engine, store));
     components.insert("mail", component(services.mailer.kind(), mail));
-    // Every worker must be alive and turning its loop.
-    components.insert("sfu", component("embedded", Ok(sfu)));
+    // Every worker must be alive and turning its loop (on SFU nodes: at
+    // least one node must answer; each node's state is in /metrics).
+    let kind = if services.config.sfu.nodes.is_empty() {
+        "embedded"
+    } else {
+        "nodes"
+    };
+    components.insert("sfu", component(kind, Ok(sfu)));
     components.insert("files", component(services.files.storage().kind(), files));
     // The in-process bus has no failure mode of its own; NATS reports its
     // connection (no round trip).

@@ -11,12 +11,12 @@ use anyhow::Context as _;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
-use confer_sfu::remote::RemoteSfu;
+use confer_sfu::nodes::SfuNodes;
 use confer_sfu::{EmbeddedSfu, SfuControl};
 
 use crate::bus::{Bus, InProcessBus};
 use crate::calls::Calls;
-use crate::config::SignallingConfig;
+use crate::config::{SfuNodeConfig, SignallingConfig};
 use crate::files::Files;
 use crate::ids::{AppId, Clock, Timestamp, UserId};
 use crate::mail::{self, Mailer};
@@ -85,19 +85,17 @@ impl Services {
         let storage = crate::files::open_storage(&config.files, &config.files_dir())
             .context("opening file storage")?;
 
-        let sfu: Arc<dyn SfuControl> = match config.sfu.nodes.first() {
-            Some(node) => {
-                let remote = RemoteSfu::connect(node, config.sfu.node_token.clone())
-                    .await
-                    .with_context(|| format!("connecting to the SFU at {node}"))?;
-                tracing::info!(%node, "driving a standalone SFU");
-                remote
-            }
-            None => {
-                let sfu = EmbeddedSfu::start(&config.sfu.embedded()).context("starting the SFU")?;
-                tracing::info!(udp = ?sfu.worker_addrs(), "SFU workers started");
-                sfu
-            }
+        let sfu: Arc<dyn SfuControl> = if config.sfu.nodes.is_empty() {
+            let sfu = EmbeddedSfu::start(&config.sfu.embedded()).context("starting the SFU")?;
+            tracing::info!(udp = ?sfu.worker_addrs(), "SFU workers started");
+            sfu
+        } else {
+            let specs = config.sfu.nodes.iter().map(SfuNodeConfig::spec).collect();
+            let nodes = SfuNodes::connect(specs)
+                .await
+                .context("connecting to the SFU nodes")?;
+            tracing::info!(nodes = config.sfu.nodes.len(), "placing calls on SFU nodes");
+            nodes
         };
         let services = Self::with_backends(
             config,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestServer, Ws, default_clock, test_config};
 use confer_signalling::SignallingConfig;
+use confer_signalling::config::SfuNodeConfig;
 use serde_json::{Value, json};
 
 use common::calls::*;
@@ -161,8 +162,7 @@ async fn a_three_person_call_goes_through_a_standalone_sfu() {
     let (base, sfu, served) = confer_sfu::testing::serve_front("sfu-token").await;
     let dir = tempfile::tempdir().unwrap();
     let mut config: SignallingConfig = test_config(dir.path());
-    config.sfu.nodes = vec![base];
-    config.sfu.node_token = Some("sfu-token".to_owned());
+    config.sfu.nodes = vec![SfuNodeConfig::new(base, Some("sfu-token".to_owned()))];
     let server = TestServer::start_with(config, default_clock()).await;
     three_person_sfu_call(&server).await;
     // Everything went through the standalone SFU, none through another.

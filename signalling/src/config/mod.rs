@@ -484,16 +484,18 @@ impl SignallingConfig {
              (lower-case scheme and host, optional port, no path or trailing slash)",
         );
         check(
-            self.sfu.nodes.len() <= 1
-                && self
-                    .sfu
-                    .nodes
-                    .iter()
-                    .all(|n| n.starts_with("http://") || n.starts_with("https://")),
+            self.sfu.nodes.iter().all(|n| {
+                (n.url.starts_with("http://") || n.url.starts_with("https://"))
+                    && n.max_participants > 0
+                    && n.max_packets_per_second > 0
+            }),
             "sfu.nodes",
-            format!("{:?}", self.sfu.nodes),
-            "empty (the SFU runs in-process) or the URL of one standalone sfu, such as \
-             \"http://10.0.0.5:8089\" (placing calls on several nodes comes with the cluster)",
+            format!(
+                "{:?}",
+                self.sfu.nodes.iter().map(|n| &n.url).collect::<Vec<_>>()
+            ),
+            "[[sfu.nodes]] entries, each with the url of a standalone sfu's HTTP front \
+             (such as \"http://10.0.0.5:8089\"), its token, and limits above 0",
         );
         if bad.is_empty() {
             Ok(())

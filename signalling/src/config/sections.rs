@@ -463,11 +463,65 @@ pub struct SfuSection {
     pub pin_workers: bool,
     /// A participant that has not connected after this many seconds is dropped.
     pub connect_timeout_secs: u64,
-    /// A standalone `sfu` to drive instead of running one in-process: the
-    /// URL of its HTTP front (its control API). At most one for now.
-    pub nodes: Vec<String>,
-    /// The standalone `sfu`'s bearer token, if it has one.
-    pub node_token: Option<String>,
+    /// Standalone `sfu` nodes to place calls on instead of running the
+    /// SFU in-process (`[[sfu.nodes]]`).
+    pub nodes: Vec<SfuNodeConfig>,
+}
+
+/// One standalone `sfu` of a media cluster (`[[sfu.nodes]]`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SfuNodeConfig {
+    /// The URL of its HTTP front, where its control API is
+    /// (`http://10.0.0.5:8089`, or `https://` when it serves TLS).
+    pub url: String,
+    /// Its bearer token (`CONFER_SFU_TOKEN` of that node).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Sessions it may carry; a node at this many takes no new call.
+    #[serde(default = "SfuNodeConfig::default_max_participants")]
+    pub max_participants: u64,
+    /// Datagrams per second it may receive; a node at this rate takes no
+    /// new call.
+    #[serde(default = "SfuNodeConfig::default_max_packets_per_second")]
+    pub max_packets_per_second: u64,
+    /// Takes no new call; calls on it go on (to take it out of service).
+    #[serde(default)]
+    pub drain: bool,
+}
+
+impl SfuNodeConfig {
+    fn default_max_participants() -> u64 {
+        confer_sfu::nodes::NodeSpec::new("", None).max_participants
+    }
+
+    fn default_max_packets_per_second() -> u64 {
+        confer_sfu::nodes::NodeSpec::new("", None).max_packets_per_second
+    }
+
+    /// A node at `url` with this token and the default limits.
+    #[must_use]
+    pub fn new(url: impl Into<String>, token: Option<String>) -> Self {
+        Self {
+            url: url.into(),
+            token,
+            max_participants: Self::default_max_participants(),
+            max_packets_per_second: Self::default_max_packets_per_second(),
+            drain: false,
+        }
+    }
+
+    /// What the media cluster's client needs of it.
+    #[must_use]
+    pub fn spec(&self) -> confer_sfu::nodes::NodeSpec {
+        confer_sfu::nodes::NodeSpec {
+            url: self.url.clone(),
+            token: self.token.clone(),
+            max_participants: self.max_participants,
+            max_packets_per_second: self.max_packets_per_second,
+            drain: self.drain,
+        }
+    }
 }
 
 impl Default for SfuSection {
@@ -480,7 +534,6 @@ impl Default for SfuSection {
             pin_workers: true,
             connect_timeout_secs: sfu.connect_timeout_secs,
             nodes: Vec::new(),
-            node_token: None,
         }
     }
 }

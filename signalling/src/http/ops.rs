@@ -35,6 +35,8 @@ pub async fn metrics(State(services): State<Arc<Services>>) -> impl IntoResponse
     // The embedded SFU's workers: up or not, datagrams dropped at ingress
     // (read from atomics, no round trip to the workers).
     confer_sfu::http::write_worker_health(&mut out, &services.sfu.health());
+    // A media cluster's nodes: up, load, headroom.
+    confer_sfu::http::write_node_reports(&mut out, &services.sfu.nodes());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

@@ -1,0 +1,630 @@
+//! A media cluster: several SFU nodes driven as one [`SfuControl`].
+//!
+//! Signalling configures its nodes (`[[sfu.nodes]]`: the URL of each
+//! standalone `sfu`'s control API and its token) and drives
+//! [`SfuNodes`] exactly as it drives one SFU: the calls module does not
+//! know how many nodes there are.
+//!
+//! # Placement
+//!
+//! A room is placed on one node when it is first named (created or
+//! joined), and every session of the room goes there. The node chosen is
+//! the live, not draining node with the most **headroom**:
+//!
+//! ```text
+//! load     = max(participants / max_participants,
+//!                packets received per second / max_packets_per_second,
+//!                CPU used / CPU of its workers)
+//! headroom = 1 - load
+//! ```
+//!
+//! `participants` is the larger of what the node last reported (all its
+//! sessions, whoever placed them) and what this client placed on it (so a
+//! burst of new rooms does not all land on the node that looked emptiest
+//! half a second ago); ties go to the node with fewer rooms placed from
+//! here (then the first configured). A node whose headroom is gone (load ≥ 1) takes no new room; when
+//! every node is full or down, a new room is refused with
+//! [`SfuError::Overloaded`]. A placed room keeps its node while it has
+//! sessions, even when that node fills up (its sessions would otherwise
+//! have to be split across nodes); a room whose last session left is
+//! forgotten, so its next session is placed afresh.
+//!
+//! # Load and liveness
+//!
+//! Each node's health (its workers, their participants and datagram
+//! counters, its process's CPU time) is polled in the background
+//! ([`crate::remote::HEALTH_EVERY`]); rates are taken between two answers.
+//! A node that does not answer for [`DOWN_AFTER`] is **down**: each session
+//! placed on it is reported as [`SfuEvent::ParticipantLost`] with
+//! [`LostReason::NodeFailed`] (signalling then tells each device to open
+//! its sessions again, and they go to a live node), and its rooms are
+//! forgotten. Those sessions are also remembered, and closed on the node
+//! if it comes back (a node cut off rather than dead would otherwise keep
+//! them).
+//!
+//! # Events
+//!
+//! One task per node reads the node's numbered events (resuming after a
+//! reconnect) and appends them to this client's own [`EventLog`], where
+//! they are numbered again: readers see one stream, whatever node an event
+//! came from.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::control::{Joined, NodeReport, SfuControl, SfuError, SfuHealth, SfuStats};
+use crate::core::simulcast::Preference;
+use crate::engine::{LostReason, Role, SfuEvent};
+use crate::events::{EventLog, EventStream};
+use crate::ids::{ParticipantId, RoomId};
+
+/// How long a node may not answer before its sessions are reported lost.
+pub const DOWN_AFTER: Duration = Duration::from_secs(1);
+/// How often the nodes' health is looked at.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
+/// Rates are taken between answers at least this far apart.
+const RATE_WINDOW: Duration = Duration::from_millis(900);
+/// Events kept for readers that fell behind.
+const EVENTS_KEPT: usize = 65_536;
+
+/// One node of a media cluster, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// The URL of its HTTP front (its control API).
+    pub url: String,
+    /// Its bearer token.
+    pub token: Option<String>,
+    /// Sessions it may carry.
+    pub max_participants: u64,
+    /// Datagrams per second it may receive.
+    pub max_packets_per_second: u64,
+    /// Takes no new room (calls on it go on): for taking it out of service.
+    pub drain: bool,
+}
+
+impl NodeSpec {
+    /// A node at `url` with the default limits.
+    #[must_use]
+    pub fn new(url: impl Into<String>, token: Option<String>) -> Self {
+        Self {
+            url: url.into(),
+            token,
+            max_participants: 1_000,
+            max_packets_per_second: 200_000,
+            drain: false,
+        }
+    }
+}
+
+/// Several SFU nodes driven as one (see the module docs).
+#[derive(Debug)]
+pub struct SfuNodes {
+    nodes: Arc<Vec<Node>>,
+    state: Arc<Mutex<State>>,
+    events: Arc<EventLog>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Node {
+    spec: NodeSpec,
+    sfu: Arc<dyn SfuControl>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    rooms: HashMap<RoomId, Placed>,
+    participants: HashMap<ParticipantId, (usize, RoomId)>,
+    nodes: Vec<NodeState>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    node: usize,
+    participants: usize,
+}
+
+#[derive(Debug, Default)]
+struct NodeState {
+    up: bool,
+    /// When it was first seen not answering (while it still counts as up).
+    silent_since: Option<Instant>,
+    /// Participants it reported; datagrams per second; CPU as a share of
+    /// its workers' cores.
+    reported: u64,
+    packets_per_second: f64,
+    cpu: f64,
+    /// The last health sample rates were taken from.
+    sample: Option<(Instant, u64, u64)>,
+    /// Sessions placed from here.
+    placed: usize,
+    /// Rooms placed from here.
+    rooms: usize,
+    /// Sessions reported lost while it was down, to close if it returns.
+    orphans: Vec<ParticipantId>,
+}
+
+impl NodeState {
+    fn load(&self, spec: &NodeSpec) -> f64 {
+        let participants = self.reported.max(self.placed as u64);
+        #[allow(clippy::cast_precision_loss)]
+        let by_participants = participants as f64 / spec.max_participants.max(1) as f64;
+        #[allow(clippy::cast_precision_loss)]
+        let by_packets = self.packets_per_second / spec.max_packets_per_second.max(1) as f64;
+        by_participants.max(by_packets).max(self.cpu)
+    }
+}
+
+impl SfuNodes {
+    /// Connects to every node in `specs`. Nodes that do not answer yet
+    /// start down and are used once they answer.
+    ///
+    /// # Errors
+    /// [`SfuError::Start`] when a node refuses its token (a configuration
+    /// mistake, better found at start), or none answers at all.
+    #[cfg(feature = "remote")]
+    pub async fn connect(specs: Vec<NodeSpec>) -> Result<Arc<Self>, SfuError> {
+        use crate::remote::{Check, RemoteSfu};
+        let mut nodes: Vec<(NodeSpec, Arc<dyn SfuControl>)> = Vec::new();
+        let mut answered = 0;
+        let mut silent = Vec::new();
+        for spec in specs {
+            let remote = RemoteSfu::open(&spec.url, spec.token.clone());
+            match remote.check().await {
+                Ok(()) => answered += 1,
+                Err(Check::Refused(why)) => return Err(SfuError::Start(why)),
+                Err(Check::Unreachable(why)) => {
+                    tracing::warn!(node = %spec.url, %why, "SFU node down at start");
+                    silent.push(why);
+                }
+            }
+            nodes.push((spec, remote));
+        }
+        if answered == 0 {
+            return Err(SfuError::Start(format!(
+                "no SFU node answers: {}",
+                silent.join("; ")
+            )));
+        }
+        Ok(Self::new(nodes))
+    }
+
+    /// Drives `nodes` (any [`SfuControl`]s: standalone SFUs through
+    /// [`crate::remote::RemoteSfu`], or in-process ones in tests).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    #[must_use]
+    pub fn new(nodes: Vec<(NodeSpec, Arc<dyn SfuControl>)>) -> Arc<Self> {
+        let nodes: Arc<Vec<Node>> = Arc::new(
+            nodes
+                .into_iter()
+                .map(|(spec, sfu)| Node { spec, sfu })
+                .collect(),
+        );
+        let state = Arc::new(Mutex::new(State {
+            nodes: nodes
+                .iter()
+                .map(|n| NodeState {
+                    up: answers(&n.sfu.health()),
+                    ..NodeState::default()
+                })
+                .collect(),
+            ..State::default()
+        }));
+        let events = EventLog::new(EVENTS_KEPT);
+        let mut tasks = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let stream = node.sfu.events(node.sfu.last_event());
+            tasks.push(tokio::spawn(relay_events(
+                i,
+                stream,
+                state.clone(),
+                events.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(watch(
+            nodes.clone(),
+            state.clone(),
+            events.clone(),
+        )));
+        Arc::new(Self {
+            nodes,
+            state,
+            events,
+            tasks,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every change under the lock is a few map operations that leave
+        // the state consistent: a panic elsewhere cannot have torn it.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The node of `room`, placing it first if it has none.
+    fn place(&self, room: &RoomId) -> Result<usize, SfuError> {
+        let mut state = self.state();
+        if let Some(placed) = state.rooms.get(room) {
+            return Ok(placed.node);
+        }
+        let chosen = state
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| n.up && !self.nodes[*i].spec.drain)
+            .map(|(i, n)| (i, 1.0 - n.load(&self.nodes[i].spec), n.rooms))
+            .filter(|(_, headroom, _)| *headroom > 0.0)
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.2.cmp(&a.2)).then(b.0.cmp(&a.0)));
+        let Some((node, headroom, _)) = chosen else {
+            tracing::warn!("no SFU node has room for a new call");
+            metrics::counter!("sfu_node_refusals_total").increment(1);
+            return Err(SfuError::Overloaded);
+        };
+        state.rooms.insert(
+            room.clone(),
+            Placed {
+                node,
+                participants: 0,
+            },
+        );
+        state.nodes[node].rooms += 1;
+        tracing::debug!(%room, node = %self.nodes[node].spec.url, headroom, "room placed");
+        metrics::counter!("sfu_node_placements_total", "node" => self.nodes[node].spec.url.clone())
+            .increment(1);
+        Ok(node)
+    }
+
+    /// The node of a participant placed from here.
+    fn node_of(&self, participant: ParticipantId) -> Result<usize, SfuError> {
+        self.state()
+            .participants
+            .get(&participant)
+            .map(|(node, _)| *node)
+            .ok_or(SfuError::UnknownParticipant)
+    }
+}
+
+impl Drop for SfuNodes {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl State {
+    /// Forgets a room with no session left (its next one is placed anew).
+    fn forget_if_empty(&mut self, room: &RoomId) {
+        if let Some(placed) = self.rooms.get(room)
+            && placed.participants == 0
+        {
+            let node = placed.node;
+            self.rooms.remove(room);
+            self.nodes[node].rooms = self.nodes[node].rooms.saturating_sub(1);
+        }
+    }
+
+    /// Forgets a participant (gone from its node); whether it was known.
+    fn forget(&mut self, participant: ParticipantId) -> bool {
+        let Some((node, room)) = self.participants.remove(&participant) else {
+            return false;
+        };
+        self.nodes[node].placed = self.nodes[node].placed.saturating_sub(1);
+        if let Some(placed) = self.rooms.get_mut(&room) {
+            placed.participants = placed.participants.saturating_sub(1);
+        }
+        self.forget_if_empty(&room);
+        true
+    }
+
+    /// Forgets a room and its participants (closed, or its node died);
+    /// returns the participants.
+    fn forget_room(&mut self, room: &RoomId) -> Vec<ParticipantId> {
+        let gone: Vec<ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|(_, (_, r))| r == room)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in &gone {
+            self.forget(*p);
+        }
+        if let Some(placed) = self.rooms.remove(room) {
+            self.nodes[placed.node].rooms = self.nodes[placed.node].rooms.saturating_sub(1);
+        }
+        gone
+    }
+}
+
+/// Whether a node's health is an answer from a node with a live worker.
+fn answers(health: &SfuHealth) -> bool {
+    health.unreachable.is_none() && health.alive() > 0
+}
+
+/// Reads one node's events into the cluster's log, forgetting the
+/// sessions the node says are gone.
+async fn relay_events(
+    node: usize,
+    mut stream: EventStream,
+    state: Arc<Mutex<State>>,
+    events: Arc<EventLog>,
+) {
+    loop {
+        match stream.next().await {
+            Ok(batch) => {
+                for sequenced in batch {
+                    if let SfuEvent::Disconnected { participant, .. }
+                    | SfuEvent::ParticipantLost { participant, .. } = &sequenced.event
+                    {
+                        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                        if state.participants.get(participant).map(|(n, _)| *n) == Some(node) {
+                            state.forget(*participant);
+                        }
+                    }
+                    events.push(sequenced.event);
+                }
+            }
+            Err(missed) => {
+                tracing::warn!(node, %missed, "events of an SFU node were lost before they were read");
+            }
+        }
+    }
+}
+
+/// Looks at every node's health: takes its rates, and reports the
+/// sessions of a node silent for [`DOWN_AFTER`] as lost.
+async fn watch(nodes: Arc<Vec<Node>>, state: Arc<Mutex<State>>, events: Arc<EventLog>) {
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        for (i, node) in nodes.iter().enumerate() {
+            let health = node.sfu.health();
+            let mut lost = Vec::new();
+            let mut returned = Vec::new();
+            {
+                let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                if answers(&health) {
+                    let n = &mut state.nodes[i];
+                    n.silent_since = None;
+                    if !n.up {
+                        tracing::info!(node = %node.spec.url, "SFU node up");
+                        n.up = true;
+                        returned = std::mem::take(&mut n.orphans);
+                    }
+                    sample(n, &health, now);
+                } else {
+                    let n = &mut state.nodes[i];
+                    let since = *n.silent_since.get_or_insert(now);
+                    if n.up && now.duration_since(since) >= DOWN_AFTER {
+                        n.up = false;
+                        n.sample = None;
+                        n.packets_per_second = 0.0;
+                        n.cpu = 0.0;
+                        let why = health.problem().unwrap_or_default();
+                        tracing::error!(node = %node.spec.url, %why, "SFU node down; its sessions are lost");
+                        metrics::counter!("sfu_node_failures_total", "node" => node.spec.url.clone())
+                            .increment(1);
+                        let rooms: Vec<RoomId> = state
+                            .rooms
+                            .iter()
+                            .filter(|(_, p)| p.node == i)
+                            .map(|(r, _)| r.clone())
+                            .collect();
+                        for room in rooms {
+                            for participant in state.forget_room(&room) {
+                                lost.push((room.clone(), participant));
+                            }
+                        }
+                        state.nodes[i].orphans.extend(lost.iter().map(|(_, p)| *p));
+                    }
+                }
+            }
+            for (room, participant) in lost {
+                events.push(SfuEvent::ParticipantLost {
+                    room,
+                    participant,
+                    reason: LostReason::NodeFailed,
+                });
+            }
+            if !returned.is_empty() {
+                let sfu = node.sfu.clone();
+                tokio::spawn(async move {
+                    for participant in returned {
+                        let _ = sfu.leave(participant).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Takes a node's rates from its counters, once [`RATE_WINDOW`] has passed
+/// since the last sample.
+fn sample(node: &mut NodeState, health: &SfuHealth, now: Instant) {
+    node.reported = health.workers.iter().map(|w| w.participants).sum();
+    let datagrams: u64 = health.workers.iter().map(|w| w.ingress.datagrams).sum();
+    match node.sample {
+        Some((at, d0, c0)) if now.duration_since(at) >= RATE_WINDOW => {
+            let secs = now.duration_since(at).as_secs_f64();
+            #[allow(clippy::cast_precision_loss)]
+            {
+                node.packets_per_second = datagrams.saturating_sub(d0) as f64 / secs;
+                let cores = health.workers.len().max(1) as f64;
+                node.cpu = health.cpu_ms.saturating_sub(c0) as f64 / 1000.0 / secs / cores;
+            }
+            node.sample = Some((now, datagrams, health.cpu_ms));
+        }
+        Some(_) => {}
+        None => node.sample = Some((now, datagrams, health.cpu_ms)),
+    }
+}
+
+#[async_trait]
+impl SfuControl for SfuNodes {
+    async fn create_room(&self, room: &RoomId) -> Result<(), SfuError> {
+        let node = self.place(room)?;
+        let created = self.nodes[node].sfu.create_room(room).await;
+        if created.is_err() {
+            self.state().forget_if_empty(room);
+        }
+        created
+    }
+
+    async fn join_as(
+        &self,
+        room: &RoomId,
+        participant: ParticipantId,
+        role: Role,
+        offer: String,
+        linked: Option<ParticipantId>,
+    ) -> Result<Joined, SfuError> {
+        let node = self.place(room)?;
+        {
+            // Counted before the answer, so that a burst of joins sees it.
+            let mut state = self.state();
+            if state.participants.contains_key(&participant) {
+                state.forget_if_empty(room);
+                return Err(SfuError::DuplicateParticipant);
+            }
+            state.participants.insert(participant, (node, room.clone()));
+            state.nodes[node].placed += 1;
+            if let Some(placed) = state.rooms.get_mut(room) {
+                placed.participants += 1;
+            }
+        }
+        let joined = self.nodes[node]
+            .sfu
+            .join_as(room, participant, role, offer, linked)
+            .await;
+        if joined.is_err() {
+            self.state().forget(participant);
+        }
+        joined
+    }
+
+    async fn renegotiate(
+        &self,
+        participant: ParticipantId,
+        offer: String,
+    ) -> Result<String, SfuError> {
+        let node = self.node_of(participant)?;
+        self.nodes[node].sfu.renegotiate(participant, offer).await
+    }
+
+    async fn leave(&self, participant: ParticipantId) -> Result<(), SfuError> {
+        let node = self.node_of(participant)?;
+        self.state().forget(participant);
+        self.nodes[node].sfu.leave(participant).await
+    }
+
+    async fn set_preference(
+        &self,
+        participant: ParticipantId,
+        preference: Preference,
+    ) -> Result<(), SfuError> {
+        let node = self.node_of(participant)?;
+        self.nodes[node]
+            .sfu
+            .set_preference(participant, preference)
+            .await
+    }
+
+    async fn set_slot_preference(
+        &self,
+        participant: ParticipantId,
+        mid: String,
+        preference: Preference,
+    ) -> Result<(), SfuError> {
+        let node = self.node_of(participant)?;
+        self.nodes[node]
+            .sfu
+            .set_slot_preference(participant, mid, preference)
+            .await
+    }
+
+    async fn close_room(&self, room: &RoomId) -> Result<(), SfuError> {
+        let node = {
+            let mut state = self.state();
+            let Some(node) = state.rooms.get(room).map(|p| p.node) else {
+                return Ok(());
+            };
+            state.forget_room(room);
+            node
+        };
+        self.nodes[node].sfu.close_room(room).await
+    }
+
+    async fn stats(&self) -> Result<SfuStats, SfuError> {
+        let up: Vec<usize> = {
+            let state = self.state();
+            (0..self.nodes.len())
+                .filter(|i| state.nodes[*i].up)
+                .collect()
+        };
+        let mut all = SfuStats {
+            health: self.health(),
+            ..SfuStats::default()
+        };
+        for i in up {
+            if let Ok(stats) = self.nodes[i].sfu.stats().await {
+                all.workers.extend(stats.workers);
+                all.answered.extend(stats.answered);
+            }
+        }
+        Ok(all)
+    }
+
+    /// The workers of the nodes that are up, as one SFU's; unreachable
+    /// only when no node is up (one node down is a `sfu_node_up` of 0 in
+    /// the metrics, not a signalling node out of service).
+    fn health(&self) -> SfuHealth {
+        let up: Vec<bool> = self.state().nodes.iter().map(|n| n.up).collect();
+        let mut health = SfuHealth::default();
+        for (node, up) in self.nodes.iter().zip(up) {
+            if up {
+                let h = node.sfu.health();
+                health.workers.extend(h.workers);
+                health.cpu_ms += h.cpu_ms;
+            }
+        }
+        if health.workers.is_empty() {
+            health.unreachable = Some(format!(
+                "none of the {} SFU nodes answers",
+                self.nodes.len()
+            ));
+        }
+        health
+    }
+
+    fn events(&self, after: u64) -> EventStream {
+        self.events.read_after(after)
+    }
+
+    fn last_event(&self) -> u64 {
+        self.events.last()
+    }
+
+    fn nodes(&self) -> Vec<NodeReport> {
+        let state = self.state();
+        self.nodes
+            .iter()
+            .zip(&state.nodes)
+            .map(|(node, n)| NodeReport {
+                url: node.spec.url.clone(),
+                up: n.up,
+                draining: node.spec.drain,
+                participants: n.reported.max(n.placed as u64),
+                rooms: n.rooms as u64,
+                packets_per_second: n.packets_per_second,
+                cpu: n.cpu,
+                headroom: if n.up { 1.0 - n.load(&node.spec) } else { 0.0 },
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,233 @@
+//! A media cluster of two standalone `sfu` processes on loopback, driven
+//! as one by `SfuNodes`: rooms placed by headroom, a node refusing a
+//! wrong token, and a node killed with SIGKILL under a call whose
+//! sessions are reported lost and carry media again on the other node.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{MEDIA_DEADLINE, Peer, Standalone, Streaming, Subscriber, flowing};
+use confer_sfu::api::{LostReason, ParticipantId, Role, RoomId, SfuControl, SfuError, SfuEvent};
+use confer_sfu::nodes::{NodeSpec, SfuNodes};
+use str0m::media::Mid;
+
+const TOKEN: &str = "node-token";
+
+fn spec(base: &str, max_participants: u64) -> NodeSpec {
+    NodeSpec {
+        max_participants,
+        ..NodeSpec::new(base, Some(TOKEN.to_owned()))
+    }
+}
+
+/// Joins a session with a fresh peer's offer; its id.
+async fn join(sfu: &SfuNodes, room: &RoomId, role: Role) -> Result<ParticipantId, SfuError> {
+    let mut peer = Peer::new();
+    let (offer, _) = match role {
+        Role::Publish => {
+            let (offer, pending, _, _) = peer.offer_publish(false);
+            (offer, pending)
+        }
+        _ => peer.offer_subscribe(),
+    };
+    let id = ParticipantId::random();
+    sfu.join_as(room, id, role, offer, None).await.map(|_| id)
+}
+
+/// Rooms placed on each node, from the nodes' reports.
+fn rooms_per_node(sfu: &SfuNodes) -> Vec<u64> {
+    sfu.nodes().iter().map(|n| n.rooms).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_go_to_the_node_with_the_most_headroom() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let (_a, a) = Standalone::spawn(TOKEN);
+    let (_b, b) = Standalone::spawn(TOKEN);
+
+    // A node that refuses the token is a mistake found at start.
+    let wrong = NodeSpec::new(&a, Some("wrong".to_owned()));
+    let refused = SfuNodes::connect(vec![wrong, spec(&b, 2)]).await;
+    match refused {
+        Err(SfuError::Start(why)) => assert!(why.contains("401"), "{why}"),
+        other => panic!("a wrong token was accepted: {other:?}"),
+    }
+
+    // Two sessions fill a node here.
+    let sfu = SfuNodes::connect(vec![spec(&a, 2), spec(&b, 2)])
+        .await
+        .unwrap();
+    assert!(sfu.health().is_ok());
+    let first = RoomId::from("first");
+    join(&sfu, &first, Role::Publish).await.unwrap();
+    // Both idle: the tie goes to the node with fewer rooms (the first).
+    assert_eq!(rooms_per_node(&sfu), [1, 0]);
+    join(&sfu, &first, Role::Subscribe).await.unwrap();
+    // The first node is full; the next room goes to the second, though
+    // the first has as many rooms.
+    let second = RoomId::from("second");
+    sfu.create_room(&second).await.unwrap();
+    assert_eq!(rooms_per_node(&sfu), [1, 1]);
+    // A placed room keeps its node.
+    join(&sfu, &second, Role::Publish).await.unwrap();
+    join(&sfu, &second, Role::Subscribe).await.unwrap();
+    assert_eq!(rooms_per_node(&sfu), [1, 1]);
+    // Both full: a new room is refused, an existing one still joins.
+    assert!(matches!(
+        sfu.create_room(&RoomId::from("third")).await,
+        Err(SfuError::Overloaded)
+    ));
+    join(&sfu, &first, Role::Subscribe).await.unwrap();
+    let reports = sfu.nodes();
+    assert_eq!(reports[0].participants, 3);
+    assert!(reports.iter().all(|n| n.up && n.headroom <= 0.0));
+    let mut metrics = String::new();
+    confer_sfu::http::write_node_reports(&mut metrics, &reports);
+    assert!(
+        metrics.contains(&format!("sfu_node_participants{{node=\"{a}\"}} 3")),
+        "{metrics}"
+    );
+
+    // Sessions that leave make room, and their room is placed afresh.
+    sfu.close_room(&first).await.unwrap();
+    assert_eq!(rooms_per_node(&sfu), [0, 1]);
+    // The first node's own report still counts the closed sessions
+    // until its next health answer; once it has, it takes the room.
+    let third = RoomId::from("third");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match sfu.create_room(&third).await {
+            Ok(()) => break,
+            Err(SfuError::Overloaded) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no room for a call on an emptied node: {e}"),
+        }
+    }
+    assert_eq!(rooms_per_node(&sfu), [1, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_call_loses_its_sessions_and_the_call_resumes_on_the_other() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let (mut a, a_base) = Standalone::spawn(TOKEN);
+    let (_b, b_base) = Standalone::spawn(TOKEN);
+    let sfu: Arc<SfuNodes> = SfuNodes::connect(vec![spec(&a_base, 100), spec(&b_base, 100)])
+        .await
+        .unwrap();
+    let mut events = sfu.events(sfu.last_event());
+    let room = RoomId::from("call");
+
+    let (first, p, s) = call(&sfu, &room).await;
+    // Both idle: the first node takes it.
+    assert_eq!(rooms_per_node(&sfu), [1, 0]);
+    let received = media(first).await;
+    assert!(flowing(&received), "no media before the kill");
+
+    a.kill();
+    let killed = Instant::now();
+    let mut lost = Vec::new();
+    while lost.len() < 2 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("the sessions are reported lost")
+            .unwrap();
+        for e in batch {
+            if let SfuEvent::ParticipantLost {
+                participant,
+                reason,
+                ..
+            } = e.event
+            {
+                assert_eq!(reason, LostReason::NodeFailed);
+                lost.push(participant);
+            }
+        }
+    }
+    lost.sort_by_key(|p| p.0);
+    let mut expected = vec![p, s];
+    expected.sort_by_key(|p| p.0);
+    assert_eq!(lost, expected);
+    let noticed = killed.elapsed();
+    let reports = sfu.nodes();
+    assert!(!reports[0].up && reports[1].up, "{reports:?}");
+    assert_eq!(rooms_per_node(&sfu), [0, 0]);
+    // The media cluster as a whole is still in service.
+    assert!(sfu.health().is_ok(), "{:?}", sfu.health());
+    // Nothing of the lost sessions is left to drive.
+    assert!(matches!(
+        sfu.leave(p).await,
+        Err(SfuError::UnknownParticipant)
+    ));
+
+    // The same call opens new sessions: they go to the live node.
+    let (again, _, _) = call(&sfu, &room).await;
+    assert_eq!(rooms_per_node(&sfu), [0, 1]);
+    let received = media(again).await;
+    assert!(flowing(&received), "no media on the other node");
+    let resumed = killed.elapsed();
+    eprintln!("node killed: sessions lost after {noticed:?}, media again after {resumed:?}");
+    assert!(
+        resumed < Duration::from_secs(5),
+        "media resumed only {resumed:?} after the kill"
+    );
+}
+
+/// A publisher (with its audio and video mids) and a subscriber joined to
+/// `room`, not yet connected.
+struct Call {
+    publisher: Peer,
+    audio: Mid,
+    video: Mid,
+    subscriber: Peer,
+}
+
+async fn call(sfu: &SfuNodes, room: &RoomId) -> (Call, ParticipantId, ParticipantId) {
+    let mut publisher = Peer::new();
+    let (offer, pending, audio, video) = publisher.offer_publish(true);
+    let (p, s) = (ParticipantId::random(), ParticipantId::random());
+    let joined = sfu
+        .join_as(room, p, Role::Publish, offer, None)
+        .await
+        .unwrap();
+    publisher.accept_answer(pending, &joined.answer);
+    let mut subscriber = Peer::new();
+    let (offer, pending) = subscriber.offer_subscribe();
+    let joined = sfu
+        .join_as(room, s, Role::Subscribe, offer, None)
+        .await
+        .unwrap();
+    subscriber.accept_answer(pending, &joined.answer);
+    let call = Call {
+        publisher,
+        audio,
+        video,
+        subscriber,
+    };
+    (call, p, s)
+}
+
+/// Streams from the publisher until the subscriber receives media (or
+/// [`MEDIA_DEADLINE`] passes); what it received.
+async fn media(call: Call) -> Subscriber {
+    let Call {
+        publisher,
+        audio,
+        video,
+        mut subscriber,
+    } = call;
+    let streaming = Streaming::start(publisher, audio, video);
+    let received = tokio::task::spawn_blocking(move || {
+        let mut got = Subscriber::default();
+        subscriber.run_until(Instant::now() + MEDIA_DEADLINE, &mut got, flowing);
+        got
+    })
+    .await
+    .unwrap();
+    streaming.stop();
+    received
+}
