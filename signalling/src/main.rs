@@ -269,10 +269,23 @@ async fn admin(args: &ConfigArgs, action: AdminAction) -> anyhow::Result<()> {
                 .url
                 .as_deref()
                 .map(confer_signalling::config::redact_url);
+            // Secrets are not shown: only whether they are set.
+            const HIDDEN: &str = "********";
             if let Some(smtp) = &mut shown.mail.smtp
                 && smtp.password.is_some()
             {
-                smtp.password = Some("********".to_owned());
+                smtp.password = Some(HIDDEN.to_owned());
+            }
+            if let Some(s3) = &mut shown.files.s3 {
+                HIDDEN.clone_into(&mut s3.secret_key);
+            }
+            if let Some(turn) = &mut shown.calls.turn {
+                HIDDEN.clone_into(&mut turn.secret);
+            }
+            for node in &mut shown.sfu.nodes {
+                if node.token.is_some() {
+                    node.token = Some(HIDDEN.to_owned());
+                }
             }
             println!("configuration OK\n\n{}", toml::to_string_pretty(&shown)?);
         }

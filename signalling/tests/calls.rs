@@ -11,6 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::process::SfuNode;
 use common::{TestServer, Ws, default_clock, test_config};
 use confer_signalling::SignallingConfig;
 use confer_signalling::config::SfuNodeConfig;
@@ -912,6 +913,88 @@ async fn a_call_on_a_dead_sfu_worker_reopens_its_media_on_a_live_one() {
         until_media(&m.subscribe, &others, 10).await;
     }
     assert_eq!(sfu.health().workers[1 - placed].participants, 6);
+    let seen = conforms(&p);
+    assert_seen(&seen, &["ephemeral.call_media_lost"]);
+}
+
+/// Calls placed on two standalone SFU nodes (`[[sfu.nodes]]`): the node
+/// carrying a call is killed with SIGKILL; every device is told
+/// `call_media_lost` (`node_failed`), the call goes on, and the sessions
+/// the devices open afresh land on the other node and carry media again.
+/// `/metrics` shows the nodes, the dead one down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_a_dead_sfu_node_reopens_its_media_on_another() {
+    let _serial = SERIAL.lock().await;
+    let mut nodes = [SfuNode::start("node-token"), SfuNode::start("node-token")];
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: SignallingConfig = test_config(dir.path());
+    config.sfu.nodes = nodes
+        .iter()
+        .map(|n| SfuNodeConfig::new(&n.base, Some("node-token".to_owned())))
+        .collect();
+    let server = TestServer::start_with(config, default_clock()).await;
+    let (mut p, _app) = people(&server, &["ann", "bob", "carol"]).await;
+    let conv = conversation(&mut p).await;
+    let call = start_call(&mut p[0].ws, &conv, "video").await;
+    for i in [1, 2] {
+        let join = p[i]
+            .ws
+            .request(json!({"type": "call_join", "call_id": call}))
+            .await;
+        assert_eq!(join["type"], "ack", "{join}");
+    }
+    for person in &mut p {
+        while person.ws.ephemeral_of("call_topology").await["event"]["topology"] != "sfu" {}
+    }
+    let mut media = Vec::new();
+    for person in &mut p {
+        media.push(sfu_sessions(&call, person, 2).await);
+    }
+    until_media(&media[0].subscribe, &[2, 3], 10).await;
+
+    let sfu = server.services.sfu.clone();
+    let placed = sfu.nodes().iter().position(|n| n.rooms == 1).unwrap();
+    nodes[placed].kill();
+    for person in &mut p {
+        let lost = person.ws.ephemeral_of("call_media_lost").await;
+        assert_eq!(lost["event"]["call_id"], call, "{lost}");
+        assert_eq!(lost["event"]["reason"], "node_failed", "{lost}");
+    }
+    let metrics = server
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dead = &nodes[placed].base;
+    assert!(
+        metrics.contains(&format!("sfu_node_up{{node=\"{dead}\"}} 0")),
+        "{metrics}"
+    );
+    // One node down is not the signalling node out of service.
+    let health: Value = server
+        .get("/healthz")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["components"]["sfu"]["status"], "up", "{health}");
+    drop(media);
+    let mut media = Vec::new();
+    for person in &mut p {
+        media.push(sfu_sessions(&call, person, 2).await);
+    }
+    for (i, m) in media.iter().enumerate() {
+        let others: Vec<u8> = (1..=3).filter(|t| usize::from(*t) != i + 1).collect();
+        until_media(&m.subscribe, &others, 10).await;
+    }
+    let reports = sfu.nodes();
+    assert_eq!(reports[1 - placed].rooms, 1, "{reports:?}");
+    assert_eq!(reports[1 - placed].participants, 6, "{reports:?}");
     let seen = conforms(&p);
     assert_seen(&seen, &["ephemeral.call_media_lost"]);
 }

@@ -100,6 +100,59 @@ async fn the_binary_serves_stops_gracefully_and_restarts_with_its_data() {
     assert!(server.terminate().success());
 }
 
+/// SFU nodes come from `[[sfu.nodes]]` tables or from the environment
+/// (an array of inline tables), and `check-config` shows them without
+/// their tokens (nor any other secret).
+#[test]
+fn sfu_nodes_are_configured_by_file_or_environment_and_their_tokens_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nodes.toml");
+    std::fs::write(
+        &file,
+        "[[sfu.nodes]]\nurl = \"http://10.0.0.5:8089\"\ntoken = \"first-s3cret\"\n\n\
+         [[sfu.nodes]]\nurl = \"https://10.0.0.6:8089\"\ntoken = \"second-s3cret\"\n\
+         max_participants = 300\ndrain = true\n\n\
+         [calls.turn]\nurls = [\"turn:10.0.0.7:3478\"]\nsecret = \"turn-s3cret-of-16-chars\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = admin(
+        dir.path(),
+        &["--config", file.to_str().unwrap(), "check-config"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("url = \"https://10.0.0.6:8089\""), "{out}");
+    assert!(out.contains("max_participants = 300"), "{out}");
+    assert!(out.contains("drain = true"), "{out}");
+    assert!(!out.contains("s3cret"), "a secret was shown: {out}");
+
+    let out = Command::new(BIN)
+        .args(["admin", "--data-dir"])
+        .arg(dir.path())
+        .arg("check-config")
+        .env_remove("CONFER_CONFIG")
+        .env(
+            "CONFER_SFU__NODES",
+            r#"[{url="http://10.0.0.5:8089",token="env-s3cret"}]"#,
+        )
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("url = \"http://10.0.0.5:8089\""), "{shown}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+
+    std::fs::write(&file, "[[sfu.nodes]]\nurl = \"10.0.0.5:8089\"\n").unwrap();
+    let (ok, _, err) = admin(
+        dir.path(),
+        &["--config", file.to_str().unwrap(), "check-config"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("sfu.nodes") && err.contains("http://"),
+        "{err}"
+    );
+}
+
 #[test]
 fn configuration_errors_name_the_setting_and_what_is_allowed() {
     let dir = tempfile::tempdir().unwrap();
