@@ -108,7 +108,7 @@ fn decisions(c: &mut Criterion) {
                 seq,
                 (seq * 3000) as u32,
                 now,
-                Some((&d, &mut payload)),
+                Some(&d),
             ))
         });
     });

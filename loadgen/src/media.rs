@@ -97,12 +97,29 @@ pub struct MediaArgs {
     /// Seconds between joining and measuring.
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
+    /// Subscribers only count what they receive, by the clear RTP header
+    /// (rate and loss), except `--full-subscribers` per room, which decrypt
+    /// and check everything (content, layers, latency): so that loadgen's
+    /// own receiving costs far less than the server's forwarding.
+    #[arg(long)]
+    pub counting: bool,
+    /// With `--counting`: subscribers per room that check everything.
+    #[arg(long, default_value_t = 1)]
+    pub full_subscribers: usize,
     /// Local address the peers bind (the host side of Janus's namespace).
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
     /// Application, server process, report.
     #[command(flatten)]
     pub common: crate::args::Common,
+}
+
+impl MediaArgs {
+    /// Whether subscriber `n` of a room only counts.
+    #[must_use]
+    pub fn counts(&self, n: usize) -> bool {
+        self.counting && n >= self.full_subscribers
+    }
 }
 
 /// One measured window (the whole run, or one ramp step).
@@ -701,8 +718,9 @@ async fn join_room(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let mut subscribers = Vec::new();
-            for _ in 0..args.subscribers {
-                let (mut rtc, socket) = Peer::prepare(args.bind).await?;
+            for n in 0..args.subscribers {
+                let counting = args.counts(n);
+                let (mut rtc, socket) = Peer::prepare_as(args.bind, counting).await?;
                 // Janus offers to subscribers; we answer.
                 let mut tries = 0;
                 let offer = loop {
@@ -722,7 +740,7 @@ async fn join_room(
                     .accept_offer(offer)
                     .context("answering Janus")?;
                 room.start_subscription(&answer.to_sdp_string()).await?;
-                subscribers.push(Peer::start(rtc, socket, None, epoch));
+                subscribers.push(Peer::start_as(rtc, socket, None, epoch, counting));
             }
             Ok(Room {
                 publishers,
@@ -766,11 +784,12 @@ async fn join_subscribers(
     let video_slots = if args.audio_only { 0 } else { args.publishers };
     let mut peers = Vec::with_capacity(args.subscribers);
     for n in 0..args.subscribers {
-        let (mut rtc, socket) = Peer::prepare(args.bind).await?;
+        let counting = args.counts(n);
+        let (mut rtc, socket) = Peer::prepare_as(args.bind, counting).await?;
         let (offer, pending) = offer_subscribe(&mut rtc, args.publishers, video_slots)?;
         let answer = exchange(n, offer).await?;
         accept(&mut rtc, pending, &answer)?;
-        peers.push(Peer::start(rtc, socket, None, epoch));
+        peers.push(Peer::start_as(rtc, socket, None, epoch, counting));
     }
     Ok(peers)
 }

@@ -5,9 +5,19 @@
 //! Every payload ends with a 24-byte trailer: magic `c0 f1`, publisher
 //! number (u32), layer (u8), frame number (u32), packet index in the frame
 //! (u8), send time in µs since the run's epoch (u64) and an FNV-1a hash
-//! (u32) of the payload between the VP8 descriptor (5 bytes, rewritten by
+//! (u32) of the payload between the VP8 descriptor (6 bytes, rewritten by
 //! the SFU) and the hash. A subscriber that finds no trailer or a wrong
 //! hash counts the packet as corrupt.
+//!
+//! A **counting** subscriber (`--counting`) completes ICE and DTLS-SRTP
+//! like the others, then reads its socket in batches (`recvmmsg`, with
+//! GRO) and only counts RTP datagrams from their clear header (SSRC and
+//! sequence number: rate and loss); STUN, DTLS and RTCP still go to str0m.
+//! It decrypts nothing, so one loadgen core absorbs several hundred
+//! thousand packets a second; content, layers and latency are checked by
+//! the full subscribers beside it. It offers no transport-wide congestion
+//! feedback (it could not send any), so the SFU gives it no bandwidth
+//! estimate: it gets the layers its preference asks for, unpaced.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -18,10 +28,10 @@ use hdrhistogram::Histogram;
 use str0m::format::Codec;
 use str0m::media::{MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
+use str0m::rtp::{Extension, ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
-use confer_sfu::core::vp8::synthetic_head;
+use confer_sfu::core::vp8::{SYNTHETIC_DESCRIPTOR, synthetic_head};
 
 use crate::measure::{histogram, micros_since};
 
@@ -30,8 +40,8 @@ const MAGIC: [u8; 2] = [0xc0, 0xf1];
 /// Trailer length.
 pub const TRAILER: usize = 24;
 /// VP8 payload descriptor length used by the publisher (X, I with
-/// 15-bit picture id, L with TL0PICIDX).
-const VP8_DESCRIPTOR: usize = 5;
+/// 15-bit picture id, L with TL0PICIDX, T).
+const VP8_DESCRIPTOR: usize = SYNTHETIC_DESCRIPTOR;
 /// Largest RTP payload the publisher produces.
 const MAX_PAYLOAD: usize = 1100;
 /// Simulcast rids, low to high.
@@ -337,6 +347,30 @@ pub struct PeerStats {
     /// Send → receive latency, µs.
     pub latency: Histogram<u64>,
     streams: HashMap<Mid, StreamCheck>,
+    /// Streams only counted (by SSRC), for a counting subscriber.
+    counted: HashMap<u32, SeqCount>,
+}
+
+/// Sequence numbers of one counted stream, extended past 16 bits.
+#[derive(Debug, Clone, Copy)]
+struct SeqCount {
+    first: u64,
+    max: u64,
+}
+
+impl SeqCount {
+    /// Extends a 16-bit sequence number around the highest seen; `None`
+    /// for a number from before the first (reordered at the start).
+    fn extend(&mut self, seq: u16) -> Option<u64> {
+        let low = (self.max & 0xffff) as u16;
+        let delta = i64::from(seq.wrapping_sub(low) as i16);
+        let ext = u64::try_from(self.max as i64 + delta).ok()?;
+        if ext < self.first {
+            return None;
+        }
+        self.max = self.max.max(ext);
+        Some(ext)
+    }
 }
 
 impl PeerStats {
@@ -350,16 +384,35 @@ impl PeerStats {
             layer_switches: 0,
             latency: histogram(),
             streams: HashMap::new(),
+            counted: HashMap::new(),
         }
     }
 
     /// Packets expected from the sequence numbers seen (a gap is a loss).
     #[must_use]
     pub fn expected(&self) -> u64 {
-        self.streams
+        let checked: u64 = self
+            .streams
             .values()
             .map(|s| s.min.map_or(0, |m| s.max - m + 1))
-            .sum()
+            .sum();
+        let counted: u64 = self.counted.values().map(|c| c.max - c.first + 1).sum();
+        checked + counted
+    }
+
+    /// Counts RTP datagrams by their clear header (a counting subscriber):
+    /// `headers` are (SSRC, sequence number) pairs.
+    fn count(&mut self, headers: &[(u32, u16)]) {
+        for &(ssrc, seq) in headers {
+            let stream = self.counted.entry(ssrc).or_insert(SeqCount {
+                // Room below, for packets reordered before the first.
+                first: (1 << 16) + u64::from(seq),
+                max: (1 << 16) + u64::from(seq),
+            });
+            if stream.extend(seq).is_some() {
+                self.received += 1;
+            }
+        }
     }
 
     /// Average jitter over the streams, ms.
@@ -434,14 +487,35 @@ impl Peer {
     /// # Errors
     /// If the socket cannot be bound.
     pub async fn prepare(ip: std::net::IpAddr) -> anyhow::Result<(Rtc, tokio::net::UdpSocket)> {
+        Self::prepare_as(ip, false).await
+    }
+
+    /// As [`Self::prepare`], for a counting subscriber when `counting`:
+    /// without the transport-wide sequence number extension (it sends no
+    /// congestion feedback).
+    ///
+    /// # Errors
+    /// If the socket cannot be bound.
+    pub async fn prepare_as(
+        ip: std::net::IpAddr,
+        counting: bool,
+    ) -> anyhow::Result<(Rtc, tokio::net::UdpSocket)> {
         let socket = tokio::net::UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         let addr = socket.local_addr()?;
-        let mut rtc = Rtc::builder()
+        let mut builder = Rtc::builder()
             .set_rtp_mode(true)
             .clear_codecs()
             .enable_opus(true, false)
-            .enable_vp8(true)
-            .build(Instant::now());
+            .enable_vp8(true);
+        if counting {
+            builder = builder
+                .clear_extension_map()
+                .set_extension(1, Extension::AudioLevel)
+                .set_extension(4, Extension::RtpMid)
+                .set_extension(10, Extension::RtpStreamId)
+                .set_extension(11, Extension::RepairedRtpStreamId);
+        }
+        let mut rtc = builder.build(Instant::now());
         rtc.add_local_candidate(
             Candidate::host(addr, "udp").map_err(|e| anyhow::anyhow!("candidate: {e}"))?,
         );
@@ -456,11 +530,25 @@ impl Peer {
         publisher: Option<Publisher>,
         epoch: Instant,
     ) -> Self {
+        Self::start_as(rtc, socket, publisher, epoch, false)
+    }
+
+    /// As [`Self::start`]; a subscriber that only counts once connected
+    /// when `counting` (see the module docs).
+    #[must_use]
+    pub fn start_as(
+        rtc: Rtc,
+        socket: tokio::net::UdpSocket,
+        publisher: Option<Publisher>,
+        epoch: Instant,
+        counting: bool,
+    ) -> Self {
         let stats = Arc::new(Mutex::new(PeerStats::new()));
         let addr = socket
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (control, rx) = tokio::sync::mpsc::channel(64);
+        let publisher_is_none = publisher.is_none();
         let task = tokio::spawn(drive(
             rtc,
             socket,
@@ -469,6 +557,7 @@ impl Peer {
             stats.clone(),
             rx,
             epoch,
+            counting && publisher_is_none,
         ));
         Self {
             stats,
@@ -497,9 +586,14 @@ async fn drive(
     stats: Arc<Mutex<PeerStats>>,
     mut control: tokio::sync::mpsc::Receiver<Control>,
     epoch: Instant,
+    counting: bool,
 ) {
     let mut buf = vec![0u8; 2048];
     loop {
+        if counting && stats.lock().is_ok_and(|s| s.connected) {
+            count_only(rtc, socket, local, &stats).await;
+            return;
+        }
         // Drain everything str0m has for us.
         let timeout = loop {
             match rtc.poll_output() {
@@ -568,6 +662,125 @@ async fn drive(
             }
         }
     }
+}
+
+/// A connected counting subscriber: reads datagrams in batches, counts
+/// RTP by its clear header, hands the rest (STUN, DTLS, RTCP) to str0m.
+async fn count_only(
+    mut rtc: Rtc,
+    socket: tokio::net::UdpSocket,
+    local: SocketAddr,
+    stats: &Mutex<PeerStats>,
+) {
+    use std::io::IoSliceMut;
+
+    use quinn_udp::{RecvMeta, UdpSocketState};
+    use tokio::io::Interest;
+
+    let Ok(state) = UdpSocketState::new((&socket).into()) else {
+        return;
+    };
+    let batch = quinn_udp::BATCH_SIZE;
+    // Large enough for a GRO batch of full-size datagrams.
+    let mut buffers = vec![vec![0u8; 64 * 1024]; batch];
+    let mut meta = vec![RecvMeta::default(); batch];
+    let mut headers: Vec<(u32, u16)> = Vec::with_capacity(4096);
+    loop {
+        let timeout = loop {
+            match rtc.poll_output() {
+                Ok(Output::Timeout(t)) => break t,
+                Ok(Output::Transmit(t)) => {
+                    let _ = socket.send_to(&t.contents, t.destination).await;
+                }
+                Ok(Output::Event(Event::IceConnectionStateChange(
+                    IceConnectionState::Disconnected,
+                ))) => rtc.disconnect(),
+                Ok(Output::Event(_)) => {}
+                Err(_) => return,
+            }
+        };
+        if !rtc.is_alive() {
+            return;
+        }
+        let now = Instant::now();
+        if timeout <= now {
+            if rtc.handle_input(Input::Timeout(now)).is_err() {
+                return;
+            }
+            continue;
+        }
+        tokio::select! {
+            r = socket.readable() => {
+                if r.is_err() {
+                    return;
+                }
+                let mut others: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+                // Read until the socket is empty, then count under one lock.
+                loop {
+                    let mut slices: Vec<IoSliceMut<'_>> =
+                        buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                    let read = socket.try_io(Interest::READABLE, || {
+                        state.recv((&socket).into(), &mut slices, &mut meta)
+                    });
+                    let n = match read {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => return,
+                    };
+                    for (m, buf) in meta.iter().zip(&buffers).take(n) {
+                        let data = &buf[..m.len];
+                        let stride = if m.stride == 0 { data.len().max(1) } else { m.stride };
+                        for datagram in data.chunks(stride) {
+                            match clear_rtp(datagram) {
+                                Some(header) => headers.push(header),
+                                None => others.push((m.addr, datagram.to_vec())),
+                            }
+                        }
+                    }
+                }
+                if !headers.is_empty() {
+                    if let Ok(mut s) = stats.lock() {
+                        s.count(&headers);
+                    }
+                    headers.clear();
+                }
+                for (source, data) in others {
+                    let Ok(contents) = data.as_slice().try_into() else { continue };
+                    let input = Input::Receive(Instant::now(), Receive {
+                        proto: Protocol::Udp,
+                        source,
+                        destination: local,
+                        contents,
+                    });
+                    if rtc.handle_input(input).is_err() {
+                        return;
+                    }
+                }
+            }
+            () = tokio::time::sleep(timeout.saturating_duration_since(now)) => {
+                if rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// SSRC and sequence number of an RTP datagram (RFC 3550 header, in the
+/// clear in SRTP); `None` for anything else: STUN (first byte 0–3), DTLS
+/// (20–63), RTCP (payload types 192–223, RFC 5761).
+fn clear_rtp(datagram: &[u8]) -> Option<(u32, u16)> {
+    if datagram.len() < 12 || datagram[0] >> 6 != 2 {
+        return None;
+    }
+    // RTCP's packet types 192-223 are where RTP's marker bit and payload
+    // type would be: 64-95 without the marker bit.
+    if (64..=95).contains(&(datagram[1] & 0x7f)) {
+        return None;
+    }
+    let seq = u16::from_be_bytes([datagram[2], datagram[3]]);
+    let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
+    Some((ssrc, seq))
 }
 
 fn on_event(

@@ -7,18 +7,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
 use str0m::format::PayloadParams;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Vp8Patch};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
 use crate::core::keyframe::KeyframeRequester;
-use crate::core::rewrite::StreamRewriter;
+use crate::core::rewrite::{StreamRewriter, Vp8Ids};
 use crate::core::simulcast::{self, Decision, Layer, LayerSelector, LayerView, Preference};
 use crate::core::speaker::SpeakerDetector;
 use crate::core::vp8::Vp8Descriptor;
@@ -445,6 +444,11 @@ impl Engine {
         linked: Option<ParticipantId>,
         now: Instant,
     ) -> Result<String, JoinError> {
+        // The bandwidth estimate (and the pacing at its rate) needs the
+        // peer's transport-wide congestion feedback: a peer that does not
+        // offer it would be held at the initial estimate for good, so it
+        // gets no estimate, and the layers its preference asks for.
+        let feedback = offers_transport_cc(&offer);
         let mut rtc = Rtc::builder()
             .set_rtp_mode(true)
             .set_ice_lite(true)
@@ -453,7 +457,7 @@ impl Engine {
             .enable_vp8(true)
             .enable_h264(true)
             .enable_vp9(true)
-            .enable_bwe(Some(str0m::bwe::Bitrate::kbps(300)))
+            .enable_bwe(feedback.then(|| str0m::bwe::Bitrate::kbps(300)))
             .set_stats_interval(Some(Duration::from_secs(1)))
             .build(now);
         let addr = SocketAddr::new(
@@ -972,6 +976,11 @@ impl Engine {
         } else {
             None
         };
+        // str0m's reading of the same descriptor, from which the patch of
+        // each subscriber's ids is built.
+        let wire_descriptor = descriptor
+            .as_ref()
+            .and_then(|_| str0m::rtp::Vp8Descriptor::parse(&packet.payload).ok());
         let keyframe = descriptor.is_some_and(|d| d.start_of_frame && d.keyframe)
             || (!is_vp8 && track.kind == MediaKind::Video && is_keyframe(&params, &packet.payload));
         if keyframe {
@@ -1022,28 +1031,13 @@ impl Engine {
                     Decision::Forward | Decision::Switch { .. } => {}
                 }
             }
-            let mut payload: Arc<[u8]> = packet.payload.clone();
-            let rewritten = if let Some(d) = descriptor.as_ref() {
-                let mut bytes = payload.to_vec();
-                let r = slot.rewriter.rewrite(
-                    source_key,
-                    *packet.seq_no,
-                    packet.header.timestamp,
-                    now,
-                    Some((d, &mut bytes)),
-                );
-                payload = bytes.into();
-                r
-            } else {
-                slot.rewriter.rewrite(
-                    source_key,
-                    *packet.seq_no,
-                    packet.header.timestamp,
-                    now,
-                    None,
-                )
-            };
-            let Some(rewritten) = rewritten else {
+            let Some(rewritten) = slot.rewriter.rewrite(
+                source_key,
+                *packet.seq_no,
+                packet.header.timestamp,
+                now,
+                descriptor.as_ref(),
+            ) else {
                 continue;
             };
             let source_pt = (source_key.0, params.pt());
@@ -1067,19 +1061,42 @@ impl Engine {
             let Some(tx) = api.stream_tx_by_mid(slot_mid, None) else {
                 continue;
             };
-            let len = payload.len() as u64;
-            tx.write_rtp(
-                RtpWrite::new(
-                    pt,
-                    SeqNo::from(rewritten.seq),
-                    rewritten.timestamp,
-                    packet.timestamp,
-                    payload,
-                )
-                .marker(packet.header.marker)
-                .nackable(track_kind == MediaKind::Video)
-                .ext_vals(ext.clone()),
-            );
+            let len = packet.payload.len() as u64;
+            // The payload is shared by every subscriber (a reference count,
+            // no copy), and a VP8 descriptor's new ids are written by str0m
+            // as it serialises the packet. A descriptor str0m does not
+            // accept (L without T, which RFC 7741 forbids) is rewritten in
+            // a copy instead.
+            let mut payload = packet.payload.clone();
+            let mut patch = None;
+            if let (Some(ids), Some(d)) = (rewritten.vp8, descriptor.as_ref()) {
+                match wire_descriptor.as_ref() {
+                    Some(wire) => patch = vp8_patch(wire, ids),
+                    None => {
+                        let mut copy = payload.to_vec();
+                        d.rewrite(
+                            &mut copy,
+                            ids.picture_id.unwrap_or(0),
+                            ids.tl0picidx.unwrap_or(0),
+                        );
+                        payload = copy.into();
+                    }
+                }
+            }
+            let mut write = RtpWrite::new(
+                pt,
+                SeqNo::from(rewritten.seq),
+                rewritten.timestamp,
+                packet.timestamp,
+                payload,
+            )
+            .marker(packet.header.marker)
+            .nackable(track_kind == MediaKind::Video)
+            .ext_vals(ext.clone());
+            if let Some(patch) = patch {
+                write = write.vp8_patch(patch);
+            }
+            tx.write_rtp(write);
             sub.tx.packets += 1;
             sub.tx.bytes += len;
             self.drain_transmits(sid);
@@ -1315,6 +1332,28 @@ impl Engine {
             self.drain(key.0, now);
         }
     }
+}
+
+/// Whether an offer negotiates transport-wide congestion control feedback
+/// (the header extension the bandwidth estimate is built on).
+fn offers_transport_cc(offer: &SdpOffer) -> bool {
+    offer.to_string().contains("transport-wide-cc")
+}
+
+/// The patch that writes `ids` into a VP8 descriptor as str0m sends it;
+/// `None` when the descriptor has no such fields (nothing to rewrite).
+fn vp8_patch(descriptor: &str0m::rtp::Vp8Descriptor, ids: Vp8Ids) -> Option<Vp8Patch> {
+    if ids.picture_id.is_none() && ids.tl0picidx.is_none() {
+        return None;
+    }
+    let mut patch = descriptor.patch();
+    if let Some(pid) = ids.picture_id {
+        patch = patch.picture_id(pid);
+    }
+    if let Some(tl0) = ids.tl0picidx {
+        patch = patch.tl0_pic_idx(tl0);
+    }
+    patch.build().ok()
 }
 
 /// Parses an SDP offer; the control plane does it before the offer

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::core::vp8::Vp8Descriptor;
+use crate::core::vp8::{SYNTHETIC_DESCRIPTOR, Vp8Descriptor};
 use crate::engine::{Engine, EngineConfig, Role};
 use crate::ids::{ParticipantId, RoomId};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
@@ -98,7 +98,8 @@ pub struct Publisher {
     next_video: Option<Instant>,
     audio_seq: SeqNo,
     pub video_seq: [SeqNo; 3],
-    frame: u32,
+    /// The next frame's number (its picture id and TL0PICIDX).
+    pub frame: u32,
     pub keyframe_wanted: [bool; 3],
     pub keyframe_requests: u32,
     pub packets_sent: u64,
@@ -186,11 +187,11 @@ impl Publisher {
                 let mut body =
                     crate::core::vp8::synthetic_head(frame, start, keyframe, LAYER_HEIGHT[l]);
                 body.resize(size, (frame % 200) as u8 ^ i);
-                // The trailer covers what follows the 5-byte descriptor.
+                // The trailer covers what follows the descriptor.
                 let sealed = {
-                    let head = body[..5].to_vec();
+                    let head = body[..SYNTHETIC_DESCRIPTOR].to_vec();
                     let mut out = head;
-                    out.extend(seal(body[5..].to_vec(), (self.tag << 4) | layer, frame, i));
+                    out.extend(seal(body[SYNTHETIC_DESCRIPTOR..].to_vec(), (self.tag << 4) | layer, frame, i));
                     out
                 };
                 let rid = self.simulcast.then(|| Rid::from(RIDS[l]));
@@ -281,6 +282,9 @@ pub struct Subscriber {
     pub last_video_tag: Option<u8>,
     /// Packets per (kind, publisher tag).
     pub by_tag: BTreeMap<(&'static str, u8), u64>,
+    /// (sequence number, picture id, TL0PICIDX) of every video packet
+    /// that starts a frame.
+    pub frame_starts: Vec<(u64, u16, u8)>,
 }
 
 impl Subscriber {
@@ -294,6 +298,22 @@ impl Subscriber {
         log.windows(2)
             .filter(|w| w[0].1 != w[1].1 && !w[1].2)
             .count()
+    }
+
+    /// The largest step of picture id, and of TL0PICIDX, from one frame
+    /// to the next in sequence-number order (1 for an unbroken stream; a
+    /// lost frame makes 2). The SFU keeps both continuous across layer
+    /// switches and source changes (every test frame is a TL0 frame).
+    pub fn largest_picture_id_steps(&self) -> (u16, u8) {
+        let mut starts = self.frame_starts.clone();
+        starts.sort_unstable_by_key(|e| e.0);
+        starts.dedup_by_key(|e| e.0);
+        starts.windows(2).fold((0, 0), |(pid, tl0), w| {
+            (
+                pid.max(w[1].1.wrapping_sub(w[0].1) & 0x7fff),
+                tl0.max(w[1].2.wrapping_sub(w[0].2)),
+            )
+        })
     }
 }
 
@@ -335,7 +355,12 @@ impl Behaviour for Subscriber {
                         if d.start_of_frame && d.keyframe {
                             self.keyframes += 1;
                         }
-                        match open(&p.payload[5..]) {
+                        if d.start_of_frame
+                            && let (Some((pid, _)), Some(tl0)) = (d.picture_id, d.tl0picidx)
+                        {
+                            self.frame_starts.push((*p.seq_no, pid, tl0));
+                        }
+                        match open(&p.payload[SYNTHETIC_DESCRIPTOR..]) {
                             Some((tagged, _, _)) => {
                                 let layer = tagged & 0x0f;
                                 self.last_video_tag = Some(tagged >> 4);

@@ -97,8 +97,7 @@ fn forward(packets: &[Packet], switches: &[(usize, u8)]) -> Vec<(u64, u8, u16)> 
         if let Some((_, target)) = switches.iter().find(|(at, _)| *at == i) {
             selector.set_target(Some(*target));
         }
-        let mut payload = p.payload.clone();
-        let d = Vp8Descriptor::parse(&payload).expect("test payloads are valid");
+        let d = Vp8Descriptor::parse(&p.payload).expect("test payloads are valid");
         match selector.handle_packet(p.layer, d.start_of_frame && d.keyframe) {
             Decision::Drop => continue,
             Decision::Forward | Decision::Switch { .. } => {}
@@ -108,13 +107,9 @@ fn forward(packets: &[Packet], switches: &[(usize, u8)]) -> Vec<(u64, u8, u16)> 
             p.seq,
             p.timestamp,
             p.at,
-            Some((&d, &mut payload)),
+            Some(&d),
         ) {
-            let pid = Vp8Descriptor::parse(&payload)
-                .unwrap()
-                .picture_id
-                .unwrap()
-                .0;
+            let pid = r.vp8.and_then(|ids| ids.picture_id).unwrap();
             out.push((r.seq, p.layer, pid));
         }
     }

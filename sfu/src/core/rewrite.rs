@@ -20,6 +20,20 @@ pub struct Rewritten {
     pub seq: u64,
     /// Output RTP timestamp (32-bit, as on the wire).
     pub timestamp: u32,
+    /// The VP8 descriptor's new picture id and TL0PICIDX (for a VP8
+    /// packet): the caller has them written as the packet is sent, so
+    /// that the payload itself is shared by every subscriber, not copied.
+    pub vp8: Option<Vp8Ids>,
+}
+
+/// New values of a VP8 descriptor's fields, each `None` when the
+/// descriptor has no such field. A picture id fits its field's width.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Vp8Ids {
+    /// The picture id (7 or 15 bits, as in the original).
+    pub picture_id: Option<u16>,
+    /// TL0PICIDX.
+    pub tl0picidx: Option<u8>,
 }
 
 /// Per outgoing stream rewriting state.
@@ -63,11 +77,11 @@ impl StreamRewriter {
         seq: u64,
         timestamp: u32,
         now: Instant,
-        vp8: Option<(&Vp8Descriptor, &mut [u8])>,
+        vp8: Option<&Vp8Descriptor>,
     ) -> Option<Rewritten> {
         if self.source != Some(source) {
             self.splice(source, seq, timestamp, now);
-            if let Some((d, _)) = &vp8 {
+            if let Some(d) = vp8 {
                 self.pid.splice(d);
             }
         }
@@ -80,13 +94,11 @@ impl StreamRewriter {
         if self.last_out.is_none_or(|(s, _, _)| out_seq > s) {
             self.last_out = Some((out_seq, ts_out, now));
         }
-        if let Some((d, payload)) = vp8 {
-            self.pid.rewrite(d, payload);
-        }
         Some(Rewritten {
             seq: out_seq,
             // Truncation to the wire's 32 bits is the point.
             timestamp: ts_out as u32,
+            vp8: vp8.map(|d| self.pid.rewrite(d)),
         })
     }
 
@@ -159,7 +171,7 @@ impl PictureIdRewriter {
         }
     }
 
-    fn rewrite(&mut self, d: &Vp8Descriptor, payload: &mut [u8]) {
+    fn rewrite(&mut self, d: &Vp8Descriptor) -> Vp8Ids {
         let pid = d
             .picture_id
             .map(|(p, _)| p.wrapping_add(self.pid_offset) & 0x7fff);
@@ -170,7 +182,14 @@ impl PictureIdRewriter {
         if let Some(t) = tl0 {
             self.last_tl0 = Some(t);
         }
-        d.rewrite(payload, pid.unwrap_or(0), tl0.unwrap_or(0));
+        Vp8Ids {
+            // A 7-bit field keeps the low 7 bits (as written in place).
+            picture_id: d
+                .picture_id
+                .zip(pid)
+                .map(|((_, wide), p)| if wide { p } else { p & 0x7f }),
+            tl0picidx: tl0,
+        }
     }
 }
 

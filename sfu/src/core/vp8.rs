@@ -115,10 +115,13 @@ impl Vp8Descriptor {
     }
 }
 
+/// Length of [`synthetic_head`]'s descriptor.
+pub const SYNTHETIC_DESCRIPTOR: usize = 6;
+
 /// The head of one RTP payload of a synthetic VP8 frame, for test peers
-/// and load generators: a 5-byte descriptor (X, I with a 15-bit picture
-/// id, L with TL0PICIDX = the frame number's low byte, S at a frame
-/// start) and, at a frame start, the VP8 frame tag (bit 0 clear on
+/// and load generators: a 6-byte descriptor as browsers send it (X; I with
+/// a 15-bit picture id; L with TL0PICIDX = the frame number's low byte and
+/// T with TID 0, Y set; S at a frame start) and, at a frame start, the VP8 frame tag (bit 0 clear on
 /// keyframes), then on keyframes the start code and the 16:9 frame size
 /// for `height`. The caller appends the body.
 #[must_use]
@@ -126,10 +129,11 @@ pub fn synthetic_head(frame: u32, start: bool, keyframe: bool, height: u16) -> V
     let pid = (frame as u16) & 0x7fff;
     let mut head = vec![
         if start { 0x90 } else { 0x80 },
-        0xc0,
+        0xe0,
         0x80 | (pid >> 8) as u8,
         pid as u8,
         frame as u8,
+        0x20,
     ];
     if start {
         head.extend_from_slice(&[if keyframe { 0x10 } else { 0x11 }, 0, 0]);
