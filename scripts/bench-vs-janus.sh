@@ -7,10 +7,19 @@
 # Both servers run in a network namespace of their own (Janus ignores
 # loopback interfaces when it gathers ICE candidates), reached over a veth
 # pair: host side 10.77.0.1, namespace side 10.77.0.2. loadgen runs on the
-# host side. Default load: a ramp of rooms with 2 publishers and 4
-# subscribers each (Opus + three-layer VP8 simulcast), 10 s per step, until
-# loss passes 0.5 % or p99 latency 50 ms. Options given replace that
-# scenario (the same for both runs).
+# host side.
+#
+# Per core: the server runs on one core (SERVER_CPU, default 0; Confer's
+# SFU with one worker), loadgen on the others (LOADGEN_CPUS, default 1),
+# both with taskset, so that the figure is the server's own ceiling, not
+# the machine's. loadgen's subscribers only count packets by their clear
+# RTP header (--counting) but one per room, which checks content, layers
+# and latency.
+#
+# Default load: a ramp of rooms with 2 publishers and 8 subscribers each
+# (Opus + three-layer VP8 simulcast), 8 s per step, until loss passes
+# 0.5 % or p99 latency 50 ms. Options given replace that scenario (the
+# same for both runs).
 # Reports: target/bench/confer/ and target/bench/janus/ (report.json,
 # report.md, latency.svg, capacity.svg).
 #
@@ -64,17 +73,21 @@ wait_http() {
 }
 
 if [ $# -eq 0 ]; then
-  set -- --rooms 1 --publishers 2 --subscribers 4 --ramp --step-secs 10 --warmup 3
+  set -- --rooms 2 --publishers 2 --subscribers 8 --counting --full-subscribers 1 \
+    --ramp --step-secs 8 --warmup 3
 fi
 load=(--bind "$host_ip" --quiet "$@")
+server_cpu=${SERVER_CPU:-0}
+loadgen_cpus=${LOADGEN_CPUS:-1}
 
-say "Confer sfu"
-ip netns exec "$ns" env CONFER_SFU_UDP_BIND="$ns_ip:0" \
+say "Confer sfu (core $server_cpu; loadgen on $loadgen_cpus)"
+ip netns exec "$ns" env CONFER_SFU_UDP_BIND="$ns_ip:0" CONFER_SFU_WORKERS=1 \
+  CONFER_SFU_PIN_WORKERS=false taskset -c "$server_cpu" \
   "$root/target/release/sfu" --listen "$ns_ip:8090" >"$out/sfu.log" 2>&1 &
 server_pid=$!
 wait_http "http://$ns_ip:8090/healthz"
-"$root/target/release/loadgen" media --sfu "http://$ns_ip:8090" --server-pid "$server_pid" \
-  --report "$out/confer" "${load[@]}"
+taskset -c "$loadgen_cpus" "$root/target/release/loadgen" media --sfu "http://$ns_ip:8090" \
+  --server-pid "$server_pid" --report "$out/confer" "${load[@]}"
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
 
 say "Janus $(janus --version 2>/dev/null | head -1)"
@@ -123,11 +136,12 @@ cat >"$cfg/janus.plugin.videoroom.jcfg" <<EOF
 general: {
 }
 EOF
-ip netns exec "$ns" janus -F "$cfg" -C "$cfg/janus.jcfg" >"$out/janus.log" 2>&1 &
+ip netns exec "$ns" taskset -c "$server_cpu" janus -F "$cfg" -C "$cfg/janus.jcfg" \
+  >"$out/janus.log" 2>&1 &
 server_pid=$!
 wait_http "http://$ns_ip:8088/janus/info"
-"$root/target/release/loadgen" media --janus "http://$ns_ip:8088/janus" --server-pid "$server_pid" \
-  --report "$out/janus" "${load[@]}"
+taskset -c "$loadgen_cpus" "$root/target/release/loadgen" media --janus "http://$ns_ip:8088/janus" \
+  --server-pid "$server_pid" --report "$out/janus" "${load[@]}"
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
 
 say "side by side (report.json of each)"

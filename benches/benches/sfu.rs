@@ -103,13 +103,7 @@ fn decisions(c: &mut Criterion) {
         b.iter(|| {
             seq += 1;
             let d = Vp8Descriptor::parse(&payload).expect("valid descriptor");
-            black_box(rewriter.rewrite(
-                (1, 2),
-                seq,
-                (seq * 3000) as u32,
-                now,
-                Some(&d),
-            ))
+            black_box(rewriter.rewrite((1, 2), seq, (seq * 3000) as u32, now, Some(&d)))
         });
     });
 }

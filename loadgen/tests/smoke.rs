@@ -12,7 +12,7 @@ use std::sync::Arc;
 use confer_signalling::ids::SystemClock;
 use confer_signalling::limits::Rate;
 use confer_signalling::{Services, SignallingConfig};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -208,6 +208,63 @@ async fn media_through_signalling_calls_arrives_intact() {
     assert!(r["packets_received"].as_u64().unwrap() > 100, "{r}");
     assert_eq!(r["corrupt"], 0, "{r}");
     assert!(r["loss_ratio"].as_f64().unwrap() < 0.25, "{r}");
+}
+
+/// Counting subscribers (`--counting`) account for every packet from the
+/// clear RTP header alone: with one unlayered publisher, four subscribers
+/// receive four times what it sends, though only one of them decrypts
+/// (and measures latency and content).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counting_subscribers_account_for_every_packet() {
+    let _serial = SERIAL.lock().await;
+    let (base, _sfu, _serving) = confer_sfu::testing::serve_front("secret").await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let r = loadgen(
+        args(&[
+            "media",
+            "--sfu",
+            &base,
+            "--token",
+            "secret",
+            "--rooms",
+            "1",
+            "--publishers",
+            "1",
+            "--subscribers",
+            "4",
+            "--no-simulcast",
+            "--fps",
+            "15",
+            "--counting",
+            "--full-subscribers",
+            "1",
+            "--duration",
+            "3",
+            "--warmup",
+            "2",
+            "--quiet",
+            "--report",
+            report.to_str().unwrap(),
+        ]),
+        &report,
+    )
+    .await;
+    assert_eq!(r["connected"], json!([5, 5]), "{r}");
+    let sent = r["packets_sent"].as_f64().unwrap();
+    let received = r["packets_received"].as_f64().unwrap();
+    assert!(sent > 100.0, "{r}");
+    // The window opens and closes a few milliseconds apart for sender and
+    // receivers: about four times, not exactly.
+    let ratio = received / sent;
+    assert!(
+        (3.6..4.4).contains(&ratio),
+        "received {ratio:.2} × sent: {r}"
+    );
+    assert!(r["loss_ratio"].as_f64().unwrap() < 0.05, "{r}");
+    assert_eq!(r["corrupt"], 0, "{r}");
+    // Latency comes from the full subscriber.
+    assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

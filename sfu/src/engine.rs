@@ -389,6 +389,10 @@ pub struct Engine {
     /// Reused list of a room's participants while forwarding (no
     /// allocation per packet).
     scratch: Vec<ParticipantId>,
+    /// Reused list of the packets one drain of a participant yields.
+    packet_scratch: Vec<RtpPacket>,
+    /// Reused list of the participants whose timers are due.
+    due_scratch: Vec<ParticipantId>,
 }
 
 impl Engine {
@@ -407,6 +411,8 @@ impl Engine {
             next_tick: None,
             next_track_index: 1,
             scratch: Vec::new(),
+            packet_scratch: Vec::new(),
+            due_scratch: Vec::new(),
         }
     }
 
@@ -675,13 +681,15 @@ impl Engine {
 
     /// Time passed: drives every participant's timers and the room tick.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<ParticipantId> = self
-            .participants
-            .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+        let mut due = std::mem::take(&mut self.due_scratch);
+        due.clear();
+        due.extend(
+            self.participants
+                .iter()
+                .filter(|(_, p)| p.deadline <= now)
+                .map(|(id, _)| *id),
+        );
+        for &id in &due {
             if let Some(p) = self.participants.get_mut(&id)
                 && p.rtc.handle_input(Input::Timeout(now)).is_err()
             {
@@ -689,6 +697,7 @@ impl Engine {
             }
             self.drain(id, now);
         }
+        self.due_scratch = due;
         if self.next_tick.is_some_and(|t| t <= now) {
             self.tick(now);
             self.next_tick = if self.participants.is_empty() {
@@ -803,7 +812,8 @@ impl Engine {
     /// Polls one participant's `Rtc` until it only has a timeout left, and
     /// acts on what came out.
     fn drain(&mut self, id: ParticipantId, now: Instant) {
-        let mut packets = Vec::new();
+        let mut packets = std::mem::take(&mut self.packet_scratch);
+        packets.clear();
         let mut gone = false;
         // Set when tracks or connections changed: slots may need sources.
         let mut reassign = false;
@@ -910,6 +920,7 @@ impl Engine {
             }
         }
         if gone {
+            self.packet_scratch = packets;
             self.remove(id);
             return;
         }
@@ -918,10 +929,11 @@ impl Engine {
             if reassign {
                 self.assign_sources(&room);
             }
-            for packet in packets {
+            for packet in packets.drain(..) {
                 self.forward(id, &room, packet, now);
             }
         }
+        self.packet_scratch = packets;
     }
 
     /// Forwards one packet of publisher `from` to every subscriber slot

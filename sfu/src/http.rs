@@ -131,7 +131,7 @@ async fn offer(
             "the offer is not UTF-8",
         );
     };
-    let room_id = RoomId(room.clone());
+    let room_id = RoomId::from(room.as_str());
     match state.sfu.join(&room_id, role, offer).await {
         Ok(joined) => (
             StatusCode::CREATED,

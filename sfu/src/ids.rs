@@ -1,13 +1,16 @@
 //! Identifiers of the media plane.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A room: every participant in it can receive every other's tracks.
+/// Shared, not copied: the forwarding path clones it for every batch of
+/// packets it handles (a reference count, no allocation).
 #[derive(
     Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 #[serde(transparent)]
-pub struct RoomId(pub String);
+pub struct RoomId(pub Arc<str>);
 
 impl fmt::Display for RoomId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -17,7 +20,15 @@ impl fmt::Display for RoomId {
 
 impl From<&str> for RoomId {
     fn from(s: &str) -> Self {
-        Self(s.to_owned())
+        Self(s.into())
+    }
+}
+
+impl RoomId {
+    /// The name.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 

@@ -191,7 +191,12 @@ impl Publisher {
                 let sealed = {
                     let head = body[..SYNTHETIC_DESCRIPTOR].to_vec();
                     let mut out = head;
-                    out.extend(seal(body[SYNTHETIC_DESCRIPTOR..].to_vec(), (self.tag << 4) | layer, frame, i));
+                    out.extend(seal(
+                        body[SYNTHETIC_DESCRIPTOR..].to_vec(),
+                        (self.tag << 4) | layer,
+                        frame,
+                        i,
+                    ));
                     out
                 };
                 let rid = self.simulcast.then(|| Rid::from(RIDS[l]));

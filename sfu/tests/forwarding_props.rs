@@ -102,13 +102,7 @@ fn forward(packets: &[Packet], switches: &[(usize, u8)]) -> Vec<(u64, u8, u16)> 
             Decision::Drop => continue,
             Decision::Forward | Decision::Switch { .. } => {}
         }
-        if let Some(r) = rewriter.rewrite(
-            (7, p.layer),
-            p.seq,
-            p.timestamp,
-            p.at,
-            Some(&d),
-        ) {
+        if let Some(r) = rewriter.rewrite((7, p.layer), p.seq, p.timestamp, p.at, Some(&d)) {
             let pid = r.vp8.and_then(|ids| ids.picture_id).unwrap();
             out.push((r.seq, p.layer, pid));
         }

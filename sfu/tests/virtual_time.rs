@@ -58,7 +58,10 @@ fn each_subscriber_gets_the_layer_that_fits() {
         assert_eq!(s.bad_switches(), 0, "switches only on keyframes");
         assert!(!s.frame_starts.is_empty());
         let (pid, tl0) = s.largest_picture_id_steps();
-        assert!(pid <= 3 && tl0 <= 3, "picture ids jump by {pid}, TL0PICIDX by {tl0}");
+        assert!(
+            pid <= 3 && tl0 <= 3,
+            "picture ids jump by {pid}, TL0PICIDX by {tl0}"
+        );
     }
     assert_eq!(net.subscriber(full).last_layer, Some(2), "{rf}");
     assert_eq!(net.subscriber(thumb).last_layer, Some(0), "{rt}");
