@@ -20,6 +20,7 @@
 # (Opus + three-layer VP8 simulcast), 8 s per step, until loss passes
 # 0.5 % or p99 latency 50 ms. Options given replace that scenario (the
 # same for both runs).
+# SYSTEMS="confer" (or "janus") runs one of them only.
 # Reports: target/bench/confer/ and target/bench/janus/ (report.json,
 # report.md, latency.svg, capacity.svg).
 #
@@ -80,6 +81,9 @@ load=(--bind "$host_ip" --quiet "$@")
 server_cpu=${SERVER_CPU:-0}
 loadgen_cpus=${LOADGEN_CPUS:-1}
 
+systems=${SYSTEMS:-confer janus}
+
+if [[ " $systems " == *" confer "* ]]; then
 say "Confer sfu (core $server_cpu; loadgen on $loadgen_cpus)"
 ip netns exec "$ns" env CONFER_SFU_UDP_BIND="$ns_ip:0" CONFER_SFU_WORKERS=1 \
   CONFER_SFU_PIN_WORKERS=false taskset -c "$server_cpu" \
@@ -89,7 +93,9 @@ wait_http "http://$ns_ip:8090/healthz"
 taskset -c "$loadgen_cpus" "$root/target/release/loadgen" media --sfu "http://$ns_ip:8090" \
   --server-pid "$server_pid" --report "$out/confer" "${load[@]}"
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+fi
 
+if [[ " $systems " == *" janus "* ]]; then
 say "Janus $(janus --version 2>/dev/null | head -1)"
 cfg="$out/janus-config"
 mkdir -p "$cfg"
@@ -143,16 +149,19 @@ wait_http "http://$ns_ip:8088/janus/info"
 taskset -c "$loadgen_cpus" "$root/target/release/loadgen" media --janus "http://$ns_ip:8088/janus" \
   --server-pid "$server_pid" --report "$out/janus" "${load[@]}"
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+fi
 
 say "side by side (report.json of each)"
-python3 - "$out" <<'EOF'
+python3 - "$out" $systems <<'EOF'
 import json, sys
 out = sys.argv[1]
 rows = []
-for name in ("confer", "janus"):
+for name in sys.argv[2:]:
     r = json.load(open(f"{out}/{name}/report.json"))
     cap = r.get("capacity") or {}
-    rows.append((name, cap.get("rooms"), cap.get("forwarded_per_sec"), cap.get("stopped_by"),
+    rows.append((name, cap.get("rooms", r["rooms"]),
+                 cap.get("forwarded_per_sec", r["forwarded_per_sec"]),
+                 cap.get("stopped_by", "fixed load"),
                  r["latency_ms"]["p99"], r["corrupt"]))
 print("| system | rooms at capacity | forwarded packets/s | stopped by | p99 ms (all steps) | corrupt |")
 print("|---|---|---|---|---|---|")
