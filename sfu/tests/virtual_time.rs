@@ -57,9 +57,11 @@ fn each_subscriber_gets_the_layer_that_fits() {
         assert_eq!(s.corrupt, 0, "intact");
         assert_eq!(s.bad_switches(), 0, "switches only on keyframes");
         assert!(!s.frame_starts.is_empty());
+        // A few frames may be skipped at a layer switch (a gap the decoder
+        // sees as loss); a rewrite that failed would jump by thousands.
         let (pid, tl0) = s.largest_picture_id_steps();
         assert!(
-            pid <= 3 && tl0 <= 3,
+            pid <= 10 && tl0 <= 10,
             "picture ids jump by {pid}, TL0PICIDX by {tl0}"
         );
     }
@@ -145,7 +147,7 @@ fn unused_layers_are_reported_and_the_speaker_is_followed() {
     assert_eq!(s.bad_switches(), 0);
     let (pid, tl0) = s.largest_picture_id_steps();
     assert!(
-        pid <= 3 && tl0 <= 3,
+        pid <= 10 && tl0 <= 10,
         "picture ids jump by {pid}, TL0PICIDX by {tl0} across the change of speaker"
     );
     // The only viewer wants a thumbnail of the speaker: the speaker's f
