@@ -544,15 +544,11 @@ impl Peer {
         counting: bool,
     ) -> Self {
         let stats = Arc::new(Mutex::new(PeerStats::new()));
-        let addr = socket
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (control, rx) = tokio::sync::mpsc::channel(64);
         let publisher_is_none = publisher.is_none();
         let task = tokio::spawn(drive(
             rtc,
             socket,
-            addr,
             publisher,
             stats.clone(),
             rx,
@@ -581,13 +577,15 @@ impl Peer {
 async fn drive(
     mut rtc: Rtc,
     socket: tokio::net::UdpSocket,
-    local: SocketAddr,
     mut publisher: Option<Publisher>,
     stats: Arc<Mutex<PeerStats>>,
     mut control: tokio::sync::mpsc::Receiver<Control>,
     epoch: Instant,
     counting: bool,
 ) {
+    let local = socket
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let mut buf = vec![0u8; 2048];
     loop {
         if counting && stats.lock().is_ok_and(|s| s.connected) {
