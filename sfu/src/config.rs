@@ -148,6 +148,9 @@ impl SfuConfig {
         crate::serve::ServeLimits {
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
             connections_per_ip: self.connections_per_ip,
+            // The control API's client multiplexes on one connection.
+            http2: true,
+            shutdown_grace: Some(Duration::from_secs(5)),
         }
     }
 

@@ -100,7 +100,8 @@ fn run() -> anyhow::Result<()> {
         let peer = |addr: SocketAddr| addr;
         let served = match &certificates {
             Some(certificates) => {
-                let listener = TlsListener::new(listener, certificates);
+                // HTTP/2 for the control API's client, HTTP/1.1 for others.
+                let listener = TlsListener::new_h2(listener, certificates);
                 serve(listener, app(state), peer, limits, shutdown_signal()).await
             }
             None => serve(listener, app(state), peer, limits, shutdown_signal()).await,

@@ -1,4 +1,5 @@
-//! An [`SfuControl`] for an SFU in another process: every command is a
+//! An [`SfuControl`] for an SFU in another process, over HTTP/2 (one
+//! connection, multiplexed): every command is a
 //! `POST /control` of the standalone SFU ([`crate::wire`]), events are
 //! read by long polls of `/control/events` that resume from the last
 //! number seen (so a dropped connection loses nothing the SFU still
@@ -132,10 +133,22 @@ impl RemoteSfu {
     /// the background, every [`HEALTH_EVERY`]).
     #[must_use]
     pub fn open(base: &str, token: Option<String>) -> Arc<Self> {
+        // reqwest speaks TLS through rustls, which needs its provider
+        // chosen (a no-op when the process already did).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        // HTTP/2: commands, event long polls and health polls share one
+        // connection (by prior knowledge on http://, by ALPN on https://).
+        let mut client = reqwest::Client::builder();
+        if base.starts_with("http://") {
+            client = client.http2_prior_knowledge();
+        }
         let link = Link {
             base: base.trim_end_matches('/').to_owned(),
             token,
-            client: reqwest::Client::new(),
+            client: client.build().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "no HTTP/2 client; using the default one");
+                reqwest::Client::new()
+            }),
         };
         let health = Arc::new(Mutex::new(SfuHealth {
             unreachable: Some("not asked yet".to_owned()),

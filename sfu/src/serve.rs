@@ -9,7 +9,10 @@
 //! (WebSocket), the peer address in each request as
 //! `ConnectInfo<C>`, and a graceful shutdown (stop accepting, let the
 //! requests in flight finish; upgraded connections are their owner's
-//! business).
+//! business). With [`ServeLimits::http2`] it also serves HTTP/2 (h2c by
+//! prior knowledge, h2 over TLS by ALPN): the standalone `sfu`'s control
+//! API, whose client multiplexes its commands, long polls and health
+//! polls on one connection.
 //!
 //! # Limits
 //!
@@ -47,7 +50,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tower::ServiceExt as _;
@@ -87,6 +90,15 @@ pub struct ServeLimits {
     pub header_read_timeout: Duration,
     /// Open connections per client address; 0 means no limit.
     pub connections_per_ip: usize,
+    /// Serve HTTP/2 besides HTTP/1.1. An HTTP/2 connection must send its
+    /// first bytes within `header_read_timeout` of its accept (a silent
+    /// one is closed then); after that, its requests are not timed.
+    pub http2: bool,
+    /// After the shutdown began, how long the connections in flight may
+    /// take to finish before the loop returns anyway (`None`: as long as
+    /// they need). An HTTP/2 client that keeps its connection open after
+    /// the server's GOAWAY would otherwise hold the process.
+    pub shutdown_grace: Option<Duration>,
 }
 
 impl Default for ServeLimits {
@@ -94,8 +106,43 @@ impl Default for ServeLimits {
         Self {
             header_read_timeout: Duration::from_secs(10),
             connections_per_ip: 256,
+            http2: false,
+            shutdown_grace: None,
         }
     }
+}
+
+/// Runs a connection (any of hyper's kinds) to its end, finishing it
+/// gracefully once `signal` says the shutdown began. A macro: the two
+/// connection types share the methods, not a trait.
+macro_rules! drive {
+    ($connection:expr, $signal:expr, $remote:expr) => {{
+        let connection = $connection;
+        tokio::pin!(connection);
+        let mut signal = $signal;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+                        let timed_out = e
+                            .downcast_ref::<hyper::Error>()
+                            .is_some_and(hyper::Error::is_timeout)
+                            || e.downcast_ref::<io::Error>()
+                                .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut);
+                        if timed_out {
+                            metrics::counter!("http_header_timeouts_total").increment(1);
+                        }
+                        tracing::debug!(remote = %$remote, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                // `changed` fails when the sender is dropped: the shutdown
+                // began.
+                Err(_) = signal.changed() => connection.as_mut().graceful_shutdown(),
+            }
+        }
+    }};
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops
@@ -118,10 +165,23 @@ where
 {
     let mut listener = listener;
     listener.local_addr()?;
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+    // HTTP/1.1 alone through hyper's own builder (its header timeout
+    // covers a connection from its accept); with HTTP/2 through
+    // hyper-util's, which tells the two apart by the first bytes.
+    let builder = if limits.http2 {
+        let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        auto.http2().timer(TokioTimer::new());
+        Builder::Both(auto)
+    } else {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        Builder::Http1(http1)
+    };
     let clients = Clients::new(limits.connections_per_ip);
     let mut refusals = Refusals::default();
     // Connections watch `signal_tx` to start their graceful shutdown, and
@@ -139,33 +199,32 @@ where
             continue;
         };
         io.no_delay();
-        let io = TokioIo::new(Tracked::new(io, slot));
+        let first_bytes = limits.http2.then_some(limits.header_read_timeout);
+        let io = TokioIo::new(Tracked::new(io, slot, first_bytes));
         let router = router.clone();
         let info = ConnectInfo(peer(remote));
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(info.clone());
             router.clone().oneshot(request.map(axum::body::Body::new))
         });
-        let connection = builder.serve_connection(io, service).with_upgrades();
+        let builder = builder.clone();
         let signal = signal_tx.subscribe();
         let close_rx = close_rx.clone();
         tokio::spawn(async move {
-            let mut signal = signal;
-            tokio::pin!(connection);
-            loop {
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(e) = result {
-                            if e.is_timeout() {
-                                metrics::counter!("http_header_timeouts_total").increment(1);
-                            }
-                            tracing::debug!(%remote, error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    // `changed` fails when the sender is dropped: the
-                    // shutdown began.
-                    Err(_) = signal.changed() => connection.as_mut().graceful_shutdown(),
+            match &builder {
+                Builder::Http1(http1) => {
+                    drive!(
+                        http1.serve_connection(io, service).with_upgrades(),
+                        signal,
+                        remote
+                    );
+                }
+                Builder::Both(auto) => {
+                    drive!(
+                        auto.serve_connection_with_upgrades(io, service),
+                        signal,
+                        remote
+                    );
                 }
             }
             drop(close_rx);
@@ -176,8 +235,28 @@ where
     drop(listener);
     drop(signal_tx);
     drop(close_rx);
-    close_tx.closed().await;
+    match limits.shutdown_grace {
+        Some(grace) => {
+            if tokio::time::timeout(grace, close_tx.closed())
+                .await
+                .is_err()
+            {
+                tracing::info!(
+                    ?grace,
+                    "connections still open after the shutdown grace; stopping"
+                );
+            }
+        }
+        None => close_tx.closed().await,
+    }
     Ok(())
+}
+
+/// The builder of every connection.
+#[derive(Clone)]
+enum Builder {
+    Http1(hyper::server::conn::http1::Builder),
+    Both(hyper_util::server::conn::auto::Builder<TokioExecutor>),
 }
 
 /// Open connections per client key.
@@ -274,12 +353,20 @@ impl Refusals {
 struct Tracked<S> {
     io: S,
     _slot: Slot,
+    /// Until the first bytes arrive: when the connection is closed if
+    /// none has (an HTTP/2 connection, which hyper's header timeout does
+    /// not cover while the protocol is being detected).
+    first_bytes: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> Tracked<S> {
-    fn new(io: S, slot: Slot) -> Self {
+    fn new(io: S, slot: Slot, first_bytes: Option<Duration>) -> Self {
         metrics::gauge!("http_connections_open").increment(1.0);
-        Self { io, _slot: slot }
+        Self {
+            io,
+            _slot: slot,
+            first_bytes: first_bytes.map(|d| Box::pin(tokio::time::sleep(d))),
+        }
     }
 }
 
@@ -295,7 +382,25 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.io).poll_read(cx, buf);
+        if self.first_bytes.is_some() {
+            match &read {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => self.first_bytes = None,
+                Poll::Pending => {
+                    if let Some(deadline) = self.first_bytes.as_mut()
+                        && deadline.as_mut().poll(cx).is_ready()
+                    {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "nothing sent since the connection opened",
+                        )));
+                    }
+                }
+                _ => {}
+            }
+        }
+        read
     }
 }
 

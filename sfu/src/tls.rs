@@ -178,12 +178,21 @@ impl Certificates {
     /// Never: aws-lc-rs supports rustls' default protocol versions.
     #[must_use]
     pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
+        self.server_config_for(&[b"http/1.1"])
+    }
+
+    /// As [`Self::server_config`], offering these ALPN protocols.
+    ///
+    /// # Panics
+    /// Never: aws-lc-rs supports rustls' default protocol versions.
+    #[must_use]
+    pub fn server_config_for(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .expect("aws-lc-rs supports the default protocol versions")
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }
 
@@ -311,9 +320,20 @@ impl TlsListener {
     /// handshake.
     #[must_use]
     pub fn new(tcp: TcpListener, certificates: &Arc<Certificates>) -> Self {
+        Self::with_config(tcp, certificates.server_config())
+    }
+
+    /// As [`Self::new`], offering HTTP/2 (ALPN `h2`) before HTTP/1.1,
+    /// for a server whose [`crate::serve::ServeLimits::http2`] is on.
+    #[must_use]
+    pub fn new_h2(tcp: TcpListener, certificates: &Arc<Certificates>) -> Self {
+        Self::with_config(tcp, certificates.server_config_for(&[b"h2", b"http/1.1"]))
+    }
+
+    fn with_config(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
         Self {
             tcp,
-            acceptor: TlsAcceptor::from(certificates.server_config()),
+            acceptor: TlsAcceptor::from(config),
             handshakes: JoinSet::new(),
             per_client: HashMap::new(),
             paused_until: None,

@@ -34,6 +34,18 @@ async fn the_standalone_sfu_is_driven_over_its_control_api() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED);
+    // HTTP/1.1 (above) and HTTP/2 by prior knowledge, as `RemoteSfu` asks.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+        .get(format!("{base}/control/health"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h2.status(), reqwest::StatusCode::OK);
+    assert_eq!(h2.version(), reqwest::Version::HTTP_2);
     assert!(matches!(
         RemoteSfu::connect(&base, Some("wrong".to_owned())).await,
         Err(SfuError::Start(_))
@@ -165,4 +177,60 @@ async fn an_sfu_that_stopped_is_reported_unreachable() {
     let create = remote.create_room(&RoomId::from("r")).await;
     assert!(matches!(create, Err(SfuError::Unavailable)));
     assert!(started.elapsed() < Duration::from_secs(11));
+}
+
+/// A connection that sends nothing is closed after the header read
+/// timeout, HTTP/2 being served too (hyper's own header timeout does not
+/// cover the wait for the first bytes then).
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+
+    let (_sfu, base) =
+        Standalone::spawn_with(TOKEN, &[("CONFER_SFU_HEADER_READ_TIMEOUT_SECS", "1")]);
+    let addr = base.trim_start_matches("http://");
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("the server closes a silent connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+/// A request head trickled a byte at a time, never finished (slowloris),
+/// is cut off after the header read timeout too.
+#[tokio::test]
+async fn a_trickled_request_head_is_cut_off_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (_sfu, base) =
+        Standalone::spawn_with(TOKEN, &[("CONFER_SFU_HEADER_READ_TIMEOUT_SECS", "1")]);
+    let addr = base.trim_start_matches("http://");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let started = Instant::now();
+    let trickle = tokio::spawn(async move {
+        write.write_all(b"GET /healthz HTTP/1.1\r\n").await?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            write.write_all(b"X").await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), std::io::Error>(())
+    });
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    trickle.abort();
+    assert!(closed.is_ok(), "the trickled connection was never closed");
+    assert!(started.elapsed() >= Duration::from_millis(900));
 }

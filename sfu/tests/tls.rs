@@ -77,6 +77,15 @@ async fn the_sfu_serves_https_and_reloads_its_certificate_on_sighup() {
         .unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::OK);
     assert_eq!(r.text().await.unwrap(), "ok");
+    // A client offering HTTP/2 by ALPN (as the control API's does) gets it.
+    let mut h2 = std::sync::Arc::unwrap_or_clone(tls::client_config(&[&first]));
+    h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let r = tls::https_client_with(std::sync::Arc::new(h2))
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
 
     second.write(&cert_path, &key_path);
     sfu.signal("HUP");

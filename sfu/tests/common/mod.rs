@@ -162,11 +162,17 @@ impl Standalone {
     /// The binary on loopback with one unpinned worker and `token`; its
     /// HTTP base URL.
     pub fn spawn(token: &str) -> (Self, String) {
+        Self::spawn_with(token, &[])
+    }
+
+    /// As [`Self::spawn`], with more `CONFER_SFU_*` settings.
+    pub fn spawn_with(token: &str, env: &[(&str, &str)]) -> (Self, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sfu"))
             .args(["--listen", "127.0.0.1:0"])
             .env("CONFER_SFU_WORKERS", "1")
             .env("CONFER_SFU_PIN_WORKERS", "false")
             .env("CONFER_SFU_TOKEN", token)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -158,6 +158,8 @@ impl HttpConfig {
         confer_sfu::serve::ServeLimits {
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
             connections_per_ip: self.connections_per_ip,
+            http2: false,
+            shutdown_grace: None,
         }
     }
 }
