@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{MEDIA_DEADLINE, Peer, Standalone, Streaming, Subscriber, flowing};
+use common::{MEDIA_DEADLINE, Peer, Standalone, Streaming, Subscriber, flowing, standalone};
 use confer_sfu::api::{ParticipantId, Role, RoomId, SfuControl, SfuError, SfuEvent};
 use confer_sfu::remote::RemoteSfu;
 
@@ -19,7 +19,7 @@ const TOKEN: &str = "control-token";
 
 /// The binary on loopback with one worker; its HTTP base URL.
 fn spawn() -> (Standalone, String) {
-    Standalone::spawn(TOKEN)
+    standalone(TOKEN, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,8 +186,7 @@ async fn an_sfu_that_stopped_is_reported_unreachable() {
 async fn a_silent_connection_is_closed_after_the_header_timeout() {
     use tokio::io::AsyncReadExt;
 
-    let (_sfu, base) =
-        Standalone::spawn_with(TOKEN, &[("CONFER_SFU_HEADER_READ_TIMEOUT_SECS", "1")]);
+    let (_sfu, base) = standalone(TOKEN, &[("CONFER_SFU_HEADER_READ_TIMEOUT_SECS", "1")]);
     let addr = base.trim_start_matches("http://");
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     let started = Instant::now();
@@ -205,8 +204,7 @@ async fn a_silent_connection_is_closed_after_the_header_timeout() {
 async fn a_trickled_request_head_is_cut_off_after_the_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let (_sfu, base) =
-        Standalone::spawn_with(TOKEN, &[("CONFER_SFU_HEADER_READ_TIMEOUT_SECS", "1")]);
+    let (_sfu, base) = standalone(TOKEN, &[("CONFER_SFU_HEADER_READ_TIMEOUT_SECS", "1")]);
     let addr = base.trim_start_matches("http://");
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut read, mut write) = stream.into_split();

@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{MEDIA_DEADLINE, Peer, Standalone, Streaming, Subscriber, flowing};
+use common::{MEDIA_DEADLINE, Peer, Streaming, Subscriber, flowing, standalone};
 use confer_sfu::api::{LostReason, ParticipantId, Role, RoomId, SfuControl, SfuError, SfuEvent};
 use confer_sfu::nodes::{NodeSpec, SfuNodes};
 use str0m::media::Mid;
@@ -46,8 +46,8 @@ fn rooms_per_node(sfu: &SfuNodes) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_go_to_the_node_with_the_most_headroom() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let (_a, a) = Standalone::spawn(TOKEN);
-    let (_b, b) = Standalone::spawn(TOKEN);
+    let (_a, a) = standalone(TOKEN, &[]);
+    let (_b, b) = standalone(TOKEN, &[]);
 
     // A node that refuses the token is a mistake found at start.
     let wrong = NodeSpec::new(&a, Some("wrong".to_owned()));
@@ -114,8 +114,8 @@ async fn rooms_go_to_the_node_with_the_most_headroom() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_call_loses_its_sessions_and_the_call_resumes_on_the_other() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let (mut a, a_base) = Standalone::spawn(TOKEN);
-    let (_b, b_base) = Standalone::spawn(TOKEN);
+    let (mut a, a_base) = standalone(TOKEN, &[]);
+    let (_b, b_base) = standalone(TOKEN, &[]);
     let sfu: Arc<SfuNodes> = SfuNodes::connect(vec![spec(&a_base, 100), spec(&b_base, 100)])
         .await
         .unwrap();

@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::process::SfuNode;
+use common::process::sfu_node;
 use common::{TestServer, Ws, default_clock, test_config};
 use confer_signalling::SignallingConfig;
 use confer_signalling::config::SfuNodeConfig;
@@ -835,20 +835,11 @@ async fn a_call_cut_by_a_restart_is_recorded_as_interrupted() {
     server.stop().await;
 }
 
-/// An SFU worker that dies under a call (made to panic through the SFU's
-/// `#[doc(hidden)]` test hook: nothing a client sends can do it) does not
-/// leave the call pointing at dead sessions: every joined device is told
-/// `call_media_lost`, the call goes on, and the sessions it opens afresh
-/// land on the live worker and carry media again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_on_a_dead_sfu_worker_reopens_its_media_on_a_live_one() {
-    let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config: SignallingConfig = test_config(dir.path());
-    config.sfu.workers = 2;
-    config.sfu.pin_workers = false;
-    let server = TestServer::start_with(config, default_clock()).await;
-    let (mut p, _app) = people(&server, &["ann", "bob", "carol"]).await;
+/// Ann, Bob and Carol in a video call on the SFU, each with both
+/// sessions open and media reaching Ann: the people, the call id and their
+/// media.
+async fn three_on_the_sfu(server: &TestServer) -> (Vec<Person>, Value, Vec<SfuMedia>) {
+    let (mut p, _app) = people(server, &["ann", "bob", "carol"]).await;
     let conv = conversation(&mut p).await;
     let call = start_call(&mut p[0].ws, &conv, "video").await;
     for i in [1, 2] {
@@ -866,6 +857,37 @@ async fn a_call_on_a_dead_sfu_worker_reopens_its_media_on_a_live_one() {
         media.push(sfu_sessions(&call, person, 2).await);
     }
     until_media(&media[0].subscribe, &[2, 3], 10).await;
+    (p, call, media)
+}
+
+/// Everyone of the call opens both sessions afresh (after
+/// `call_media_lost`), and media flows between all three again.
+async fn reopen_media(call: &Value, p: &mut [Person]) -> Vec<SfuMedia> {
+    let mut media = Vec::new();
+    for person in p.iter_mut() {
+        media.push(sfu_sessions(call, person, 2).await);
+    }
+    for (i, m) in media.iter().enumerate() {
+        let others: Vec<u8> = (1..=3).filter(|t| usize::from(*t) != i + 1).collect();
+        until_media(&m.subscribe, &others, 10).await;
+    }
+    media
+}
+
+/// An SFU worker that dies under a call (made to panic through the SFU's
+/// `#[doc(hidden)]` test hook: nothing a client sends can do it) does not
+/// leave the call pointing at dead sessions: every joined device is told
+/// `call_media_lost`, the call goes on, and the sessions it opens afresh
+/// land on the live worker and carry media again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_a_dead_sfu_worker_reopens_its_media_on_a_live_one() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: SignallingConfig = test_config(dir.path());
+    config.sfu.workers = 2;
+    config.sfu.pin_workers = false;
+    let server = TestServer::start_with(config, default_clock()).await;
+    let (mut p, call, media) = three_on_the_sfu(&server).await;
 
     let sfu = server.services.sfu.clone();
     let placed = loop {
@@ -904,14 +926,7 @@ async fn a_call_on_a_dead_sfu_worker_reopens_its_media_on_a_live_one() {
     // The call goes on with everyone in it (`call_publish` answers only a
     // joined device): new sessions go to the live worker, and media flows
     // again.
-    let mut media = Vec::new();
-    for person in &mut p {
-        media.push(sfu_sessions(&call, person, 2).await);
-    }
-    for (i, m) in media.iter().enumerate() {
-        let others: Vec<u8> = (1..=3).filter(|t| usize::from(*t) != i + 1).collect();
-        until_media(&m.subscribe, &others, 10).await;
-    }
+    let _media = reopen_media(&call, &mut p).await;
     assert_eq!(sfu.health().workers[1 - placed].participants, 6);
     let seen = conforms(&p);
     assert_seen(&seen, &["ephemeral.call_media_lost"]);
@@ -925,7 +940,7 @@ async fn a_call_on_a_dead_sfu_worker_reopens_its_media_on_a_live_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_on_a_dead_sfu_node_reopens_its_media_on_another() {
     let _serial = SERIAL.lock().await;
-    let mut nodes = [SfuNode::start("node-token"), SfuNode::start("node-token")];
+    let mut nodes = [sfu_node("node-token"), sfu_node("node-token")];
     let dir = tempfile::tempdir().unwrap();
     let mut config: SignallingConfig = test_config(dir.path());
     config.sfu.nodes = nodes
@@ -933,24 +948,7 @@ async fn a_call_on_a_dead_sfu_node_reopens_its_media_on_another() {
         .map(|n| SfuNodeConfig::new(&n.base, Some("node-token".to_owned())))
         .collect();
     let server = TestServer::start_with(config, default_clock()).await;
-    let (mut p, _app) = people(&server, &["ann", "bob", "carol"]).await;
-    let conv = conversation(&mut p).await;
-    let call = start_call(&mut p[0].ws, &conv, "video").await;
-    for i in [1, 2] {
-        let join = p[i]
-            .ws
-            .request(json!({"type": "call_join", "call_id": call}))
-            .await;
-        assert_eq!(join["type"], "ack", "{join}");
-    }
-    for person in &mut p {
-        while person.ws.ephemeral_of("call_topology").await["event"]["topology"] != "sfu" {}
-    }
-    let mut media = Vec::new();
-    for person in &mut p {
-        media.push(sfu_sessions(&call, person, 2).await);
-    }
-    until_media(&media[0].subscribe, &[2, 3], 10).await;
+    let (mut p, call, media) = three_on_the_sfu(&server).await;
 
     let sfu = server.services.sfu.clone();
     let placed = sfu.nodes().iter().position(|n| n.rooms == 1).unwrap();
@@ -984,14 +982,7 @@ async fn a_call_on_a_dead_sfu_node_reopens_its_media_on_another() {
         .unwrap();
     assert_eq!(health["components"]["sfu"]["status"], "up", "{health}");
     drop(media);
-    let mut media = Vec::new();
-    for person in &mut p {
-        media.push(sfu_sessions(&call, person, 2).await);
-    }
-    for (i, m) in media.iter().enumerate() {
-        let others: Vec<u8> = (1..=3).filter(|t| usize::from(*t) != i + 1).collect();
-        until_media(&m.subscribe, &others, 10).await;
-    }
+    let _media = reopen_media(&call, &mut p).await;
     let reports = sfu.nodes();
     assert_eq!(reports[1 - placed].rooms, 1, "{reports:?}");
     assert_eq!(reports[1 - placed].participants, 6, "{reports:?}");

@@ -5,9 +5,7 @@
 
 pub mod tls;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use confer_sfu::testing::*;
@@ -155,49 +153,10 @@ impl Streaming {
     }
 }
 
-/// A standalone `sfu` process, killed (SIGKILL) when dropped.
-pub struct Standalone(pub Child);
-
-impl Standalone {
-    /// The binary on loopback with one unpinned worker and `token`; its
-    /// HTTP base URL.
-    pub fn spawn(token: &str) -> (Self, String) {
-        Self::spawn_with(token, &[])
-    }
-
-    /// As [`Self::spawn`], with more `CONFER_SFU_*` settings.
-    pub fn spawn_with(token: &str, env: &[(&str, &str)]) -> (Self, String) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sfu"))
-            .args(["--listen", "127.0.0.1:0"])
-            .env("CONFER_SFU_WORKERS", "1")
-            .env("CONFER_SFU_PIN_WORKERS", "false")
-            .env("CONFER_SFU_TOKEN", token)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no http:// address in {line:?}"))
-            .to_owned();
-        (Self(child), base)
-    }
-
-    /// Kills it with SIGKILL, as a crash would, and reaps it.
-    pub fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// This crate's `sfu` binary on loopback (see
+/// [`confer_sfu::testing::Standalone`]); its HTTP base URL.
+pub fn standalone(token: &str, env: &[(&str, &str)]) -> (Standalone, String) {
+    let sfu = Standalone::spawn(std::path::Path::new(env!("CARGO_BIN_EXE_sfu")), token, env);
+    let base = sfu.base.clone();
+    (sfu, base)
 }

@@ -148,53 +148,9 @@ impl Drop for Process {
     }
 }
 
-/// A standalone `sfu` process (the workspace's binary, built beside this
-/// one by `cargo test --workspace`), one unpinned worker on loopback;
-/// killed with SIGKILL when dropped.
-pub struct SfuNode {
-    pub child: Child,
-    /// The URL of its HTTP front.
-    pub base: String,
-}
-
-impl SfuNode {
-    pub fn start(token: &str) -> Self {
-        let bin = Path::new(BIN).with_file_name("sfu");
-        assert!(
-            bin.exists(),
-            "{} is missing: build it first (cargo build -p confer-sfu)",
-            bin.display()
-        );
-        let mut child = Command::new(bin)
-            .args(["--listen", "127.0.0.1:0"])
-            .env("CONFER_SFU_WORKERS", "1")
-            .env("CONFER_SFU_PIN_WORKERS", "false")
-            .env("CONFER_SFU_TOKEN", token)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no http:// address in {line:?}"))
-            .to_owned();
-        Self { child, base }
-    }
-
-    /// SIGKILL, as a crash would, and reaped.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for SfuNode {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// The workspace's `sfu` binary (built beside this one by `cargo test
+/// --workspace`) on loopback with `token`: see
+/// [`confer_sfu::testing::Standalone`].
+pub fn sfu_node(token: &str) -> confer_sfu::testing::Standalone {
+    confer_sfu::testing::Standalone::spawn(&Path::new(BIN).with_file_name("sfu"), token, &[])
 }
