@@ -24,6 +24,13 @@ use crate::core::vp8::Vp8Descriptor;
 use crate::ids::{ParticipantId, RoomId};
 
 mod forward;
+mod sdp;
+mod stats;
+
+pub use stats::{Counters, IngressStats, ParticipantStats, TrackStats};
+
+use sdp::{answer_mids, offers_transport_cc};
+pub use sdp::{parse_offer, stun_local_ufrag};
 
 /// How often layer targets, keyframe requests and stats are re-evaluated.
 const TICK: Duration = Duration::from_millis(100);
@@ -161,85 +168,6 @@ impl LostReason {
             Self::NodeFailed => "node_failed",
         }
     }
-}
-
-/// What became of the datagrams that reached one engine.
-///
-/// Every datagram is counted once in `datagrams`, and once more in one of
-/// the drop counters if it was dropped.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct IngressStats {
-    /// Datagrams handed to the engine.
-    pub datagrams: u64,
-    /// Dropped: not STUN, DTLS, RTP or RTCP (RFC 7983 first byte), empty,
-    /// or an unparseable STUN message.
-    pub malformed: u64,
-    /// Dropped: no participant owns the source address, and it is not a
-    /// STUN binding request naming a participant's ICE ufrag (with a valid
-    /// MESSAGE-INTEGRITY).
-    pub unmatched: u64,
-    /// Handed to a participant, whose `Rtc` refused it (a DTLS error); the
-    /// participant is disconnected, as before.
-    pub rejected: u64,
-}
-
-impl IngressStats {
-    /// Every dropped datagram.
-    #[must_use]
-    pub fn dropped(&self) -> u64 {
-        self.malformed + self.unmatched + self.rejected
-    }
-}
-
-/// Packet and byte counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counters {
-    /// RTP packets.
-    pub packets: u64,
-    /// RTP payload bytes.
-    pub bytes: u64,
-}
-
-/// Counters of one published track, per simulcast layer.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TrackStats {
-    /// The publisher's mid of the track.
-    pub mid: String,
-    /// `audio` or `video`.
-    pub kind: std::borrow::Cow<'static, str>,
-    /// Received per layer (index 0 = q or the only layer).
-    pub layers: [Counters; 3],
-}
-
-/// Counters of one participant.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ParticipantStats {
-    /// Room.
-    pub room: RoomId,
-    /// Who.
-    pub participant: ParticipantId,
-    /// Role.
-    pub publishing: bool,
-    /// Received from the peer.
-    pub rx: Counters,
-    /// Forwarded to the peer.
-    pub tx: Counters,
-    /// Packets dropped because the subscriber is on another layer.
-    pub layer_drops: u64,
-    /// Keyframe requests sent to this publisher.
-    pub keyframe_requests: u64,
-    /// Current layer of each video slot (subscribers).
-    pub layers: Vec<Option<Layer>>,
-    /// Latest loss fraction of what the peer sends us (0.0–1.0), from
-    /// str0m's receive statistics.
-    pub loss_in: Option<f32>,
-    /// Latest loss fraction of what we send the peer, as its receiver
-    /// reports say.
-    pub loss_out: Option<f32>,
-    /// NACKs received from the peer (retransmissions asked of us).
-    pub nacks_in: u64,
-    /// The tracks it publishes.
-    pub tracks: Vec<TrackStats>,
 }
 
 /// A key of a published track: publisher and its mid.
@@ -810,72 +738,6 @@ impl Engine {
         });
         self.assign_sources(&p.room);
     }
-}
-
-/// Whether an offer negotiates transport-wide congestion control feedback
-/// (the header extension the bandwidth estimate is built on).
-fn offers_transport_cc(offer: &SdpOffer) -> bool {
-    offer.to_string().contains("transport-wide-cc")
-}
-
-/// Parses an SDP offer; the control plane does it before the offer
-/// reaches a worker.
-///
-/// # Errors
-/// [`JoinError::BadOffer`] when it is not an SDP offer str0m can read.
-pub fn parse_offer(sdp: &str) -> Result<SdpOffer, JoinError> {
-    SdpOffer::from_sdp_string(sdp).map_err(|e| JoinError::BadOffer(e.to_string()))
-}
-
-/// The STUN magic cookie (RFC 8489 §5).
-const STUN_MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
-/// The USERNAME attribute (RFC 8489 §14.3).
-const STUN_USERNAME: u16 = 0x0006;
-
-/// Our ufrag in a STUN message's USERNAME (`<receiver's ufrag>:<sender's
-/// ufrag>`, RFC 8445 §7.2.2), read in place. `None` for anything that is
-/// not a STUN message with such an attribute; never panics.
-#[must_use]
-pub fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
-    // RFC 7983: STUN starts with 0 or 1 (what str0m classifies as STUN).
-    if data.len() < 20 || data[0] > 1 || data[4..8] != STUN_MAGIC {
-        return None;
-    }
-    let mut rest = &data[20..];
-    while rest.len() >= 4 {
-        let typ = u16::from_be_bytes([rest[0], rest[1]]);
-        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
-        let value = rest.get(4..4 + len)?;
-        if typ == STUN_USERNAME {
-            let (local, _) = std::str::from_utf8(value).ok()?.split_once(':')?;
-            return Some(local);
-        }
-        // Values are padded to a multiple of four bytes.
-        rest = rest.get((4 + len).next_multiple_of(4)..)?;
-    }
-    None
-}
-
-/// `(mid, kind)` of every m-line of an SDP, in order.
-fn answer_mids(sdp: &str) -> Vec<(Mid, MediaKind)> {
-    let mut out = Vec::new();
-    let mut kind = None;
-    for line in sdp.lines() {
-        if let Some(rest) = line.strip_prefix("m=") {
-            kind = if rest.starts_with("audio") {
-                Some(MediaKind::Audio)
-            } else if rest.starts_with("video") {
-                Some(MediaKind::Video)
-            } else {
-                None
-            };
-        } else if let Some(mid) = line.strip_prefix("a=mid:")
-            && let Some(k) = kind
-        {
-            out.push((Mid::from(mid.trim()), k));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

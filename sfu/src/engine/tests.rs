@@ -2,6 +2,7 @@
 
 use proptest::prelude::*;
 
+use super::sdp::STUN_MAGIC;
 use super::*;
 use crate::testing::{MemNet, offer_subscribe, peer_rtc};
 
