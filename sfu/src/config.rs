@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::relay::RelayConfig;
 use crate::tls::{TlsConfig, TlsError};
 
 /// Everything the SFU can be told; defaults in `config/sfu.toml`.
@@ -44,6 +45,9 @@ pub struct SfuConfig {
     /// Open HTTP connections per client address, IPv6 by /64 (standalone
     /// `sfu` only); 0 turns the limit off.
     pub connections_per_ip: usize,
+    /// The relay to other nodes (the cascade, standalone `sfu` only): a
+    /// QUIC endpoint; off when absent.
+    pub relay: Option<RelayConfig>,
 }
 
 impl Default for SfuConfig {
@@ -62,6 +66,7 @@ impl Default for SfuConfig {
             tls: None,
             header_read_timeout_secs: 10,
             connections_per_ip: 256,
+            relay: None,
         }
     }
 }

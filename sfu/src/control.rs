@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -40,10 +40,12 @@ use tokio::sync::oneshot;
 use crate::config::SfuConfig;
 use crate::core::simulcast::Preference;
 use crate::engine::{
-    self, Engine, EngineConfig, JoinError, LostReason, ParticipantStats, Role, SfuEvent,
+    self, Engine, EngineConfig, JoinError, LostReason, ParticipantStats, RelayIn, RelayOut, Role,
+    SfuEvent,
 };
 use crate::events::{EventLog, EventStream};
 use crate::ids::{ParticipantId, RoomId};
+use crate::relay::{Relay, RelayConfig, RelayInfo, RelayPeer};
 use crate::worker::{self, Command, Exit, Links, WorkerHealth, WorkerShared};
 
 /// How long a caller waits for a worker's answer.
@@ -51,6 +53,9 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events kept for readers that fell behind (or resume after a
 /// reconnect) before the oldest are dropped.
 const EVENTS_KEPT: usize = 65_536;
+/// Messages from other nodes waiting for one worker (relayed media):
+/// beyond, they are dropped and counted.
+const RELAY_IN_QUEUE: usize = 8192;
 
 /// Why a control request failed.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +116,10 @@ pub struct SfuHealth {
     /// milliseconds: a reader that asks twice has its CPU load.
     #[serde(default)]
     pub cpu_ms: u64,
+    /// Its relay (the cascade), when it runs one: where its peers dial
+    /// and the certificate they pin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayInfo>,
 }
 
 impl SfuHealth {
@@ -231,6 +240,16 @@ pub trait SfuControl: Send + Sync + std::fmt::Debug {
     fn nodes(&self) -> Vec<NodeReport> {
         Vec::new()
     }
+    /// Links `room` to the other nodes that carry part of it (`peers`,
+    /// empty: none any more): their tracks and this node's cross between
+    /// them over the relay ([`crate::relay`]).
+    ///
+    /// # Errors
+    /// [`SfuError::Unavailable`] when this SFU runs no relay.
+    async fn link_room(&self, room: &RoomId, peers: Vec<RelayPeer>) -> Result<(), SfuError> {
+        let _ = (room, peers);
+        Err(SfuError::Unavailable)
+    }
     /// Makes worker `index` panic, as a bug would: the only way to test
     /// what happens when a worker dies. A test hook, not for production.
     ///
@@ -247,6 +266,7 @@ pub trait SfuControl: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 struct WorkerHandle {
     commands: SyncSender<Command>,
+    relay_in: SyncSender<RelayIn>,
     waker: mio::Waker,
     addr: SocketAddr,
     shared: Arc<WorkerShared>,
@@ -279,6 +299,9 @@ pub struct EmbeddedSfu {
     workers: Vec<WorkerHandle>,
     placement: Arc<Mutex<Placement>>,
     events: Arc<EventLog>,
+    /// The workers' messages for other nodes, until a relay takes them.
+    relay_queue: Mutex<Option<tokio::sync::mpsc::Receiver<RelayOut>>>,
+    relay: OnceLock<Arc<Relay>>,
 }
 
 impl EmbeddedSfu {
@@ -306,6 +329,7 @@ impl EmbeddedSfu {
             dead: vec![false; count],
             gone,
         }));
+        let (relay_tx, relay_queue) = tokio::sync::mpsc::channel(crate::relay::QUEUE);
         let mut workers = Vec::with_capacity(count);
         for i in 0..count {
             let mut bind = config.udp_bind;
@@ -330,6 +354,7 @@ impl EmbeddedSfu {
                 connect_timeout: config.connect_timeout(),
             });
             let (tx, rx) = std::sync::mpsc::sync_channel(config.command_queue);
+            let (relay_in_tx, relay_in) = std::sync::mpsc::sync_channel(RELAY_IN_QUEUE);
             let core = cores.get(i % cores.len().max(1)).copied();
             let shared = Arc::new(WorkerShared::new());
             let links = Links {
@@ -337,6 +362,8 @@ impl EmbeddedSfu {
                 events: events.clone(),
                 gone: gone_tx.clone(),
                 index: i,
+                relay: Some(relay_tx.clone()),
+                relay_in,
             };
             let placement = placement.clone();
             let thread = std::thread::Builder::new()
@@ -358,6 +385,7 @@ impl EmbeddedSfu {
                 .map_err(|e| SfuError::Start(format!("spawning worker: {e}")))?;
             workers.push(WorkerHandle {
                 commands: tx,
+                relay_in: relay_in_tx,
                 waker,
                 addr,
                 shared,
@@ -368,7 +396,60 @@ impl EmbeddedSfu {
             placement,
             workers,
             events,
+            relay_queue: Mutex::new(Some(relay_queue)),
+            relay: OnceLock::new(),
         }))
+    }
+
+    /// Starts this SFU's relay (the cascade, [`crate::relay`]); peers that
+    /// dial it must present `token`.
+    ///
+    /// # Errors
+    /// [`SfuError::Start`] when it cannot bind, or was started already.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn start_relay(
+        self: &Arc<Self>,
+        config: &RelayConfig,
+        token: Option<String>,
+    ) -> Result<RelayInfo, SfuError> {
+        let queue = self
+            .relay_queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .ok_or_else(|| SfuError::Start("the relay is running already".into()))?;
+        let sfu = Arc::downgrade(self);
+        let sink: crate::relay::Sink = Arc::new(move |input| {
+            if let Some(sfu) = sfu.upgrade() {
+                sfu.relay_input(input);
+            }
+        });
+        let relay = Relay::start(config, token, sink, queue).map_err(SfuError::Start)?;
+        let info = relay.info().clone();
+        let _ = self.relay.set(relay);
+        Ok(info)
+    }
+
+    /// Hands what another node sent to the worker of its room; dropped
+    /// (and counted) when the room is not here or the worker's queue is
+    /// full.
+    fn relay_input(&self, input: RelayIn) {
+        let worker = self
+            .placement()
+            .ok()
+            .and_then(|p| p.rooms.get(input.room()).map(|r| r.worker));
+        let sent = worker.and_then(|w| self.workers.get(w)).is_some_and(|w| {
+            let sent = w.relay_in.try_send(input).is_ok();
+            if sent {
+                let _ = w.waker.wake();
+            }
+            sent
+        });
+        if !sent {
+            metrics::counter!("sfu_relay_dropped_total").increment(1);
+        }
     }
 
     /// The UDP addresses of the workers.
@@ -420,6 +501,9 @@ impl EmbeddedSfu {
 
     /// Stops every worker and waits for them.
     pub fn shutdown(&self) {
+        if let Some(relay) = self.relay.get() {
+            relay.close();
+        }
         for i in 0..self.workers.len() {
             let _ = self.send(i, Command::Stop);
         }
@@ -734,6 +818,7 @@ impl SfuControl for EmbeddedSfu {
             workers: self.workers.iter().map(|w| w.shared.health(now)).collect(),
             unreachable: None,
             cpu_ms: process_cpu_ms(),
+            relay: self.relay.get().map(|r| r.info().clone()),
         }
     }
 
@@ -747,5 +832,12 @@ impl SfuControl for EmbeddedSfu {
 
     fn fail_worker_for_tests(&self, index: usize) -> Result<(), SfuError> {
         self.send(index, Command::Panic)
+    }
+
+    async fn link_room(&self, room: &RoomId, peers: Vec<RelayPeer>) -> Result<(), SfuError> {
+        let relay = self.relay.get().ok_or(SfuError::Unavailable)?;
+        let nodes: Vec<engine::NodeId> = peers.iter().map(|p| relay.node(p)).collect();
+        let index = self.placement()?.place(room).ok_or(SfuError::Unavailable)?;
+        self.send(index, Command::Link(room.clone(), nodes))
     }
 }

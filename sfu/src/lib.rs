@@ -68,6 +68,7 @@ pub mod events;
 pub mod http;
 pub mod ids;
 pub mod nodes;
+pub mod relay;
 #[cfg(feature = "remote")]
 pub mod remote;
 pub mod serve;

@@ -79,14 +79,19 @@ fn run() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
+        let relay = match &config.relay {
+            Some(relay) => Some(sfu.start_relay(relay, config.token.clone())?),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addrs: Vec<String> = sfu.worker_addrs().iter().map(ToString::to_string).collect();
         // Before the ready line: from then on SIGHUP reloads instead of killing.
         let (watcher, scheme) = Certificates::watch_if_any(certificates.as_ref());
+        let relay = relay.map_or_else(String::new, |r| format!(" relay on {}", r.addr));
         println!(
-            "sfu listening on {scheme}://{} media on {}",
+            "sfu listening on {scheme}://{} media on {}{relay}",
             listener.local_addr()?,
             addrs.join(",")
         );

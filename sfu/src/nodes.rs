@@ -49,7 +49,7 @@
 //! they are numbered again: readers see one stream, whatever node an event
 //! came from.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,7 @@ use crate::core::simulcast::Preference;
 use crate::engine::{LostReason, Role, SfuEvent};
 use crate::events::{EventLog, EventStream};
 use crate::ids::{ParticipantId, RoomId};
+use crate::relay::RelayPeer;
 
 /// How long a node may not answer before its sessions are reported lost.
 pub const DOWN_AFTER: Duration = Duration::from_secs(1);
@@ -67,6 +68,8 @@ pub const DOWN_AFTER: Duration = Duration::from_secs(1);
 const WATCH_EVERY: Duration = Duration::from_millis(200);
 /// Rates are taken between answers at least this far apart.
 const RATE_WINDOW: Duration = Duration::from_millis(900);
+/// Longest time before a room's changed set of nodes is linked.
+const RELINK_EVERY: Duration = Duration::from_millis(100);
 /// Events kept for readers that fell behind.
 const EVENTS_KEPT: usize = 65_536;
 
@@ -105,6 +108,8 @@ pub struct SfuNodes {
     nodes: Arc<Vec<Node>>,
     state: Arc<Mutex<State>>,
     events: Arc<EventLog>,
+    /// Wakes the task that links the nodes of rooms spanning several.
+    relink: Arc<tokio::sync::Notify>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -119,12 +124,21 @@ struct State {
     rooms: HashMap<RoomId, Placed>,
     participants: HashMap<ParticipantId, (usize, RoomId)>,
     nodes: Vec<NodeState>,
+    /// Rooms whose set of nodes changed: their nodes must be linked anew.
+    relink: HashSet<RoomId>,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// The nodes carrying a room, its home node (where it was placed) first,
+/// each with the sessions placed there.
+#[derive(Debug, Clone, Default)]
 struct Placed {
-    node: usize,
-    participants: usize,
+    nodes: Vec<(usize, usize)>,
+}
+
+impl Placed {
+    fn home(&self) -> Option<usize> {
+        self.nodes.first().map(|(n, _)| *n)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -226,15 +240,23 @@ impl SfuNodes {
                 events.clone(),
             )));
         }
+        let relink = Arc::new(tokio::sync::Notify::new());
         tasks.push(tokio::spawn(watch(
             nodes.clone(),
             state.clone(),
             events.clone(),
+            relink.clone(),
+        )));
+        tasks.push(tokio::spawn(link_rooms(
+            nodes.clone(),
+            state.clone(),
+            relink.clone(),
         )));
         Arc::new(Self {
             nodes,
             state,
             events,
+            relink,
             tasks,
         })
     }
@@ -245,37 +267,80 @@ impl SfuNodes {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The node of `room`, placing it first if it has none.
-    fn place(&self, room: &RoomId) -> Result<usize, SfuError> {
-        let mut state = self.state();
-        if let Some(placed) = state.rooms.get(room) {
-            return Ok(placed.node);
-        }
-        let chosen = state
+    /// The live, not draining node with the most headroom, among those
+    /// `allowed`; ties go to fewer rooms, then to the first configured.
+    fn best_node(&self, state: &State, allowed: impl Fn(usize) -> bool) -> Option<(usize, f64)> {
+        state
             .nodes
             .iter()
             .enumerate()
-            .filter(|(i, n)| n.up && !self.nodes[*i].spec.drain)
+            .filter(|(i, n)| n.up && !self.nodes[*i].spec.drain && allowed(*i))
             .map(|(i, n)| (i, 1.0 - n.load(&self.nodes[i].spec), n.rooms))
             .filter(|(_, headroom, _)| *headroom > 0.0)
-            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.2.cmp(&a.2)).then(b.0.cmp(&a.0)));
-        let Some((node, headroom, _)) = chosen else {
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.2.cmp(&a.2)).then(b.0.cmp(&a.0)))
+            .map(|(i, headroom, _)| (i, headroom))
+    }
+
+    /// The home node of `room`, placing it first if it has none.
+    fn place(&self, room: &RoomId) -> Result<usize, SfuError> {
+        let mut state = self.state();
+        if let Some(home) = state.rooms.get(room).and_then(Placed::home) {
+            return Ok(home);
+        }
+        let Some((node, headroom)) = self.best_node(&state, |_| true) else {
             tracing::warn!("no SFU node has room for a new call");
             metrics::counter!("sfu_node_refusals_total").increment(1);
             return Err(SfuError::Overloaded);
         };
-        state.rooms.insert(
-            room.clone(),
-            Placed {
-                node,
-                participants: 0,
-            },
-        );
-        state.nodes[node].rooms += 1;
+        state.add_node(room, node);
         tracing::debug!(%room, node = %self.nodes[node].spec.url, headroom, "room placed");
         metrics::counter!("sfu_node_placements_total", "node" => self.nodes[node].spec.url.clone())
             .increment(1);
         Ok(node)
+    }
+
+    /// The node for a new session of `room`: the linked session's node;
+    /// else the first of the room's nodes with headroom; else — when the
+    /// room's nodes are full and the nodes run relays — the best other
+    /// node, which joins the room (the cascade); else the home node.
+    fn place_session(
+        &self,
+        room: &RoomId,
+        linked: Option<ParticipantId>,
+    ) -> Result<usize, SfuError> {
+        let home = self.place(room)?;
+        let mut state = self.state();
+        if let Some((node, _)) = linked.and_then(|l| state.participants.get(&l))
+            && state.nodes[*node].up
+        {
+            let node = *node;
+            state.add_node(room, node);
+            return Ok(node);
+        }
+        let carrying: Vec<usize> = state
+            .rooms
+            .get(room)
+            .map(|p| p.nodes.iter().map(|(n, _)| *n).collect())
+            .unwrap_or_default();
+        if let Some(node) = carrying.iter().copied().find(|n| {
+            let st = &state.nodes[*n];
+            st.up && !self.nodes[*n].spec.drain && st.load(&self.nodes[*n].spec) < 1.0
+        }) {
+            return Ok(node);
+        }
+        let relays = |i: usize| self.nodes[i].sfu.health().relay.is_some();
+        if carrying.iter().all(|n| relays(*n))
+            && let Some((node, headroom)) =
+                self.best_node(&state, |i| !carrying.contains(&i) && relays(i))
+        {
+            state.add_node(room, node);
+            tracing::info!(%room, node = %self.nodes[node].spec.url, headroom, "call spans one more node");
+            metrics::counter!("sfu_node_placements_total", "node" => self.nodes[node].spec.url.clone())
+                .increment(1);
+            self.relink.notify_one();
+            return Ok(node);
+        }
+        Ok(home)
     }
 
     /// The node of a participant placed from here.
@@ -297,14 +362,56 @@ impl Drop for SfuNodes {
 }
 
 impl State {
-    /// Forgets a room with no session left (its next one is placed anew).
-    fn forget_if_empty(&mut self, room: &RoomId) {
-        if let Some(placed) = self.rooms.get(room)
-            && placed.participants == 0
-        {
-            let node = placed.node;
+    /// Adds `node` to the nodes carrying `room` (placing the room).
+    fn add_node(&mut self, room: &RoomId, node: usize) {
+        let placed = self.rooms.entry(room.clone()).or_default();
+        if !placed.nodes.iter().any(|(n, _)| *n == node) {
+            placed.nodes.push((node, 0));
+            self.nodes[node].rooms += 1;
+            if placed.nodes.len() > 1 {
+                self.relink.insert(room.clone());
+            }
+        }
+    }
+
+    /// Drops the nodes of `room` that carry no session any more (the next
+    /// one becomes home); forgets the room when none does (its next
+    /// session is placed anew).
+    fn prune(&mut self, room: &RoomId) {
+        let Some(placed) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let before = placed.nodes.len();
+        let mut dropped = Vec::new();
+        placed.nodes.retain(|(n, sessions)| {
+            if *sessions == 0 {
+                dropped.push(*n);
+            }
+            *sessions > 0
+        });
+        let empty = placed.nodes.is_empty();
+        let changed = placed.nodes.len() != before;
+        for n in dropped {
+            self.nodes[n].rooms = self.nodes[n].rooms.saturating_sub(1);
+        }
+        if empty {
             self.rooms.remove(room);
-            self.nodes[node].rooms = self.nodes[node].rooms.saturating_sub(1);
+        } else if changed {
+            self.relink.insert(room.clone());
+        }
+    }
+
+    /// Counts a new session of `room` on `node`.
+    fn add_session(&mut self, participant: ParticipantId, room: &RoomId, node: usize) {
+        self.participants.insert(participant, (node, room.clone()));
+        self.nodes[node].placed += 1;
+        self.add_node(room, node);
+        if let Some(entry) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|p| p.nodes.iter_mut().find(|(n, _)| *n == node))
+        {
+            entry.1 += 1;
         }
     }
 
@@ -314,16 +421,19 @@ impl State {
             return false;
         };
         self.nodes[node].placed = self.nodes[node].placed.saturating_sub(1);
-        if let Some(placed) = self.rooms.get_mut(&room) {
-            placed.participants = placed.participants.saturating_sub(1);
+        if let Some(entry) = self
+            .rooms
+            .get_mut(&room)
+            .and_then(|p| p.nodes.iter_mut().find(|(n, _)| *n == node))
+        {
+            entry.1 = entry.1.saturating_sub(1);
         }
-        self.forget_if_empty(&room);
+        self.prune(&room);
         true
     }
 
-    /// Forgets a room and its participants (closed, or its node died);
-    /// returns the participants.
-    fn forget_room(&mut self, room: &RoomId) -> Vec<ParticipantId> {
+    /// Forgets a room and its participants (closed); returns its nodes.
+    fn forget_room(&mut self, room: &RoomId) -> Vec<usize> {
         let gone: Vec<ParticipantId> = self
             .participants
             .iter()
@@ -333,10 +443,50 @@ impl State {
         for p in &gone {
             self.forget(*p);
         }
-        if let Some(placed) = self.rooms.remove(room) {
-            self.nodes[placed.node].rooms = self.nodes[placed.node].rooms.saturating_sub(1);
+        let Some(placed) = self.rooms.remove(room) else {
+            return Vec::new();
+        };
+        self.relink.remove(room);
+        placed
+            .nodes
+            .iter()
+            .map(|(n, _)| {
+                self.nodes[*n].rooms = self.nodes[*n].rooms.saturating_sub(1);
+                *n
+            })
+            .collect()
+    }
+
+    /// Forgets every session on a node that died; returns them.
+    fn fail_node(&mut self, node: usize) -> Vec<(RoomId, ParticipantId)> {
+        let lost: Vec<(RoomId, ParticipantId)> = self
+            .participants
+            .iter()
+            .filter(|(_, (n, _))| *n == node)
+            .map(|(p, (_, room))| (room.clone(), *p))
+            .collect();
+        for (_, p) in &lost {
+            self.forget(*p);
         }
-        gone
+        // Rooms placed there without a session yet.
+        let rooms: Vec<RoomId> = self
+            .rooms
+            .iter()
+            .filter(|(_, p)| p.nodes.iter().any(|(n, _)| *n == node))
+            .map(|(r, _)| r.clone())
+            .collect();
+        for room in rooms {
+            if let Some(placed) = self.rooms.get_mut(&room) {
+                placed.nodes.retain(|(n, _)| *n != node);
+                self.nodes[node].rooms = self.nodes[node].rooms.saturating_sub(1);
+                if placed.nodes.is_empty() {
+                    self.rooms.remove(&room);
+                } else {
+                    self.relink.insert(room);
+                }
+            }
+        }
+        lost
     }
 }
 
@@ -357,6 +507,20 @@ async fn relay_events(
         match stream.next().await {
             Ok(batch) => {
                 for sequenced in batch {
+                    if let SfuEvent::SpeakerChanged { room, .. } = &sequenced.event {
+                        // Every node of a room that spans several hears
+                        // all of its audio and names the same speaker: the
+                        // home node's word is the one passed on.
+                        let state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                        if state
+                            .rooms
+                            .get(room)
+                            .and_then(Placed::home)
+                            .is_some_and(|home| home != node)
+                        {
+                            continue;
+                        }
+                    }
                     if let SfuEvent::Disconnected { participant, .. }
                     | SfuEvent::ParticipantLost { participant, .. } = &sequenced.event
                     {
@@ -377,7 +541,12 @@ async fn relay_events(
 
 /// Looks at every node's health: takes its rates, and reports the
 /// sessions of a node silent for [`DOWN_AFTER`] as lost.
-async fn watch(nodes: Arc<Vec<Node>>, state: Arc<Mutex<State>>, events: Arc<EventLog>) {
+async fn watch(
+    nodes: Arc<Vec<Node>>,
+    state: Arc<Mutex<State>>,
+    events: Arc<EventLog>,
+    relink: Arc<tokio::sync::Notify>,
+) {
     let mut tick = tokio::time::interval(WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -410,20 +579,13 @@ async fn watch(nodes: Arc<Vec<Node>>, state: Arc<Mutex<State>>, events: Arc<Even
                         tracing::error!(node = %node.spec.url, %why, "SFU node down; its sessions are lost");
                         metrics::counter!("sfu_node_failures_total", "node" => node.spec.url.clone())
                             .increment(1);
-                        let rooms: Vec<RoomId> = state
-                            .rooms
-                            .iter()
-                            .filter(|(_, p)| p.node == i)
-                            .map(|(r, _)| r.clone())
-                            .collect();
-                        for room in rooms {
-                            for participant in state.forget_room(&room) {
-                                lost.push((room.clone(), participant));
-                            }
-                        }
+                        lost = state.fail_node(i);
                         state.nodes[i].orphans.extend(lost.iter().map(|(_, p)| *p));
                     }
                 }
+            }
+            if !lost.is_empty() {
+                relink.notify_one();
             }
             for (room, participant) in lost {
                 events.push(SfuEvent::ParticipantLost {
@@ -439,6 +601,61 @@ async fn watch(nodes: Arc<Vec<Node>>, state: Arc<Mutex<State>>, events: Arc<Even
                         let _ = sfu.leave(participant).await;
                     }
                 });
+            }
+        }
+    }
+}
+
+/// Tells the nodes of each room whose set of nodes changed which other
+/// nodes carry it, with their relays (woken on a change, and every
+/// [`RELINK_EVERY`] for changes made where no wake is at hand).
+async fn link_rooms(
+    nodes: Arc<Vec<Node>>,
+    state: Arc<Mutex<State>>,
+    relink: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        let _ = tokio::time::timeout(RELINK_EVERY, relink.notified()).await;
+        let work: Vec<(RoomId, Vec<usize>)> = {
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let rooms: Vec<RoomId> = state.relink.drain().collect();
+            rooms
+                .into_iter()
+                .filter_map(|room| {
+                    let carrying = state
+                        .rooms
+                        .get(&room)?
+                        .nodes
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect();
+                    Some((room, carrying))
+                })
+                .collect()
+        };
+        for (room, carrying) in work {
+            let peers: Vec<(usize, RelayPeer)> = carrying
+                .iter()
+                .filter_map(|n| {
+                    let relay = nodes[*n].sfu.health().relay?;
+                    Some((
+                        *n,
+                        RelayPeer {
+                            relay,
+                            token: nodes[*n].spec.token.clone(),
+                        },
+                    ))
+                })
+                .collect();
+            for n in &carrying {
+                let others: Vec<RelayPeer> = peers
+                    .iter()
+                    .filter(|(m, _)| m != n)
+                    .map(|(_, p)| p.clone())
+                    .collect();
+                if let Err(e) = nodes[*n].sfu.link_room(&room, others).await {
+                    tracing::warn!(%room, node = %nodes[*n].spec.url, error = %e, "cannot link a room's nodes");
+                }
             }
         }
     }
@@ -471,7 +688,7 @@ impl SfuControl for SfuNodes {
         let node = self.place(room)?;
         let created = self.nodes[node].sfu.create_room(room).await;
         if created.is_err() {
-            self.state().forget_if_empty(room);
+            self.state().prune(room);
         }
         created
     }
@@ -484,19 +701,18 @@ impl SfuControl for SfuNodes {
         offer: String,
         linked: Option<ParticipantId>,
     ) -> Result<Joined, SfuError> {
-        let node = self.place(room)?;
+        if self.state().participants.contains_key(&participant) {
+            return Err(SfuError::DuplicateParticipant);
+        }
+        let node = self.place_session(room, linked)?;
         {
             // Counted before the answer, so that a burst of joins sees it.
             let mut state = self.state();
             if state.participants.contains_key(&participant) {
-                state.forget_if_empty(room);
+                state.prune(room);
                 return Err(SfuError::DuplicateParticipant);
             }
-            state.participants.insert(participant, (node, room.clone()));
-            state.nodes[node].placed += 1;
-            if let Some(placed) = state.rooms.get_mut(room) {
-                placed.participants += 1;
-            }
+            state.add_session(participant, room, node);
         }
         let joined = self.nodes[node]
             .sfu
@@ -549,15 +765,15 @@ impl SfuControl for SfuNodes {
     }
 
     async fn close_room(&self, room: &RoomId) -> Result<(), SfuError> {
-        let node = {
-            let mut state = self.state();
-            let Some(node) = state.rooms.get(room).map(|p| p.node) else {
-                return Ok(());
-            };
-            state.forget_room(room);
-            node
-        };
-        self.nodes[node].sfu.close_room(room).await
+        let carrying = self.state().forget_room(room);
+        let mut result = Ok(());
+        for node in carrying {
+            let closed = self.nodes[node].sfu.close_room(room).await;
+            if result.is_ok() {
+                result = closed;
+            }
+        }
+        result
     }
 
     async fn stats(&self) -> Result<SfuStats, SfuError> {

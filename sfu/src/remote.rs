@@ -22,6 +22,7 @@ use crate::core::simulcast::Preference;
 use crate::engine::Role;
 use crate::events::{EventSource, EventStream, Missed, Sequenced};
 use crate::ids::{ParticipantId, RoomId};
+use crate::relay::RelayPeer;
 use crate::wire::{ControlAnswer, ControlCommand, EVENTS_WAIT, EventsPage};
 
 /// How long a command may take, the SFU's answer included.
@@ -313,6 +314,15 @@ impl SfuControl for RemoteSfu {
     async fn close_room(&self, room: &RoomId) -> Result<(), SfuError> {
         self.link
             .done(&ControlCommand::CloseRoom { room: room.clone() })
+            .await
+    }
+
+    async fn link_room(&self, room: &RoomId, peers: Vec<RelayPeer>) -> Result<(), SfuError> {
+        self.link
+            .done(&ControlCommand::LinkRoom {
+                room: room.clone(),
+                peers,
+            })
             .await
     }
 

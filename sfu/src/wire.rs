@@ -25,6 +25,7 @@ use crate::core::simulcast::Preference;
 use crate::engine::{JoinError, Role};
 use crate::events::{Missed, Sequenced};
 use crate::ids::{ParticipantId, RoomId};
+use crate::relay::RelayPeer;
 
 /// How long `GET /control/events` waits for an event before it answers
 /// an empty page.
@@ -84,6 +85,13 @@ pub enum ControlCommand {
     CloseRoom {
         /// The room.
         room: RoomId,
+    },
+    /// [`SfuControl::link_room`].
+    LinkRoom {
+        /// The room.
+        room: RoomId,
+        /// The other nodes carrying part of it.
+        peers: Vec<RelayPeer>,
     },
 }
 
@@ -215,6 +223,7 @@ pub async fn execute(sfu: &dyn SfuControl, command: ControlCommand) -> ControlAn
             preference,
         } => done(sfu.set_slot_preference(participant, mid, preference).await),
         ControlCommand::CloseRoom { room } => done(sfu.close_room(&room).await),
+        ControlCommand::LinkRoom { room, peers } => done(sfu.link_room(&room, peers).await),
     }
 }
 

@@ -58,7 +58,9 @@ use str0m::net::Transmit;
 use tokio::sync::oneshot;
 
 use crate::core::simulcast::Preference;
-use crate::engine::{Engine, IngressStats, JoinError, ParticipantStats, Role, SfuEvent};
+use crate::engine::{
+    Engine, IngressStats, JoinError, NodeId, ParticipantStats, RelayIn, RelayOut, Role, SfuEvent,
+};
 use crate::ids::{ParticipantId, RoomId};
 
 /// Token of the UDP socket in the worker's poll.
@@ -74,6 +76,8 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// Receive batches (of up to `quinn_udp::BATCH_SIZE` datagrams) read in one
 /// turn of the loop before commands and timers get their turn.
 pub const READ_BUDGET: usize = 64;
+/// Messages from other nodes handled in one turn of the loop.
+const RELAY_BUDGET: usize = 4096;
 /// A worker whose heartbeat is older than this is reported as stalled.
 pub const STALL_AFTER: Duration = Duration::from_secs(5);
 
@@ -186,6 +190,16 @@ pub struct Links {
     pub gone: std::sync::mpsc::Sender<(usize, ParticipantId)>,
     /// This worker's index.
     pub index: usize,
+    /// Where messages for other nodes go (the cascade's relay), bounded:
+    /// when it is full they are dropped and counted
+    /// (`sfu_relay_dropped_total`), as a congested link would drop them —
+    /// a lost announcement is sent again by the relay when it reconnects,
+    /// a lost packet is repaired by NACK or the next keyframe.
+    pub relay: Option<tokio::sync::mpsc::Sender<RelayOut>>,
+    /// What other nodes sent for this worker's rooms: a queue of its own,
+    /// so that relayed media never crowds out commands (full: the relay
+    /// drops and counts).
+    pub relay_in: Receiver<RelayIn>,
 }
 
 /// A request for a worker.
@@ -224,6 +238,8 @@ pub enum Command {
     SlotPreference(ParticipantId, String, Preference),
     /// Remove a room and everyone in it.
     CloseRoom(RoomId),
+    /// The other nodes carrying part of a room are now these.
+    Link(RoomId, Vec<NodeId>),
     /// Counters of every participant.
     Stats(oneshot::Sender<Vec<ParticipantStats>>),
     /// Stop the worker.
@@ -292,6 +308,13 @@ pub fn run(
                 Err(TryRecvError::Empty) => break,
             }
         }
+        let now = Instant::now();
+        for _ in 0..RELAY_BUDGET {
+            let Ok(input) = links.relay_in.try_recv() else {
+                break;
+            };
+            engine.handle_relay(input, now);
+        }
         publish_events(&mut engine, links);
         // Read until the socket is empty or the budget is spent, a batch
         // per system call.
@@ -352,6 +375,14 @@ fn feed(engine: &mut Engine, now: Instant, m: &RecvMeta, buf: &[u8]) {
 /// Hands the engine's events to signalling, and the participants it
 /// removed to the control plane's placement.
 fn publish_events(engine: &mut Engine, links: &Links) {
+    while let Some(out) = engine.poll_relay() {
+        let Some(relay) = &links.relay else {
+            continue;
+        };
+        if relay.try_send(out).is_err() {
+            metrics::counter!("sfu_relay_dropped_total").increment(1);
+        }
+    }
     while let Some(event) = engine.poll_event() {
         if let SfuEvent::Disconnected { participant, .. } = &event {
             // The control plane may be gone (shutdown): nothing to tell.
@@ -389,6 +420,7 @@ fn handle_command(engine: &mut Engine, command: Command) {
         }
         Command::Preference(id, preference) => engine.handle_preference(id, preference),
         Command::CloseRoom(room) => engine.handle_close_room(&room),
+        Command::Link(room, nodes) => engine.handle_link(&room, &nodes),
         Command::Stats(reply) => {
             let _ = reply.send(engine.stats());
         }

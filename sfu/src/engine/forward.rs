@@ -98,6 +98,8 @@ impl Engine {
                                         self.config.keyframe_min_interval,
                                     ); 3],
                                     needed: [true; 3],
+                                    origin: None,
+                                    params: None,
                                 },
                             );
                             self.next_track_index += 1;
@@ -133,8 +135,8 @@ impl Engine {
         self.packet_scratch = packets;
     }
 
-    /// Forwards one packet of publisher `from` to every subscriber slot
-    /// fed by its track.
+    /// Forwards one packet of local publisher `from`: finds its track and
+    /// layer, then fans it out ([`Self::fan_out`]).
     fn forward(&mut self, from: ParticipantId, room_id: &RoomId, packet: RtpPacket, now: Instant) {
         let Some(publisher) = self.participants.get_mut(&from) else {
             return;
@@ -157,13 +159,17 @@ impl Engine {
         else {
             return;
         };
-        let Some(room) = self.rooms.get_mut(room_id) else {
+        let Some(track) = self
+            .rooms
+            .get_mut(room_id)
+            .and_then(|room| room.tracks.get_mut(&TrackKey(from, mid)))
+        else {
             return;
         };
-        let key = TrackKey(from, mid);
-        let Some(track) = room.tracks.get_mut(&key) else {
-            return;
-        };
+        if track.params.is_none() {
+            // Known from its first packet: what a relay announces.
+            track.params = Some(params);
+        }
         let layer = rid
             .and_then(|r| {
                 track
@@ -173,6 +179,39 @@ impl Engine {
                     .map(|i| i as u8)
             })
             .unwrap_or(0);
+        let incoming = Incoming {
+            key: TrackKey(from, mid),
+            layer,
+            params,
+            seq: *packet.seq_no,
+            timestamp: packet.header.timestamp,
+            marker: packet.header.marker,
+            arrival: packet.timestamp,
+            ext: ExtensionValues {
+                audio_level: packet.header.ext_vals.audio_level,
+                voice_activity: packet.header.ext_vals.voice_activity,
+                video_orientation: packet.header.ext_vals.video_orientation,
+                ..Default::default()
+            },
+            payload: packet.payload,
+        };
+        self.fan_out(room_id, &incoming, now);
+    }
+
+    /// Sends one packet of a track (local, or relayed from another node)
+    /// to every subscriber slot it feeds here, and — a local track's — to
+    /// every linked node that needs its layer.
+    pub(super) fn fan_out(&mut self, room_id: &RoomId, packet: &Incoming, now: Instant) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        let key = packet.key;
+        let from = key.0;
+        let layer = packet.layer;
+        let params = packet.params;
+        let Some(track) = room.tracks.get_mut(&key) else {
+            return;
+        };
         let stats = &mut track.layers[usize::from(layer)];
         stats.last_packet = Some(now);
         stats.window_bytes += packet.payload.len() as u64;
@@ -201,21 +240,24 @@ impl Engine {
             }
         }
         if track.kind == MediaKind::Audio
-            && let Some(level) = packet.header.ext_vals.audio_level
+            && let Some(level) = packet.ext.audio_level
         {
             room.speaker.handle_level(from, level.saturating_neg(), now);
+        }
+        if track.origin.is_none() {
+            relay_packet(
+                &mut self.relay_out,
+                room_id,
+                &room.links,
+                track.kind,
+                packet,
+            );
         }
         let source_key = (track.index, layer);
         let track_kind = track.kind;
         let mut subscribers = std::mem::take(&mut self.scratch);
         subscribers.clear();
         subscribers.extend_from_slice(&room.participants);
-        let ext = ExtensionValues {
-            audio_level: packet.header.ext_vals.audio_level,
-            voice_activity: packet.header.ext_vals.voice_activity,
-            video_orientation: packet.header.ext_vals.video_orientation,
-            ..Default::default()
-        };
         let mut need_keyframe = false;
         for &sid in &subscribers {
             if sid == from {
@@ -242,8 +284,8 @@ impl Engine {
             }
             let Some(rewritten) = slot.rewriter.rewrite(
                 source_key,
-                *packet.seq_no,
-                packet.header.timestamp,
+                packet.seq,
+                packet.timestamp,
                 now,
                 descriptor.as_ref(),
             ) else {
@@ -296,12 +338,12 @@ impl Engine {
                 pt,
                 SeqNo::from(rewritten.seq),
                 rewritten.timestamp,
-                packet.timestamp,
+                packet.arrival,
                 payload,
             )
-            .marker(packet.header.marker)
+            .marker(packet.marker)
             .nackable(track_kind == MediaKind::Video)
-            .ext_vals(ext.clone());
+            .ext_vals(packet.ext.clone());
             if let Some(patch) = patch {
                 write = write.vp8_patch(patch);
             }
@@ -435,6 +477,7 @@ impl Engine {
                 self.assign_sources(&room_id);
             }
             self.update_layers(&room_id, now);
+            self.announce_tracks(&room_id);
         }
         let late: Vec<ParticipantId> = self
             .participants
@@ -450,7 +493,7 @@ impl Engine {
         }
     }
 
-    fn update_layers(&mut self, room_id: &RoomId, now: Instant) {
+    pub(super) fn update_layers(&mut self, room_id: &RoomId, now: Instant) {
         let Some(room) = self.rooms.get_mut(room_id) else {
             return;
         };
@@ -512,7 +555,39 @@ impl Engine {
             if track.kind != MediaKind::Video {
                 continue;
             }
-            let need = needed.get(key).copied().unwrap_or_default();
+            let mut need = needed.get(key).copied().unwrap_or_default();
+            if let Some(node) = track.origin {
+                // A relayed track: its node hears what this one needs of
+                // it, and the keyframes this one's subscribers want.
+                #[allow(clippy::needless_range_loop)] // l indexes parallel arrays
+                for l in 0..3 {
+                    if track.keyframes[l].poll_request(now) {
+                        self.relay_out.push_back(RelayOut::Keyframe {
+                            node,
+                            track: TrackRef::new(room_id, *key),
+                            layer: l as u8,
+                        });
+                    }
+                }
+                if need != track.needed {
+                    track.needed = need;
+                    self.relay_out.push_back(RelayOut::Needs {
+                        node,
+                        track: TrackRef::new(room_id, *key),
+                        layers: need,
+                    });
+                }
+                continue;
+            }
+            // A local track is needed by this node's subscribers and by
+            // those of every node it is relayed to.
+            for link in &room.links {
+                if let Some(remote) = link.needs.get(key) {
+                    for l in 0..3 {
+                        need[l] |= remote[l];
+                    }
+                }
+            }
             #[allow(clippy::needless_range_loop)] // l indexes three parallel arrays
             for l in 0..3 {
                 if track.keyframes[l].poll_request(now) {
@@ -561,7 +636,7 @@ fn vp8_patch(descriptor: &str0m::rtp::Vp8Descriptor, ids: Vp8Ids) -> Option<Vp8P
 
 /// Marks a keyframe as wanted for a publisher layer (sent at the next tick,
 /// throttled).
-fn packets_keyframe(
+pub(super) fn packets_keyframe(
     rooms: &mut HashMap<RoomId, Room>,
     room: &RoomId,
     source: TrackKey,

@@ -24,8 +24,12 @@ use crate::core::vp8::Vp8Descriptor;
 use crate::ids::{ParticipantId, RoomId};
 
 mod forward;
+mod relay;
 mod sdp;
 mod stats;
+
+use relay::{Incoming, Link, relay_packet};
+pub use relay::{NodeId, RelayIn, RelayOut, RelayedPacket, TrackInfo, TrackRef};
 
 pub use stats::{Counters, IngressStats, ParticipantStats, TrackStats};
 
@@ -190,7 +194,13 @@ struct Track {
     rids: [Option<Rid>; 3],
     layers: [LayerStats; 3],
     keyframes: [KeyframeRequester; 3],
+    /// Per layer, whether anyone needs it (here or on a linked node).
     needed: [bool; 3],
+    /// The node it is relayed from; `None` for a local publisher's.
+    origin: Option<NodeId>,
+    /// Its codec, from its first packet (a relayed track's from its
+    /// announcement).
+    params: Option<PayloadParams>,
 }
 
 #[derive(Debug)]
@@ -283,6 +293,8 @@ struct Room {
     participants: Vec<ParticipantId>,
     tracks: HashMap<TrackKey, Track>,
     speaker: SpeakerDetector<ParticipantId>,
+    /// The other nodes carrying part of the room (the cascade).
+    links: Vec<Link>,
 }
 
 /// Settings of an engine.
@@ -314,6 +326,8 @@ pub struct Engine {
     rooms: HashMap<RoomId, Room>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SfuEvent>,
+    /// Messages for the other nodes of cascaded rooms.
+    relay_out: VecDeque<RelayOut>,
     next_tick: Option<Instant>,
     next_track_index: u64,
     /// Reused list of a room's participants while forwarding (no
@@ -338,6 +352,7 @@ impl Engine {
             rooms: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            relay_out: VecDeque::new(),
             next_tick: None,
             next_track_index: 1,
             scratch: Vec::new(),
