@@ -174,6 +174,8 @@ pub struct NodeReport {
     pub cpu: f64,
     /// 1 − its load (see [`crate::nodes`]); 0 when down.
     pub headroom: f64,
+    /// It runs a relay: a call may span it and other nodes.
+    pub relay: bool,
 }
 
 /// The one interface through which the SFU is driven.

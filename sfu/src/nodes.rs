@@ -840,6 +840,7 @@ impl SfuControl for SfuNodes {
                 packets_per_second: n.packets_per_second,
                 cpu: n.cpu,
                 headroom: if n.up { 1.0 - n.load(&node.spec) } else { 0.0 },
+                relay: node.sfu.health().relay.is_some(),
             })
             .collect()
     }

@@ -424,6 +424,9 @@ async fn read_datagrams(
     }
 }
 
+/// A dial's outcome: the connection and its control stream's queue.
+type Dialed = (NodeId, Result<(quinn::Connection, mpsc::Sender<Control>), String>);
+
 /// A connection we dialled, to send our tracks on.
 #[derive(Default)]
 struct Outgoing {
@@ -468,10 +471,7 @@ async fn send(relay: Arc<Relay>, mut outgoing: mpsc::Receiver<RelayOut>) {
 fn handle_out(
     relay: &Arc<Relay>,
     nodes: &mut HashMap<NodeId, Outgoing>,
-    dialed: &mpsc::Sender<(
-        NodeId,
-        Result<(quinn::Connection, mpsc::Sender<Control>), String>,
-    )>,
+    dialed: &mpsc::Sender<Dialed>,
     buf: &mut BytesMut,
     out: RelayOut,
 ) {
@@ -536,10 +536,7 @@ fn handle_out(
 fn connected<'a>(
     relay: &Arc<Relay>,
     nodes: &'a mut HashMap<NodeId, Outgoing>,
-    dialed: &mpsc::Sender<(
-        NodeId,
-        Result<(quinn::Connection, mpsc::Sender<Control>), String>,
-    )>,
+    dialed: &mpsc::Sender<Dialed>,
     node: NodeId,
 ) -> &'a mut Outgoing {
     let o = nodes.entry(node).or_default();
@@ -713,7 +710,6 @@ fn encode(buf: &mut BytesMut, number: u32, p: &RelayedPacket) {
 
 /// Reads a media datagram: its track number, and the packet once the
 /// track is known.
-#[allow(clippy::type_complexity)]
 fn decode(mut d: Bytes) -> Option<(u32, impl FnOnce(TrackRef) -> RelayedPacket)> {
     if d.len() < HEADER {
         return None;

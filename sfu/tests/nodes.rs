@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::{MEDIA_DEADLINE, Peer, Streaming, Subscriber, flowing, standalone};
 use confer_sfu::api::{LostReason, ParticipantId, Role, RoomId, SfuControl, SfuError, SfuEvent};
 use confer_sfu::nodes::{NodeSpec, SfuNodes};
+use confer_sfu::testing::contiguous;
 use str0m::media::Mid;
 
 const TOKEN: &str = "node-token";
@@ -175,6 +176,91 @@ async fn a_node_killed_mid_call_loses_its_sessions_and_the_call_resumes_on_the_o
         resumed < Duration::from_secs(5),
         "media resumed only {resumed:?} after the kill"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_too_big_for_one_node_spans_two_over_the_relay() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let relay = [("CONFER_SFU_RELAY__LISTEN", "127.0.0.1:0")];
+    let (_a, a) = standalone(TOKEN, &relay);
+    let (_b, b) = standalone(TOKEN, &relay);
+    // Two sessions fill the first node.
+    let sfu = SfuNodes::connect(vec![spec(&a, 2), spec(&b, 100)])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sfu.nodes().iter().all(|n| n.relay) {
+        assert!(
+            Instant::now() < deadline,
+            "relays not reported: {:?}",
+            sfu.nodes()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let room = RoomId::from("all-hands");
+    let (near, _, _) = call(&sfu, &room).await;
+    assert_eq!(rooms_per_node(&sfu), [1, 0]);
+    // The third session does not fit: the call spans the second node.
+    let mut far = Peer::new();
+    let (offer, pending) = far.offer_subscribe();
+    let far_id = ParticipantId::random();
+    let joined = sfu
+        .join_as(&room, far_id, Role::Subscribe, offer, None)
+        .await
+        .unwrap();
+    far.accept_answer(pending, &joined.answer);
+    assert_eq!(rooms_per_node(&sfu), [1, 1]);
+
+    let Call {
+        publisher,
+        audio,
+        video,
+        subscriber: mut near_subscriber,
+    } = near;
+    let streaming = Streaming::start(publisher, audio, video);
+    let near_rx = tokio::task::spawn_blocking(move || {
+        let mut got = Subscriber::default();
+        near_subscriber.run_until(Instant::now() + MEDIA_DEADLINE, &mut got, flowing);
+        got
+    });
+    // Each phase runs until what it waits for holds, or fails at the
+    // deadline: a slow machine takes longer, never fails for it.
+    let run = |mut peer: Peer, mut got: Subscriber, done: fn(&Subscriber) -> bool| {
+        tokio::task::spawn_blocking(move || {
+            let reached = peer.run_until(Instant::now() + MEDIA_DEADLINE, &mut got, done);
+            (peer, got, reached)
+        })
+    };
+    let (far, got, reached) = run(far, Subscriber::default(), flowing).await.unwrap();
+    assert!(reached, "no media across the relay");
+    // Layers switch across the relay: a thumbnail, then the full picture
+    // again, each switch on a keyframe.
+    let thumbnail = confer_sfu::api::Preference {
+        max_height: Some(180),
+        paused: false,
+    };
+    sfu.set_preference(far_id, thumbnail).await.unwrap();
+    let at_layer_0 = |s: &Subscriber| {
+        s.last_layer == Some(0) && s.video_log.iter().rev().take(20).all(|e| e.1 == 0)
+    };
+    let (far, got, reached) = run(far, got, at_layer_0).await.unwrap();
+    assert!(reached, "no switch to the thumbnail: {:?}", got.layers);
+    sfu.set_preference(far_id, confer_sfu::api::Preference::default())
+        .await
+        .unwrap();
+    let above_0 = |s: &Subscriber| s.last_layer.is_some_and(|l| l > 0);
+    let (_far, got, reached) = run(far, got, above_0).await.unwrap();
+    assert!(reached, "no switch back up: {:?}", got.layers);
+    assert_eq!(got.corrupt, 0);
+    assert_eq!(got.bad_switches(), 0, "a layer switch not on a keyframe");
+    assert!(
+        contiguous(&got.seqs["audio"]),
+        "audio lost across the relay"
+    );
+    let near_got = near_rx.await.unwrap();
+    streaming.stop();
+    assert!(flowing(&near_got), "no media on the publisher's own node");
+    eprintln!("across the relay: layers {:?}", got.layers);
 }
 
 /// A publisher (with its audio and video mids) and a subscriber joined to
