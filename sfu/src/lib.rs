@@ -40,7 +40,10 @@
 //! without knowing which. Several such SFUs make a media cluster:
 //! [`nodes::SfuNodes`] places each room on the node with the most
 //! headroom, notices a node that died and reports its sessions lost, and
-//! is itself one more [`control::SfuControl`].
+//! is itself one more [`control::SfuControl`]. A room too big for one
+//! node spans several: the nodes relay its tracks to each other over
+//! QUIC ([`relay`]), each track once per node and only the layers that
+//! node needs (the cascade; the engine's side is `engine::relay`).
 //!
 //! # Hostile input
 //!

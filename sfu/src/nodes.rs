@@ -7,9 +7,10 @@
 //!
 //! # Placement
 //!
-//! A room is placed on one node when it is first named (created or
-//! joined), and every session of the room goes there. The node chosen is
-//! the live, not draining node with the most **headroom**:
+//! A room is placed on one node (its **home**) when it is first named
+//! (created or joined), and its sessions go there while it has headroom.
+//! The node chosen is the live, not draining node with the most
+//! **headroom**:
 //!
 //! ```text
 //! load     = max(participants / max_participants,
@@ -22,12 +23,25 @@
 //! sessions, whoever placed them) and what this client placed on it (so a
 //! burst of new rooms does not all land on the node that looked emptiest
 //! half a second ago); ties go to the node with fewer rooms placed from
-//! here (then the first configured). A node whose headroom is gone (load ≥ 1) takes no new room; when
-//! every node is full or down, a new room is refused with
-//! [`SfuError::Overloaded`]. A placed room keeps its node while it has
-//! sessions, even when that node fills up (its sessions would otherwise
-//! have to be split across nodes); a room whose last session left is
-//! forgotten, so its next session is placed afresh.
+//! here (then the first configured). A node whose headroom is gone (load
+//! ≥ 1) takes no new room; when every node is full or down, a new room is
+//! refused with [`SfuError::Overloaded`].
+//!
+//! # Rooms spanning nodes (the cascade)
+//!
+//! When every node of a room is full, its next session goes to the best
+//! other node — if all of them run a relay ([`crate::relay`]) — and the
+//! room spans that node too; without relays it stays on its home node
+//! past the limit (a session of a call in progress is not refused). A
+//! session with a linked session (the same client's publish session) goes
+//! where that one is. Whenever the set of nodes of a room changes, a task
+//! tells each of them which others carry it
+//! ([`SfuControl::link_room`]: their relay addresses, certificate
+//! fingerprints and tokens); the nodes then relay tracks to each other. A
+//! node whose last session of the room left drops out of it. Every node
+//! of a room hears all its audio and names the same speaker: only the
+//! home node's `SpeakerChanged` is passed on. A room whose last session
+//! left is forgotten, so its next session is placed afresh.
 //!
 //! # Load and liveness
 //!
@@ -37,8 +51,8 @@
 //! A node that does not answer for [`DOWN_AFTER`] is **down**: each session
 //! placed on it is reported as [`SfuEvent::ParticipantLost`] with
 //! [`LostReason::NodeFailed`] (signalling then tells each device to open
-//! its sessions again, and they go to a live node), and its rooms are
-//! forgotten. Those sessions are also remembered, and closed on the node
+//! its sessions again, and they go to a live node), and it leaves its
+//! rooms (those that span other nodes are relinked without it). Those sessions are also remembered, and closed on the node
 //! if it comes back (a node cut off rather than dead would otherwise keep
 //! them).
 //!
