@@ -67,7 +67,7 @@ if [ $# -eq 0 ]; then
   set -- --rooms 1 --publishers 3 --subscribers 297 --fps 15 --duration 20 \
     --counting --full-subscribers 3 --warmup 5
 fi
-"$bin/loadgen" media --signalling http://127.0.0.1:18080 --outbox "$work/signalling/outbox" \
+"$bin/loadgen" media --target http://127.0.0.1:18080 --outbox "$work/signalling/outbox" \
   --report "$report" --quiet "$@" &
 loadgen=$!
 # While the call runs: where its sessions are, from signalling's metrics.
@@ -75,6 +75,12 @@ sleep 25
 curl -sf http://127.0.0.1:18080/metrics | grep -E '^sfu_node_(participants|packets_per_second|cpu_ratio)' \
   | tee "$report/nodes.txt" || true
 wait "$loadgen"
+# What each node forwarded to its own subscribers and what crossed.
+for i in 1 2; do
+  curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:809$i/metrics" |
+    awk -v node="$i" '/^sfu_tx_packets_total/ { tx += $NF } /^sfu_relay_(sent|received|dropped)_total/ { print "sfu node " node ": " $0 }
+      END { print "sfu node " node ": forwarded to its subscribers " tx }'
+done | tee -a "$report/nodes.txt"
 cpu() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; }
 for i in 0 1; do echo "sfu node $((i + 1)): $(cpu "${pids[$i]}") s CPU"; done | tee -a "$report/nodes.txt"
 echo "signalling: $(cpu "$signalling") s CPU" | tee -a "$report/nodes.txt"

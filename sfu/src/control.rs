@@ -45,7 +45,7 @@ use crate::engine::{
 };
 use crate::events::{EventLog, EventStream};
 use crate::ids::{ParticipantId, RoomId};
-use crate::relay::{Relay, RelayConfig, RelayInfo, RelayPeer};
+use crate::relay::{Relay, RelayConfig, RelayCounters, RelayCounts, RelayInfo, RelayPeer};
 use crate::worker::{self, Command, Exit, Links, WorkerHealth, WorkerShared};
 
 /// How long a caller waits for a worker's answer.
@@ -120,6 +120,9 @@ pub struct SfuHealth {
     /// and the certificate they pin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<RelayInfo>,
+    /// What its relay carried (zero without one).
+    #[serde(default)]
+    pub relayed: RelayCounts,
 }
 
 impl SfuHealth {
@@ -304,6 +307,7 @@ pub struct EmbeddedSfu {
     /// The workers' messages for other nodes, until a relay takes them.
     relay_queue: Mutex<Option<tokio::sync::mpsc::Receiver<RelayOut>>>,
     relay: OnceLock<Arc<Relay>>,
+    relay_counters: Arc<RelayCounters>,
 }
 
 impl EmbeddedSfu {
@@ -332,6 +336,7 @@ impl EmbeddedSfu {
             gone,
         }));
         let (relay_tx, relay_queue) = tokio::sync::mpsc::channel(crate::relay::QUEUE);
+        let relay_counters = Arc::new(RelayCounters::default());
         let mut workers = Vec::with_capacity(count);
         for i in 0..count {
             let mut bind = config.udp_bind;
@@ -366,6 +371,7 @@ impl EmbeddedSfu {
                 index: i,
                 relay: Some(relay_tx.clone()),
                 relay_in,
+                relay_counters: relay_counters.clone(),
             };
             let placement = placement.clone();
             let thread = std::thread::Builder::new()
@@ -400,6 +406,7 @@ impl EmbeddedSfu {
             events,
             relay_queue: Mutex::new(Some(relay_queue)),
             relay: OnceLock::new(),
+            relay_counters,
         }))
     }
 
@@ -428,7 +435,8 @@ impl EmbeddedSfu {
                 sfu.relay_input(input);
             }
         });
-        let relay = Relay::start(config, token, sink, queue).map_err(SfuError::Start)?;
+        let relay = Relay::start(config, token, sink, queue, self.relay_counters.clone())
+            .map_err(SfuError::Start)?;
         let info = relay.info().clone();
         let _ = self.relay.set(relay);
         Ok(info)
@@ -450,7 +458,7 @@ impl EmbeddedSfu {
             sent
         });
         if !sent {
-            metrics::counter!("sfu_relay_dropped_total").increment(1);
+            self.relay_counters.drop_one();
         }
     }
 
@@ -821,6 +829,7 @@ impl SfuControl for EmbeddedSfu {
             unreachable: None,
             cpu_ms: process_cpu_ms(),
             relay: self.relay.get().map(|r| r.info().clone()),
+            relayed: self.relay_counters.read(),
         }
     }
 

@@ -33,7 +33,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 
-use crate::control::{SfuControl, SfuError};
+use crate::control::{SfuControl, SfuError, SfuHealth};
 use crate::engine::{ParticipantStats, Role};
 use crate::ids::{ParticipantId, RoomId};
 
@@ -46,6 +46,38 @@ pub struct HttpState {
     pub token: Option<String>,
     /// `/metrics` without the token (`SfuConfig::metrics_open`).
     pub metrics_open: bool,
+}
+
+/// What a node's relay carried (the cascade), from its health.
+fn write_relay(out: &mut String, health: &SfuHealth) {
+    let r = health.relayed;
+    for (name, help, value) in [
+        (
+            "sfu_relay_sent_total",
+            "media datagrams sent to other nodes",
+            r.sent,
+        ),
+        (
+            "sfu_relay_received_total",
+            "media datagrams received from other nodes",
+            r.received,
+        ),
+        (
+            "sfu_relay_dropped_total",
+            "relay messages dropped (full queue, peer not connected, room not here)",
+            r.dropped,
+        ),
+        (
+            "sfu_relay_malformed_total",
+            "relay datagrams that could not be read",
+            r.malformed,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
 }
 
 /// The router.
@@ -319,6 +351,7 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
         let _ = writeln!(out, "sfu_worker_participants{{worker=\"{i}\"}} {}", w.len());
     }
     write_worker_health(&mut out, &stats.health);
+    write_relay(&mut out, &stats.health);
     type Counter = fn(&ParticipantStats) -> u64;
     let counters: [(&str, &str, Counter); 7] = [
         (

@@ -33,11 +33,12 @@
 //! - **Queues.** The workers hand their messages to one bounded queue
 //!   (full: dropped and counted, see [`crate::worker::Links`]); datagrams
 //!   QUIC cannot take at once (its send buffer is full) are dropped and
-//!   counted (`sfu_relay_dropped_total`); what arrives goes to the room's
+//!   counted ([`RelayCounters`]); what arrives goes to the room's
 //!   worker through its bounded command queue (full: dropped).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -97,6 +98,48 @@ pub struct RelayPeer {
     pub token: Option<String>,
 }
 
+/// What the relay has carried, counted by everyone who touches it (the
+/// workers, the relay's tasks, the SFU's routing of what arrives).
+#[derive(Debug, Default)]
+pub struct RelayCounters {
+    sent: AtomicU64,
+    received: AtomicU64,
+    dropped: AtomicU64,
+    malformed: AtomicU64,
+}
+
+/// A reading of [`RelayCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayCounts {
+    /// Media datagrams sent to other nodes.
+    pub sent: u64,
+    /// Media datagrams received from other nodes.
+    pub received: u64,
+    /// Messages dropped: a full queue, a peer not (yet) connected, QUIC's
+    /// send buffer full, or a room not (or no longer) here.
+    pub dropped: u64,
+    /// Datagrams that could not be read.
+    pub malformed: u64,
+}
+
+impl RelayCounters {
+    /// Counts one dropped message.
+    pub fn drop_one(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    #[must_use]
+    pub fn read(&self) -> RelayCounts {
+        RelayCounts {
+            sent: self.sent.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            malformed: self.malformed.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The control messages of a relay connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "message", rename_all = "snake_case")]
@@ -142,6 +185,7 @@ pub struct Relay {
     endpoint: quinn::Endpoint,
     token: Option<String>,
     sink: Sink,
+    counters: Arc<RelayCounters>,
     peers: Mutex<Peers>,
     /// Per node, the control stream of its connection to us: where needs
     /// and keyframe requests for its tracks go.
@@ -178,6 +222,7 @@ impl Relay {
         token: Option<String>,
         sink: Sink,
         outgoing: mpsc::Receiver<RelayOut>,
+        counters: Arc<RelayCounters>,
     ) -> Result<Arc<Self>, String> {
         let made = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])
             .map_err(|e| format!("relay certificate: {e}"))?;
@@ -214,6 +259,7 @@ impl Relay {
             endpoint,
             token,
             sink,
+            counters,
             peers: Mutex::new(Peers::default()),
             back: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
@@ -356,6 +402,7 @@ async fn serve_peer(relay: &Arc<Relay>, conn: quinn::Connection) -> Result<(), S
         conn.clone(),
         tracks.clone(),
         relay.sink.clone(),
+        relay.counters.clone(),
     ));
     let ended = loop {
         let message = match read_control(&mut recv).await {
@@ -406,10 +453,12 @@ async fn read_datagrams(
     conn: quinn::Connection,
     tracks: Arc<RwLock<HashMap<u32, TrackRef>>>,
     sink: Sink,
+    counters: Arc<RelayCounters>,
 ) {
     while let Ok(datagram) = conn.read_datagram().await {
+        counters.received.fetch_add(1, Ordering::Relaxed);
         let Some((number, packet)) = decode(datagram) else {
-            metrics::counter!("sfu_relay_malformed_total").increment(1);
+            counters.malformed.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let track = tracks
@@ -523,12 +572,14 @@ fn handle_out(
         RelayOut::Packet { node, packet } => {
             let o = connected(relay, nodes, dialed, node);
             let (Some(conn), Some((number, _))) = (&o.conn, o.tracks.get(&packet.track)) else {
-                metrics::counter!("sfu_relay_dropped_total").increment(1);
+                relay.counters.drop_one();
                 return;
             };
             encode(buf, *number, &packet);
-            if conn.send_datagram(buf.split().freeze()).is_err() {
-                metrics::counter!("sfu_relay_dropped_total").increment(1);
+            if conn.send_datagram(buf.split().freeze()).is_ok() {
+                relay.counters.sent.fetch_add(1, Ordering::Relaxed);
+            } else {
+                relay.counters.drop_one();
             }
         }
     }
@@ -663,7 +714,7 @@ fn reply(relay: &Relay, node: NodeId, message: Control) {
         .get(&node)
         .cloned();
     if back.is_none_or(|b| b.try_send(message).is_err()) {
-        metrics::counter!("sfu_relay_dropped_total").increment(1);
+        relay.counters.drop_one();
     }
 }
 
@@ -812,7 +863,8 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             advertise: None,
         };
-        let relay = Relay::start(&config, Some(token.to_owned()), sink, rx).unwrap();
+        let relay =
+            Relay::start(&config, Some(token.to_owned()), sink, rx, Arc::default()).unwrap();
         (relay, tx, got)
     }
 

@@ -192,7 +192,7 @@ pub struct Links {
     pub index: usize,
     /// Where messages for other nodes go (the cascade's relay), bounded:
     /// when it is full they are dropped and counted
-    /// (`sfu_relay_dropped_total`), as a congested link would drop them —
+    /// ([`crate::relay::RelayCounters`]), as a congested link would drop them —
     /// a lost announcement is sent again by the relay when it reconnects,
     /// a lost packet is repaired by NACK or the next keyframe.
     pub relay: Option<tokio::sync::mpsc::Sender<RelayOut>>,
@@ -200,6 +200,8 @@ pub struct Links {
     /// so that relayed media never crowds out commands (full: the relay
     /// drops and counts).
     pub relay_in: Receiver<RelayIn>,
+    /// The relay's counters (its drops).
+    pub relay_counters: std::sync::Arc<crate::relay::RelayCounters>,
 }
 
 /// A request for a worker.
@@ -380,7 +382,7 @@ fn publish_events(engine: &mut Engine, links: &Links) {
             continue;
         };
         if relay.try_send(out).is_err() {
-            metrics::counter!("sfu_relay_dropped_total").increment(1);
+            links.relay_counters.drop_one();
         }
     }
     while let Some(event) = engine.poll_event() {
