@@ -33,7 +33,7 @@ fn forward(c: &mut Criterion) {
     let mut group = c.benchmark_group("sfu_forward");
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(10));
-    for n in [1usize, 10, 30] {
+    for n in [1usize, 10, 30, 100] {
         let (mut net, _publisher) = room(n);
         group.throughput(Throughput::Elements(1));
         group.bench_with_input(
