@@ -131,12 +131,19 @@ pub struct Streaming {
 }
 
 impl Streaming {
-    pub fn start(mut publisher: Peer, audio: Mid, video: Mid) -> Self {
+    pub fn start(publisher: Peer, audio: Mid, video: Mid) -> Self {
+        Self::start_tagged(publisher, audio, video, 0)
+    }
+
+    /// As [`Self::start`], writing `tag` into every payload so that
+    /// subscribers can tell publishers apart.
+    pub fn start_tagged(mut publisher: Peer, audio: Mid, video: Mid, tag: u8) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
             std::thread::spawn(move || {
                 let mut behaviour = Publisher::new(audio, video, true, 15);
+                behaviour.tag = tag;
                 publisher.run_until(Instant::now() + MEDIA_DEADLINE * 3, &mut behaviour, |_| {
                     stop.load(std::sync::atomic::Ordering::Relaxed)
                 });
