@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::process::sfu_node;
+use common::process::{sfu_node, sfu_node_with};
 use common::{TestServer, Ws, default_clock, test_config};
 use confer_signalling::SignallingConfig;
 use confer_signalling::config::SfuNodeConfig;
@@ -858,6 +858,47 @@ async fn three_on_the_sfu(server: &TestServer) -> (Vec<Person>, Value, Vec<SfuMe
     }
     until_media(&media[0].subscribe, &[2, 3], 10).await;
     (p, call, media)
+}
+
+/// A call too big for one SFU node spans two: with room for four sessions
+/// on the first node, the third person's sessions (publish, then its
+/// linked subscribe) go to the second, the nodes relay each other's
+/// tracks, and everyone receives everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_too_big_for_one_sfu_node_spans_two() {
+    let _serial = SERIAL.lock().await;
+    let relay = [("CONFER_SFU_RELAY__LISTEN", "127.0.0.1:0")];
+    let nodes = [
+        sfu_node_with("node-token", &relay),
+        sfu_node_with("node-token", &relay),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: SignallingConfig = test_config(dir.path());
+    config.sfu.nodes = nodes
+        .iter()
+        .map(|n| SfuNodeConfig::new(&n.base, Some("node-token".to_owned())))
+        .collect();
+    config.sfu.nodes[0].max_participants = 4;
+    let server = TestServer::start_with(config, default_clock()).await;
+    let sfu = server.services.sfu.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sfu.nodes().iter().all(|n| n.relay) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", sfu.nodes());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (p, _call, media) = three_on_the_sfu(&server).await;
+    for (i, m) in media.iter().enumerate() {
+        let others: Vec<u8> = (1..=3).filter(|t| usize::from(*t) != i + 1).collect();
+        until_media(&m.subscribe, &others, 10).await;
+    }
+    let reports = sfu.nodes();
+    assert_eq!(
+        reports.iter().map(|n| n.participants).collect::<Vec<_>>(),
+        [4, 2],
+        "{reports:?}"
+    );
+    assert!(reports.iter().all(|n| n.rooms == 1), "{reports:?}");
+    drop(p);
 }
 
 /// Everyone of the call opens both sessions afresh (after

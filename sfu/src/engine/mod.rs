@@ -560,7 +560,9 @@ impl Engine {
                 self.remove(id);
             }
         }
-        self.rooms.remove(room);
+        if let Some(r) = self.rooms.remove(room) {
+            relay::withdraw_all(&mut self.relay_out, room, &r.links);
+        }
     }
 
     /// A datagram arrived on the worker socket from `source`. Never panics,
@@ -743,8 +745,10 @@ impl Engine {
             room.participants.retain(|x| *x != id);
             room.tracks.retain(|k, _| k.0 != id);
             room.speaker.remove(id);
-            if room.participants.is_empty() {
-                self.rooms.remove(&p.room);
+            if room.participants.is_empty()
+                && let Some(room) = self.rooms.remove(&p.room)
+            {
+                relay::withdraw_all(&mut self.relay_out, &p.room, &room.links);
             }
         }
         self.events.push_back(SfuEvent::Disconnected {

@@ -210,6 +210,19 @@ pub(super) struct Incoming {
     pub(super) payload: Arc<[u8]>,
 }
 
+/// Withdraws every track announced to `links` (unlinked, or the room is
+/// gone here), so that the relay forgets them.
+pub(super) fn withdraw_all(out: &mut VecDeque<RelayOut>, room: &RoomId, links: &[Link]) {
+    for link in links {
+        for key in &link.announced {
+            out.push_back(RelayOut::Withdraw {
+                node: link.node,
+                track: TrackRef::new(room, *key),
+            });
+        }
+    }
+}
+
 /// Queues a local track's packet for every linked node that takes it:
 /// audio always, video when the node needs its layer.
 pub(super) fn relay_packet(
@@ -250,7 +263,11 @@ impl Engine {
     /// tracks; the tracks of nodes no longer linked leave the room.
     pub fn handle_link(&mut self, room_id: &RoomId, nodes: &[NodeId]) {
         let room = self.rooms.entry(room_id.clone()).or_default();
-        room.links.retain(|l| nodes.contains(&l.node));
+        let (kept, dropped): (Vec<Link>, Vec<Link>) = std::mem::take(&mut room.links)
+            .into_iter()
+            .partition(|l| nodes.contains(&l.node));
+        room.links = kept;
+        withdraw_all(&mut self.relay_out, room_id, &dropped);
         for node in nodes {
             if !room.links.iter().any(|l| l.node == *node) {
                 room.links.push(Link {

@@ -152,5 +152,10 @@ impl Drop for Process {
 /// --workspace`) on loopback with `token`: see
 /// [`confer_sfu::testing::Standalone`].
 pub fn sfu_node(token: &str) -> confer_sfu::testing::Standalone {
-    confer_sfu::testing::Standalone::spawn(&Path::new(BIN).with_file_name("sfu"), token, &[])
+    sfu_node_with(token, &[])
+}
+
+/// As [`sfu_node`], with more of its environment (e.g. a relay).
+pub fn sfu_node_with(token: &str, env: &[(&str, &str)]) -> confer_sfu::testing::Standalone {
+    confer_sfu::testing::Standalone::spawn(&Path::new(BIN).with_file_name("sfu"), token, env)
 }
