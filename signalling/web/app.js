@@ -7,6 +7,7 @@
 // open a discussion of a business object; otherwise the demo application
 // when the server offers it.
 import { CallManager } from './call.js';
+import { formatText } from './format.js';
 
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, props = {}, ...children) => {
@@ -424,7 +425,10 @@ function renderMessage(m) {
     el('span', { className: 'meta', textContent: new Date(m.created_at).toLocaleTimeString() + (m.edited_at ? ' · edited' : '') })));
   const call = m.data && m.data.call;
   const text = m.deleted_at ? 'message deleted' : m.text;
-  node.append(el('div', { className: `text${call ? ' call-note' : ''}`, textContent: text }));
+  // Formatting is only for people's words: a deleted message and a call's
+  // note show as they are.
+  const body = m.deleted_at || call ? [text] : formatText(text || '');
+  node.append(el('div', { className: `text${call ? ' call-note' : ''}` }, ...body));
   if (m.attachments && m.attachments.length) node.append(renderAttachments(m.attachments));
   if (m.actions && m.actions.length && !m.deleted_at) {
     node.append(el('div', { className: 'actions' }, ...m.actions.map((a) => {

@@ -1,6 +1,6 @@
 // Two people chat in two browser contexts: each message appears on the
 // other side, unread counts and the read mark update, typing, edit,
-// delete, an image attachment with its preview, search, and a discussion
+// delete, light formatting rendered safely, an image attachment with its preview, search, and a discussion
 // of a business object opened by an application's token, and that page
 // embedded by the application's origin (tokens by postMessage from it,
 // from no other). Screenshots of the chat go to the artifacts.
@@ -75,6 +75,35 @@ await scenario('chat', async (cleanup) => {
   await until('Bob to see the deletion', async () => (await bob.locator('#messages .msg', { hasText: 'a typo to delete' }).count()) === 0
     && (await bob.locator('#messages .msg.deleted').count()) === 1);
   check(true, 'Bob sees the deletion');
+
+  // Light formatting, rendered safely: markup in a message is text, and
+  // only http(s) and mailto become links.
+  const marked = '*Итоги* _квартала_: `SELECT 1` — https://example.com/report?q=1. '
+    + '<b>not bold</b> <img src=x onerror="window.pwned=1"> javascript:window.pwned=2 '
+    + '[x](javascript:window.pwned=3) mailto:bob@example.com snake_case_name 2*3*4';
+  await sendText(ann, marked);
+  const shown = bob.locator('#messages .msg', { hasText: 'Итоги' }).locator('.text');
+  await shown.waitFor();
+  const rendered = await shown.evaluate((t) => ({
+    strong: [...t.querySelectorAll('strong')].map((e) => e.textContent),
+    em: [...t.querySelectorAll('em')].map((e) => e.textContent),
+    code: [...t.querySelectorAll('code')].map((e) => e.textContent),
+    links: [...t.querySelectorAll('a')].map((a) => ({ href: a.getAttribute('href'), rel: a.rel, target: a.target })),
+    elements: [...t.querySelectorAll('*')].map((e) => e.tagName.toLowerCase()).sort(),
+    text: t.textContent,
+    pwned: window.pwned,
+  }));
+  check(rendered.strong.join() === 'Итоги' && rendered.em.join() === 'квартала' && rendered.code.join() === 'SELECT 1',
+    `*bold*, _italic_ and \`code\` render (${JSON.stringify(rendered)})`);
+  check(JSON.stringify(rendered.links) === JSON.stringify([
+    { href: 'https://example.com/report?q=1', rel: 'noopener noreferrer', target: '_blank' },
+    { href: 'mailto:bob@example.com', rel: 'noopener noreferrer', target: '_blank' },
+  ]), `an https and a mailto link, nothing else, without the sentence's full stop (${JSON.stringify(rendered.links)})`);
+  check(rendered.elements.join() === 'a,a,code,em,strong', `no element from the message's markup (${rendered.elements})`);
+  check(rendered.text.includes('<b>not bold</b> <img src=x onerror="window.pwned=1"> javascript:window.pwned=2')
+    && rendered.text.includes('snake_case_name 2*3*4') && rendered.pwned === undefined,
+    'markup and a javascript: link show as text, and run nothing');
+  await bob.screenshot({ path: join(artifacts, 'formatting.png') });
 
   // An image attachment: uploaded from the page, previewed on the other side.
   const png = await ann.evaluate(() => {
