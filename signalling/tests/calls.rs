@@ -873,11 +873,7 @@ async fn a_call_too_big_for_one_sfu_node_spans_two() {
         sfu_node_with("node-token", &relay),
     ];
     let dir = tempfile::tempdir().unwrap();
-    let mut config: SignallingConfig = test_config(dir.path());
-    config.sfu.nodes = nodes
-        .iter()
-        .map(|n| SfuNodeConfig::new(&n.base, Some("node-token".to_owned())))
-        .collect();
+    let mut config = on_sfu_nodes(dir.path(), &nodes);
     config.sfu.nodes[0].max_participants = 4;
     let server = TestServer::start_with(config, default_clock()).await;
     let sfu = server.services.sfu.clone();
@@ -887,10 +883,7 @@ async fn a_call_too_big_for_one_sfu_node_spans_two() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (p, _call, media) = three_on_the_sfu(&server).await;
-    for (i, m) in media.iter().enumerate() {
-        let others: Vec<u8> = (1..=3).filter(|t| usize::from(*t) != i + 1).collect();
-        until_media(&m.subscribe, &others, 10).await;
-    }
+    everyone_receives_everyone(&media).await;
     let reports = sfu.nodes();
     assert_eq!(
         reports.iter().map(|n| n.participants).collect::<Vec<_>>(),
@@ -908,11 +901,29 @@ async fn reopen_media(call: &Value, p: &mut [Person]) -> Vec<SfuMedia> {
     for person in p.iter_mut() {
         media.push(sfu_sessions(call, person, 2).await);
     }
+    everyone_receives_everyone(&media).await;
+    media
+}
+
+/// Waits until each of three people receives the other two.
+async fn everyone_receives_everyone(media: &[SfuMedia]) {
     for (i, m) in media.iter().enumerate() {
         let others: Vec<u8> = (1..=3).filter(|t| usize::from(*t) != i + 1).collect();
         until_media(&m.subscribe, &others, 10).await;
     }
-    media
+}
+
+/// A test configuration whose calls go to the standalone SFU `nodes`.
+fn on_sfu_nodes(
+    dir: &std::path::Path,
+    nodes: &[confer_sfu::testing::Standalone],
+) -> SignallingConfig {
+    let mut config: SignallingConfig = test_config(dir);
+    config.sfu.nodes = nodes
+        .iter()
+        .map(|n| SfuNodeConfig::new(&n.base, Some("node-token".to_owned())))
+        .collect();
+    config
 }
 
 /// An SFU worker that dies under a call (made to panic through the SFU's
@@ -983,11 +994,7 @@ async fn a_call_on_a_dead_sfu_node_reopens_its_media_on_another() {
     let _serial = SERIAL.lock().await;
     let mut nodes = [sfu_node("node-token"), sfu_node("node-token")];
     let dir = tempfile::tempdir().unwrap();
-    let mut config: SignallingConfig = test_config(dir.path());
-    config.sfu.nodes = nodes
-        .iter()
-        .map(|n| SfuNodeConfig::new(&n.base, Some("node-token".to_owned())))
-        .collect();
+    let config = on_sfu_nodes(dir.path(), &nodes);
     let server = TestServer::start_with(config, default_clock()).await;
     let (mut p, call, media) = three_on_the_sfu(&server).await;
 
