@@ -863,12 +863,13 @@ async fn three_on_the_sfu(server: &TestServer) -> (Vec<Person>, Value, Vec<SfuMe
 /// A call too big for one SFU node spans two: with room for four sessions
 /// on the first node, the third person's sessions (publish, then its
 /// linked subscribe) go to the second, the nodes relay each other's
-/// tracks, and everyone receives everyone else.
+/// tracks, and everyone receives everyone else. When the second node dies
+/// the call goes on: its sessions reopen on the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_too_big_for_one_sfu_node_spans_two() {
     let _serial = SERIAL.lock().await;
     let relay = [("CONFER_SFU_RELAY__LISTEN", "127.0.0.1:0")];
-    let nodes = [
+    let mut nodes = [
         sfu_node_with("node-token", &relay),
         sfu_node_with("node-token", &relay),
     ];
@@ -882,7 +883,7 @@ async fn a_call_too_big_for_one_sfu_node_spans_two() {
         assert!(std::time::Instant::now() < deadline, "{:?}", sfu.nodes());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (p, _call, media) = three_on_the_sfu(&server).await;
+    let (mut p, call, mut media) = three_on_the_sfu(&server).await;
     everyone_receives_everyone(&media).await;
     let reports = sfu.nodes();
     assert_eq!(
@@ -891,7 +892,39 @@ async fn a_call_too_big_for_one_sfu_node_spans_two() {
         "{reports:?}"
     );
     assert!(reports.iter().all(|n| n.rooms == 1), "{reports:?}");
-    drop(p);
+
+    // The second node dies: only Carol's sessions are lost; she reopens
+    // them on the first node (over its limit: the call is in progress, and
+    // no other node is up), which has dropped the dead node's tracks, and
+    // everyone receives everyone again.
+    nodes[1].kill();
+    let lost = p[2].ws.ephemeral_of("call_media_lost").await;
+    assert_eq!(lost["event"]["reason"], "node_failed", "{lost}");
+    let carol = media.pop().unwrap();
+    drop(carol);
+    let heard = |m: &SfuMedia| {
+        (
+            m.subscribe.received("audio", 3),
+            m.subscribe.received("video", 3),
+        )
+    };
+    let before = [heard(&media[0]), heard(&media[1])];
+    media.push(sfu_sessions(&call, &mut p[2], 2).await);
+    until_media(&media[2].subscribe, &[1, 2], 10).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (0..2).any(|i| {
+        let (audio, video) = heard(&media[i]);
+        audio < before[i].0 + 20 || video < before[i].1 + 20
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Carol's new sessions are not heard"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reports = sfu.nodes();
+    assert!(reports[0].up && !reports[1].up, "{reports:?}");
+    assert_eq!(reports[0].participants, 6, "{reports:?}");
 }
 
 /// Everyone of the call opens both sessions afresh (after
