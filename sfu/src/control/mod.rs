@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -47,6 +47,10 @@ use crate::events::{EventLog, EventStream};
 use crate::ids::{ParticipantId, RoomId};
 use crate::relay::{Relay, RelayConfig, RelayCounters, RelayCounts, RelayInfo, RelayPeer};
 use crate::worker::{self, Command, Exit, Links, WorkerHealth, WorkerShared};
+
+mod placement;
+
+use placement::Placement;
 
 /// How long a caller waits for a worker's answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -276,26 +280,6 @@ struct WorkerHandle {
     addr: SocketAddr,
     shared: Arc<WorkerShared>,
     thread: Option<JoinHandle<()>>,
-}
-
-/// A placed room: its worker and how many participants it has.
-#[derive(Debug, Clone, Copy)]
-struct PlacedRoom {
-    worker: usize,
-    participants: usize,
-}
-
-#[derive(Debug)]
-struct Placement {
-    rooms: HashMap<RoomId, PlacedRoom>,
-    /// Every participant: its worker and room.
-    participants: HashMap<ParticipantId, (usize, RoomId)>,
-    /// Participants per worker.
-    load: Vec<usize>,
-    /// Workers whose thread ended.
-    dead: Vec<bool>,
-    /// Participants the engines removed, with their worker.
-    gone: Receiver<(usize, ParticipantId)>,
 }
 
 /// The SFU in this process: one pinned thread per worker.
@@ -577,96 +561,6 @@ async fn parse_offer(offer: String) -> Result<Box<SdpOffer>, SfuError> {
         .await
         .map_err(|_| SfuError::Unavailable)?
         .map_err(SfuError::Join)
-}
-
-impl Placement {
-    /// The worker of `room`; a new room goes to the live worker with the
-    /// fewest participants. `None` when every worker is dead.
-    fn place(&mut self, room: &RoomId) -> Option<usize> {
-        if let Some(r) = self.rooms.get(room) {
-            return Some(r.worker);
-        }
-        let i = self
-            .load
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !self.dead[*i])
-            .min_by_key(|(_, l)| **l)
-            .map(|(i, _)| i)?;
-        self.rooms.insert(
-            room.clone(),
-            PlacedRoom {
-                worker: i,
-                participants: 0,
-            },
-        );
-        Some(i)
-    }
-
-    /// Counts a new participant of `room` (placed) on its worker.
-    fn add(&mut self, participant: ParticipantId, room: &RoomId, worker: usize) {
-        self.load[worker] += 1;
-        if let Some(r) = self.rooms.get_mut(room) {
-            r.participants += 1;
-        }
-        self.participants
-            .insert(participant, (worker, room.clone()));
-    }
-
-    /// Forgets a participant; its room too when it was the last one.
-    fn forget(&mut self, participant: ParticipantId) {
-        let Some((worker, room)) = self.participants.remove(&participant) else {
-            return;
-        };
-        if let Some(l) = self.load.get_mut(worker) {
-            *l = l.saturating_sub(1);
-        }
-        if let Some(r) = self.rooms.get_mut(&room)
-            && r.worker == worker
-        {
-            r.participants = r.participants.saturating_sub(1);
-            if r.participants == 0 {
-                self.rooms.remove(&room);
-            }
-        }
-    }
-
-    /// Forgets the participants the engines removed on their own.
-    fn apply_departures(&mut self) {
-        while let Ok((worker, participant)) = self.gone.try_recv() {
-            // Only if it is still the one on that worker: its id may have
-            // been reused since.
-            if self
-                .participants
-                .get(&participant)
-                .is_some_and(|(w, _)| *w == worker)
-            {
-                self.forget(participant);
-            }
-        }
-    }
-
-    /// Marks worker `index` dead and forgets everything on it; returns
-    /// its participants.
-    fn fail_worker(&mut self, index: usize) -> Vec<(ParticipantId, RoomId)> {
-        if let Some(d) = self.dead.get_mut(index) {
-            *d = true;
-        }
-        if let Some(l) = self.load.get_mut(index) {
-            *l = 0;
-        }
-        self.rooms.retain(|_, r| r.worker != index);
-        let lost: Vec<(ParticipantId, RoomId)> = self
-            .participants
-            .iter()
-            .filter(|(_, (w, _))| *w == index)
-            .map(|(p, (_, room))| (*p, room.clone()))
-            .collect();
-        for (p, _) in &lost {
-            self.participants.remove(p);
-        }
-        lost
-    }
 }
 
 #[async_trait]
