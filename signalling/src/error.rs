@@ -96,6 +96,9 @@ pub enum Code {
     WrongTopology,
     /// Calls: a second first offer while the first is answered.
     Negotiating,
+    /// A message's distinct reactions or a conversation's pins are at
+    /// their limit.
+    LimitReached,
 }
 
 impl Code {
@@ -140,6 +143,7 @@ impl Code {
         Self::NotJoined,
         Self::WrongTopology,
         Self::Negotiating,
+        Self::LimitReached,
     ];
 
     /// The code as clients see it (`snake_case`).
@@ -185,6 +189,7 @@ impl Code {
             Self::NotJoined => "not_joined",
             Self::WrongTopology => "wrong_topology",
             Self::Negotiating => "negotiating",
+            Self::LimitReached => "limit_reached",
         }
     }
 }

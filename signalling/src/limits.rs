@@ -418,7 +418,7 @@ pub fn ip_key(ip: IpAddr) -> IpAddr {
 /// What a request frame costs, besides counting as a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {
-    /// Reads: history, list, search, members, ping.
+    /// Reads: history, list, search, members, pins, ping.
     Read,
     /// Writes to the store.
     Write,
@@ -438,6 +438,9 @@ impl FrameKind {
             "send"
             | "edit"
             | "delete"
+            | "react"
+            | "pin"
+            | "pin_policy"
             | "read"
             | "click"
             | "create_conversation"

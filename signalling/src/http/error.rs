@@ -68,7 +68,8 @@ pub fn status(code: Code) -> StatusCode {
         | Code::NotRinging
         | Code::NotJoined
         | Code::WrongTopology
-        | Code::Negotiating => StatusCode::CONFLICT,
+        | Code::Negotiating
+        | Code::LimitReached => StatusCode::CONFLICT,
         Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         Code::MediaUnavailable | Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -15,6 +15,7 @@ use crate::store::{FileStore, Store};
 
 pub(crate) mod caller;
 mod conversations;
+mod marks;
 mod messages;
 mod presence;
 mod rosters;
@@ -22,7 +23,8 @@ mod views;
 
 pub use caller::{Caller, Who, bot_id};
 pub use rosters::{ROSTERS_MAX, Roster, Rosters};
-pub use views::{AttachmentRef, ConversationView, MessageView, NewConversation};
+pub use marks::{MAX_EMOJI_BYTES, MAX_PINS, MAX_REACTIONS, MarkOutcome, REACTION_USERS_LISTED};
+pub use views::{AttachmentRef, ConversationView, MessageView, NewConversation, ReactionView};
 
 /// Longest text of a message, in bytes.
 pub const MAX_TEXT_BYTES: usize = 32 * 1024;

@@ -78,6 +78,23 @@ pub struct MessageView {
     /// RFC 3339 time of deletion.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<String>,
+    /// Its reactions, in the order of their first use (in `history` and
+    /// `search` answers; events carry each change as a `reaction` event).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionView>,
+}
+
+/// One reaction to a message and who chose it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+pub struct ReactionView {
+    /// The emoji (or short name).
+    pub emoji: String,
+    /// How many members chose it.
+    #[schemars(range(min = 1))]
+    pub count: u64,
+    /// Who chose it, first first: the first 100.
+    #[schemars(length(min = 1, max = 100))]
+    pub users: Vec<UserId>,
 }
 
 impl From<&StoredMessage> for MessageView {
@@ -92,6 +109,7 @@ impl From<&StoredMessage> for MessageView {
             created_at: m.created_at.to_rfc3339(),
             edited_at: m.edited_at.map(|t| t.to_rfc3339()),
             deleted_at: m.deleted_at.map(|t| t.to_rfc3339()),
+            reactions: Vec::new(),
         }
     }
 }

@@ -153,6 +153,51 @@ pub enum Request {
         /// The message.
         message_id: MessageId,
     },
+    /// Add your reaction to a message, or take it back.
+    React {
+        /// The request's id.
+        id: String,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The message.
+        message_id: MessageId,
+        /// An emoji (or a short name such as `:+1:`): 1 to 64 bytes, no
+        /// spaces.
+        #[schemars(length(min = 1, max = 64))]
+        emoji: String,
+        /// Take your reaction back.
+        #[serde(default)]
+        remove: bool,
+    },
+    /// Pin a message in its conversation, or unpin it.
+    Pin {
+        /// The request's id.
+        id: String,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The message.
+        message_id: MessageId,
+        /// Unpin it.
+        #[serde(default)]
+        unpin: bool,
+    },
+    /// A conversation's pinned messages.
+    Pins {
+        /// The request's id.
+        id: String,
+        /// The conversation.
+        conversation_id: ConversationId,
+    },
+    /// Bots only: who may pin in a conversation.
+    PinPolicy {
+        /// The request's id.
+        id: String,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// Only the application pins (true), or every member (false, the
+        /// default).
+        app_only: bool,
+    },
     /// A page of your conversations, most recently active first.
     List {
         /// The request's id.
@@ -339,6 +384,10 @@ pub const KNOWN_TYPES: &[&str] = &[
     "read",
     "edit",
     "delete",
+    "react",
+    "pin",
+    "pins",
+    "pin_policy",
     "list",
     "click",
     "typing",

@@ -18,6 +18,7 @@ use crate::config::IceServer;
 use crate::error::Code;
 use crate::ids::{CallId, ConversationId, MessageId, UserId};
 use crate::messaging::{ConversationView, MessageView};
+use crate::store::messaging::Author;
 use confer_sfu::api::LostReason;
 
 /// A frame the server sends, told apart by its `type`.
@@ -72,6 +73,18 @@ pub enum ServerFrame {
         conversations: Vec<ConversationView>,
         /// The cursor of the next page, null on the last.
         next: Option<String>,
+    },
+    /// The answer to `pins`.
+    Pins {
+        /// The request's id.
+        id: String,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The pinned messages you can see, most recently pinned first.
+        #[schemars(length(max = 50))]
+        messages: Vec<MessageView>,
+        /// Only the application pins in this conversation.
+        app_only: bool,
     },
     /// The answer to `search`.
     Search {
@@ -144,6 +157,15 @@ pub struct Ack {
     /// After `typing`: false when it was not passed on (rate limit).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent: Option<bool>,
+    /// After `react` and `pin`: false when it was so already (nothing
+    /// changed and no event was sent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
+    /// After a `react` or `pin` that changed something: the members with
+    /// that reaction on the message now, or the conversation's pinned
+    /// messages now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
     /// The call started or joined.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub call: Option<CallView>,
@@ -225,6 +247,38 @@ pub enum Event {
         value: String,
         /// Who clicked.
         user_id: Option<UserId>,
+    },
+    /// A member reacted to a message, or took the reaction back.
+    Reaction {
+        /// How many members have this reaction on the message now.
+        count: u64,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The message.
+        message_id: MessageId,
+        /// The message's number.
+        seq: u64,
+        /// Who.
+        user_id: UserId,
+        /// Added (true) or taken back.
+        added: bool,
+        /// The reaction.
+        emoji: String,
+    },
+    /// A message was pinned in its conversation, or unpinned.
+    Pin {
+        /// How many messages the conversation has pinned now.
+        count: u64,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The message.
+        message_id: MessageId,
+        /// The message's number.
+        seq: u64,
+        /// Pinned (true) or unpinned.
+        pinned: bool,
+        /// Who pinned or unpinned it.
+        by: Author,
     },
     /// You left a conversation or were removed from it.
     Removed {
@@ -445,12 +499,20 @@ impl Event {
             message: MessageView::from(&stored),
         }
         .render();
-        let key = format!("\"seq\":{UNNUMBERED}");
-        let at = text.find(&key).expect("a message event has a seq") + "\"seq\":".len();
-        crate::store::messaging::PendingEvent {
-            before_seq: text[..at].to_owned(),
-            after_seq: text[at + UNNUMBERED.to_string().len()..].to_owned(),
-        }
+        crate::store::messaging::PendingEvent::open(&text, "seq", UNNUMBERED)
+    }
+
+    /// A `reaction` or `pin` event rendered once with its `count` left
+    /// open: the store puts in the count after the change. `count` is the
+    /// event's first field, before any text a client wrote.
+    ///
+    /// # Panics
+    /// For another kind of event.
+    #[must_use]
+    pub fn mark_before_count(make: impl FnOnce(u64) -> Self) -> crate::store::messaging::PendingEvent {
+        let event = make(UNNUMBERED);
+        assert!(matches!(event, Self::Reaction { .. } | Self::Pin { .. }));
+        crate::store::messaging::PendingEvent::open(&event.render(), "count", UNNUMBERED)
     }
 
     /// Its wire form, as kept in the log and written into `event` frames.

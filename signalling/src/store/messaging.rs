@@ -53,6 +53,16 @@ impl Author {
             Self::App => "app".to_owned(),
         }
     }
+
+    /// The author a [`Self::key`] stands for.
+    #[must_use]
+    pub fn from_key(key: &str) -> Option<Self> {
+        if key == "app" {
+            Some(Self::App)
+        } else {
+            key.parse().ok().map(Self::User)
+        }
+    }
 }
 
 /// The content of a message, stored as one JSON document.
@@ -159,6 +169,27 @@ pub struct PendingEvent {
 }
 
 impl PendingEvent {
+    /// `rendered` cut around the number that follows the first `"key":`
+    /// (rendered as `placeholder`), for the writer to put in the number
+    /// only its transaction knows. The key must come before any text a
+    /// client wrote, and the placeholder be a number no real value is.
+    ///
+    /// # Panics
+    /// When `rendered` has no `"key":placeholder`: a bug of the caller.
+    #[must_use]
+    pub fn open(rendered: &str, key: &str, placeholder: u64) -> Self {
+        let field = format!("\"{key}\":{placeholder}");
+        let at = rendered
+            .find(&field)
+            .unwrap_or_else(|| panic!("the event has no {field}"))
+            + key.len()
+            + 3;
+        Self {
+            before_seq: rendered[..at].to_owned(),
+            after_seq: rendered[at + placeholder.to_string().len()..].to_owned(),
+        }
+    }
+
     /// The event's text once the message is number `seq`.
     #[must_use]
     pub fn with_seq(&self, seq: u64) -> String {
@@ -176,6 +207,84 @@ pub struct Posted {
     pub event: Option<std::sync::Arc<str>>,
     /// Each recipient's event number.
     pub seqs: Vec<(UserId, u64)>,
+}
+
+/// What a message carries besides its body, added or withdrawn with its
+/// event in one transaction ([`MessageStore::mark_then`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// A user's reaction; a message holds at most `limit` distinct ones.
+    Reaction {
+        /// The emoji (or short name).
+        emoji: String,
+        /// Who reacts.
+        user: UserId,
+        /// Most distinct reactions on one message.
+        limit: u32,
+    },
+    /// The message is pinned in its conversation, which holds at most
+    /// `limit` pinned messages.
+    Pin {
+        /// Who pins.
+        by: Author,
+        /// Most pinned messages in one conversation.
+        limit: u32,
+    },
+}
+
+/// A [`Mark`] added to (`on`) or withdrawn from one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarkChange {
+    /// The message's conversation.
+    pub conversation_id: ConversationId,
+    /// The message.
+    pub message_id: MessageId,
+    /// Its number in the conversation.
+    pub seq: u64,
+    /// What changes.
+    pub mark: Mark,
+    /// Added (true) or withdrawn.
+    pub on: bool,
+}
+
+/// What [`MessageStore::mark_then`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Marked {
+    /// The mark changed and its event was written: `count` is, after the
+    /// change, the number of users with this reaction on the message, or
+    /// of pinned messages in the conversation.
+    Changed {
+        /// The count after the change.
+        count: u64,
+        /// Each notified user's event number.
+        seqs: Vec<(UserId, u64)>,
+    },
+    /// It was already so: nothing written.
+    Unchanged,
+    /// Adding it would pass the mark's `limit`: nothing written.
+    Full,
+}
+
+/// One user's reaction to a message, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReactionRecord {
+    /// The message's number.
+    pub seq: u64,
+    /// The emoji.
+    pub emoji: String,
+    /// Who reacted.
+    pub user: UserId,
+}
+
+/// A pinned message of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinRecord {
+    /// The message's number.
+    pub seq: u64,
+    /// Who pinned it.
+    pub by: Author,
+    /// When.
+    pub at: Timestamp,
 }
 
 /// A new message to store.
@@ -360,6 +469,43 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
         now: Timestamp,
         then: OnCommit,
     ) -> StoreResult<Vec<(UserId, u64)>>;
+
+    /// Adds or withdraws a reaction or a pin and appends `event` — whose
+    /// `"count":` is left open ([`PendingEvent::open`]) for the count after
+    /// the change — to the logs of `notify`, in one transaction; then
+    /// `then` once committed. Nothing is written when the mark was
+    /// already so or its limit is reached.
+    async fn mark_then(
+        &self,
+        change: &MarkChange,
+        notify: &[UserId],
+        event: PendingEvent,
+        now: Timestamp,
+        then: OnCommit,
+    ) -> StoreResult<Marked>;
+
+    /// The reactions to the messages numbered `from` to `to` (inclusive)
+    /// of a conversation, by message, each emoji's reactions in the order
+    /// they came, emojis in the order of their first reaction.
+    async fn reactions(
+        &self,
+        conversation: ConversationId,
+        from: u64,
+        to: u64,
+    ) -> StoreResult<Vec<ReactionRecord>>;
+
+    /// A conversation's pinned messages, most recently pinned first.
+    async fn pins(&self, conversation: ConversationId) -> StoreResult<Vec<PinRecord>>;
+
+    /// Whether only the application pins in a conversation.
+    async fn pins_by_app_only(&self, conversation: ConversationId) -> StoreResult<bool>;
+
+    /// Keeps pinning to the application, or opens it to members.
+    async fn set_pins_by_app_only(
+        &self,
+        conversation: ConversationId,
+        app_only: bool,
+    ) -> StoreResult<()>;
 
     /// Messages with `after < seq < before`, oldest first, at most `limit`:
     /// with `after` (0 included) the oldest ones above it, without it the

@@ -21,6 +21,7 @@ pub mod messaging;
 pub mod pg;
 mod pg_error;
 mod pg_files;
+mod pg_marks;
 mod pg_message_writes;
 mod pg_messaging;
 #[cfg(test)]
@@ -29,6 +30,7 @@ mod pg_writer;
 pub mod sqlite;
 mod sqlite_error;
 mod sqlite_files;
+mod sqlite_marks;
 mod sqlite_message_writes;
 mod sqlite_messaging;
 #[cfg(test)]

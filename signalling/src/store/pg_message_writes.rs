@@ -332,6 +332,7 @@ pub(super) async fn update_in(
     let body = serde_json::to_string(&m.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     if m.deleted_at.is_some() {
         super::pg_files::discard_message_files(tx, m.id, now).await?;
+        super::pg_marks::unmark(tx, &m.conversation_id.to_string(), to_i64(m.seq)).await?;
     }
     sqlx::query(
         "UPDATE messages SET body = $1, edited_at = $2, deleted_at = $3 \

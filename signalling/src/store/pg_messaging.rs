@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 
 use super::messaging::{
-    Author, Conversation, ConversationEntry, EventRecord, GrantChange, MessageStore, NewMessage,
-    OnCommit, PendingEvent, Posted, StoredMessage,
+    Author, Conversation, ConversationEntry, EventRecord, GrantChange, MarkChange, Marked,
+    MessageStore, NewMessage, OnCommit, PendingEvent, PinRecord, Posted, ReactionRecord,
+    StoredMessage,
 };
 use super::pg::{PgStore, get, parse_id};
 use super::pg_error::PgResult as _;
@@ -119,7 +120,7 @@ impl PgStore {
     ) -> StoreResult<Vec<(UserId, u64)>> {
         match self.writer().write(write, notify, now, then).await? {
             Written::Appended(seqs) => Ok(seqs),
-            Written::Posted(_) => Err(StoreError::Corrupt(
+            Written::Posted(_) | Written::Marked(..) => Err(StoreError::Corrupt(
                 "the message writer answered an event with a post".to_owned(),
             )),
         }
@@ -305,7 +306,7 @@ impl MessageStore for PgStore {
         };
         match self.writer().write(write, notify, now, then).await? {
             Written::Posted(posted) => Ok(*posted),
-            Written::Appended(_) => Err(StoreError::Corrupt(
+            Written::Appended(_) | Written::Marked(..) => Err(StoreError::Corrupt(
                 "the message writer answered a post with an update".to_owned(),
             )),
         }
@@ -363,6 +364,51 @@ impl MessageStore for PgStore {
             event: Arc::from(event),
         };
         self.write_events(write, notify, now, then).await
+    }
+
+    async fn mark_then(
+        &self,
+        change: &MarkChange,
+        notify: &[UserId],
+        event: PendingEvent,
+        now: Timestamp,
+        then: OnCommit,
+    ) -> StoreResult<Marked> {
+        let write = Write::Mark {
+            change: change.clone(),
+            event,
+        };
+        match self.writer().write(write, notify, now, then).await? {
+            Written::Marked(marked, _) => Ok(marked),
+            Written::Posted(_) | Written::Appended(_) => Err(StoreError::Corrupt(
+                "the message writer answered a mark with another write".to_owned(),
+            )),
+        }
+    }
+
+    async fn reactions(
+        &self,
+        conversation: ConversationId,
+        from: u64,
+        to: u64,
+    ) -> StoreResult<Vec<ReactionRecord>> {
+        self.reactions_between(conversation, from, to).await
+    }
+
+    async fn pins(&self, conversation: ConversationId) -> StoreResult<Vec<PinRecord>> {
+        self.pins_of(conversation).await
+    }
+
+    async fn pins_by_app_only(&self, conversation: ConversationId) -> StoreResult<bool> {
+        self.pin_policy(conversation).await
+    }
+
+    async fn set_pins_by_app_only(
+        &self,
+        conversation: ConversationId,
+        app_only: bool,
+    ) -> StoreResult<()> {
+        self.set_pin_policy(conversation, app_only).await
     }
 
     async fn history(

@@ -31,7 +31,10 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Acquire as _, Connection as _, PgConnection};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::messaging::{NewMessage, OnCommit, PendingEvent, Posted, StoredMessage};
+use super::messaging::{
+    Mark, MarkChange, Marked, NewMessage, OnCommit, PendingEvent, Posted, StoredMessage,
+};
+use super::pg_marks::mark_in;
 use super::pg_error::{PgResult as _, connection_usable, retryable};
 use super::pg_message_writes::{
     LockSet, Numbers, Taken, append, lock, post_in, store_numbers, update_in,
@@ -70,6 +73,11 @@ pub(super) enum Write {
     },
     /// An event that changes no message (a conversation's, a click's…).
     Append { event: Arc<str> },
+    /// A reaction or pin added or withdrawn.
+    Mark {
+        change: MarkChange,
+        event: PendingEvent,
+    },
 }
 
 /// What a [`Write`] did.
@@ -79,6 +87,8 @@ pub(super) enum Written {
     Posted(Box<Posted>),
     /// The event's number in each notified user's log.
     Appended(Vec<(UserId, u64)>),
+    /// What a mark's change did, and its event when it wrote one.
+    Marked(Marked, Option<Arc<str>>),
 }
 
 /// A write waiting for the group commit: what to write, and whom to
@@ -120,7 +130,11 @@ impl Reply {
                 ) => {
                     then(seqs, event);
                 }
-                (Written::Appended(_), Write::Post { .. }) => {}
+                (Written::Marked(Marked::Changed { seqs, .. }, Some(event)), _) => {
+                    then(seqs, event);
+                }
+                (Written::Appended(_), Write::Post { .. } | Write::Mark { .. })
+                | (Written::Marked(..), _) => {}
             }
         }
         let _ = self.answer.send(result);
@@ -388,6 +402,15 @@ async fn commit_batch(
             Write::Update { message, .. } => {
                 set.messages.insert(message.id.to_string());
             }
+            Write::Mark { change, .. } => {
+                // A message's reactions are counted under its lock, a
+                // conversation's pins under the conversation's.
+                set.messages.insert(change.message_id.to_string());
+                if matches!(change.mark, Mark::Pin { .. }) {
+                    set.conversations
+                        .insert(change.conversation_id.to_string());
+                }
+            }
             Write::Append { .. } => {}
         }
         set.users.extend(job.notify.iter().map(ToString::to_string));
@@ -448,5 +471,10 @@ async fn run_job(
         Write::Append { event } => append(conn, numbers, taken, &job.notify, event, job.now)
             .await
             .map(Written::Appended),
+        Write::Mark { change, event } => {
+            mark_in(conn, numbers, taken, change, &job.notify, event, job.now)
+                .await
+                .map(|(marked, event)| Written::Marked(marked, event))
+        }
     }
 }

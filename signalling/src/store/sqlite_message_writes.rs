@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use rusqlite::{OptionalExtension as _, params};
 
-use super::messaging::{Author, NewMessage, PendingEvent, Posted, StoredMessage};
+use super::messaging::{
+    Author, Mark, MarkChange, Marked, NewMessage, PendingEvent, Posted, StoredMessage,
+};
 use super::sqlite_messaging::{MESSAGE_COLUMNS, MessageColumns, to_i64};
 use super::{StoreError, StoreResult};
 use crate::ids::{Timestamp, UserId};
@@ -220,6 +222,7 @@ pub(super) fn update_in(
     .execute(params![conversation, seq])?;
     if m.deleted_at.is_some() {
         super::sqlite_files::discard_message_files(tx, m.id, now)?;
+        unmark(tx, &conversation, seq)?;
     }
     // An edited message is indexed again with the others waiting.
     tx.prepare_cached(
@@ -234,4 +237,105 @@ pub(super) fn update_in(
         m.id.to_string()
     ])?;
     append(tx, notify, event, now)
+}
+
+/// Adds or withdraws a reaction or a pin (see [`MarkChange`]) and, when
+/// that changed something, appends its event with the count after the
+/// change to each of `notify`'s logs.
+pub(super) fn mark_in(
+    tx: &Tx,
+    change: &MarkChange,
+    notify: &[UserId],
+    event: &PendingEvent,
+    now: Timestamp,
+) -> StoreResult<(Marked, Option<Arc<str>>)> {
+    let conversation = change.conversation_id.to_string();
+    let seq = to_i64(change.seq);
+    let count = match &change.mark {
+        Mark::Reaction { emoji, user, limit } => {
+            let user = user.to_string();
+            if change.on {
+                let (distinct, mine, this): (i64, i64, i64) = tx
+                    .prepare_cached(
+                        "SELECT COUNT(DISTINCT emoji), COALESCE(SUM(emoji = ?3 AND user_id = ?4), 0), \
+                         COALESCE(SUM(emoji = ?3), 0) \
+                         FROM message_reactions WHERE conversation_id = ?1 AND seq = ?2",
+                    )?
+                    .query_row(params![conversation, seq, emoji, user], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })?;
+                if mine > 0 {
+                    return Ok((Marked::Unchanged, None));
+                }
+                if this == 0 && distinct >= i64::from(*limit) {
+                    return Ok((Marked::Full, None));
+                }
+                tx.prepare_cached(
+                    "INSERT INTO message_reactions (conversation_id, seq, emoji, user_id, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![conversation, seq, emoji, user, now.0])?;
+                this + 1
+            } else {
+                let gone = tx
+                    .prepare_cached(
+                        "DELETE FROM message_reactions \
+                         WHERE conversation_id = ?1 AND seq = ?2 AND emoji = ?3 AND user_id = ?4",
+                    )?
+                    .execute(params![conversation, seq, emoji, user])?;
+                if gone == 0 {
+                    return Ok((Marked::Unchanged, None));
+                }
+                tx.prepare_cached(
+                    "SELECT COUNT(*) FROM message_reactions \
+                     WHERE conversation_id = ?1 AND seq = ?2 AND emoji = ?3",
+                )?
+                .query_row(params![conversation, seq, emoji], |row| row.get(0))?
+            }
+        }
+        Mark::Pin { by, limit } => {
+            let (pinned, this): (i64, i64) = tx
+                .prepare_cached(
+                    "SELECT COUNT(*), COALESCE(SUM(seq = ?2), 0) FROM pinned_messages \
+                     WHERE conversation_id = ?1",
+                )?
+                .query_row(params![conversation, seq], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
+            match (change.on, this > 0) {
+                (true, true) | (false, false) => return Ok((Marked::Unchanged, None)),
+                (true, false) if pinned >= i64::from(*limit) => return Ok((Marked::Full, None)),
+                (true, false) => {
+                    tx.prepare_cached(
+                        "INSERT INTO pinned_messages (conversation_id, seq, pinned_by, pinned_at) \
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![conversation, seq, by.key(), now.0])?;
+                    pinned + 1
+                }
+                (false, true) => {
+                    tx.prepare_cached(
+                        "DELETE FROM pinned_messages WHERE conversation_id = ?1 AND seq = ?2",
+                    )?
+                    .execute(params![conversation, seq])?;
+                    pinned - 1
+                }
+            }
+        }
+    };
+    let count = u64::try_from(count).map_err(|_| StoreError::Corrupt("count negative".into()))?;
+    let payload = event.with_seq(count);
+    let seqs = append(tx, notify, &payload, now)?;
+    Ok((Marked::Changed { count, seqs }, Some(Arc::from(payload))))
+}
+
+/// A deleted message's reactions and pin go with its body.
+fn unmark(tx: &Tx, conversation: &str, seq: i64) -> StoreResult<()> {
+    for table in ["message_reactions", "pinned_messages"] {
+        tx.prepare_cached(&format!(
+            "DELETE FROM {table} WHERE conversation_id = ?1 AND seq = ?2"
+        ))?
+        .execute(params![conversation, seq])?;
+    }
+    Ok(())
 }

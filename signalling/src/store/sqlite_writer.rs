@@ -25,9 +25,11 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::messaging::{NewMessage, OnCommit, PendingEvent, Posted, StoredMessage};
+use super::messaging::{
+    MarkChange, Marked, NewMessage, OnCommit, PendingEvent, Posted, StoredMessage,
+};
 use super::sqlite::SqliteStore;
-use super::sqlite_message_writes::{append, index_pending, post_in, update_in};
+use super::sqlite_message_writes::{append, index_pending, mark_in, post_in, update_in};
 use super::write_health::WriteHealth;
 use super::{StoreError, StoreResult};
 use crate::ids::{Timestamp, UserId};
@@ -46,6 +48,11 @@ pub(super) enum Write {
     },
     /// An event that changes no message (a conversation's, a click's…).
     Append { event: Arc<str> },
+    /// A reaction or pin added or withdrawn.
+    Mark {
+        change: MarkChange,
+        event: PendingEvent,
+    },
     /// Every message committed so far into the full-text index (before a
     /// search).
     Index,
@@ -58,6 +65,8 @@ pub(super) enum Written {
     Posted(Box<Posted>),
     /// The event's number in each notified user's log.
     Appended(Vec<(UserId, u64)>),
+    /// What a mark's change did, and its event when it wrote one.
+    Marked(Marked, Option<Arc<str>>),
 }
 
 /// A write waiting for the group commit.
@@ -85,7 +94,11 @@ impl PostJob {
                     Written::Appended(seqs),
                     Write::Update { event, .. } | Write::Append { event },
                 ) => then(seqs, event),
-                (Written::Appended(_), Write::Post { .. } | Write::Index) => {}
+                (Written::Marked(Marked::Changed { seqs, .. }, Some(event)), _) => {
+                    then(seqs, event);
+                }
+                (Written::Appended(_), Write::Post { .. } | Write::Index | Write::Mark { .. })
+                | (Written::Marked(..), _) => {}
             }
         }
         let _ = self.reply.send(result);
@@ -97,6 +110,7 @@ impl std::fmt::Debug for PostJob {
         let id = match &self.write {
             Write::Post { message, .. } => Some(message.id),
             Write::Update { message, .. } => Some(message.id),
+            Write::Mark { change, .. } => Some(change.message_id),
             Write::Append { .. } | Write::Index => None,
         };
         f.debug_struct("PostJob")
@@ -265,6 +279,10 @@ fn commit_batch(conn: &mut Connection, jobs: &[PostJob]) -> StoreResult<Vec<Writ
                 Written::Appended(update_in(&tx, message, &job.notify, event, job.now)?)
             }
             Write::Append { event } => Written::Appended(append(&tx, &job.notify, event, job.now)?),
+            Write::Mark { change, event } => {
+                let (marked, event) = mark_in(&tx, change, &job.notify, event, job.now)?;
+                Written::Marked(marked, event)
+            }
             Write::Index => {
                 while index_pending(&tx, INDEX_BATCH)? == INDEX_BATCH {}
                 Written::Appended(Vec::new())

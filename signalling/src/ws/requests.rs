@@ -231,7 +231,7 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
             let messages = messaging
                 .history(caller, conversation_id, after, before, limit.unwrap_or(50))
                 .await?;
-            let views: Vec<MessageView> = messages.iter().map(MessageView::from).collect();
+            let views = messaging.views(conversation_id, &messages).await?;
             ServerFrame::History {
                 id,
                 conversation_id,
@@ -275,6 +275,59 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
                 message: Some(MessageView::from(&m)),
                 ..Ack::of(id)
             })
+        }
+        Request::React {
+            id,
+            conversation_id,
+            message_id,
+            emoji,
+            remove,
+        } => {
+            let done = messaging
+                .react(caller, conversation_id, message_id, &emoji, !remove)
+                .await?;
+            ServerFrame::ack(Ack {
+                changed: Some(done.changed),
+                count: done.count,
+                ..Ack::of(id)
+            })
+        }
+        Request::Pin {
+            id,
+            conversation_id,
+            message_id,
+            unpin,
+        } => {
+            let done = messaging
+                .pin(caller, conversation_id, message_id, !unpin)
+                .await?;
+            ServerFrame::ack(Ack {
+                changed: Some(done.changed),
+                count: done.count,
+                ..Ack::of(id)
+            })
+        }
+        Request::Pins {
+            id,
+            conversation_id,
+        } => {
+            let (messages, app_only) = messaging.pinned(caller, conversation_id).await?;
+            ServerFrame::Pins {
+                id,
+                conversation_id,
+                messages,
+                app_only,
+            }
+        }
+        Request::PinPolicy {
+            id,
+            conversation_id,
+            app_only,
+        } => {
+            messaging
+                .set_pins_by_app_only(caller, conversation_id, app_only)
+                .await?;
+            ServerFrame::ack(Ack::of(id))
         }
         Request::List { id, limit, after } => {
             let cursor = match after {
@@ -356,7 +409,7 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
             let found = messaging
                 .search(caller, &query, limit.unwrap_or(50))
                 .await?;
-            let views: Vec<MessageView> = found.iter().map(MessageView::from).collect();
+            let views = messaging.views_across(&found).await?;
             ServerFrame::Search {
                 id,
                 messages: views,

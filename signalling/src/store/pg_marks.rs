@@ -1,0 +1,253 @@
+//! Reactions and pins on PostgreSQL: the writer's part (a change and its
+//! event, in the batch's transaction, with the message's row locked so
+//! that two nodes count one message's reactions one after the other) and
+//! the reads.
+
+use std::sync::Arc;
+
+use sqlx::{PgConnection, Row as _};
+
+use super::messaging::{Author, Mark, MarkChange, Marked, PendingEvent, PinRecord, ReactionRecord};
+use super::pg::PgStore;
+use super::pg_error::PgResult as _;
+use super::pg_message_writes::{Numbers, Taken, append};
+use super::pg_messaging::to_i64;
+use super::{StoreError, StoreResult};
+use crate::ids::{ConversationId, Timestamp, UserId};
+
+/// Adds or withdraws a reaction or a pin and, when that changed
+/// something, appends its event with the count after the change. The
+/// batch holds the message's lock (and, for a pin, the conversation's).
+pub(super) async fn mark_in(
+    tx: &mut PgConnection,
+    numbers: &Numbers,
+    taken: &mut Taken,
+    change: &MarkChange,
+    notify: &[UserId],
+    event: &PendingEvent,
+    now: Timestamp,
+) -> StoreResult<(Marked, Option<Arc<str>>)> {
+    let conversation = change.conversation_id.to_string();
+    let seq = to_i64(change.seq);
+    let count: i64 = match &change.mark {
+        Mark::Reaction { emoji, user, limit } => {
+            let user = user.to_string();
+            if change.on {
+                let row = sqlx::query(
+                    "SELECT COUNT(DISTINCT emoji) AS distinct_emojis, \
+                     COUNT(*) FILTER (WHERE emoji = $3 AND user_id = $4) AS mine, \
+                     COUNT(*) FILTER (WHERE emoji = $3) AS this \
+                     FROM message_reactions WHERE conversation_id = $1 AND seq = $2",
+                )
+                .bind(&conversation)
+                .bind(seq)
+                .bind(emoji)
+                .bind(&user)
+                .fetch_one(&mut *tx)
+                .await
+                .pg()?;
+                let (distinct, mine, this): (i64, i64, i64) = (
+                    row.try_get("distinct_emojis").pg()?,
+                    row.try_get("mine").pg()?,
+                    row.try_get("this").pg()?,
+                );
+                if mine > 0 {
+                    return Ok((Marked::Unchanged, None));
+                }
+                if this == 0 && distinct >= i64::from(*limit) {
+                    return Ok((Marked::Full, None));
+                }
+                sqlx::query(
+                    "INSERT INTO message_reactions (conversation_id, seq, emoji, user_id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&conversation)
+                .bind(seq)
+                .bind(emoji)
+                .bind(&user)
+                .bind(now.0)
+                .execute(&mut *tx)
+                .await
+                .pg()?;
+                this + 1
+            } else {
+                let gone = sqlx::query(
+                    "DELETE FROM message_reactions \
+                     WHERE conversation_id = $1 AND seq = $2 AND emoji = $3 AND user_id = $4",
+                )
+                .bind(&conversation)
+                .bind(seq)
+                .bind(emoji)
+                .bind(&user)
+                .execute(&mut *tx)
+                .await
+                .pg()?
+                .rows_affected();
+                if gone == 0 {
+                    return Ok((Marked::Unchanged, None));
+                }
+                sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM message_reactions \
+                     WHERE conversation_id = $1 AND seq = $2 AND emoji = $3",
+                )
+                .bind(&conversation)
+                .bind(seq)
+                .bind(emoji)
+                .fetch_one(&mut *tx)
+                .await
+                .pg()?
+            }
+        }
+        Mark::Pin { by, limit } => {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS pinned, COUNT(*) FILTER (WHERE seq = $2) AS this \
+                 FROM pinned_messages WHERE conversation_id = $1",
+            )
+            .bind(&conversation)
+            .bind(seq)
+            .fetch_one(&mut *tx)
+            .await
+            .pg()?;
+            let (pinned, this): (i64, i64) =
+                (row.try_get("pinned").pg()?, row.try_get("this").pg()?);
+            match (change.on, this > 0) {
+                (true, true) | (false, false) => return Ok((Marked::Unchanged, None)),
+                (true, false) if pinned >= i64::from(*limit) => return Ok((Marked::Full, None)),
+                (true, false) => {
+                    sqlx::query(
+                        "INSERT INTO pinned_messages (conversation_id, seq, pinned_by, pinned_at) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(&conversation)
+                    .bind(seq)
+                    .bind(by.key())
+                    .bind(now.0)
+                    .execute(&mut *tx)
+                    .await
+                    .pg()?;
+                    pinned + 1
+                }
+                (false, true) => {
+                    sqlx::query(
+                        "DELETE FROM pinned_messages WHERE conversation_id = $1 AND seq = $2",
+                    )
+                    .bind(&conversation)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await
+                    .pg()?;
+                    pinned - 1
+                }
+            }
+        }
+    };
+    let count = u64::try_from(count).map_err(|_| StoreError::Corrupt("count negative".into()))?;
+    let payload = event.with_seq(count);
+    let seqs = append(tx, numbers, taken, notify, &payload, now).await?;
+    Ok((Marked::Changed { count, seqs }, Some(Arc::from(payload))))
+}
+
+/// A deleted message's reactions and pin go with its body.
+pub(super) async fn unmark(tx: &mut PgConnection, conversation: &str, seq: i64) -> StoreResult<()> {
+    for table in ["message_reactions", "pinned_messages"] {
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE conversation_id = $1 AND seq = $2"
+        ))
+        .bind(conversation)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await
+        .pg()?;
+    }
+    Ok(())
+}
+
+impl PgStore {
+    /// See `MessageStore::reactions`.
+    pub(super) async fn reactions_between(
+        &self,
+        conversation: ConversationId,
+        from: u64,
+        to: u64,
+    ) -> StoreResult<Vec<ReactionRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, emoji, user_id FROM message_reactions \
+             WHERE conversation_id = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq, id",
+        )
+        .bind(conversation.to_string())
+        .bind(to_i64(from))
+        .bind(to_i64(to))
+        .fetch_all(self.pool())
+        .await
+        .pg()?;
+        rows.iter()
+            .map(|row| {
+                let user: String = row.try_get("user_id").pg()?;
+                let seq: i64 = row.try_get("seq").pg()?;
+                Ok(ReactionRecord {
+                    seq: u64::try_from(seq)
+                        .map_err(|_| StoreError::Corrupt("seq negative".into()))?,
+                    emoji: row.try_get("emoji").pg()?,
+                    user: user
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("user_id: {user:?}")))?,
+                })
+            })
+            .collect()
+    }
+
+    /// See `MessageStore::pins`.
+    pub(super) async fn pins_of(&self, conversation: ConversationId) -> StoreResult<Vec<PinRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, pinned_by, pinned_at FROM pinned_messages \
+             WHERE conversation_id = $1 ORDER BY pinned_at DESC, seq DESC",
+        )
+        .bind(conversation.to_string())
+        .fetch_all(self.pool())
+        .await
+        .pg()?;
+        rows.iter()
+            .map(|row| {
+                let by: String = row.try_get("pinned_by").pg()?;
+                let seq: i64 = row.try_get("seq").pg()?;
+                Ok(PinRecord {
+                    seq: u64::try_from(seq)
+                        .map_err(|_| StoreError::Corrupt("seq negative".into()))?,
+                    by: Author::from_key(&by)
+                        .ok_or_else(|| StoreError::Corrupt(format!("pinned_by: {by:?}")))?,
+                    at: Timestamp(row.try_get("pinned_at").pg()?),
+                })
+            })
+            .collect()
+    }
+
+    /// See `MessageStore::pins_by_app_only`.
+    pub(super) async fn pin_policy(&self, conversation: ConversationId) -> StoreResult<bool> {
+        let app_only: Option<bool> = sqlx::query_scalar(
+            "SELECT app_only FROM conversation_pin_policy WHERE conversation_id = $1",
+        )
+        .bind(conversation.to_string())
+        .fetch_optional(self.pool())
+        .await
+        .pg()?;
+        Ok(app_only.unwrap_or(false))
+    }
+
+    /// See `MessageStore::set_pins_by_app_only`.
+    pub(super) async fn set_pin_policy(
+        &self,
+        conversation: ConversationId,
+        app_only: bool,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO conversation_pin_policy (conversation_id, app_only) VALUES ($1, $2) \
+             ON CONFLICT (conversation_id) DO UPDATE SET app_only = excluded.app_only",
+        )
+        .bind(conversation.to_string())
+        .bind(app_only)
+        .execute(self.pool())
+        .await
+        .pg()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! Reading reactions and pins on SQLite (the writer changes them:
+//! `sqlite_message_writes::mark_in`).
+
+use sqlx::Row as _;
+
+use super::messaging::{Author, PinRecord, ReactionRecord};
+use super::sqlite::SqliteStore;
+use super::sqlite_messaging::{parse, seq, to_i64};
+use super::{StoreError, StoreResult};
+use crate::ids::{ConversationId, Timestamp};
+
+impl SqliteStore {
+    /// See `MessageStore::reactions`.
+    pub(super) async fn reactions_between(
+        &self,
+        conversation: ConversationId,
+        from: u64,
+        to: u64,
+    ) -> StoreResult<Vec<ReactionRecord>> {
+        sqlx::query(
+            "SELECT seq, emoji, user_id FROM message_reactions \
+             WHERE conversation_id = ? AND seq >= ? AND seq <= ? ORDER BY seq, rowid",
+        )
+        .bind(conversation.to_string())
+        .bind(to_i64(from))
+        .bind(to_i64(to))
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(ReactionRecord {
+                seq: seq(row, "seq")?,
+                emoji: row.try_get("emoji")?,
+                user: parse(row, "user_id")?,
+            })
+        })
+        .collect()
+    }
+
+    /// See `MessageStore::pins`.
+    pub(super) async fn pins_of(&self, conversation: ConversationId) -> StoreResult<Vec<PinRecord>> {
+        sqlx::query(
+            "SELECT seq, pinned_by, pinned_at FROM pinned_messages \
+             WHERE conversation_id = ? ORDER BY pinned_at DESC, seq DESC",
+        )
+        .bind(conversation.to_string())
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|row| {
+            let by: String = row.try_get("pinned_by")?;
+            Ok(PinRecord {
+                seq: seq(row, "seq")?,
+                by: Author::from_key(&by)
+                    .ok_or_else(|| StoreError::Corrupt(format!("pinned_by: {by:?}")))?,
+                at: Timestamp(row.try_get("pinned_at")?),
+            })
+        })
+        .collect()
+    }
+
+    /// See `MessageStore::pins_by_app_only`.
+    pub(super) async fn pin_policy(&self, conversation: ConversationId) -> StoreResult<bool> {
+        let app_only: Option<bool> =
+            sqlx::query_scalar("SELECT app_only FROM conversation_pin_policy WHERE conversation_id = ?")
+                .bind(conversation.to_string())
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(app_only.unwrap_or(false))
+    }
+
+    /// See `MessageStore::set_pins_by_app_only`.
+    pub(super) async fn set_pin_policy(
+        &self,
+        conversation: ConversationId,
+        app_only: bool,
+    ) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO conversation_pin_policy (conversation_id, app_only) VALUES (?, ?) \
+             ON CONFLICT (conversation_id) DO UPDATE SET app_only = excluded.app_only",
+        )
+        .bind(conversation.to_string())
+        .bind(app_only)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
