@@ -27,7 +27,9 @@ async fn group_with_a_message(
         .await["conversation"]["id"]
         .clone();
     let sent = ann
-        .request(json!({"type": "send", "conversation_id": conv, "client_id": "1", "text": "ship it?"}))
+        .request(
+            json!({"type": "send", "conversation_id": conv, "client_id": "1", "text": "ship it?"}),
+        )
         .await;
     assert_eq!(sent["type"], "ack", "{sent}");
     // Both have the conversation and the message in their logs.
@@ -57,7 +59,10 @@ async fn members_react_and_everyone_sees_counts_and_who() {
 
     let ack = bob.request(react(&conv, &msg, "👍", false)).await;
     assert_eq!(ack["type"], "ack", "{ack}");
-    assert_eq!((ack["changed"].clone(), ack["count"].clone()), (json!(true), json!(1)));
+    assert_eq!(
+        (ack["changed"].clone(), ack["count"].clone()),
+        (json!(true), json!(1))
+    );
     for ws in [&mut ann, &mut bob] {
         let e = ws.event().await["event"].clone();
         assert_eq!(
@@ -73,7 +78,10 @@ async fn members_react_and_everyone_sees_counts_and_who() {
     let ack = ann.request(react(&conv, &msg, "👍", false)).await;
     assert_eq!(ack["count"], 2, "{ack}");
     let e = bob.event().await["event"].clone();
-    assert_eq!((e["user_id"].clone(), e["count"].clone()), (json!(u1), json!(2)));
+    assert_eq!(
+        (e["user_id"].clone(), e["count"].clone()),
+        (json!(u1), json!(2))
+    );
     ann.request(react(&conv, &msg, ":tada:", false)).await;
 
     // History shows each reaction once, in the order of first use, with
@@ -86,13 +94,21 @@ async fn members_react_and_everyone_sees_counts_and_who() {
     );
 
     // An edit keeps them; taking one back is an event with the new count.
-    ann.request(json!({"type": "edit", "conversation_id": conv, "message_id": msg, "text": "ship it!"}))
-        .await;
+    ann.request(
+        json!({"type": "edit", "conversation_id": conv, "message_id": msg, "text": "ship it!"}),
+    )
+    .await;
     let back = bob.request(react(&conv, &msg, "👍", true)).await;
-    assert_eq!((back["changed"].clone(), back["count"].clone()), (json!(true), json!(1)));
+    assert_eq!(
+        (back["changed"].clone(), back["count"].clone()),
+        (json!(true), json!(1))
+    );
     let history = carl_or(&mut ann, &conv).await;
     assert_eq!(history[0]["text"], "ship it!");
-    assert_eq!(history[0]["reactions"][0], json!({"emoji": "👍", "count": 1, "users": [u1]}));
+    assert_eq!(
+        history[0]["reactions"][0],
+        json!({"emoji": "👍", "count": 1, "users": [u1]})
+    );
     let not_there = bob.request(react(&conv, &msg, "👍", true)).await;
     assert_eq!(not_there["changed"], false, "{not_there}");
 
@@ -104,17 +120,26 @@ async fn members_react_and_everyone_sees_counts_and_who() {
     let r = carl.request(react(&conv, &msg, "👍", false)).await;
     assert_eq!(r["code"], "forbidden", "{r}");
     let r = bob
-        .request(react(&conv, &json!("00000000-0000-4000-8000-000000000000"), "👍", false))
+        .request(react(
+            &conv,
+            &json!("00000000-0000-4000-8000-000000000000"),
+            "👍",
+            false,
+        ))
         .await;
     assert_eq!(r["code"], "not_found", "{r}");
 
     // At most 20 different reactions on one message (the ones there
     // still take more users).
     for i in 0..18 {
-        let r = bob.request(react(&conv, &msg, &format!(":r{i}:"), false)).await;
+        let r = bob
+            .request(react(&conv, &msg, &format!(":r{i}:"), false))
+            .await;
         assert_eq!(r["type"], "ack", "{r}");
     }
-    let full = bob.request(react(&conv, &msg, ":one-too-many:", false)).await;
+    let full = bob
+        .request(react(&conv, &msg, ":one-too-many:", false))
+        .await;
     assert_eq!(full["code"], "limit_reached", "{full}");
     let r = bob.request(react(&conv, &msg, ":tada:", false)).await;
     assert_eq!(r["count"], 2, "{r}");
@@ -147,8 +172,10 @@ async fn reactions_reach_only_who_sees_the_message_and_come_back_on_resume() {
     assert_eq!(dora.event().await["event"]["kind"], "conversation");
     // A message for Bob only: Dora can neither see nor react to it.
     let private = ann
-        .request(json!({"type": "send", "conversation_id": conv, "client_id": "p",
-            "text": "for Bob", "recipients": [u2]}))
+        .request(
+            json!({"type": "send", "conversation_id": conv, "client_id": "p",
+            "text": "for Bob", "recipients": [u2]}),
+        )
         .await["message"]["id"]
         .clone();
     let r = dora.request(react(&conv, &private, "👀", false)).await;
@@ -194,7 +221,10 @@ async fn members_pin_unless_the_application_keeps_pins_to_itself() {
         group_with_a_message(&server, &app).await;
 
     let ack = bob.request(pin(&conv, &msg, false)).await;
-    assert_eq!((ack["changed"].clone(), ack["count"].clone()), (json!(true), json!(1)));
+    assert_eq!(
+        (ack["changed"].clone(), ack["count"].clone()),
+        (json!(true), json!(1))
+    );
     let e = ann.event().await["event"].clone();
     assert_eq!(
         e,
@@ -232,7 +262,10 @@ async fn members_pin_unless_the_application_keeps_pins_to_itself() {
     let r = bob.request(pin(&conv, &msg, true)).await;
     assert_eq!(r["code"], "forbidden", "{r}");
     let r = bot.request(pin(&conv, &msg, true)).await;
-    assert_eq!((r["changed"].clone(), r["count"].clone()), (json!(true), json!(0)));
+    assert_eq!(
+        (r["changed"].clone(), r["count"].clone()),
+        (json!(true), json!(0))
+    );
     let e = loop {
         let e = bob.event().await;
         if e["event"]["kind"] == "pin" && e["event"]["pinned"] == false {
@@ -243,7 +276,10 @@ async fn members_pin_unless_the_application_keeps_pins_to_itself() {
     let pins = bob
         .request(json!({"type": "pins", "conversation_id": conv}))
         .await;
-    assert_eq!((pins["messages"].clone(), pins["app_only"].clone()), (json!([]), json!(true)));
+    assert_eq!(
+        (pins["messages"].clone(), pins["app_only"].clone()),
+        (json!([]), json!(true))
+    );
 
     // At most 50 pinned messages in a conversation.
     for i in 0..51 {
@@ -284,7 +320,11 @@ async fn reactions_and_pins_never_cross_applications() {
     ];
     for req in &requests {
         // A user may never set the policy, of any conversation.
-        let user_expects = if req["type"] == "pin_policy" { "forbidden" } else { "not_found" };
+        let user_expects = if req["type"] == "pin_policy" {
+            "forbidden"
+        } else {
+            "not_found"
+        };
         let r = ben.request(req.clone()).await;
         assert_eq!(r["code"], user_expects, "{req}: {r}");
         let r = bot_b.request(req.clone()).await;

@@ -170,7 +170,10 @@ impl Messaging {
         let pins = self.store.pins(id).await?;
         let mut messages = Vec::with_capacity(pins.len());
         for pin in &pins {
-            let found = self.store.history(id, Some(pin.seq - 1), Some(pin.seq + 1), 1).await?;
+            let found = self
+                .store
+                .history(id, Some(pin.seq - 1), Some(pin.seq + 1), 1)
+                .await?;
             messages.extend(found.into_iter().filter(|m| visible_to(m, caller)));
         }
         let views = self.views(id, &messages).await?;

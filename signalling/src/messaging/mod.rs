@@ -22,8 +22,8 @@ mod rosters;
 mod views;
 
 pub use caller::{Caller, Who, bot_id};
-pub use rosters::{ROSTERS_MAX, Roster, Rosters};
 pub use marks::{MAX_EMOJI_BYTES, MAX_PINS, MAX_REACTIONS, MarkOutcome, REACTION_USERS_LISTED};
+pub use rosters::{ROSTERS_MAX, Roster, Rosters};
 pub use views::{AttachmentRef, ConversationView, MessageView, NewConversation, ReactionView};
 
 /// Longest text of a message, in bytes.

@@ -509,7 +509,9 @@ impl Event {
     /// # Panics
     /// For another kind of event.
     #[must_use]
-    pub fn mark_before_count(make: impl FnOnce(u64) -> Self) -> crate::store::messaging::PendingEvent {
+    pub fn mark_before_count(
+        make: impl FnOnce(u64) -> Self,
+    ) -> crate::store::messaging::PendingEvent {
         let event = make(UNNUMBERED);
         assert!(matches!(event, Self::Reaction { .. } | Self::Pin { .. }));
         crate::store::messaging::PendingEvent::open(&event.render(), "count", UNNUMBERED)

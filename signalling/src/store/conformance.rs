@@ -20,6 +20,10 @@ use super::{CodePurpose, NewApplication, PendingCode, PgStore, SqliteStore, Stor
 use crate::auth::TokenKey;
 use crate::ids::{AppId, ConversationId, FileId, MessageId, SubscriberId, Timestamp, UserId};
 
+mod marks;
+
+use marks::reactions_and_pins_count_in_their_transaction;
+
 /// Every store trait at once: what a store implementation offers.
 pub(super) trait Backend: Store + MessageStore + FileStore {}
 
@@ -44,6 +48,7 @@ macro_rules! conformance {
                 each_users_events_are_numbered_without_gaps,
                 a_post_makes_its_author_a_member_in_its_transaction,
                 search_finds_what_was_acknowledged_edited_text_and_no_deleted_message,
+                reactions_and_pins_count_in_their_transaction,
             );
         }
     };

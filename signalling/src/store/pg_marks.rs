@@ -197,7 +197,10 @@ impl PgStore {
     }
 
     /// See `MessageStore::pins`.
-    pub(super) async fn pins_of(&self, conversation: ConversationId) -> StoreResult<Vec<PinRecord>> {
+    pub(super) async fn pins_of(
+        &self,
+        conversation: ConversationId,
+    ) -> StoreResult<Vec<PinRecord>> {
         let rows = sqlx::query(
             "SELECT seq, pinned_by, pinned_at FROM pinned_messages \
              WHERE conversation_id = $1 ORDER BY pinned_at DESC, seq DESC",

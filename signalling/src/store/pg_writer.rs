@@ -34,8 +34,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::messaging::{
     Mark, MarkChange, Marked, NewMessage, OnCommit, PendingEvent, Posted, StoredMessage,
 };
-use super::pg_marks::mark_in;
 use super::pg_error::{PgResult as _, connection_usable, retryable};
+use super::pg_marks::mark_in;
 use super::pg_message_writes::{
     LockSet, Numbers, Taken, append, lock, post_in, store_numbers, update_in,
 };
@@ -407,8 +407,7 @@ async fn commit_batch(
                 // conversation's pins under the conversation's.
                 set.messages.insert(change.message_id.to_string());
                 if matches!(change.mark, Mark::Pin { .. }) {
-                    set.conversations
-                        .insert(change.conversation_id.to_string());
+                    set.conversations.insert(change.conversation_id.to_string());
                 }
             }
             Write::Append { .. } => {}

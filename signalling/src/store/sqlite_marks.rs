@@ -38,7 +38,10 @@ impl SqliteStore {
     }
 
     /// See `MessageStore::pins`.
-    pub(super) async fn pins_of(&self, conversation: ConversationId) -> StoreResult<Vec<PinRecord>> {
+    pub(super) async fn pins_of(
+        &self,
+        conversation: ConversationId,
+    ) -> StoreResult<Vec<PinRecord>> {
         sqlx::query(
             "SELECT seq, pinned_by, pinned_at FROM pinned_messages \
              WHERE conversation_id = ? ORDER BY pinned_at DESC, seq DESC",
@@ -61,11 +64,12 @@ impl SqliteStore {
 
     /// See `MessageStore::pins_by_app_only`.
     pub(super) async fn pin_policy(&self, conversation: ConversationId) -> StoreResult<bool> {
-        let app_only: Option<bool> =
-            sqlx::query_scalar("SELECT app_only FROM conversation_pin_policy WHERE conversation_id = ?")
-                .bind(conversation.to_string())
-                .fetch_optional(self.pool())
-                .await?;
+        let app_only: Option<bool> = sqlx::query_scalar(
+            "SELECT app_only FROM conversation_pin_policy WHERE conversation_id = ?",
+        )
+        .bind(conversation.to_string())
+        .fetch_optional(self.pool())
+        .await?;
         Ok(app_only.unwrap_or(false))
     }
 
