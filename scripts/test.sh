@@ -102,6 +102,8 @@ say "browser tests: Chromium, Node.js and playwright-core"
 # Debian's Chromium (Playwright's own browser download is not used) and
 # playwright-core pinned by tests/browser/package-lock.json.
 [ -x /usr/bin/chromium ] || apt_install chromium
+# Reactions in the screenshots are emoji: a font that has them.
+[ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || apt_install fonts-noto-color-emoji
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
 browser_tests="$root/signalling/tests/browser"
 if [ ! -d "$browser_tests/node_modules/playwright-core" ]; then

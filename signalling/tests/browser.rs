@@ -65,6 +65,11 @@ fn two_people_chat_with_unread_counts_read_marks_files_and_search() {
 }
 
 #[test]
+fn people_react_to_messages_and_pin_them() {
+    run("marks.mjs");
+}
+
+#[test]
 fn the_page_reconnects_after_a_server_restart_and_shows_what_it_missed() {
     run("restart.mjs");
 }

@@ -31,6 +31,7 @@ const state = {
   names: new Map(),         // user id → name
   presence: new Map(),      // user id → online/away/offline
   members: new Map(),       // conversation id → [user ids]
+  pins: new Map(),          // conversation id → Set(seq of pinned messages)
   current: null,
   readMark: new Map(),      // conversation id → seq read when opened
   typing: new Map(),        // conversation id → Map(user → until)
@@ -221,6 +222,17 @@ function onEvent(ev) {
       if (c) { c.unread = Math.max(0, c.last_seq - ev.seq); renderConversations(); }
       return;
     }
+    case 'reaction':
+      applyReaction(ev);
+      if (ev.conversation_id === state.current) renderMessages();
+      return;
+    case 'pin': {
+      const pins = state.pins.get(ev.conversation_id) || new Set();
+      if (ev.pinned) pins.add(ev.seq); else pins.delete(ev.seq);
+      state.pins.set(ev.conversation_id, pins);
+      if (ev.conversation_id === state.current) { renderHeader(); renderMessages(); }
+      return;
+    }
     case 'removed':
       state.conversations.delete(ev.conversation_id);
       if (state.current === ev.conversation_id) state.current = null;
@@ -328,6 +340,7 @@ async function openConversation(id) {
   $('#call-audio').disabled = false;
   $('#call-video').disabled = false;
   if (!state.messages.has(id)) await loadHistory(id, {});
+  if (!state.pins.has(id)) await loadPins(id);
   renderMessages(true);
   markRead();
   if (!state.members.has(id)) loadMembers(id);
@@ -339,6 +352,9 @@ function renderHeader() {
   $('#chat-title').textContent = c.title + (c.context ? ` · ${c.context}` : '');
   const ids = state.members.get(c.id) || [];
   $('#chat-members').textContent = ids.map(nameOf).join(', ');
+  const pinned = (state.pins.get(c.id) || new Set()).size;
+  $('#show-pins').hidden = !pinned;
+  $('#show-pins').textContent = `📌 ${pinned}`;
 }
 
 function nameOf(userId) {
@@ -350,6 +366,10 @@ function nameOf(userId) {
 
 function storeMessage(m) {
   const map = state.messages.get(m.conversation_id) || new Map();
+  // Events and acks carry a message without its reactions: keep the ones
+  // known (a deleted message has none).
+  const old = map.get(m.seq);
+  if (!m.reactions && old && old.reactions && !m.deleted_at) m.reactions = old.reactions;
   map.set(m.seq, m);
   state.messages.set(m.conversation_id, map);
   state.outbox.delete(m.client_id);
@@ -411,18 +431,31 @@ function renderMessage(m) {
   const node = el('div', { className: `msg${mine ? ' mine' : ''}${m.deleted_at ? ' deleted' : ''}` });
   node.dataset.seq = m.seq;
   node.dataset.id = m.id;
-  if (mine && !m.deleted_at) {
+  const pinned = (state.pins.get(m.conversation_id) || new Set()).has(m.seq);
+  if (pinned) node.classList.add('pinned');
+  if (!m.deleted_at) {
     const tools = el('span', { className: 'tools' });
-    const edit = el('button', { className: 'edit', type: 'button', textContent: 'edit' });
-    edit.onclick = () => editMessage(m);
-    const del = el('button', { className: 'delete', type: 'button', textContent: 'delete' });
-    del.onclick = () => request({ type: 'delete', conversation_id: m.conversation_id, message_id: m.id });
-    tools.append(edit, del);
+    const react = el('button', { className: 'react', type: 'button', textContent: '☺+', title: 'React' });
+    react.onclick = (e) => { e.stopPropagation(); showPalette(node, m); };
+    tools.append(react);
+    if (!m.recipients) {
+      const pin = el('button', { className: 'pin', type: 'button', textContent: pinned ? 'unpin' : 'pin' });
+      pin.onclick = () => request({ type: 'pin', conversation_id: m.conversation_id, message_id: m.id, unpin: pinned })
+        .catch((err) => alert(err.message));
+      tools.append(pin);
+    }
+    if (mine) {
+      const edit = el('button', { className: 'edit', type: 'button', textContent: 'edit' });
+      edit.onclick = () => editMessage(m);
+      const del = el('button', { className: 'delete', type: 'button', textContent: 'delete' });
+      del.onclick = () => request({ type: 'delete', conversation_id: m.conversation_id, message_id: m.id });
+      tools.append(edit, del);
+    }
     node.append(tools);
   }
   node.append(el('div', {},
     el('span', { className: 'author', textContent: author }),
-    el('span', { className: 'meta', textContent: new Date(m.created_at).toLocaleTimeString() + (m.edited_at ? ' · edited' : '') })));
+    el('span', { className: 'meta', textContent: new Date(m.created_at).toLocaleTimeString() + (m.edited_at ? ' · edited' : '') + (pinned ? ' · 📌 pinned' : '') })));
   const call = m.data && m.data.call;
   const text = m.deleted_at ? 'message deleted' : m.text;
   // Formatting is only for people's words: a deleted message and a call's
@@ -437,7 +470,77 @@ function renderMessage(m) {
       return b;
     })));
   }
+  if (m.reactions && m.reactions.length && !m.deleted_at) node.append(renderReactions(m));
   return node;
+}
+
+// ---- reactions and pins -------------------------------------------------
+
+const PALETTE = ['👍', '❤️', '😂', '🎉', '👀', '✅'];
+
+function renderReactions(m) {
+  return el('div', { className: 'reactions' }, ...m.reactions.map((r) => {
+    const mine = r.users.includes(state.userId);
+    const chip = el('button', {
+      type: 'button',
+      className: `reaction${mine ? ' mine' : ''}`,
+      textContent: `${r.emoji} ${r.count}`,
+      title: r.users.map(nameOf).join(', ') + (r.count > r.users.length ? ` and ${r.count - r.users.length} more` : ''),
+    });
+    chip.dataset.emoji = r.emoji;
+    chip.onclick = () => react(m, r.emoji, mine);
+    return chip;
+  }));
+}
+
+function react(m, emoji, remove) {
+  request({ type: 'react', conversation_id: m.conversation_id, message_id: m.id, emoji, remove })
+    .catch((e) => alert(e.message));
+}
+
+function showPalette(node, m) {
+  document.querySelectorAll('.palette').forEach((p) => p.remove());
+  const palette = el('div', { className: 'palette' }, ...PALETTE.map((emoji) => {
+    const b = el('button', { type: 'button', textContent: emoji });
+    b.onclick = () => { palette.remove(); react(m, emoji, false); };
+    return b;
+  }));
+  node.append(palette);
+}
+
+function applyReaction(ev) {
+  const m = (state.messages.get(ev.conversation_id) || new Map()).get(ev.seq);
+  if (!m) return;
+  const list = m.reactions || (m.reactions = []);
+  let r = list.find((x) => x.emoji === ev.emoji);
+  if (!r) { r = { emoji: ev.emoji, count: 0, users: [] }; list.push(r); }
+  r.count = ev.count;
+  r.users = r.users.filter((u) => u !== ev.user_id);
+  if (ev.added) r.users.push(ev.user_id);
+  if (!r.count) list.splice(list.indexOf(r), 1);
+}
+
+async function loadPins(id) {
+  const answer = await request({ type: 'pins', conversation_id: id });
+  state.pins.set(id, new Set(answer.messages.map((m) => m.seq)));
+  return answer.messages;
+}
+
+async function showPins() {
+  const list = $('#pins-list');
+  const messages = await loadPins(state.current);
+  list.replaceChildren(...messages.map((m) => {
+    const item = el('li', { className: 'pinned-item' },
+      el('span', { className: 'author', textContent: m.author.kind === 'app' ? 'Bot' : nameOf(m.author.user_id) }),
+      ' ', ...formatText(m.text || ''));
+    item.onclick = () => {
+      $('#pins-dialog').close();
+      const node = document.querySelector(`#messages .msg[data-seq="${m.seq}"]`);
+      if (node) node.scrollIntoView({ block: 'center' });
+    };
+    return item;
+  }));
+  $('#pins-dialog').showModal();
 }
 
 async function editMessage(m) {
@@ -692,6 +795,10 @@ $('#text').onkeydown = (e) => { if (e.key === 'Enter' && !e.shiftKey) onSubmit(e
 $('#attach').onchange = (e) => { uploadFiles([...e.target.files]); e.target.value = ''; };
 $('#search').oninput = onSearch;
 $('#new-conv').onclick = newConversation;
+$('#show-pins').onclick = showPins;
+document.addEventListener('click', (e) => {
+  if (!e.target.closest('.palette')) document.querySelectorAll('.palette').forEach((p) => p.remove());
+});
 $('#call-audio').onclick = () => calls.start(state.current, 'audio');
 $('#call-video').onclick = () => calls.start(state.current, 'video');
 $('#messages').onscroll = async () => {
