@@ -47,13 +47,15 @@ pub struct ChatArgs {
     #[arg(long, default_value_t = 1)]
     pub apps: usize,
     /// Share of users in one-to-one conversations, groups of 10 and
-    /// channels of 500, as weights.
+    /// channels of 500, as weights; `reactions=F` also spends a share F
+    /// (0 to 1) of the rate on reactions to the newest message each
+    /// sender has seen, e.g. `direct=5,group=4,channel=1,reactions=0.2`.
     #[arg(long, default_value = "direct=5,group=4,channel=1")]
     pub mix: Mix,
     /// New connections per second while connecting.
     #[arg(long, default_value_t = 500.0)]
     pub ramp: f64,
-    /// Messages per second over all users.
+    /// Messages (and reactions) per second over all users.
     #[arg(long, default_value_t = 100.0)]
     pub message_rate: f64,
     /// After sending, drop every connection at once and measure how long
@@ -115,7 +117,25 @@ pub struct ChatReport {
     pub server: Option<ServerReport>,
     /// The reconnect storm, if asked for.
     pub reconnect_storm: Option<StormReport>,
+    /// Reactions, when the mix has them.
+    pub reactions: Option<ReactionReport>,
 }
+
+/// What `--mix …,reactions=F` did.
+#[derive(Debug, Default, Serialize)]
+pub struct ReactionReport {
+    /// Reactions sent.
+    pub sent: u64,
+    /// Acknowledged (a repeat of one already there too, unchanged).
+    pub acked: u64,
+    /// Refused.
+    pub refused: u64,
+    /// Reaction events received, by everyone.
+    pub events: u64,
+}
+
+/// The reactions `loadgen chat` sends, in turn.
+const REACTIONS: [&str; 5] = ["👍", "🎉", "👀", "✅", "❤️"];
 
 /// The server's use of the machine.
 #[derive(Debug, Serialize)]
@@ -299,7 +319,7 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
     let sending = bar(&multi, args.common.quiet, args.duration, "send (s)");
     let started = Instant::now();
     let mut counters = vec![0u64; users.len()];
-    let (mut sent, mut backlogged) = (0u64, 0u64);
+    let (mut sent, mut backlogged, mut reactions_sent) = (0u64, 0u64, 0u64);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut owed = 0.0f64;
     let mut rng = rand::rng();
@@ -310,6 +330,23 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
             owed -= 1.0;
             let i = rng.random_range(0..users.len());
             let Some(conn) = &conns[i] else { continue };
+            if args.mix.reactions > 0.0 && rng.random_bool(args.mix.reactions) {
+                let target = shared[i].last_message.lock().ok().and_then(|m| m.clone());
+                if let Some(message_id) = target {
+                    reactions_sent += 1;
+                    let frame = json!({
+                        "type": "react",
+                        "id": format!("x{reactions_sent}"),
+                        "conversation_id": conversation_ids[users[i].conversation],
+                        "message_id": message_id,
+                        "emoji": REACTIONS[reactions_sent as usize % REACTIONS.len()],
+                    });
+                    if !conn.try_send(frame.to_string()) {
+                        backlogged += 1;
+                    }
+                    continue;
+                }
+            }
             counters[i] += 1;
             let n = counters[i];
             let frame = json!({
@@ -346,6 +383,10 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
     let mut latency = histogram();
     let mut by_kind: std::collections::BTreeMap<&'static str, Histogram<u64>> = Default::default();
     let (mut delivered, mut duplicated, mut acked, mut errors, mut expected) = (0, 0, 0, 0, 0);
+    let mut reactions = ReactionReport {
+        sent: reactions_sent,
+        ..ReactionReport::default()
+    };
     for (i, t) in tallies.iter().enumerate() {
         let Some(t) = t else { continue };
         let _ = latency.add(&t.latency);
@@ -356,6 +397,9 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
             .add(&t.latency);
         delivered += t.delivered;
         duplicated += t.duplicated;
+        reactions.acked += t.reactions_acked;
+        reactions.refused += t.reaction_errors;
+        reactions.events += t.reaction_events;
         acked += t.acked;
         errors += t.errors;
         let audience = members[users[i].conversation]
@@ -421,6 +465,7 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
             samples,
         }),
         reconnect_storm: storm_report,
+        reactions: (args.mix.reactions > 0.0).then_some(reactions),
     };
     if let Some(dir) = &args.common.report {
         report::write_chat(dir, &report, &latency)?;

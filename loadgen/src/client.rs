@@ -33,6 +33,12 @@ pub struct Tally {
     pub acked: u64,
     /// `error`s answering this user's sends.
     pub errors: u64,
+    /// `ack`s of this user's reactions.
+    pub reactions_acked: u64,
+    /// `error`s answering this user's reactions.
+    pub reaction_errors: u64,
+    /// `reaction` events received.
+    pub reaction_events: u64,
     /// Highest message number seen per sender.
     seen: HashMap<u32, u64>,
 }
@@ -41,6 +47,9 @@ impl Tally {
     fn new() -> Self {
         Self {
             latency: histogram(),
+            reactions_acked: 0,
+            reaction_errors: 0,
+            reaction_events: 0,
             delivered: 0,
             duplicated: 0,
             acked: 0,
@@ -59,6 +68,8 @@ pub struct Shared {
     pub caught_up: std::sync::atomic::AtomicBool,
     /// Where ephemeral events go, if anyone wants them (call events).
     pub ephemerals: Mutex<Option<mpsc::Sender<Value>>>,
+    /// The newest message this user has seen (what its reactions go to).
+    pub last_message: Mutex<Option<String>>,
 }
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
@@ -236,8 +247,15 @@ fn handle(
                 shared.last_seq.fetch_max(seq, Ordering::Relaxed);
             }
             let message = &v["event"]["message"];
+            if v["event"]["kind"] == "reaction" {
+                tally.reaction_events += 1;
+                return;
+            }
             if v["event"]["kind"] != "message" {
                 return;
+            }
+            if let (Some(id), Ok(mut last)) = (message["id"].as_str(), shared.last_message.lock()) {
+                *last = Some(id.to_owned());
             }
             let data = &message["data"];
             if data["storm"] == true {
@@ -272,6 +290,15 @@ fn handle(
             let Some(id) = v["id"].as_str() else {
                 return;
             };
+            if id.starts_with('x') {
+                // Our own reactions, likewise.
+                if kind == "ack" {
+                    tally.reactions_acked += 1;
+                } else {
+                    tally.reaction_errors += 1;
+                }
+                return;
+            }
             if id.starts_with('s') {
                 // Our own sends: counted, never waited for.
                 if kind == "ack" {

@@ -13,6 +13,10 @@ pub struct Mix {
     pub group: f64,
     /// Channels of 500.
     pub channel: f64,
+    /// The share of the rate spent on reactions instead of messages (0
+    /// to 1): a reaction to the newest message its sender has seen in
+    /// its conversation.
+    pub reactions: f64,
 }
 
 impl FromStr for Mix {
@@ -22,6 +26,7 @@ impl FromStr for Mix {
             direct: 0.0,
             group: 0.0,
             channel: 0.0,
+            reactions: 0.0,
         };
         for part in s.split(',') {
             let (k, v) = part
@@ -41,7 +46,13 @@ impl FromStr for Mix {
                 "direct" => mix.direct = v,
                 "group" => mix.group = v,
                 "channel" => mix.channel = v,
-                other => return Err(format!("{other:?}: kinds are direct, group, channel")),
+                "reactions" if v <= 1.0 => mix.reactions = v,
+                "reactions" => return Err(format!("reactions={v}: a share from 0 to 1")),
+                other => {
+                    return Err(format!(
+                        "{other:?}: kinds are direct, group, channel (and reactions, a share)"
+                    ));
+                }
             }
         }
         if mix.direct + mix.group + mix.channel <= 0.0 {
@@ -109,5 +120,10 @@ mod tests {
         assert!("direct=x".parse::<Mix>().is_err());
         assert!("video=1".parse::<Mix>().is_err());
         assert!("direct=0".parse::<Mix>().is_err());
+        let with: Mix = "group=1,reactions=0.25"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!((with.reactions - 0.25).abs() < f64::EPSILON);
+        assert!("group=1,reactions=1.5".parse::<Mix>().is_err());
     }
 }

@@ -39,6 +39,13 @@ pub fn write_chat(dir: &Path, r: &ChatReport, latency: &Histogram<u64>) -> anyho
         "| deliveries expected / delivered / lost / duplicated | {} / {} / {} / {} |",
         r.expected, r.delivered, r.lost, r.duplicated
     );
+    if let Some(x) = &r.reactions {
+        let _ = writeln!(
+            md,
+            "| reactions sent / acknowledged / refused / events received | {} / {} / {} / {} |",
+            x.sent, x.acked, x.refused, x.events
+        );
+    }
     let _ = writeln!(
         md,
         "| deliveries per second | {:.0} |",
