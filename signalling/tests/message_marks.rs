@@ -339,3 +339,57 @@ async fn reactions_and_pins_never_cross_applications() {
     assert_eq!(pins["messages"], json!([]));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn read_by_comes_from_the_read_marks_of_who_may_see_the_message() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("readby@example.com", "ERP").await;
+    let ([mut ann, mut bob, mut carl], [_, u2, u3], conv, msg) =
+        group_with_a_message(&server, &app).await;
+    let read_by = |m: &Value| json!({"type": "read_by", "conversation_id": conv, "message_id": m});
+    // Nobody but its author has read it yet; the author is left out.
+    ann.request(json!({"type": "read", "conversation_id": conv, "seq": 1}))
+        .await;
+    let r = ann.request(read_by(&msg)).await;
+    assert_eq!(r["type"], "read_by", "{r}");
+    assert_eq!(
+        (r["users"].clone(), r["truncated"].clone()),
+        (json!([]), json!(false))
+    );
+    // Bob reads past it: he has read it.
+    ann.request(json!({"type": "add_members", "conversation_id": conv, "members": [u3]}))
+        .await;
+    let later = ann
+        .request(
+            json!({"type": "send", "conversation_id": conv, "client_id": "2", "text": "later"}),
+        )
+        .await["message"]["id"]
+        .clone();
+    bob.request(json!({"type": "read", "conversation_id": conv, "seq": 2}))
+        .await;
+    assert_eq!(ann.request(read_by(&msg)).await["users"], json!([u2]));
+    carl.request(json!({"type": "read", "conversation_id": conv, "seq": 1}))
+        .await;
+    let mut both = ann.request(read_by(&msg)).await["users"]
+        .as_array()
+        .unwrap()
+        .clone();
+    both.sort_by_key(|u| u.as_str().unwrap().to_owned());
+    let mut expected = vec![json!(u2), json!(u3)];
+    expected.sort_by_key(|u| u.as_str().unwrap().to_owned());
+    assert_eq!(both, expected);
+    assert_eq!(ann.request(read_by(&later)).await["users"], json!([u2]));
+    // Who leaves no longer counts.
+    carl.request(json!({"type": "remove_member", "conversation_id": conv, "user_id": u3}))
+        .await;
+    assert_eq!(ann.request(read_by(&msg)).await["users"], json!([u2]));
+    let r = carl.request(read_by(&msg)).await;
+    assert_eq!(r["code"], "forbidden", "{r}");
+    // Another application's user finds nothing.
+    let other = server.register("other@example.com", "Other").await;
+    let (t, _) = user_token(&server, &other, "oscar", &[]).await;
+    let mut oscar = Ws::connect(&server, &t, None).await;
+    let r = oscar.request(read_by(&msg)).await;
+    assert_eq!(r["code"], "not_found", "{r}");
+    server.stop().await;
+}

@@ -471,6 +471,8 @@ function renderMessage(m) {
     })));
   }
   if (m.reactions && m.reactions.length && !m.deleted_at) node.append(renderReactions(m));
+  const c = state.conversations.get(m.conversation_id);
+  if (mine && !m.deleted_at && c && c.is_group) node.onmouseenter = () => showReadBy(m, node);
   return node;
 }
 
@@ -518,6 +520,17 @@ function applyReaction(ev) {
   r.users = r.users.filter((u) => u !== ev.user_id);
   if (ev.added) r.users.push(ev.user_id);
   if (!r.count) list.splice(list.indexOf(r), 1);
+}
+
+// Who has read one of your messages in a group: asked when you point at
+// it, shown as its tooltip.
+async function showReadBy(m, node) {
+  try {
+    const answer = await request({ type: 'read_by', conversation_id: m.conversation_id, message_id: m.id });
+    const names = answer.users.map(nameOf);
+    node.title = names.length ? `Read by ${names.join(', ')}${answer.truncated ? ' and more' : ''}` : 'Not read yet';
+    node.dataset.readBy = String(names.length);
+  } catch (e) { /* offline: no tooltip */ }
 }
 
 async function loadPins(id) {

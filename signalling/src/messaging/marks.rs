@@ -180,6 +180,44 @@ impl Messaging {
         Ok((views, self.store.pins_by_app_only(id).await?))
     }
 
+    /// Who has read a message the caller can see: the members (of its
+    /// recipients, for a message addressed to some) whose read mark is at
+    /// it or past it, its author left out; at most
+    /// [`MAX_MEMBERS_LISTED`], and whether there were more.
+    ///
+    /// # Errors
+    /// As [`Self::readable`]; `not_found` for a message the caller cannot
+    /// see.
+    pub async fn read_by(
+        &self,
+        caller: &Caller,
+        id: ConversationId,
+        message: MessageId,
+    ) -> Result<(Vec<UserId>, bool), Error> {
+        let conversation = self.readable(caller, id).await?;
+        let stored = self
+            .store
+            .message(id, message)
+            .await?
+            .filter(|m| visible_to(m, caller))
+            .ok_or(Error::NotFound("message"))?;
+        let limit = u32::try_from(MAX_MEMBERS_LISTED + 1).unwrap_or(u32::MAX);
+        let mut readers = self.store.read_by(id, stored.seq, limit).await?;
+        // Read marks outlive membership: only who may still see it counts.
+        let audience: Option<Vec<UserId>> = match (&stored.body.recipients, conversation.all_users)
+        {
+            (Some(recipients), _) => Some(recipients.clone()),
+            (None, true) => None,
+            (None, false) => Some(self.store.members(id).await?),
+        };
+        readers.retain(|u| {
+            stored.author != Author::User(*u) && audience.as_ref().is_none_or(|a| a.contains(u))
+        });
+        let truncated = readers.len() > MAX_MEMBERS_LISTED;
+        readers.truncate(MAX_MEMBERS_LISTED);
+        Ok((readers, truncated))
+    }
+
     /// The views of messages of one conversation, with their reactions.
     ///
     /// # Errors

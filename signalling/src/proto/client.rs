@@ -198,6 +198,15 @@ pub enum Request {
         /// default).
         app_only: bool,
     },
+    /// Who has read a message.
+    ReadBy {
+        /// The request's id.
+        id: String,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The message.
+        message_id: MessageId,
+    },
     /// A page of your conversations, most recently active first.
     List {
         /// The request's id.
@@ -388,6 +397,7 @@ pub const KNOWN_TYPES: &[&str] = &[
     "pin",
     "pins",
     "pin_policy",
+    "read_by",
     "list",
     "click",
     "typing",

@@ -86,6 +86,21 @@ pub enum ServerFrame {
         /// Only the application pins in this conversation.
         app_only: bool,
     },
+    /// The answer to `read_by`.
+    ReadBy {
+        /// The request's id.
+        id: String,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The message.
+        message_id: MessageId,
+        /// The members who have read it (its author left out): at most
+        /// 1000.
+        #[schemars(length(max = 1000))]
+        users: Vec<UserId>,
+        /// More than 1000 have.
+        truncated: bool,
+    },
     /// The answer to `search`.
     Search {
         /// The request's id.

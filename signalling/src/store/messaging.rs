@@ -497,6 +497,16 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     /// A conversation's pinned messages, most recently pinned first.
     async fn pins(&self, conversation: ConversationId) -> StoreResult<Vec<PinRecord>>;
 
+    /// Who has read message `seq` of a conversation: the users whose read
+    /// mark is at it or past it, at most `limit` (from the read marks
+    /// alone: reading writes nothing more).
+    async fn read_by(
+        &self,
+        conversation: ConversationId,
+        seq: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<UserId>>;
+
     /// Whether only the application pins in a conversation.
     async fn pins_by_app_only(&self, conversation: ConversationId) -> StoreResult<bool>;
 

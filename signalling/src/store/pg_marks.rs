@@ -224,6 +224,31 @@ impl PgStore {
             .collect()
     }
 
+    /// See `MessageStore::read_by`.
+    pub(super) async fn readers(
+        &self,
+        conversation: ConversationId,
+        seq: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<UserId>> {
+        let users: Vec<String> = sqlx::query_scalar(
+            "SELECT user_id FROM read_marks WHERE conversation_id = $1 AND seq >= $2 LIMIT $3",
+        )
+        .bind(conversation.to_string())
+        .bind(to_i64(seq))
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+        .pg()?;
+        users
+            .iter()
+            .map(|u| {
+                u.parse()
+                    .map_err(|_| StoreError::Corrupt(format!("user_id: {u:?}")))
+            })
+            .collect()
+    }
+
     /// See `MessageStore::pins_by_app_only`.
     pub(super) async fn pin_policy(&self, conversation: ConversationId) -> StoreResult<bool> {
         let app_only: Option<bool> = sqlx::query_scalar(

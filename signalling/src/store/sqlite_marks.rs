@@ -7,7 +7,7 @@ use super::messaging::{Author, PinRecord, ReactionRecord};
 use super::sqlite::SqliteStore;
 use super::sqlite_messaging::{parse, seq, to_i64};
 use super::{StoreError, StoreResult};
-use crate::ids::{ConversationId, Timestamp};
+use crate::ids::{ConversationId, Timestamp, UserId};
 
 impl SqliteStore {
     /// See `MessageStore::reactions`.
@@ -60,6 +60,24 @@ impl SqliteStore {
             })
         })
         .collect()
+    }
+
+    /// See `MessageStore::read_by`.
+    pub(super) async fn readers(
+        &self,
+        conversation: ConversationId,
+        seq_no: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<UserId>> {
+        sqlx::query("SELECT user_id FROM read_marks WHERE conversation_id = ? AND seq >= ? LIMIT ?")
+            .bind(conversation.to_string())
+            .bind(to_i64(seq_no))
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(|row| parse(row, "user_id"))
+            .collect()
     }
 
     /// See `MessageStore::pins_by_app_only`.

@@ -411,6 +411,15 @@ impl MessageStore for SqliteStore {
         self.pins_of(conversation).await
     }
 
+    async fn read_by(
+        &self,
+        conversation: ConversationId,
+        seq: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<UserId>> {
+        self.readers(conversation, seq, limit).await
+    }
+
     async fn pins_by_app_only(&self, conversation: ConversationId) -> StoreResult<bool> {
         self.pin_policy(conversation).await
     }

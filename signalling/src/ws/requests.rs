@@ -329,6 +329,22 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
                 .await?;
             ServerFrame::ack(Ack::of(id))
         }
+        Request::ReadBy {
+            id,
+            conversation_id,
+            message_id,
+        } => {
+            let (users, truncated) = messaging
+                .read_by(caller, conversation_id, message_id)
+                .await?;
+            ServerFrame::ReadBy {
+                id,
+                conversation_id,
+                message_id,
+                users,
+                truncated,
+            }
+        }
         Request::List { id, limit, after } => {
             let cursor = match after {
                 Some(c) => Some(parse_cursor(&c).ok_or_else(|| {

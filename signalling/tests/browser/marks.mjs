@@ -67,6 +67,16 @@ await scenario('marks', async (cleanup) => {
     && (await chip(bob, '🎉').count()) === 1 && (await bob.locator('#show-pins').textContent()) === '📌 1');
   check(true, 'history brings the reactions and the pins back after a reload');
 
+  // Read-by: Bob has the lobby open, so he has read Анна's messages;
+  // pointing at one shows who.
+  const retro = ann.locator('#messages .msg', { hasText: 'Retro on Friday' });
+  await until('the read-by tooltip', async () => {
+    await ann.mouse.move(0, 0);
+    await retro.hover();
+    return ((await retro.getAttribute('title')) || '').startsWith('Read by');
+  });
+  check((await retro.getAttribute('title')) === 'Read by Bob', 'pointing at her message shows Анна who has read it');
+
   // Unpinned: the count goes.
   await release(bob).hover();
   await release(bob).locator('button.pin').click();
