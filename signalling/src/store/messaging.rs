@@ -362,7 +362,7 @@ pub type OnCommit = Box<dyn FnOnce(&[(UserId, u64)], &std::sync::Arc<str>) + Sen
 
 /// Persistence of messaging.
 #[async_trait]
-pub trait MessageStore: Send + Sync + std::fmt::Debug {
+pub trait MessageStore: super::marks::MarkStore + Send + Sync + std::fmt::Debug {
     /// Creates a conversation with members; if one with the same
     /// application key or context exists, returns that one (and `false`).
     /// A new contextual conversation also gets as members the users the
@@ -469,53 +469,6 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
         now: Timestamp,
         then: OnCommit,
     ) -> StoreResult<Vec<(UserId, u64)>>;
-
-    /// Adds or withdraws a reaction or a pin and appends `event` — whose
-    /// `"count":` is left open ([`PendingEvent::open`]) for the count after
-    /// the change — to the logs of `notify`, in one transaction; then
-    /// `then` once committed. Nothing is written when the mark was
-    /// already so or its limit is reached.
-    async fn mark_then(
-        &self,
-        change: &MarkChange,
-        notify: &[UserId],
-        event: PendingEvent,
-        now: Timestamp,
-        then: OnCommit,
-    ) -> StoreResult<Marked>;
-
-    /// The reactions to the messages numbered `from` to `to` (inclusive)
-    /// of a conversation, by message, each emoji's reactions in the order
-    /// they came, emojis in the order of their first reaction.
-    async fn reactions(
-        &self,
-        conversation: ConversationId,
-        from: u64,
-        to: u64,
-    ) -> StoreResult<Vec<ReactionRecord>>;
-
-    /// A conversation's pinned messages, most recently pinned first.
-    async fn pins(&self, conversation: ConversationId) -> StoreResult<Vec<PinRecord>>;
-
-    /// Who has read message `seq` of a conversation: the users whose read
-    /// mark is at it or past it, at most `limit` (from the read marks
-    /// alone: reading writes nothing more).
-    async fn read_by(
-        &self,
-        conversation: ConversationId,
-        seq: u64,
-        limit: u32,
-    ) -> StoreResult<Vec<UserId>>;
-
-    /// Whether only the application pins in a conversation.
-    async fn pins_by_app_only(&self, conversation: ConversationId) -> StoreResult<bool>;
-
-    /// Keeps pinning to the application, or opens it to members.
-    async fn set_pins_by_app_only(
-        &self,
-        conversation: ConversationId,
-        app_only: bool,
-    ) -> StoreResult<()>;
 
     /// Messages with `after < seq < before`, oldest first, at most `limit`:
     /// with `after` (0 included) the oldest ones above it, without it the

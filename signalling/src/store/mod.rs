@@ -17,6 +17,7 @@
 #[cfg(test)]
 mod conformance;
 pub mod files;
+pub mod marks;
 pub mod messaging;
 pub mod pg;
 mod pg_error;

@@ -5,13 +5,18 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use sqlx::{PgConnection, Row as _};
 
-use super::messaging::{Author, Mark, MarkChange, Marked, PendingEvent, PinRecord, ReactionRecord};
+use super::marks::MarkStore;
+use super::messaging::{
+    Author, Mark, MarkChange, Marked, OnCommit, PendingEvent, PinRecord, ReactionRecord,
+};
 use super::pg::PgStore;
 use super::pg_error::PgResult as _;
 use super::pg_message_writes::{Numbers, Taken, append};
 use super::pg_messaging::to_i64;
+use super::pg_writer::{Write, Written};
 use super::{StoreError, StoreResult};
 use crate::ids::{ConversationId, Timestamp, UserId};
 
@@ -162,9 +167,29 @@ pub(super) async fn unmark(tx: &mut PgConnection, conversation: &str, seq: i64) 
     Ok(())
 }
 
-impl PgStore {
-    /// See `MessageStore::reactions`.
-    pub(super) async fn reactions_between(
+#[async_trait]
+impl MarkStore for PgStore {
+    async fn mark_then(
+        &self,
+        change: &MarkChange,
+        notify: &[UserId],
+        event: PendingEvent,
+        now: Timestamp,
+        then: OnCommit,
+    ) -> StoreResult<Marked> {
+        let write = Write::Mark {
+            change: change.clone(),
+            event,
+        };
+        match self.writer().write(write, notify, now, then).await? {
+            Written::Marked(marked, _) => Ok(marked),
+            Written::Posted(_) | Written::Appended(_) => Err(StoreError::Corrupt(
+                "the message writer answered a mark with another write".to_owned(),
+            )),
+        }
+    }
+
+    async fn reactions(
         &self,
         conversation: ConversationId,
         from: u64,
@@ -196,11 +221,7 @@ impl PgStore {
             .collect()
     }
 
-    /// See `MessageStore::pins`.
-    pub(super) async fn pins_of(
-        &self,
-        conversation: ConversationId,
-    ) -> StoreResult<Vec<PinRecord>> {
+    async fn pins(&self, conversation: ConversationId) -> StoreResult<Vec<PinRecord>> {
         let rows = sqlx::query(
             "SELECT seq, pinned_by, pinned_at FROM pinned_messages \
              WHERE conversation_id = $1 ORDER BY pinned_at DESC, seq DESC",
@@ -224,8 +245,7 @@ impl PgStore {
             .collect()
     }
 
-    /// See `MessageStore::read_by`.
-    pub(super) async fn readers(
+    async fn read_by(
         &self,
         conversation: ConversationId,
         seq: u64,
@@ -249,8 +269,7 @@ impl PgStore {
             .collect()
     }
 
-    /// See `MessageStore::pins_by_app_only`.
-    pub(super) async fn pin_policy(&self, conversation: ConversationId) -> StoreResult<bool> {
+    async fn pins_by_app_only(&self, conversation: ConversationId) -> StoreResult<bool> {
         let app_only: Option<bool> = sqlx::query_scalar(
             "SELECT app_only FROM conversation_pin_policy WHERE conversation_id = $1",
         )
@@ -261,8 +280,7 @@ impl PgStore {
         Ok(app_only.unwrap_or(false))
     }
 
-    /// See `MessageStore::set_pins_by_app_only`.
-    pub(super) async fn set_pin_policy(
+    async fn set_pins_by_app_only(
         &self,
         conversation: ConversationId,
         app_only: bool,

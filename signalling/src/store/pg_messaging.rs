@@ -8,9 +8,8 @@ use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 
 use super::messaging::{
-    Author, Conversation, ConversationEntry, EventRecord, GrantChange, MarkChange, Marked,
-    MessageStore, NewMessage, OnCommit, PendingEvent, PinRecord, Posted, ReactionRecord,
-    StoredMessage,
+    Author, Conversation, ConversationEntry, EventRecord, GrantChange, MessageStore, NewMessage,
+    OnCommit, PendingEvent, Posted, StoredMessage,
 };
 use super::pg::{PgStore, get, parse_id};
 use super::pg_error::PgResult as _;
@@ -364,60 +363,6 @@ impl MessageStore for PgStore {
             event: Arc::from(event),
         };
         self.write_events(write, notify, now, then).await
-    }
-
-    async fn mark_then(
-        &self,
-        change: &MarkChange,
-        notify: &[UserId],
-        event: PendingEvent,
-        now: Timestamp,
-        then: OnCommit,
-    ) -> StoreResult<Marked> {
-        let write = Write::Mark {
-            change: change.clone(),
-            event,
-        };
-        match self.writer().write(write, notify, now, then).await? {
-            Written::Marked(marked, _) => Ok(marked),
-            Written::Posted(_) | Written::Appended(_) => Err(StoreError::Corrupt(
-                "the message writer answered a mark with another write".to_owned(),
-            )),
-        }
-    }
-
-    async fn reactions(
-        &self,
-        conversation: ConversationId,
-        from: u64,
-        to: u64,
-    ) -> StoreResult<Vec<ReactionRecord>> {
-        self.reactions_between(conversation, from, to).await
-    }
-
-    async fn pins(&self, conversation: ConversationId) -> StoreResult<Vec<PinRecord>> {
-        self.pins_of(conversation).await
-    }
-
-    async fn read_by(
-        &self,
-        conversation: ConversationId,
-        seq: u64,
-        limit: u32,
-    ) -> StoreResult<Vec<UserId>> {
-        self.readers(conversation, seq, limit).await
-    }
-
-    async fn pins_by_app_only(&self, conversation: ConversationId) -> StoreResult<bool> {
-        self.pin_policy(conversation).await
-    }
-
-    async fn set_pins_by_app_only(
-        &self,
-        conversation: ConversationId,
-        app_only: bool,
-    ) -> StoreResult<()> {
-        self.set_pin_policy(conversation, app_only).await
     }
 
     async fn history(

@@ -1,17 +1,42 @@
 //! Reading reactions and pins on SQLite (the writer changes them:
 //! `sqlite_message_writes::mark_in`).
 
+use async_trait::async_trait;
 use sqlx::Row as _;
 
-use super::messaging::{Author, PinRecord, ReactionRecord};
+use super::marks::MarkStore;
+use super::messaging::{
+    Author, MarkChange, Marked, OnCommit, PendingEvent, PinRecord, ReactionRecord,
+};
 use super::sqlite::SqliteStore;
 use super::sqlite_messaging::{parse, seq, to_i64};
+use super::sqlite_writer::{Write, Written};
 use super::{StoreError, StoreResult};
 use crate::ids::{ConversationId, Timestamp, UserId};
 
-impl SqliteStore {
-    /// See `MessageStore::reactions`.
-    pub(super) async fn reactions_between(
+#[async_trait]
+impl MarkStore for SqliteStore {
+    async fn mark_then(
+        &self,
+        change: &MarkChange,
+        notify: &[UserId],
+        event: PendingEvent,
+        now: Timestamp,
+        then: OnCommit,
+    ) -> StoreResult<Marked> {
+        let write = Write::Mark {
+            change: change.clone(),
+            event,
+        };
+        match self.write(write, notify, now, then).await? {
+            Written::Marked(marked, _) => Ok(marked),
+            Written::Posted(_) | Written::Appended(_) => Err(StoreError::Corrupt(
+                "the message writer answered a mark with another write".to_owned(),
+            )),
+        }
+    }
+
+    async fn reactions(
         &self,
         conversation: ConversationId,
         from: u64,
@@ -37,11 +62,7 @@ impl SqliteStore {
         .collect()
     }
 
-    /// See `MessageStore::pins`.
-    pub(super) async fn pins_of(
-        &self,
-        conversation: ConversationId,
-    ) -> StoreResult<Vec<PinRecord>> {
+    async fn pins(&self, conversation: ConversationId) -> StoreResult<Vec<PinRecord>> {
         sqlx::query(
             "SELECT seq, pinned_by, pinned_at FROM pinned_messages \
              WHERE conversation_id = ? ORDER BY pinned_at DESC, seq DESC",
@@ -62,8 +83,7 @@ impl SqliteStore {
         .collect()
     }
 
-    /// See `MessageStore::read_by`.
-    pub(super) async fn readers(
+    async fn read_by(
         &self,
         conversation: ConversationId,
         seq_no: u64,
@@ -80,8 +100,7 @@ impl SqliteStore {
             .collect()
     }
 
-    /// See `MessageStore::pins_by_app_only`.
-    pub(super) async fn pin_policy(&self, conversation: ConversationId) -> StoreResult<bool> {
+    async fn pins_by_app_only(&self, conversation: ConversationId) -> StoreResult<bool> {
         let app_only: Option<bool> = sqlx::query_scalar(
             "SELECT app_only FROM conversation_pin_policy WHERE conversation_id = ?",
         )
@@ -91,8 +110,7 @@ impl SqliteStore {
         Ok(app_only.unwrap_or(false))
     }
 
-    /// See `MessageStore::set_pins_by_app_only`.
-    pub(super) async fn set_pin_policy(
+    async fn set_pins_by_app_only(
         &self,
         conversation: ConversationId,
         app_only: bool,

@@ -1,0 +1,60 @@
+//! Reactions, pins and read-by: what members add to messages besides
+//! replies, kept beside them (never in their bodies), and who has read
+//! them. Every [`super::messaging::MessageStore`] is one.
+
+use async_trait::async_trait;
+
+use super::StoreResult;
+use super::messaging::{MarkChange, Marked, OnCommit, PendingEvent, PinRecord, ReactionRecord};
+use crate::ids::{ConversationId, Timestamp, UserId};
+
+/// Persistence of reactions and pins, and read-by.
+#[async_trait]
+pub trait MarkStore: Send + Sync {
+    /// Adds or withdraws a reaction or a pin and appends `event` — whose
+    /// `"count":` is left open ([`PendingEvent::open`]) for the count after
+    /// the change — to the logs of `notify`, in one transaction; then
+    /// `then` once committed. Nothing is written when the mark was
+    /// already so or its limit is reached.
+    async fn mark_then(
+        &self,
+        change: &MarkChange,
+        notify: &[UserId],
+        event: PendingEvent,
+        now: Timestamp,
+        then: OnCommit,
+    ) -> StoreResult<Marked>;
+
+    /// The reactions to the messages numbered `from` to `to` (inclusive)
+    /// of a conversation, by message, each emoji's reactions in the order
+    /// they came, emojis in the order of their first reaction.
+    async fn reactions(
+        &self,
+        conversation: ConversationId,
+        from: u64,
+        to: u64,
+    ) -> StoreResult<Vec<ReactionRecord>>;
+
+    /// A conversation's pinned messages, most recently pinned first.
+    async fn pins(&self, conversation: ConversationId) -> StoreResult<Vec<PinRecord>>;
+
+    /// Who has read message `seq` of a conversation: the users whose read
+    /// mark is at it or past it, at most `limit` (from the read marks
+    /// alone: reading writes nothing more).
+    async fn read_by(
+        &self,
+        conversation: ConversationId,
+        seq: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<UserId>>;
+
+    /// Whether only the application pins in a conversation.
+    async fn pins_by_app_only(&self, conversation: ConversationId) -> StoreResult<bool>;
+
+    /// Keeps pinning to the application, or opens it to members.
+    async fn set_pins_by_app_only(
+        &self,
+        conversation: ConversationId,
+        app_only: bool,
+    ) -> StoreResult<()>;
+}
