@@ -441,6 +441,7 @@ impl FrameKind {
             | "react"
             | "pin"
             | "pin_policy"
+            | "follow"
             | "read"
             | "click"
             | "create_conversation"

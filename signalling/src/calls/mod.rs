@@ -180,7 +180,7 @@ impl Calls {
             data: Some(CallRecord::Started { id, media }.data()),
             recipients: None,
             actions: Vec::new(),
-            attachments: Vec::new(),
+            ..MessageBody::default()
         };
         let recorded = match self
             .messaging
@@ -421,7 +421,7 @@ impl Calls {
             ),
             recipients: None,
             actions: Vec::new(),
-            attachments: Vec::new(),
+            ..MessageBody::default()
         };
         let app = Caller {
             app: ended.caller.app,
@@ -487,7 +487,7 @@ impl Calls {
                     ),
                     recipients: None,
                     actions: Vec::new(),
-                    attachments: Vec::new(),
+                    ..MessageBody::default()
                 };
                 let caller = Caller { app, who: Who::App };
                 if let Err(e) = self

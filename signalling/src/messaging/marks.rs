@@ -7,8 +7,6 @@
 //! reaction now, or how many messages are pinned. Changing a mark to what
 //! it already is writes nothing and sends no event.
 
-use std::collections::BTreeMap;
-
 use crate::bus::GateKind;
 use crate::error::{Code, Error};
 use crate::ids::{ConversationId, MessageId};
@@ -176,7 +174,7 @@ impl Messaging {
                 .await?;
             messages.extend(found.into_iter().filter(|m| visible_to(m, caller)));
         }
-        let views = self.views(id, &messages).await?;
+        let views = self.views(caller, id, &messages).await?;
         Ok((views, self.store.pins_by_app_only(id).await?))
     }
 
@@ -216,78 +214,6 @@ impl Messaging {
         let truncated = readers.len() > MAX_MEMBERS_LISTED;
         readers.truncate(MAX_MEMBERS_LISTED);
         Ok((readers, truncated))
-    }
-
-    /// The views of messages of one conversation, with their reactions.
-    ///
-    /// # Errors
-    /// When the store fails.
-    pub async fn views(
-        &self,
-        id: ConversationId,
-        messages: &[StoredMessage],
-    ) -> Result<Vec<MessageView>, Error> {
-        let mut views: Vec<MessageView> = messages.iter().map(MessageView::from).collect();
-        let (Some(from), Some(to)) = (
-            messages.iter().map(|m| m.seq).min(),
-            messages.iter().map(|m| m.seq).max(),
-        ) else {
-            return Ok(views);
-        };
-        let mut by_seq: BTreeMap<u64, Vec<ReactionView>> = BTreeMap::new();
-        for r in self.store.reactions(id, from, to).await? {
-            let list = by_seq.entry(r.seq).or_default();
-            let i = match list.iter().position(|v| v.emoji == r.emoji) {
-                Some(i) => i,
-                None => {
-                    list.push(ReactionView {
-                        emoji: r.emoji,
-                        count: 0,
-                        users: Vec::new(),
-                    });
-                    list.len() - 1
-                }
-            };
-            let view = &mut list[i];
-            view.count += 1;
-            if view.users.len() < REACTION_USERS_LISTED {
-                view.users.push(r.user);
-            }
-        }
-        for view in &mut views {
-            if let Some(reactions) = by_seq.remove(&view.seq) {
-                view.reactions = reactions;
-            }
-        }
-        Ok(views)
-    }
-
-    /// The views of messages of any conversations (search results), with
-    /// their reactions, in their order.
-    ///
-    /// # Errors
-    /// When the store fails.
-    pub async fn views_across(
-        &self,
-        messages: &[StoredMessage],
-    ) -> Result<Vec<MessageView>, Error> {
-        let mut views: Vec<Option<MessageView>> = vec![None; messages.len()];
-        let mut conversations: Vec<ConversationId> =
-            messages.iter().map(|m| m.conversation_id).collect();
-        conversations.sort_unstable();
-        conversations.dedup();
-        for id in conversations {
-            let (at, of): (Vec<usize>, Vec<StoredMessage>) = messages
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| m.conversation_id == id)
-                .map(|(i, m)| (i, m.clone()))
-                .unzip();
-            for (i, view) in at.into_iter().zip(self.views(id, &of).await?) {
-                views[i] = Some(view);
-            }
-        }
-        Ok(views.into_iter().flatten().collect())
     }
 
     /// The conversation and message a reaction or pin is for: a message

@@ -59,6 +59,7 @@ impl Messaging {
         }
         body.attachments = self.attachments(caller, id, attachments).await?;
         check_body(&body)?;
+        let root = self.into_reply(caller, id, &mut body).await?;
         let members = if conversation.all_users {
             self.audience(conversation).await?
         } else {
@@ -99,6 +100,9 @@ impl Messaging {
             .await?;
         if joins.is_some() {
             self.membership_changed(id);
+        }
+        if let Some(root) = root {
+            self.replied(caller, &root).await?;
         }
         Ok(posted.message)
     }
@@ -211,7 +215,12 @@ impl Messaging {
                 false
             }
             None => {
-                stored.body = MessageBody::deleted();
+                // A deleted reply stays in its thread.
+                stored.body = MessageBody {
+                    thread_id: stored.body.thread_id,
+                    thread_seq: stored.body.thread_seq,
+                    ..MessageBody::deleted()
+                };
                 stored.deleted_at = Some(now);
                 true
             }
@@ -318,6 +327,7 @@ impl Messaging {
             Event::Read {
                 conversation_id: id,
                 seq: mark,
+                thread_id: None,
             }
             .render(),
             gate(&conversation, GateKind::Event),

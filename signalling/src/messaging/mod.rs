@@ -19,12 +19,16 @@ mod marks;
 mod messages;
 mod presence;
 mod rosters;
+mod threads;
 mod views;
 
 pub use caller::{Caller, Who, bot_id};
 pub use marks::{MAX_EMOJI_BYTES, MAX_PINS, MAX_REACTIONS, MarkOutcome, REACTION_USERS_LISTED};
 pub use rosters::{ROSTERS_MAX, Roster, Rosters};
-pub use views::{AttachmentRef, ConversationView, MessageView, NewConversation, ReactionView};
+pub use threads::MAX_THREADS_LISTED;
+pub use views::{
+    AttachmentRef, ConversationView, MessageView, NewConversation, ReactionView, ThreadView,
+};
 
 /// Longest text of a message, in bytes.
 pub const MAX_TEXT_BYTES: usize = 32 * 1024;

@@ -82,6 +82,36 @@ pub struct MessageView {
     /// `search` answers; events carry each change as a `reaction` event).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<ReactionView>,
+    /// The root of a thread: its replies as you see them (in `history`,
+    /// `search`, `pins` and `threads` answers; events carry each reply as
+    /// a `message` with `thread_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread: Option<ThreadView>,
+}
+
+/// A thread, as its root shows it to one reader.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+pub struct ThreadView {
+    /// Replies (deleted ones left out).
+    #[schemars(range(min = 1))]
+    pub replies: u64,
+    /// The last reply's number.
+    pub last_reply_seq: u64,
+    /// RFC 3339 time of the last reply.
+    pub last_reply_at: String,
+    /// Replies of others after your read mark in the thread.
+    pub unread: u64,
+}
+
+impl From<&crate::store::threads::ThreadSummary> for ThreadView {
+    fn from(t: &crate::store::threads::ThreadSummary) -> Self {
+        Self {
+            replies: t.replies,
+            last_reply_seq: t.last_seq,
+            last_reply_at: t.last_at.to_rfc3339(),
+            unread: t.unread,
+        }
+    }
 }
 
 /// One reaction to a message and who chose it.
@@ -110,6 +140,7 @@ impl From<&StoredMessage> for MessageView {
             edited_at: m.edited_at.map(|t| t.to_rfc3339()),
             deleted_at: m.deleted_at.map(|t| t.to_rfc3339()),
             reactions: Vec::new(),
+            thread: None,
         }
     }
 }

@@ -49,6 +49,10 @@ pub enum Request {
         #[serde(default)]
         #[schemars(length(max = 20))]
         attachments: Vec<AttachmentRef>,
+        /// Reply in the thread of this message of the conversation (a
+        /// reply to a reply goes to the same thread).
+        #[serde(default)]
+        thread_id: Option<MessageId>,
     },
     /// Create a conversation (not a contextual one).
     CreateConversation {
@@ -121,6 +125,12 @@ pub enum Request {
         #[serde(default)]
         #[schemars(range(min = 1, max = 200))]
         limit: Option<u32>,
+        /// Only the replies in the thread of this message.
+        #[serde(default)]
+        thread_id: Option<MessageId>,
+        /// Only messages that are not replies.
+        #[serde(default)]
+        top_level: bool,
     },
     /// Move your read mark.
     Read {
@@ -130,6 +140,30 @@ pub enum Request {
         conversation_id: ConversationId,
         /// The number of the last message read.
         seq: u64,
+        /// Move your read mark in this message's thread instead.
+        #[serde(default)]
+        thread_id: Option<MessageId>,
+    },
+    /// Follow a thread, or stop following it.
+    Follow {
+        /// The request's id.
+        id: String,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// Any message of the thread.
+        thread_id: MessageId,
+        /// Stop following it.
+        #[serde(default)]
+        unfollow: bool,
+    },
+    /// The threads you follow.
+    Threads {
+        /// The request's id.
+        id: String,
+        /// At most this many (default 50).
+        #[serde(default)]
+        #[schemars(range(min = 1, max = 50))]
+        limit: Option<u32>,
     },
     /// Change the text of your message.
     Edit {
@@ -398,6 +432,8 @@ pub const KNOWN_TYPES: &[&str] = &[
     "pins",
     "pin_policy",
     "read_by",
+    "follow",
+    "threads",
     "list",
     "click",
     "typing",

@@ -101,6 +101,15 @@ pub enum ServerFrame {
         /// More than 1000 have.
         truncated: bool,
     },
+    /// The answer to `threads`.
+    Threads {
+        /// The request's id.
+        id: String,
+        /// The roots of the threads you follow that have replies, the most
+        /// recently replied first, each with its `thread`.
+        #[schemars(length(max = 50))]
+        threads: Vec<MessageView>,
+    },
     /// The answer to `search`.
     Search {
         /// The request's id.
@@ -251,6 +260,10 @@ pub enum Event {
         conversation_id: ConversationId,
         /// The number of the last message read.
         seq: u64,
+        /// Your read mark in this thread (its root) moved, not the
+        /// conversation's.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        thread_id: Option<MessageId>,
     },
     /// Bots only: a user clicked an action of the bot's message.
     Action {
@@ -601,11 +614,13 @@ mod tests {
             event: Event::Read {
                 conversation_id,
                 seq: 3,
+                thread_id: None,
             },
         };
         let rendered = Event::Read {
             conversation_id,
             seq: 3,
+            thread_id: None,
         }
         .render();
         let fast: Value = serde_json::from_str(&event_frame(7, &rendered)).unwrap();

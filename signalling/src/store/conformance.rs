@@ -21,8 +21,10 @@ use crate::auth::TokenKey;
 use crate::ids::{AppId, ConversationId, FileId, MessageId, SubscriberId, Timestamp, UserId};
 
 mod marks;
+mod threads;
 
 use marks::reactions_and_pins_count_in_their_transaction;
+use threads::threads_page_count_and_follow;
 
 /// Every store trait at once: what a store implementation offers.
 pub(super) trait Backend: Store + MessageStore + FileStore {}
@@ -49,6 +51,7 @@ macro_rules! conformance {
                 a_post_makes_its_author_a_member_in_its_transaction,
                 search_finds_what_was_acknowledged_edited_text_and_no_deleted_message,
                 reactions_and_pins_count_in_their_transaction,
+                threads_page_count_and_follow,
             );
         }
     };
@@ -471,9 +474,7 @@ pub(super) fn message(i: usize, conversation_id: ConversationId, text: String) -
         body: MessageBody {
             text,
             data: None,
-            recipients: None,
-            actions: Vec::new(),
-            attachments: Vec::new(),
+            ..MessageBody::default()
         },
         joins: None,
     }

@@ -83,6 +83,12 @@ pub struct MessageBody {
     /// Files, as they were when attached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
+    /// A reply: the root of its thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<MessageId>,
+    /// A reply: its root's number in the conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_seq: Option<u64>,
 }
 
 /// A file attached to a message (1C: `Attachments.Add(stream, name, MIME,
@@ -362,7 +368,9 @@ pub type OnCommit = Box<dyn FnOnce(&[(UserId, u64)], &std::sync::Arc<str>) + Sen
 
 /// Persistence of messaging.
 #[async_trait]
-pub trait MessageStore: super::marks::MarkStore + Send + Sync + std::fmt::Debug {
+pub trait MessageStore:
+    super::marks::MarkStore + super::threads::ThreadStore + Send + Sync + std::fmt::Debug
+{
     /// Creates a conversation with members; if one with the same
     /// application key or context exists, returns that one (and `false`).
     /// A new contextual conversation also gets as members the users the

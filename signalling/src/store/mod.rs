@@ -27,6 +27,7 @@ mod pg_message_writes;
 mod pg_messaging;
 #[cfg(test)]
 mod pg_tests;
+mod pg_threads;
 mod pg_writer;
 pub mod sqlite;
 mod sqlite_error;
@@ -36,7 +37,9 @@ mod sqlite_message_writes;
 mod sqlite_messaging;
 #[cfg(test)]
 mod sqlite_tests;
+mod sqlite_threads;
 mod sqlite_writer;
+pub mod threads;
 mod write_health;
 
 use async_trait::async_trait;

@@ -147,13 +147,15 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
             recipients,
             actions,
             attachments,
+            thread_id,
         } => {
             let body = MessageBody {
                 text,
                 data,
                 recipients,
                 actions,
-                attachments: Vec::new(),
+                thread_id,
+                ..MessageBody::default()
             };
             let m = messaging
                 .send_with_files(caller, conversation_id, &client_id, body, &attachments)
@@ -227,11 +229,21 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
             after,
             before,
             limit,
+            thread_id,
+            top_level,
         } => {
             let messages = messaging
-                .history(caller, conversation_id, after, before, limit.unwrap_or(50))
+                .history_in(
+                    caller,
+                    conversation_id,
+                    thread_id,
+                    top_level,
+                    after,
+                    before,
+                    limit.unwrap_or(50),
+                )
                 .await?;
-            let views = messaging.views(conversation_id, &messages).await?;
+            let views = messaging.views(caller, conversation_id, &messages).await?;
             ServerFrame::History {
                 id,
                 conversation_id,
@@ -242,8 +254,16 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
             id,
             conversation_id,
             seq,
+            thread_id,
         } => {
-            let mark = messaging.mark_read(caller, conversation_id, seq).await?;
+            let mark = match thread_id {
+                Some(thread) => {
+                    messaging
+                        .mark_thread_read(caller, conversation_id, thread, seq)
+                        .await?
+                }
+                None => messaging.mark_read(caller, conversation_id, seq).await?,
+            };
             ServerFrame::ack(Ack {
                 read_seq: Some(mark),
                 ..Ack::of(id)
@@ -329,6 +349,21 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
                 .await?;
             ServerFrame::ack(Ack::of(id))
         }
+        Request::Follow {
+            id,
+            conversation_id,
+            thread_id,
+            unfollow,
+        } => {
+            messaging
+                .follow(caller, conversation_id, thread_id, !unfollow)
+                .await?;
+            ServerFrame::ack(Ack::of(id))
+        }
+        Request::Threads { id, limit } => ServerFrame::Threads {
+            threads: messaging.followed(caller, limit.unwrap_or(50)).await?,
+            id,
+        },
         Request::ReadBy {
             id,
             conversation_id,
@@ -425,7 +460,7 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
             let found = messaging
                 .search(caller, &query, limit.unwrap_or(50))
                 .await?;
-            let views = messaging.views_across(&found).await?;
+            let views = messaging.views_across(caller, &found).await?;
             ServerFrame::Search {
                 id,
                 messages: views,

@@ -1,0 +1,191 @@
+//! [`ThreadStore`] on PostgreSQL.
+
+use async_trait::async_trait;
+use sqlx::Row as _;
+use sqlx::postgres::PgRow;
+
+use super::messaging::StoredMessage;
+use super::pg::PgStore;
+use super::pg_error::PgResult as _;
+use super::pg_messaging::{MESSAGE_COLUMNS, message_from, to_i64};
+use super::threads::{Scope, ThreadStore, ThreadSummary};
+use super::{StoreError, StoreResult};
+use crate::ids::{ConversationId, Timestamp, UserId};
+
+/// A non-negative number column.
+fn count(row: &PgRow, column: &str) -> StoreResult<u64> {
+    let n: i64 = row.try_get(column).pg()?;
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{column} negative")))
+}
+
+#[async_trait]
+impl ThreadStore for PgStore {
+    async fn history_in(
+        &self,
+        conversation: ConversationId,
+        scope: Scope,
+        after: Option<u64>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        let newest_first = after.is_none();
+        let after = to_i64(after.unwrap_or(0));
+        let before = to_i64(before.unwrap_or(u64::MAX >> 1));
+        let order = if newest_first { "DESC" } else { "ASC" };
+        let (filter, root) = match scope {
+            Scope::All => ("", 0),
+            Scope::TopLevel => ("AND thread_seq IS NULL", 0),
+            Scope::Thread(root) => ("AND thread_seq = $5", to_i64(root)),
+        };
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND seq > $2 AND seq < $3 \
+             {filter} ORDER BY seq {order} LIMIT $4"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(conversation.to_string())
+            .bind(after)
+            .bind(before)
+            .bind(i64::from(limit));
+        if matches!(scope, Scope::Thread(_)) {
+            query = query.bind(root);
+        }
+        let mut rows: Vec<StoredMessage> = query
+            .fetch_all(self.pool())
+            .await
+            .pg()?
+            .iter()
+            .map(message_from)
+            .collect::<StoreResult<_>>()?;
+        if newest_first {
+            rows.reverse();
+        }
+        Ok(rows)
+    }
+
+    async fn thread_summaries(
+        &self,
+        conversation: ConversationId,
+        from: u64,
+        to: u64,
+        user: UserId,
+    ) -> StoreResult<Vec<ThreadSummary>> {
+        let rows = sqlx::query(
+            "SELECT m.thread_seq AS root, COUNT(*) AS replies, MAX(m.seq) AS last_seq, \
+             MAX(m.created_at) AS last_at, \
+             COUNT(*) FILTER (WHERE m.seq > COALESCE(t.seq, 0) AND m.author <> $4) AS unread \
+             FROM messages m LEFT JOIN thread_read_marks t ON t.conversation_id = m.conversation_id \
+             AND t.root_seq = m.thread_seq AND t.user_id = $4 \
+             WHERE m.conversation_id = $1 AND m.thread_seq >= $2 AND m.thread_seq <= $3 \
+             AND m.deleted_at IS NULL GROUP BY m.thread_seq",
+        )
+        .bind(conversation.to_string())
+        .bind(to_i64(from))
+        .bind(to_i64(to))
+        .bind(user.to_string())
+        .fetch_all(self.pool())
+        .await
+        .pg()?;
+        rows.iter()
+            .map(|row| {
+                Ok(ThreadSummary {
+                    root_seq: count(row, "root")?,
+                    replies: count(row, "replies")?,
+                    last_seq: count(row, "last_seq")?,
+                    last_at: Timestamp(row.try_get("last_at").pg()?),
+                    unread: count(row, "unread")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn mark_thread_read(
+        &self,
+        conversation: ConversationId,
+        root_seq: u64,
+        user: UserId,
+        seq: u64,
+    ) -> StoreResult<u64> {
+        let row = sqlx::query(
+            "INSERT INTO thread_read_marks (conversation_id, root_seq, user_id, seq) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id, root_seq, user_id) \
+             DO UPDATE SET seq = GREATEST(thread_read_marks.seq, excluded.seq) RETURNING seq",
+        )
+        .bind(conversation.to_string())
+        .bind(to_i64(root_seq))
+        .bind(user.to_string())
+        .bind(to_i64(seq))
+        .fetch_one(self.pool())
+        .await
+        .pg()?;
+        count(&row, "seq")
+    }
+
+    async fn follow_thread(
+        &self,
+        conversation: ConversationId,
+        root_seq: u64,
+        user: UserId,
+        follow: bool,
+    ) -> StoreResult<()> {
+        let sql = if follow {
+            "INSERT INTO thread_followers (conversation_id, root_seq, user_id) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM thread_followers WHERE conversation_id = $1 AND root_seq = $2 AND user_id = $3"
+        };
+        sqlx::query(sql)
+            .bind(conversation.to_string())
+            .bind(to_i64(root_seq))
+            .bind(user.to_string())
+            .execute(self.pool())
+            .await
+            .pg()?;
+        Ok(())
+    }
+
+    async fn follows_thread(
+        &self,
+        conversation: ConversationId,
+        root_seq: u64,
+        user: UserId,
+    ) -> StoreResult<bool> {
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM thread_followers WHERE conversation_id = $1 AND root_seq = $2 AND user_id = $3",
+        )
+        .bind(conversation.to_string())
+        .bind(to_i64(root_seq))
+        .bind(user.to_string())
+        .fetch_optional(self.pool())
+        .await
+        .pg()?;
+        Ok(found.is_some())
+    }
+
+    async fn followed_threads(
+        &self,
+        user: UserId,
+        limit: u32,
+    ) -> StoreResult<Vec<(ConversationId, u64)>> {
+        let rows = sqlx::query(
+            "SELECT f.conversation_id, f.root_seq FROM thread_followers f \
+             JOIN messages m ON m.conversation_id = f.conversation_id AND m.thread_seq = f.root_seq \
+             WHERE f.user_id = $1 GROUP BY f.conversation_id, f.root_seq \
+             ORDER BY MAX(m.created_at) DESC, MAX(m.seq) DESC LIMIT $2",
+        )
+        .bind(user.to_string())
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+        .pg()?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("conversation_id").pg()?;
+                Ok((
+                    id.parse()
+                        .map_err(|_| StoreError::Corrupt(format!("conversation_id: {id:?}")))?,
+                    count(row, "root_seq")?,
+                ))
+            })
+            .collect()
+    }
+}
