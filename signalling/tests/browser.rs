@@ -70,6 +70,11 @@ fn people_react_to_messages_and_pin_them() {
 }
 
 #[test]
+fn people_talk_in_a_thread_beside_the_conversation() {
+    run("threads.mjs");
+}
+
+#[test]
 fn the_page_reconnects_after_a_server_restart_and_shows_what_it_missed() {
     run("restart.mjs");
 }

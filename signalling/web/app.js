@@ -8,6 +8,8 @@
 // when the server offers it.
 import { CallManager } from './call.js';
 import { formatText } from './format.js';
+import * as marks from './marks.js';
+import * as threads from './threads.js';
 
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, props = {}, ...children) => {
@@ -32,6 +34,8 @@ const state = {
   presence: new Map(),      // user id → online/away/offline
   members: new Map(),       // conversation id → [user ids]
   pins: new Map(),          // conversation id → Set(seq of pinned messages)
+  replies: new Map(),       // conversation id → Map(seq → reply in a thread)
+  thread: null,             // the thread open in the panel: {conversation_id, rootSeq, rootId}
   current: null,
   readMark: new Map(),      // conversation id → seq read when opened
   typing: new Map(),        // conversation id → Map(user → until)
@@ -218,19 +222,20 @@ function onEvent(ev) {
       if (!ev.conversation.is_group && !state.members.has(ev.conversation.id)) loadMembers(ev.conversation.id);
       return;
     case 'read': {
+      if (ev.thread_id) return; // a thread's mark, not the conversation's
       const c = state.conversations.get(ev.conversation_id);
       if (c) { c.unread = Math.max(0, c.last_seq - ev.seq); renderConversations(); }
       return;
     }
     case 'reaction':
-      applyReaction(ev);
-      if (ev.conversation_id === state.current) renderMessages();
+      marks.applyReaction(ev);
+      if (ev.conversation_id === state.current) { renderMessages(); threads.refresh(); }
       return;
     case 'pin': {
       const pins = state.pins.get(ev.conversation_id) || new Set();
       if (ev.pinned) pins.add(ev.seq); else pins.delete(ev.seq);
       state.pins.set(ev.conversation_id, pins);
-      if (ev.conversation_id === state.current) { renderHeader(); renderMessages(); }
+      if (ev.conversation_id === state.current) { renderHeader(); renderMessages(); threads.refresh(); }
       return;
     }
     case 'removed':
@@ -340,7 +345,8 @@ async function openConversation(id) {
   $('#call-audio').disabled = false;
   $('#call-video').disabled = false;
   if (!state.messages.has(id)) await loadHistory(id, {});
-  if (!state.pins.has(id)) await loadPins(id);
+  if (!state.pins.has(id)) await marks.loadPins(id);
+  if (state.thread && state.thread.conversation_id !== id) threads.closeThread();
   renderMessages(true);
   markRead();
   if (!state.members.has(id)) loadMembers(id);
@@ -365,6 +371,7 @@ function nameOf(userId) {
 // ---- messages -----------------------------------------------------------
 
 function storeMessage(m) {
+  if (m.thread_id) { threads.storeReply(m); return; }
   const map = state.messages.get(m.conversation_id) || new Map();
   // Events and acks carry a message without its reactions: keep the ones
   // known (a deleted message has none).
@@ -381,7 +388,8 @@ function lastSeqOf(id) {
 }
 
 async function loadHistory(id, { before, after }) {
-  const frame = { type: 'history', conversation_id: id, limit: 50 };
+  // Replies show in their thread's panel, not here.
+  const frame = { type: 'history', conversation_id: id, limit: 50, top_level: true };
   if (before) frame.before = before;
   if (after) frame.after = after;
   const answer = await request(frame);
@@ -418,14 +426,19 @@ function renderMessages(toBottom) {
     nodes.push(renderMessage(m));
   }
   for (const p of state.outbox.values()) {
-    if (p.conversation_id !== state.current) continue;
+    if (p.conversation_id !== state.current || p.thread_id) continue;
     nodes.push(el('div', { className: 'msg mine pending' }, el('div', { className: 'text', textContent: p.text || '…' })));
   }
   box.replaceChildren(...nodes);
   if (toBottom || atBottom) box.scrollTop = box.scrollHeight;
 }
 
-function renderMessage(m) {
+function findMessage(conversationId, seq) {
+  return (state.messages.get(conversationId) || new Map()).get(seq)
+    || (state.replies.get(conversationId) || new Map()).get(seq);
+}
+
+function renderMessage(m, { inThread } = {}) {
   const mine = m.author.kind === 'user' && m.author.user_id === state.userId;
   const author = m.author.kind === 'app' ? 'Bot' : nameOf(m.author.user_id);
   const node = el('div', { className: `msg${mine ? ' mine' : ''}${m.deleted_at ? ' deleted' : ''}` });
@@ -436,8 +449,13 @@ function renderMessage(m) {
   if (!m.deleted_at) {
     const tools = el('span', { className: 'tools' });
     const react = el('button', { className: 'react', type: 'button', textContent: '☺+', title: 'React' });
-    react.onclick = (e) => { e.stopPropagation(); showPalette(node, m); };
+    react.onclick = (e) => { e.stopPropagation(); marks.showPalette(node, m); };
     tools.append(react);
+    if (!inThread && !m.recipients) {
+      const reply = el('button', { className: 'reply', type: 'button', textContent: 'reply' });
+      reply.onclick = () => threads.openThread(m);
+      tools.append(reply);
+    }
     if (!m.recipients) {
       const pin = el('button', { className: 'pin', type: 'button', textContent: pinned ? 'unpin' : 'pin' });
       pin.onclick = () => request({ type: 'pin', conversation_id: m.conversation_id, message_id: m.id, unpin: pinned })
@@ -470,90 +488,11 @@ function renderMessage(m) {
       return b;
     })));
   }
-  if (m.reactions && m.reactions.length && !m.deleted_at) node.append(renderReactions(m));
+  if (m.reactions && m.reactions.length && !m.deleted_at) node.append(marks.renderReactions(m));
+  if (m.thread && !inThread) node.append(threads.threadLink(m));
   const c = state.conversations.get(m.conversation_id);
-  if (mine && !m.deleted_at && c && c.is_group) node.onmouseenter = () => showReadBy(m, node);
+  if (mine && !m.deleted_at && c && c.is_group) node.onmouseenter = () => marks.showReadBy(m, node);
   return node;
-}
-
-// ---- reactions and pins -------------------------------------------------
-
-const PALETTE = ['👍', '❤️', '😂', '🎉', '👀', '✅'];
-
-function renderReactions(m) {
-  return el('div', { className: 'reactions' }, ...m.reactions.map((r) => {
-    const mine = r.users.includes(state.userId);
-    const chip = el('button', {
-      type: 'button',
-      className: `reaction${mine ? ' mine' : ''}`,
-      textContent: `${r.emoji} ${r.count}`,
-      title: r.users.map(nameOf).join(', ') + (r.count > r.users.length ? ` and ${r.count - r.users.length} more` : ''),
-    });
-    chip.dataset.emoji = r.emoji;
-    chip.onclick = () => react(m, r.emoji, mine);
-    return chip;
-  }));
-}
-
-function react(m, emoji, remove) {
-  request({ type: 'react', conversation_id: m.conversation_id, message_id: m.id, emoji, remove })
-    .catch((e) => alert(e.message));
-}
-
-function showPalette(node, m) {
-  document.querySelectorAll('.palette').forEach((p) => p.remove());
-  const palette = el('div', { className: 'palette' }, ...PALETTE.map((emoji) => {
-    const b = el('button', { type: 'button', textContent: emoji });
-    b.onclick = () => { palette.remove(); react(m, emoji, false); };
-    return b;
-  }));
-  node.append(palette);
-}
-
-function applyReaction(ev) {
-  const m = (state.messages.get(ev.conversation_id) || new Map()).get(ev.seq);
-  if (!m) return;
-  const list = m.reactions || (m.reactions = []);
-  let r = list.find((x) => x.emoji === ev.emoji);
-  if (!r) { r = { emoji: ev.emoji, count: 0, users: [] }; list.push(r); }
-  r.count = ev.count;
-  r.users = r.users.filter((u) => u !== ev.user_id);
-  if (ev.added) r.users.push(ev.user_id);
-  if (!r.count) list.splice(list.indexOf(r), 1);
-}
-
-// Who has read one of your messages in a group: asked when you point at
-// it, shown as its tooltip.
-async function showReadBy(m, node) {
-  try {
-    const answer = await request({ type: 'read_by', conversation_id: m.conversation_id, message_id: m.id });
-    const names = answer.users.map(nameOf);
-    node.title = names.length ? `Read by ${names.join(', ')}${answer.truncated ? ' and more' : ''}` : 'Not read yet';
-    node.dataset.readBy = String(names.length);
-  } catch (e) { /* offline: no tooltip */ }
-}
-
-async function loadPins(id) {
-  const answer = await request({ type: 'pins', conversation_id: id });
-  state.pins.set(id, new Set(answer.messages.map((m) => m.seq)));
-  return answer.messages;
-}
-
-async function showPins() {
-  const list = $('#pins-list');
-  const messages = await loadPins(state.current);
-  list.replaceChildren(...messages.map((m) => {
-    const item = el('li', { className: 'pinned-item' },
-      el('span', { className: 'author', textContent: m.author.kind === 'app' ? 'Bot' : nameOf(m.author.user_id) }),
-      ' ', ...formatText(m.text || ''));
-    item.onclick = () => {
-      $('#pins-dialog').close();
-      const node = document.querySelector(`#messages .msg[data-seq="${m.seq}"]`);
-      if (node) node.scrollIntoView({ block: 'center' });
-    };
-    return item;
-  }));
-  $('#pins-dialog').showModal();
 }
 
 async function editMessage(m) {
@@ -808,7 +747,9 @@ $('#text').onkeydown = (e) => { if (e.key === 'Enter' && !e.shiftKey) onSubmit(e
 $('#attach').onchange = (e) => { uploadFiles([...e.target.files]); e.target.value = ''; };
 $('#search').oninput = onSearch;
 $('#new-conv').onclick = newConversation;
-$('#show-pins').onclick = showPins;
+$('#show-pins').onclick = marks.showPins;
+marks.bind({ state, request, el, nameOf, formatText, findMessage });
+threads.bind({ state, request, el, renderMessage, renderMessages, sendMessage, openConversation });
 document.addEventListener('click', (e) => {
   if (!e.target.closest('.palette')) document.querySelectorAll('.palette').forEach((p) => p.remove());
 });

@@ -27,6 +27,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../web/app.js"),
     ),
     (
+        "marks.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/marks.js"),
+    ),
+    (
+        "threads.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/threads.js"),
+    ),
+    (
         "call.js",
         "text/javascript; charset=utf-8",
         include_str!("../../web/call.js"),
