@@ -49,7 +49,9 @@ pub struct ChatArgs {
     /// Share of users in one-to-one conversations, groups of 10 and
     /// channels of 500, as weights; `reactions=F` also spends a share F
     /// (0 to 1) of the rate on reactions to the newest message each
-    /// sender has seen, e.g. `direct=5,group=4,channel=1,reactions=0.2`.
+    /// sender has seen, and `replies=F` sends a share F of the messages as
+    /// replies in that message's thread, e.g.
+    /// `direct=5,group=4,channel=1,reactions=0.2,replies=0.3`.
     #[arg(long, default_value = "direct=5,group=4,channel=1")]
     pub mix: Mix,
     /// New connections per second while connecting.
@@ -119,6 +121,9 @@ pub struct ChatReport {
     pub reconnect_storm: Option<StormReport>,
     /// Reactions, when the mix has them.
     pub reactions: Option<ReactionReport>,
+    /// Messages sent as replies in a thread (counted with the others in
+    /// `sent`), when the mix has them.
+    pub replies: Option<u64>,
 }
 
 /// What `--mix …,reactions=F` did.
@@ -319,7 +324,7 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
     let sending = bar(&multi, args.common.quiet, args.duration, "send (s)");
     let started = Instant::now();
     let mut counters = vec![0u64; users.len()];
-    let (mut sent, mut backlogged, mut reactions_sent) = (0u64, 0u64, 0u64);
+    let (mut sent, mut backlogged, mut reactions_sent, mut replies_sent) = (0u64, 0u64, 0u64, 0u64);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut owed = 0.0f64;
     let mut rng = rand::rng();
@@ -349,7 +354,7 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
             }
             counters[i] += 1;
             let n = counters[i];
-            let frame = json!({
+            let mut frame = json!({
                 "type": "send",
                 "id": format!("s{n}"),
                 "conversation_id": conversation_ids[users[i].conversation],
@@ -357,6 +362,13 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
                 "text": "load",
                 "data": {"lg": [i, n, micros_since(epoch)]},
             });
+            if args.mix.replies > 0.0
+                && rng.random_bool(args.mix.replies)
+                && let Some(root) = shared[i].last_message.lock().ok().and_then(|m| m.clone())
+            {
+                frame["thread_id"] = Value::String(root);
+                replies_sent += 1;
+            }
             if conn.try_send(frame.to_string()) {
                 sent += 1;
             } else {
@@ -466,6 +478,7 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
         }),
         reconnect_storm: storm_report,
         reactions: (args.mix.reactions > 0.0).then_some(reactions),
+        replies: (args.mix.replies > 0.0).then_some(replies_sent),
     };
     if let Some(dir) = &args.common.report {
         report::write_chat(dir, &report, &latency)?;

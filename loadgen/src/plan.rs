@@ -17,6 +17,9 @@ pub struct Mix {
     /// to 1): a reaction to the newest message its sender has seen in
     /// its conversation.
     pub reactions: f64,
+    /// The share of messages sent as replies in the thread of the newest
+    /// message their sender has seen (0 to 1).
+    pub replies: f64,
 }
 
 impl FromStr for Mix {
@@ -27,6 +30,7 @@ impl FromStr for Mix {
             group: 0.0,
             channel: 0.0,
             reactions: 0.0,
+            replies: 0.0,
         };
         for part in s.split(',') {
             let (k, v) = part
@@ -47,10 +51,11 @@ impl FromStr for Mix {
                 "group" => mix.group = v,
                 "channel" => mix.channel = v,
                 "reactions" if v <= 1.0 => mix.reactions = v,
-                "reactions" => return Err(format!("reactions={v}: a share from 0 to 1")),
+                "replies" if v <= 1.0 => mix.replies = v,
+                "reactions" | "replies" => return Err(format!("{k}={v}: a share from 0 to 1")),
                 other => {
                     return Err(format!(
-                        "{other:?}: kinds are direct, group, channel (and reactions, a share)"
+                        "{other:?}: kinds are direct, group, channel (and reactions, replies: shares)"
                     ));
                 }
             }
@@ -125,5 +130,9 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert!((with.reactions - 0.25).abs() < f64::EPSILON);
         assert!("group=1,reactions=1.5".parse::<Mix>().is_err());
+        let replies: Mix = "group=1,replies=0.5"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!((replies.replies - 0.5).abs() < f64::EPSILON);
     }
 }

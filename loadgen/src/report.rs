@@ -39,6 +39,12 @@ pub fn write_chat(dir: &Path, r: &ChatReport, latency: &Histogram<u64>) -> anyho
         "| deliveries expected / delivered / lost / duplicated | {} / {} / {} / {} |",
         r.expected, r.delivered, r.lost, r.duplicated
     );
+    if let Some(replies) = r.replies {
+        let _ = writeln!(
+            md,
+            "| of the messages sent, replies in a thread | {replies} |"
+        );
+    }
     if let Some(x) = &r.reactions {
         let _ = writeln!(
             md,
