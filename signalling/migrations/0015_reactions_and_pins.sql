@@ -20,9 +20,10 @@ CREATE TABLE pinned_messages (
     FOREIGN KEY (conversation_id, seq) REFERENCES messages (conversation_id, seq)
 );
 
--- Who pins in a conversation: every member (no row), or only the
--- application.
-CREATE TABLE conversation_pin_policy (
+-- What the application chose for a conversation (no row: the defaults):
+-- whether only it pins messages, whether members may mention @all.
+CREATE TABLE conversation_settings (
     conversation_id  TEXT PRIMARY KEY REFERENCES conversations (id),
-    app_only         INTEGER NOT NULL
+    pins_app_only    INTEGER NOT NULL DEFAULT 0,
+    mention_all      INTEGER NOT NULL DEFAULT 1
 );

@@ -440,7 +440,6 @@ impl FrameKind {
             | "delete"
             | "react"
             | "pin"
-            | "pin_policy"
             | "follow"
             | "read"
             | "click"

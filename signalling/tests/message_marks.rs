@@ -251,14 +251,18 @@ async fn members_pin_unless_the_application_keeps_pins_to_itself() {
 
     // The application keeps pins to itself: members may not, its bot may.
     let r = bob
-        .request(json!({"type": "pin_policy", "conversation_id": conv, "app_only": true}))
+        .request(json!({"type": "conversation_settings", "conversation_id": conv, "pins_app_only": true}))
         .await;
     assert_eq!(r["code"], "forbidden", "{r}");
     let mut bot = Ws::connect_bot(&server, &app).await;
     let r = bot
-        .request(json!({"type": "pin_policy", "conversation_id": conv, "app_only": true}))
+        .request(json!({"type": "conversation_settings", "conversation_id": conv, "pins_app_only": true}))
         .await;
-    assert_eq!(r["type"], "ack", "{r}");
+    assert_eq!(
+        (r["type"].clone(), r["pins_app_only"].clone()),
+        (json!("conversation_settings"), json!(true)),
+        "{r}"
+    );
     let r = bob.request(pin(&conv, &msg, true)).await;
     assert_eq!(r["code"], "forbidden", "{r}");
     let r = bot.request(pin(&conv, &msg, true)).await;
@@ -316,17 +320,11 @@ async fn reactions_and_pins_never_cross_applications() {
         react(&conv, &msg, "👍", false),
         pin(&conv, &msg, false),
         json!({"type": "pins", "conversation_id": conv}),
-        json!({"type": "pin_policy", "conversation_id": conv, "app_only": true}),
+        json!({"type": "conversation_settings", "conversation_id": conv, "pins_app_only": true}),
     ];
     for req in &requests {
-        // A user may never set the policy, of any conversation.
-        let user_expects = if req["type"] == "pin_policy" {
-            "forbidden"
-        } else {
-            "not_found"
-        };
         let r = ben.request(req.clone()).await;
-        assert_eq!(r["code"], user_expects, "{req}: {r}");
+        assert_eq!(r["code"], "not_found", "{req}: {r}");
         let r = bot_b.request(req.clone()).await;
         assert_eq!(r["code"], "not_found", "{req}: {r}");
     }

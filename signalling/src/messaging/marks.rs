@@ -10,6 +10,7 @@
 use crate::bus::GateKind;
 use crate::error::{Code, Error};
 use crate::ids::{ConversationId, MessageId};
+use crate::store::marks::ConversationSettings;
 use crate::store::messaging::{Author, Mark, MarkChange, Marked, StoredMessage};
 
 use super::*;
@@ -85,7 +86,7 @@ impl Messaging {
 
     /// Pins (`on`) or unpins a message in its conversation. Members may
     /// unless the application keeps pins to itself
-    /// ([`Self::set_pins_by_app_only`]); the application always may.
+    /// ([`Self::settings`]); the application always may.
     ///
     /// # Errors
     /// `forbidden` for a member when only the application pins;
@@ -100,7 +101,7 @@ impl Messaging {
         on: bool,
     ) -> Result<MarkOutcome, Error> {
         let (conversation, stored) = self.markable(caller, id, message).await?;
-        if matches!(caller.who, Who::User { .. }) && self.store.pins_by_app_only(id).await? {
+        if matches!(caller.who, Who::User { .. }) && self.store.settings(id).await?.pins_app_only {
             return Err(Error::Forbidden(
                 "only the application pins messages in this conversation",
             ));
@@ -135,23 +136,33 @@ impl Messaging {
         .await
     }
 
-    /// Keeps pinning to the application (`true`) or opens it to every
-    /// member (the default). Only the application decides.
+    /// A conversation's settings; the application (only) changes them
+    /// with `pins_app_only` and `mention_all` (each left as it is when
+    /// `None`).
     ///
     /// # Errors
-    /// `forbidden` for a user; `not_found` outside the application.
-    pub async fn set_pins_by_app_only(
+    /// `forbidden` for a user changing them; as [`Self::readable`].
+    pub async fn settings(
         &self,
         caller: &Caller,
         id: ConversationId,
-        app_only: bool,
-    ) -> Result<(), Error> {
-        if !matches!(caller.who, Who::App) {
-            return Err(Error::Forbidden("only the application decides who pins"));
-        }
+        pins_app_only: Option<bool>,
+        mention_all: Option<bool>,
+    ) -> Result<ConversationSettings, Error> {
         self.readable(caller, id).await?;
-        self.store.set_pins_by_app_only(id, app_only).await?;
-        Ok(())
+        let mut settings = self.store.settings(id).await?;
+        if pins_app_only.is_none() && mention_all.is_none() {
+            return Ok(settings);
+        }
+        if !matches!(caller.who, Who::App) {
+            return Err(Error::Forbidden(
+                "only the application changes a conversation's settings",
+            ));
+        }
+        settings.pins_app_only = pins_app_only.unwrap_or(settings.pins_app_only);
+        settings.mention_all = mention_all.unwrap_or(settings.mention_all);
+        self.store.set_settings(id, settings).await?;
+        Ok(settings)
     }
 
     /// A conversation's pinned messages the caller can see, most recently
@@ -175,7 +186,7 @@ impl Messaging {
             messages.extend(found.into_iter().filter(|m| visible_to(m, caller)));
         }
         let views = self.views(caller, id, &messages).await?;
-        Ok((views, self.store.pins_by_app_only(id).await?))
+        Ok((views, self.store.settings(id).await?.pins_app_only))
     }
 
     /// Who has read a message the caller can see: the members (of its

@@ -81,6 +81,10 @@ impl Messaging {
         {
             notify.push(me);
         }
+        self.check_mentions(conversation, &mut body, &notify)
+            .await?;
+        let mentioned = body.mentions.clone();
+        let thread = body.thread_seq;
         let new = NewMessage {
             conversation_id: id,
             id: MessageId::random(),
@@ -103,6 +107,12 @@ impl Messaging {
         }
         if let Some(root) = root {
             self.replied(caller, &root).await?;
+        }
+        // Who is mentioned follows the message's thread (listed once it
+        // has replies).
+        let thread = thread.unwrap_or(posted.message.seq);
+        for user in mentioned {
+            self.store.follow_thread(id, thread, user, true).await?;
         }
         Ok(posted.message)
     }

@@ -25,7 +25,7 @@ mod views;
 pub use caller::{Caller, Who, bot_id};
 pub use marks::{MAX_EMOJI_BYTES, MAX_PINS, MAX_REACTIONS, MarkOutcome, REACTION_USERS_LISTED};
 pub use rosters::{ROSTERS_MAX, Roster, Rosters};
-pub use threads::MAX_THREADS_LISTED;
+pub use threads::{MAX_MENTIONS, MAX_THREADS_LISTED};
 pub use views::{
     AttachmentRef, ConversationView, MessageView, NewConversation, ReactionView, ThreadView,
 };

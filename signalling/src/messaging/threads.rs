@@ -15,11 +15,14 @@ use std::collections::BTreeMap;
 
 use crate::bus::GateKind;
 use crate::error::Error;
-use crate::ids::{ConversationId, MessageId};
-use crate::store::messaging::{Author, MessageBody, StoredMessage};
+use crate::ids::{ConversationId, MessageId, UserId};
+use crate::store::messaging::{Author, Conversation, MessageBody, StoredMessage};
 use crate::store::threads::Scope;
 
 use super::*;
+
+/// Most members one message mentions.
+pub const MAX_MENTIONS: usize = 50;
 
 /// Most threads `threads` lists.
 pub const MAX_THREADS_LISTED: u32 = 50;
@@ -100,6 +103,77 @@ impl Messaging {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Checks a message's mentions: at most [`MAX_MENTIONS`] members,
+    /// each one who sees the message (`audience`); `@all` only in a group
+    /// that is not for all users, when the application allows it there.
+    ///
+    /// # Errors
+    /// `invalid_request` for a mention of someone who does not see the
+    /// message or too many; `forbidden` for an `@all` not allowed.
+    pub(super) async fn check_mentions(
+        &self,
+        conversation: &Conversation,
+        body: &mut MessageBody,
+        audience: &[UserId],
+    ) -> Result<(), Error> {
+        let mut seen = std::collections::HashSet::new();
+        body.mentions.retain(|u| seen.insert(*u));
+        if body.mentions.len() > MAX_MENTIONS {
+            return Err(Error::InvalidRequest(format!(
+                "mentions: at most {MAX_MENTIONS} members"
+            )));
+        }
+        if let Some(stranger) = body.mentions.iter().find(|u| !audience.contains(u)) {
+            return Err(Error::InvalidRequest(format!(
+                "mentions: {stranger} does not see this message"
+            )));
+        }
+        if body.mention_all
+            && (!conversation.is_group
+                || conversation.all_users
+                || body.recipients.is_some()
+                || !self.store.settings(conversation.id).await?.mention_all)
+        {
+            return Err(Error::Forbidden(
+                "mention_all: @all is for groups whose application allows it",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Messages that mention the caller (or `@all`) in conversations it
+    /// can read, the newest first.
+    ///
+    /// # Errors
+    /// `invalid_request` for a `limit` outside 1 to [`MAX_PAGE`].
+    pub async fn mentioned(&self, caller: &Caller, limit: u32) -> Result<Vec<MessageView>, Error> {
+        check_page(limit)?;
+        let found = self
+            .store
+            .mentioning(caller.app.id, caller.participant(), limit)
+            .await?;
+        let mut readable: BTreeMap<ConversationId, bool> = BTreeMap::new();
+        let mut kept = Vec::with_capacity(found.len());
+        for m in found {
+            let ok = match readable.get(&m.conversation_id) {
+                Some(ok) => *ok,
+                None => {
+                    let ok = match self.readable(caller, m.conversation_id).await {
+                        Ok(_) => true,
+                        Err(Error::Forbidden(_) | Error::NotFound(_)) => false,
+                        Err(e) => return Err(e),
+                    };
+                    readable.insert(m.conversation_id, ok);
+                    ok
+                }
+            };
+            if ok && visible_to(&m, caller) {
+                kept.push(m);
+            }
+        }
+        self.views_across(caller, &kept).await
     }
 
     /// A page of a conversation's history: every message, those that are

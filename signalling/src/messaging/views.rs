@@ -32,6 +32,10 @@ pub struct ConversationView {
     /// Unread messages, in a user's list.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unread: Option<u64>,
+    /// Of the unread messages, those that mention you (or `@all`), in a
+    /// user's list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mentions: Option<u64>,
 }
 
 impl ConversationView {
@@ -49,6 +53,7 @@ impl ConversationView {
             last_seq: c.last_seq,
             last_activity: c.last_activity.to_rfc3339(),
             unread,
+            mentions: None,
         }
     }
 }

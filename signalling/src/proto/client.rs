@@ -53,6 +53,14 @@ pub enum Request {
         /// reply to a reply goes to the same thread).
         #[serde(default)]
         thread_id: Option<MessageId>,
+        /// Members it mentions: each must see the message.
+        #[serde(default)]
+        #[schemars(length(max = 50))]
+        mentions: Vec<UserId>,
+        /// It mentions every member (`@all`): groups only, when the
+        /// application allows it.
+        #[serde(default)]
+        mention_all: bool,
     },
     /// Create a conversation (not a contextual one).
     CreateConversation {
@@ -156,6 +164,15 @@ pub enum Request {
         #[serde(default)]
         unfollow: bool,
     },
+    /// The messages that mention you.
+    Mentions {
+        /// The request's id.
+        id: String,
+        /// At most this many (default 50).
+        #[serde(default)]
+        #[schemars(range(min = 1, max = 200))]
+        limit: Option<u32>,
+    },
     /// The threads you follow.
     Threads {
         /// The request's id.
@@ -222,15 +239,18 @@ pub enum Request {
         /// The conversation.
         conversation_id: ConversationId,
     },
-    /// Bots only: who may pin in a conversation.
-    PinPolicy {
+    /// A conversation's settings; bots change them.
+    ConversationSettings {
         /// The request's id.
         id: String,
         /// The conversation.
         conversation_id: ConversationId,
-        /// Only the application pins (true), or every member (false, the
-        /// default).
-        app_only: bool,
+        /// Bots only: only the application pins (true), or every member.
+        #[serde(default)]
+        pins_app_only: Option<bool>,
+        /// Bots only: members may mention `@all` (in groups).
+        #[serde(default)]
+        mention_all: Option<bool>,
     },
     /// Who has read a message.
     ReadBy {
@@ -430,10 +450,11 @@ pub const KNOWN_TYPES: &[&str] = &[
     "react",
     "pin",
     "pins",
-    "pin_policy",
+    "conversation_settings",
     "read_by",
     "follow",
     "threads",
+    "mentions",
     "list",
     "click",
     "typing",

@@ -86,6 +86,17 @@ pub enum ServerFrame {
         /// Only the application pins in this conversation.
         app_only: bool,
     },
+    /// The answer to `conversation_settings`: the settings now.
+    ConversationSettings {
+        /// The request's id.
+        id: String,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// Only the application pins messages.
+        pins_app_only: bool,
+        /// Members may mention `@all` (in groups).
+        mention_all: bool,
+    },
     /// The answer to `read_by`.
     ReadBy {
         /// The request's id.
@@ -100,6 +111,15 @@ pub enum ServerFrame {
         users: Vec<UserId>,
         /// More than 1000 have.
         truncated: bool,
+    },
+    /// The answer to `mentions`.
+    Mentions {
+        /// The request's id.
+        id: String,
+        /// The messages that mention you or `@all` in conversations you
+        /// can read, the newest first.
+        #[schemars(length(max = 200))]
+        messages: Vec<MessageView>,
     },
     /// The answer to `threads`.
     Threads {

@@ -5,10 +5,31 @@
 use async_trait::async_trait;
 
 use super::StoreResult;
-use super::messaging::{MarkChange, Marked, OnCommit, PendingEvent, PinRecord, ReactionRecord};
-use crate::ids::{ConversationId, Timestamp, UserId};
+use super::messaging::{
+    MarkChange, Marked, OnCommit, PendingEvent, PinRecord, ReactionRecord, StoredMessage,
+};
+use crate::ids::{AppId, ConversationId, Timestamp, UserId};
 
-/// Persistence of reactions and pins, and read-by.
+/// What the application chose for one conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConversationSettings {
+    /// Only the application pins messages (default: every member).
+    pub pins_app_only: bool,
+    /// Members may mention `@all` (default: yes, in groups).
+    pub mention_all: bool,
+}
+
+impl Default for ConversationSettings {
+    fn default() -> Self {
+        Self {
+            pins_app_only: false,
+            mention_all: true,
+        }
+    }
+}
+
+/// Persistence of reactions and pins, read-by, and a conversation's
+/// settings.
 #[async_trait]
 pub trait MarkStore: Send + Sync {
     /// Adds or withdraws a reaction or a pin and appends `event` — whose
@@ -48,13 +69,24 @@ pub trait MarkStore: Send + Sync {
         limit: u32,
     ) -> StoreResult<Vec<UserId>>;
 
-    /// Whether only the application pins in a conversation.
-    async fn pins_by_app_only(&self, conversation: ConversationId) -> StoreResult<bool>;
+    /// The messages that mention `user` or `@all`, not its own, in the
+    /// application's conversations it is a member of or that are for all
+    /// users, the newest first, at most `limit`.
+    async fn mentioning(
+        &self,
+        app: AppId,
+        user: UserId,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredMessage>>;
 
-    /// Keeps pinning to the application, or opens it to members.
-    async fn set_pins_by_app_only(
+    /// What the application chose for a conversation (the defaults when
+    /// it chose nothing).
+    async fn settings(&self, conversation: ConversationId) -> StoreResult<ConversationSettings>;
+
+    /// Records the application's choices for a conversation.
+    async fn set_settings(
         &self,
         conversation: ConversationId,
-        app_only: bool,
+        settings: ConversationSettings,
     ) -> StoreResult<()>;
 }

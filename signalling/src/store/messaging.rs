@@ -89,6 +89,12 @@ pub struct MessageBody {
     /// A reply: its root's number in the conversation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thread_seq: Option<u64>,
+    /// Members it mentions (`@name` in its text is the client's to show).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<UserId>,
+    /// It mentions every member (`@all`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mention_all: bool,
 }
 
 /// A file attached to a message (1C: `Attachments.Add(stream, name, MIME,
@@ -346,6 +352,8 @@ pub struct ConversationEntry {
     pub conversation: Conversation,
     /// Messages after the user's read mark.
     pub unread: u64,
+    /// Of those, the ones that mention the user (or `@all`), not its own.
+    pub mentions: u64,
 }
 
 /// What [`MessageStore::set_grant`] did.

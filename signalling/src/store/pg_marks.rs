@@ -8,17 +8,18 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::{PgConnection, Row as _};
 
-use super::marks::MarkStore;
+use super::marks::{ConversationSettings, MarkStore};
 use super::messaging::{
     Author, Mark, MarkChange, Marked, OnCommit, PendingEvent, PinRecord, ReactionRecord,
+    StoredMessage,
 };
 use super::pg::PgStore;
 use super::pg_error::PgResult as _;
 use super::pg_message_writes::{Numbers, Taken, append};
-use super::pg_messaging::to_i64;
+use super::pg_messaging::{MENTIONING, MESSAGE_COLUMNS, message_from, to_i64};
 use super::pg_writer::{Write, Written};
 use super::{StoreError, StoreResult};
-use crate::ids::{ConversationId, Timestamp, UserId};
+use crate::ids::{AppId, ConversationId, Timestamp, UserId};
 
 /// Adds or withdraws a reaction or a pin and, when that changed
 /// something, appends its event with the count after the change. The
@@ -269,28 +270,59 @@ impl MarkStore for PgStore {
             .collect()
     }
 
-    async fn pins_by_app_only(&self, conversation: ConversationId) -> StoreResult<bool> {
-        let app_only: Option<bool> = sqlx::query_scalar(
-            "SELECT app_only FROM conversation_pin_policy WHERE conversation_id = $1",
+    async fn mentioning(
+        &self,
+        app: AppId,
+        user: UserId,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE {MENTIONING} AND m.author <> $1 \
+             AND ((m.body::jsonb ->> 'mention_all') = 'true' OR (m.body::jsonb -> 'mentions') ? $1) \
+             AND m.conversation_id IN (SELECT conversation_id FROM conversation_members WHERE user_id = $1 \
+                 UNION SELECT id FROM conversations WHERE app_id = $2 AND all_users) \
+             ORDER BY m.created_at DESC, m.seq DESC LIMIT $3"
+        ))
+        .bind(user.to_string())
+        .bind(app.to_string())
+        .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .pg()?
+            .iter()
+            .map(message_from)
+            .collect()
+    }
+
+    async fn settings(&self, conversation: ConversationId) -> StoreResult<ConversationSettings> {
+        let row = sqlx::query(
+            "SELECT pins_app_only, mention_all FROM conversation_settings WHERE conversation_id = $1",
         )
         .bind(conversation.to_string())
         .fetch_optional(self.pool())
-        .await
-        .pg()?;
-        Ok(app_only.unwrap_or(false))
+        .await.pg()?;
+        Ok(match row {
+            Some(row) => ConversationSettings {
+                pins_app_only: row.try_get("pins_app_only").pg()?,
+                mention_all: row.try_get("mention_all").pg()?,
+            },
+            None => ConversationSettings::default(),
+        })
     }
 
-    async fn set_pins_by_app_only(
+    async fn set_settings(
         &self,
         conversation: ConversationId,
-        app_only: bool,
+        settings: ConversationSettings,
     ) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO conversation_pin_policy (conversation_id, app_only) VALUES ($1, $2) \
-             ON CONFLICT (conversation_id) DO UPDATE SET app_only = excluded.app_only",
+            "INSERT INTO conversation_settings (conversation_id, pins_app_only, mention_all) \
+             VALUES ($1, $2, $3) ON CONFLICT (conversation_id) DO UPDATE \
+             SET pins_app_only = excluded.pins_app_only, mention_all = excluded.mention_all",
         )
         .bind(conversation.to_string())
-        .bind(app_only)
+        .bind(settings.pins_app_only)
+        .bind(settings.mention_all)
         .execute(self.pool())
         .await
         .pg()?;

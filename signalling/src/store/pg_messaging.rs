@@ -20,6 +20,10 @@ use crate::ids::{AppId, CallId, ConversationId, MessageId, Timestamp, UserId};
 
 const CONVERSATION_COLUMNS: &str = "id, app_id, title, is_group, displayed, all_users, app_key, context, \
      last_seq, last_activity, created_at";
+/// The messages that mention anyone (`m`), as the partial index
+/// `messages_mentioning` has them: a query that says so uses it.
+pub(super) const MENTIONING: &str = "((m.body::jsonb -> 'mentions') IS NOT NULL \
+     OR (m.body::jsonb -> 'mention_all') IS NOT NULL)";
 pub(super) const MESSAGE_COLUMNS: &str =
     "conversation_id, seq, id, author, client_id, body, created_at, edited_at, deleted_at";
 
@@ -441,7 +445,11 @@ impl MessageStore for PgStore {
              (SELECT COUNT(*) FROM messages m WHERE NOT $5 AND m.conversation_id = c.id \
                 AND m.seq > COALESCE(r.seq, 0) AND (m.body::jsonb -> 'recipients') IS NOT NULL \
                 AND m.author <> $1 \
-                AND NOT ((m.body::jsonb -> 'recipients') ? $1)) AS hidden \
+                AND NOT ((m.body::jsonb -> 'recipients') ? $1)) AS hidden, \
+             (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id \
+                AND m.seq > COALESCE(r.seq, 0) AND m.author <> $1 AND {MENTIONING} \
+                AND ((m.body::jsonb ->> 'mention_all') = 'true' \
+                     OR (m.body::jsonb -> 'mentions') ? $1)) AS mentions \
              FROM conversations c \
              LEFT JOIN read_marks r ON r.conversation_id = c.id AND r.user_id = $1 \
              WHERE c.id IN (SELECT conversation_id FROM conversation_members WHERE user_id = $1 \
@@ -467,6 +475,7 @@ impl MessageStore for PgStore {
                 let read = seq(row, "read_seq")?;
                 let hidden = seq(row, "hidden")?;
                 Ok(ConversationEntry {
+                    mentions: seq(row, "mentions")?,
                     unread: conversation
                         .last_seq
                         .saturating_sub(read)

@@ -4,15 +4,15 @@
 use async_trait::async_trait;
 use sqlx::Row as _;
 
-use super::marks::MarkStore;
+use super::marks::{ConversationSettings, MarkStore};
 use super::messaging::{
-    Author, MarkChange, Marked, OnCommit, PendingEvent, PinRecord, ReactionRecord,
+    Author, MarkChange, Marked, OnCommit, PendingEvent, PinRecord, ReactionRecord, StoredMessage,
 };
 use super::sqlite::SqliteStore;
-use super::sqlite_messaging::{parse, seq, to_i64};
+use super::sqlite_messaging::{MENTIONING, MESSAGE_COLUMNS, message_from, parse, seq, to_i64};
 use super::sqlite_writer::{Write, Written};
 use super::{StoreError, StoreResult};
-use crate::ids::{ConversationId, Timestamp, UserId};
+use crate::ids::{AppId, ConversationId, Timestamp, UserId};
 
 #[async_trait]
 impl MarkStore for SqliteStore {
@@ -100,31 +100,61 @@ impl MarkStore for SqliteStore {
             .collect()
     }
 
-    async fn pins_by_app_only(&self, conversation: ConversationId) -> StoreResult<bool> {
-        let app_only: Option<bool> = sqlx::query_scalar(
-            "SELECT app_only FROM conversation_pin_policy WHERE conversation_id = ?",
+    async fn mentioning(
+        &self,
+        app: AppId,
+        user: UserId,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE {MENTIONING} AND m.author <> ?1 \
+             AND (json_extract(m.body, '$.mention_all') = 1 \
+                  OR EXISTS (SELECT 1 FROM json_each(m.body, '$.mentions') WHERE value = ?1)) \
+             AND m.conversation_id IN (SELECT conversation_id FROM conversation_members WHERE user_id = ?1 \
+                 UNION SELECT id FROM conversations WHERE app_id = ?2 AND all_users = TRUE) \
+             ORDER BY m.created_at DESC, m.seq DESC LIMIT ?3"
+        ))
+        .bind(user.to_string())
+        .bind(app.to_string())
+        .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(message_from)
+            .collect()
+    }
+
+    async fn settings(&self, conversation: ConversationId) -> StoreResult<ConversationSettings> {
+        let row = sqlx::query(
+            "SELECT pins_app_only, mention_all FROM conversation_settings WHERE conversation_id = ?",
         )
         .bind(conversation.to_string())
         .fetch_optional(self.pool())
         .await?;
-        Ok(app_only.unwrap_or(false))
+        Ok(match row {
+            Some(row) => ConversationSettings {
+                pins_app_only: row.try_get("pins_app_only")?,
+                mention_all: row.try_get("mention_all")?,
+            },
+            None => ConversationSettings::default(),
+        })
     }
 
-    async fn set_pins_by_app_only(
+    async fn set_settings(
         &self,
         conversation: ConversationId,
-        app_only: bool,
+        settings: ConversationSettings,
     ) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
         sqlx::query(
-            "INSERT INTO conversation_pin_policy (conversation_id, app_only) VALUES (?, ?) \
-             ON CONFLICT (conversation_id) DO UPDATE SET app_only = excluded.app_only",
+            "INSERT INTO conversation_settings (conversation_id, pins_app_only, mention_all) \
+             VALUES (?, ?, ?) ON CONFLICT (conversation_id) DO UPDATE \
+             SET pins_app_only = excluded.pins_app_only, mention_all = excluded.mention_all",
         )
         .bind(conversation.to_string())
-        .bind(app_only)
-        .execute(&mut *tx)
+        .bind(settings.pins_app_only)
+        .bind(settings.mention_all)
+        .execute(self.pool())
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 }

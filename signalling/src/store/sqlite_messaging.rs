@@ -17,6 +17,10 @@ use crate::ids::{AppId, CallId, ConversationId, MessageId, Timestamp, UserId};
 
 const CONVERSATION_COLUMNS: &str = "id, app_id, title, is_group, displayed, all_users, app_key, context, \
      last_seq, last_activity, created_at";
+/// The messages that mention anyone (`m`), as the partial index
+/// `messages_mentioning` has them: a query that says so uses it.
+pub(super) const MENTIONING: &str = "(json_extract(m.body, '$.mentions') IS NOT NULL \
+     OR json_extract(m.body, '$.mention_all') IS NOT NULL)";
 pub(super) const MESSAGE_COLUMNS: &str =
     "conversation_id, seq, id, author, client_id, body, created_at, edited_at, deleted_at";
 
@@ -452,7 +456,11 @@ impl MessageStore for SqliteStore {
              (SELECT COUNT(*) FROM messages m WHERE NOT ?5 AND m.conversation_id = c.id \
                 AND m.seq > COALESCE(r.seq, 0) AND json_extract(m.body, '$.recipients') IS NOT NULL \
                 AND m.author <> ?1 \
-                AND NOT EXISTS (SELECT 1 FROM json_each(m.body, '$.recipients') WHERE value = ?1)) AS hidden \
+                AND NOT EXISTS (SELECT 1 FROM json_each(m.body, '$.recipients') WHERE value = ?1)) AS hidden, \
+             (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id \
+                AND m.seq > COALESCE(r.seq, 0) AND m.author <> ?1 AND {MENTIONING} \
+                AND (json_extract(m.body, '$.mention_all') = 1 \
+                     OR EXISTS (SELECT 1 FROM json_each(m.body, '$.mentions') WHERE value = ?1))) AS mentions \
              FROM conversations c \
              LEFT JOIN read_marks r ON r.conversation_id = c.id AND r.user_id = ?1 \
              WHERE c.id IN (SELECT conversation_id FROM conversation_members WHERE user_id = ?1 \
@@ -479,6 +487,7 @@ impl MessageStore for SqliteStore {
                 let read = seq(row, "read_seq")?;
                 let hidden = seq(row, "hidden")?;
                 Ok(ConversationEntry {
+                    mentions: seq(row, "mentions")?,
                     unread: conversation
                         .last_seq
                         .saturating_sub(read)

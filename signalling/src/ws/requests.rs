@@ -148,6 +148,8 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
             actions,
             attachments,
             thread_id,
+            mentions,
+            mention_all,
         } => {
             let body = MessageBody {
                 text,
@@ -155,6 +157,8 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
                 recipients,
                 actions,
                 thread_id,
+                mentions,
+                mention_all,
                 ..MessageBody::default()
             };
             let m = messaging
@@ -339,15 +343,21 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
                 app_only,
             }
         }
-        Request::PinPolicy {
+        Request::ConversationSettings {
             id,
             conversation_id,
-            app_only,
+            pins_app_only,
+            mention_all,
         } => {
-            messaging
-                .set_pins_by_app_only(caller, conversation_id, app_only)
+            let settings = messaging
+                .settings(caller, conversation_id, pins_app_only, mention_all)
                 .await?;
-            ServerFrame::ack(Ack::of(id))
+            ServerFrame::ConversationSettings {
+                id,
+                conversation_id,
+                pins_app_only: settings.pins_app_only,
+                mention_all: settings.mention_all,
+            }
         }
         Request::Follow {
             id,
@@ -360,6 +370,10 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
                 .await?;
             ServerFrame::ack(Ack::of(id))
         }
+        Request::Mentions { id, limit } => ServerFrame::Mentions {
+            messages: messaging.mentioned(caller, limit.unwrap_or(50)).await?,
+            id,
+        },
         Request::Threads { id, limit } => ServerFrame::Threads {
             threads: messaging.followed(caller, limit.unwrap_or(50)).await?,
             id,
@@ -391,7 +405,10 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
             let entries = messaging.list(caller, cursor, limit).await?;
             let views: Vec<ConversationView> = entries
                 .iter()
-                .map(|e| ConversationView::of(&e.conversation, Some(e.unread)))
+                .map(|e| ConversationView {
+                    mentions: Some(e.mentions),
+                    ..ConversationView::of(&e.conversation, Some(e.unread))
+                })
                 .collect();
             let next = (entries.len() == limit as usize)
                 .then(|| {

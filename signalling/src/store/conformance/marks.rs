@@ -198,16 +198,16 @@ pub(in crate::store) async fn reactions_and_pins_count_in_their_transaction(
         Marked::Changed { count: 2, .. }
     ));
 
-    // Who pins is the application's choice, per conversation.
-    assert!(!store.pins_by_app_only(conversation.id).await.unwrap());
-    store
-        .set_pins_by_app_only(conversation.id, true)
-        .await
-        .unwrap();
-    assert!(store.pins_by_app_only(conversation.id).await.unwrap());
-    store
-        .set_pins_by_app_only(conversation.id, false)
-        .await
-        .unwrap();
-    assert!(!store.pins_by_app_only(conversation.id).await.unwrap());
+    // What the application chose: the defaults until it chooses.
+    use crate::store::marks::ConversationSettings;
+    let defaults = store.settings(conversation.id).await.unwrap();
+    assert_eq!(defaults, ConversationSettings::default());
+    let chosen = ConversationSettings {
+        pins_app_only: true,
+        mention_all: false,
+    };
+    store.set_settings(conversation.id, chosen).await.unwrap();
+    assert_eq!(store.settings(conversation.id).await.unwrap(), chosen);
+    store.set_settings(conversation.id, defaults).await.unwrap();
+    assert_eq!(store.settings(conversation.id).await.unwrap(), defaults);
 }
