@@ -75,6 +75,11 @@ fn people_talk_in_a_thread_beside_the_conversation() {
 }
 
 #[test]
+fn a_mention_shows_on_the_conversation_until_read() {
+    run("mentions.mjs");
+}
+
+#[test]
 fn the_page_reconnects_after_a_server_restart_and_shows_what_it_missed() {
     run("restart.mjs");
 }

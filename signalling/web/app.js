@@ -224,7 +224,11 @@ function onEvent(ev) {
     case 'read': {
       if (ev.thread_id) return; // a thread's mark, not the conversation's
       const c = state.conversations.get(ev.conversation_id);
-      if (c) { c.unread = Math.max(0, c.last_seq - ev.seq); renderConversations(); }
+      if (c) {
+        c.unread = Math.max(0, c.last_seq - ev.seq);
+        if (!c.unread) c.mentions = 0;
+        renderConversations();
+      }
       return;
     }
     case 'reaction':
@@ -307,7 +311,22 @@ function countUnread(m) {
   const mine = m.author.kind === 'user' && m.author.user_id === state.userId;
   const looking = m.conversation_id === state.current && document.visibilityState === 'visible';
   if (!mine && !looking) c.unread = (c.unread || 0) + 1;
+  if (!mine && !looking && mentionsMe(m)) c.mentions = (c.mentions || 0) + 1;
   renderConversations();
+}
+
+function mentionsMe(m) {
+  return m.mention_all || (m.mentions || []).includes(state.userId);
+}
+
+// The people a text mentions: `@name` of a member of the conversation
+// (the longest name that matches), and `@all` in a group.
+function mentionsIn(text, conversationId) {
+  const c = state.conversations.get(conversationId);
+  const mentions = (state.members.get(conversationId) || [])
+    .filter((u) => u !== state.userId && state.names.has(u) && text.includes(`@${state.names.get(u)}`));
+  const all = Boolean(c && c.is_group && !c.all_users && /(^|\s)@all\b/.test(text));
+  return { mentions, all };
 }
 
 function otherMember(c) {
@@ -325,6 +344,7 @@ function renderConversations() {
     const li = el('li', { className: `conv${c.id === state.current ? ' active' : ''}` },
       dot,
       el('span', { className: 'title', textContent: c.title }),
+      c.mentions > 0 ? el('span', { className: 'mention-badge', textContent: `@${c.mentions}`, title: 'Mentions of you' }) : null,
       c.unread > 0 ? el('span', { className: 'unread', textContent: String(c.unread) }) : null);
     li.dataset.id = c.id;
     li.onclick = () => openConversation(c.id);
@@ -405,7 +425,7 @@ function markRead() {
   if (!c || document.visibilityState !== 'visible') return;
   const seq = Math.max(lastSeqOf(id), c.last_seq || 0);
   if (seq <= 0) return;
-  if (c.unread) { c.unread = 0; renderConversations(); }
+  if (c.unread || c.mentions) { c.unread = 0; c.mentions = 0; renderConversations(); }
   if (c.readSent === seq) return;
   c.readSent = seq;
   request({ type: 'read', conversation_id: id, seq }).catch(() => { c.readSent = 0; });
@@ -441,7 +461,7 @@ function findMessage(conversationId, seq) {
 function renderMessage(m, { inThread } = {}) {
   const mine = m.author.kind === 'user' && m.author.user_id === state.userId;
   const author = m.author.kind === 'app' ? 'Bot' : nameOf(m.author.user_id);
-  const node = el('div', { className: `msg${mine ? ' mine' : ''}${m.deleted_at ? ' deleted' : ''}` });
+  const node = el('div', { className: `msg${mine ? ' mine' : ''}${m.deleted_at ? ' deleted' : ''}${!mine && mentionsMe(m) ? ' mentions-me' : ''}` });
   node.dataset.seq = m.seq;
   node.dataset.id = m.id;
   const pinned = (state.pins.get(m.conversation_id) || new Set()).has(m.seq);
@@ -504,6 +524,9 @@ async function editMessage(m) {
 }
 
 function sendMessage(frame) {
+  const { mentions, all } = mentionsIn(frame.text || '', frame.conversation_id);
+  if (mentions.length) frame.mentions = mentions;
+  if (all) frame.mention_all = true;
   state.outbox.set(frame.client_id, frame);
   request(frame).then((ack) => {
     storeMessage(ack.message);
