@@ -436,6 +436,7 @@ impl FrameKind {
     pub fn of(frame_type: &str) -> Self {
         match frame_type {
             "send"
+            | "forward"
             | "edit"
             | "delete"
             | "react"

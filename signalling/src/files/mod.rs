@@ -414,17 +414,43 @@ impl Files {
         let Some(message) = file.message_id else {
             return Err(Error::NotFound("file"));
         };
-        self.messaging
-            .readable(caller, file.conversation_id)
-            .await?;
+        let refused = match self
+            .shows_message(caller, file.conversation_id, message)
+            .await
+        {
+            Ok(()) => return Ok(file),
+            Err(e) => e,
+        };
+        // A forward of its message shows it too, to whoever reads that.
+        for (conversation, forward) in self.store.file_references(id).await? {
+            if self
+                .shows_message(caller, conversation, forward)
+                .await
+                .is_ok()
+            {
+                return Ok(file);
+            }
+        }
+        Err(refused)
+    }
+
+    /// Whether the caller may read `message` of `conversation` (not
+    /// deleted, not addressed to others).
+    async fn shows_message(
+        &self,
+        caller: &Caller,
+        conversation: ConversationId,
+        message: MessageId,
+    ) -> Result<(), Error> {
+        self.messaging.readable(caller, conversation).await?;
         let visible = self
             .messaging
             .store()
-            .message(file.conversation_id, message)
+            .message(conversation, message)
             .await?
             .is_some_and(|m| m.deleted_at.is_none() && crate::messaging::visible_to(&m, caller));
         if visible {
-            Ok(file)
+            Ok(())
         } else {
             Err(Error::NotFound("file"))
         }

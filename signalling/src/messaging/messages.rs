@@ -57,7 +57,10 @@ impl Messaging {
         {
             return Ok(first);
         }
-        body.attachments = self.attachments(caller, id, attachments).await?;
+        // (A forward's attachments are its original's, set already.)
+        if !attachments.is_empty() {
+            body.attachments = self.attachments(caller, id, attachments).await?;
+        }
         check_body(&body)?;
         let root = self.into_reply(caller, id, &mut body).await?;
         let members = if conversation.all_users {

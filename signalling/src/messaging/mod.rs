@@ -15,6 +15,7 @@ use crate::store::{FileStore, Store};
 
 pub(crate) mod caller;
 mod conversations;
+mod copies;
 mod marks;
 mod messages;
 mod presence;
@@ -23,6 +24,7 @@ mod threads;
 mod views;
 
 pub use caller::{Caller, Who, bot_id};
+pub use copies::QUOTE_CHARS;
 pub use marks::{MAX_EMOJI_BYTES, MAX_PINS, MAX_REACTIONS, MarkOutcome, REACTION_USERS_LISTED};
 pub use rosters::{ROSTERS_MAX, Roster, Rosters};
 pub use threads::{MAX_MENTIONS, MAX_THREADS_LISTED};

@@ -61,6 +61,24 @@ pub enum Request {
         /// application allows it.
         #[serde(default)]
         mention_all: bool,
+        /// Quote this message of the conversation.
+        #[serde(default)]
+        quote: Option<MessageId>,
+    },
+    /// Copy a message you can see into a conversation you may post in.
+    Forward {
+        /// The request's id.
+        id: String,
+        /// Where to post the copy.
+        conversation_id: ConversationId,
+        /// The sender's name for the copy: a retry with the same one
+        /// returns the first copy.
+        #[schemars(length(min = 1, max = 256))]
+        client_id: String,
+        /// The original's conversation.
+        from_conversation_id: ConversationId,
+        /// The original.
+        message_id: MessageId,
     },
     /// Create a conversation (not a contextual one).
     CreateConversation {
@@ -439,6 +457,7 @@ pub enum Request {
 /// test checks that it lists exactly the variants of [`Request`].
 pub const KNOWN_TYPES: &[&str] = &[
     "send",
+    "forward",
     "create_conversation",
     "add_members",
     "remove_member",

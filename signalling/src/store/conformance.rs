@@ -20,9 +20,11 @@ use super::{CodePurpose, NewApplication, PendingCode, PgStore, SqliteStore, Stor
 use crate::auth::TokenKey;
 use crate::ids::{AppId, ConversationId, FileId, MessageId, SubscriberId, Timestamp, UserId};
 
+mod copies;
 mod marks;
 mod threads;
 
+use copies::a_forward_refers_to_files_it_does_not_take;
 use marks::reactions_and_pins_count_in_their_transaction;
 use threads::threads_page_count_and_follow;
 
@@ -52,6 +54,7 @@ macro_rules! conformance {
                 search_finds_what_was_acknowledged_edited_text_and_no_deleted_message,
                 reactions_and_pins_count_in_their_transaction,
                 threads_page_count_and_follow,
+                a_forward_refers_to_files_it_does_not_take,
             );
         }
     };

@@ -70,6 +70,10 @@ pub trait FileStore: Send + Sync + std::fmt::Debug {
     /// A file by id.
     async fn file(&self, id: FileId) -> StoreResult<Option<FileRecord>>;
 
+    /// The forwarded messages that show a file of another message: each
+    /// one's conversation and id.
+    async fn file_references(&self, id: FileId) -> StoreResult<Vec<(ConversationId, MessageId)>>;
+
     /// Marks a pending file ready; `false` if it is no longer pending.
     async fn mark_ready(
         &self,

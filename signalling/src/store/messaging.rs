@@ -95,6 +95,45 @@ pub struct MessageBody {
     /// It mentions every member (`@all`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mention_all: bool,
+    /// What it quotes, as it was when quoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote: Option<Quote>,
+    /// A copy of another message: where that one came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded: Option<Forwarded>,
+}
+
+/// A quoted message, as it was when quoted (a later edit or delete of it
+/// does not change the quote).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Quote {
+    /// The quoted message (of the same conversation).
+    pub message_id: MessageId,
+    /// Its number.
+    pub seq: u64,
+    /// Its author.
+    pub author: Author,
+    /// Its text, cut at 500 characters.
+    #[schemars(length(max = 500))]
+    pub text: String,
+    /// It had attachments.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attachments: bool,
+    /// RFC 3339 time it was sent.
+    pub created_at: String,
+}
+
+/// Where a forwarded message came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Forwarded {
+    /// The original's conversation.
+    pub conversation_id: ConversationId,
+    /// The original.
+    pub message_id: MessageId,
+    /// The original's author.
+    pub author: Author,
+    /// RFC 3339 time the original was sent.
+    pub created_at: String,
 }
 
 /// A file attached to a message (1C: `Attachments.Add(stream, name, MIME,

@@ -64,6 +64,28 @@ fn file_from(row: &PgRow) -> StoreResult<FileRecord> {
 /// to `conversation`, and attached to nothing yet; otherwise nothing is
 /// bound and the message fails with `attachment_unavailable`. (The bot
 /// uploads as its participant id, which is its application's id.)
+/// Lets the readers of a forwarded message (`message` in `conversation`)
+/// fetch its original's files `ids`.
+pub(super) async fn refer(
+    tx: &mut PgConnection,
+    ids: &[FileId],
+    message: MessageId,
+    conversation: ConversationId,
+) -> StoreResult<()> {
+    let list: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    sqlx::query(
+        "INSERT INTO file_references (file_id, conversation_id, message_id) \
+         SELECT f.id, $2, $3 FROM files f WHERE f.id = ANY($1) ON CONFLICT DO NOTHING",
+    )
+    .bind(list)
+    .bind(conversation.to_string())
+    .bind(message.to_string())
+    .execute(&mut *tx)
+    .await
+    .pg()?;
+    Ok(())
+}
+
 pub(super) async fn attach(
     tx: &mut PgConnection,
     ids: &[FileId],
@@ -177,6 +199,24 @@ impl FileStore for PgStore {
         .rows_affected();
         tx.commit().await.pg()?;
         Ok(inserted == 1)
+    }
+
+    async fn file_references(&self, id: FileId) -> StoreResult<Vec<(ConversationId, MessageId)>> {
+        let rows = sqlx::query(
+            "SELECT conversation_id, message_id FROM file_references WHERE file_id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_all(self.pool())
+        .await
+        .pg()?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    parse_id(row, "conversation_id")?,
+                    parse_id(row, "message_id")?,
+                ))
+            })
+            .collect()
     }
 
     async fn file(&self, id: FileId) -> StoreResult<Option<FileRecord>> {

@@ -308,7 +308,12 @@ pub(super) async fn post_in(
     }
     if !m.body.attachments.is_empty() {
         let ids: Vec<_> = m.body.attachments.iter().map(|a| a.file_id).collect();
-        super::pg_files::attach(tx, &ids, m.id, m.conversation_id, m.author).await?;
+        // A forward shows its original's files; it does not take them.
+        if m.body.forwarded.is_some() {
+            super::pg_files::refer(tx, &ids, m.id, m.conversation_id).await?;
+        } else {
+            super::pg_files::attach(tx, &ids, m.id, m.conversation_id, m.author).await?;
+        }
     }
     Ok(Posted {
         message: m.stored(seq, now),

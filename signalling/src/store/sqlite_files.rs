@@ -120,6 +120,29 @@ pub(super) fn discard_message_files(
     Ok(())
 }
 
+/// Lets the readers of a forwarded message (`message` in `conversation`)
+/// fetch its original's files `ids`.
+pub(super) fn refer(
+    tx: &rusqlite::Connection,
+    ids: &[FileId],
+    message: MessageId,
+    conversation: ConversationId,
+) -> StoreResult<()> {
+    let list = serde_json::to_string(&ids.iter().map(ToString::to_string).collect::<Vec<_>>())
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tx.prepare_cached(
+        "INSERT INTO file_references (file_id, conversation_id, message_id) \
+         SELECT value, ?2, ?3 FROM json_each(?1) WHERE value IN (SELECT id FROM files) \
+         ON CONFLICT DO NOTHING",
+    )?
+    .execute(rusqlite::params![
+        list,
+        conversation.to_string(),
+        message.to_string()
+    ])?;
+    Ok(())
+}
+
 /// How long after its URL expired an upload may still land (a request that
 /// started just before the expiry).
 pub const UPLOAD_GRACE_MS: i64 = 60 * 60 * 1000;
@@ -188,6 +211,21 @@ impl FileStore for SqliteStore {
         .rows_affected();
         tx.commit().await?;
         Ok(inserted == 1)
+    }
+
+    async fn file_references(&self, id: FileId) -> StoreResult<Vec<(ConversationId, MessageId)>> {
+        sqlx::query("SELECT conversation_id, message_id FROM file_references WHERE file_id = ?")
+            .bind(id.to_string())
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    super::sqlite_messaging::parse(row, "conversation_id")?,
+                    super::sqlite_messaging::parse(row, "message_id")?,
+                ))
+            })
+            .collect()
     }
 
     async fn file(&self, id: FileId) -> StoreResult<Option<FileRecord>> {

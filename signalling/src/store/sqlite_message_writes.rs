@@ -189,7 +189,12 @@ pub(super) fn post_in(
     ])?;
     if !m.body.attachments.is_empty() {
         let ids: Vec<_> = m.body.attachments.iter().map(|a| a.file_id).collect();
-        super::sqlite_files::attach(tx, &ids, m.id, m.conversation_id, m.author)?;
+        // A forward shows its original's files; it does not take them.
+        if m.body.forwarded.is_some() {
+            super::sqlite_files::refer(tx, &ids, m.id, m.conversation_id)?;
+        } else {
+            super::sqlite_files::attach(tx, &ids, m.id, m.conversation_id, m.author)?;
+        }
     }
     let stored = m.stored(seq, now);
     let payload = event.with_seq(seq);

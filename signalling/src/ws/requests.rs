@@ -150,8 +150,9 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
             thread_id,
             mentions,
             mention_all,
+            quote,
         } => {
-            let body = MessageBody {
+            let mut body = MessageBody {
                 text,
                 data,
                 recipients,
@@ -161,8 +162,36 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
                 mention_all,
                 ..MessageBody::default()
             };
+            if let Some(quoted) = quote {
+                body.quote = Some(
+                    messaging
+                        .quote(caller, conversation_id, quoted, body.recipients.as_deref())
+                        .await?,
+                );
+            }
             let m = messaging
                 .send_with_files(caller, conversation_id, &client_id, body, &attachments)
+                .await?;
+            ServerFrame::ack(Ack {
+                message: Some(MessageView::from(&m)),
+                ..Ack::of(id)
+            })
+        }
+        Request::Forward {
+            id,
+            conversation_id,
+            client_id,
+            from_conversation_id,
+            message_id,
+        } => {
+            let m = messaging
+                .forward(
+                    caller,
+                    from_conversation_id,
+                    message_id,
+                    conversation_id,
+                    &client_id,
+                )
                 .await?;
             ServerFrame::ack(Ack {
                 message: Some(MessageView::from(&m)),
