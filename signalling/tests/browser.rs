@@ -80,6 +80,11 @@ fn a_mention_shows_on_the_conversation_until_read() {
 }
 
 #[test]
+fn people_quote_and_forward_messages() {
+    run("copies.mjs");
+}
+
+#[test]
 fn the_page_reconnects_after_a_server_restart_and_shows_what_it_missed() {
     run("restart.mjs");
 }

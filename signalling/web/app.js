@@ -8,7 +8,9 @@
 // when the server offers it.
 import { CallManager } from './call.js';
 import { formatText } from './format.js';
+import * as copies from './copies.js';
 import * as marks from './marks.js';
+import { mentionsIn, mentionsOf } from './mentions.js';
 import * as threads from './threads.js';
 
 const $ = (sel) => document.querySelector(sel);
@@ -36,6 +38,7 @@ const state = {
   pins: new Map(),          // conversation id → Set(seq of pinned messages)
   replies: new Map(),       // conversation id → Map(seq → reply in a thread)
   thread: null,             // the thread open in the panel: {conversation_id, rootSeq, rootId}
+  quoting: null,            // the message the composer quotes
   current: null,
   readMark: new Map(),      // conversation id → seq read when opened
   typing: new Map(),        // conversation id → Map(user → until)
@@ -311,22 +314,8 @@ function countUnread(m) {
   const mine = m.author.kind === 'user' && m.author.user_id === state.userId;
   const looking = m.conversation_id === state.current && document.visibilityState === 'visible';
   if (!mine && !looking) c.unread = (c.unread || 0) + 1;
-  if (!mine && !looking && mentionsMe(m)) c.mentions = (c.mentions || 0) + 1;
+  if (!mine && !looking && mentionsOf(m, state.userId)) c.mentions = (c.mentions || 0) + 1;
   renderConversations();
-}
-
-function mentionsMe(m) {
-  return m.mention_all || (m.mentions || []).includes(state.userId);
-}
-
-// The people a text mentions: `@name` of a member of the conversation
-// (the longest name that matches), and `@all` in a group.
-function mentionsIn(text, conversationId) {
-  const c = state.conversations.get(conversationId);
-  const mentions = (state.members.get(conversationId) || [])
-    .filter((u) => u !== state.userId && state.names.has(u) && text.includes(`@${state.names.get(u)}`));
-  const all = Boolean(c && c.is_group && !c.all_users && /(^|\s)@all\b/.test(text));
-  return { mentions, all };
 }
 
 function otherMember(c) {
@@ -367,6 +356,7 @@ async function openConversation(id) {
   if (!state.messages.has(id)) await loadHistory(id, {});
   if (!state.pins.has(id)) await marks.loadPins(id);
   if (state.thread && state.thread.conversation_id !== id) threads.closeThread();
+  copies.renderQuoting();
   renderMessages(true);
   markRead();
   if (!state.members.has(id)) loadMembers(id);
@@ -453,15 +443,10 @@ function renderMessages(toBottom) {
   if (toBottom || atBottom) box.scrollTop = box.scrollHeight;
 }
 
-function findMessage(conversationId, seq) {
-  return (state.messages.get(conversationId) || new Map()).get(seq)
-    || (state.replies.get(conversationId) || new Map()).get(seq);
-}
-
 function renderMessage(m, { inThread } = {}) {
   const mine = m.author.kind === 'user' && m.author.user_id === state.userId;
   const author = m.author.kind === 'app' ? 'Bot' : nameOf(m.author.user_id);
-  const node = el('div', { className: `msg${mine ? ' mine' : ''}${m.deleted_at ? ' deleted' : ''}${!mine && mentionsMe(m) ? ' mentions-me' : ''}` });
+  const node = el('div', { className: `msg${mine ? ' mine' : ''}${m.deleted_at ? ' deleted' : ''}${!mine && mentionsOf(m, state.userId) ? ' mentions-me' : ''}` });
   node.dataset.seq = m.seq;
   node.dataset.id = m.id;
   const pinned = (state.pins.get(m.conversation_id) || new Set()).has(m.seq);
@@ -476,6 +461,14 @@ function renderMessage(m, { inThread } = {}) {
       reply.onclick = () => threads.openThread(m);
       tools.append(reply);
     }
+    if (!inThread) {
+      const quote = el('button', { className: 'quote-it', type: 'button', textContent: 'quote' });
+      quote.onclick = () => copies.startQuote(m);
+      tools.append(quote);
+    }
+    const fwd = el('button', { className: 'forward', type: 'button', textContent: 'forward' });
+    fwd.onclick = () => copies.forward(m);
+    tools.append(fwd);
     if (!m.recipients) {
       const pin = el('button', { className: 'pin', type: 'button', textContent: pinned ? 'unpin' : 'pin' });
       pin.onclick = () => request({ type: 'pin', conversation_id: m.conversation_id, message_id: m.id, unpin: pinned })
@@ -494,6 +487,8 @@ function renderMessage(m, { inThread } = {}) {
   node.append(el('div', {},
     el('span', { className: 'author', textContent: author }),
     el('span', { className: 'meta', textContent: new Date(m.created_at).toLocaleTimeString() + (m.edited_at ? ' · edited' : '') + (pinned ? ' · 📌 pinned' : '') })));
+  if (m.forwarded) node.append(copies.renderForwarded(m));
+  if (m.quote) node.append(copies.renderQuote(m));
   const call = m.data && m.data.call;
   const text = m.deleted_at ? 'message deleted' : m.text;
   // Formatting is only for people's words: a deleted message and a call's
@@ -524,7 +519,8 @@ async function editMessage(m) {
 }
 
 function sendMessage(frame) {
-  const { mentions, all } = mentionsIn(frame.text || '', frame.conversation_id);
+  const { mentions, all } = mentionsIn(frame.text || '', state.conversations.get(frame.conversation_id),
+    state.members.get(frame.conversation_id) || [], state.names, state.userId);
   if (mentions.length) frame.mentions = mentions;
   if (all) frame.mention_all = true;
   state.outbox.set(frame.client_id, frame);
@@ -641,6 +637,8 @@ function onSubmit(e) {
     text,
   };
   if (files.length) frame.attachments = files.map((f) => ({ file_id: f.id }));
+  const quote = copies.takeQuote(state.current);
+  if (quote) frame.quote = quote;
   state.attached = state.attached.filter((f) => !files.includes(f));
   renderAttached();
   $('#text').value = '';
@@ -771,7 +769,8 @@ $('#attach').onchange = (e) => { uploadFiles([...e.target.files]); e.target.valu
 $('#search').oninput = onSearch;
 $('#new-conv').onclick = newConversation;
 $('#show-pins').onclick = marks.showPins;
-marks.bind({ state, request, el, nameOf, formatText, findMessage });
+marks.bind({ state, request, el, nameOf, formatText });
+copies.bind({ state, request, el, nameOf, formatText });
 threads.bind({ state, request, el, renderMessage, renderMessages, sendMessage, openConversation });
 document.addEventListener('click', (e) => {
   if (!e.target.closest('.palette')) document.querySelectorAll('.palette').forEach((p) => p.remove());

@@ -6,7 +6,7 @@ let app;
 const $ = (sel) => document.querySelector(sel);
 
 /** Hands over the page's state and helpers: `state`, `request`, `el`,
- * `nameOf`, `formatText`, `findMessage`. */
+ * `nameOf`, `formatText`. */
 export function bind(page) { app = page; }
 
 const PALETTE = ['👍', '❤️', '😂', '🎉', '👀', '✅'];
@@ -42,7 +42,8 @@ export function showPalette(node, m) {
 }
 
 export function applyReaction(ev) {
-  const m = app.findMessage(ev.conversation_id, ev.seq);
+  const m = (app.state.messages.get(ev.conversation_id) || new Map()).get(ev.seq)
+    || (app.state.replies.get(ev.conversation_id) || new Map()).get(ev.seq);
   if (!m) return;
   const list = m.reactions || (m.reactions = []);
   let r = list.find((x) => x.emoji === ev.emoji);

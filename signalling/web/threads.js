@@ -15,6 +15,7 @@ export function bind(page) {
   $('#thread-form').onsubmit = onReply;
   $('#thread-text').onkeydown = (e) => { if (e.key === 'Enter' && !e.shiftKey) onReply(e); };
   $('#show-threads').onclick = showThreads;
+  $('#show-mentions').onclick = showMentions;
 }
 
 function repliesOf(conversationId) {
@@ -141,5 +142,28 @@ async function showThreads() {
     return li;
   }));
   if (!answer.threads.length) box.replaceChildren(app.el('li', { className: 'result', textContent: 'No threads followed yet' }));
+  box.hidden = false;
+}
+
+/** The messages that mention you, in the sidebar's result list. */
+async function showMentions() {
+  const box = $('#search-results');
+  const answer = await app.request({ type: 'mentions', limit: 50 }).catch(() => ({ messages: [] }));
+  box.replaceChildren(...answer.messages.map((m) => {
+    const c = app.state.conversations.get(m.conversation_id);
+    const li = app.el('li', { className: 'result mention-result' },
+      app.el('span', { textContent: m.text }),
+      app.el('small', { textContent: c ? c.title : '' }));
+    li.onclick = async () => {
+      box.hidden = true;
+      await app.openConversation(m.conversation_id);
+      if (m.thread_id) {
+        const root = (app.state.messages.get(m.conversation_id) || new Map()).get(m.thread_seq);
+        if (root) await openThread(root);
+      }
+    };
+    return li;
+  }));
+  if (!answer.messages.length) box.replaceChildren(app.el('li', { className: 'result', textContent: 'No mentions of you' }));
   box.hidden = false;
 }

@@ -27,6 +27,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../web/app.js"),
     ),
     (
+        "copies.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/copies.js"),
+    ),
+    (
+        "mentions.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/mentions.js"),
+    ),
+    (
         "marks.js",
         "text/javascript; charset=utf-8",
         include_str!("../../web/marks.js"),
