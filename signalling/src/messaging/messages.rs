@@ -62,7 +62,7 @@ impl Messaging {
             body.attachments = self.attachments(caller, id, attachments).await?;
         }
         check_body(&body)?;
-        let root = self.into_reply(caller, id, &mut body).await?;
+        let root = self.as_reply(caller, id, &mut body).await?;
         let members = if conversation.all_users {
             self.audience(conversation).await?
         } else {

@@ -71,7 +71,7 @@ impl Messaging {
 
     /// Makes `body` a reply in the thread of `target` (see
     /// [`Self::thread_root`]); a reply goes to every member.
-    pub(super) async fn into_reply(
+    pub(super) async fn as_reply(
         &self,
         caller: &Caller,
         id: ConversationId,

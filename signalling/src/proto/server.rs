@@ -40,7 +40,7 @@ pub enum ServerFrame {
         #[schemars(range(min = 1))]
         seq: u64,
         /// What happened.
-        event: Event,
+        event: Box<Event>,
     },
     /// An event that is not stored, numbered or replayed.
     Ephemeral {
@@ -631,11 +631,11 @@ mod tests {
         let conversation_id = ConversationId::random();
         let typed = ServerFrame::Event {
             seq: 7,
-            event: Event::Read {
+            event: Box::new(Event::Read {
                 conversation_id,
                 seq: 3,
                 thread_id: None,
-            },
+            }),
         };
         let rendered = Event::Read {
             conversation_id,
