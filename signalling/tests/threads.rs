@@ -243,10 +243,16 @@ async fn replies_are_refused_where_they_would_leak_or_go_nowhere() {
         oscar.request(json!({"type": "threads"})).await["threads"],
         json!([])
     );
-    // A deleted root takes no more replies.
+    // A deleted root takes no more replies; its thread stays readable.
+    bob.request(reply(&conv, &root, "early", "just in time"))
+        .await;
     ann.request(json!({"type": "delete", "conversation_id": conv, "message_id": root}))
         .await;
     let r = bob.request(reply(&conv, &root, "late", "too late")).await;
     assert_eq!(r["code"], "invalid_request", "{r}");
+    let own = bob
+        .request(json!({"type": "history", "conversation_id": conv, "thread_id": root}))
+        .await;
+    assert_eq!(own["messages"][0]["text"], "just in time", "{own}");
     server.stop().await;
 }

@@ -30,12 +30,11 @@ pub const MAX_THREADS_LISTED: u32 = 50;
 impl Messaging {
     /// The root of the thread a reply to `target` goes in: `target`
     /// itself, or its root when it is a reply. It must be a message of the
-    /// conversation the caller sees, addressed to every member and not
-    /// deleted.
+    /// conversation the caller sees, addressed to every member.
     ///
     /// # Errors
     /// `not_found` for a message the caller cannot see; `invalid_request`
-    /// for a deleted one or one addressed to some members only.
+    /// for one addressed to some members only.
     pub(super) async fn thread_root(
         &self,
         caller: &Caller,
@@ -56,11 +55,6 @@ impl Messaging {
                 .ok_or(Error::NotFound("message"))?,
             None => found,
         };
-        if root.deleted_at.is_some() {
-            return Err(Error::InvalidRequest(
-                "thread_id: the message was deleted".to_owned(),
-            ));
-        }
         if root.body.recipients.is_some() {
             return Err(Error::InvalidRequest(
                 "thread_id: a message addressed to some members only has no thread".to_owned(),
@@ -86,6 +80,12 @@ impl Messaging {
             ));
         }
         let root = self.thread_root(caller, id, target).await?;
+        // A deleted root keeps its thread readable, but takes no replies.
+        if root.deleted_at.is_some() {
+            return Err(Error::InvalidRequest(
+                "thread_id: the message was deleted".to_owned(),
+            ));
+        }
         body.thread_id = Some(root.id);
         body.thread_seq = Some(root.seq);
         Ok(Some(root))

@@ -28,6 +28,8 @@ impl ThreadStore for PgStore {
         before: Option<u64>,
         limit: u32,
     ) -> StoreResult<Vec<StoredMessage>> {
+        // Paging backwards (no `after`) takes the newest below `before`;
+        // `after: 0` pages forwards from the first message.
         let newest_first = after.is_none();
         let after = to_i64(after.unwrap_or(0));
         let before = to_i64(before.unwrap_or(u64::MAX >> 1));

@@ -388,29 +388,9 @@ impl MessageStore for SqliteStore {
         before: Option<u64>,
         limit: u32,
     ) -> StoreResult<Vec<StoredMessage>> {
-        // Paging backwards (no `after`) takes the newest below `before`;
-        // `after: 0` pages forwards from the first message.
-        let newest_first = after.is_none();
-        let after = to_i64(after.unwrap_or(0));
-        let before = to_i64(before.unwrap_or(u64::MAX >> 1));
-        let order = if newest_first { "DESC" } else { "ASC" };
-        let mut rows: Vec<StoredMessage> = sqlx::query(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq > ? AND seq < ? \
-             ORDER BY seq {order} LIMIT ?"
-        ))
-        .bind(conversation.to_string())
-        .bind(after)
-        .bind(before)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(message_from)
-        .collect::<StoreResult<_>>()?;
-        if newest_first {
-            rows.reverse();
-        }
-        Ok(rows)
+        use super::threads::{Scope, ThreadStore as _};
+        self.history_in(conversation, Scope::All, after, before, limit)
+            .await
     }
 
     async fn mark_read(

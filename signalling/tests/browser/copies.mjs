@@ -4,17 +4,10 @@
 // forwarded. The list of mentions is checked on the way. Screenshots go to
 // the artifacts.
 import { join } from 'node:path';
-import { artifacts, check, dataDir, demoPage, launch, open, scenario, sendText, startServer, stopServer, until } from './lib.mjs';
+import { artifacts, check, lobbyPair, open, scenario, sendText, until } from './lib.mjs';
 
 await scenario('copies', async (cleanup) => {
-  const server = await startServer({ dir: dataDir() });
-  cleanup.push(() => stopServer(server));
-  const browser = await launch();
-  cleanup.push(() => browser.close());
-  const ann = await demoPage(browser, server.base, 'Анна');
-  const bob = await demoPage(browser, server.base, 'Bob');
-  await open(ann, 'Demo lobby');
-  await open(bob, 'Demo lobby');
+  const { ann, bob } = await lobbyPair(cleanup);
   await until('Анна to see Bob among the members', async () => (await ann.textContent('#chat-members')).includes('Bob'));
   await sendText(ann, 'The warehouse moves to _Dock 4_ on Monday');
   const original = (page) => page.locator('#messages .msg[data-seq="1"]', { hasText: 'The warehouse moves' });

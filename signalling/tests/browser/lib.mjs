@@ -193,3 +193,18 @@ export async function scenario(name, body) {
     for (const f of cleanup.reverse()) await f().catch(() => {});
   }
 }
+
+/** A server of its own, a browser, and Анна and Bob signed in to the demo
+ * with the lobby open on both pages (the scenarios of what people do with
+ * messages start so). */
+export async function lobbyPair(cleanup) {
+  const server = await startServer({ dir: dataDir() });
+  cleanup.push(() => stopServer(server));
+  const browser = await launch();
+  cleanup.push(() => browser.close());
+  const ann = await demoPage(browser, server.base, 'Анна');
+  const bob = await demoPage(browser, server.base, 'Bob');
+  await open(ann, 'Demo lobby');
+  await open(bob, 'Demo lobby');
+  return { server, ann, bob };
+}

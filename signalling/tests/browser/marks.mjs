@@ -3,17 +3,10 @@
 // read who reacted from its tooltip, pin, and find the message again in
 // the conversation's pinned list. Screenshots go to the artifacts.
 import { join } from 'node:path';
-import { artifacts, check, dataDir, demoPage, launch, open, scenario, sendText, startServer, stopServer, until } from './lib.mjs';
+import { artifacts, check, lobbyPair, open, scenario, sendText, until } from './lib.mjs';
 
 await scenario('marks', async (cleanup) => {
-  const server = await startServer({ dir: dataDir() });
-  cleanup.push(() => stopServer(server));
-  const browser = await launch();
-  cleanup.push(() => browser.close());
-  const ann = await demoPage(browser, server.base, 'Анна');
-  const bob = await demoPage(browser, server.base, 'Bob');
-  await open(ann, 'Demo lobby');
-  await open(bob, 'Demo lobby');
+  const { ann, bob } = await lobbyPair(cleanup);
   await sendText(ann, 'Release *1.4* is out');
   await sendText(ann, 'Retro on Friday at 15:00');
   const release = (page) => page.locator('#messages .msg', { hasText: 'Release 1.4 is out' });

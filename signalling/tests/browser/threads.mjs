@@ -4,17 +4,10 @@
 // the conversation, answer there, and find the thread again in the list of
 // followed threads. A screenshot goes to the artifacts.
 import { join } from 'node:path';
-import { artifacts, check, dataDir, demoPage, launch, open, scenario, sendText, startServer, stopServer, until } from './lib.mjs';
+import { artifacts, check, lobbyPair, open, scenario, sendText, until } from './lib.mjs';
 
 await scenario('threads', async (cleanup) => {
-  const server = await startServer({ dir: dataDir() });
-  cleanup.push(() => stopServer(server));
-  const browser = await launch();
-  cleanup.push(() => browser.close());
-  const ann = await demoPage(browser, server.base, 'Анна');
-  const bob = await demoPage(browser, server.base, 'Bob');
-  await open(ann, 'Demo lobby');
-  await open(bob, 'Demo lobby');
+  const { ann, bob } = await lobbyPair(cleanup);
   await sendText(ann, 'Deploy on Friday?');
   await sendText(ann, 'Lunch at 13:00');
   const root = (page) => page.locator('#messages .msg', { hasText: 'Deploy on Friday?' });
