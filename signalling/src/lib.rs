@@ -42,6 +42,7 @@
 //! a listener with graceful shutdown; the `signalling` binary only parses
 //! its command line and configuration and calls it.
 
+pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod calls;

@@ -444,6 +444,20 @@ where
                     Ok(n) => tracing::info!(deleted = n, "pruned old events"),
                     Err(e) => tracing::warn!(error = %e, "pruning events failed"),
                 }
+                let audit_days =
+                    i64::try_from(services.config.audit.retention_days).unwrap_or(i64::MAX);
+                let audit_before = Timestamp(
+                    services
+                        .clock
+                        .now()
+                        .0
+                        .saturating_sub(audit_days.saturating_mul(24 * 60 * 60 * 1000)),
+                );
+                match services.store.prune_audit(audit_before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "pruned old audit entries"),
+                    Err(e) => tracing::warn!(error = %e, "pruning the audit log failed"),
+                }
             }
         })
     };

@@ -44,6 +44,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/files/{file_id}/preview"),
     ("get", "/api/v1/demo"),
     ("post", "/api/v1/demo/sessions"),
+    ("get", "/api/v1/audit"),
 ];
 
 #[tokio::test]

@@ -52,6 +52,8 @@ pub struct SignallingConfig {
     pub subscribers: SubscriberConfig,
     /// The per-user event log that clients resume from.
     pub events: EventConfig,
+    /// The audit log of administrative actions.
+    pub audit: AuditConfig,
     /// Calls: topology thresholds, ringing, ICE servers.
     pub calls: CallConfig,
     /// The media plane: the SFU workers started in this process.
@@ -81,6 +83,7 @@ impl Default for SignallingConfig {
             tokens: TokenConfig::default(),
             subscribers: SubscriberConfig::default(),
             events: EventConfig::default(),
+            audit: AuditConfig::default(),
             calls: CallConfig::default(),
             sfu: SfuSection::default(),
             files: FilesConfig::default(),
@@ -329,6 +332,12 @@ impl SignallingConfig {
             "events.retention_days",
             self.events.retention_days.to_string(),
             "1 to 3650",
+        );
+        check(
+            (1..=36500).contains(&self.audit.retention_days),
+            "audit.retention_days",
+            self.audit.retention_days.to_string(),
+            "1 to 36500",
         );
         let calls = &self.calls;
         check(

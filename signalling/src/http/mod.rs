@@ -1,6 +1,7 @@
 //! The HTTP surface: one [`app`] router with every REST route, the
 //! operational endpoints and the generated OpenAPI document.
 
+pub mod audit;
 pub mod error;
 pub mod extract;
 pub mod files;
@@ -76,6 +77,7 @@ fn api_router() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(tenancy::request_sign_in))
         .routes(routes!(tenancy::confirm_sign_in))
         .routes(routes!(tenancy::sign_out))
+        .routes(routes!(audit::audit_log))
         .routes(routes!(tenancy::list_applications))
         .routes(routes!(
             tenancy::get_application,

@@ -20,10 +20,12 @@ use super::{CodePurpose, NewApplication, PendingCode, PgStore, SqliteStore, Stor
 use crate::auth::TokenKey;
 use crate::ids::{AppId, ConversationId, FileId, MessageId, SubscriberId, Timestamp, UserId};
 
+mod audit;
 mod copies;
 mod marks;
 mod threads;
 
+use audit::the_audit_log_appends_filters_pages_and_prunes;
 use copies::a_forward_refers_to_files_it_does_not_take;
 use marks::reactions_and_pins_count_in_their_transaction;
 use threads::threads_page_count_and_follow;
@@ -55,6 +57,7 @@ macro_rules! conformance {
                 reactions_and_pins_count_in_their_transaction,
                 threads_page_count_and_follow,
                 a_forward_refers_to_files_it_does_not_take,
+                the_audit_log_appends_filters_pages_and_prunes,
             );
         }
     };

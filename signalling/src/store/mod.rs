@@ -14,12 +14,14 @@
 //! its own, which hands each committed event to the caller's
 //! [`messaging::OnCommit`] in commit order (`sqlite_writer`).
 
+pub mod audit;
 #[cfg(test)]
 mod conformance;
 pub mod files;
 pub mod marks;
 pub mod messaging;
 pub mod pg;
+mod pg_audit;
 mod pg_error;
 mod pg_files;
 mod pg_marks;
@@ -30,6 +32,7 @@ mod pg_tests;
 mod pg_threads;
 mod pg_writer;
 pub mod sqlite;
+mod sqlite_audit;
 mod sqlite_error;
 mod sqlite_files;
 mod sqlite_marks;
@@ -269,7 +272,7 @@ pub struct SubscriberSession {
 
 /// Everything the server persists.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Store: audit::AuditStore + Send + Sync + std::fmt::Debug {
     /// A trivial query and the smallest write, for health checks: an
     /// error when either fails, [`StoreError::WritesRefused`] while
     /// writes are refused (a full disk).

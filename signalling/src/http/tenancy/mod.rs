@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ErrorBody;
 use super::extract::{ActorAuth, ApiJson, AppAuth, ClientIp, PathId, SessionToken, UserAuth};
+use crate::audit::Audited;
 use crate::error::Error;
 use crate::ids::{AppId, UserId};
 use crate::server::Services;
@@ -41,6 +42,18 @@ where
         gate.failed(&email);
     }
     result
+}
+
+/// A subscriber's action on its own account.
+fn subscriber_action(subscriber: crate::ids::SubscriberId, action: &'static str) -> Audited {
+    Audited {
+        subscriber_id: subscriber,
+        app_id: None,
+        actor: format!("subscriber:{subscriber}"),
+        action,
+        target: Some(format!("subscriber:{subscriber}")),
+        details: None,
+    }
 }
 
 fn code_sent(services: &Services) -> (StatusCode, Json<CodeSent>) {
@@ -88,6 +101,7 @@ pub async fn register(
     ))]
 pub async fn confirm_registration(
     State(services): State<Arc<Services>>,
+    ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<RegistrationConfirm>,
 ) -> Result<(StatusCode, Json<RegisteredView>), Error> {
     let done = confirming(&services, &body.email, || {
@@ -96,6 +110,20 @@ pub async fn confirm_registration(
             .confirm_registration(&body.email, &body.app_name, &body.code)
     })
     .await?;
+    let subscriber = done.application.subscriber_id;
+    services
+        .audit(
+            Audited {
+                subscriber_id: subscriber,
+                app_id: Some(done.application.id),
+                actor: format!("subscriber:{subscriber}"),
+                action: "application.registered",
+                target: Some(format!("application:{}", done.application.id)),
+                details: Some(serde_json::json!({"name": done.application.name})),
+            },
+            ip,
+        )
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(RegisteredView {
@@ -138,12 +166,19 @@ pub async fn request_sign_in(
     ))]
 pub async fn confirm_sign_in(
     State(services): State<Arc<Services>>,
+    ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<SignInConfirm>,
 ) -> Result<(StatusCode, Json<SessionView>), Error> {
     let session = confirming(&services, &body.email, || {
         services.tenancy.confirm_sign_in(&body.email, &body.code)
     })
     .await?;
+    services
+        .audit(
+            subscriber_action(session.subscriber.id, "subscriber.signed_in"),
+            ip,
+        )
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(SessionView {
@@ -164,10 +199,17 @@ pub async fn confirm_sign_in(
     ))]
 pub async fn sign_out(
     State(services): State<Arc<Services>>,
+    ClientIp(ip): ClientIp,
     SessionToken(token): SessionToken,
 ) -> Result<StatusCode, Error> {
-    services.tenancy.authenticate_subscriber(&token).await?;
+    let subscriber = services.tenancy.authenticate_subscriber(&token).await?;
     services.tenancy.sign_out(&token).await?;
+    services
+        .audit(
+            subscriber_action(subscriber.id, "subscriber.signed_out"),
+            ip,
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -222,11 +264,15 @@ pub async fn get_application(
     ))]
 pub async fn rename_application(
     State(services): State<Arc<Services>>,
+    ClientIp(ip): ClientIp,
     ActorAuth(actor): ActorAuth,
     PathId(id): PathId<AppId>,
     ApiJson(body): ApiJson<RenameRequest>,
 ) -> Result<Json<ApplicationView>, Error> {
     let app = services.tenancy.rename(&actor, id, &body.name).await?;
+    let what =
+        Audited::by(&actor, id, "application.renamed").with(serde_json::json!({"name": app.name}));
+    services.audit(what, ip).await;
     Ok(Json(ApplicationView::from(&app)))
 }
 
@@ -243,10 +289,14 @@ pub async fn rename_application(
     ))]
 pub async fn unregister_application(
     State(services): State<Arc<Services>>,
+    ClientIp(ip): ClientIp,
     ActorAuth(actor): ActorAuth,
     PathId(id): PathId<AppId>,
 ) -> Result<StatusCode, Error> {
     services.tenancy.unregister(&actor, id).await?;
+    services
+        .audit(Audited::by(&actor, id, "application.unregistered"), ip)
+        .await;
     services.end_sessions_of_app(id).await?;
     services.files.app_unregistered();
     Ok(StatusCode::NO_CONTENT)
@@ -264,10 +314,14 @@ pub async fn unregister_application(
     ))]
 pub async fn rotate_secret(
     State(services): State<Arc<Services>>,
+    ClientIp(ip): ClientIp,
     ActorAuth(actor): ActorAuth,
     PathId(id): PathId<AppId>,
 ) -> Result<Json<RotatedView>, Error> {
     let rotated = services.tenancy.rotate_secret(&actor, id).await?;
+    services
+        .audit(Audited::by(&actor, id, "application.secret_rotated"), ip)
+        .await;
     // The bot's sessions were opened with the secret that just ended.
     services
         .end_sessions_of_user(crate::messaging::bot_id(id))
@@ -365,10 +419,13 @@ pub async fn get_user(
     ))]
 pub async fn lock_user(
     State(services): State<Arc<Services>>,
+    ClientIp(ip): ClientIp,
     AppAuth(app): AppAuth,
     PathId(id): PathId<UserId>,
 ) -> Result<Json<UserView>, Error> {
     let user = services.tenancy.set_locked(&app, id, true).await?;
+    let what = Audited::by_app(app.subscriber_id, app.id, "user.locked", user.id);
+    services.audit(what, ip).await;
     services.end_sessions_of_user(user.id).await;
     Ok(Json(UserView::from(&user)))
 }
@@ -384,10 +441,13 @@ pub async fn lock_user(
     ))]
 pub async fn unlock_user(
     State(services): State<Arc<Services>>,
+    ClientIp(ip): ClientIp,
     AppAuth(app): AppAuth,
     PathId(id): PathId<UserId>,
 ) -> Result<Json<UserView>, Error> {
     let user = services.tenancy.set_locked(&app, id, false).await?;
+    let what = Audited::by_app(app.subscriber_id, app.id, "user.unlocked", user.id);
+    services.audit(what, ip).await;
     Ok(Json(UserView::from(&user)))
 }
 
@@ -419,11 +479,12 @@ pub async fn me(auth: UserAuth) -> Json<UserView> {
     ))]
 pub async fn grant_context(
     State(services): State<Arc<Services>>,
+    ClientIp(ip): ClientIp,
     AppAuth(app): AppAuth,
     path: Result<GrantPath, PathRejection>,
 ) -> Result<StatusCode, Error> {
     let Path((user, context)) = grant_path(path)?;
-    set_grant(&services, &app, &user, &context, true).await
+    set_grant(&services, &app, &user, &context, true, ip).await
 }
 
 /// Withdraws a grant; the user leaves the object's conversation at once.
@@ -439,11 +500,12 @@ pub async fn grant_context(
     ))]
 pub async fn revoke_context(
     State(services): State<Arc<Services>>,
+    ClientIp(ip): ClientIp,
     AppAuth(app): AppAuth,
     path: Result<GrantPath, PathRejection>,
 ) -> Result<StatusCode, Error> {
     let Path((user, context)) = grant_path(path)?;
-    set_grant(&services, &app, &user, &context, false).await
+    set_grant(&services, &app, &user, &context, false, ip).await
 }
 
 /// The user id and context of a grant's path.
@@ -461,6 +523,7 @@ async fn set_grant(
     user: &str,
     context: &str,
     granted: bool,
+    ip: Option<std::net::IpAddr>,
 ) -> Result<StatusCode, Error> {
     let user: UserId = user.parse().map_err(|_| Error::NotFound("user"))?;
     if let Some(left) = services
@@ -470,5 +533,13 @@ async fn set_grant(
     {
         services.calls.member_removed(left, user).await;
     }
+    let action = if granted {
+        "grant.added"
+    } else {
+        "grant.removed"
+    };
+    let what = Audited::by_app(app.subscriber_id, app.id, action, user)
+        .with(serde_json::json!({"context": context}));
+    services.audit(what, ip).await;
     Ok(StatusCode::NO_CONTENT)
 }
