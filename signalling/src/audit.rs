@@ -77,6 +77,23 @@ impl Audited {
         }
     }
 
+    /// An action of application `app` on something of its own (`target`).
+    #[must_use]
+    pub fn by_app_on(
+        app: &crate::store::Application,
+        action: &'static str,
+        target: String,
+    ) -> Self {
+        Self {
+            subscriber_id: app.subscriber_id,
+            app_id: Some(app.id),
+            actor: format!("application:{}", app.id),
+            action,
+            target: Some(target),
+            details: None,
+        }
+    }
+
     /// With details.
     #[must_use]
     pub fn with(mut self, details: Value) -> Self {

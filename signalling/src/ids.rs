@@ -72,6 +72,10 @@ uuid_id!(
     ConversationId
 );
 uuid_id!(
+    /// An incoming webhook: a secret URL that posts into one conversation.
+    WebhookId
+);
+uuid_id!(
     /// A file attached (or being uploaded to attach) to a message.
     FileId
 );

@@ -50,6 +50,7 @@ pub mod config;
 pub mod error;
 pub mod files;
 pub mod health;
+pub mod hooks;
 pub mod http;
 pub mod ids;
 pub mod limits;

@@ -84,6 +84,8 @@ pub struct LimitsConfig {
     pub code_confirmations_per_email: Rate,
     /// `POST /api/v1/tokens` per application.
     pub tokens_per_app: Rate,
+    /// Messages posted through one incoming webhook.
+    pub incoming_webhook_posts: Rate,
     /// Failed HTTP Basic attempts per application id; past it every
     /// attempt of that id is refused for a while.
     pub basic_failures_per_app: Rate,
@@ -117,6 +119,7 @@ impl Default for LimitsConfig {
             code_requests_per_ip: Rate::new(30, 60 * 60),
             code_confirmations_per_email: Rate::new(10, 60 * 60),
             tokens_per_app: Rate::new(10_000, 60),
+            incoming_webhook_posts: Rate::new(60, 60),
             basic_failures_per_app: Rate::new(20, 60),
             basic_failures_per_ip: Rate::new(20, 60),
             ws_connects_per_user: Rate::new(60, 60),
@@ -134,7 +137,7 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     /// Every limit with its setting name, for validation.
     #[must_use]
-    pub fn named(&self) -> [(&'static str, Rate); 14] {
+    pub fn named(&self) -> [(&'static str, Rate); 15] {
         [
             (
                 "limits.code_requests_per_email",
@@ -146,6 +149,7 @@ impl LimitsConfig {
                 self.code_confirmations_per_email,
             ),
             ("limits.tokens_per_app", self.tokens_per_app),
+            ("limits.incoming_webhook_posts", self.incoming_webhook_posts),
             ("limits.basic_failures_per_app", self.basic_failures_per_app),
             ("limits.basic_failures_per_ip", self.basic_failures_per_ip),
             ("limits.ws_connects_per_user", self.ws_connects_per_user),
@@ -281,6 +285,7 @@ pub struct Limits {
     /// Failed code confirmations per (normalised) e-mail address.
     pub code_confirmations_per_email: FailureGate<String>,
     tokens_per_app: Keyed<AppId>,
+    incoming_webhook_posts: Keyed<crate::ids::WebhookId>,
     /// Failed HTTP Basic attempts per application id.
     pub basic_failures_per_app: FailureGate<AppId>,
     /// Failed HTTP Basic attempts per client IP.
@@ -313,6 +318,10 @@ impl Limits {
                 config.code_confirmations_per_email,
             ),
             tokens_per_app: Keyed::new("tokens_per_app", config.tokens_per_app),
+            incoming_webhook_posts: Keyed::new(
+                "incoming_webhook_posts",
+                config.incoming_webhook_posts,
+            ),
             basic_failures_per_app: FailureGate::new(
                 "basic_failures_per_app",
                 config.basic_failures_per_app,
@@ -347,6 +356,14 @@ impl Limits {
     /// [`RateLimited`].
     pub fn token(&self, app: AppId) -> Result<(), RateLimited> {
         counted(self.tokens_per_app.check(&app))
+    }
+
+    /// A message posted through incoming webhook `hook`.
+    ///
+    /// # Errors
+    /// [`RateLimited`].
+    pub fn webhook_post(&self, hook: crate::ids::WebhookId) -> Result<(), RateLimited> {
+        counted(self.incoming_webhook_posts.check(&hook))
     }
 
     /// A WebSocket connection attempt from `ip`, before its credentials are
@@ -394,6 +411,7 @@ impl Limits {
         self.code_requests_per_ip.tidy();
         self.code_confirmations_per_email.tidy();
         self.tokens_per_app.tidy();
+        self.incoming_webhook_posts.tidy();
         self.basic_failures_per_app.tidy();
         self.basic_failures_per_ip.tidy();
         self.ws_connects_per_user.tidy();

@@ -85,6 +85,11 @@ fn people_quote_and_forward_messages() {
 }
 
 #[test]
+fn a_message_posted_through_a_webhook_shows_as_the_bots() {
+    run("webhooks.mjs");
+}
+
+#[test]
 fn the_page_reconnects_after_a_server_restart_and_shows_what_it_missed() {
     run("restart.mjs");
 }

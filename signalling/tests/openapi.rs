@@ -45,6 +45,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/demo"),
     ("post", "/api/v1/demo/sessions"),
     ("get", "/api/v1/audit"),
+    ("post", "/api/v1/conversations/{conversation_id}/webhooks"),
+    ("get", "/api/v1/conversations/{conversation_id}/webhooks"),
+    ("delete", "/api/v1/webhooks/{webhook_id}"),
+    ("post", "/api/v1/hooks/{token}"),
 ];
 
 #[tokio::test]

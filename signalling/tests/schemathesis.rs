@@ -124,6 +124,9 @@ struct Ids {
     locked_user: String,
     signed_out: String,
     deleted_file: String,
+    /// An incoming webhook's token, and a webhook to revoke.
+    hook_token: String,
+    revoked_hook: String,
 }
 
 /// `expires` and `signature` of a signed URL.
@@ -186,6 +189,21 @@ impl Ids {
         let download = Signed::of(ticket["url"].as_str().unwrap());
         let preview = Signed::of(ticket["preview_url"].as_str().unwrap());
         let deleted = upload_file(server, &user_token, &conversation, b"deleted").await;
+        let hook = |name: &'static str| {
+            let conversation = conversation.clone();
+            let app = &app;
+            async move {
+                json(
+                    server
+                        .post(&format!("/api/v1/conversations/{conversation}/webhooks"))
+                        .basic_auth(&app.id, Some(&app.secret))
+                        .json(&json!({"name": name})),
+                )
+                .await
+            }
+        };
+        let kept = hook("kept").await;
+        let revoked = hook("revoked").await;
         let ticket = json(
             server
                 .post(&format!("/api/v1/conversations/{conversation}/files"))
@@ -210,6 +228,14 @@ impl Ids {
             locked_user,
             signed_out,
             deleted_file: deleted["id"].as_str().unwrap().to_owned(),
+            hook_token: kept["url"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_owned(),
+            revoked_hook: revoked["webhook"]["id"].as_str().unwrap().to_owned(),
         }
     }
 
@@ -288,6 +314,18 @@ impl Ids {
                 "path.user_id",
                 &self.locked_user,
             ),
+            (
+                "DELETE",
+                "/api/v1/webhooks/{webhook_id}",
+                "path.webhook_id",
+                &self.revoked_hook,
+            ),
+            (
+                "POST",
+                "/api/v1/hooks/{token}",
+                "path.token",
+                &self.hook_token,
+            ),
         ] {
             operation(&mut toml, method, path);
             parameters(&mut toml, "[operations.parameters]", &[(name, value)]);
@@ -320,9 +358,14 @@ impl Ids {
         // request's size against the file size limit and quota, the bytes
         // against the size and SHA-256 declared (`413 file_too_large`,
         // `400 upload_size_mismatch`): no schema can say that.
+        // Likewise a webhook's message needs text, data or buttons (the
+        // schema has each optional), and the audit log's times are RFC
+        // 3339, of which `date-time` strings are a wider set (leap seconds).
         for (method, path) in [
             ("POST", "/api/v1/conversations/{conversation_id}/files"),
             ("PUT", "/api/v1/files/{file_id}/content"),
+            ("POST", "/api/v1/hooks/{token}"),
+            ("GET", "/api/v1/audit"),
         ] {
             operation(&mut toml, method, path);
             writeln!(

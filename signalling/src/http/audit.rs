@@ -25,12 +25,16 @@ pub struct AuditParams {
     /// Only this action, e.g. `application.secret_rotated`.
     pub action: Option<String>,
     /// Only entries at or after this RFC 3339 time.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// Only entries before this RFC 3339 time.
+    #[param(format = DateTime)]
     pub to: Option<String>,
     /// The `next` of the previous page.
-    pub before: Option<u64>,
+    #[param(minimum = 1)]
+    pub before: Option<i64>,
     /// At most this many (1 to 200, default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
 }
 
@@ -114,7 +118,15 @@ pub async fn audit_log(
         action: p.action,
         from: time("from", p.from.as_deref())?,
         to: time("to", p.to.as_deref())?,
-        before_id: p.before,
+        before_id: p
+            .before
+            .map(|b| {
+                u64::try_from(b)
+                    .ok()
+                    .filter(|b| *b >= 1)
+                    .ok_or_else(|| Error::InvalidRequest("before: a positive number".to_owned()))
+            })
+            .transpose()?,
     };
     let limit = p.limit.unwrap_or(50);
     let entries = services.audit_log(subscriber.id, &query, limit).await?;

@@ -22,7 +22,7 @@ use crate::server::Services;
 
 /// This server's URL as the client reached it: `files.public_url`, or
 /// `http://` (`https://` with `[tls]`) and the request's `Host`.
-fn base_url(services: &Services, headers: &HeaderMap) -> String {
+pub(super) fn base_url(services: &Services, headers: &HeaderMap) -> String {
     if let Some(url) = &services.config.files.public_url {
         return url.clone();
     }

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod error;
 pub mod extract;
 pub mod files;
+pub mod hooks;
 pub mod ops;
 pub mod realtime;
 pub mod tenancy;
@@ -41,6 +42,7 @@ use crate::server::Services;
         (name = "applications", description = "Managing registered applications"),
         (name = "users", description = "User tokens and the application's users"),
         (name = "files", description = "Attachments: upload and download through signed URLs"),
+        (name = "webhooks", description = "Incoming webhooks: secret URLs that post into a conversation as the application's bot"),
         (name = "demo", description = "The web client's demo application (loopback only by default)"),
     )
 )]
@@ -97,6 +99,9 @@ fn api_router() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(files::get_file, files::discard_file))
         .routes(routes!(files::get_content, files::put_content))
         .routes(routes!(files::get_preview))
+        .routes(routes!(hooks::create_hook, hooks::list_hooks))
+        .routes(routes!(hooks::revoke_hook))
+        .routes(routes!(hooks::post_via_hook))
         .routes(routes!(web::demo_info))
         .routes(routes!(web::demo_sign_in))
 }

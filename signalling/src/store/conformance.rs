@@ -25,7 +25,9 @@ mod copies;
 mod marks;
 mod threads;
 
-use audit::the_audit_log_appends_filters_pages_and_prunes;
+use audit::{
+    incoming_webhooks_are_found_listed_and_revoked, the_audit_log_appends_filters_pages_and_prunes,
+};
 use copies::a_forward_refers_to_files_it_does_not_take;
 use marks::reactions_and_pins_count_in_their_transaction;
 use threads::threads_page_count_and_follow;
@@ -58,6 +60,7 @@ macro_rules! conformance {
                 threads_page_count_and_follow,
                 a_forward_refers_to_files_it_does_not_take,
                 the_audit_log_appends_filters_pages_and_prunes,
+                incoming_webhooks_are_found_listed_and_revoked,
             );
         }
     };

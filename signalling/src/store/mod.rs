@@ -18,12 +18,14 @@ pub mod audit;
 #[cfg(test)]
 mod conformance;
 pub mod files;
+pub mod hooks;
 pub mod marks;
 pub mod messaging;
 pub mod pg;
 mod pg_audit;
 mod pg_error;
 mod pg_files;
+mod pg_hooks;
 mod pg_marks;
 mod pg_message_writes;
 mod pg_messaging;
@@ -35,6 +37,7 @@ pub mod sqlite;
 mod sqlite_audit;
 mod sqlite_error;
 mod sqlite_files;
+mod sqlite_hooks;
 mod sqlite_marks;
 mod sqlite_message_writes;
 mod sqlite_messaging;
@@ -272,7 +275,7 @@ pub struct SubscriberSession {
 
 /// Everything the server persists.
 #[async_trait]
-pub trait Store: audit::AuditStore + Send + Sync + std::fmt::Debug {
+pub trait Store: audit::AuditStore + hooks::HookStore + Send + Sync + std::fmt::Debug {
     /// A trivial query and the smallest write, for health checks: an
     /// error when either fails, [`StoreError::WritesRefused`] while
     /// writes are refused (a full disk).

@@ -273,6 +273,7 @@ pub fn unlimited_config(data_dir: &Path) -> SignallingConfig {
             code_requests_per_ip: off,
             code_confirmations_per_email: off,
             tokens_per_app: off,
+            incoming_webhook_posts: off,
             basic_failures_per_app: off,
             basic_failures_per_ip: off,
             ..LimitsConfig::default()

@@ -469,7 +469,7 @@ pub async fn me(auth: UserAuth) -> Json<UserView> {
 /// contextual conversation.
 #[utoipa::path(put, path = "/api/v1/users/{user_id}/contexts/{context}", tag = "users",
     params(("user_id" = UserId, Path, description = "User id"),
-           ("context" = String, Path, description = "The object reference, URL-encoded")),
+           ("context" = String, Path, description = "The object reference, URL-encoded; not only spaces", pattern = r"\S")),
     security(("application" = [])),
     responses(
         (status = 204, description = "Granted"),
@@ -490,7 +490,7 @@ pub async fn grant_context(
 /// Withdraws a grant; the user leaves the object's conversation at once.
 #[utoipa::path(delete, path = "/api/v1/users/{user_id}/contexts/{context}", tag = "users",
     params(("user_id" = UserId, Path, description = "User id"),
-           ("context" = String, Path, description = "The object reference, URL-encoded")),
+           ("context" = String, Path, description = "The object reference, URL-encoded; not only spaces", pattern = r"\S")),
     security(("application" = [])),
     responses(
         (status = 204, description = "Withdrawn"),

@@ -125,3 +125,69 @@ pub(in crate::store) async fn the_audit_log_appends_filters_pages_and_prunes(
         1
     );
 }
+
+/// Incoming webhooks: found by their token's digest, listed per
+/// conversation, revoked once and by their own application only.
+pub(in crate::store) async fn incoming_webhooks_are_found_listed_and_revoked(
+    store: Arc<dyn Backend>,
+) {
+    use crate::ids::WebhookId;
+    use crate::store::hooks::IncomingWebhook;
+    let conversation = super::group_of_the_app(&*store).await;
+    let hook = IncomingWebhook {
+        id: WebhookId::random(),
+        app_id: conversation.app_id,
+        conversation_id: conversation.id,
+        name: "ci".to_owned(),
+        token_digest: "d1".to_owned(),
+        created_at: Timestamp(5),
+        revoked_at: None,
+    };
+    store.create_hook(&hook).await.unwrap();
+    assert_eq!(
+        store.hook_by_digest("d1").await.unwrap(),
+        Some(hook.clone())
+    );
+    assert_eq!(store.hook_by_digest("d2").await.unwrap(), None);
+    assert_eq!(
+        store
+            .hooks_of(conversation.app_id, conversation.id)
+            .await
+            .unwrap(),
+        std::slice::from_ref(&hook)
+    );
+    assert!(
+        store
+            .hooks_of(AppId::random(), conversation.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !store
+            .revoke_hook(AppId::random(), hook.id, Timestamp(6))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .revoke_hook(conversation.app_id, hook.id, Timestamp(6))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_hook(conversation.app_id, hook.id, Timestamp(7))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .hook_by_digest("d1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(Timestamp(6))
+    );
+}
