@@ -1,7 +1,9 @@
 //! The audit log: every administrative action — a registration, a
 //! subscriber's sign-in and sign-out, an application renamed, its secret
 //! rotated or the application unregistered, a user locked or unlocked, a
-//! grant added or withdrawn — appended with who did it, when, from which
+//! grant added or withdrawn, an incoming webhook made or revoked, a
+//! conversation made or its members changed by the application's bot —
+//! appended with who did it, when, from which
 //! address and to what, in the log of the subscriber that owns it.
 //!
 //! An entry is written once the action has succeeded; the action is not
@@ -11,12 +13,14 @@
 //! deletes old ones.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::ids::{AppId, SubscriberId};
+use crate::ids::{AppId, Clock, SubscriberId};
 use crate::server::Services;
+use crate::store::Store;
 use crate::store::audit::{AuditEntry, AuditQuery};
 use crate::tenancy::Actor;
 
@@ -102,24 +106,66 @@ impl Audited {
     }
 }
 
+/// Where a WebSocket session records what the application's bot
+/// changes (conversations it makes, members it adds or removes): the
+/// store, the clock and the client's address.
+#[derive(Clone)]
+pub struct AuditSink {
+    /// The store that keeps the log.
+    pub store: Arc<dyn Store>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// The client's address.
+    pub ip: Option<IpAddr>,
+}
+
+impl std::fmt::Debug for AuditSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSink")
+            .field("ip", &self.ip)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditSink {
+    /// Appends an action (see the module's docs for a failure).
+    pub async fn record(&self, what: Audited) {
+        append(&*self.store, &*self.clock, what, self.ip).await;
+    }
+}
+
+async fn append(store: &dyn Store, clock: &dyn Clock, what: Audited, ip: Option<IpAddr>) {
+    let entry = AuditEntry {
+        id: 0,
+        at: clock.now(),
+        subscriber_id: what.subscriber_id,
+        app_id: what.app_id,
+        actor: what.actor,
+        action: what.action.to_owned(),
+        target: what.target,
+        source_ip: ip.map(|ip| ip.to_string()),
+        details: what.details,
+    };
+    if let Err(e) = store.append_audit(&entry).await {
+        metrics::counter!("audit_write_failures_total").increment(1);
+        tracing::error!(error = %e, action = entry.action, "recording an audit entry failed");
+    }
+}
+
 impl Services {
     /// Appends an administrative action to its subscriber's audit log
     /// (see the module's docs for a failure).
     pub async fn audit(&self, what: Audited, ip: Option<IpAddr>) {
-        let entry = AuditEntry {
-            id: 0,
-            at: self.clock.now(),
-            subscriber_id: what.subscriber_id,
-            app_id: what.app_id,
-            actor: what.actor,
-            action: what.action.to_owned(),
-            target: what.target,
-            source_ip: ip.map(|ip| ip.to_string()),
-            details: what.details,
-        };
-        if let Err(e) = self.store.append_audit(&entry).await {
-            metrics::counter!("audit_write_failures_total").increment(1);
-            tracing::error!(error = %e, action = entry.action, "recording an audit entry failed");
+        append(&*self.store, &*self.clock, what, ip).await;
+    }
+
+    /// Where a session from `ip` records its bot's changes.
+    #[must_use]
+    pub fn audit_sink(&self, ip: Option<IpAddr>) -> AuditSink {
+        AuditSink {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            ip,
         }
     }
 

@@ -192,3 +192,47 @@ async fn administrative_actions_are_recorded_and_read_by_their_subscriber_only()
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_bots_membership_changes_are_recorded_and_users_are_not() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("bot-audit@example.com", "ERP").await;
+    let (t1, u1) = user_token(&server, &app, "ann", &[]).await;
+    let (_, u2) = user_token(&server, &app, "bob", &[]).await;
+    let mut bot = common::Ws::connect_bot(&server, &app).await;
+    let conv = bot
+        .request(json!({"type": "create_conversation", "title": "Orders", "members": [u1], "is_group": true}))
+        .await["conversation"]["id"]
+        .clone();
+    bot.request(json!({"type": "add_members", "conversation_id": conv, "members": [u2]}))
+        .await;
+    bot.request(json!({"type": "remove_member", "conversation_id": conv, "user_id": u1}))
+        .await;
+    // A user's own changes are not administrative: nothing recorded.
+    let mut ann = common::Ws::connect(&server, &t1, None).await;
+    ann.request(json!({"type": "create_conversation", "title": "mine", "members": [u2]}))
+        .await;
+
+    let session = server.sign_in("bot-audit@example.com").await;
+    let log = page(&server, &session, "?limit=4").await;
+    assert_eq!(
+        actions(&log),
+        [
+            "subscriber.signed_in",
+            "conversation.member_removed",
+            "conversation.members_added",
+            "conversation.created",
+        ]
+    );
+    let target = format!("conversation:{}", conv.as_str().unwrap());
+    let by_app = format!("application:{}", app.id);
+    for e in &log["entries"].as_array().unwrap()[1..] {
+        assert_eq!(e["actor"], by_app.as_str(), "{e}");
+        assert_eq!(e["target"], target.as_str(), "{e}");
+        assert_eq!(e["source_ip"], "127.0.0.1", "{e}");
+    }
+    assert_eq!(log["entries"][1]["details"], json!({"user_id": u1}));
+    assert_eq!(log["entries"][2]["details"], json!({"members": [u2]}));
+    assert_eq!(log["entries"][3]["details"]["title"], "Orders");
+    server.stop().await;
+}

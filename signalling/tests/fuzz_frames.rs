@@ -388,6 +388,7 @@ fn every_client_frame_gets_one_documented_answer() {
                 since: None,
                 until: None,
                 limits: FrameLimits::unlimited(),
+                audit: None,
             },
         ));
         let mut session = Session {

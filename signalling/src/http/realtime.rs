@@ -117,11 +117,16 @@ async fn prepare(
         Who::App => services.limits.bot_frames(),
         Who::User { .. } => services.limits.frames(),
     };
+    // Only the bot's changes are recorded: a session of a user records
+    // nothing.
+    let audit = matches!(caller.who, Who::App)
+        .then(|| services.audit_sink(super::extract::client_ip(parts)));
     Ok(Admitted {
         caller,
         since: query.since,
         until,
         limits,
+        audit,
     })
 }
 

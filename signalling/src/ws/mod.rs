@@ -134,6 +134,9 @@ pub struct Admitted {
     pub until: Option<Duration>,
     /// The connection's frame limits.
     pub limits: FrameLimits,
+    /// Where the bot's membership changes are recorded (none: not
+    /// recorded, as in tests of the session alone).
+    pub audit: Option<crate::audit::AuditSink>,
 }
 
 /// Runs one session until it ends.
@@ -155,6 +158,7 @@ where
         since,
         until,
         limits,
+        audit,
     } = admitted;
     let mut sink = Watched::new(sink);
     let user_id = caller.participant();
@@ -175,6 +179,7 @@ where
         device,
         limits,
         expires_at: until.map(|d| Instant::now() + d),
+        audit,
     });
     let mut ended = session(&mut sink, &mut stream, &context, since, &mut subscription).await;
     // A send that never completed (as opposed to one that failed) means
@@ -269,6 +274,8 @@ struct Context {
     limits: FrameLimits,
     /// When the credentials end.
     expires_at: Option<Instant>,
+    /// Where the bot's membership changes are recorded.
+    audit: Option<crate::audit::AuditSink>,
 }
 
 async fn session<S, R, E>(

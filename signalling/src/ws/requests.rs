@@ -132,6 +132,23 @@ pub(super) async fn handle_text(context: &Context, text: &str) -> String {
     }
 }
 
+/// Records a change the application's bot made to a conversation's
+/// membership in the audit log (a user's session records nothing).
+async fn bot_changed(
+    context: &Context,
+    action: &'static str,
+    conversation: ConversationId,
+    details: Value,
+) {
+    if let Some(sink) = &context.audit {
+        let app = &context.caller.app;
+        let what =
+            crate::audit::Audited::by_app_on(app, action, format!("conversation:{conversation}"))
+                .with(details);
+        sink.record(what).await;
+    }
+}
+
 pub(super) async fn answer(context: &Context, request: Request) -> Result<ServerFrame, Error> {
     let messaging = &context.messaging;
     let caller = &context.caller;
@@ -207,6 +224,8 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
             all_users,
             key,
         } => {
+            let details = serde_json::json!({"title": title, "members": members,
+                "all_users": all_users});
             let c = messaging
                 .create_conversation(
                     caller,
@@ -220,6 +239,7 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
                     },
                 )
                 .await?;
+            bot_changed(context, "conversation.created", c.id, details).await;
             ServerFrame::ack(Ack {
                 conversation: Some(ConversationView::of(&c, None)),
                 ..Ack::of(id)
@@ -233,6 +253,13 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
             let c = messaging
                 .add_members(caller, conversation_id, &members)
                 .await?;
+            bot_changed(
+                context,
+                "conversation.members_added",
+                conversation_id,
+                serde_json::json!({"members": members}),
+            )
+            .await;
             ServerFrame::ack(Ack {
                 conversation: Some(ConversationView::of(&c, None)),
                 ..Ack::of(id)
@@ -247,6 +274,13 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
                 .remove_member(caller, conversation_id, user_id)
                 .await?;
             calls.member_removed(conversation_id, user_id).await;
+            bot_changed(
+                context,
+                "conversation.member_removed",
+                conversation_id,
+                serde_json::json!({"user_id": user_id}),
+            )
+            .await;
             ServerFrame::ack(Ack::of(id))
         }
         Request::OpenContext { id, context, title } => {

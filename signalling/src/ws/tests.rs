@@ -56,6 +56,7 @@ impl Harness {
             since: None,
             until: None,
             limits: FrameLimits::unlimited(),
+            audit: None,
         };
         let session = tokio::spawn(run(sink, stream, messaging, bus.clone(), calls, admitted));
         let welcome = out.next().await.unwrap();
