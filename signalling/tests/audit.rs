@@ -166,6 +166,25 @@ async fn administrative_actions_are_recorded_and_read_by_their_subscriber_only()
     let r = page(&server, &other, &format!("?app_id={}", app.id)).await;
     assert_eq!(r["entries"], json!([]));
 
+    // A wrong sign-in code for the address is recorded (and the answer
+    // says no more than before).
+    server
+        .post("/api/v1/subscriber/sessions")
+        .json(&json!({"email": "auditor@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    let r = server
+        .post("/api/v1/subscriber/sessions/confirm")
+        .json(&json!({"email": "auditor@example.com", "code": "000000"}))
+        .send()
+        .await
+        .unwrap();
+    common::expect_error(r, StatusCode::FORBIDDEN, "access_denied").await;
+    let failed = page(&server, &session, "?limit=1").await;
+    assert_eq!(actions(&failed), ["subscriber.sign_in_failed"]);
+    assert_eq!(failed["entries"][0]["source_ip"], "127.0.0.1");
+
     // Signing out and unregistering are recorded too.
     let r = server
         .delete(&format!("/api/v1/applications/{}", app.id))

@@ -169,10 +169,24 @@ pub async fn confirm_sign_in(
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<SignInConfirm>,
 ) -> Result<(StatusCode, Json<SessionView>), Error> {
-    let session = confirming(&services, &body.email, || {
+    let confirmed = confirming(&services, &body.email, || {
         services.tenancy.confirm_sign_in(&body.email, &body.code)
     })
-    .await?;
+    .await;
+    // A wrong code for a subscriber's address is in its log (one for no
+    // subscriber is in nobody's).
+    if let Err(Error::AccessDenied) = &confirmed
+        && let Ok(email) = crate::tenancy::normalize_email(&body.email)
+        && let Ok(Some(subscriber)) = services.store.subscriber_by_email(&email).await
+    {
+        services
+            .audit(
+                subscriber_action(subscriber.id, "subscriber.sign_in_failed"),
+                ip,
+            )
+            .await;
+    }
+    let session = confirmed?;
     services
         .audit(
             subscriber_action(session.subscriber.id, "subscriber.signed_in"),
