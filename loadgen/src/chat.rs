@@ -21,13 +21,13 @@ use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use rand::Rng;
-use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::client::{CaughtUp, Conn, Shared, Tally};
 use crate::measure::{self, Percentiles, ProcWatch, ServerUse, histogram, micros_since};
 use crate::plan::{Mix, kind_of, plan};
 use crate::report;
+pub use crate::report::{ChatReport, ReactionReport, ServerReport, StormReport};
 
 /// Arguments of `loadgen chat`.
 #[derive(Debug, Clone, clap::Args)]
@@ -72,108 +72,8 @@ pub struct ChatArgs {
     pub common: crate::args::Common,
 }
 
-/// The chat part of `report.json`.
-#[derive(Debug, Serialize)]
-pub struct ChatReport {
-    /// `chat`.
-    pub mode: &'static str,
-    /// The command line.
-    pub command: String,
-    /// Target.
-    pub target: String,
-    /// Users asked for.
-    pub users: usize,
-    /// Users connected.
-    pub connected: usize,
-    /// Conversations by size.
-    pub conversations: Vec<(usize, usize)>,
-    /// Connect time to `welcome`.
-    pub connect_ms: Percentiles,
-    /// Seconds of sending.
-    pub duration_s: f64,
-    /// Messages queued for sending.
-    pub sent: u64,
-    /// Messages the server acknowledged.
-    pub acked: u64,
-    /// Sends refused by the server.
-    pub send_errors: u64,
-    /// Sends not queued because the connection's queue was full.
-    pub backlogged: u64,
-    /// Deliveries expected (acknowledged messages × members).
-    pub expected: u64,
-    /// Deliveries counted once.
-    pub delivered: u64,
-    /// Expected deliveries that never arrived.
-    pub lost: u64,
-    /// Deliveries that arrived twice.
-    pub duplicated: u64,
-    /// Deliveries per second while sending.
-    pub deliveries_per_sec: f64,
-    /// Delivery latency.
-    pub latency_ms: Percentiles,
-    /// Delivery latency by the kind of conversation delivered in
-    /// (`direct`, `group`, `channel`): whether large conversations slow
-    /// small ones.
-    pub latency_by_kind_ms: std::collections::BTreeMap<&'static str, Percentiles>,
-    /// The server process, if `--server-pid` was given.
-    pub server: Option<ServerReport>,
-    /// The reconnect storm, if asked for.
-    pub reconnect_storm: Option<StormReport>,
-    /// Reactions, when the mix has them.
-    pub reactions: Option<ReactionReport>,
-    /// Messages sent as replies in a thread (counted with the others in
-    /// `sent`), when the mix has them.
-    pub replies: Option<u64>,
-}
-
-/// What `--mix …,reactions=F` did.
-#[derive(Debug, Default, Serialize)]
-pub struct ReactionReport {
-    /// Reactions sent.
-    pub sent: u64,
-    /// Acknowledged (a repeat of one already there too, unchanged).
-    pub acked: u64,
-    /// Refused.
-    pub refused: u64,
-    /// Reaction events received, by everyone.
-    pub events: u64,
-}
-
 /// The reactions `loadgen chat` sends, in turn.
 const REACTIONS: [&str; 5] = ["👍", "🎉", "👀", "✅", "❤️"];
-
-/// The server's use of the machine.
-#[derive(Debug, Serialize)]
-pub struct ServerReport {
-    /// CPU and memory while the run lasted.
-    #[serde(flatten)]
-    pub usage: ServerUse,
-    /// Resident memory before any connection, KiB.
-    pub rss_before_kib: u64,
-    /// Resident memory with every user connected and idle, KiB.
-    pub rss_idle_kib: u64,
-    /// (idle − before) / connections, KiB.
-    pub kib_per_idle_connection: f64,
-    /// One sample per second.
-    pub samples: Vec<measure::ProcSample>,
-}
-
-/// The reconnect storm.
-#[derive(Debug, Serialize)]
-pub struct StormReport {
-    /// Connections dropped at once.
-    pub clients: usize,
-    /// Clients that reconnected (got `welcome`).
-    pub resumed: usize,
-    /// Clients that received the message posted while they were away.
-    pub caught_up: usize,
-    /// Seconds from the first reconnect until every client resumed.
-    pub resumed_s: f64,
-    /// Seconds from the first reconnect until every client caught up.
-    pub caught_up_s: f64,
-    /// Clients that never caught up.
-    pub lost: usize,
-}
 
 #[derive(Debug, Clone)]
 struct App {
