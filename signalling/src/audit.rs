@@ -62,25 +62,6 @@ impl Audited {
         }
     }
 
-    /// An action of application `app` (owned by `subscriber`) on one of
-    /// its users.
-    #[must_use]
-    pub fn by_app(
-        subscriber: SubscriberId,
-        app: AppId,
-        action: &'static str,
-        user: crate::ids::UserId,
-    ) -> Self {
-        Self {
-            subscriber_id: subscriber,
-            app_id: Some(app),
-            actor: format!("application:{app}"),
-            action,
-            target: Some(format!("user:{user}")),
-            details: None,
-        }
-    }
-
     /// An action of application `app` on something of its own (`target`).
     #[must_use]
     pub fn by_app_on(

@@ -294,29 +294,6 @@ impl Messaging {
         self.emit(&[bot_id(caller.app.id)], payload, None).await
     }
 
-    /// A page of history the caller may see (messages addressed to others
-    /// are left out).
-    ///
-    /// # Errors
-    /// As [`Self::readable`]; `invalid_request` for a `limit` outside 1 to
-    /// [`MAX_PAGE`].
-    pub async fn history(
-        &self,
-        caller: &Caller,
-        id: ConversationId,
-        after: Option<u64>,
-        before: Option<u64>,
-        limit: u32,
-    ) -> Result<Vec<StoredMessage>, Error> {
-        check_page(limit)?;
-        self.readable(caller, id).await?;
-        let messages = self.store.history(id, after, before, limit).await?;
-        Ok(messages
-            .into_iter()
-            .filter(|m| visible_to(m, caller))
-            .collect())
-    }
-
     /// Moves the caller's read mark.
     ///
     /// # Errors

@@ -64,7 +64,7 @@ impl Messaging {
     }
 
     /// Makes `body` a reply in the thread of `target` (see
-    /// [`Self::thread_root`]); a reply goes to every member.
+    /// `thread_root`); a reply goes to every member.
     pub(super) async fn as_reply(
         &self,
         caller: &Caller,
@@ -176,12 +176,15 @@ impl Messaging {
         self.views_across(caller, &kept).await
     }
 
-    /// A page of a conversation's history: every message, those that are
+    /// A page of a conversation's history the caller may see (messages
+    /// addressed to others are left out): every message, those that are
     /// not replies (`top_level`), or the replies of one thread (`thread`,
     /// any of its messages).
     ///
     /// # Errors
-    /// As [`Self::history`]; as [`Self::thread_root`] for `thread`.
+    /// As [`Self::readable`]; `invalid_request` for a `limit` outside 1 to
+    /// [`MAX_PAGE`] or both `thread` and `top_level`; as
+    /// `thread_root` for `thread`.
     #[allow(clippy::too_many_arguments)]
     pub async fn history_in(
         &self,
@@ -219,7 +222,7 @@ impl Messaging {
     /// `read` event naming the thread.
     ///
     /// # Errors
-    /// As [`Self::readable`] and [`Self::thread_root`]; `invalid_request`
+    /// As [`Self::readable`] and `thread_root`; `invalid_request`
     /// for the application.
     pub async fn mark_thread_read(
         &self,
@@ -254,7 +257,7 @@ impl Messaging {
     /// Follows a thread (or stops).
     ///
     /// # Errors
-    /// As [`Self::readable`] and [`Self::thread_root`].
+    /// As [`Self::readable`] and `thread_root`.
     pub async fn follow(
         &self,
         caller: &Caller,

@@ -261,7 +261,7 @@ pub struct Posted {
 }
 
 /// What a message carries besides its body, added or withdrawn with its
-/// event in one transaction ([`MessageStore::mark_then`]).
+/// event in one transaction ([`MarkStore::mark_then`](super::marks::MarkStore::mark_then)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mark {
     /// A user's reaction; a message holds at most `limit` distinct ones.
@@ -298,7 +298,7 @@ pub struct MarkChange {
     pub on: bool,
 }
 
-/// What [`MessageStore::mark_then`] did.
+/// What [`MarkStore::mark_then`](super::marks::MarkStore::mark_then) did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Marked {
     /// The mark changed and its event was written: `count` is, after the

@@ -438,7 +438,7 @@ pub async fn lock_user(
     PathId(id): PathId<UserId>,
 ) -> Result<Json<UserView>, Error> {
     let user = services.tenancy.set_locked(&app, id, true).await?;
-    let what = Audited::by_app(app.subscriber_id, app.id, "user.locked", user.id);
+    let what = Audited::by_app_on(&app, "user.locked", format!("user:{}", user.id));
     services.audit(what, ip).await;
     services.end_sessions_of_user(user.id).await;
     Ok(Json(UserView::from(&user)))
@@ -460,7 +460,7 @@ pub async fn unlock_user(
     PathId(id): PathId<UserId>,
 ) -> Result<Json<UserView>, Error> {
     let user = services.tenancy.set_locked(&app, id, false).await?;
-    let what = Audited::by_app(app.subscriber_id, app.id, "user.unlocked", user.id);
+    let what = Audited::by_app_on(&app, "user.unlocked", format!("user:{}", user.id));
     services.audit(what, ip).await;
     Ok(Json(UserView::from(&user)))
 }
@@ -552,7 +552,7 @@ async fn set_grant(
     } else {
         "grant.removed"
     };
-    let what = Audited::by_app(app.subscriber_id, app.id, action, user)
+    let what = Audited::by_app_on(app, action, format!("user:{user}"))
         .with(serde_json::json!({"context": context}));
     services.audit(what, ip).await;
     Ok(StatusCode::NO_CONTENT)
