@@ -76,6 +76,15 @@ uuid_id!(
     WebhookId
 );
 uuid_id!(
+    /// An outgoing webhook endpoint: a URL an application's events are
+    /// posted to.
+    EndpointId
+);
+uuid_id!(
+    /// One event's delivery to one outgoing webhook endpoint.
+    DeliveryId
+);
+uuid_id!(
     /// A file attached (or being uploaded to attach) to a message.
     FileId
 );

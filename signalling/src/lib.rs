@@ -56,6 +56,7 @@ pub mod ids;
 pub mod limits;
 pub mod mail;
 pub mod messaging;
+pub mod outbox;
 pub mod proto;
 pub mod server;
 pub mod store;

@@ -52,6 +52,8 @@ pub struct Services {
     pub calls: Arc<Calls>,
     /// Attachments.
     pub files: Arc<Files>,
+    /// Outgoing webhook deliveries.
+    pub outbox: Arc<crate::outbox::Outbox>,
     /// The last health report (`/healthz`).
     pub health: crate::health::HealthCache,
     /// Rate limits shared by every request.
@@ -141,12 +143,20 @@ impl Services {
         } = backends;
         let config = Arc::new(config);
         let limits = Arc::new(crate::limits::Limits::new(&config.limits));
-        let tenancy = Tenancy::new(store.clone(), mailer.clone(), clock.clone(), config.clone());
         let file_garbage = Arc::new(tokio::sync::Notify::new());
         let messaging = Arc::new(
-            Messaging::new(messages, store.clone(), bus.clone(), clock.clone())
+            Messaging::new(messages.clone(), store.clone(), bus.clone(), clock.clone())
                 .with_files(files.clone(), file_garbage.clone()),
         );
+        let tenancy = Tenancy::new(store.clone(), mailer.clone(), clock.clone(), config.clone())
+            .with_messaging(messaging.clone());
+        let outbox = Arc::new(crate::outbox::Outbox::new(
+            store.clone(),
+            messages,
+            clock.clone(),
+            config.webhooks.clone(),
+            messaging.taps().clone(),
+        ));
         let files = Arc::new(Files::new(
             config.files.clone(),
             storage,
@@ -173,6 +183,7 @@ impl Services {
             sfu,
             calls,
             files,
+            outbox,
             limits,
             health: crate::health::HealthCache::default(),
             metrics: metrics_handle(),
@@ -458,6 +469,11 @@ where
                     Ok(n) => tracing::info!(deleted = n, "pruned old audit entries"),
                     Err(e) => tracing::warn!(error = %e, "pruning the audit log failed"),
                 }
+                match services.outbox.prune().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "pruned old webhook deliveries"),
+                    Err(e) => tracing::warn!(error = %e, "pruning webhook deliveries failed"),
+                }
             }
         })
     };
@@ -495,6 +511,7 @@ where
     let call_timers = tokio::spawn(services.calls.clone().run_timers());
     let call_orphans = tokio::spawn(services.calls.clone().sweep_orphans());
     let file_upkeep = tokio::spawn(services.files.clone().run_sweeper());
+    let webhooks = tokio::spawn(services.outbox.clone().run());
     let limits = services.config.http.serve_limits();
     let app = crate::http::app(services);
     let served = confer_sfu::serve::serve(listener, app, PeerAddr, limits, shutdown).await;
@@ -507,6 +524,7 @@ where
     call_timers.abort();
     call_orphans.abort();
     file_upkeep.abort();
+    webhooks.abort();
     tracing::info!("signalling stopped");
     served.context("serving HTTP")
 }

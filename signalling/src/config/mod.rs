@@ -54,6 +54,8 @@ pub struct SignallingConfig {
     pub events: EventConfig,
     /// The audit log of administrative actions.
     pub audit: AuditConfig,
+    /// Outgoing webhooks.
+    pub webhooks: WebhookConfig,
     /// Calls: topology thresholds, ringing, ICE servers.
     pub calls: CallConfig,
     /// The media plane: the SFU workers started in this process.
@@ -84,6 +86,7 @@ impl Default for SignallingConfig {
             subscribers: SubscriberConfig::default(),
             events: EventConfig::default(),
             audit: AuditConfig::default(),
+            webhooks: WebhookConfig::default(),
             calls: CallConfig::default(),
             sfu: SfuSection::default(),
             files: FilesConfig::default(),
@@ -338,6 +341,32 @@ impl SignallingConfig {
             "audit.retention_days",
             self.audit.retention_days.to_string(),
             "1 to 36500",
+        );
+        let hooks = &self.webhooks;
+        check(
+            (1..=100).contains(&hooks.max_attempts),
+            "webhooks.max_attempts",
+            hooks.max_attempts.to_string(),
+            "1 to 100",
+        );
+        check(
+            (10..=3_600_000).contains(&hooks.retry_base_ms)
+                && (1..=7 * 24 * 3600).contains(&hooks.max_backoff_secs),
+            "webhooks.retry_base_ms",
+            format!("{} (max_backoff_secs {})", hooks.retry_base_ms, hooks.max_backoff_secs),
+            "10 to 3600000, and max_backoff_secs 1 to 604800",
+        );
+        check(
+            (1..=120).contains(&hooks.timeout_secs)
+                && (1..=1024).contains(&hooks.concurrency)
+                && (1..=64).contains(&hooks.per_endpoint)
+                && (1..=3650).contains(&hooks.log_retention_days),
+            "webhooks.timeout_secs",
+            format!(
+                "{} (concurrency {}, per_endpoint {}, log_retention_days {})",
+                hooks.timeout_secs, hooks.concurrency, hooks.per_endpoint, hooks.log_retention_days
+            ),
+            "1 to 120; concurrency 1 to 1024, per_endpoint 1 to 64, log_retention_days 1 to 3650",
         );
         let calls = &self.calls;
         check(

@@ -305,6 +305,42 @@ impl Default for AuditConfig {
     }
 }
 
+/// Outgoing webhooks: how deliveries are attempted and retried.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Attempts before a delivery is dead (1 to 100).
+    pub max_attempts: u32,
+    /// Wait before the first retry, in milliseconds; each further retry
+    /// waits twice as long, up to `max_backoff_secs`.
+    pub retry_base_ms: u64,
+    /// Longest wait between two attempts, in seconds.
+    pub max_backoff_secs: u64,
+    /// How long one attempt may take (connect, send, answer), in seconds.
+    pub timeout_secs: u64,
+    /// Attempts in flight at once, over all endpoints.
+    pub concurrency: u32,
+    /// Attempts in flight at once to one endpoint.
+    pub per_endpoint: u32,
+    /// Delivered and dead deliveries are kept this many days in the
+    /// delivery log.
+    pub log_retention_days: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            retry_base_ms: 10_000,
+            max_backoff_secs: 3600,
+            timeout_secs: 10,
+            concurrency: 64,
+            per_endpoint: 4,
+            log_retention_days: 30,
+        }
+    }
+}
+
 /// Calls.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod error;
 pub mod extract;
 pub mod files;
+pub mod endpoints;
 pub mod hooks;
 pub mod ops;
 pub mod realtime;
@@ -42,7 +43,7 @@ use crate::server::Services;
         (name = "applications", description = "Managing registered applications"),
         (name = "users", description = "User tokens and the application's users"),
         (name = "files", description = "Attachments: upload and download through signed URLs"),
-        (name = "webhooks", description = "Incoming webhooks: secret URLs that post into a conversation as the application's bot"),
+        (name = "webhooks", description = "Incoming webhooks (secret URLs that post into a conversation as the application's bot) and outgoing ones (endpoints the application's events are POSTed to, signed)"),
         (name = "demo", description = "The web client's demo application (loopback only by default)"),
     )
 )]
@@ -102,6 +103,10 @@ fn api_router() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(hooks::create_hook, hooks::list_hooks))
         .routes(routes!(hooks::revoke_hook))
         .routes(routes!(hooks::post_via_hook))
+        .routes(routes!(endpoints::create_endpoint, endpoints::list_endpoints))
+        .routes(routes!(endpoints::revoke_endpoint))
+        .routes(routes!(endpoints::deliveries))
+        .routes(routes!(endpoints::retry_delivery))
         .routes(routes!(web::demo_info))
         .routes(routes!(web::demo_sign_in))
 }

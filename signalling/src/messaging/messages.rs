@@ -4,6 +4,7 @@
 use crate::bus::GateKind;
 use crate::error::{Code, Error};
 use crate::ids::{ConversationId, MessageId, UserId};
+use crate::outbox::Kind;
 use crate::store::files::FileState;
 use crate::store::messaging::{
     Attachment, Author, MessageBody, NewMessage, PreviewSize, StoredMessage,
@@ -86,6 +87,9 @@ impl Messaging {
         }
         self.check_mentions(conversation, &mut body, &notify)
             .await?;
+        let tapped = self
+            .tap(caller.app.id, &[Kind::Message, Kind::Call], &mut notify)
+            .await;
         let mentioned = body.mentions.clone();
         let thread = body.thread_seq;
         let new = NewMessage {
@@ -105,6 +109,9 @@ impl Messaging {
             .store
             .post_then(&new, &notify, event, now, deliver)
             .await?;
+        if tapped {
+            self.taps.written();
+        }
         if joins.is_some() {
             self.membership_changed(id);
         }
@@ -238,10 +245,13 @@ impl Messaging {
                 true
             }
         };
-        let notify = match &stored.body.recipients {
+        let mut notify = match &stored.body.recipients {
             Some(r) => r.clone(),
             None => self.audience(&conversation).await?,
         };
+        let tapped = self
+            .tap(caller.app.id, &[Kind::Message], &mut notify)
+            .await;
         let message = MessageView::from(&stored);
         let had_files = deleted && !attached.is_empty();
         let payload = if deleted {
@@ -254,6 +264,9 @@ impl Messaging {
         self.store
             .update_message_then(&stored, &notify, &payload, now, deliver)
             .await?;
+        if tapped {
+            self.taps.written();
+        }
         if had_files {
             self.file_garbage.notify_one();
         }
@@ -291,7 +304,15 @@ impl Messaging {
             user_id: caller.user_id(),
         }
         .render();
-        self.emit(&[bot_id(caller.app.id)], payload, None).await
+        let mut notify = vec![bot_id(caller.app.id)];
+        let tapped = self
+            .tap(caller.app.id, &[Kind::Action], &mut notify)
+            .await;
+        self.emit(&notify, payload, None).await?;
+        if tapped {
+            self.taps.written();
+        }
+        Ok(())
     }
 
     /// Moves the caller's read mark.

@@ -82,6 +82,8 @@ pub struct Messaging {
     going_offline: std::sync::Mutex<std::collections::HashMap<UserId, GoingOffline>>,
     /// Tokens of [`Self::going_offline`].
     offline_tokens: std::sync::atomic::AtomicU64,
+    /// Which applications' events also go to their webhook outbox.
+    taps: Arc<crate::outbox::Taps>,
 }
 
 /// Most files one message carries.
@@ -110,6 +112,7 @@ impl Messaging {
             rosters,
             going_offline: std::sync::Mutex::default(),
             offline_tokens: std::sync::atomic::AtomicU64::new(0),
+            taps: Arc::default(),
         }
     }
 
@@ -152,6 +155,59 @@ impl Messaging {
             // The key is derived from the secret: a rotation changes it.
             Who::App => app.is_none_or(|app| app.token_key == caller.app.token_key),
         }
+    }
+
+    /// Which applications' events also go to their webhook outbox.
+    #[must_use]
+    pub fn taps(&self) -> &Arc<crate::outbox::Taps> {
+        &self.taps
+    }
+
+    /// Adds the application's webhook sink to `notify` when one of its
+    /// endpoints wants `kinds`; says whether it did.
+    async fn tap(
+        &self,
+        app: crate::ids::AppId,
+        kinds: &[crate::outbox::Kind],
+        notify: &mut Vec<UserId>,
+    ) -> bool {
+        match self.taps.sink(self.users.as_ref(), app, kinds).await {
+            Some(sink) => {
+                notify.push(sink);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes a user's first provisioning to the application's webhook
+    /// outbox, when an endpoint wants it. Not in the user's transaction:
+    /// a crash in between loses the event, not the user.
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn user_provisioned(&self, user: &crate::store::User) -> Result<(), Error> {
+        let mut sink = Vec::new();
+        if self
+            .tap(user.app_id, &[crate::outbox::Kind::User], &mut sink)
+            .await
+        {
+            let payload = serde_json::json!({
+                "kind": "user_provisioned",
+                "user": {
+                    "id": user.id,
+                    "external_id": user.external_id,
+                    "name": user.name,
+                    "email": user.email,
+                },
+            })
+            .to_string();
+            self.store
+                .append_events(&sink, &payload, self.clock.now())
+                .await?;
+            self.taps.written();
+        }
+        Ok(())
     }
 
     /// The tenancy store (applications and users).

@@ -23,6 +23,7 @@ use crate::ids::{AppId, ConversationId, FileId, MessageId, SubscriberId, Timesta
 mod audit;
 mod copies;
 mod marks;
+mod outbox;
 mod threads;
 
 use audit::{
@@ -30,6 +31,7 @@ use audit::{
 };
 use copies::a_forward_refers_to_files_it_does_not_take;
 use marks::reactions_and_pins_count_in_their_transaction;
+use outbox::the_webhook_outbox_enqueues_claims_and_records;
 use threads::threads_page_count_and_follow;
 
 /// Every store trait at once: what a store implementation offers.
@@ -61,6 +63,7 @@ macro_rules! conformance {
                 a_forward_refers_to_files_it_does_not_take,
                 the_audit_log_appends_filters_pages_and_prunes,
                 incoming_webhooks_are_found_listed_and_revoked,
+                the_webhook_outbox_enqueues_claims_and_records,
             );
         }
     };

@@ -21,6 +21,7 @@ pub mod files;
 pub mod hooks;
 pub mod marks;
 pub mod messaging;
+pub mod outbox;
 pub mod pg;
 mod pg_audit;
 mod pg_error;
@@ -29,6 +30,7 @@ mod pg_hooks;
 mod pg_marks;
 mod pg_message_writes;
 mod pg_messaging;
+mod pg_outbox;
 #[cfg(test)]
 mod pg_tests;
 mod pg_threads;
@@ -41,6 +43,7 @@ mod sqlite_hooks;
 mod sqlite_marks;
 mod sqlite_message_writes;
 mod sqlite_messaging;
+mod sqlite_outbox;
 #[cfg(test)]
 mod sqlite_tests;
 mod sqlite_threads;
@@ -275,7 +278,8 @@ pub struct SubscriberSession {
 
 /// Everything the server persists.
 #[async_trait]
-pub trait Store: audit::AuditStore + hooks::HookStore + Send + Sync + std::fmt::Debug {
+pub trait Store:
+    audit::AuditStore + hooks::HookStore + outbox::OutboxStore + Send + Sync + std::fmt::Debug {
     /// A trivial query and the smallest write, for health checks: an
     /// error when either fails, [`StoreError::WritesRefused`] while
     /// writes are refused (a full disk).

@@ -75,16 +75,20 @@ impl Tenancy {
                 check_user_fields(&claims.sub, &claims.name, None).map_err(|_| {
                     Error::Unauthorized("invalid user token: sub or name not acceptable")
                 })?;
-                self.store
+                let fresh = UserId::random();
+                let user = self
+                    .store
                     .provision_user(
                         app.id,
-                        UserId::random(),
+                        fresh,
                         &claims.sub,
                         &claims.name,
                         email.as_deref(),
                         now,
                     )
-                    .await?
+                    .await?;
+                self.provisioned(&user, fresh).await;
+                user
             }
         };
         if user.locked {
@@ -126,17 +130,19 @@ impl Tenancy {
         }
         let email = email.map(normalize_email).transpose()?;
         let now = self.clock.now();
+        let fresh = UserId::random();
         let user = self
             .store
             .provision_user(
                 app.id,
-                UserId::random(),
+                fresh,
                 external_id,
                 name,
                 email.as_deref(),
                 now,
             )
             .await?;
+        self.provisioned(&user, fresh).await;
         if user.locked {
             return Err(Error::UserLocked);
         }

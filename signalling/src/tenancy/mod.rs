@@ -89,6 +89,8 @@ pub struct Tenancy {
     mailer: Arc<dyn Mailer>,
     clock: Arc<dyn Clock>,
     config: Arc<SignallingConfig>,
+    /// Told of each user provisioned for the first time (webhooks).
+    messaging: Option<Arc<crate::messaging::Messaging>>,
 }
 
 impl Tenancy {
@@ -105,6 +107,25 @@ impl Tenancy {
             mailer,
             clock,
             config,
+            messaging: None,
+        }
+    }
+
+    /// Tells `messaging` of each user provisioned for the first time.
+    #[must_use]
+    pub fn with_messaging(mut self, messaging: Arc<crate::messaging::Messaging>) -> Self {
+        self.messaging = Some(messaging);
+        self
+    }
+
+    /// A user was just provisioned with the id `fresh`: if it is new (it
+    /// kept that id), the application's webhooks hear of it.
+    async fn provisioned(&self, user: &User, fresh: UserId) {
+        if user.id == fresh
+            && let Some(messaging) = &self.messaging
+            && let Err(e) = messaging.user_provisioned(user).await
+        {
+            tracing::warn!(user = %user.id, error = %e, "writing user.provisioned failed");
         }
     }
 }
