@@ -23,6 +23,11 @@
 //!   directory served by this server, or S3) through signed URLs, checked
 //!   (size, SHA-256), previewed if they are images, and attached to
 //!   messages ([`files`]).
+//! * **Governance**: an append-only audit log of administrative actions
+//!   ([`audit`]), incoming webhooks that post as the application's bot
+//!   ([`hooks`]), and outgoing webhooks: events written durably with the
+//!   message they are about, then POSTed signed to the application's
+//!   endpoints with retries and a dead letter ([`outbox`]).
 //!
 //! * **A cluster**: several processes share one PostgreSQL store
 //!   ([`store::PgStore`]) and meet on NATS ([`bus::NatsBus`]), which

@@ -49,6 +49,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/conversations/{conversation_id}/webhooks"),
     ("delete", "/api/v1/webhooks/{webhook_id}"),
     ("post", "/api/v1/hooks/{token}"),
+    ("post", "/api/v1/webhook-endpoints"),
+    ("get", "/api/v1/webhook-endpoints"),
+    ("delete", "/api/v1/webhook-endpoints/{endpoint_id}"),
+    ("get", "/api/v1/webhook-endpoints/{endpoint_id}/deliveries"),
+    (
+        "post",
+        "/api/v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/retry",
+    ),
 ];
 
 #[tokio::test]

@@ -101,14 +101,17 @@ impl Receiver {
         }
         // (A server on a manual clock stamps its own time.)
         let age = (jiff::Timestamp::now().as_second() - timestamp.parse::<i64>().unwrap()).abs();
-        assert!(!self.real_clock || age < 300, "timestamp {timestamp} is {age} s off");
+        assert!(
+            !self.real_clock || age < 300,
+            "timestamp {timestamp} is {age} s off"
+        );
         match mode {
             Mode::Hang => std::future::pending().await,
             Mode::Prompt => {}
             Mode::Flaky { delay } => {
                 tokio::time::sleep(delay).await;
                 let seq: u64 = id.rsplit('_').next().unwrap().parse().unwrap();
-                if seq % 3 == 0 && self.refused_once.lock().unwrap().insert(id.clone()) {
+                if seq.is_multiple_of(3) && self.refused_once.lock().unwrap().insert(id.clone()) {
                     return StatusCode::INTERNAL_SERVER_ERROR;
                 }
             }
@@ -212,7 +215,12 @@ async fn connect(server: &Process, token: &str) -> Ws {
 
 /// Sends `count` messages `<prefix>-<n>`, each acknowledged; returns the
 /// moment of each acknowledgement by client id.
-async fn send(ws: &mut Ws, conversation: &Value, prefix: &str, count: usize) -> Vec<(String, Instant)> {
+async fn send(
+    ws: &mut Ws,
+    conversation: &Value,
+    prefix: &str,
+    count: usize,
+) -> Vec<(String, Instant)> {
     let mut acked = Vec::new();
     for n in 0..count {
         let client_id = format!("{prefix}-{n}");
@@ -239,7 +247,12 @@ fn created(receiver: &Receiver) -> BTreeSet<String> {
         .by_id()
         .values()
         .filter(|v| v["type"] == "message.created")
-        .map(|v| v["data"]["message"]["client_id"].as_str().unwrap().to_owned())
+        .map(|v| {
+            v["data"]["message"]["client_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect()
 }
 
@@ -262,17 +275,20 @@ async fn every_event_arrives_signed_across_a_restart_and_a_kill() {
         ("CONFER_WEBHOOKS__TIMEOUT_SECS", "2"),
     ];
     let mut server = start(dir.path(), &env);
-    let app = server
-        .register(dir.path(), "ops@example.com", "ERP")
-        .await;
+    let app = server.register(dir.path(), "ops@example.com", "ERP").await;
     // A slow receiver, so that a kill finds deliveries waiting and in
     // flight; every third event's first attempt is refused.
     let receiver = Receiver::start(Mode::Flaky {
         delay: Duration::from_millis(40),
     })
     .await;
-    let endpoint =
-        register_endpoint(&server.base, &app, &receiver.url, &["message", "user", "action"]).await;
+    let endpoint = register_endpoint(
+        &server.base,
+        &app,
+        &receiver.url,
+        &["message", "user", "action"],
+    )
+    .await;
     *receiver.secret.lock().unwrap() = endpoint["secret"].as_str().unwrap().to_owned();
     assert!(endpoint["secret"].as_str().unwrap().starts_with("whsec_"));
 
@@ -301,7 +317,10 @@ async fn every_event_arrives_signed_across_a_restart_and_a_kill() {
             _ => break,
         }
         let undelivered = expected.difference(&created(&receiver)).count();
-        eprintln!("after {stop}: {undelivered} of {} not yet delivered", expected.len());
+        eprintln!(
+            "after {stop}: {undelivered} of {} not yet delivered",
+            expected.len()
+        );
         server = start(dir.path(), &env);
         ann = connect(&server, &token).await;
     }
@@ -475,13 +494,31 @@ async fn endpoints_are_the_applications_own_validated_filtered_and_revocable() {
             .send()
     };
     for (body, code) in [
-        (json!({"url": "ftp://x/y", "events": ["message"]}), "invalid_request"),
-        (json!({"url": "not a url", "events": ["message"]}), "invalid_request"),
-        (json!({"url": "http://u:p@x/y", "events": ["message"]}), "invalid_request"),
-        (json!({"url": receiver.url, "events": []}), "invalid_request"),
-        (json!({"url": receiver.url, "events": ["everything"]}), "invalid_request"),
+        (
+            json!({"url": "ftp://x/y", "events": ["message"]}),
+            "invalid_request",
+        ),
+        (
+            json!({"url": "not a url", "events": ["message"]}),
+            "invalid_request",
+        ),
+        (
+            json!({"url": "http://u:p@x/y", "events": ["message"]}),
+            "invalid_request",
+        ),
+        (
+            json!({"url": receiver.url, "events": []}),
+            "invalid_request",
+        ),
+        (
+            json!({"url": receiver.url, "events": ["everything"]}),
+            "invalid_request",
+        ),
         (json!({"url": receiver.url}), "invalid_request"),
-        (json!({"url": receiver.url, "events": ["message"], "x": 1}), "unknown_field"),
+        (
+            json!({"url": receiver.url, "events": ["message"], "x": 1}),
+            "unknown_field",
+        ),
     ] {
         let r = create(&app, body.clone()).await.unwrap();
         expect_error(r, StatusCode::BAD_REQUEST, code).await;
@@ -501,11 +538,15 @@ async fn endpoints_are_the_applications_own_validated_filtered_and_revocable() {
         .request(json!({"type": "create_conversation", "title": "Orders"}))
         .await["conversation"]["id"]
         .clone();
-    ann.request(json!({"type": "send", "conversation_id": conversation, "client_id": "m1", "text": "hi"}))
-        .await;
+    ann.request(
+        json!({"type": "send", "conversation_id": conversation, "client_id": "m1", "text": "hi"}),
+    )
+    .await;
     let sent = bot
-        .request(json!({"type": "send", "conversation_id": conversation, "client_id": "b1",
-            "text": "Approve?", "actions": [{"value": "yes", "presentation": "Yes"}]}))
+        .request(
+            json!({"type": "send", "conversation_id": conversation, "client_id": "b1",
+            "text": "Approve?", "actions": [{"value": "yes", "presentation": "Yes"}]}),
+        )
         .await;
     assert_eq!(sent["type"], "ack", "{sent}");
     let clicked = ann
@@ -513,7 +554,10 @@ async fn endpoints_are_the_applications_own_validated_filtered_and_revocable() {
             "message_id": sent["message"]["id"], "value": "yes"}))
         .await;
     assert_eq!(clicked["type"], "ack", "{clicked}");
-    wait_until("the click", Duration::from_secs(10), || !receiver.got().is_empty()).await;
+    wait_until("the click", Duration::from_secs(10), || {
+        !receiver.got().is_empty()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = receiver.by_id();
     assert_eq!(got.len(), 1, "{got:?}");
@@ -542,11 +586,23 @@ async fn endpoints_are_the_applications_own_validated_filtered_and_revocable() {
         expect_error(r.send().await.unwrap(), StatusCode::NOT_FOUND, "not_found").await;
     }
     let r = server
-        .get(&format!("/api/v1/webhook-endpoints/{id}/deliveries?limit=0"))
+        .get(&format!(
+            "/api/v1/webhook-endpoints/{id}/deliveries?limit=0"
+        ))
         .basic_auth(&app.id, Some(&app.secret));
-    expect_error(r.send().await.unwrap(), StatusCode::BAD_REQUEST, "invalid_request").await;
+    expect_error(
+        r.send().await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
     let r = server.get("/api/v1/webhook-endpoints");
-    expect_error(r.send().await.unwrap(), StatusCode::UNAUTHORIZED, "unauthorized").await;
+    expect_error(
+        r.send().await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
 
     // Revoked: a second click reaches it no more.
     let r = server

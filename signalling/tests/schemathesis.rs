@@ -127,6 +127,8 @@ struct Ids {
     /// An incoming webhook's token, and a webhook to revoke.
     hook_token: String,
     revoked_hook: String,
+    /// An outgoing webhook endpoint of the application.
+    endpoint: String,
 }
 
 /// `expires` and `signature` of a signed URL.
@@ -203,6 +205,13 @@ impl Ids {
             }
         };
         let kept = hook("kept").await;
+        let endpoint = json(
+            server
+                .post("/api/v1/webhook-endpoints")
+                .basic_auth(&app.id, Some(&app.secret))
+                .json(&json!({"url": "http://127.0.0.1:9/hook", "events": ["user"]})),
+        )
+        .await;
         let revoked = hook("revoked").await;
         let ticket = json(
             server
@@ -236,6 +245,7 @@ impl Ids {
                 .unwrap()
                 .to_owned(),
             revoked_hook: revoked["webhook"]["id"].as_str().unwrap().to_owned(),
+            endpoint: endpoint["id"].as_str().unwrap().to_owned(),
         }
     }
 
@@ -261,6 +271,7 @@ impl Ids {
                 ("path.user_id", &self.user_id),
                 ("path.conversation_id", &self.conversation),
                 ("path.file_id", &self.file),
+                ("path.endpoint_id", &self.endpoint),
             ],
         );
         // 413 `payload_too_large` refuses a body as well as 400 does
@@ -359,13 +370,15 @@ impl Ids {
         // against the size and SHA-256 declared (`413 file_too_large`,
         // `400 upload_size_mismatch`): no schema can say that.
         // Likewise a webhook's message needs text, data or buttons (the
-        // schema has each optional), and the audit log's times are RFC
+        // schema has each optional), an endpoint's URL must parse as an
+        // http(s) URL (and an application has at most 20), and the audit log's times are RFC
         // 3339, of which `date-time` strings are a wider set (leap seconds).
         for (method, path) in [
             ("POST", "/api/v1/conversations/{conversation_id}/files"),
             ("PUT", "/api/v1/files/{file_id}/content"),
             ("POST", "/api/v1/hooks/{token}"),
             ("GET", "/api/v1/audit"),
+            ("POST", "/api/v1/webhook-endpoints"),
         ] {
             operation(&mut toml, method, path);
             writeln!(

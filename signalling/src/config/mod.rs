@@ -353,7 +353,10 @@ impl SignallingConfig {
             (10..=3_600_000).contains(&hooks.retry_base_ms)
                 && (1..=7 * 24 * 3600).contains(&hooks.max_backoff_secs),
             "webhooks.retry_base_ms",
-            format!("{} (max_backoff_secs {})", hooks.retry_base_ms, hooks.max_backoff_secs),
+            format!(
+                "{} (max_backoff_secs {})",
+                hooks.retry_base_ms, hooks.max_backoff_secs
+            ),
             "10 to 3600000, and max_backoff_secs 1 to 604800",
         );
         check(

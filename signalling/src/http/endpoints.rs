@@ -100,6 +100,7 @@ pub struct EndpointList {
 #[into_params(parameter_in = Query)]
 pub struct DeliveryParams {
     /// Only deliveries in this state.
+    #[param(inline)]
     pub state: Option<StateParam>,
     /// The `next` of the previous page.
     pub before: Option<DeliveryId>,

@@ -2,10 +2,10 @@
 //! operational endpoints and the generated OpenAPI document.
 
 pub mod audit;
+pub mod endpoints;
 pub mod error;
 pub mod extract;
 pub mod files;
-pub mod endpoints;
 pub mod hooks;
 pub mod ops;
 pub mod realtime;
@@ -103,7 +103,10 @@ fn api_router() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(hooks::create_hook, hooks::list_hooks))
         .routes(routes!(hooks::revoke_hook))
         .routes(routes!(hooks::post_via_hook))
-        .routes(routes!(endpoints::create_endpoint, endpoints::list_endpoints))
+        .routes(routes!(
+            endpoints::create_endpoint,
+            endpoints::list_endpoints
+        ))
         .routes(routes!(endpoints::revoke_endpoint))
         .routes(routes!(endpoints::deliveries))
         .routes(routes!(endpoints::retry_delivery))

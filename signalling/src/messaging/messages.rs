@@ -249,9 +249,7 @@ impl Messaging {
             Some(r) => r.clone(),
             None => self.audience(&conversation).await?,
         };
-        let tapped = self
-            .tap(caller.app.id, &[Kind::Message], &mut notify)
-            .await;
+        let tapped = self.tap(caller.app.id, &[Kind::Message], &mut notify).await;
         let message = MessageView::from(&stored);
         let had_files = deleted && !attached.is_empty();
         let payload = if deleted {
@@ -305,9 +303,7 @@ impl Messaging {
         }
         .render();
         let mut notify = vec![bot_id(caller.app.id)];
-        let tapped = self
-            .tap(caller.app.id, &[Kind::Action], &mut notify)
-            .await;
+        let tapped = self.tap(caller.app.id, &[Kind::Action], &mut notify).await;
         self.emit(&notify, payload, None).await?;
         if tapped {
             self.taps.written();

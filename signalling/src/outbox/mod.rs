@@ -97,7 +97,7 @@ pub fn sink_id(app: AppId) -> UserId {
 const TAP_TTL: Duration = Duration::from_secs(3);
 
 /// Which applications have endpoints for which kinds of events (read from
-/// the store, kept [`TAP_TTL`]).
+/// the store, kept 3 s).
 #[derive(Debug, Default)]
 pub struct Taps {
     wanted: Mutex<HashMap<AppId, (Instant, u8)>>,

@@ -279,7 +279,8 @@ pub struct SubscriberSession {
 /// Everything the server persists.
 #[async_trait]
 pub trait Store:
-    audit::AuditStore + hooks::HookStore + outbox::OutboxStore + Send + Sync + std::fmt::Debug {
+    audit::AuditStore + hooks::HookStore + outbox::OutboxStore + Send + Sync + std::fmt::Debug
+{
     /// A trivial query and the smallest write, for health checks: an
     /// error when either fails, [`StoreError::WritesRefused`] while
     /// writes are refused (a full disk).

@@ -132,8 +132,12 @@ pub trait OutboxStore: Send + Sync {
 
     /// Revokes an application's endpoint; false when it has none so (or
     /// it was revoked already). Its pending deliveries are dropped.
-    async fn revoke_endpoint(&self, app: AppId, id: EndpointId, now: Timestamp)
-    -> StoreResult<bool>;
+    async fn revoke_endpoint(
+        &self,
+        app: AppId,
+        id: EndpointId,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
 
     /// The number of the application's last sink event already turned
     /// into deliveries (0 if none).

@@ -66,7 +66,8 @@ impl OutboxStore for PgStore {
         .bind(e.start_seq.cast_signed())
         .bind(e.created_at.0)
         .execute(self.pool())
-        .await.pg()?;
+        .await
+        .pg()?;
         Ok(())
     }
 
@@ -76,7 +77,8 @@ impl OutboxStore for PgStore {
         ))
         .bind(app.to_string())
         .fetch_all(self.pool())
-        .await.pg()?
+        .await
+        .pg()?
         .iter()
         .map(endpoint_from)
         .collect()
@@ -87,7 +89,8 @@ impl OutboxStore for PgStore {
             "SELECT {ENDPOINT} FROM webhook_endpoints WHERE revoked_at IS NULL"
         ))
         .fetch_all(self.pool())
-        .await.pg()?
+        .await
+        .pg()?
         .iter()
         .map(endpoint_from)
         .collect()
@@ -108,21 +111,25 @@ impl OutboxStore for PgStore {
         .bind(app.to_string())
         .bind(id.to_string())
         .execute(&mut *tx)
-        .await.pg()?
+        .await
+        .pg()?
         .rows_affected();
         sqlx::query("DELETE FROM webhook_deliveries WHERE endpoint_id = $1 AND state = 'pending'")
             .bind(id.to_string())
             .execute(&mut *tx)
-            .await.pg()?;
+            .await
+            .pg()?;
         tx.commit().await.pg()?;
         Ok(done == 1)
     }
 
     async fn outbox_cursor(&self, app: AppId) -> StoreResult<u64> {
-        let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM webhook_cursors WHERE app_id = $1")
-            .bind(app.to_string())
-            .fetch_optional(self.pool())
-            .await.pg()?;
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM webhook_cursors WHERE app_id = $1")
+                .bind(app.to_string())
+                .fetch_optional(self.pool())
+                .await
+                .pg()?;
         Ok(seq.unwrap_or(0).cast_unsigned())
     }
 
@@ -150,7 +157,8 @@ impl OutboxStore for PgStore {
             .bind(d.next_attempt_at.0)
             .bind(d.created_at.0)
             .execute(&mut *tx)
-            .await.pg()?;
+            .await
+            .pg()?;
         }
         sqlx::query(
             "INSERT INTO webhook_cursors (app_id, seq) VALUES ($1, $2) \
@@ -159,7 +167,8 @@ impl OutboxStore for PgStore {
         .bind(app.to_string())
         .bind(cursor.cast_signed())
         .execute(&mut *tx)
-        .await.pg()?;
+        .await
+        .pg()?;
         tx.commit().await.pg()?;
         Ok(())
     }
@@ -191,7 +200,8 @@ impl OutboxStore for PgStore {
         .bind(busy)
         .bind(i64::from(limit))
         .fetch_all(self.pool())
-        .await.pg()?
+        .await
+        .pg()?
         .iter()
         .map(delivery_from)
         .collect()
@@ -216,7 +226,8 @@ impl OutboxStore for PgStore {
         .bind(a.at.0)
         .bind(id.to_string())
         .execute(self.pool())
-        .await.pg()?;
+        .await
+        .pg()?;
         Ok(())
     }
 
@@ -239,7 +250,8 @@ impl OutboxStore for PgStore {
         .bind(before.map(|b| b.to_string()))
         .bind(i64::from(limit))
         .fetch_all(self.pool())
-        .await.pg()?
+        .await
+        .pg()?
         .iter()
         .map(delivery_from)
         .collect()
@@ -262,7 +274,8 @@ impl OutboxStore for PgStore {
         .bind(endpoint.to_string())
         .bind(app.to_string())
         .execute(self.pool())
-        .await.pg()?
+        .await
+        .pg()?
         .rows_affected();
         Ok(done == 1)
     }
@@ -274,7 +287,8 @@ impl OutboxStore for PgStore {
         )
         .bind(before.0)
         .execute(self.pool())
-        .await.pg()?
+        .await
+        .pg()?
         .rows_affected())
     }
 }

@@ -119,10 +119,11 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn outbox_cursor(&self, app: AppId) -> StoreResult<u64> {
-        let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM webhook_cursors WHERE app_id = ?")
-            .bind(app.to_string())
-            .fetch_optional(self.pool())
-            .await?;
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM webhook_cursors WHERE app_id = ?")
+                .bind(app.to_string())
+                .fetch_optional(self.pool())
+                .await?;
         Ok(seq.unwrap_or(0).cast_unsigned())
     }
 

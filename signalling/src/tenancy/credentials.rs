@@ -133,14 +133,7 @@ impl Tenancy {
         let fresh = UserId::random();
         let user = self
             .store
-            .provision_user(
-                app.id,
-                fresh,
-                external_id,
-                name,
-                email.as_deref(),
-                now,
-            )
+            .provision_user(app.id, fresh, external_id, name, email.as_deref(), now)
             .await?;
         self.provisioned(&user, fresh).await;
         if user.locked {

@@ -73,7 +73,10 @@ pub(in crate::store) async fn the_webhook_outbox_enqueues_claims_and_records(
         .await
         .unwrap();
     assert_eq!(claimed.len(), 4, "{claimed:?}");
-    assert_eq!(claimed.iter().filter(|d| d.endpoint_id == fast.id).count(), 2);
+    assert_eq!(
+        claimed.iter().filter(|d| d.endpoint_id == fast.id).count(),
+        2
+    );
     let busy = store
         .claim_deliveries(Timestamp(100), Timestamp(1000), 10, 2, &[slow.id])
         .await
@@ -101,11 +104,23 @@ pub(in crate::store) async fn the_webhook_outbox_enqueues_claims_and_records(
         retry_at: retry_at.map(Timestamp),
     };
     let of = |seq: u64| log.iter().find(|d| d.event_seq == seq).unwrap().id;
-    store.record_attempt(of(1), &attempt(true, None)).await.unwrap();
-    store.record_attempt(of(2), &attempt(false, Some(1600))).await.unwrap();
-    store.record_attempt(of(3), &attempt(false, None)).await.unwrap();
+    store
+        .record_attempt(of(1), &attempt(true, None))
+        .await
+        .unwrap();
+    store
+        .record_attempt(of(2), &attempt(false, Some(1600)))
+        .await
+        .unwrap();
+    store
+        .record_attempt(of(3), &attempt(false, None))
+        .await
+        .unwrap();
     // A delivered one records nothing more.
-    store.record_attempt(of(1), &attempt(false, None)).await.unwrap();
+    store
+        .record_attempt(of(1), &attempt(false, None))
+        .await
+        .unwrap();
     let log = store.deliveries(fast.id, None, None, 100).await.unwrap();
     let get = |seq: u64| log.iter().find(|d| d.event_seq == seq).unwrap().clone();
     assert_eq!(get(1).state, DeliveryState::Delivered);
@@ -123,25 +138,71 @@ pub(in crate::store) async fn the_webhook_outbox_enqueues_claims_and_records(
     // A dead one retried by hand is due now, attempts anew; only a dead
     // one of the application's own endpoint.
     let other = crate::ids::AppId::random();
-    assert!(!store.retry_delivery(other, fast.id, of(3), Timestamp(1700)).await.unwrap());
-    assert!(!store.retry_delivery(app, fast.id, of(2), Timestamp(1700)).await.unwrap());
-    assert!(store.retry_delivery(app, fast.id, of(3), Timestamp(1700)).await.unwrap());
+    assert!(
+        !store
+            .retry_delivery(other, fast.id, of(3), Timestamp(1700))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .retry_delivery(app, fast.id, of(2), Timestamp(1700))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .retry_delivery(app, fast.id, of(3), Timestamp(1700))
+            .await
+            .unwrap()
+    );
     let retried = store
         .deliveries(fast.id, Some(DeliveryState::Pending), None, 100)
         .await
         .unwrap();
     let three = retried.iter().find(|d| d.event_seq == 3).unwrap();
-    assert_eq!((three.attempts, three.next_attempt_at), (0, Timestamp(1700)));
+    assert_eq!(
+        (three.attempts, three.next_attempt_at),
+        (0, Timestamp(1700))
+    );
 
     // Pruned: finished before the cut only.
     assert_eq!(store.prune_deliveries(Timestamp(1501)).await.unwrap(), 1);
-    assert_eq!(store.deliveries(fast.id, None, None, 100).await.unwrap().len(), 4);
+    assert_eq!(
+        store
+            .deliveries(fast.id, None, None, 100)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
 
     // Revoked: its pending deliveries go, it is listed revoked, once.
-    assert!(store.revoke_endpoint(app, slow.id, Timestamp(2000)).await.unwrap());
-    assert!(!store.revoke_endpoint(app, slow.id, Timestamp(2001)).await.unwrap());
-    assert!(!store.revoke_endpoint(other, fast.id, Timestamp(2001)).await.unwrap());
-    assert!(store.deliveries(slow.id, None, None, 100).await.unwrap().is_empty());
+    assert!(
+        store
+            .revoke_endpoint(app, slow.id, Timestamp(2000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_endpoint(app, slow.id, Timestamp(2001))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_endpoint(other, fast.id, Timestamp(2001))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .deliveries(slow.id, None, None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let live = store.live_endpoints().await.unwrap();
     assert!(live.iter().any(|e| e.id == fast.id));
     assert!(!live.iter().any(|e| e.id == slow.id));
