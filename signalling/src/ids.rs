@@ -85,6 +85,10 @@ uuid_id!(
     DeliveryId
 );
 uuid_id!(
+    /// A legal hold on a conversation or a user.
+    HoldId
+);
+uuid_id!(
     /// A file attached (or being uploaded to attach) to a message.
     FileId
 );

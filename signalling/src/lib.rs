@@ -54,6 +54,7 @@ pub mod calls;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod governance;
 pub mod health;
 pub mod hooks;
 pub mod http;

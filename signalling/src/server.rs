@@ -512,6 +512,19 @@ where
     let call_orphans = tokio::spawn(services.calls.clone().sweep_orphans());
     let file_upkeep = tokio::spawn(services.files.clone().run_sweeper());
     let webhooks = tokio::spawn(services.outbox.clone().run());
+    let retention = {
+        let services = services.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_secs(services.config.retention.sweep_interval_secs);
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = services.sweep_retention().await {
+                    tracing::warn!(error = %e, "the retention sweep failed");
+                }
+            }
+        })
+    };
     let limits = services.config.http.serve_limits();
     let app = crate::http::app(services);
     let served = confer_sfu::serve::serve(listener, app, PeerAddr, limits, shutdown).await;
@@ -525,6 +538,7 @@ where
     call_orphans.abort();
     file_upkeep.abort();
     webhooks.abort();
+    retention.abort();
     tracing::info!("signalling stopped");
     served.context("serving HTTP")
 }

@@ -57,6 +57,18 @@ const ROUTES: &[(&str, &str)] = &[
         "post",
         "/api/v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/retry",
     ),
+    ("get", "/api/v1/applications/{app_id}/retention"),
+    ("put", "/api/v1/applications/{app_id}/retention"),
+    (
+        "put",
+        "/api/v1/applications/{app_id}/conversations/{conversation_id}/retention",
+    ),
+    ("post", "/api/v1/applications/{app_id}/legal-holds"),
+    ("get", "/api/v1/applications/{app_id}/legal-holds"),
+    (
+        "delete",
+        "/api/v1/applications/{app_id}/legal-holds/{hold_id}",
+    ),
 ];
 
 #[tokio::test]

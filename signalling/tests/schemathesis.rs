@@ -371,7 +371,9 @@ impl Ids {
         // `400 upload_size_mismatch`): no schema can say that.
         // Likewise a webhook's message needs text, data or buttons (the
         // schema has each optional), an endpoint's URL must parse as an
-        // http(s) URL (and an application has at most 20), and the audit log's times are RFC
+        // http(s) URL (and an application has at most 20), an
+        // application's retention is at least a day (a conversation's may
+        // be 0), a legal hold names a conversation or a user, not both, and the audit log's times are RFC
         // 3339, of which `date-time` strings are a wider set (leap seconds).
         for (method, path) in [
             ("POST", "/api/v1/conversations/{conversation_id}/files"),
@@ -379,6 +381,8 @@ impl Ids {
             ("POST", "/api/v1/hooks/{token}"),
             ("GET", "/api/v1/audit"),
             ("POST", "/api/v1/webhook-endpoints"),
+            ("PUT", "/api/v1/applications/{app_id}/retention"),
+            ("POST", "/api/v1/applications/{app_id}/legal-holds"),
         ] {
             operation(&mut toml, method, path);
             writeln!(

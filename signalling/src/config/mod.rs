@@ -56,6 +56,8 @@ pub struct SignallingConfig {
     pub audit: AuditConfig,
     /// Outgoing webhooks.
     pub webhooks: WebhookConfig,
+    /// Retention sweeps.
+    pub retention: RetentionConfig,
     /// Calls: topology thresholds, ringing, ICE servers.
     pub calls: CallConfig,
     /// The media plane: the SFU workers started in this process.
@@ -87,6 +89,7 @@ impl Default for SignallingConfig {
             events: EventConfig::default(),
             audit: AuditConfig::default(),
             webhooks: WebhookConfig::default(),
+            retention: RetentionConfig::default(),
             calls: CallConfig::default(),
             sfu: SfuSection::default(),
             files: FilesConfig::default(),
@@ -341,6 +344,12 @@ impl SignallingConfig {
             "audit.retention_days",
             self.audit.retention_days.to_string(),
             "1 to 36500",
+        );
+        check(
+            (1..=7 * 24 * 3600).contains(&self.retention.sweep_interval_secs),
+            "retention.sweep_interval_secs",
+            self.retention.sweep_interval_secs.to_string(),
+            "1 to 604800",
         );
         let hooks = &self.webhooks;
         check(

@@ -305,6 +305,22 @@ impl Default for AuditConfig {
     }
 }
 
+/// Retention (periods are set per application through the API).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// How often the retention sweep runs, in seconds.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            sweep_interval_secs: 3600,
+        }
+    }
+}
+
 /// Outgoing webhooks: how deliveries are attempted and retried.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

@@ -16,6 +16,12 @@ impl Files {
         self.garbage.notify_one();
     }
 
+    /// Files were discarded (retention, a released hold): delete their
+    /// objects now.
+    pub fn files_discarded(&self) {
+        self.garbage.notify_one();
+    }
+
     /// One round of upkeep: forgets abandoned uploads and (with a
     /// retention period) old files, then deletes the objects of forgotten
     /// files. Returns how many files' objects were deleted.

@@ -6,6 +6,7 @@ pub mod endpoints;
 pub mod error;
 pub mod extract;
 pub mod files;
+pub mod governance;
 pub mod hooks;
 pub mod ops;
 pub mod realtime;
@@ -44,6 +45,7 @@ use crate::server::Services;
         (name = "users", description = "User tokens and the application's users"),
         (name = "files", description = "Attachments: upload and download through signed URLs"),
         (name = "webhooks", description = "Incoming webhooks (secret URLs that post into a conversation as the application's bot) and outgoing ones (endpoints the application's events are POSTed to, signed)"),
+        (name = "governance", description = "Retention, legal holds and exports, for the subscriber that owns the application"),
         (name = "demo", description = "The web client's demo application (loopback only by default)"),
     )
 )]
@@ -110,6 +112,10 @@ fn api_router() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(endpoints::revoke_endpoint))
         .routes(routes!(endpoints::deliveries))
         .routes(routes!(endpoints::retry_delivery))
+        .routes(routes!(governance::retention, governance::set_retention))
+        .routes(routes!(governance::set_conversation_retention))
+        .routes(routes!(governance::place_hold, governance::holds))
+        .routes(routes!(governance::release_hold))
         .routes(routes!(web::demo_info))
         .routes(routes!(web::demo_sign_in))
 }

@@ -223,6 +223,7 @@ impl Messaging {
         }
         let now = self.clock.now();
         let attached = stored.body.attachments.clone();
+        let original = stored.clone();
         let deleted = match text {
             Some(text) => {
                 let body = MessageBody {
@@ -245,6 +246,9 @@ impl Messaging {
                 true
             }
         };
+        // Under a legal hold the version replaced is kept, hidden from
+        // users (and a deleted message's files with it).
+        self.keep_if_held(&original, deleted, now).await?;
         let mut notify = match &stored.body.recipients {
             Some(r) => r.clone(),
             None => self.audience(&conversation).await?,
@@ -269,6 +273,36 @@ impl Messaging {
             self.file_garbage.notify_one();
         }
         Ok(stored)
+    }
+
+    /// Keeps `original` when a legal hold covers it, before it is
+    /// edited or `deleted`.
+    async fn keep_if_held(
+        &self,
+        original: &StoredMessage,
+        deleted: bool,
+        now: crate::ids::Timestamp,
+    ) -> Result<(), Error> {
+        let author = original.author.key();
+        if self
+            .users
+            .is_held(original.conversation_id, &author)
+            .await?
+        {
+            let copy = crate::store::governance::HeldCopy {
+                message_id: original.id,
+                conversation_id: original.conversation_id,
+                seq: original.seq,
+                author,
+                body: serde_json::to_string(&original.body)
+                    .map_err(|e| Error::internal(anyhow::anyhow!(e)))?,
+                created_at: original.created_at,
+                why: if deleted { "deleted" } else { "edited" }.to_owned(),
+                kept_at: now,
+            };
+            self.users.keep_copy(&copy).await?;
+        }
+        Ok(())
     }
 
     /// A user clicks an action of a bot's message: the click goes to the

@@ -22,6 +22,7 @@ use crate::ids::{AppId, ConversationId, FileId, MessageId, SubscriberId, Timesta
 
 mod audit;
 mod copies;
+mod governance;
 mod marks;
 mod outbox;
 mod threads;
@@ -30,6 +31,7 @@ use audit::{
     incoming_webhooks_are_found_listed_and_revoked, the_audit_log_appends_filters_pages_and_prunes,
 };
 use copies::a_forward_refers_to_files_it_does_not_take;
+use governance::retention_expires_what_no_hold_covers;
 use marks::reactions_and_pins_count_in_their_transaction;
 use outbox::the_webhook_outbox_enqueues_claims_and_records;
 use threads::threads_page_count_and_follow;
@@ -64,6 +66,7 @@ macro_rules! conformance {
                 the_audit_log_appends_filters_pages_and_prunes,
                 incoming_webhooks_are_found_listed_and_revoked,
                 the_webhook_outbox_enqueues_claims_and_records,
+                retention_expires_what_no_hold_covers,
             );
         }
     };

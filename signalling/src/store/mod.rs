@@ -18,6 +18,7 @@ pub mod audit;
 #[cfg(test)]
 mod conformance;
 pub mod files;
+pub mod governance;
 pub mod hooks;
 pub mod marks;
 pub mod messaging;
@@ -26,6 +27,7 @@ pub mod pg;
 mod pg_audit;
 mod pg_error;
 mod pg_files;
+mod pg_governance;
 mod pg_hooks;
 mod pg_marks;
 mod pg_message_writes;
@@ -39,6 +41,7 @@ pub mod sqlite;
 mod sqlite_audit;
 mod sqlite_error;
 mod sqlite_files;
+mod sqlite_governance;
 mod sqlite_hooks;
 mod sqlite_marks;
 mod sqlite_message_writes;
@@ -279,7 +282,13 @@ pub struct SubscriberSession {
 /// Everything the server persists.
 #[async_trait]
 pub trait Store:
-    audit::AuditStore + hooks::HookStore + outbox::OutboxStore + Send + Sync + std::fmt::Debug
+    audit::AuditStore
+    + governance::GovernanceStore
+    + hooks::HookStore
+    + outbox::OutboxStore
+    + Send
+    + Sync
+    + std::fmt::Debug
 {
     /// A trivial query and the smallest write, for health checks: an
     /// error when either fails, [`StoreError::WritesRefused`] while

@@ -336,7 +336,18 @@ pub(super) async fn update_in(
 ) -> StoreResult<Vec<(UserId, u64)>> {
     let body = serde_json::to_string(&m.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     if m.deleted_at.is_some() {
-        super::pg_files::discard_message_files(tx, m.id, now).await?;
+        // A message deleted under a legal hold keeps its files with the
+        // version kept (see `GovernanceStore::keep_copy`).
+        let kept: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM held_copies WHERE message_id = $1 AND why = 'deleted')",
+        )
+        .bind(m.id.to_string())
+        .fetch_one(&mut *tx)
+        .await
+        .pg()?;
+        if !kept {
+            super::pg_files::discard_message_files(tx, m.id, now).await?;
+        }
         super::pg_marks::unmark(tx, &m.conversation_id.to_string(), to_i64(m.seq)).await?;
     }
     sqlx::query(

@@ -171,7 +171,7 @@ pub(super) async fn discard_where(
 /// The two statements that move the files matching `condition` to the
 /// garbage list: the first binds the time, then the condition's value;
 /// the second only the condition's value.
-fn discarding(condition: &str) -> [String; 2] {
+pub(super) fn discarding(condition: &str) -> [String; 2] {
     [
         format!(
             "INSERT OR IGNORE INTO file_garbage (id, app_id, not_before, upload_until) \

@@ -226,7 +226,16 @@ pub(super) fn update_in(
     )?
     .execute(params![conversation, seq])?;
     if m.deleted_at.is_some() {
-        super::sqlite_files::discard_message_files(tx, m.id, now)?;
+        // A message deleted under a legal hold keeps its files with the
+        // version kept (see `GovernanceStore::keep_copy`).
+        let kept: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM held_copies WHERE message_id = ?1 AND why = 'deleted')",
+            )?
+            .query_row(params![m.id.to_string()], |row| row.get(0))?;
+        if !kept {
+            super::sqlite_files::discard_message_files(tx, m.id, now)?;
+        }
         unmark(tx, &conversation, seq)?;
     }
     // An edited message is indexed again with the others waiting.
