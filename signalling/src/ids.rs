@@ -89,6 +89,10 @@ uuid_id!(
     HoldId
 );
 uuid_id!(
+    /// An export archive of conversations.
+    ExportId
+);
+uuid_id!(
     /// A file attached (or being uploaded to attach) to a message.
     FileId
 );

@@ -27,7 +27,9 @@
 //!   ([`audit`]), incoming webhooks that post as the application's bot
 //!   ([`hooks`]), and outgoing webhooks: events written durably with the
 //!   message they are about, then POSTed signed to the application's
-//!   endpoints with retries and a dead letter ([`outbox`]).
+//!   endpoints with retries and a dead letter ([`outbox`]); retention
+//!   periods and legal holds ([`governance`]); and exports of
+//!   conversations as archives ([`export`]).
 //!
 //! * **A cluster**: several processes share one PostgreSQL store
 //!   ([`store::PgStore`]) and meet on NATS ([`bus::NatsBus`]), which
@@ -53,6 +55,7 @@ pub mod bus;
 pub mod calls;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod files;
 pub mod governance;
 pub mod health;

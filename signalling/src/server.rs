@@ -469,6 +469,9 @@ where
                     Ok(n) => tracing::info!(deleted = n, "pruned old audit entries"),
                     Err(e) => tracing::warn!(error = %e, "pruning the audit log failed"),
                 }
+                if let Err(e) = services.tidy_exports().await {
+                    tracing::warn!(error = %e, "tidying exports failed");
+                }
                 match services.outbox.prune().await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "pruned old webhook deliveries"),

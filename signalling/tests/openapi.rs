@@ -69,6 +69,10 @@ const ROUTES: &[(&str, &str)] = &[
         "delete",
         "/api/v1/applications/{app_id}/legal-holds/{hold_id}",
     ),
+    ("post", "/api/v1/applications/{app_id}/exports"),
+    ("get", "/api/v1/applications/{app_id}/exports"),
+    ("get", "/api/v1/applications/{app_id}/exports/{export_id}"),
+    ("get", "/api/v1/exports/{export_id}/archive"),
 ];
 
 #[tokio::test]
@@ -123,7 +127,8 @@ async fn the_document_is_valid_and_lists_every_route() {
             .replace("{user_id}", "00000000-0000-0000-0000-000000000002")
             .replace("{context}", "order%3A1")
             .replace("{conversation_id}", "00000000-0000-0000-0000-000000000003")
-            .replace("{file_id}", "00000000-0000-0000-0000-000000000004");
+            .replace("{file_id}", "00000000-0000-0000-0000-000000000004")
+            .replace("{export_id}", "00000000-0000-0000-0000-000000000005");
         let method: Method = method.to_uppercase().parse().unwrap();
         let r = server
             .client

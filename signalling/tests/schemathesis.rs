@@ -373,7 +373,8 @@ impl Ids {
         // schema has each optional), an endpoint's URL must parse as an
         // http(s) URL (and an application has at most 20), an
         // application's retention is at least a day (a conversation's may
-        // be 0), a legal hold names a conversation or a user, not both, and the audit log's times are RFC
+        // be 0), a legal hold and an export name a conversation or a user,
+        // not both, and the audit log's times are RFC
         // 3339, of which `date-time` strings are a wider set (leap seconds).
         for (method, path) in [
             ("POST", "/api/v1/conversations/{conversation_id}/files"),
@@ -383,6 +384,7 @@ impl Ids {
             ("POST", "/api/v1/webhook-endpoints"),
             ("PUT", "/api/v1/applications/{app_id}/retention"),
             ("POST", "/api/v1/applications/{app_id}/legal-holds"),
+            ("POST", "/api/v1/applications/{app_id}/exports"),
         ] {
             operation(&mut toml, method, path);
             writeln!(

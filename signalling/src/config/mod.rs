@@ -58,6 +58,8 @@ pub struct SignallingConfig {
     pub webhooks: WebhookConfig,
     /// Retention sweeps.
     pub retention: RetentionConfig,
+    /// Export archives.
+    pub exports: ExportConfig,
     /// Calls: topology thresholds, ringing, ICE servers.
     pub calls: CallConfig,
     /// The media plane: the SFU workers started in this process.
@@ -90,6 +92,7 @@ impl Default for SignallingConfig {
             audit: AuditConfig::default(),
             webhooks: WebhookConfig::default(),
             retention: RetentionConfig::default(),
+            exports: ExportConfig::default(),
             calls: CallConfig::default(),
             sfu: SfuSection::default(),
             files: FilesConfig::default(),
@@ -350,6 +353,12 @@ impl SignallingConfig {
             "retention.sweep_interval_secs",
             self.retention.sweep_interval_secs.to_string(),
             "1 to 604800",
+        );
+        check(
+            (1..=3650).contains(&self.exports.keep_days),
+            "exports.keep_days",
+            self.exports.keep_days.to_string(),
+            "1 to 3650",
         );
         let hooks = &self.webhooks;
         check(

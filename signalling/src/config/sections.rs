@@ -321,6 +321,20 @@ impl Default for RetentionConfig {
     }
 }
 
+/// Exports (asked for through the API).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportConfig {
+    /// A ready archive is deleted this many days after it was built.
+    pub keep_days: u64,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self { keep_days: 7 }
+    }
+}
+
 /// Outgoing webhooks: how deliveries are attempted and retried.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

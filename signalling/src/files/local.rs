@@ -386,6 +386,29 @@ impl Storage for LocalStorage {
         Ok(result?)
     }
 
+    async fn write_file(
+        &self,
+        object: Object,
+        path: &Path,
+        _content_type: &str,
+    ) -> Result<(), StorageError> {
+        let partial = self.dir.join(".partial").join(format!(
+            "{}.{:016x}",
+            object.file,
+            rand::random::<u64>()
+        ));
+        let result = async {
+            tokio::fs::copy(path, &partial).await?;
+            tokio::fs::File::open(&partial).await?.sync_all().await?;
+            self.place(&partial, &self.path(object)).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
+        Ok(result?)
+    }
+
     async fn promote(&self, incoming: Object) -> Result<(), StorageError> {
         let from = self.path(incoming);
         Ok(self

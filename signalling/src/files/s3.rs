@@ -216,6 +216,35 @@ impl Storage for S3Storage {
         check_status("PUT object", response).await.map(drop)
     }
 
+    async fn write_file(
+        &self,
+        object: Object,
+        path: &std::path::Path,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(StorageError::Io)?;
+        let len = file.metadata().await.map_err(StorageError::Io)?.len();
+        let key = object.key();
+        let mut put = self.bucket.put_object(Some(&self.credentials), &key);
+        put.headers_mut()
+            .insert("content-type", content_type.to_owned());
+        // Signed for as long as a large body may take to send.
+        let url = put.sign_with_time(Duration::from_secs(3600), &Self::now());
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let response = self
+            .http
+            .put(url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body)
+            .send()
+            .await
+            .map_err(transport("PUT object"))?;
+        check_status("PUT object", response).await.map(drop)
+    }
+
     async fn promote(&self, incoming: Object) -> Result<(), StorageError> {
         let size = self.size(incoming).await?;
         let target = incoming.with(Part::Bytes).key();

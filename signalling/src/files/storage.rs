@@ -150,6 +150,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         content_type: &str,
     ) -> Result<(), StorageError>;
 
+    /// Stores a file the server made on its own disk (an export archive),
+    /// streamed: it may be large.
+    async fn write_file(
+        &self,
+        object: Object,
+        path: &std::path::Path,
+        content_type: &str,
+    ) -> Result<(), StorageError>;
+
     /// Deletes the object; deleting a missing one is not an error.
     async fn delete(&self, object: Object) -> Result<(), StorageError>;
 

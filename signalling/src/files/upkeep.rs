@@ -16,6 +16,17 @@ impl Files {
         self.garbage.notify_one();
     }
 
+    /// A file's record, in whatever state.
+    ///
+    /// # Errors
+    /// On store failure.
+    pub async fn record(
+        &self,
+        id: FileId,
+    ) -> Result<Option<crate::store::files::FileRecord>, Error> {
+        Ok(self.store.file(id).await?)
+    }
+
     /// Files were discarded (retention, a released hold): delete their
     /// objects now.
     pub fn files_discarded(&self) {

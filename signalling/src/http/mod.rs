@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod endpoints;
 pub mod error;
+pub mod exports;
 pub mod extract;
 pub mod files;
 pub mod governance;
@@ -116,6 +117,9 @@ fn api_router() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(governance::set_conversation_retention))
         .routes(routes!(governance::place_hold, governance::holds))
         .routes(routes!(governance::release_hold))
+        .routes(routes!(exports::start_export, exports::list_exports))
+        .routes(routes!(exports::get_export))
+        .routes(routes!(exports::download_export))
         .routes(routes!(web::demo_info))
         .routes(routes!(web::demo_sign_in))
 }

@@ -31,7 +31,7 @@ use audit::{
     incoming_webhooks_are_found_listed_and_revoked, the_audit_log_appends_filters_pages_and_prunes,
 };
 use copies::a_forward_refers_to_files_it_does_not_take;
-use governance::retention_expires_what_no_hold_covers;
+use governance::{exports_record_their_progress, retention_expires_what_no_hold_covers};
 use marks::reactions_and_pins_count_in_their_transaction;
 use outbox::the_webhook_outbox_enqueues_claims_and_records;
 use threads::threads_page_count_and_follow;
@@ -67,6 +67,7 @@ macro_rules! conformance {
                 incoming_webhooks_are_found_listed_and_revoked,
                 the_webhook_outbox_enqueues_claims_and_records,
                 retention_expires_what_no_hold_covers,
+                exports_record_their_progress,
             );
         }
     };

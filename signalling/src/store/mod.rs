@@ -17,6 +17,7 @@
 pub mod audit;
 #[cfg(test)]
 mod conformance;
+pub mod exports;
 pub mod files;
 pub mod governance;
 pub mod hooks;
@@ -26,6 +27,7 @@ pub mod outbox;
 pub mod pg;
 mod pg_audit;
 mod pg_error;
+mod pg_exports;
 mod pg_files;
 mod pg_governance;
 mod pg_hooks;
@@ -40,6 +42,7 @@ mod pg_writer;
 pub mod sqlite;
 mod sqlite_audit;
 mod sqlite_error;
+mod sqlite_exports;
 mod sqlite_files;
 mod sqlite_governance;
 mod sqlite_hooks;
@@ -283,6 +286,7 @@ pub struct SubscriberSession {
 #[async_trait]
 pub trait Store:
     audit::AuditStore
+    + exports::ExportStore
     + governance::GovernanceStore
     + hooks::HookStore
     + outbox::OutboxStore

@@ -200,3 +200,80 @@ pub(in crate::store) async fn retention_expires_what_no_hold_covers(store: Arc<d
     );
     assert_eq!(store.events_after(bot, 0, 10).await.unwrap().len(), 1);
 }
+
+/// Exports: stored, read back, their progress updated, found by state and
+/// age; a user's conversations listed (member or all-users).
+pub(in crate::store) async fn exports_record_their_progress(store: Arc<dyn Backend>) {
+    use crate::ids::{ExportId, SubscriberId};
+    use crate::store::exports::ExportRecord;
+    let conversation = group_of_the_app(&*store).await;
+    let (app, id) = (conversation.app_id, conversation.id);
+    let ann = UserId::random();
+    assert!(
+        store
+            .member_conversations(app, ann)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.add_members(id, &[ann], Timestamp(3)).await.unwrap();
+    assert_eq!(store.member_conversations(app, ann).await.unwrap(), [id]);
+    let mut export = ExportRecord {
+        id: ExportId::random(),
+        app_id: app,
+        subscriber_id: SubscriberId::random(),
+        conversation_id: None,
+        user_id: Some(ann),
+        from: Timestamp(0),
+        to: Timestamp(1_000),
+        state: "running".to_owned(),
+        conversations_total: 0,
+        conversations_done: 0,
+        messages: 0,
+        files: 0,
+        bytes: 0,
+        error: None,
+        token: "t".to_owned(),
+        created_at: Timestamp(10),
+        updated_at: Timestamp(10),
+        finished_at: None,
+    };
+    store.create_export(&export).await.unwrap();
+    assert_eq!(store.export(export.id).await.unwrap().unwrap(), export);
+    assert_eq!(
+        store.exports_in("running", Timestamp(11)).await.unwrap(),
+        [export.clone()]
+    );
+    assert!(
+        store
+            .exports_in("running", Timestamp(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    export.state = "ready".to_owned();
+    export.conversations_total = 1;
+    export.conversations_done = 1;
+    export.messages = 5;
+    export.files = 2;
+    export.bytes = 4096;
+    export.updated_at = Timestamp(20);
+    export.finished_at = Some(Timestamp(20));
+    store.update_export(&export).await.unwrap();
+    assert_eq!(store.exports_of(app, 10).await.unwrap(), [export.clone()]);
+    assert!(
+        store
+            .exports_in("running", Timestamp(100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .exports_in("ready", Timestamp(21))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
