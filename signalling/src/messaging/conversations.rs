@@ -26,6 +26,19 @@ impl Messaging {
         caller: &Caller,
         new: NewConversation,
     ) -> Result<Conversation, Error> {
+        Ok(self.create_or_find_conversation(caller, new).await?.0)
+    }
+
+    /// [`Self::create_conversation`], also saying whether it was created
+    /// (`false`: the application's key named an existing one).
+    ///
+    /// # Errors
+    /// As [`Self::create_conversation`].
+    pub async fn create_or_find_conversation(
+        &self,
+        caller: &Caller,
+        new: NewConversation,
+    ) -> Result<(Conversation, bool), Error> {
         check_short("title", &new.title, true)?;
         if let Some(key) = &new.key {
             check_short("key", key, true)?;
@@ -79,7 +92,7 @@ impl Messaging {
             self.membership_changed(conversation.id);
             self.notify_conversation(&conversation, &members).await?;
         }
-        Ok(conversation)
+        Ok((conversation, created))
     }
 
     /// The conversation bound to a business object, created on first use

@@ -226,8 +226,8 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
         } => {
             let details = serde_json::json!({"title": title, "members": members,
                 "all_users": all_users});
-            let c = messaging
-                .create_conversation(
+            let (c, created) = messaging
+                .create_or_find_conversation(
                     caller,
                     NewConversation {
                         title,
@@ -239,7 +239,10 @@ pub(super) async fn answer(context: &Context, request: Request) -> Result<Server
                     },
                 )
                 .await?;
-            bot_changed(context, "conversation.created", c.id, details).await;
+            // (A key that names an existing conversation creates nothing.)
+            if created {
+                bot_changed(context, "conversation.created", c.id, details).await;
+            }
             ServerFrame::ack(Ack {
                 conversation: Some(ConversationView::of(&c, None)),
                 ..Ack::of(id)
