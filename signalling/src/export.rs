@@ -137,28 +137,7 @@ impl Services {
         to: Option<Timestamp>,
         ip: Option<IpAddr>,
     ) -> Result<ExportRecord, Error> {
-        let target = match (conversation, user) {
-            (Some(c), None) => {
-                self.messaging
-                    .store()
-                    .conversation(app.id, c)
-                    .await?
-                    .ok_or(Error::NotFound("conversation"))?;
-                format!("conversation:{c}")
-            }
-            (None, Some(u)) => {
-                self.store
-                    .user(app.id, u)
-                    .await?
-                    .ok_or(Error::NotFound("user"))?;
-                format!("user:{u}")
-            }
-            _ => {
-                return Err(Error::InvalidRequest(
-                    "exactly one of conversation_id and user_id".to_owned(),
-                ));
-            }
-        };
+        let target = self.scope_target(app, conversation, user).await?;
         let now = self.clock.now();
         let (from, to) = (
             from.unwrap_or(Timestamp(0)),

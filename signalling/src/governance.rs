@@ -86,6 +86,41 @@ impl Services {
             .await
     }
 
+    /// The audit target of a scope that names exactly one of a
+    /// conversation and a user of `app`: `conversation:<id>` or
+    /// `user:<id>`.
+    ///
+    /// # Errors
+    /// `invalid_request` for neither or both; `not_found` for one of
+    /// another application.
+    pub async fn scope_target(
+        &self,
+        app: &Application,
+        conversation: Option<ConversationId>,
+        user: Option<UserId>,
+    ) -> Result<String, Error> {
+        match (conversation, user) {
+            (Some(c), None) => {
+                self.messaging
+                    .store()
+                    .conversation(app.id, c)
+                    .await?
+                    .ok_or(Error::NotFound("conversation"))?;
+                Ok(format!("conversation:{c}"))
+            }
+            (None, Some(u)) => {
+                self.store
+                    .user(app.id, u)
+                    .await?
+                    .ok_or(Error::NotFound("user"))?;
+                Ok(format!("user:{u}"))
+            }
+            _ => Err(Error::InvalidRequest(
+                "exactly one of conversation_id and user_id".to_owned(),
+            )),
+        }
+    }
+
     /// Sets the application's retention period (`conversation` `None`,
     /// 1 to [`MAX_RETENTION_DAYS`] days) or a conversation's override (0:
     /// forever); `days` `None` removes it. Recorded in the audit log.
@@ -146,28 +181,7 @@ impl Services {
                 "reason: 1 to 1000 characters, not only spaces".to_owned(),
             ));
         }
-        let target = match (conversation, user) {
-            (Some(c), None) => {
-                self.messaging
-                    .store()
-                    .conversation(app.id, c)
-                    .await?
-                    .ok_or(Error::NotFound("conversation"))?;
-                format!("conversation:{c}")
-            }
-            (None, Some(u)) => {
-                self.store
-                    .user(app.id, u)
-                    .await?
-                    .ok_or(Error::NotFound("user"))?;
-                format!("user:{u}")
-            }
-            _ => {
-                return Err(Error::InvalidRequest(
-                    "exactly one of conversation_id and user_id".to_owned(),
-                ));
-            }
-        };
+        let target = self.scope_target(app, conversation, user).await?;
         let hold = LegalHold {
             id: HoldId::random(),
             app_id: app.id,

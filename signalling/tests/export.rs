@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::time::Duration;
 
-use common::{TestServer, Ws, advance, expect_error, upload_file, user_token};
+use common::{TestServer, Ws, advance, expect_error, stored, upload_file, user_token};
 use confer_signalling::ids::Clock as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -191,15 +191,12 @@ async fn an_export_holds_the_history_its_versions_and_files() {
     let conversations = lines(&files, "conversations.jsonl");
     assert_eq!(conversations.len(), 1);
     assert_eq!(conversations[0]["title"], "Deal 17");
-    let people: Vec<String> = lines(&files, "users.jsonl")
+    let mut people: Vec<String> = lines(&files, "users.jsonl")
         .iter()
         .map(|u| u["external_id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(people, {
-        let mut both = vec!["ann".to_owned(), "bob".to_owned()];
-        both.sort_by_key(|name| if *name == "ann" { &ann } else { &bob });
-        both
-    });
+    people.sort();
+    assert_eq!(people, ["ann", "bob"]);
     let manifest: Value = serde_json::from_slice(&files["confer-export/manifest.json"]).unwrap();
     assert_eq!(manifest["format"], "confer-export/1");
     assert_eq!(manifest["messages"], 6);
@@ -302,20 +299,6 @@ async fn an_export_holds_the_history_its_versions_and_files() {
     assert_eq!(count("export.requested"), 2);
     assert_eq!(count("export.completed"), 2);
     assert_eq!(count("export.downloaded"), 2);
-}
-
-/// Whether a file whose name holds `id` is anywhere under `root`.
-fn stored(root: &std::path::Path, id: &str) -> bool {
-    std::fs::read_dir(root).is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            let path = e.path();
-            if path.is_dir() {
-                stored(&path, id)
-            } else {
-                path.file_name().unwrap().to_string_lossy().contains(id)
-            }
-        })
-    })
 }
 
 #[tokio::test]

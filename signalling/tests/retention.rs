@@ -16,27 +16,13 @@ use std::path::Path;
 
 use common::s3::S3Server;
 use common::{
-    TestServer, Ws, advance, default_clock, expect_error, test_config, upload_file, user_token,
+    TestServer, Ws, advance, default_clock, expect_error, stored, test_config, upload_file,
+    user_token,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const DAY: u64 = 24 * 60 * 60;
-
-/// Whether a file whose name holds `id` is anywhere under `root`.
-fn stored(root: &Path, id: &str) -> bool {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        let path = e.path();
-        if path.is_dir() {
-            stored(&path, id)
-        } else {
-            path.file_name().unwrap().to_string_lossy().contains(id)
-        }
-    })
-}
 
 /// Rows of the full-text index holding `word` (SQLite).
 fn indexed(data_dir: &Path, word: &str) -> i64 {

@@ -87,7 +87,8 @@ pub struct AuditPage {
     pub next: Option<u64>,
 }
 
-fn time(field: &str, text: Option<&str>) -> Result<Option<Timestamp>, Error> {
+/// An optional RFC 3339 time of a request.
+pub(super) fn time(field: &str, text: Option<&str>) -> Result<Option<Timestamp>, Error> {
     text.map(|t| {
         t.parse::<jiff::Timestamp>()
             .map(|d| Timestamp(d.as_millisecond()))

@@ -11,12 +11,13 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::audit::time;
 use super::error::ErrorBody;
 use super::extract::{ApiJson, ClientIp, PathId};
 use super::files::Signed;
 use super::governance::Owner;
 use crate::error::Error;
-use crate::ids::{ConversationId, ExportId, Timestamp, UserId};
+use crate::ids::{ConversationId, ExportId, UserId};
 use crate::server::Services;
 use crate::store::exports::ExportRecord;
 
@@ -124,15 +125,6 @@ fn view(services: &Services, e: &ExportRecord, base: Option<&str>) -> ExportView
 pub struct ExportList {
     /// Newest first (the last 100).
     pub exports: Vec<ExportView>,
-}
-
-fn time(field: &str, text: Option<&str>) -> Result<Option<Timestamp>, Error> {
-    text.map(|t| {
-        t.parse::<jiff::Timestamp>()
-            .map(|d| Timestamp(d.as_millisecond()))
-            .map_err(|_| Error::InvalidRequest(format!("{field}: not an RFC 3339 time")))
-    })
-    .transpose()
 }
 
 /// Starts an export of a conversation, or of a user's conversations,

@@ -28,6 +28,9 @@ use super::Taps;
 /// How often the loop looks when nothing wakes it.
 const POLL: Duration = Duration::from_millis(250);
 
+/// How long the loop waits, once woken by a new event, for more.
+const GATHER: Duration = Duration::from_millis(10);
+
 /// Sink events turned into deliveries per application per pass.
 const FAN_IN_BATCH: u32 = 500;
 
@@ -122,7 +125,10 @@ impl Outbox {
             }
             tokio::select! {
                 () = tokio::time::sleep(POLL) => {}
-                () = self.taps.wait_written() => {}
+                () = self.taps.wait_written() => {
+                    // Events come in bursts: one pass takes a few.
+                    tokio::time::sleep(GATHER).await;
+                }
             }
         }
     }

@@ -755,3 +755,19 @@ pub fn check_frames(
     }
     seen
 }
+
+/// Whether a file whose name holds `id` is anywhere under `root` (an
+/// object of the local file directory or of an S3 server's bucket).
+pub fn stored(root: &Path, id: &str) -> bool {
+    std::fs::read_dir(root).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                stored(&path, id)
+            } else {
+                path.file_name()
+                    .is_some_and(|n| n.to_string_lossy().contains(id))
+            }
+        })
+    })
+}
