@@ -64,6 +64,11 @@ pub struct ChatArgs {
     /// until all have resumed and caught up.
     #[arg(long)]
     pub reconnect_storm: bool,
+    /// Register an outgoing webhook endpoint for each application's
+    /// messages, received by this process: reports the deliveries and
+    /// their lag.
+    #[arg(long)]
+    pub webhook: bool,
     /// Seconds to wait for deliveries after sending stops.
     #[arg(long, default_value_t = 5)]
     pub drain: u64,
@@ -134,8 +139,19 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
     let epoch = Instant::now();
     let run_id: u32 = rand::rng().random();
 
-    // Applications.
+    // Applications, and their webhook receiver.
     let apps = applications(&http, &base, &args, run_id).await?;
+    let receiver = if args.webhook {
+        let receiver = crate::webhook::Receiver::start(epoch).await?;
+        for app in &apps {
+            receiver
+                .register(&http, &base, (&app.id, &app.secret))
+                .await?;
+        }
+        Some(receiver)
+    } else {
+        None
+    };
 
     // Users, through POST /api/v1/tokens (provisions each on first use).
     let sizes = plan(args.users, args.mix);
@@ -379,6 +395,7 @@ pub async fn run(args: ChatArgs, command: String) -> anyhow::Result<ChatReport> 
         reconnect_storm: storm_report,
         reactions: (args.mix.reactions > 0.0).then_some(reactions),
         replies: (args.mix.replies > 0.0).then_some(replies_sent),
+        webhook: receiver.map(|r| r.report(acked)),
     };
     if let Some(dir) = &args.common.report {
         report::write_chat(dir, &report, &latency)?;

@@ -22,6 +22,7 @@ mod media;
 mod peer;
 mod plan;
 mod report;
+mod webhook;
 
 use clap::{Parser, Subcommand};
 
@@ -87,5 +88,6 @@ fn summary_chat(r: &chat::ChatReport) -> serde_json::Value {
             "kib_per_idle_connection": s.kib_per_idle_connection,
         })),
         "reconnect_storm": r.reconnect_storm,
+        "webhook": r.webhook,
     })
 }

@@ -65,6 +65,8 @@ pub struct ChatReport {
     /// Messages sent as replies in a thread (counted with the others in
     /// `sent`), when the mix has them.
     pub replies: Option<u64>,
+    /// The outgoing webhook receiver, with `--webhook`.
+    pub webhook: Option<crate::webhook::WebhookReport>,
 }
 
 /// What `--mix …,reactions=F` did.
@@ -152,6 +154,18 @@ pub fn write_chat(dir: &Path, r: &ChatReport, latency: &Histogram<u64>) -> anyho
             md,
             "| reactions sent / acknowledged / refused / events received | {} / {} / {} / {} |",
             x.sent, x.acked, x.refused, x.events
+        );
+    }
+    if let Some(w) = &r.webhook {
+        let _ = writeln!(
+            md,
+            "| webhook events expected / received once / missing / repeated | {} / {} / {} / {} |",
+            w.expected, w.unique, w.missing, w.duplicates
+        );
+        let _ = writeln!(
+            md,
+            "| webhook lag p50 / p90 / p99 / max | {:.1} / {:.1} / {:.1} / {:.1} ms |",
+            w.lag_ms.p50, w.lag_ms.p90, w.lag_ms.p99, w.lag_ms.max
         );
     }
     let _ = writeln!(

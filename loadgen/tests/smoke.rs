@@ -84,6 +84,7 @@ async fn chat_delivers_everything_once_and_survives_a_reconnect_storm() {
             "--drain",
             "2",
             "--reconnect-storm",
+            "--webhook",
             "--quiet",
             "--outbox",
             outbox.to_str().unwrap(),
@@ -111,6 +112,12 @@ async fn chat_delivers_everything_once_and_survives_a_reconnect_storm() {
     assert_eq!(storm["caught_up"], 60, "{r}");
     assert_eq!(storm["lost"], 0, "{r}");
     assert!(r["server"]["rss_idle_kib"].as_u64().unwrap() > 0, "{r}");
+    // Every acknowledged message came to the webhook endpoint, once.
+    let hook = &r["webhook"];
+    assert!(hook["expected"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(hook["unique"], hook["expected"], "{r}");
+    assert_eq!(hook["missing"], 0, "{r}");
+    assert!(hook["lag_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
