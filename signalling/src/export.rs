@@ -43,8 +43,9 @@ use crate::store::{Application, Subscriber};
 pub const EXPORT_URL_TTL: Duration = Duration::from_secs(60 * 60);
 
 /// A running export whose progress has not moved for this long is failed
-/// (its process stopped).
-const STALLED_AFTER: Duration = Duration::from_secs(10 * 60);
+/// (its process stopped). Progress moves with each page of messages and
+/// each attachment; packing and storing the archive must fit in it.
+const STALLED_AFTER: Duration = Duration::from_secs(60 * 60);
 
 /// Messages read per page.
 const PAGE: u32 = 200;
@@ -87,7 +88,14 @@ fn safe_name(name: &str) -> String {
         .collect();
     match cleaned.trim() {
         "" | "." | ".." => "file".to_owned(),
-        n => n.chars().take(200).collect(),
+        // At most 200 bytes (file systems allow 255), whole characters.
+        n => {
+            let mut end = n.len().min(200);
+            while !n.is_char_boundary(end) {
+                end -= 1;
+            }
+            n[..end].to_owned()
+        }
     }
 }
 
@@ -285,7 +293,7 @@ impl Services {
             export.error = Some("interrupted: the server stopped while building it".to_owned());
             export.updated_at = now;
             export.finished_at = Some(now);
-            self.store.update_export(&export).await?;
+            self.store.update_export(&export, "running").await?;
         }
         let keep = Duration::from_secs(self.config.exports.keep_days * 24 * 60 * 60);
         for mut export in self
@@ -299,7 +307,7 @@ impl Services {
             }
             export.state = "expired".to_owned();
             export.updated_at = now;
-            self.store.update_export(&export).await?;
+            self.store.update_export(&export, "ready").await?;
         }
         Ok(())
     }
@@ -337,7 +345,7 @@ impl Services {
                 export.error = Some(e.to_string());
             }
         }
-        if let Err(e) = self.store.update_export(&export).await {
+        if let Err(e) = self.store.update_export(&export, "running").await {
             tracing::warn!(export = %export.id, error = %e, "recording an export's end failed");
         }
     }
@@ -373,7 +381,7 @@ impl Services {
             self.export_conversation(export, id, &mut work).await?;
             export.conversations_done += 1;
             export.updated_at = self.clock.now();
-            self.store.update_export(export).await?;
+            self.store.update_export(export, "running").await?;
         }
         self.export_files(export, &mut work).await?;
         self.export_people(export, &mut work).await?;
@@ -460,7 +468,7 @@ impl Services {
                 break;
             }
             export.updated_at = self.clock.now();
-            self.store.update_export(export).await?;
+            self.store.update_export(export, "running").await?;
         }
         for copy in self.store.held_copies(id, export.from, export.to).await? {
             let body: MessageBody = serde_json::from_str(&copy.body).unwrap_or_default();
@@ -507,6 +515,8 @@ impl Services {
             }
             out.flush().await.map_err(io)?;
             export.files += 1;
+            export.updated_at = self.clock.now();
+            self.store.update_export(export, "running").await?;
         }
         Ok(())
     }

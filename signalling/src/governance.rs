@@ -290,6 +290,8 @@ impl Services {
                     crate::outbox::sink_id(app_id),
                 ];
                 swept.events += self.store.prune_app_events(app_id, &also, before).await?;
+                // Webhook deliveries carry the messages too.
+                self.store.prune_app_deliveries(app_id, before).await?;
             }
         }
         swept.copies = self.store.release_copies(now).await?;

@@ -163,10 +163,18 @@ impl Taps {
 #[must_use]
 pub fn classify(event: &serde_json::Value) -> Option<(Kind, &'static str)> {
     let message = &event["message"];
+    // A call's records: its start is posted by the caller, its end by the
+    // application, each with the client id the calls service gives it.
+    let client_id = message["client_id"].as_str().unwrap_or_default();
+    let record = client_id.starts_with("call-");
     Some(match event["kind"].as_str()? {
         "message" => match message["data"]["call"]["event"].as_str() {
-            Some("started") if message["author"]["kind"] == "app" => (Kind::Call, "call.started"),
-            Some("ended") if message["author"]["kind"] == "app" => (Kind::Call, "call.ended"),
+            Some("started") if record && client_id.ends_with("-start") => {
+                (Kind::Call, "call.started")
+            }
+            Some("ended") if record && message["author"]["kind"] == "app" => {
+                (Kind::Call, "call.ended")
+            }
             _ => (Kind::Message, "message.created"),
         },
         "message_edited" => (Kind::Message, "message.edited"),
@@ -346,4 +354,45 @@ fn check_url(url: &str) -> Result<(), Error> {
         return bad("no user or password in it (the signature authenticates deliveries)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{Kind, classify};
+
+    fn message(author: &str, client_id: &str, call: &str) -> serde_json::Value {
+        json!({"kind": "message", "message": {"author": {"kind": author},
+            "client_id": client_id, "data": {"call": {"event": call}}}})
+    }
+
+    #[test]
+    fn call_records_are_told_from_messages_that_look_like_them() {
+        // The start is posted by the caller, the end by the application.
+        assert_eq!(
+            classify(&message("user", "call-7-start", "started")),
+            Some((Kind::Call, "call.started"))
+        );
+        assert_eq!(
+            classify(&message("app", "call-7-end", "ended")),
+            Some((Kind::Call, "call.ended"))
+        );
+        // A user's own message with such data is a message.
+        for (author, client_id, call) in [
+            ("user", "mine", "started"),
+            ("user", "call-7-end", "ended"),
+            ("app", "bot-1", "ended"),
+        ] {
+            assert_eq!(
+                classify(&message(author, client_id, call)),
+                Some((Kind::Message, "message.created"))
+            );
+        }
+        assert_eq!(
+            classify(&json!({"kind": "action", "value": "yes"})),
+            Some((Kind::Action, "action.clicked"))
+        );
+        assert_eq!(classify(&json!({"kind": "read", "seq": 3})), None);
+    }
 }

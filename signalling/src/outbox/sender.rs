@@ -153,6 +153,17 @@ impl Outbox {
                 let Some(last) = events.last().map(|e| e.seq) else {
                     break;
                 };
+                // The endpoints as they are now, read after the events: one
+                // registered since the pass began gets what it is owed (in
+                // id order, so that two nodes insert in the same order).
+                let mut mine: Vec<Endpoint> = self
+                    .store
+                    .endpoints_of(app)
+                    .await?
+                    .into_iter()
+                    .filter(|e| e.revoked_at.is_none())
+                    .collect();
+                mine.sort_by_key(|e| e.id);
                 let now = self.clock.now();
                 let mut deliveries = Vec::new();
                 for event in &events {

@@ -60,8 +60,9 @@ pub trait ExportStore: Send + Sync {
     async fn exports_of(&self, app: AppId, limit: u32) -> StoreResult<Vec<ExportRecord>>;
 
     /// Stores an export's state and progress (every field but its id,
-    /// application, subscriber, scope, token and creation).
-    async fn update_export(&self, export: &ExportRecord) -> StoreResult<()>;
+    /// application, subscriber, scope, token and creation) if it is still
+    /// in `from_state`; says whether it was.
+    async fn update_export(&self, export: &ExportRecord, from_state: &str) -> StoreResult<bool>;
 
     /// Exports in `state` whose progress last moved before `before`.
     async fn exports_in(&self, state: &str, before: Timestamp) -> StoreResult<Vec<ExportRecord>>;

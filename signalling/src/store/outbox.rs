@@ -196,4 +196,9 @@ pub trait OutboxStore: Send + Sync {
     /// Deletes delivered and dead deliveries that ended before `before`;
     /// returns how many.
     async fn prune_deliveries(&self, before: Timestamp) -> StoreResult<u64>;
+
+    /// Deletes every delivery of an application enqueued before `before`,
+    /// whatever its state (their payloads hold messages retention
+    /// deletes); returns how many.
+    async fn prune_app_deliveries(&self, app: AppId, before: Timestamp) -> StoreResult<u64>;
 }

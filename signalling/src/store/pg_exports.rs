@@ -94,11 +94,11 @@ impl ExportStore for PgStore {
         .collect()
     }
 
-    async fn update_export(&self, e: &ExportRecord) -> StoreResult<()> {
-        sqlx::query(
+    async fn update_export(&self, e: &ExportRecord, from_state: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
             "UPDATE exports SET state = $1, conversations_total = $2, conversations_done = $3, \
                  messages = $4, files = $5, bytes = $6, error = $7, updated_at = $8, finished_at = $9 \
-             WHERE id = $10",
+             WHERE id = $10 AND state = $11",
         )
         .bind(&e.state)
         .bind(e.conversations_total.cast_signed())
@@ -110,9 +110,12 @@ impl ExportStore for PgStore {
         .bind(e.updated_at.0)
         .bind(e.finished_at.map(|t| t.0))
         .bind(e.id.to_string())
+        .bind(from_state)
         .execute(self.pool())
-        .await.pg()?;
-        Ok(())
+        .await
+        .pg()?
+        .rows_affected();
+        Ok(done == 1)
     }
 
     async fn exports_in(&self, state: &str, before: Timestamp) -> StoreResult<Vec<ExportRecord>> {

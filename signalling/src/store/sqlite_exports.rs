@@ -91,11 +91,11 @@ impl ExportStore for SqliteStore {
         .collect()
     }
 
-    async fn update_export(&self, e: &ExportRecord) -> StoreResult<()> {
-        sqlx::query(
+    async fn update_export(&self, e: &ExportRecord, from_state: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
             "UPDATE exports SET state = ?, conversations_total = ?, conversations_done = ?, \
                  messages = ?, files = ?, bytes = ?, error = ?, updated_at = ?, finished_at = ? \
-             WHERE id = ?",
+             WHERE id = ? AND state = ?",
         )
         .bind(&e.state)
         .bind(e.conversations_total.cast_signed())
@@ -107,9 +107,11 @@ impl ExportStore for SqliteStore {
         .bind(e.updated_at.0)
         .bind(e.finished_at.map(|t| t.0))
         .bind(e.id.to_string())
+        .bind(from_state)
         .execute(self.pool())
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(done == 1)
     }
 
     async fn exports_in(&self, state: &str, before: Timestamp) -> StoreResult<Vec<ExportRecord>> {

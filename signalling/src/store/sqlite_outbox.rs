@@ -189,7 +189,9 @@ impl OutboxStore for SqliteStore {
             .expect("ids serialize");
         sqlx::query(&format!(
             "UPDATE webhook_deliveries SET next_attempt_at = ?1 \
-             WHERE state = 'pending' AND next_attempt_at <= ?2 AND id IN ( \
+             WHERE state = 'pending' AND next_attempt_at <= ?2 \
+               AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE revoked_at IS NULL) \
+               AND id IN ( \
                  SELECT id FROM ( \
                      SELECT id, endpoint_id, next_attempt_at, ROW_NUMBER() OVER ( \
                          PARTITION BY endpoint_id ORDER BY next_attempt_at, id) AS n \
@@ -290,5 +292,16 @@ impl OutboxStore for SqliteStore {
         .execute(self.pool())
         .await?
         .rows_affected())
+    }
+
+    async fn prune_app_deliveries(&self, app: AppId, before: Timestamp) -> StoreResult<u64> {
+        Ok(
+            sqlx::query("DELETE FROM webhook_deliveries WHERE app_id = ? AND created_at < ?")
+                .bind(app.to_string())
+                .bind(before.0)
+                .execute(self.pool())
+                .await?
+                .rows_affected(),
+        )
     }
 }

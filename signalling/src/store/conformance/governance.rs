@@ -259,7 +259,9 @@ pub(in crate::store) async fn exports_record_their_progress(store: Arc<dyn Backe
     export.bytes = 4096;
     export.updated_at = Timestamp(20);
     export.finished_at = Some(Timestamp(20));
-    store.update_export(&export).await.unwrap();
+    assert!(store.update_export(&export, "running").await.unwrap());
+    // Only from the state it was read in: a stale copy changes nothing.
+    assert!(!store.update_export(&export, "running").await.unwrap());
     assert_eq!(store.exports_of(app, 10).await.unwrap(), [export.clone()]);
     assert!(
         store

@@ -177,6 +177,14 @@ pub(in crate::store) async fn the_webhook_outbox_enqueues_claims_and_records(
         4
     );
 
+    // An application's deliveries before a time go whatever their state.
+    assert_eq!(
+        store
+            .prune_app_deliveries(crate::ids::AppId::random(), Timestamp(i64::MAX))
+            .await
+            .unwrap(),
+        0
+    );
     // Revoked: its pending deliveries go, it is listed revoked, once.
     assert!(
         store
