@@ -74,6 +74,28 @@ pub(super) fn held(conversation: &str, author: &str) -> String {
     )
 }
 
+/// Rows of `retention_policies` (app, conversation or '', days) gathered
+/// per application.
+pub(super) fn policies(rows: Vec<(String, String, i64)>) -> Vec<RetentionPolicy> {
+    let mut out: Vec<RetentionPolicy> = Vec::new();
+    for (app, conversation, days) in rows {
+        let app: Option<AppId> = app.parse().ok();
+        if out.last().is_none_or(|p| p.app_id != app) {
+            out.push(RetentionPolicy {
+                app_id: app,
+                ..RetentionPolicy::default()
+            });
+        }
+        let policy = out.last_mut().expect("just pushed");
+        let days = days.cast_unsigned();
+        match conversation.parse() {
+            Ok(c) => policy.conversations.push((c, days)),
+            Err(_) => policy.days = Some(days),
+        }
+    }
+    out
+}
+
 /// Persistence of retention and legal holds.
 #[async_trait]
 pub trait GovernanceStore: Send + Sync {

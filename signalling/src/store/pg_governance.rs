@@ -5,7 +5,7 @@ use sqlx::Row as _;
 use sqlx::postgres::PgRow;
 
 use super::StoreResult;
-use super::governance::{GovernanceStore, HeldCopy, LegalHold, RetentionPolicy, held};
+use super::governance::{GovernanceStore, HeldCopy, LegalHold, RetentionPolicy, held, policies};
 use super::pg::{PgStore, parse_id as parse};
 use super::pg_error::PgResult as _;
 use super::pg_files::discard_where;
@@ -41,28 +41,6 @@ fn copy_from(row: &PgRow) -> StoreResult<HeldCopy> {
         why: row.try_get("why").pg()?,
         kept_at: Timestamp(row.try_get("kept_at").pg()?),
     })
-}
-
-/// Rows of `retention_policies` (app, conversation or '', days) gathered
-/// per application.
-fn policies(rows: Vec<(String, String, i64)>) -> Vec<RetentionPolicy> {
-    let mut out: Vec<RetentionPolicy> = Vec::new();
-    for (app, conversation, days) in rows {
-        let app: Option<AppId> = app.parse().ok();
-        if out.last().is_none_or(|p| p.app_id != app) {
-            out.push(RetentionPolicy {
-                app_id: app,
-                ..RetentionPolicy::default()
-            });
-        }
-        let policy = out.last_mut().expect("just pushed");
-        let days = days.cast_unsigned();
-        match conversation.parse() {
-            Ok(c) => policy.conversations.push((c, days)),
-            Err(_) => policy.days = Some(days),
-        }
-    }
-    out
 }
 
 #[async_trait]

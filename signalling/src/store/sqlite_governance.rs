@@ -5,7 +5,7 @@ use sqlx::Row as _;
 use sqlx::sqlite::SqliteRow;
 
 use super::StoreResult;
-use super::governance::{GovernanceStore, HeldCopy, LegalHold, RetentionPolicy, held};
+use super::governance::{GovernanceStore, HeldCopy, LegalHold, RetentionPolicy, held, policies};
 use super::sqlite::SqliteStore;
 use super::sqlite_files::discarding;
 use super::sqlite_messaging::parse;
@@ -41,28 +41,6 @@ fn copy_from(row: &SqliteRow) -> StoreResult<HeldCopy> {
         why: row.try_get("why")?,
         kept_at: Timestamp(row.try_get("kept_at")?),
     })
-}
-
-/// Rows of `retention_policies` (app, conversation or '', days) gathered
-/// per application.
-fn policies(rows: Vec<(String, String, i64)>) -> Vec<RetentionPolicy> {
-    let mut out: Vec<RetentionPolicy> = Vec::new();
-    for (app, conversation, days) in rows {
-        let app: Option<AppId> = app.parse().ok();
-        if out.last().is_none_or(|p| p.app_id != app) {
-            out.push(RetentionPolicy {
-                app_id: app,
-                ..RetentionPolicy::default()
-            });
-        }
-        let policy = out.last_mut().expect("just pushed");
-        let days = days.cast_unsigned();
-        match conversation.parse() {
-            Ok(c) => policy.conversations.push((c, days)),
-            Err(_) => policy.days = Some(days),
-        }
-    }
-    out
 }
 
 #[async_trait]
