@@ -7,11 +7,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{TestServer, Ws, default_clock, test_config};
 use serde_json::Value;
+use tokio::process::Command;
 
 /// Waits (up to `within`) for the close frame and returns its text.
 async fn closed(ws: &mut Ws, within: Duration) -> String {
@@ -92,7 +92,11 @@ async fn a_lock_from_the_admin_command_closes_the_users_sessions() {
         .arg(dir.path())
         .args(["lock-user", "--app", &app.id, "--user", &user])
         .env_remove("CONFER_CONFIG")
+        // (Awaited, not blocking: the server runs on this test's one
+        // thread, and a write it has begun must be able to commit while
+        // the command waits for SQLite's lock.)
         .output()
+        .await
         .unwrap();
     assert!(
         out.status.success(),
