@@ -66,7 +66,8 @@ pub struct ChatArgs {
     pub reconnect_storm: bool,
     /// Register an outgoing webhook endpoint for each application's
     /// messages, received by this process: reports the deliveries and
-    /// their lag.
+    /// their lag. (The server must allow deliveries to this host:
+    /// `CONFER_WEBHOOKS__ALLOWED_NETWORKS='["127.0.0.0/8"]'`.)
     #[arg(long)]
     pub webhook: bool,
     /// Seconds to wait for deliveries after sending stops.

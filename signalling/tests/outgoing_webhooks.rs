@@ -26,6 +26,9 @@ use hmac::{Hmac, Mac as _};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+/// `[webhooks] allowed_networks` for receivers on this host.
+const LOOPBACK: &str = r#"["127.0.0.0/8"]"#;
+
 /// One delivery as the receiver saw it.
 #[derive(Clone, Debug)]
 struct Got {
@@ -273,6 +276,8 @@ async fn every_event_arrives_signed_across_a_restart_and_a_kill() {
         ("CONFER_WEBHOOKS__RETRY_BASE_MS", "200"),
         ("CONFER_WEBHOOKS__MAX_ATTEMPTS", "30"),
         ("CONFER_WEBHOOKS__TIMEOUT_SECS", "2"),
+        // (The receivers are on this host.)
+        ("CONFER_WEBHOOKS__ALLOWED_NETWORKS", LOOPBACK),
     ];
     let mut server = start(dir.path(), &env);
     let app = server.register(dir.path(), "ops@example.com", "ERP").await;
@@ -397,6 +402,8 @@ async fn a_dead_endpoint_is_dead_lettered_and_others_stay_on_time() {
         ("CONFER_WEBHOOKS__RETRY_BASE_MS", "100"),
         ("CONFER_WEBHOOKS__MAX_ATTEMPTS", "3"),
         ("CONFER_WEBHOOKS__TIMEOUT_SECS", "2"),
+        // (The receivers are on this host.)
+        ("CONFER_WEBHOOKS__ALLOWED_NETWORKS", LOOPBACK),
     ];
     let server = start(dir.path(), &env);
     let on_time = server.register(dir.path(), "a@example.com", "A").await;
@@ -506,7 +513,10 @@ async fn a_dead_endpoint_is_dead_lettered_and_others_stay_on_time() {
 
 #[tokio::test]
 async fn endpoints_are_the_applications_own_validated_filtered_and_revocable() {
-    let (server, _dir) = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.webhooks.allowed_networks = vec!["127.0.0.0/8".to_owned()];
+    let server = TestServer::start_with(config, common::default_clock()).await;
     let app = server.register("erp@example.com", "ERP").await;
     let other = server.register("crm@example.com", "CRM").await;
     let receiver = Receiver::start_with(Mode::Prompt, false).await;
@@ -669,4 +679,68 @@ async fn endpoints_are_the_applications_own_validated_filtered_and_revocable() {
         .collect();
     assert!(actions.contains(&"endpoint.created"), "{actions:?}");
     assert!(actions.contains(&"endpoint.revoked"), "{actions:?}");
+}
+
+/// By default deliveries go only to public addresses: an internal IP in the
+/// URL is refused when the endpoint is registered, and a name that resolves
+/// to one is refused at each attempt, before anything is sent.
+#[tokio::test]
+async fn internal_addresses_are_refused_unless_allowed() {
+    let (server, _dir) = TestServer::start().await;
+    let app = server.register("erp@example.com", "ERP").await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://[::1]/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.1.2.3/erp",
+        "http://[::ffff:192.168.0.1]/",
+    ] {
+        let r = server
+            .post("/api/v1/webhook-endpoints")
+            .basic_auth(&app.id, Some(&app.secret))
+            .json(&json!({"url": url, "events": ["user"]}))
+            .send()
+            .await
+            .unwrap();
+        let body = expect_error(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("is an internal address"),
+            "{url}: {body}"
+        );
+    }
+    // A name is checked where it leads, at each attempt.
+    let receiver = Receiver::start_with(Mode::Prompt, false).await;
+    let port = receiver.url.rsplit(':').next().unwrap();
+    let endpoint = register_endpoint(
+        &server.base,
+        &app,
+        &format!("http://localhost:{port}"),
+        &["user"],
+    )
+    .await;
+    user_token(&server, &app, "ann", &[]).await;
+    let started = Instant::now();
+    let refused = loop {
+        let log = deliveries(&server.base, &app, &endpoint, "").await;
+        if let Some(d) = log.iter().find(|d| d["attempts"].as_u64() >= Some(1)) {
+            break d.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{log:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let error = refused["last_error"].as_str().unwrap();
+    assert!(
+        error.starts_with("localhost resolves only to internal addresses"),
+        "{refused}"
+    );
+    assert!(refused["last_status"].is_null(), "{refused}");
+    assert!(receiver.got().is_empty());
+    assert_eq!(
+        *receiver.bad_signatures.lock().unwrap(),
+        0,
+        "nothing was sent"
+    );
 }

@@ -209,7 +209,7 @@ impl Ids {
             server
                 .post("/api/v1/webhook-endpoints")
                 .basic_auth(&app.id, Some(&app.secret))
-                .json(&json!({"url": "http://127.0.0.1:9/hook", "events": ["user"]})),
+                .json(&json!({"url": "http://hooks.example.invalid/hook", "events": ["user"]})),
         )
         .await;
         let revoked = hook("revoked").await;

@@ -389,6 +389,14 @@ impl SignallingConfig {
             ),
             "1 to 120; concurrency 1 to 1024, per_endpoint 1 to 64, log_retention_days 1 to 3650",
         );
+        for network in &hooks.allowed_networks {
+            check(
+                crate::outbox::guard::parse_network(network).is_some(),
+                "webhooks.allowed_networks",
+                format!("{network:?}"),
+                "networks in CIDR notation (10.0.0.0/8, fd00::/8) or single addresses",
+            );
+        }
         let calls = &self.calls;
         check(
             (2..=1000).contains(&calls.conference_server_based_member_limit),

@@ -355,6 +355,10 @@ pub struct WebhookConfig {
     /// Delivered and dead deliveries are kept this many days in the
     /// delivery log.
     pub log_retention_days: u64,
+    /// Internal networks deliveries may reach (CIDR or one address, e.g.
+    /// `["10.0.0.0/8"]`). By default only public addresses are: not this
+    /// host, private, link-local (cloud metadata) or other reserved ones.
+    pub allowed_networks: Vec<String>,
 }
 
 impl Default for WebhookConfig {
@@ -367,6 +371,7 @@ impl Default for WebhookConfig {
             concurrency: 64,
             per_endpoint: 4,
             log_retention_days: 30,
+            allowed_networks: Vec::new(),
         }
     }
 }

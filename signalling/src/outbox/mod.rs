@@ -26,6 +26,10 @@
 //! `[webhooks] per_endpoint` at a time to one endpoint and `concurrency`
 //! overall, each bounded by `timeout_secs`: a slow or dead endpoint holds
 //! up only its own deliveries.
+//!
+//! **Destinations.** Deliveries reach only public addresses unless the
+//! operator allows internal networks ([`guard`]): an application cannot
+//! use the server to call into the network it runs in.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -40,6 +44,7 @@ use crate::store::Application;
 use crate::store::Store;
 use crate::store::outbox::{Delivery, DeliveryState, Endpoint};
 
+pub mod guard;
 pub mod sender;
 
 pub use sender::{Outbox, signature};
@@ -213,7 +218,7 @@ impl Services {
         kinds: &[String],
         ip: Option<IpAddr>,
     ) -> Result<Endpoint, Error> {
-        check_url(url)?;
+        check_url(url, &self.config.webhooks.allowed_networks)?;
         let mut wanted: Vec<String> = Vec::new();
         for kind in kinds {
             let kind = Kind::parse(kind).ok_or_else(|| {
@@ -339,7 +344,7 @@ impl Services {
     }
 }
 
-fn check_url(url: &str) -> Result<(), Error> {
+fn check_url(url: &str, allowed_networks: &[String]) -> Result<(), Error> {
     let bad = |why: &str| Err(Error::InvalidRequest(format!("url: {why}")));
     if url.len() > MAX_URL_BYTES {
         return bad("at most 2048 bytes");
@@ -352,6 +357,12 @@ fn check_url(url: &str) -> Result<(), Error> {
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return bad("no user or password in it (the signature authenticates deliveries)");
+    }
+    // (A host name is checked at each attempt, when it is resolved.)
+    if let Some(ip) = sender::literal_ip(url)
+        && !guard::Destinations::new(allowed_networks).permits(ip)
+    {
+        return bad(&guard::Destinations::refusal(ip));
     }
     Ok(())
 }

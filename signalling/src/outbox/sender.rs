@@ -16,6 +16,7 @@ use rand::RngCore as _;
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
+use super::guard::{self, Destinations, Resolver};
 use super::{classify, event_id, sink_id};
 use crate::config::WebhookConfig;
 use crate::ids::{AppId, Clock, DeliveryId, EndpointId, Timestamp};
@@ -67,6 +68,8 @@ pub struct Outbox {
     config: WebhookConfig,
     taps: Arc<Taps>,
     http: reqwest::Client,
+    /// Where deliveries may go (its resolver is the client's).
+    destinations: Arc<Destinations>,
     /// Attempts in flight, per endpoint.
     in_flight: Mutex<HashMap<EndpointId, u32>>,
     slots: Arc<Semaphore>,
@@ -87,9 +90,11 @@ impl Outbox {
     ) -> Self {
         // (Built before any other client may have installed one.)
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let destinations = Arc::new(Destinations::new(&config.allowed_networks));
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.timeout_secs))
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(Resolver::new(destinations.clone())))
             .user_agent(concat!("Confer-Webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("an HTTP client builds");
@@ -101,6 +106,7 @@ impl Outbox {
             config,
             taps,
             http,
+            destinations,
             in_flight: Mutex::default(),
             slots,
         }
@@ -289,6 +295,9 @@ impl Outbox {
     async fn attempt(&self, endpoint: &Endpoint, delivery: &Delivery) -> Attempt {
         let id = event_id(delivery.app_id, delivery.event_seq);
         let timestamp = self.clock.now().as_secs();
+        if let Some(ip) = literal_ip(&endpoint.url).filter(|ip| !self.destinations.permits(*ip)) {
+            return self.failed(delivery, None, Destinations::refusal(ip));
+        }
         let sent = self
             .http
             .post(&endpoint.url)
@@ -302,14 +311,17 @@ impl Outbox {
             .body(delivery.payload.clone())
             .send()
             .await;
-        let at = self.clock.now();
+        if let Some(refused) = sent.as_ref().err().and_then(|e| guard::not_allowed(e)) {
+            let why = refused.to_string();
+            return self.failed(delivery, None, why);
+        }
         let (status, error) = match sent {
             Ok(answer) if answer.status().is_success() => {
                 return Attempt {
                     delivered: true,
                     status: Some(answer.status().as_u16()),
                     error: None,
-                    at,
+                    at: self.clock.now(),
                     retry_at: None,
                 };
             }
@@ -324,6 +336,13 @@ impl Outbox {
             Err(e) if e.is_connect() => (None, "could not connect".to_owned()),
             Err(e) => (None, format!("request failed: {e}")),
         };
+        self.failed(delivery, status, error)
+    }
+
+    /// A failed attempt of `delivery`, retried with backoff until
+    /// `max_attempts`.
+    fn failed(&self, delivery: &Delivery, status: Option<u16>, error: String) -> Attempt {
+        let at = self.clock.now();
         let attempts = delivery.attempts + 1;
         let retry_at = (attempts < self.config.max_attempts).then(|| {
             let wait = self
@@ -356,4 +375,16 @@ impl Outbox {
         );
         self.store.prune_deliveries(before).await
     }
+}
+
+/// The IP address `url` names as its host, if it names one (a name is
+/// checked when it is resolved: [`Resolver`]).
+pub(super) fn literal_ip(url: &str) -> Option<std::net::IpAddr> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed.host_str()?;
+    // (An IPv6 host comes in brackets.)
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
 }
