@@ -220,7 +220,8 @@ impl Outbox {
         Ok(())
     }
 
-    /// Claims what is due (leaving out endpoints at their limit) and
+    /// Claims what is due (no more to an endpoint than its limit leaves
+    /// beside the attempts in flight to it) and
     /// starts each attempt on its own task.
     async fn start_due(
         self: &Arc<Self>,
@@ -230,13 +231,12 @@ impl Outbox {
         if free == 0 {
             return Ok(());
         }
-        let busy: Vec<EndpointId> = self
+        let in_flight: Vec<(EndpointId, u32)> = self
             .in_flight
             .lock()
             .expect("in-flight lock")
             .iter()
-            .filter(|(_, n)| **n >= self.config.per_endpoint)
-            .map(|(id, _)| *id)
+            .map(|(id, n)| (*id, *n))
             .collect();
         let now = self.clock.now();
         // A claimed delivery is someone's until its attempt could have
@@ -249,7 +249,7 @@ impl Outbox {
                 lease,
                 u32::try_from(free).unwrap_or(u32::MAX),
                 self.config.per_endpoint,
-                &busy,
+                &in_flight,
             )
             .await?;
         for delivery in claimed {

@@ -154,17 +154,17 @@ pub trait OutboxStore: Send + Sync {
     ) -> StoreResult<()>;
 
     /// Claims up to `limit` pending deliveries due by `now`, at most
-    /// `per_endpoint` of each endpoint and none of `busy` ones: their
-    /// next attempt moves to `lease_until`, so that no other claim takes
-    /// them meanwhile (a process that dies holding them lets them go when
-    /// the lease ends). Oldest due first.
+    /// `per_endpoint` of each endpoint less the attempts `in_flight` to it
+    /// already: their next attempt moves to `lease_until`, so that no
+    /// other claim takes them meanwhile (a process that dies holding them
+    /// lets them go when the lease ends). Oldest due first.
     async fn claim_deliveries(
         &self,
         now: Timestamp,
         lease_until: Timestamp,
         limit: u32,
         per_endpoint: u32,
-        busy: &[EndpointId],
+        in_flight: &[(EndpointId, u32)],
     ) -> StoreResult<Vec<Delivery>>;
 
     /// Records an attempt of a pending delivery: delivered, due again at

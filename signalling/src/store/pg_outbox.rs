@@ -179,9 +179,12 @@ impl OutboxStore for PgStore {
         lease_until: Timestamp,
         limit: u32,
         per_endpoint: u32,
-        busy: &[EndpointId],
+        in_flight: &[(EndpointId, u32)],
     ) -> StoreResult<Vec<Delivery>> {
-        let busy: Vec<String> = busy.iter().map(ToString::to_string).collect();
+        let (ids, counts): (Vec<String>, Vec<i64>) = in_flight
+            .iter()
+            .map(|(id, n)| (id.to_string(), i64::from(*n)))
+            .unzip();
         sqlx::query(&format!(
             "UPDATE webhook_deliveries SET next_attempt_at = $1 \
              WHERE state = 'pending' AND next_attempt_at <= $2 \
@@ -192,15 +195,17 @@ impl OutboxStore for PgStore {
                          PARTITION BY endpoint_id ORDER BY next_attempt_at, id) AS n \
                      FROM webhook_deliveries \
                      WHERE state = 'pending' AND next_attempt_at <= $2) AS due \
-                 WHERE n <= $3 AND endpoint_id <> ALL($4) \
+                 WHERE n + coalesce((SELECT f.n FROM unnest($4::text[], $6::bigint[]) \
+                                     AS f(id, n) WHERE f.id = due.endpoint_id), 0) <= $3 \
                  ORDER BY next_attempt_at, id LIMIT $5) \
              RETURNING {DELIVERY}"
         ))
         .bind(lease_until.0)
         .bind(now.0)
         .bind(i64::from(per_endpoint))
-        .bind(busy)
+        .bind(ids)
         .bind(i64::from(limit))
+        .bind(counts)
         .fetch_all(self.pool())
         .await
         .pg()?

@@ -171,7 +171,7 @@ impl OutboxStore for SqliteStore {
         lease_until: Timestamp,
         limit: u32,
         per_endpoint: u32,
-        busy: &[EndpointId],
+        in_flight: &[(EndpointId, u32)],
     ) -> StoreResult<Vec<Delivery>> {
         // A read first: an UPDATE would take the write lock from the
         // message writer on every poll, due or not.
@@ -185,8 +185,14 @@ impl OutboxStore for SqliteStore {
         if !due {
             return Ok(Vec::new());
         }
-        let busy = serde_json::to_string(&busy.iter().map(ToString::to_string).collect::<Vec<_>>())
-            .expect("ids serialize");
+        // {"<endpoint id>": attempts in flight, …}
+        let in_flight = serde_json::Value::Object(
+            in_flight
+                .iter()
+                .map(|(id, n)| (id.to_string(), serde_json::Value::from(*n)))
+                .collect(),
+        )
+        .to_string();
         sqlx::query(&format!(
             "UPDATE webhook_deliveries SET next_attempt_at = ?1 \
              WHERE state = 'pending' AND next_attempt_at <= ?2 \
@@ -197,14 +203,15 @@ impl OutboxStore for SqliteStore {
                          PARTITION BY endpoint_id ORDER BY next_attempt_at, id) AS n \
                      FROM webhook_deliveries \
                      WHERE state = 'pending' AND next_attempt_at <= ?2) AS due \
-                 WHERE n <= ?3 AND endpoint_id NOT IN (SELECT value FROM json_each(?4)) \
+                 WHERE n + coalesce((SELECT value FROM json_each(?4) \
+                                     WHERE key = due.endpoint_id), 0) <= ?3 \
                  ORDER BY next_attempt_at, id LIMIT ?5) \
              RETURNING {DELIVERY}"
         ))
         .bind(lease_until.0)
         .bind(now.0)
         .bind(i64::from(per_endpoint))
-        .bind(busy)
+        .bind(in_flight)
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?

@@ -66,8 +66,8 @@ pub(in crate::store) async fn the_webhook_outbox_enqueues_claims_and_records(
         .unwrap();
     assert_eq!(page.iter().map(|d| d.event_seq).collect::<Vec<_>>(), [3, 2]);
 
-    // Claimed fairly (at most 2 of each), not again while leased, and
-    // none of a busy endpoint.
+    // Claimed fairly (at most 2 of each), not again while leased, and no
+    // more than an endpoint's limit leaves beside its attempts in flight.
     let claimed = store
         .claim_deliveries(Timestamp(100), Timestamp(1000), 10, 2, &[])
         .await
@@ -77,23 +77,33 @@ pub(in crate::store) async fn the_webhook_outbox_enqueues_claims_and_records(
         claimed.iter().filter(|d| d.endpoint_id == fast.id).count(),
         2
     );
-    let busy = store
-        .claim_deliveries(Timestamp(100), Timestamp(1000), 10, 2, &[slow.id])
+    let partly = store
+        .claim_deliveries(
+            Timestamp(100),
+            Timestamp(1000),
+            10,
+            2,
+            &[(slow.id, 2), (fast.id, 1)],
+        )
         .await
         .unwrap();
-    assert!(busy.iter().all(|d| d.endpoint_id == fast.id), "{busy:?}");
-    assert_eq!(busy.len(), 2);
-    let none = store
-        .claim_deliveries(Timestamp(999), Timestamp(2000), 2, 5, &[slow.id])
+    assert!(
+        partly.iter().all(|d| d.endpoint_id == fast.id),
+        "{partly:?}"
+    );
+    assert_eq!(partly.len(), 1, "one of two left to the fast endpoint");
+    let rest = store
+        .claim_deliveries(Timestamp(999), Timestamp(2000), 2, 5, &[(slow.id, 5)])
         .await
         .unwrap();
-    assert_eq!(none.len(), 1, "the fast endpoint's fifth: {none:?}");
+    assert!(rest.iter().all(|d| d.endpoint_id == fast.id), "{rest:?}");
+    assert_eq!(rest.len(), 2, "the fast endpoint's last two: {rest:?}");
     // The lease ends: claimable again.
     let later = store
         .claim_deliveries(Timestamp(1000), Timestamp(3000), 100, 100, &[])
         .await
         .unwrap();
-    assert_eq!(later.len(), 9, "{later:?}");
+    assert_eq!(later.len(), 8, "{later:?}");
 
     // Attempts: delivered, failed with a retry, failed for good.
     let attempt = |delivered, retry_at: Option<i64>| Attempt {
