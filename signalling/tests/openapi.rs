@@ -52,6 +52,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/webhook-endpoints"),
     ("get", "/api/v1/webhook-endpoints"),
     ("delete", "/api/v1/webhook-endpoints/{endpoint_id}"),
+    ("post", "/api/v1/webhook-endpoints/{endpoint_id}/secret"),
     ("get", "/api/v1/webhook-endpoints/{endpoint_id}/deliveries"),
     (
         "post",

@@ -4,7 +4,8 @@
 //! graceful restart and a `kill -9` of the `signalling` binary; failed
 //! attempts are retried; a dead endpoint reaches dead-letter and a hanging
 //! one times out while another application's deliveries stay on time;
-//! endpoints are the application's own, validated, revocable and audited.
+//! endpoints are the application's own, validated, revocable and audited;
+//! a rotated secret signs beside the new one for the time asked.
 
 #![allow(clippy::unwrap_used)] // in tests a panic is the failure report
 
@@ -35,6 +36,9 @@ struct Got {
     id: String,
     body: String,
     at: Instant,
+    timestamp: String,
+    /// The `webhook-signature` header.
+    signature: String,
 }
 
 /// How the receiver answers.
@@ -92,12 +96,13 @@ impl Receiver {
         let header = |name: &str| headers[name].to_str().unwrap().to_owned();
         let (id, timestamp) = (header("webhook-id"), header("webhook-timestamp"));
         let body = String::from_utf8(body.to_vec()).unwrap();
+        let signature = header("webhook-signature");
         if !verify(
             &self.secret.lock().unwrap(),
             &id,
             &timestamp,
             &body,
-            &header("webhook-signature"),
+            &signature,
         ) {
             *self.bad_signatures.lock().unwrap() += 1;
             return StatusCode::UNAUTHORIZED;
@@ -123,6 +128,8 @@ impl Receiver {
             id,
             body,
             at: Instant::now(),
+            timestamp,
+            signature,
         });
         StatusCode::NO_CONTENT
     }
@@ -177,6 +184,15 @@ async fn register_endpoint(base: &str, app: &App, url: &str, events: &[&str]) ->
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     r.json().await.unwrap()
+}
+
+async fn revoke(server: &TestServer, app: &App, id: &str) -> reqwest::Response {
+    server
+        .delete(&format!("/api/v1/webhook-endpoints/{id}"))
+        .basic_auth(&app.id, Some(&app.secret))
+        .send()
+        .await
+        .unwrap()
 }
 
 async fn deliveries(base: &str, app: &App, endpoint: &Value, query: &str) -> Vec<Value> {
@@ -639,17 +655,16 @@ async fn endpoints_are_the_applications_own_validated_filtered_and_revocable() {
     .await;
 
     // Revoked: a second click reaches it no more.
-    let r = server
-        .delete(&format!("/api/v1/webhook-endpoints/{id}"))
-        .basic_auth(&app.id, Some(&app.secret))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = server
-        .delete(&format!("/api/v1/webhook-endpoints/{id}"))
-        .basic_auth(&app.id, Some(&app.secret));
-    expect_error(r.send().await.unwrap(), StatusCode::NOT_FOUND, "not_found").await;
+    assert_eq!(
+        revoke(&server, &app, id).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    expect_error(
+        revoke(&server, &app, id).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
     ann.request(json!({"type": "click", "conversation_id": conversation,
         "message_id": sent["message"]["id"], "value": "yes"}))
         .await;
@@ -743,4 +758,175 @@ async fn internal_addresses_are_refused_unless_allowed() {
         0,
         "nothing was sent"
     );
+}
+
+/// A rotated endpoint secret keeps signing beside the new one for the time
+/// asked (a day by default), so the receiver switches without refusing a
+/// delivery; with 0 it stops at once. Rotations are the application's own,
+/// validated and audited.
+#[tokio::test]
+async fn a_rotated_secret_signs_beside_the_new_one_for_the_time_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.webhooks.allowed_networks = vec!["127.0.0.0/8".to_owned()];
+    let server = TestServer::start_with(config, common::default_clock()).await;
+    let app = server.register("erp@example.com", "ERP").await;
+    let other = server.register("crm@example.com", "CRM").await;
+    let receiver = Receiver::start_with(Mode::Prompt, false).await;
+    let endpoint = register_endpoint(&server.base, &app, &receiver.url, &["user"]).await;
+    let id = endpoint["id"].as_str().unwrap();
+    let first = endpoint["secret"].as_str().unwrap().to_owned();
+    *receiver.secret.lock().unwrap() = first.clone();
+    let rotate = |app: &App, body: Value| {
+        server
+            .post(&format!("/api/v1/webhook-endpoints/{id}/secret"))
+            .basic_auth(&app.id, Some(&app.secret))
+            .json(&body)
+            .send()
+    };
+    // Each new user is one `user.provisioned` delivery; its signatures,
+    // one by one.
+    let provision = |n: usize| {
+        let (server, app, receiver) = (&server, &app, &receiver);
+        async move {
+            user_token(server, app, &format!("user-{n}"), &[]).await;
+            wait_until("the delivery", Duration::from_secs(10), || {
+                receiver.got().len() == n
+            })
+            .await;
+            let got = receiver.got().pop().unwrap();
+            let signatures: Vec<String> = got.signature.split(' ').map(str::to_owned).collect();
+            (got, signatures)
+        }
+    };
+    let signs = |got: &Got, secret: &str, signature: &str| {
+        verify(secret, &got.id, &got.timestamp, &got.body, signature)
+    };
+
+    let (got, signatures) = provision(1).await;
+    assert_eq!(signatures.len(), 1, "{signatures:?}");
+    assert!(signs(&got, &first, &signatures[0]));
+
+    // Rotated with the default: both sign for a day, the new one first.
+    let r = rotate(&app, json!({})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let rotated: Value = r.json().await.unwrap();
+    let second = rotated["secret"].as_str().unwrap().to_owned();
+    assert!(second.starts_with("whsec_") && second != first, "{rotated}");
+    let until = rotated["previous_secret_until"].as_str().unwrap();
+    let until: jiff::Timestamp = until.parse().unwrap();
+    let day_after = confer_signalling::ids::Clock::now(&*server.clock).as_secs() + 86_400;
+    assert!((until.as_second() - day_after).abs() <= 1, "{rotated}");
+    let listed: Value = common::json(
+        server
+            .get("/api/v1/webhook-endpoints")
+            .basic_auth(&app.id, Some(&app.secret)),
+    )
+    .await;
+    assert_eq!(listed["endpoints"][0]["secret"], second.as_str());
+    assert!(listed["endpoints"][0]["previous_secret_until"].is_string());
+    let (got, signatures) = provision(2).await;
+    assert_eq!(signatures.len(), 2, "{signatures:?}");
+    assert!(signs(&got, &second, &signatures[0]));
+    assert!(signs(&got, &first, &signatures[1]));
+    assert!(!signs(&got, &first, &signatures[0]));
+    // The receiver switches whenever it likes within the day.
+    *receiver.secret.lock().unwrap() = second.clone();
+    let (got, signatures) = provision(3).await;
+    assert_eq!(signatures.len(), 2, "{signatures:?}");
+    assert!(signs(&got, &second, &signatures[0]));
+
+    // A day later only the new one signs.
+    common::advance(&server, 86_401);
+    let (got, signatures) = provision(4).await;
+    assert_eq!(signatures.len(), 1, "{signatures:?}");
+    assert!(signs(&got, &second, &signatures[0]));
+    let listed: Value = common::json(
+        server
+            .get("/api/v1/webhook-endpoints")
+            .basic_auth(&app.id, Some(&app.secret)),
+    )
+    .await;
+    assert!(
+        listed["endpoints"][0]["previous_secret_until"].is_null(),
+        "{listed}"
+    );
+
+    // A leaked secret: 0 ends it at once.
+    let rotated: Value = rotate(&app, json!({"keep_previous_secs": 0}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let third = rotated["secret"].as_str().unwrap().to_owned();
+    assert!(rotated["previous_secret_until"].is_null(), "{rotated}");
+    *receiver.secret.lock().unwrap() = third.clone();
+    let (got, signatures) = provision(5).await;
+    assert_eq!(signatures.len(), 1, "{signatures:?}");
+    assert!(signs(&got, &third, &signatures[0]));
+    assert!(!signs(&got, &second, &signatures[0]));
+    assert_eq!(*receiver.bad_signatures.lock().unwrap(), 0);
+
+    // Refusals: too long a keep, an unknown field, another application's
+    // endpoint, a revoked one, no credentials.
+    for (body, code) in [
+        (json!({"keep_previous_secs": 604_801}), "invalid_request"),
+        (json!({"keep_previous_secs": -1}), "invalid_request"),
+        (json!({"keep": 1}), "unknown_field"),
+    ] {
+        expect_error(
+            rotate(&app, body).await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            code,
+        )
+        .await;
+    }
+    expect_error(
+        rotate(&other, json!({})).await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let r = server
+        .post(&format!("/api/v1/webhook-endpoints/{id}/secret"))
+        .json(&json!({}));
+    expect_error(
+        r.send().await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+    assert_eq!(
+        revoke(&server, &app, id).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    expect_error(
+        rotate(&app, json!({})).await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+
+    // Each rotation is audited with the time the old secret was kept.
+    let session = server.sign_in("erp@example.com").await;
+    let audit: Value = common::json(
+        server
+            .get(&format!(
+                "/api/v1/audit?app_id={}&action=endpoint.secret_rotated",
+                app.id
+            ))
+            .bearer_auth(&session),
+    )
+    .await;
+    let kept: Vec<u64> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["target"], format!("endpoint:{id}"));
+            e["details"]["keep_previous_secs"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(kept, [0, 86_400], "newest first");
 }

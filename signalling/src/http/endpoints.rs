@@ -1,8 +1,9 @@
 //! Outgoing webhooks over REST: the application registers endpoints,
-//! lists and revokes them, reads each one's delivery log and retries a
-//! dead delivery.
+//! lists and revokes them, rotates their signing secrets, reads each
+//! one's delivery log and retries a dead delivery.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -13,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::ErrorBody;
 use super::extract::{ApiJson, AppAuth, ClientIp, PathId};
 use crate::error::Error;
-use crate::ids::{DeliveryId, EndpointId};
+use crate::ids::{DeliveryId, EndpointId, Timestamp};
 use crate::server::Services;
 use crate::store::outbox::{Delivery, DeliveryState, Endpoint};
 
@@ -67,6 +68,10 @@ pub struct EndpointView {
     /// The signing secret (`whsec_…`): see docs/protocol.md, "Verifying
     /// a delivery".
     pub secret: String,
+    /// RFC 3339 time until which the secret replaced by the last rotation
+    /// still signs beside `secret`; absent once it has ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secret_until: Option<String>,
     /// RFC 3339 time it was registered.
     pub created_at: String,
     /// RFC 3339 time it was revoked.
@@ -74,13 +79,20 @@ pub struct EndpointView {
     pub revoked_at: Option<String>,
 }
 
-impl From<&Endpoint> for EndpointView {
-    fn from(e: &Endpoint) -> Self {
+impl EndpointView {
+    /// The endpoint as seen at `now`.
+    fn of(e: &Endpoint, now: Timestamp) -> Self {
         Self {
             id: e.id,
             url: e.url.clone(),
             events: e.kinds.clone(),
             secret: e.secret.clone(),
+            previous_secret_until: e
+                .previous_secret
+                .as_ref()
+                .map(|(_, until)| *until)
+                .filter(|until| now < *until)
+                .map(Timestamp::to_rfc3339),
             created_at: e.created_at.to_rfc3339(),
             revoked_at: e.revoked_at.map(|t| t.to_rfc3339()),
         }
@@ -92,6 +104,18 @@ impl From<&Endpoint> for EndpointView {
 pub struct EndpointList {
     /// Oldest first, revoked ones too.
     pub endpoints: Vec<EndpointView>,
+}
+
+/// How to rotate an endpoint's signing secret.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// How long the secret being replaced keeps signing beside the new
+    /// one, in seconds: 0 to 604800 (a week), default 86400. Use 0 for a
+    /// leaked secret.
+    #[schema(minimum = 0, maximum = 604_800)]
+    #[serde(default, deserialize_with = "super::extract::whole_number")]
+    pub keep_previous_secs: Option<u64>,
 }
 
 /// Filters and paging of an endpoint's delivery log.
@@ -202,7 +226,8 @@ pub async fn create_endpoint(
     let endpoint = services
         .create_endpoint(&app, &body.url, &kinds, ip)
         .await?;
-    Ok((StatusCode::CREATED, Json(EndpointView::from(&endpoint))))
+    let now = services.clock.now();
+    Ok((StatusCode::CREATED, Json(EndpointView::of(&endpoint, now))))
 }
 
 /// The application's endpoints.
@@ -218,8 +243,9 @@ pub async fn list_endpoints(
     AppAuth(app): AppAuth,
 ) -> Result<Json<EndpointList>, Error> {
     let endpoints = services.webhook_endpoints(&app).await?;
+    let now = services.clock.now();
     Ok(Json(EndpointList {
-        endpoints: endpoints.iter().map(EndpointView::from).collect(),
+        endpoints: endpoints.iter().map(|e| EndpointView::of(e, now)).collect(),
     }))
 }
 
@@ -242,6 +268,34 @@ pub async fn revoke_endpoint(
 ) -> Result<StatusCode, Error> {
     services.revoke_endpoint(&app, id, ip).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Gives an endpoint a new signing secret. Until `previous_secret_until`
+/// each delivery carries two signatures, one under each secret, so the
+/// receiver can switch to the new one without refusing deliveries.
+#[utoipa::path(post, path = "/api/v1/webhook-endpoints/{endpoint_id}/secret", tag = "webhooks",
+    params(("endpoint_id" = EndpointId, Path, description = "Endpoint id")),
+    request_body = RotateSecret,
+    security(("application" = [])),
+    responses(
+        (status = 200, description = "The endpoint with its new secret", body = EndpointView),
+        (status = 400, description = "`invalid_request`, `malformed_json`, `unknown_field`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`application_unregistered`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such live endpoint of this application", body = ErrorBody),
+    ))]
+pub async fn rotate_endpoint_secret(
+    State(services): State<Arc<Services>>,
+    ClientIp(ip): ClientIp,
+    AppAuth(app): AppAuth,
+    PathId(id): PathId<EndpointId>,
+    ApiJson(body): ApiJson<RotateSecret>,
+) -> Result<Json<EndpointView>, Error> {
+    let keep = body
+        .keep_previous_secs
+        .map_or(crate::outbox::KEEP_PREVIOUS, Duration::from_secs);
+    let endpoint = services.rotate_endpoint_secret(&app, id, keep, ip).await?;
+    Ok(Json(EndpointView::of(&endpoint, services.clock.now())))
 }
 
 /// An endpoint's delivery log, newest first.

@@ -11,6 +11,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize as _;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
@@ -292,5 +293,23 @@ impl<S: Send + Sync, T: FromStr + Send> FromRequestParts<S> for PathId<T> {
             .await
             .map_err(|_| Error::NoRoute)?;
         text.parse().map(Self).map_err(|_| Error::NoRoute)
+    }
+}
+
+/// A JSON number without a fraction (`30` or `30.0`, as JSON Schema's
+/// `integer` allows), or null.
+pub(super) fn whole_number<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<u64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(n) = n.as_u64() {
+        return Ok(Some(n));
+    }
+    match n.as_f64() {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= 1e15 => Ok(Some(f as u64)),
+        _ => Err(serde::de::Error::custom("a whole number, 0 or more")),
     }
 }

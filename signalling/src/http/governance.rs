@@ -59,24 +59,8 @@ pub struct RetentionChange {
     /// application's: 1 to 36500. A conversation's: 0 (kept forever,
     /// whatever the application's) to 36500.
     #[schema(minimum = 0, maximum = 36500)]
-    #[serde(default, deserialize_with = "whole_number")]
+    #[serde(default, deserialize_with = "super::extract::whole_number")]
     pub days: Option<u64>,
-}
-
-/// A JSON number without a fraction (`30` or `30.0`, as JSON Schema's
-/// `integer` allows), or null.
-fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
-        return Ok(None);
-    };
-    if let Some(n) = n.as_u64() {
-        return Ok(Some(n));
-    }
-    match n.as_f64() {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= 1e15 => Ok(Some(f as u64)),
-        _ => Err(serde::de::Error::custom("a whole number of days")),
-    }
 }
 
 /// A conversation's own period.

@@ -111,6 +111,7 @@ fn api_router() -> OpenApiRouter<Arc<Services>> {
             endpoints::list_endpoints
         ))
         .routes(routes!(endpoints::revoke_endpoint))
+        .routes(routes!(endpoints::rotate_endpoint_secret))
         .routes(routes!(endpoints::deliveries))
         .routes(routes!(endpoints::retry_delivery))
         .routes(routes!(governance::retention, governance::set_retention))

@@ -200,6 +200,12 @@ pub fn event_id(app: AppId, seq: u64) -> String {
 /// Most endpoints of one application.
 pub const MAX_ENDPOINTS: usize = 20;
 
+/// Longest time a rotated endpoint secret keeps signing: a week.
+pub const MAX_KEEP_PREVIOUS: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long a rotated endpoint secret keeps signing unless told: a day.
+pub const KEEP_PREVIOUS: Duration = Duration::from_secs(24 * 3600);
+
 /// Longest endpoint URL, in bytes.
 pub const MAX_URL_BYTES: usize = 2048;
 
@@ -247,6 +253,7 @@ impl Services {
             url: url.to_owned(),
             kinds: wanted,
             secret: sender::new_secret(),
+            previous_secret: None,
             start_seq: self.messaging.store().event_head(sink_id(app.id)).await?,
             created_at: self.clock.now(),
             revoked_at: None,
@@ -289,6 +296,47 @@ impl Services {
         let what = Audited::by_app_on(app, "endpoint.revoked", format!("endpoint:{id}"));
         self.audit(what, ip).await;
         Ok(())
+    }
+
+    /// Gives an endpoint a new signing secret. The one it had keeps
+    /// signing beside it for `keep_previous` (deliveries then carry both
+    /// signatures), so that receivers can switch without refusing any; zero
+    /// ends it at once (a leaked secret).
+    ///
+    /// # Errors
+    /// `invalid_request` past [`MAX_KEEP_PREVIOUS`]; `not_found` for
+    /// another application's, an unknown or a revoked endpoint.
+    pub async fn rotate_endpoint_secret(
+        &self,
+        app: &Application,
+        id: EndpointId,
+        keep_previous: Duration,
+        ip: Option<IpAddr>,
+    ) -> Result<Endpoint, Error> {
+        if keep_previous > MAX_KEEP_PREVIOUS {
+            return Err(Error::InvalidRequest(format!(
+                "keep_previous_secs: at most {}",
+                MAX_KEEP_PREVIOUS.as_secs()
+            )));
+        }
+        let secret = sender::new_secret();
+        let keep_until = (!keep_previous.is_zero()).then(|| self.clock.now().plus(keep_previous));
+        if !self
+            .store
+            .rotate_endpoint_secret(app.id, id, &secret, keep_until)
+            .await?
+        {
+            return Err(Error::NotFound("endpoint"));
+        }
+        let what = Audited::by_app_on(app, "endpoint.secret_rotated", format!("endpoint:{id}"))
+            .with(serde_json::json!({"keep_previous_secs": keep_previous.as_secs()}));
+        self.audit(what, ip).await;
+        self.store
+            .endpoints_of(app.id)
+            .await?
+            .into_iter()
+            .find(|e| e.id == id)
+            .ok_or(Error::NotFound("endpoint"))
     }
 
     /// An endpoint's delivery log, newest first.

@@ -59,6 +59,22 @@ pub fn signature(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
+/// The `webhook-signature` header of a delivery to `endpoint` at `now`:
+/// its secret's signature, then, while a rotated-out secret still signs,
+/// that one's too (space-separated, as Standard Webhooks allows).
+fn signatures(endpoint: &Endpoint, now: Timestamp, id: &str, timestamp: i64, body: &str) -> String {
+    let mut header = signature(&endpoint.secret, id, timestamp, body);
+    if let Some((previous, _)) = endpoint
+        .previous_secret
+        .as_ref()
+        .filter(|(_, until)| now < *until)
+    {
+        header.push(' ');
+        header.push_str(&signature(previous, id, timestamp, body));
+    }
+    header
+}
+
 /// Attempts deliveries; one per process.
 #[derive(Debug)]
 pub struct Outbox {
@@ -294,7 +310,8 @@ impl Outbox {
     /// POSTs one delivery, signed; says how it went and when to retry.
     async fn attempt(&self, endpoint: &Endpoint, delivery: &Delivery) -> Attempt {
         let id = event_id(delivery.app_id, delivery.event_seq);
-        let timestamp = self.clock.now().as_secs();
+        let now = self.clock.now();
+        let timestamp = now.as_secs();
         if let Some(ip) = literal_ip(&endpoint.url).filter(|ip| !self.destinations.permits(*ip)) {
             return self.failed(delivery, None, Destinations::refusal(ip));
         }
@@ -306,7 +323,7 @@ impl Outbox {
             .header("webhook-timestamp", timestamp.to_string())
             .header(
                 "webhook-signature",
-                signature(&endpoint.secret, &id, timestamp, &delivery.payload),
+                signatures(endpoint, now, &id, timestamp, &delivery.payload),
             )
             .body(delivery.payload.clone())
             .send()
@@ -387,4 +404,40 @@ pub(super) fn literal_ip(url: &str) -> Option<std::net::IpAddr> {
         .trim_end_matches(']')
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotated_out_secret_signs_beside_the_new_one_until_its_end() {
+        let mut endpoint = Endpoint {
+            id: EndpointId::random(),
+            app_id: AppId::random(),
+            url: "https://erp.example/hook".to_owned(),
+            kinds: vec!["message".to_owned()],
+            secret: new_secret(),
+            previous_secret: None,
+            start_seq: 0,
+            created_at: Timestamp(0),
+            revoked_at: None,
+        };
+        let new = signature(&endpoint.secret, "evt_1", 5, "{}");
+        assert_eq!(
+            signatures(&endpoint, Timestamp(1000), "evt_1", 5, "{}"),
+            new
+        );
+        let old = new_secret();
+        endpoint.previous_secret = Some((old.clone(), Timestamp(2000)));
+        let both = format!("{new} {}", signature(&old, "evt_1", 5, "{}"));
+        assert_eq!(
+            signatures(&endpoint, Timestamp(1999), "evt_1", 5, "{}"),
+            both
+        );
+        assert_eq!(
+            signatures(&endpoint, Timestamp(2000), "evt_1", 5, "{}"),
+            new
+        );
+    }
 }

@@ -27,6 +27,9 @@ pub struct Endpoint {
     pub kinds: Vec<String>,
     /// The signing secret (`whsec_` and base64 of 32 random bytes).
     pub secret: String,
+    /// The secret its last rotation replaced, and until when that one
+    /// still signs deliveries beside `secret`.
+    pub previous_secret: Option<(String, Timestamp)>,
     /// Only events after this number of the application's sink log go to
     /// it (the log's head when it was made).
     pub start_seq: u64,
@@ -126,6 +129,19 @@ pub trait OutboxStore: Send + Sync {
 
     /// An application's endpoints, revoked ones too, oldest first.
     async fn endpoints_of(&self, app: AppId) -> StoreResult<Vec<Endpoint>>;
+
+    /// Gives a live endpoint of the application the signing secret
+    /// `secret`; the one it had keeps signing beside it until `keep_until`
+    /// (`None`: it stops at once; a secret kept from an earlier rotation
+    /// is dropped either way). False when the application has no such
+    /// live endpoint.
+    async fn rotate_endpoint_secret(
+        &self,
+        app: AppId,
+        id: EndpointId,
+        secret: &str,
+        keep_until: Option<Timestamp>,
+    ) -> StoreResult<bool>;
 
     /// Every endpoint not revoked, of every application.
     async fn live_endpoints(&self) -> StoreResult<Vec<Endpoint>>;

@@ -10,7 +10,7 @@ use super::sqlite_messaging::parse;
 use super::{StoreError, StoreResult};
 use crate::ids::{AppId, DeliveryId, EndpointId, Timestamp};
 
-const ENDPOINT: &str = "id, app_id, url, kinds, secret, start_seq, created_at, revoked_at";
+const ENDPOINT: &str = "id, app_id, url, kinds, secret, previous_secret, previous_until, start_seq, created_at, revoked_at";
 
 const DELIVERY: &str = "id, endpoint_id, app_id, event_seq, event_type, payload, state, attempts, \
      next_attempt_at, last_status, last_error, last_attempt_at, created_at";
@@ -18,12 +18,15 @@ const DELIVERY: &str = "id, endpoint_id, app_id, event_seq, event_type, payload,
 fn endpoint_from(row: &SqliteRow) -> StoreResult<Endpoint> {
     let kinds: String = row.try_get("kinds")?;
     let revoked: Option<i64> = row.try_get("revoked_at")?;
+    let previous: Option<String> = row.try_get("previous_secret")?;
+    let until: Option<i64> = row.try_get("previous_until")?;
     Ok(Endpoint {
         id: parse(row, "id")?,
         app_id: parse(row, "app_id")?,
         url: row.try_get("url")?,
         kinds: kinds.split(',').map(str::to_owned).collect(),
         secret: row.try_get("secret")?,
+        previous_secret: previous.zip(until.map(Timestamp)),
         start_seq: row.try_get::<i64, _>("start_seq")?.cast_unsigned(),
         created_at: Timestamp(row.try_get("created_at")?),
         revoked_at: revoked.map(Timestamp),
@@ -56,7 +59,7 @@ fn delivery_from(row: &SqliteRow) -> StoreResult<Delivery> {
 impl OutboxStore for SqliteStore {
     async fn create_endpoint(&self, e: &Endpoint) -> StoreResult<()> {
         sqlx::query(&format!(
-            "INSERT INTO webhook_endpoints ({ENDPOINT}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)"
+            "INSERT INTO webhook_endpoints ({ENDPOINT}) VALUES (?, ?, ?, ?, ?, NULL, NULL, ?, ?, NULL)"
         ))
         .bind(e.id.to_string())
         .bind(e.app_id.to_string())
@@ -80,6 +83,30 @@ impl OutboxStore for SqliteStore {
         .iter()
         .map(endpoint_from)
         .collect()
+    }
+
+    async fn rotate_endpoint_secret(
+        &self,
+        app: AppId,
+        id: EndpointId,
+        secret: &str,
+        keep_until: Option<Timestamp>,
+    ) -> StoreResult<bool> {
+        // The right-hand sides read the row as it was: the old secret.
+        let done = sqlx::query(
+            "UPDATE webhook_endpoints SET \
+               previous_secret = CASE WHEN ?1 IS NULL THEN NULL ELSE secret END, \
+               previous_until = ?1, secret = ?2 \
+             WHERE app_id = ?3 AND id = ?4 AND revoked_at IS NULL",
+        )
+        .bind(keep_until.map(|t| t.0))
+        .bind(secret)
+        .bind(app.to_string())
+        .bind(id.to_string())
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(done == 1)
     }
 
     async fn live_endpoints(&self) -> StoreResult<Vec<Endpoint>> {

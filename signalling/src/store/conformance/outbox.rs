@@ -1,7 +1,7 @@
 //! The webhook outbox: endpoints per application; deliveries enqueued
 //! once per endpoint and event with the cursor's move; claimed for a
 //! lease, fairly per endpoint; attempts recorded; the log paged;
-//! a dead delivery retried; old ones pruned.
+//! a dead delivery retried; old ones pruned; secrets rotated.
 
 use std::sync::Arc;
 
@@ -37,6 +37,7 @@ pub(in crate::store) async fn the_webhook_outbox_enqueues_claims_and_records(
         url: url.to_owned(),
         kinds: vec!["message".to_owned(), "action".to_owned()],
         secret: "whsec_x".to_owned(),
+        previous_secret: None,
         start_seq: 0,
         created_at: Timestamp(1),
         revoked_at: None,
@@ -224,4 +225,45 @@ pub(in crate::store) async fn the_webhook_outbox_enqueues_claims_and_records(
     let live = store.live_endpoints().await.unwrap();
     assert!(live.iter().any(|e| e.id == fast.id));
     assert!(!live.iter().any(|e| e.id == slow.id));
+
+    // Rotated: the old secret is kept until told, or dropped; only a live
+    // endpoint of the application.
+    let secret_of = |id| {
+        let store = store.clone();
+        async move {
+            let e = store.live_endpoints().await.unwrap();
+            let e = e.into_iter().find(|e| e.id == id).unwrap();
+            (e.secret, e.previous_secret)
+        }
+    };
+    let keep = Some(Timestamp(5000));
+    assert!(
+        store
+            .rotate_endpoint_secret(app, fast.id, "whsec_y", keep)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        secret_of(fast.id).await,
+        (
+            "whsec_y".to_owned(),
+            Some(("whsec_x".to_owned(), Timestamp(5000)))
+        )
+    );
+    assert!(
+        store
+            .rotate_endpoint_secret(app, fast.id, "whsec_z", None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(secret_of(fast.id).await, ("whsec_z".to_owned(), None));
+    for (owner, id) in [(other, fast.id), (app, slow.id)] {
+        assert!(
+            !store
+                .rotate_endpoint_secret(owner, id, "whsec_w", keep)
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(secret_of(fast.id).await.0, "whsec_z");
 }
