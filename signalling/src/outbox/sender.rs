@@ -133,15 +133,12 @@ impl Outbox {
     pub async fn run(self: Arc<Self>) {
         let mut endpoints: HashMap<EndpointId, Endpoint> = HashMap::new();
         loop {
-            match self.store.live_endpoints().await {
-                Ok(live) => endpoints = live.into_iter().map(|e| (e.id, e)).collect(),
-                Err(e) => tracing::warn!(error = %e, "reading webhook endpoints failed"),
-            }
+            self.read_endpoints(&mut endpoints).await;
             if !endpoints.is_empty() {
                 if let Err(e) = self.fan_in(&endpoints).await {
                     tracing::warn!(error = %e, "enqueueing webhook deliveries failed");
                 }
-                if let Err(e) = self.start_due(&endpoints).await {
+                if let Err(e) = self.start_due(&mut endpoints).await {
                     tracing::warn!(error = %e, "claiming webhook deliveries failed");
                 }
             }
@@ -152,6 +149,15 @@ impl Outbox {
                     tokio::time::sleep(GATHER).await;
                 }
             }
+        }
+    }
+
+    /// Replaces `endpoints` with the live endpoints, or keeps them (and
+    /// logs) when they cannot be read.
+    async fn read_endpoints(&self, endpoints: &mut HashMap<EndpointId, Endpoint>) {
+        match self.store.live_endpoints().await {
+            Ok(live) => *endpoints = live.into_iter().map(|e| (e.id, e)).collect(),
+            Err(e) => tracing::warn!(error = %e, "reading webhook endpoints failed"),
         }
     }
 
@@ -239,9 +245,14 @@ impl Outbox {
     /// Claims what is due (no more to an endpoint than its limit leaves
     /// beside the attempts in flight to it) and
     /// starts each attempt on its own task.
+    ///
+    /// The attempts sign with the endpoints as read after the claim: a
+    /// delivery exists only once its event was written, so an event written
+    /// after a secret rotation is never signed with the replaced secret
+    /// alone (nor, with `keep_previous_secs` 0, at all).
     async fn start_due(
         self: &Arc<Self>,
-        endpoints: &HashMap<EndpointId, Endpoint>,
+        endpoints: &mut HashMap<EndpointId, Endpoint>,
     ) -> Result<(), crate::store::StoreError> {
         let free = self.slots.available_permits();
         if free == 0 {
@@ -268,6 +279,12 @@ impl Outbox {
                 &in_flight,
             )
             .await?;
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        // Read again for the signing (see above); should that fail, the
+        // claimed deliveries are signed with the endpoints the pass read.
+        self.read_endpoints(endpoints).await;
         for delivery in claimed {
             let Some(endpoint) = endpoints.get(&delivery.endpoint_id).cloned() else {
                 // Revoked since: its pending deliveries are gone too.
